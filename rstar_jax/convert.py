@@ -1,0 +1,92 @@
+"""Command line for checkpoint conversion.
+
+  python -m rstar_jax.convert verify --hf-dir DIR    # ours vs transformers on one random padded batch;
+                                                     # last line: max_abs_logit_diff=<float>
+  python -m rstar_jax.convert import --hf-dir DIR --out CKPT [--ppm]   # HF dir -> orbax checkpoint (+ config.json)
+  python -m rstar_jax.convert export --ckpt CKPT --out DIR [--ppm] [--dtype bfloat16]   # orbax -> HF dir
+
+`verify` needs torch + transformers (the test extra); rstar_jax itself never imports torch elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def _verify(args) -> int:
+  import jax.numpy as jnp
+
+  from rstar_jax.models import convert, default_positions
+  try:
+    import torch  # the reference implementation; optional
+    import transformers
+  except ImportError:
+    print("verify needs torch and transformers (pip install -e '.[test]')", file=sys.stderr)
+    return 2
+  ours = convert.load_qwen2(args.hf_dir)
+  reference = transformers.AutoModelForCausalLM.from_pretrained(args.hf_dir, torch_dtype=torch.float32).eval()
+  rng = np.random.default_rng(args.seed)
+  vocab = ours.config.vocab_size
+  tokens = rng.integers(0, vocab, (args.batch, args.length))
+  mask = np.ones_like(tokens, dtype=bool)
+  for b in range(1, args.batch):  # mixed left padding; row 0 is full length
+    mask[b, :rng.integers(1, args.length // 2 + 1)] = False
+  with torch.no_grad():
+    ref = reference(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits
+  mask_j = jnp.asarray(mask)
+  logits = ours(jnp.asarray(tokens), default_positions(mask_j), mask_j).logits
+  diff = float(np.max(np.abs(np.asarray(logits, np.float32)[mask] - ref.float().numpy()[mask])))
+  print(f"checkpoint: {args.hf_dir}  layers={ours.config.num_layers} hidden={ours.config.hidden_size} "
+        f"vocab={vocab}  batch={args.batch}x{args.length} (left-padded)")
+  print(f"max_abs_logit_diff={diff:.3e}")
+  return 0
+
+
+def _import(args) -> int:
+  from rstar_jax.models import checkpoint, convert
+  model = convert.load_ppm(args.hf_dir) if args.ppm else convert.load_qwen2(args.hf_dir)
+  checkpoint.save_model(model, args.out)
+  print(f"imported {args.hf_dir} -> {args.out}")
+  return 0
+
+
+def _export(args) -> int:
+  from rstar_jax.models import checkpoint, convert
+  model = checkpoint.load_model(args.ckpt, ppm=args.ppm)
+  if args.ppm:
+    convert.save_ppm(model, args.out, dtype=args.dtype)
+  else:
+    convert.save_qwen2(model, args.out, dtype=args.dtype)
+  print(f"exported {args.ckpt} -> {args.out}")
+  return 0
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rstar_jax.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  verify = sub.add_parser("verify", help="compare logits with transformers on a random padded batch")
+  verify.add_argument("--hf-dir", required=True)
+  verify.add_argument("--batch", type=int, default=4)
+  verify.add_argument("--length", type=int, default=32)
+  verify.add_argument("--seed", type=int, default=0)
+  imp = sub.add_parser("import", help="HF dir -> orbax checkpoint")
+  imp.add_argument("--hf-dir", required=True)
+  imp.add_argument("--out", required=True)
+  imp.add_argument("--ppm", action="store_true", help="the dir is a PPM (backbone + value_head.bin)")
+  exp = sub.add_parser("export", help="orbax checkpoint -> HF dir")
+  exp.add_argument("--ckpt", required=True)
+  exp.add_argument("--out", required=True)
+  exp.add_argument("--ppm", action="store_true")
+  exp.add_argument("--dtype", default=None, help="tensor dtype to write (default: the parameter dtype)")
+  args = parser.parse_args(argv)
+  return {"verify": _verify, "import": _import, "export": _export}[args.command](args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

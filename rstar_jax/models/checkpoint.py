@@ -1,0 +1,54 @@
+"""Model checkpoints in orbax format: `config.json` (HF style) + an orbax `params` tree.
+
+This is the inference/interchange form of one model (what `convert import` writes and `convert export` reads);
+training checkpoints with optimizer and data-iterator state live in `rstar_jax.train`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from rstar_jax.models.config import ModelConfig
+from rstar_jax.models.ppm import PPM
+from rstar_jax.models.qwen2 import Qwen2
+
+
+def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
+  directory = os.path.abspath(os.fspath(directory))
+  os.makedirs(directory, exist_ok=True)
+  config = dict(model.config.to_hf_config(), rstar_jax_kind="ppm" if isinstance(model, PPM) else "policy")
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(directory, "params"), nnx.to_pure_dict(nnx.state(model)), force=True)
+  if jax.process_index() == 0:
+    tmp = os.path.join(directory, f"config.json.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(config, f, indent=2)
+    os.replace(tmp, os.path.join(directory, "config.json"))
+
+
+def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, rules=None) -> Qwen2 | PPM:
+  """Restores a model saved by `save_model` (placed with the mesh shardings when `mesh` is given)."""
+  directory = os.path.abspath(os.fspath(directory))
+  config = ModelConfig.from_hf_config(directory)
+  build = (lambda: PPM(config, rngs=nnx.Rngs(0))) if ppm else (lambda: Qwen2(config, rngs=nnx.Rngs(0)))
+  abstract_model = nnx.eval_shape(build)
+  abstract = nnx.to_pure_dict(nnx.state(abstract_model))
+  if mesh is not None:
+    from rstar_jax import sharding as sharding_lib
+    shardings = nnx.to_pure_dict(sharding_lib.param_shardings(abstract_model, mesh,
+                                                               rules or sharding_lib.DEFAULT_RULES))
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  else:
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+  params_dir = os.path.join(directory, "params")
+  if not os.path.isdir(params_dir):
+    raise FileNotFoundError(f"{directory}: no orbax 'params' checkpoint inside")
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(params_dir, target)
+  nnx.update(abstract_model, params)
+  return abstract_model

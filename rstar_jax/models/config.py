@@ -1,0 +1,210 @@
+"""`ModelConfig`: the shape and numerics of a Qwen2-family decoder.
+
+Built from a Hugging Face `config.json` (`ModelConfig.from_hf_config`) or from a named preset of a real checkpoint
+(`ModelConfig.qwen2p5_math_7b()`); written back with `to_hf_config` so exported checkpoints load in `transformers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+# Architectures whose weights follow the Qwen2 layout (q/k/v bias, no o bias, SwiGLU, RMSNorm, rotate-half RoPE).
+SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2ForTokenClassification", "Qwen2Model")
+_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "fp32": "float32",
+                "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _dtype_name(dtype: Any) -> str:
+  """Normalises `jnp.float32`, `"bf16"`, `np.dtype(...)` to a canonical dtype name."""
+  if isinstance(dtype, str):
+    if dtype not in _DTYPE_NAMES:
+      raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPE_NAMES)}")
+    return _DTYPE_NAMES[dtype]
+  return jnp.dtype(dtype).name
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Qwen2 decoder hyper-parameters.
+
+  `dtype` is the compute dtype of matmuls and activations; `param_dtype` is the storage dtype of the weights.
+  Softmax, norm statistics, logits and the PPM head always run in float32 whatever `dtype` is.
+  """
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int | None = None  # None: hidden_size // num_heads (as Qwen2 checkpoints)
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  max_position_embeddings: int = 32768
+  tie_word_embeddings: bool = False
+  initializer_range: float = 0.02
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    object.__setattr__(self, "dtype", _dtype_name(self.dtype))
+    object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype))
+    if self.head_dim is None:
+      if self.hidden_size % self.num_heads:
+        raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
+                         "set head_dim explicitly")
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+
+  # --- derived -----------------------------------------------------------------------------------------------------
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  @property
+  def num_queries_per_kv(self) -> int:
+    return self.num_heads // self.num_kv_heads
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  def num_params(self) -> int:
+    """Parameter count derived from the shapes (independent of the Flax module, used to check it)."""
+    d, f, h = self.hidden_size, self.intermediate_size, self.head_dim
+    q, kv = self.num_heads * h, self.num_kv_heads * h
+    attn = d * q + q + 2 * (d * kv + kv) + q * d
+    per_layer = attn + 3 * d * f + 2 * d
+    head = 0 if self.tie_word_embeddings else self.vocab_size * d
+    return self.vocab_size * d + self.num_layers * per_layer + d + head
+
+  # --- Hugging Face config.json --------------------------------------------------------------------------------------
+  @classmethod
+  def from_hf_config(cls, source: str | os.PathLike | Mapping[str, Any], **overrides) -> "ModelConfig":
+    """Reads an HF Qwen2 `config.json` (a path to the file or its folder, or the parsed dict).
+
+    Rope theta is read from the top level (transformers v4) or from `rope_parameters` (transformers v5).
+    """
+    where = "<dict>"
+    if not isinstance(source, Mapping):
+      path = os.fspath(source)
+      if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+      where = path
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no config.json found")
+      try:
+        with open(path, encoding="utf-8") as f:
+          source = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    hf = dict(source)
+    archs = hf.get("architectures") or []
+    model_type = hf.get("model_type")
+    if model_type not in (None, "qwen2") or (archs and not any(a in SUPPORTED_ARCHITECTURES for a in archs)):
+      raise ValueError(f"{where}: unsupported architecture model_type={model_type!r} architectures={archs}; "
+                       f"rstar-jax supports {SUPPORTED_ARCHITECTURES}")
+
+    def need(key):
+      if key not in hf:
+        raise KeyError(f"{where}: missing field {key!r}")
+      return hf[key]
+
+    rope_theta = hf.get("rope_theta")
+    rope_params = hf.get("rope_parameters") or {}
+    if rope_theta is None and isinstance(rope_params, Mapping):
+      rope_theta = rope_params.get("rope_theta")
+    rope_type = (rope_params or {}).get("rope_type") or (hf.get("rope_scaling") or {}).get("rope_type") or "default"
+    if rope_type != "default":
+      raise ValueError(f"{where}: rope_type={rope_type!r} is not supported (only default RoPE)")
+    num_heads = need("num_attention_heads")
+    fields = dict(
+        vocab_size=need("vocab_size"),
+        hidden_size=need("hidden_size"),
+        intermediate_size=need("intermediate_size"),
+        num_layers=need("num_hidden_layers"),
+        num_heads=num_heads,
+        num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+        head_dim=hf.get("head_dim"),
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope_theta if rope_theta is not None else 10000.0),
+        max_position_embeddings=hf.get("max_position_embeddings", 32768),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        initializer_range=hf.get("initializer_range", 0.02),
+    )
+    torch_dtype = hf.get("torch_dtype") or hf.get("dtype")
+    if torch_dtype in _DTYPE_NAMES:
+      fields["param_dtype"] = torch_dtype
+    fields.update(overrides)
+    return cls(**fields)
+
+  def to_hf_config(self) -> dict[str, Any]:
+    """An HF `config.json` dict that `transformers` loads as `Qwen2ForCausalLM`."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
+        "intermediate_size": self.intermediate_size,
+        "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads,
+        "num_key_value_heads": self.num_kv_heads,
+        "head_dim": self.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": self.rms_norm_eps,
+        "rope_theta": self.rope_theta,
+        "max_position_embeddings": self.max_position_embeddings,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "initializer_range": self.initializer_range,
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "torch_dtype": self.param_dtype,
+    }
+
+  # --- presets of real checkpoints (values from their published config.json) ----------------------------------------
+  @classmethod
+  def qwen2p5_0p5b(cls, **kw) -> "ModelConfig":
+    """Qwen/Qwen2.5-0.5B (494,032,768 parameters)."""
+    return cls(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
+               num_kv_heads=2, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
+               tie_word_embeddings=True, param_dtype="bfloat16", **kw)
+
+  @classmethod
+  def qwen2p5_math_1p5b(cls, **kw) -> "ModelConfig":
+    """Qwen/Qwen2.5-Math-1.5B (1,543,714,304 parameters)."""
+    return cls(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
+               num_kv_heads=2, rms_norm_eps=1e-6, rope_theta=1e4, max_position_embeddings=4096,
+               tie_word_embeddings=True, param_dtype="bfloat16", **kw)
+
+  @classmethod
+  def qwen2p5_math_7b(cls, **kw) -> "ModelConfig":
+    """Qwen/Qwen2.5-Math-7B (7,615,616,512 parameters)."""
+    return cls(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
+               num_kv_heads=4, rms_norm_eps=1e-6, rope_theta=1e4, max_position_embeddings=4096,
+               tie_word_embeddings=False, param_dtype="bfloat16", **kw)
+
+  @classmethod
+  def tiny(cls, **kw) -> "ModelConfig":
+    """The tiny test/benchmark shape (vocab 512, hidden 64, 2 layers, 4 heads, 2 kv heads, intermediate 128)."""
+    fields = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                  num_kv_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
+    fields.update(kw)
+    return cls(**fields)
+
+
+PRESETS = {
+    "qwen2.5-0.5b": ModelConfig.qwen2p5_0p5b,
+    "qwen2.5-math-1.5b": ModelConfig.qwen2p5_math_1p5b,
+    "qwen2.5-math-7b": ModelConfig.qwen2p5_math_7b,
+    "tiny": ModelConfig.tiny,
+}

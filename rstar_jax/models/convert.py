@@ -1,0 +1,380 @@
+"""Hugging Face Qwen2 checkpoints <-> Flax parameters, as one name table and its inverse.
+
+Loading streams tensor by tensor from memory-mapped safetensors (a single `model.safetensors` or a sharded
+`model.safetensors.index.json`) and places each tensor directly with its target sharding via
+`jax.make_array_from_callback`, so each process only materialises the shards it owns and no whole host copy of a 7B
+model ever exists. Per-layer tensors are written into the stacked `[L, ...]` parameter on device, one layer at a time.
+
+Export writes an HF dir (`config.json` + `model.safetensors`, sharded past `max_shard_bytes`) that
+`transformers.AutoModelForCausalLM.from_pretrained` loads; tied checkpoints omit `lm_head.weight`.
+The PPM is an HF backbone dir plus `value_head.bin` (`v_head.summary.weight [1, D]`, `v_head.summary.bias [1]`),
+the official rStar layout; `value_head.safetensors` with the same keys is accepted too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rstar_jax.models.config import ModelConfig
+from rstar_jax.models.ppm import PPM
+from rstar_jax.models.qwen2 import Qwen2
+from rstar_jax.models.tensor_files import SafetensorsFile, read_torch_bin, write_safetensors, write_torch_bin
+
+Path = tuple[str, ...]
+VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  """One HF tensor <-> one of our parameters (per layer when `per_layer`)."""
+  hf_name: str  # `{l}` stands for the layer index
+  path: Path  # path in our parameter tree
+  to_ours: Callable[[np.ndarray, ModelConfig], np.ndarray]
+  to_hf: Callable[[np.ndarray, ModelConfig], np.ndarray]
+
+  @property
+  def per_layer(self) -> bool:
+    return "{l}" in self.hf_name
+
+
+def _same(x, c):
+  return x
+
+
+def _t(x, c):
+  return x.T
+
+
+def _in_heads(heads: str):
+  """HF `[heads*H, D]` -> ours `[D, heads, H]` and back."""
+  def to_ours(x, c):
+    return x.T.reshape(c.hidden_size, getattr(c, heads), c.head_dim)
+
+  def to_hf(x, c):
+    return x.reshape(c.hidden_size, -1).T
+  return to_ours, to_hf
+
+
+def _bias_heads(heads: str):
+  return (lambda x, c: x.reshape(getattr(c, heads), c.head_dim)), (lambda x, c: x.reshape(-1))
+
+
+def _o_proj():
+  return ((lambda x, c: x.T.reshape(c.num_heads, c.head_dim, c.hidden_size)),
+          (lambda x, c: x.reshape(-1, c.hidden_size).T))
+
+
+def name_table(config: ModelConfig, prefix: Path = ()) -> list[_Entry]:
+  """The HF <-> Flax name table for a Qwen2 backbone (`prefix` = where the backbone lives in our tree)."""
+  layer = "model.layers.{l}."
+  ours = prefix + ("model",)
+  entries = [
+      _Entry("model.embed_tokens.weight", ours + ("embed_tokens", "embedding"), _same, _same),
+      _Entry("model.norm.weight", ours + ("norm", "weight"), _same, _same),
+  ]
+  for proj, heads in (("q_proj", "num_heads"), ("k_proj", "num_kv_heads"), ("v_proj", "num_kv_heads")):
+    entries.append(_Entry(layer + f"self_attn.{proj}.weight", ours + ("layers", "self_attn", proj, "kernel"),
+                          *_in_heads(heads)))
+    entries.append(_Entry(layer + f"self_attn.{proj}.bias", ours + ("layers", "self_attn", proj, "bias"),
+                          *_bias_heads(heads)))
+  entries.append(_Entry(layer + "self_attn.o_proj.weight", ours + ("layers", "self_attn", "o_proj", "kernel"),
+                        *_o_proj()))
+  for proj in ("gate_proj", "up_proj", "down_proj"):
+    entries.append(_Entry(layer + f"mlp.{proj}.weight", ours + ("layers", "mlp", proj, "kernel"), _t, _t))
+  for norm in ("input_layernorm", "post_attention_layernorm"):
+    entries.append(_Entry(layer + f"{norm}.weight", ours + ("layers", norm, "weight"), _same, _same))
+  return entries
+
+
+def lm_head_entry() -> _Entry:
+  return _Entry("lm_head.weight", ("lm_head", "kernel"), _t, _t)
+
+
+# --- reading HF dirs --------------------------------------------------------------------------------------------------
+class HFCheckpoint:
+  """The tensors of an HF model dir, across one or several safetensors files, each opened lazily (memory-mapped)."""
+
+  def __init__(self, hf_dir: str | os.PathLike):
+    self.dir = os.fspath(hf_dir)
+    if not os.path.isdir(self.dir):
+      raise FileNotFoundError(f"{self.dir}: not a directory")
+    index = os.path.join(self.dir, "model.safetensors.index.json")
+    single = os.path.join(self.dir, "model.safetensors")
+    if os.path.exists(index):
+      try:
+        with open(index, encoding="utf-8") as f:
+          weight_map = json.load(f)["weight_map"]
+      except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{index}: not a valid safetensors index ({e!r})") from None
+      self.weight_map = {name: os.path.join(self.dir, file) for name, file in weight_map.items()}
+      for file in sorted(set(self.weight_map.values())):
+        if not os.path.exists(file):
+          raise FileNotFoundError(f"{index}: lists shard {os.path.basename(file)}, which is missing from {self.dir}")
+    elif os.path.exists(single):
+      with SafetensorsFile(single) as f:
+        self.weight_map = {name: single for name in f.keys()}
+    else:
+      raise FileNotFoundError(f"{self.dir}: no model.safetensors or model.safetensors.index.json "
+                              "(PyTorch .bin model checkpoints are not supported; re-save with safetensors)")
+    # A bare `Qwen2Model` (e.g. a PPM backbone saved through `AutoModel`) names tensors without the `model.` prefix.
+    self._aliases = {}
+    if not any(name.startswith("model.") for name in self.weight_map):
+      self._aliases = {f"model.{name}": name for name in self.weight_map}
+      self.weight_map.update({alias: self.weight_map[name] for alias, name in self._aliases.items()})
+    self._open: dict[str, SafetensorsFile] = {}
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.weight_map
+
+  def get(self, name: str) -> np.ndarray:
+    if name not in self.weight_map:
+      raise KeyError(f"{self.dir}: checkpoint has no tensor {name!r}")
+    file = self.weight_map[name]
+    if file not in self._open:
+      self._open[file] = SafetensorsFile(file)
+    f = self._open[file]
+    if self._aliases.get(name, name) not in f:
+      raise KeyError(f"{file}: tensor {name!r} is listed in the index but missing from the file")
+    return f.get(self._aliases.get(name, name))
+
+  def close(self):
+    for f in self._open.values():
+      f.close()
+    self._open.clear()
+
+
+def _place(array: np.ndarray, sharding: jax.sharding.Sharding | None, dtype) -> jax.Array:
+  """Host array -> device array with `sharding`; each process copies only the shards it addresses."""
+  if sharding is None:
+    return jnp.asarray(array, dtype=dtype)
+  return jax.make_array_from_callback(array.shape, sharding, lambda idx: np.asarray(array[idx], dtype=dtype))
+
+
+@jax.jit
+def _stacked_write(stacked: jax.Array, layer: jax.Array, index: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_update_index_in_dim(stacked, layer.astype(stacked.dtype), index, 0)
+
+
+_stacked_write_donated = jax.jit(_stacked_write.__wrapped__, donate_argnums=0)
+
+
+def _load_entries(ckpt: HFCheckpoint, entries: list[_Entry], abstract: dict, shardings: dict | None,
+                  config: ModelConfig) -> dict:
+  """Fills a pure-dict parameter tree following `entries`; `abstract` gives each parameter's shape and dtype."""
+  out: dict = {}
+
+  def lookup(tree, path):
+    for p in path:
+      tree = tree[p]
+    return tree
+
+  def store(path, value):
+    node = out
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = value
+
+  for entry in entries:
+    target = lookup(abstract, entry.path)
+    sharding = lookup(shardings, entry.path) if shardings is not None else None
+    dtype = target.dtype
+    if not entry.per_layer:
+      value = _convert(ckpt, entry.hf_name, entry, config, target.shape)
+      store(entry.path, _place(value, sharding, dtype))
+      continue
+    layer_shape = target.shape[1:]
+    layer_sharding = None
+    if sharding is not None:
+      spec = sharding.spec
+      layer_sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*tuple(spec)[1:]))
+    if sharding is not None:
+      stacked = jax.jit(lambda: jnp.zeros(target.shape, dtype), out_shardings=sharding)()
+    else:
+      stacked = jnp.zeros(target.shape, dtype)
+    for l in range(config.num_layers):
+      name = entry.hf_name.format(l=l)
+      value = _convert(ckpt, name, entry, config, layer_shape)
+      stacked = _stacked_write_donated(stacked, _place(value, layer_sharding, dtype), jnp.int32(l))
+    store(entry.path, stacked)
+  return out
+
+
+def _convert(ckpt: HFCheckpoint, name: str, entry: _Entry, config: ModelConfig, shape) -> np.ndarray:
+  raw = ckpt.get(name)
+  try:
+    value = entry.to_ours(raw, config)
+  except ValueError as e:
+    raise ValueError(f"{ckpt.weight_map[name]}: tensor {name!r} of shape {raw.shape} does not fit the config "
+                     f"({e})") from None
+  if tuple(value.shape) != tuple(shape):
+    raise ValueError(f"{ckpt.weight_map[name]}: tensor {name!r} has shape {raw.shape}, expected a tensor that maps "
+                     f"to {tuple(shape)} for this config")
+  return value
+
+
+def _abstract_and_shardings(build, mesh, rules):
+  abstract_model = nnx.eval_shape(build)
+  abstract = nnx.to_pure_dict(nnx.state(abstract_model))
+  shardings = None
+  if mesh is not None:
+    from rstar_jax import sharding as sharding_lib  # local: models never depend on the mesh module
+    shardings = nnx.to_pure_dict(sharding_lib.param_shardings(abstract_model, mesh,
+                                                              rules or sharding_lib.DEFAULT_RULES))
+  return abstract_model, abstract, shardings
+
+
+def load_qwen2(hf_dir: str | os.PathLike, config: ModelConfig | None = None, *, mesh=None, rules=None,
+               **config_overrides) -> Qwen2:
+  """Loads an HF Qwen2 dir as our `Qwen2` (placed on `mesh` with the logical rules when given)."""
+  config = config or ModelConfig.from_hf_config(hf_dir, **config_overrides)
+  model, abstract, shardings = _abstract_and_shardings(lambda: Qwen2(config, rngs=nnx.Rngs(0)), mesh, rules)
+  entries = name_table(config)
+  if not config.tie_word_embeddings:
+    entries.append(lm_head_entry())
+  ckpt = HFCheckpoint(hf_dir)
+  try:
+    params = _load_entries(ckpt, entries, abstract, shardings, config)
+  finally:
+    ckpt.close()
+  nnx.update(model, params)
+  return model
+
+
+def load_ppm(ppm_dir: str | os.PathLike, config: ModelConfig | None = None, *, mesh=None, rules=None,
+             **config_overrides) -> PPM:
+  """Loads the official PPM layout: HF backbone dir + `value_head.bin` (or `value_head.safetensors`)."""
+  config = config or ModelConfig.from_hf_config(ppm_dir, **config_overrides)
+  model, abstract, shardings = _abstract_and_shardings(lambda: PPM(config, rngs=nnx.Rngs(0)), mesh, rules)
+  ckpt = HFCheckpoint(ppm_dir)
+  try:
+    params = _load_entries(ckpt, name_table(config), abstract, shardings, config)
+  finally:
+    ckpt.close()
+  head = read_value_head(ppm_dir)
+  weight, bias = head[VALUE_HEAD_KEYS[0]], head[VALUE_HEAD_KEYS[1]]
+  if weight.shape != (1, config.hidden_size) or bias.shape != (1,):
+    raise ValueError(f"{ppm_dir}: value head has weight {weight.shape} / bias {bias.shape}, expected "
+                     f"(1, {config.hidden_size}) / (1,)")
+  dtype = abstract["value_head"]["kernel"].dtype
+  params["value_head"] = {"kernel": _place(weight.T, None if shardings is None else
+                                           shardings["value_head"]["kernel"], dtype),
+                          "bias": _place(bias, None if shardings is None else shardings["value_head"]["bias"], dtype)}
+  nnx.update(model, params)
+  return model
+
+
+def read_value_head(ppm_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+  ppm_dir = os.fspath(ppm_dir)
+  for name, reader in (("value_head.safetensors", lambda p: {k: np.array(SafetensorsFile(p).get(k))
+                                                             for k in VALUE_HEAD_KEYS}),
+                       ("value_head.bin", read_torch_bin)):
+    path = os.path.join(ppm_dir, name)
+    if os.path.exists(path):
+      tensors = reader(path)
+      missing = [k for k in VALUE_HEAD_KEYS if k not in tensors]
+      if missing:
+        raise KeyError(f"{path}: missing value-head tensors {missing}")
+      return {k: np.asarray(tensors[k], np.float32) for k in VALUE_HEAD_KEYS}
+  raise FileNotFoundError(f"{ppm_dir}: no value_head.bin or value_head.safetensors")
+
+
+# --- export -----------------------------------------------------------------------------------------------------------
+def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dtype) -> Iterator[tuple[str, np.ndarray]]:
+  for entry in entries:
+    value = state
+    for p in entry.path:
+      value = value[p]
+    if entry.per_layer:
+      for l in range(config.num_layers):
+        layer = np.asarray(jax.device_get(value[l]))
+        yield entry.hf_name.format(l=l), np.ascontiguousarray(entry.to_hf(layer, config).astype(dtype))
+    else:
+      yield entry.hf_name, np.ascontiguousarray(entry.to_hf(np.asarray(jax.device_get(value)), config).astype(dtype))
+
+
+def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_config: dict,
+                  max_shard_bytes: int) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for name, array in tensors:
+    if size and size + array.nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][name] = array
+    size += array.nbytes
+  if len(shards) == 1:
+    write_safetensors(os.path.join(out_dir, "model.safetensors"), shards[0])
+  else:
+    weight_map = {}
+    total = 0
+    for i, shard in enumerate(shards):
+      file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      write_safetensors(os.path.join(out_dir, file), shard)
+      weight_map.update({name: file for name in shard})
+      total += sum(a.nbytes for a in shard.values())
+    _write_json(os.path.join(out_dir, "model.safetensors.index.json"),
+                {"metadata": {"total_size": total}, "weight_map": weight_map})
+  _write_json(os.path.join(out_dir, "config.json"), hf_config)
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shard_bytes: int = 5 * 2**30) -> None:
+  """Writes `model` as an HF dir (`config.json` + safetensors) in `dtype` (default: the parameter dtype).
+
+  Only process 0 writes; in a multi-host run every process must call it (the gathers are collective).
+  """
+  config = model.config
+  dtype = np.dtype(dtype or config.weight_dtype)
+  entries = name_table(config) + ([] if config.tie_word_embeddings else [lm_head_entry()])
+  state = nnx.to_pure_dict(nnx.state(model))
+  hf_config = dict(config.to_hf_config(), torch_dtype=np.dtype(dtype).name)
+  tensors = _iter_hf_tensors(state, config, entries, dtype)
+  if jax.process_index() == 0:
+    _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes)
+  else:
+    for _ in tensors:
+      pass
+
+
+def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_format: str = "bin",
+             max_shard_bytes: int = 5 * 2**30) -> None:
+  """Writes the official PPM layout: backbone HF dir + `value_head.bin` (float32).
+
+  The PPM has no LM head. Tied configs export as `Qwen2ForCausalLM` (the head is the embedding); untied configs
+  export the backbone as `Qwen2Model` (`AutoModel` loads it; the value head is all the PPM needs).
+  """
+  config = ppm.config
+  dtype = np.dtype(dtype or config.weight_dtype)
+  state = nnx.to_pure_dict(nnx.state(ppm))
+  hf_config = dict(config.to_hf_config(), torch_dtype=np.dtype(dtype).name)
+  if not config.tie_word_embeddings:
+    hf_config["architectures"] = ["Qwen2Model"]
+  tensors = _iter_hf_tensors(state, config, name_table(config), dtype)
+  head = {VALUE_HEAD_KEYS[0]: np.asarray(jax.device_get(state["value_head"]["kernel"]), np.float32).T.copy(),
+          VALUE_HEAD_KEYS[1]: np.asarray(jax.device_get(state["value_head"]["bias"]), np.float32)}
+  if jax.process_index() != 0:
+    for _ in tensors:
+      pass
+    return
+  _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes)
+  if value_head_format == "bin":
+    write_torch_bin(os.path.join(out_dir, "value_head.bin"), head)
+  elif value_head_format == "safetensors":
+    write_safetensors(os.path.join(out_dir, "value_head.safetensors"), head)
+  else:
+    raise ValueError(f"value_head_format must be 'bin' or 'safetensors', got {value_head_format!r}")

@@ -1,0 +1,289 @@
+"""Qwen2 decoder in Flax NNX, one-to-one with Hugging Face's `Qwen2ForCausalLM`.
+
+Letters used in shapes and einsums:
+  B batch, T query length, S key/value length (cache slots), D model width, N query heads, K kv heads,
+  G query heads per kv head (N = K * G), H head dim, F MLP width, V vocab, L layers.
+
+Parameter tree (HF name in brackets; `convert.py` holds the transposes between the two):
+  model.embed_tokens.embedding            [V, D]      (model.embed_tokens.weight)
+  model.layers.self_attn.q_proj.kernel    [L, D, N, H] (model.layers.{l}.self_attn.q_proj.weight, .bias [L, N, H])
+  model.layers.self_attn.{k,v}_proj       [L, D, K, H] (+ bias [L, K, H])
+  model.layers.self_attn.o_proj.kernel    [L, N, H, D] (no bias, as Qwen2)
+  model.layers.mlp.{gate,up}_proj.kernel  [L, D, F];  mlp.down_proj.kernel [L, F, D]
+  model.layers.{input,post_attention}_layernorm.weight [L, D];  model.norm.weight [D]
+  lm_head.kernel                          [D, V]      (lm_head.weight; absent when embeddings are tied)
+
+Decoder layers are stacked along a leading `layers` axis and run with `jax.lax.scan`, so a 28-layer model compiles
+as fast as a 1-layer one. Every parameter carries `logical_axes` metadata; `rstar_jax.sharding` maps those names
+onto the mesh. Numerics: matmuls in `config.dtype`; RMSNorm statistics, RoPE, attention softmax and logits in float32.
+
+Padding and caching: a boolean `input_mask` marks real tokens (left or right padding both work). With a `KVCache`,
+the T new tokens are written at slots `[end_index, end_index + T)`; a query at slot q sees the real slots s <= q. The
+same code is the full forward (no cache), the prefill (cache, T = prompt length) and a decode step (cache, T = 1).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rstar_jax.models.axes import constrain
+from rstar_jax.models.config import ModelConfig
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully-masked (pad) rows stay NaN-free
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer for B sequences of up to S slots."""
+  k: jax.Array  # [L, B, S, K, H]
+  v: jax.Array  # [L, B, S, K, H]
+  kv_mask: jax.Array  # [B, S] bool, True = slot holds a real token
+  end_index: jax.Array  # [] int32, the first free slot (shared by all rows; pad to align rows)
+
+  @classmethod
+  def init(cls, config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> "KVCache":
+    dtype = jnp.dtype(dtype or config.compute_dtype)
+    shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+               kv_mask=jnp.zeros((batch_size, max_len), bool), end_index=jnp.zeros((), jnp.int32))
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+
+@flax.struct.dataclass
+class ModelOutput:
+  logits: jax.Array | None  # [B, T, V] float32
+  hidden: jax.Array | None  # [B, T, D] final-norm hidden states (HF's last `hidden_states`)
+  cache: KVCache | None
+
+
+def _param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], config: ModelConfig,
+           init: str = "normal") -> nnx.Param:
+  if init == "normal":
+    value = config.initializer_range * jax.random.normal(rngs.params(), tuple(shape), jnp.float32)
+  elif init == "ones":
+    value = jnp.ones(tuple(shape), jnp.float32)
+  else:
+    value = jnp.zeros(tuple(shape), jnp.float32)
+  return nnx.Param(value.astype(config.weight_dtype), logical_axes=tuple(axes))
+
+
+class Dense(nnx.Module):
+  """A linear map written as an einsum over named weight dims (`"BTD,DNH->BTNH"`), with optional bias."""
+
+  def __init__(self, equation: str, kernel_shape: Sequence[int], kernel_axes: Sequence[str | None],
+               bias_shape: Sequence[int] | None, bias_axes: Sequence[str | None] | None, *,
+               config: ModelConfig, rngs: nnx.Rngs):
+    self.equation = equation
+    self.dtype = config.compute_dtype
+    self.kernel = _param(rngs, kernel_shape, kernel_axes, config)
+    self.bias = _param(rngs, bias_shape, bias_axes, config, "zeros") if bias_shape is not None else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """`w * x / rms(x)`, statistics in float32; the scale is applied after casting back (as HF Qwen2RMSNorm)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.eps = config.rms_norm_eps
+    self.weight = _param(rngs, (config.hidden_size,), ("embed",), config, "ones")
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.weight[...].astype(x.dtype) * x32.astype(x.dtype)
+
+
+def rope_sin_cos(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """`positions [B, T]` -> sin, cos `[B, T, H]` float32 (rotate-half layout: both halves repeat the frequencies)."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))  # [H/2]
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.sin(emb), jnp.cos(emb)
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+  """`x [B, T, N, H]` rotated by position; computed in float32, returned in x's dtype."""
+  x32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention with q/k/v bias and no output bias."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+    self.num_kv_heads, self.head_dim = k, h
+    self.dtype = config.compute_dtype
+    self.q_proj = Dense("BTD,DNH->BTNH", (d, n, h), ("embed", "heads", "head_dim"), (n, h), ("heads", "head_dim"),
+                        config=config, rngs=rngs)
+    self.k_proj = Dense("BSD,DKH->BSKH", (d, k, h), ("embed", "kv_heads", "head_dim"), (k, h),
+                        ("kv_heads", "head_dim"), config=config, rngs=rngs)
+    self.v_proj = Dense("BSD,DKH->BSKH", (d, k, h), ("embed", "kv_heads", "head_dim"), (k, h),
+                        ("kv_heads", "head_dim"), config=config, rngs=rngs)
+    self.o_proj = Dense("BTNH,NHD->BTD", (n, h, d), ("heads", "head_dim", "embed"), None, None,
+                        config=config, rngs=rngs)
+
+  def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, mask: jax.Array,
+               cache_kv: tuple[jax.Array, jax.Array] | None, write_index: jax.Array | None
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """`x [B, T, D]`, `mask [B, T, S]` -> `[B, T, D]` and the updated `[B, S, K, H]` cache of this layer."""
+    q = apply_rope(self.q_proj(x), sin, cos)  # [B, T, N, H]
+    k = apply_rope(self.k_proj(x), sin, cos)  # [B, T, K, H]
+    v = self.v_proj(x)
+    if cache_kv is not None:
+      k_cache, v_cache = cache_kv
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, write_index, 0, 0))
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, write_index, 0, 0))
+      k, v, cache_kv = k_cache, v_cache, (k_cache, v_cache)
+    q = constrain(q, ("batch", "length", "heads", "head_dim"))
+    k = constrain(k, ("batch", "kv_length", "kv_heads", "head_dim"))
+    b, t, n, h = q.shape
+    q = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)  # [B, T, K, G, H]
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q.astype(self.dtype), k.astype(self.dtype),
+                        preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(h))
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(self.dtype)).reshape(b, t, n, h)
+    return self.o_proj(out), cache_kv
+
+
+class MLP(nnx.Module):
+  """SwiGLU: `down(silu(gate(x)) * up(x))`."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    d, f = config.hidden_size, config.intermediate_size
+    self.gate_proj = Dense("BTD,DF->BTF", (d, f), ("embed", "mlp"), None, None, config=config, rngs=rngs)
+    self.up_proj = Dense("BTD,DF->BTF", (d, f), ("embed", "mlp"), None, None, config=config, rngs=rngs)
+    self.down_proj = Dense("BTF,FD->BTD", (f, d), ("mlp", "embed"), None, None, config=config, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+    return self.down_proj(constrain(h, ("batch", "length", "mlp")))
+
+
+class DecoderLayer(nnx.Module):
+  """Pre-norm residual block: attention then MLP."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.input_layernorm = RMSNorm(config, rngs=rngs)
+    self.self_attn = Attention(config, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(config, rngs=rngs)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x, sin, cos, mask, cache_kv, write_index):
+    attn_out, cache_kv = self.self_attn(self.input_layernorm(x), sin, cos, mask, cache_kv, write_index)
+    x = x + attn_out
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return constrain(x, ("batch", "length", "embed")), cache_kv
+
+
+def _stacked_layers(config: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
+  """`config.num_layers` decoder layers as one module whose weights carry a leading `layers` axis."""
+
+  @nnx.split_rngs(splits=config.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(layer_rngs):
+    return DecoderLayer(config, rngs=layer_rngs)
+
+  layers = make(rngs)
+  for _, var in nnx.iter_graph(layers):
+    if isinstance(var, nnx.Variable) and "logical_axes" in var.get_metadata():
+      var.set_metadata("logical_axes", ("layers",) + tuple(var.get_metadata()["logical_axes"]))
+  return layers
+
+
+class Qwen2Model(nnx.Module):
+  """The backbone: token embedding, stacked decoder layers, final norm (HF `Qwen2Model`)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False):
+    self.config = config
+    self.remat = remat
+    self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=config.compute_dtype,
+                                  param_dtype=config.weight_dtype, rngs=rngs,
+                                  embedding_init=nnx.initializers.normal(config.initializer_range))
+    self.embed_tokens.embedding.set_metadata("logical_axes", ("vocab", "embed"))
+    self.layers = _stacked_layers(config, rngs)
+    self.norm = RMSNorm(config, rngs=rngs)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, input_mask: jax.Array,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """`tokens, positions [B, T] int32`, `input_mask [B, T] bool` -> hidden `[B, T, D]`, updated cache."""
+    config = self.config
+    t = tokens.shape[1]
+    x = constrain(self.embed_tokens(tokens).astype(config.compute_dtype), ("batch", "length", "embed"))
+    sin, cos = rope_sin_cos(positions, config.head_dim, config.rope_theta)
+    if cache is None:
+      kv_mask, q_slots, write_index = input_mask, jnp.arange(t), None
+    else:
+      write_index = cache.end_index
+      kv_mask = jax.lax.dynamic_update_slice(cache.kv_mask, input_mask, (0, write_index))
+      q_slots = write_index + jnp.arange(t)
+    s = kv_mask.shape[1]
+    mask = kv_mask[:, None, :] & (jnp.arange(s)[None, None, :] <= q_slots[None, :, None])  # [B, T, S]
+
+    graphdef, layer_state = nnx.split(self.layers)
+
+    def layer_step(x, per_layer):
+      state, cache_kv = per_layer
+      x, cache_kv = nnx.merge(graphdef, state)(x, sin, cos, mask, cache_kv, write_index)
+      return x, cache_kv
+
+    if self.remat:
+      layer_step = jax.checkpoint(layer_step, policy=jax.checkpoint_policies.nothing_saveable)
+    cache_kv = None if cache is None else (cache.k, cache.v)
+    x, new_kv = jax.lax.scan(layer_step, x, (layer_state, cache_kv))
+    if cache is not None:
+      cache = KVCache(k=new_kv[0], v=new_kv[1], kv_mask=kv_mask, end_index=cache.end_index + t)
+    return self.norm(x), cache
+
+
+class Qwen2(nnx.Module):
+  """Causal LM (HF `Qwen2ForCausalLM`): backbone + LM head (tied to the embedding or its own `[D, V]` kernel)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False):
+    self.config = config
+    self.model = Qwen2Model(config, rngs=rngs, remat=remat)
+    if config.tie_word_embeddings:
+      self.lm_head = None
+    else:
+      self.lm_head = Dense("BTD,DV->BTV", (config.hidden_size, config.vocab_size), ("embed", "vocab"), None, None,
+                           config=config, rngs=rngs)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """`hidden [B, T, D]` -> float32 logits `[B, T, V]`."""
+    dtype = self.config.compute_dtype
+    if self.lm_head is None:
+      table = self.model.embed_tokens.embedding[...]
+      out = jnp.einsum("BTD,VD->BTV", hidden.astype(dtype), table.astype(dtype), preferred_element_type=jnp.float32)
+    else:
+      out = jnp.einsum("BTD,DV->BTV", hidden.astype(dtype), self.lm_head.kernel[...].astype(dtype),
+                       preferred_element_type=jnp.float32)
+    return constrain(out, ("batch", "length", "vocab"))
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, input_mask: jax.Array,
+               cache: KVCache | None = None, return_hidden: bool = False,
+               return_logits: bool = True) -> ModelOutput:
+    hidden, cache = self.model(tokens, positions, input_mask, cache)
+    logits = self.logits(hidden) if return_logits else None
+    return ModelOutput(logits=logits, hidden=hidden if return_hidden else None, cache=cache)
+
+
+def default_positions(input_mask: jax.Array) -> jax.Array:
+  """Positions `[B, T]` counting real tokens only (0 at each row's first real token), as HF computes them
+  from an attention mask under left padding."""
+  return jnp.maximum(jnp.cumsum(input_mask.astype(jnp.int32), axis=-1) - 1, 0)

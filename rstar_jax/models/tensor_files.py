@@ -1,0 +1,278 @@
+"""Reading and writing checkpoint tensor files without torch: safetensors and torch's zip `.bin` format.
+
+Both readers memory-map the file and return one tensor at a time as a numpy view (bfloat16 via `ml_dtypes`), so a
+7B checkpoint is never copied whole into host memory. Errors name the file and the tensor.
+
+`.bin` support covers what checkpoints of flat state dicts use (`torch.save({name: tensor})`: the zip layout with
+`data.pkl` + one storage entry per tensor). It is read with a restricted unpickler that resolves only the handful of
+torch globals such a file references, so loading never executes arbitrary pickled code.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import mmap
+import os
+import pickle
+import struct
+import zipfile
+from typing import Iterator, Mapping
+
+import ml_dtypes
+import numpy as np
+
+_ST_DTYPES = {
+    "F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F64": np.dtype(np.float64), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32), "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+class SafetensorsFile:
+  """A memory-mapped `.safetensors` file: `keys()`, `shape(name)`, `get(name) -> np.ndarray` (a read-only view)."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = os.fspath(path)
+    try:
+      self._file = open(self.path, "rb")
+    except FileNotFoundError:
+      raise FileNotFoundError(f"{self.path}: safetensors file not found") from None
+    size = os.fstat(self._file.fileno()).st_size
+    if size < 8:
+      raise ValueError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
+    (header_len,) = struct.unpack("<Q", self._file.read(8))
+    if 8 + header_len > size:
+      raise ValueError(f"{self.path}: truncated safetensors file (header of {header_len} bytes, file {size} bytes)")
+    try:
+      header = json.loads(self._file.read(header_len))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{self.path}: corrupt safetensors header ({e})") from None
+    self.metadata = header.pop("__metadata__", None) or {}
+    self._entries: dict[str, dict] = header
+    self._data_start = 8 + header_len
+    self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else None
+    for name, entry in self._entries.items():
+      begin, end = entry["data_offsets"]
+      if self._data_start + end > size:
+        raise ValueError(f"{self.path}: tensor {name!r} is truncated (needs bytes up to {self._data_start + end}, "
+                         f"file has {size})")
+      if entry["dtype"] not in _ST_DTYPES:
+        raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+
+  def keys(self) -> list[str]:
+    return list(self._entries)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._entries
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._entries[name]["shape"])
+
+  def get(self, name: str) -> np.ndarray:
+    if name not in self._entries:
+      raise KeyError(f"{self.path}: no tensor named {name!r}")
+    entry = self._entries[name]
+    dtype = _ST_DTYPES[entry["dtype"]]
+    begin, end = entry["data_offsets"]
+    shape = tuple(entry["shape"])
+    count = int(np.prod(shape, dtype=np.int64))
+    if end - begin != count * dtype.itemsize:
+      raise ValueError(f"{self.path}: tensor {name!r} has {end - begin} bytes for shape {shape} {entry['dtype']}")
+    return np.frombuffer(self._mmap, dtype=dtype, count=count, offset=self._data_start + begin).reshape(shape)
+
+  def close(self):
+    if self._mmap is not None:
+      try:
+        self._mmap.close()
+      except BufferError:  # arrays returned by `get` still view the mapping; it is unmapped when they are freed
+        pass
+    self._file.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+                      metadata: Mapping[str, str] | None = None) -> None:
+  """Writes `tensors` (numpy, bfloat16 allowed) atomically; readable by `safetensors`/`transformers`."""
+  header: dict[str, dict] = {"__metadata__": dict(metadata or {"format": "pt"})}
+  offset = 0
+  arrays = {}
+  for name, array in tensors.items():
+    array = np.ascontiguousarray(array)
+    if array.dtype not in _ST_NAMES:
+      raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {array.dtype}")
+    header[name] = {"dtype": _ST_NAMES[array.dtype], "shape": list(array.shape),
+                    "data_offsets": [offset, offset + array.nbytes]}
+    offset += array.nbytes
+    arrays[name] = array
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
+  tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for array in arrays.values():
+      f.write(array.tobytes())
+  os.replace(tmp, path)
+
+
+# --- torch zip (.bin) -------------------------------------------------------------------------------------------------
+_TORCH_STORAGES = {
+    "FloatStorage": np.dtype(np.float32), "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16), "DoubleStorage": np.dtype(np.float64),
+    "LongStorage": np.dtype(np.int64), "IntStorage": np.dtype(np.int32), "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+}
+_STORAGE_NAMES = {v: k for k, v in _TORCH_STORAGES.items()}
+
+
+class _StorageType:
+  def __init__(self, name: str):
+    self.name = name
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+  itemsize = storage.dtype.itemsize
+  return np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=tuple(size),
+                                         strides=tuple(s * itemsize for s in stride)).copy()
+
+
+def _rebuild_parameter(data, *unused):
+  return data
+
+
+class _TorchUnpickler(pickle.Unpickler):
+  _ALLOWED = {
+      ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+      ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+      ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+      ("collections", "OrderedDict"): collections.OrderedDict,
+  }
+
+  def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, path: str):
+    super().__init__(io.BytesIO(data))
+    self._archive, self._prefix, self._path = archive, prefix, path
+
+  def find_class(self, module, name):
+    if (module, name) in self._ALLOWED:
+      return self._ALLOWED[(module, name)]
+    if module == "torch" and name in _TORCH_STORAGES:
+      return _StorageType(name)
+    raise pickle.UnpicklingError(f"{self._path}: refusing to load global {module}.{name}")
+
+  def persistent_load(self, pid):
+    kind, storage_type, key, _location, numel = pid
+    if kind != "storage":
+      raise pickle.UnpicklingError(f"{self._path}: unsupported persistent id {pid!r}")
+    dtype = _TORCH_STORAGES[storage_type.name]
+    raw = self._archive.read(f"{self._prefix}/data/{key}")
+    return np.frombuffer(raw, dtype=dtype, count=numel)
+
+
+def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Loads a `torch.save`d flat state dict (zip format) as numpy arrays, without torch."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: file not found")
+  try:
+    archive = zipfile.ZipFile(path)
+  except zipfile.BadZipFile:
+    raise ValueError(f"{path}: not a torch zip checkpoint (legacy pickle-only .bin files are not supported)") from None
+  with archive:
+    pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+    if not pkl:
+      raise ValueError(f"{path}: no data.pkl inside; not a torch checkpoint")
+    prefix = pkl[0][:-len("/data.pkl")]
+    try:
+      state = _TorchUnpickler(archive.read(pkl[0]), archive, prefix, path).load()
+    except (KeyError, zipfile.BadZipFile, EOFError) as e:
+      raise ValueError(f"{path}: truncated or corrupt torch checkpoint ({e})") from None
+  if not isinstance(state, Mapping):
+    raise ValueError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
+  return dict(state)
+
+
+def _pickle_state_dict(tensors: Mapping[str, np.ndarray]) -> bytes:
+  """Protocol-2 pickle of `OrderedDict{name: tensor}` in the form `torch.save` writes, built opcode by opcode
+  (torch itself is never imported)."""
+  out = io.BytesIO()
+  w = out.write
+
+  def global_(module: str, name: str):
+    w(b"c" + module.encode() + b"\n" + name.encode() + b"\n")
+
+  def string(s: str):
+    b = s.encode()
+    w(b"X" + struct.pack("<I", len(b)) + b)
+
+  def integer(i: int):
+    w(b"J" + struct.pack("<i", i)) if -2**31 <= i < 2**31 else w(b"\x8a\x08" + struct.pack("<q", i))
+
+  def int_tuple(values):
+    w(b"(")
+    for v in values:
+      integer(v)
+    w(b"t")
+
+  def ordered_dict():
+    global_("collections", "OrderedDict")
+    w(b")R")  # EMPTY_TUPLE, REDUCE
+
+  w(b"\x80\x02")
+  ordered_dict()
+  w(b"(")  # MARK for SETITEMS
+  for key, (name, array) in enumerate(tensors.items()):
+    string(name)
+    global_("torch._utils", "_rebuild_tensor_v2")
+    w(b"(")  # args tuple
+    w(b"(")  # persistent id tuple
+    string("storage")
+    global_("torch", _STORAGE_NAMES[array.dtype])
+    string(str(key))
+    string("cpu")
+    integer(array.size)
+    w(b"tQ")  # TUPLE, BINPERSID
+    integer(0)
+    int_tuple(array.shape)
+    int_tuple([int(s // array.itemsize) for s in array.strides])
+    w(b"\x89")  # NEWFALSE (requires_grad)
+    ordered_dict()  # backward hooks
+    w(b"tR")  # TUPLE, REDUCE
+  w(b"u.")  # SETITEMS, STOP
+  return out.getvalue()
+
+
+def write_torch_bin(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]) -> None:
+  """Writes a flat state dict that `torch.load` reads, atomically, without importing torch."""
+  path = os.fspath(path)
+  tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+  for name, array in tensors.items():
+    if array.dtype not in _STORAGE_NAMES:
+      raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {array.dtype}")
+  prefix = "archive"
+  tmp = f"{path}.tmp{os.getpid()}"
+  with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+    archive.writestr(f"{prefix}/data.pkl", _pickle_state_dict(tensors))
+    archive.writestr(f"{prefix}/byteorder", "little")
+    for key, array in enumerate(tensors.values()):
+      archive.writestr(f"{prefix}/data/{key}", array.tobytes())
+    archive.writestr(f"{prefix}/version", "3\n")
+  os.replace(tmp, path)
+
+
+def iter_tensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (name, array) from a `.safetensors` or torch `.bin` file."""
+  path = os.fspath(path)
+  if path.endswith(".safetensors"):
+    with SafetensorsFile(path) as f:
+      for name in f.keys():
+        yield name, np.array(f.get(name))
+  else:
+    yield from read_torch_bin(path).items()

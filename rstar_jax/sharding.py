@@ -1,0 +1,151 @@
+"""Meshes, the one logical-axis rules table, and parameter/activation shardings.
+
+Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with parameters sharded over it, ZeRO-3 style) and
+`tensor` (Megatron-style: heads and MLP width split). Models only name logical axes (`rstar_jax.models.axes`); this
+module is the one place that maps them onto the mesh, so single-device CPU is the same code with a 1x1x1 mesh.
+
+Illegal splits: a dim is split only when its size divides by the product of its mesh axes. Qwen2.5-Math-1.5B has
+2 kv heads, so `tensor` = 4 cannot split `kv_heads`; by default that dim is replicated with a logged warning
+(`strict=True` raises instead). A mesh axis is used at most once per array: the first dim that claims it wins
+(so activations `[batch, length, embed]` put `fsdp` on batch, not on embed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rstar_jax.models import axes as logical_axes
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axes (in order of preference). The one table; override per run through the config.
+DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", ()),
+    ("kv_length", ()),
+    ("layers", ()),
+    ("vocab", ("tensor",)),
+    ("embed", ("fsdp",)),
+    ("heads", ("tensor",)),
+    ("kv_heads", ("tensor",)),
+    ("head_dim", ()),
+    ("mlp", ("tensor",)),
+)
+
+Rules = Sequence[tuple[str, Sequence[str]]]
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A `(data, fsdp, tensor)` mesh; one of the sizes may be -1 to take the remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+  if -1 in sizes:
+    known = math.prod(s for s in sizes if s != -1)
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices do not divide into data={data} fsdp={fsdp} tensor={tensor}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) > len(devices):
+    raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {math.prod(sizes)} devices; "
+                     f"{len(devices)} available")
+  grid = np.asarray(devices[:math.prod(sizes)], dtype=object).reshape(sizes)
+  return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules = DEFAULT_RULES,
+                    strict: bool = False, what: str = "array") -> PartitionSpec:
+  """Maps logical `names` of an array of `shape` to a `PartitionSpec` on `mesh` (see the module docstring)."""
+  if len(names) != len(shape):
+    raise ValueError(f"{what}: logical axes {tuple(names)} do not match shape {tuple(shape)}")
+  table: Mapping[str, Sequence[str]] = dict(rules)
+  used: set[str] = set()
+  spec: list[str | tuple[str, ...] | None] = []
+  for name, size in zip(names, shape):
+    if name is None:
+      spec.append(None)
+      continue
+    if name not in table:
+      raise KeyError(f"{what}: logical axis {name!r} has no rule; known: {sorted(table)}")
+    mesh_axes = tuple(a for a in table[name] if a not in used and mesh.shape.get(a, 1) > 1)
+    split = math.prod(mesh.shape[a] for a in mesh_axes)
+    if mesh_axes and size % split:
+      message = (f"{what}: cannot split logical axis {name!r} of size {size} over mesh axes {mesh_axes} "
+                 f"(size {split}); replicating it")
+      if strict:
+        raise ValueError(message.replace("; replicating it", ""))
+      log.warning(message)
+      mesh_axes = ()
+    used.update(mesh_axes)
+    spec.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+  return PartitionSpec(*spec)
+
+
+def named_sharding(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules = DEFAULT_RULES,
+                   strict: bool = False, what: str = "array") -> NamedSharding:
+  return NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules, strict, what))
+
+
+def _path_name(path: Iterable) -> str:
+  return ".".join(str(getattr(p, "key", p)) for p in path)
+
+
+def param_shardings(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES, strict: bool = False) -> nnx.State:
+  """The `NamedSharding` of every parameter, from its `logical_axes` metadata; same tree as `nnx.state(model)`.
+
+  Works on an abstract model from `nnx.eval_shape` (nothing is allocated).
+  """
+  state = nnx.state(model)
+
+  def sharding_of(path, var):
+    names = var.get_metadata().get("logical_axes")
+    shape = var.get_value().shape
+    if names is None:  # e.g. scalar bookkeeping variables: replicate
+      return NamedSharding(mesh, PartitionSpec())
+    return named_sharding(names, shape, mesh, rules, strict, what=_path_name(path))
+
+  return jax.tree.map_with_path(sharding_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES, strict: bool = False) -> nnx.Module:
+  """Places every parameter of `model` with its sharding (in place) and returns the model."""
+  shardings = param_shardings(model, mesh, rules, strict)
+  state = nnx.state(model)
+  placed = jax.tree.map(lambda v, s: jax.device_put(v, s), nnx.to_pure_dict(state), nnx.to_pure_dict(shardings))
+  nnx.replace_by_pure_dict(state, placed)
+  nnx.update(model, state)
+  return model
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
+  """Within the block (at trace time), model activations tagged with logical names get sharding constraints."""
+  def resolve(names, shape):
+    return named_sharding(names, shape, mesh, rules, what="activation")
+  with logical_axes.logical_resolver(resolve):
+    yield
+
+
+def cache_sharding(mesh: Mesh, cache_shape: Sequence[int], rules: Rules = DEFAULT_RULES) -> NamedSharding:
+  """Sharding of a `KVCache.k` / `.v` buffer `[L, B, S, K, H]`."""
+  return named_sharding(("layers", "batch", "kv_length", "kv_heads", "head_dim"), cache_shape, mesh, rules,
+                        what="kv cache")
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Multi-host start-up: `jax.distributed.initialize` (arguments auto-detected on Cloud TPU when omitted)."""
+  if num_processes == 1:
+    return
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)

@@ -1,0 +1,71 @@
+"""PPM: value equals the official `RewardModelWithValueHead` math in torch; `value_head.bin` round-trips."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import random_padded_batch
+
+from rstar_jax.models import convert, default_positions, last_token_index, value_transform
+
+
+def _official_values(hf, v_head, tokens, mask):
+  """rStar's reward model: causal LM hidden_states[-1] -> v_head.summary (Linear D->1) at the last real token."""
+  with torch.no_grad():
+    hidden = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
+                output_hidden_states=True).hidden_states[-1]
+    values = v_head(hidden.float()).squeeze(-1)  # [B, T]
+  last = [int(np.nonzero(row)[0][-1]) for row in mask]
+  return np.array([values[b, t].item() for b, t in enumerate(last)])
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_ppm_value_matches_official_math(hf_qwen2_factory, padding):
+  path, hf = hf_qwen2_factory(tie_word_embeddings=False)
+  torch.manual_seed(1)
+  v_head = torch.nn.Linear(hf.config.hidden_size, 1)
+  torch.save({"v_head.summary.weight": v_head.weight.detach(), "v_head.summary.bias": v_head.bias.detach()},
+             path / "value_head.bin")
+  ppm = convert.load_ppm(path)
+  tokens, mask = random_padded_batch(np.random.default_rng(5), 300, batch=4, length=11)
+  if padding == "right":
+    mask = mask[:, ::-1].copy()
+  ours = ppm(jnp.asarray(tokens), default_positions(jnp.asarray(mask)), jnp.asarray(mask))
+  np.testing.assert_allclose(np.asarray(ours), _official_values(hf, v_head, tokens, mask), atol=1e-5, rtol=0)
+
+
+def test_value_head_bin_round_trip_through_torch(hf_qwen2_factory, tmp_path):
+  path, hf = hf_qwen2_factory()
+  head = {"v_head.summary.weight": torch.randn(1, hf.config.hidden_size), "v_head.summary.bias": torch.randn(1)}
+  torch.save(head, path / "value_head.bin")
+  ppm = convert.load_ppm(path)
+  convert.save_ppm(ppm, tmp_path / "out")
+  reread = torch.load(tmp_path / "out" / "value_head.bin", weights_only=True)
+  for key, value in head.items():
+    assert torch.equal(reread[key], value), key
+  again = convert.load_ppm(tmp_path / "out")
+  tokens, mask = random_padded_batch(np.random.default_rng(0), 300, batch=2, length=7)
+  args = (jnp.asarray(tokens), default_positions(jnp.asarray(mask)), jnp.asarray(mask))
+  np.testing.assert_array_equal(np.asarray(again(*args)), np.asarray(ppm(*args)))
+
+
+def test_value_head_safetensors_accepted_and_missing_head_named(hf_qwen2_factory, tmp_path):
+  from rstar_jax.models.tensor_files import write_safetensors
+  path, hf = hf_qwen2_factory()
+  with pytest.raises(FileNotFoundError, match="value_head"):
+    convert.load_ppm(path)
+  w = np.random.default_rng(0).normal(size=(1, hf.config.hidden_size)).astype(np.float32)
+  write_safetensors(path / "value_head.safetensors", {"v_head.summary.weight": w,
+                                                      "v_head.summary.bias": np.zeros(1, np.float32)})
+  ppm = convert.load_ppm(path)
+  np.testing.assert_array_equal(np.asarray(ppm.value_head.kernel[...]).T, w)
+
+
+def test_last_token_index_and_transforms():
+  mask = jnp.array([[0, 0, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]], bool)
+  np.testing.assert_array_equal(np.asarray(last_token_index(mask)), [3, 2, 0])
+  raw = jnp.array([-10.0, 0.0, 5.0])
+  np.testing.assert_allclose(np.asarray(value_transform(raw, "tanh5")), np.tanh(np.array([-2.0, 0.0, 1.0])),
+                             rtol=1e-6)
+  with pytest.raises(ValueError):
+    value_transform(raw, "sigmoid")

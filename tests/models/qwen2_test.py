@@ -1,0 +1,110 @@
+"""Qwen2 parity with `transformers` (logits, hidden states), cached decode, config and presets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import random_padded_batch
+from flax import nnx
+
+from rstar_jax.models import KVCache, ModelConfig, Qwen2, default_positions
+from rstar_jax.models import convert
+
+# (tied, query heads per kv head 1 / 2 / 7, rope theta 1e4 / 1e6, odd sizes)
+PARITY_CONFIGS = {
+    "tied_gqa2_theta1e4": dict(num_heads=4, num_kv_heads=2, rope_theta=1e4, tie_word_embeddings=True),
+    "untied_mha_theta1e6": dict(num_heads=4, num_kv_heads=4, rope_theta=1e6, tie_word_embeddings=False),
+    "untied_gqa7_odd": dict(vocab_size=301, hidden_size=56, intermediate_size=97, num_layers=3, num_heads=7,
+                            num_kv_heads=1, rope_theta=1e6, tie_word_embeddings=False),
+    "tied_gqa2_odd_headdim": dict(vocab_size=257, hidden_size=48, intermediate_size=80, num_layers=2, num_heads=6,
+                                  num_kv_heads=3, head_dim=10, rope_theta=1e4, tie_word_embeddings=True),
+}
+
+
+def _reference(hf, tokens, mask):
+  with torch.no_grad():
+    out = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
+             output_hidden_states=True)
+  return out.logits.numpy(), out.hidden_states[-1].numpy()
+
+
+@pytest.mark.parametrize("name", sorted(PARITY_CONFIGS))
+def test_logits_and_hidden_match_transformers(hf_qwen2_factory, name):
+  path, hf = hf_qwen2_factory(**PARITY_CONFIGS[name])
+  model = convert.load_qwen2(path)
+  rng = np.random.default_rng(1)
+  tokens, mask = random_padded_batch(rng, hf.config.vocab_size, batch=4, length=13)
+  ref_logits, ref_hidden = _reference(hf, tokens, mask)
+  out = model(jnp.asarray(tokens), default_positions(jnp.asarray(mask)), jnp.asarray(mask), return_hidden=True)
+  assert out.logits.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out.logits)[mask], ref_logits[mask], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(out.hidden)[mask], ref_hidden[mask], atol=1e-4, rtol=0)
+
+
+def test_prefill_then_decode_equals_full_forward():
+  config = ModelConfig.tiny(num_layers=3, tie_word_embeddings=False)
+  model = Qwen2(config, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  tokens, mask = random_padded_batch(rng, config.vocab_size, batch=3, length=12)
+  tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+  positions = default_positions(mask)
+  full = model(tokens, positions, mask).logits
+
+  @jax.jit
+  def step(state, tok, pos, msk, cache):
+    out = nnx.merge(graphdef, state)(tok, pos, msk, cache=cache)
+    return out.logits, out.cache
+
+  graphdef, state = nnx.split(model)
+  prefill = 5
+  cache = KVCache.init(config, 3, 16)
+  logits, cache = step(state, tokens[:, :prefill], positions[:, :prefill], mask[:, :prefill], cache)
+  decoded = [logits]
+  for t in range(prefill, 12):
+    logits, cache = step(state, tokens[:, t:t + 1], positions[:, t:t + 1], mask[:, t:t + 1], cache)
+    decoded.append(logits)
+  decoded = jnp.concatenate(decoded, axis=1)
+  m = np.asarray(mask)
+  np.testing.assert_allclose(np.asarray(decoded)[m], np.asarray(full)[m], atol=1e-4, rtol=0)
+  assert int(cache.end_index) == 12
+
+
+def test_bf16_compute_keeps_fp32_logits_close():
+  config = ModelConfig.tiny()
+  model32 = Qwen2(config, rngs=nnx.Rngs(0))
+  model16 = Qwen2(config.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))
+  tokens = jnp.arange(16).reshape(2, 8)
+  mask = jnp.ones((2, 8), bool)
+  pos = default_positions(mask)
+  l32 = model32(tokens, pos, mask).logits
+  l16 = model16(tokens, pos, mask).logits
+  assert l16.dtype == jnp.float32
+  assert float(jnp.max(jnp.abs(l32 - l16))) < 0.05 * float(jnp.max(jnp.abs(l32))) + 1e-2
+
+
+@pytest.mark.parametrize("preset", ["qwen2p5_0p5b", "qwen2p5_math_1p5b", "qwen2p5_math_7b"])
+def test_preset_parameter_counts(preset):
+  # Counts derived by hand from each checkpoint's published config.json (embedding + 24/28 layers of
+  # q,k,v (+bias), o, gate, up, down, 2 norms + final norm (+ untied head)); they are the published sizes.
+  published = {"qwen2p5_0p5b": 494_032_768, "qwen2p5_math_1p5b": 1_543_714_304, "qwen2p5_math_7b": 7_615_616_512}
+  config = getattr(ModelConfig, preset)()
+  abstract = nnx.eval_shape(lambda: Qwen2(config, rngs=nnx.Rngs(0)))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  assert count == published[preset] == config.num_params()
+
+
+def test_config_from_hf_json_top_level_and_rope_parameters(tmp_path):
+  base = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 10, "hidden_size": 8,
+          "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+          "rms_norm_eps": 1e-5, "max_position_embeddings": 64, "tie_word_embeddings": True}
+  v4 = ModelConfig.from_hf_config(dict(base, rope_theta=1e6))
+  v5 = ModelConfig.from_hf_config(dict(base, rope_parameters={"rope_type": "default", "rope_theta": 1e6}))
+  assert v4 == v5 and v4.rope_theta == 1e6 and v4.head_dim == 4 and v4.rms_norm_eps == 1e-5
+  with pytest.raises(ValueError, match="llama"):
+    ModelConfig.from_hf_config(dict(base, model_type="llama", architectures=["LlamaForCausalLM"]))
+  with pytest.raises(KeyError, match="hidden_size"):
+    ModelConfig.from_hf_config({k: v for k, v in base.items() if k != "hidden_size"})
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(ValueError, match="config.json"):
+    ModelConfig.from_hf_config(tmp_path)
