@@ -1,0 +1,424 @@
+"""Tests of rstar_jax.tokenizer against transformers, sentencepiece and HF's embedding resize."""
+
+import json
+import pathlib
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from rstar_jax import tokenizer as tk
+
+QWEN_LEN = 151665  # 151643 BPE tokens + 22 special tokens (shared data README)
+QWEN_EOS = 151643  # <|endoftext|>
+
+# Varied texts: prose, LaTeX, unicode (NFC-sensitive "e" + combining accent, CJK, emoji), code, whitespace runs,
+# chat markers, rStar tags glued to words, partial tags and the "\n<|assistant|>" / "<|assistant|>" overlap.
+TEXTS = [
+    "Hello world",
+    "",
+    " ",
+    "What is $\\frac{3}{4} + \\sqrt{2}^{10}$? Answer: \\boxed{1024.75}",
+    "Caf\u00e9 vs Cafe\u0301 \u2014 \u6570\u5b66\u95ee\u9898 \u00bd \u03c0\u2248 3.14159 "
+    "\U0001F600\U0001F9EE \u00e9\u00e8\u00ea",
+    "def f(x):\n\tif x > 0:\n        return x ** 2  # square\n    return -x\n\n\n",
+    "<|im_start|>user\nSolve 2x+3=7<|im_end|>\n<|im_start|>assistant\n",
+    "<code>\n# Step 1: compute\nx = 2 * 21\n<end_of_step>\n# Step 2\nprint(x)\n<end_of_code>\n"
+    "<output>42<end_of_output>\n<answer>The answer is \\boxed{42}<end_of_answer>",
+    "x<end_of_step>y<end_of_code>z<end_of_answer>",
+    "  <end_of_step>  spaced  <end_of_code>\t",
+    "<|user|>:\nWhat is 1+1?\n<|assistant|>: Let's think step by step and solve the problem with code.",
+    "a\n<|assistant|>b\n\n<|assistant|><|assistant|>",
+    "<end_of_ste <end_of_step <code <BACK><refine>r<end_of_refine><error_info>e<end_of_error_info>",
+    "1234567890 12,345.678e-9 0x1F \u00a0nbsp\u2009thin",
+]
+
+
+def _shared_texts(shared_data: pathlib.Path) -> list[str]:
+  """Real rStar prompts and solutions from the shared data."""
+  sft = json.loads((shared_data / "formats" / "sft_data_examples.json").read_text())
+  shots = json.loads((shared_data / "prompts" / "few_shots.json").read_text())
+  texts = [r["query"] for r in sft] + [r["response"] for r in sft] + list(shots)
+  assert len(texts) > 10 and all(isinstance(t, str) for t in texts)
+  return texts
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(shared_data: pathlib.Path) -> pathlib.Path:
+  return shared_data / "qwen2.5-tokenizer"
+
+
+@pytest.fixture(scope="module")
+def hf_refs(qwen_dir: pathlib.Path):
+  """transformers tokenizers: (plain, with the rStar tags added exactly as the official SFT code does)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  plain = transformers.AutoTokenizer.from_pretrained(str(qwen_dir))
+  tagged = transformers.AutoTokenizer.from_pretrained(str(qwen_dir))
+  tagged.add_special_tokens({"additional_special_tokens": list(tk.RSTAR_SPECIAL_TOKENS)})
+  return plain, tagged
+
+
+# --- HF (Rust tokenizers) backend ---------------------------------------------------------------------------------
+
+
+def test_qwen_known_ids(qwen_dir):
+  tok = tk.load_tokenizer(qwen_dir)
+  assert isinstance(tok, tk.HFTokenizer)
+  assert tok.encode("Hello world") == [9707, 1879]
+  assert tok.encode("<|im_start|>user\n") == [151644, 872, 198]
+  assert tok.encode("Hello world", add_special_tokens=True) == [9707, 1879]  # Qwen2 adds no BOS/EOS
+  assert len(tok) == tok.vocab_size == QWEN_LEN
+  assert tok.eos_id == QWEN_EOS and tok.pad_id == QWEN_EOS and tok.bos_id is None
+  assert tok.token_to_id("<|im_end|>") == 151645 and tok.id_to_token(151645) == "<|im_end|>"
+  assert tok.token_to_id("<end_of_step>") is None and tok.id_to_token(10**7) is None
+  with pytest.raises(ValueError, match="out of range"):
+    tok.decode([9707, QWEN_LEN])
+  assert tok.decode(np.array([9707, 1879], np.int32)) == "Hello world"
+  # A tokenizer.json path loads too.
+  assert tk.load_tokenizer(qwen_dir / "tokenizer.json").encode("Hello world") == [9707, 1879]
+
+
+def test_matches_transformers_before_and_after_tags(qwen_dir, hf_refs, shared_data):
+  plain, tagged = hf_refs
+  texts = TEXTS + _shared_texts(shared_data)
+  tok = tk.load_tokenizer(qwen_dir)
+  for ref, stage in ((plain, "before"), (tagged, "after")):
+    if stage == "after":
+      assert tk.add_rstar_tokens(tok) == len(tk.RSTAR_SPECIAL_TOKENS)
+    assert len(tok) == len(ref), stage
+    expected = [ref.encode(t, add_special_tokens=False) for t in texts]
+    for text, ids in zip(texts, expected):
+      assert tok.encode(text) == ids, (stage, text)
+    assert tok.encode_batch(texts) == expected, stage
+    for skip in (False, True):
+      want = [ref.decode(ids, skip_special_tokens=skip) for ids in expected]
+      assert [tok.decode(ids, skip_special_tokens=skip) for ids in expected] == want, (stage, skip)
+      assert tok.decode_batch(expected, skip_special_tokens=skip) == want, (stage, skip)
+  # The tags are ordinary text before they are added, single ids after: the two stages must differ.
+  assert plain.encode(TEXTS[8]) != tagged.encode(TEXTS[8])
+
+
+def test_step_tags_are_single_consecutive_tokens(qwen_dir):
+  tok = tk.load_tokenizer(qwen_dir)
+  assert all(len(tok.encode(s)) > 1 for s in tk.STEP_STOP_STRINGS)  # split before adding
+  n = len(tk.RSTAR_SPECIAL_TOKENS)
+  assert n == 15 and tk.PPM_SPECIAL_TOKENS == tk.RSTAR_SPECIAL_TOKENS[:12]
+  assert tk.add_rstar_tokens(tok, "policy") == n
+  assert tk.add_rstar_tokens(tok, "policy") == 0  # idempotent
+  assert len(tok) == QWEN_LEN + n
+  ids = [tok.token_to_id(t) for t in tk.RSTAR_SPECIAL_TOKENS]
+  assert ids == list(range(QWEN_LEN, QWEN_LEN + n))
+  for token, token_id in zip(tk.RSTAR_SPECIAL_TOKENS, ids):
+    assert tok.encode(token) == [token_id], token
+    assert tok.decode([token_id]) == token and tok.id_to_token(token_id) == token
+  for stop in tk.STEP_STOP_STRINGS:
+    ids = tok.encode(f"x = 1{stop}\n")
+    assert ids.count(tok.token_to_id(stop)) == 1
+    assert tok.decode(ids) == f"x = 1{stop}\n"
+    assert tok.decode(ids, skip_special_tokens=True) == "x = 1\n"
+  # The longer "\n<|assistant|>" wins over "\n" + "<|assistant|>".
+  assert tok.encode("\n<|assistant|>") == [tok.token_to_id("\n<|assistant|>")]
+
+
+def test_ppm_tags_then_policy_tags(qwen_dir):
+  tok = tk.load_tokenizer(qwen_dir)
+  assert tk.add_rstar_tokens(tok, "ppm") == 12
+  assert tk.add_rstar_tokens(tok, "policy") == 3
+  assert [tok.token_to_id(t) for t in tk.RSTAR_SPECIAL_TOKENS] == list(range(QWEN_LEN, QWEN_LEN + 15))
+  with pytest.raises(ValueError, match="policy"):
+    tk.add_rstar_tokens(tok, "value")
+  with pytest.raises(TypeError):
+    tok.add_special_tokens("<code>")
+
+
+# --- embedding resize ---------------------------------------------------------------------------------------------
+
+
+def _table(rows: int, dim: int, dtype=np.float32, seed: int = 0) -> np.ndarray:
+  return (np.random.default_rng(seed).normal(0.3, 1.5, (rows, dim))).astype(dtype)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_resize_keeps_rows_and_mean_init(backend):
+  table = _table(300, 48)
+  if backend == "jax":
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    table_in = jnp.asarray(table)
+  else:
+    table_in = table
+  for init in ("random", "mean"):
+    out = tk.resize_embedding(table_in, 315, init=init, seed=3)
+    assert type(out) is type(table_in) or backend == "jax"
+    out = np.asarray(out)
+    assert out.shape == (315, 48) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:300], table)  # bit-exact
+    if init == "mean":
+      want = np.mean(table.astype(np.float64), axis=0)
+      np.testing.assert_allclose(out[300:], np.broadcast_to(want, (15, 48)), rtol=0, atol=2e-6)
+  # Vocabulary on axis 1 (a Flax [D, V] LM-head kernel): the same rows, transposed.
+  out_t = np.asarray(tk.resize_embedding(table_in.T, 315, init="mean", axis=1))
+  assert out_t.shape == (48, 315)
+  np.testing.assert_array_equal(out_t[:, :300], table.T)
+  np.testing.assert_allclose(out_t[:, 300:].T, np.broadcast_to(want, (15, 48)), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_resize_random_init_std(backend):
+  std = 0.02
+  rows, dim, new = 64, 128, 1024
+  table = _table(rows, dim)
+  if backend == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    out = np.asarray(tk.resize_embedding(jax.numpy.asarray(table), rows + new, rng=jax.random.PRNGKey(7), std=std))
+  else:
+    out = tk.resize_embedding(table, rows + new, rng=np.random.default_rng(7), std=std)
+  np.testing.assert_array_equal(out[:rows], table)
+  fresh = out[rows:].astype(np.float64)
+  n = fresh.size  # 131072 i.i.d. normal(0, std) draws
+  # Sample std of n normal draws has relative standard error 1/sqrt(2n) (0.2%); sample mean has std/sqrt(n).
+  # Allow 6 standard errors: a false failure has probability < 1e-8.
+  assert abs(fresh.std() / std - 1) < 6 / np.sqrt(2 * n)
+  assert abs(fresh.mean()) < 6 * std / np.sqrt(n)
+  # Different seeds give different rows; the same seed the same rows.
+  grow = lambda seed: tk.resize_embedding(table, rows + 4, seed=seed)
+  assert not np.array_equal(grow(1), grow(2))
+  np.testing.assert_array_equal(grow(1), grow(1))
+
+
+def test_resize_no_shrink_and_dtype():
+  # Qwen2.5 checkpoints carry 152064 rows for 151665 + 15 tokens: nothing to do (scaled down here).
+  table = _table(152, 8)
+  assert tk.resize_embedding(table, 150) is table
+  assert tk.resize_embedding(table, 152) is table
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  bf16 = _table(40, 16).astype(ml_dtypes.bfloat16)
+  for init in ("random", "mean"):
+    out = tk.resize_embedding(bf16, 45, init=init)
+    assert out.dtype == bf16.dtype and out.shape == (45, 16)
+    np.testing.assert_array_equal(out[:40].view(np.uint16), bf16.view(np.uint16))
+  with pytest.raises(ValueError, match="init"):
+    tk.resize_embedding(table, 200, init="zeros")
+  with pytest.raises(ValueError, match="2-D"):
+    tk.resize_embedding(table[0], 200)
+  with pytest.raises(ValueError, match="axis"):
+    tk.resize_embedding(table, 200, axis=2)
+
+
+def test_resize_matches_transformers_resize_token_embeddings():
+  """HF's own resize on an untied tiny Qwen2: old rows kept, new rows ~ normal(0, initializer_range) (official
+  setting, mean_resizing=False) or ~ the old mean (HF's default mean_resizing=True, noise 1e-9 x covariance)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  init_range, vocab, hidden, new = 0.05, 128, 32, 2048
+  cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
+                                 initializer_range=init_range)
+  torch.manual_seed(0)
+  for mean_resizing in (False, True):
+    model = transformers.Qwen2ForCausalLM(cfg)
+    emb = model.get_input_embeddings().weight.detach().numpy().copy()  # [V, D]
+    head = model.get_output_embeddings().weight.detach().numpy().copy()  # [V, D]
+    model.resize_token_embeddings(vocab + new, mean_resizing=mean_resizing)
+    hf_emb = model.get_input_embeddings().weight.detach().numpy()
+    hf_head = model.get_output_embeddings().weight.detach().numpy()
+    init = "mean" if mean_resizing else "random"
+    for old, hf_new, axis in ((emb, hf_emb, 0), (head, hf_head, 0), (head.T, hf_head.T, 1)):
+      ours = tk.resize_embedding(old, vocab + new, init=init, std=init_range, axis=axis)
+      assert ours.shape == hf_new.shape
+      np.testing.assert_array_equal(ours, np.where(_new_mask(ours.shape, vocab, axis), ours, hf_new))
+      ours_new, hf_fresh = _new_part(ours, vocab, axis), _new_part(hf_new, vocab, axis)
+      if mean_resizing:
+        # HF noise per entry: sqrt(1e-9 * var(old)) ~ 1e-6 here.
+        np.testing.assert_allclose(ours_new, hf_fresh, rtol=0, atol=2e-5)
+      else:
+        n = hf_fresh.size  # both should be normal(0, init_range): 6-standard-error bounds as above
+        for sample in (ours_new, hf_fresh):
+          assert abs(sample.std() / init_range - 1) < 6 / np.sqrt(2 * n)
+          assert abs(sample.mean()) < 6 * init_range / np.sqrt(n)
+
+
+def _new_mask(shape, old_rows, axis):
+  idx = np.arange(shape[axis]) >= old_rows
+  return idx[:, None] if axis == 0 else idx[None, :]
+
+
+def _new_part(table, old_rows, axis):
+  return table[old_rows:] if axis == 0 else table[:, old_rows:].T
+
+
+# --- sentencepiece backend ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sp_dir(tmp_path_factory) -> pathlib.Path:
+  """A tiny Llama-style sentencepiece model (BPE, byte fallback, identity normalisation) trained on generated text."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("sp")
+  rng = np.random.default_rng(0)
+  words = ("the answer is of and to compute total number step value print def return if for in x y z sum "
+           "Question solve equation each times cost dollars").split()
+  lines = []
+  for _ in range(2000):
+    k = rng.integers(3, 14)
+    lines.append(" ".join(rng.choice(words, k)) + f" {rng.integers(0, 10**6)} = x**2 + {rng.random():.3f}")
+  (root / "corpus.txt").write_text("\n".join(lines))
+  spm.SentencePieceTrainer.train(
+      input=str(root / "corpus.txt"), model_prefix=str(root / "m"), vocab_size=300, model_type="bpe",
+      byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+      character_coverage=1.0, minloglevel=2, pad_id=3)
+  model_dir = root / "model"
+  model_dir.mkdir()
+  shutil.copy(root / "m.model", model_dir / "tokenizer.model")
+  return model_dir
+
+
+def _sp_reference(model_file: pathlib.Path, tokens):
+  """sentencepiece with the tokens added through its official ModelProto as USER_DEFINED pieces."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  from sentencepiece import sentencepiece_model_pb2 as pb  # pylint: disable=g-import-not-at-top
+
+  proto = pb.ModelProto()
+  proto.ParseFromString(model_file.read_bytes())
+  for t in tokens:
+    piece = proto.pieces.add()
+    piece.piece, piece.score, piece.type = t, 0.0, pb.ModelProto.SentencePiece.USER_DEFINED
+  return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+
+
+def test_sentencepiece_matches_processor(sp_dir):
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+  ref = spm.SentencePieceProcessor(model_file=str(sp_dir / "tokenizer.model"))
+  tok = tk.load_tokenizer(sp_dir)
+  assert isinstance(tok, tk.SentencePieceTokenizer)
+  assert len(tok) == tok.vocab_size == ref.get_piece_size() == 300
+  assert (tok.bos_id, tok.eos_id, tok.pad_id) == (ref.bos_id(), ref.eos_id(), ref.pad_id()) == (1, 2, 3)
+  expected = [ref.encode(t) for t in TEXTS]
+  assert [tok.encode(t) for t in TEXTS] == expected
+  assert tok.encode_batch(TEXTS) == expected
+  assert tok.encode("the answer", add_special_tokens=True) == [ref.bos_id()] + ref.encode("the answer")
+  assert [tok.decode(ids) for ids in expected] == [ref.decode(ids) for ids in expected]
+  assert tok.decode_batch(expected) == [ref.decode(ids) for ids in expected]
+  piece = ref.id_to_piece(260)
+  assert tok.token_to_id(piece) == 260 and tok.id_to_token(260) == piece and tok.id_to_token(300) is None
+  assert tok.token_to_id("<end_of_step>") is None and tok.token_to_id("<unk>") == ref.unk_id()
+  # The model file itself loads too (any *.model name).
+  assert tk.load_tokenizer(sp_dir / "tokenizer.model").encode_batch(TEXTS) == expected
+  assert tk.load_tokenizer(sp_dir.parent / "m.model").encode_batch(TEXTS) == expected
+
+
+def test_sentencepiece_special_tokens(sp_dir):
+  tok = tk.load_tokenizer(sp_dir)
+  ref = _sp_reference(sp_dir / "tokenizer.model", tk.RSTAR_SPECIAL_TOKENS)
+  assert [len(tok.encode(s)) for s in tk.STEP_STOP_STRINGS] != [1, 1, 1]
+  assert tk.add_rstar_tokens(tok) == 15 and tk.add_rstar_tokens(tok) == 0
+  assert len(tok) == ref.get_piece_size() == 315
+  assert [tok.token_to_id(t) for t in tk.RSTAR_SPECIAL_TOKENS] == list(range(300, 315))
+  expected = [ref.encode(t) for t in TEXTS]
+  assert [tok.encode(t) for t in TEXTS] == expected
+  assert tok.encode_batch(TEXTS) == expected
+  assert [tok.decode(ids) for ids in expected] == [ref.decode(ids) for ids in expected]
+  for stop in tk.STEP_STOP_STRINGS:
+    assert tok.encode(stop)[-1] == tok.token_to_id(stop)
+    ids = tok.encode(f"x = 1{stop}y")
+    assert ids.count(tok.token_to_id(stop)) == 1 and tok.decode(ids) == f"x = 1{stop}y"
+    assert tok.decode(ids, skip_special_tokens=True) == "x = 1y"
+  assert tok.decode([tok.bos_id, tok.token_to_id("<code>"), tok.eos_id], skip_special_tokens=True) == ""
+  # The extended model round-trips through its bytes.
+  again = tk.SentencePieceTokenizer(tok.model_proto, add_bos=True, add_eos=False, eos_token="</s>", pad_token=None,
+                                    bos_token="<s>", clean_up_tokenization_spaces=False, source="bytes")
+  assert [again.encode(t) for t in TEXTS] == expected
+  with pytest.raises(ValueError, match="out of range"):
+    tok.decode([len(tok)])
+
+
+def test_sentencepiece_dir_with_saved_added_tokens(sp_dir, tmp_path):
+  """A slow-tokenizer HF directory: tokenizer.model + added tokens recorded in tokenizer_config.json."""
+  shutil.copy(sp_dir / "tokenizer.model", tmp_path / "tokenizer.model")
+  cfg = {"add_bos_token": False, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+         "added_tokens_decoder": {"0": {"content": "<unk>", "special": True},
+                                  "300": {"content": "<|endoftext|>", "special": True},
+                                  "301": {"content": "<|user|>", "special": True}}}
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+  tok = tk.load_tokenizer(tmp_path)
+  assert len(tok) == 302 and tok.eos_id == tok.pad_id == 300 and tok.token_to_id("<|user|>") == 301
+  assert tok.encode("the", add_special_tokens=True) == tok.encode("the")  # add_bos_token false
+  assert tok.decode(tok.encode("the<|endoftext|>"), skip_special_tokens=True) == "the"
+  cfg["added_tokens_decoder"]["305"] = {"content": "<gap>", "special": True}
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+  with pytest.raises(ValueError, match="consecutive"):
+    tk.load_tokenizer(tmp_path)
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+def test_bad_paths(tmp_path):
+  missing = tmp_path / "no_such_dir"
+  with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+    tk.load_tokenizer(missing)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match=re.escape(str(empty))):
+    tk.load_tokenizer(empty)
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "config.json").write_text("{}")
+  with pytest.raises(FileNotFoundError, match=r"tokenizer\.json.*tokenizer\.model"):
+    tk.load_tokenizer(other)
+  with pytest.raises(ValueError, match=re.escape(str(other / "config.json"))):
+    tk.load_tokenizer(other / "config.json")  # a JSON file that is no tokenizer
+  (other / "vocab.txt").write_text("a\n")
+  with pytest.raises(ValueError, match=re.escape(str(other / "vocab.txt"))):
+    tk.load_tokenizer(other / "vocab.txt")
+
+
+def test_corrupt_files(tmp_path, qwen_dir):
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "tokenizer.json").write_text('{"model": ')
+  with pytest.raises(ValueError, match=re.escape(str(tmp_path / "a" / "tokenizer.json"))):
+    tk.load_tokenizer(tmp_path / "a")
+  (tmp_path / "b").mkdir()
+  (tmp_path / "b" / "tokenizer.model").write_bytes(b"\x00not a model\xff" * 3)
+  with pytest.raises(ValueError, match=re.escape(str(tmp_path / "b" / "tokenizer.model"))):
+    tk.load_tokenizer(tmp_path / "b")
+  (tmp_path / "b" / "tokenizer.model").unlink()
+  shutil.copy(qwen_dir / "tokenizer.json", tmp_path / "b" / "tokenizer.json")
+  (tmp_path / "b" / "tokenizer_config.json").write_text("{bad")
+  with pytest.raises(ValueError, match=re.escape(str(tmp_path / "b" / "tokenizer_config.json"))):
+    tk.load_tokenizer(tmp_path / "b")
+
+
+# --- save ---------------------------------------------------------------------------------------------------------
+
+
+def test_save_reload_and_transformers_load(qwen_dir, hf_refs, tmp_path):
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  _, tagged = hf_refs
+  tok = tk.load_tokenizer(qwen_dir)
+  tk.add_rstar_tokens(tok)
+  tok.save(tmp_path / "out")
+  again = tk.load_tokenizer(tmp_path / "out")
+  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  assert len(again) == len(hf) == len(tagged) == QWEN_LEN + 15
+  assert again.eos_id == hf.eos_token_id == QWEN_EOS and again.pad_id == QWEN_EOS
+  want = [tagged.encode(t) for t in TEXTS]
+  assert again.encode_batch(TEXTS) == want
+  assert [hf.encode(t, add_special_tokens=False) for t in TEXTS] == want
+  assert [hf.decode(ids, skip_special_tokens=True) for ids in want] == again.decode_batch(want, True)
+  assert set(tk.RSTAR_SPECIAL_TOKENS) <= set(hf.all_special_tokens)
+
+
+def test_sentencepiece_save_reload(sp_dir, tmp_path):
+  tok = tk.load_tokenizer(sp_dir)
+  tk.add_rstar_tokens(tok)
+  tok.save(tmp_path)
+  again = tk.load_tokenizer(tmp_path)
+  assert len(again) == 315 and (again.bos_id, again.eos_id, again.pad_id) == (1, 2, 3)
+  expected = tok.encode_batch(TEXTS)
+  assert again.encode_batch(TEXTS) == expected
+  assert again.decode_batch(expected, skip_special_tokens=True) == tok.decode_batch(expected, skip_special_tokens=True)
+  assert again.decode([tok.token_to_id("<end_of_step>")], skip_special_tokens=True) == ""
+  assert tk.add_rstar_tokens(again) == 0
