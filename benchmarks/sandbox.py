@@ -1,0 +1,212 @@
+"""Sandbox throughput and latency against the unsafe baselines, all in one run.
+
+  python benchmarks/sandbox.py                   # full run (~2-3 minutes on the 2-core dev machine)
+  python benchmarks/sandbox.py --quick           # smaller counts, for a smoke check
+  python benchmarks/sandbox.py --markdown out.md # also write the results table
+
+Three executors run the same program lists with the same number of processes (`--workers`):
+- `pool`: `sandbox.SandboxPool` ("rstar" output mode, strongest isolation available).
+- `unsafe`: the official style: long-lived worker processes (multiprocessing) that exec each program in-process
+  with rStar's output rules, a SIGALRM timer and one namespace shared by all programs of a process (no isolation at
+  all). They get the same warm start as the pool's workers (preloaded modules, warm-up, `gc.freeze()`), so the
+  ratio measures the sandbox's overhead, not warm-up differences.
+- `subprocess`: a fresh `python -c` per program (run on a subset: it is ~100x slower).
+
+Workloads: trivial arithmetic; sympy `solve`; numpy; a growing multi-step program re-run at each step (as MCTS does);
+and `mix`, the four interleaved. Reported: programs/s, p50/p99 latency per program (for the pool: submit -> result
+over a full batch, so it includes queueing; `exec` is the in-sandbox duration), and the timeout detection delay
+(result time minus the deadline for `while True: pass`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sandbox import SandboxPool  # pylint: disable=wrong-import-position
+from sandbox import observation  # pylint: disable=wrong-import-position
+from sandbox import pool as pool_lib  # pylint: disable=wrong-import-position
+
+MULTI_STEPS = [
+    "from sympy import Rational\ntotal = Rational(0)\n",
+    "for i in range(1, 21):\n    total += Rational(1, i * (i + 1))\n",
+    "import math\nresult = total * 2\nratio = float(result) / math.pi\n",
+    "print(result)\nprint(round(ratio, 6))\n",
+]
+
+
+def workloads(n: int) -> dict[str, list[str]]:
+  trivial = [f"a = {i}\nb = a * 3 + 7\nprint(b)" for i in range(n)]
+  sym = [f"from sympy import symbols, solve\nx = symbols('x')\nprint(solve(x**2 - {i % 9 + 3}*x + 2, x))"
+         for i in range(n)]
+  num = [f"import numpy as np\na = np.arange({100 + i % 50})\nprint(a.mean(), np.linalg.norm(a))" for i in range(n)]
+  multi = ["".join(MULTI_STEPS[:k % len(MULTI_STEPS) + 1]) for k in range(n)]
+  mix = [p for quad in zip(trivial, sym, num, multi) for p in quad][:n]
+  return {"trivial": trivial, "sympy": sym, "numpy": num, "multistep": multi, "mix": mix}
+
+
+# -- unsafe official-style baseline -------------------------------------------------------------------------------
+
+_UNSAFE_NS: dict = {}
+
+
+def _unsafe_init() -> None:
+  """Same warm start as the pool's workers (imports, warm-up, gc.freeze), so the comparison isolates overhead."""
+  import gc  # pylint: disable=import-outside-toplevel
+  import importlib  # pylint: disable=import-outside-toplevel
+  for name in pool_lib.DEFAULT_PRELOAD:
+    with contextlib.suppress(ImportError):
+      importlib.import_module(name)
+  observation.run_program(pool_lib.DEFAULT_WARMUP, {}, mode="plain")
+  gc.collect()
+  gc.freeze()
+  _UNSAFE_NS["__builtins__"] = __builtins__
+
+
+def _alarm(signum, frame):
+  raise TimeoutError("timeout")
+
+
+def _unsafe_run(code: str) -> tuple[str, float]:
+  """One program the official way: in-process exec, shared namespace, signal timer."""
+  start = time.perf_counter()
+  signal.signal(signal.SIGALRM, _alarm)
+  signal.setitimer(signal.ITIMER_REAL, 5.0)
+  try:
+    out = observation.run_program(code, _UNSAFE_NS, mode="rstar", max_chars=1024)
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+  obs = observation.postprocess(out.observation, printed=out.printed, max_chars=1024)
+  return obs, time.perf_counter() - start
+
+
+def bench_unsafe(mp_pool, programs: list[str]) -> dict:
+  start = time.perf_counter()
+  results = mp_pool.map(_unsafe_run, programs, chunksize=max(1, len(programs) // 64))
+  wall = time.perf_counter() - start
+  lat = [d for _, d in results]
+  return {"per_s": len(programs) / wall, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
+          "observations": [o for o, _ in results]}
+
+
+# -- python -c per program ----------------------------------------------------------------------------------------
+
+def _subprocess_run(code: str) -> float:
+  start = time.perf_counter()
+  subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False)
+  return time.perf_counter() - start
+
+
+def bench_subprocess(programs: list[str], workers: int) -> dict:
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+    lat = list(ex.map(_subprocess_run, programs))
+  wall = time.perf_counter() - start
+  return {"per_s": len(programs) / wall, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+
+
+# -- the pool -----------------------------------------------------------------------------------------------------
+
+def bench_pool(pool: SandboxPool, programs: list[str]) -> dict:
+  start = time.perf_counter()
+  futures = pool.submit(programs)
+  done_at = {}
+  for f in futures:
+    f.add_done_callback(lambda fut: done_at.setdefault(id(fut), time.perf_counter()))
+  results = [f.result() for f in futures]
+  wall = time.perf_counter() - start
+  lat = [done_at[id(f)] - start for f in futures]
+  exec_lat = [r.duration_s for r in results]
+  return {"per_s": len(programs) / wall, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
+          "exec_p50_ms": _pct(exec_lat, 50), "exec_p99_ms": _pct(exec_lat, 99),
+          "observations": [r.observation for r in results], "ok": sum(r.ok for r in results)}
+
+
+def bench_timeouts(workers: int, samples: int, timeout_s: float) -> dict:
+  with SandboxPool(num_workers=workers, timeout_s=timeout_s) as pool:
+    pool.run(["print(1)"] * workers)
+    delays = []
+    for _ in range(samples // workers):
+      start = time.perf_counter()
+      futures = pool.submit(["while True:\n    pass"] * workers)
+      for f in futures:
+        r = f.result()
+        assert r.timed_out, r
+        delays.append(r.duration_s - timeout_s)
+      delays.append(time.perf_counter() - start - timeout_s)
+  return {"p50_ms": _pct(delays, 50), "p99_ms": _pct(delays, 99), "max_ms": max(delays) * 1e3}
+
+
+def _pct(xs: list[float], q: float) -> float:
+  xs = sorted(xs)
+  return 1e3 * xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workers", type=int, default=2)
+  parser.add_argument("--n", type=int, default=800, help="programs per workload")
+  parser.add_argument("--subprocess-n", type=int, default=24, help="programs per workload for python -c")
+  parser.add_argument("--timeout-samples", type=int, default=20)
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--markdown", default=None, help="write the table to this file")
+  args = parser.parse_args()
+  if args.quick:
+    args.n, args.subprocess_n, args.timeout_samples = 200, 6, 6
+  loads = workloads(args.n)
+  rows = []
+  ctx = multiprocessing.get_context("fork")
+  with ctx.Pool(args.workers, initializer=_unsafe_init) as mp_pool, \
+      SandboxPool(num_workers=args.workers, timeout_s=5.0) as pool:
+    level = pool.isolation_level
+    mp_pool.map(_unsafe_run, ["print(1)"] * args.workers * 4)
+    pool.run(["print(1)"] * args.workers * 4)
+    for name, programs in loads.items():
+      unsafe = bench_unsafe(mp_pool, programs)
+      ours = bench_pool(pool, programs)
+      same = sum(a == b for a, b in zip(unsafe.pop("observations"), ours.pop("observations")))
+      sub = bench_subprocess(programs[:args.subprocess_n], args.workers)
+      rows.append((name, ours, unsafe, sub, same, len(programs)))
+      print(f"{name:10s} pool {ours['per_s']:8.0f}/s  unsafe {unsafe['per_s']:8.0f}/s  "
+            f"python -c {sub['per_s']:6.1f}/s  pool/unsafe {ours['per_s'] / unsafe['per_s']:.2f}  "
+            f"pool/subprocess {ours['per_s'] / sub['per_s']:.0f}x  same observations {same}/{len(programs)}",
+            flush=True)
+  tmo = bench_timeouts(args.workers, args.timeout_samples, 0.5)
+  print(f"timeout detection delay (deadline 0.5 s): p50 {tmo['p50_ms']:.1f} ms, p99 {tmo['p99_ms']:.1f} ms, "
+        f"max {tmo['max_ms']:.1f} ms")
+  lines = [
+      f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+      f"{args.workers} worker processes for every executor; isolation `{level}`; {args.n} programs per workload "
+      f"({args.subprocess_n} for `python -c`).",
+      "",
+      "| workload | pool prog/s | unsafe prog/s | `python -c` prog/s | pool / unsafe | pool / `python -c` | "
+      "pool p50 / p99 ms (batch) | pool exec p50 / p99 ms | unsafe exec p50 / p99 ms | same observation |",
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ]
+  for name, ours, unsafe, sub, same, n in rows:
+    lines.append(
+        f"| {name} | {ours['per_s']:.0f} | {unsafe['per_s']:.0f} | {sub['per_s']:.1f} | "
+        f"{ours['per_s'] / unsafe['per_s']:.2f} | {ours['per_s'] / sub['per_s']:.0f}x | "
+        f"{ours['p50_ms']:.0f} / {ours['p99_ms']:.0f} | {ours['exec_p50_ms']:.2f} / {ours['exec_p99_ms']:.2f} | "
+        f"{unsafe['p50_ms']:.2f} / {unsafe['p99_ms']:.2f} | {same}/{n} |")
+  lines += ["", f"Timeout detection delay (result minus a 0.5 s deadline, {args.timeout_samples} busy loops): "
+            f"p50 {tmo['p50_ms']:.1f} ms, p99 {tmo['p99_ms']:.1f} ms, max {tmo['max_ms']:.1f} ms."]
+  text = "\n".join(lines)
+  print(text)
+  if args.markdown:
+    with open(args.markdown, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  main()

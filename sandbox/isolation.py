@@ -1,0 +1,176 @@
+"""Host side of the jail: which isolation level this machine offers, and the command that starts a worker.
+
+Levels, strongest first (`SandboxPool(isolation="auto")` takes the first that works and says which):
+
+- "bwrap": bubblewrap (`apt-get install bubblewrap`) builds the jail: new PID, network (loopback only, so nothing
+  leaves the machine), IPC, UTS and cgroup namespaces; a fresh root holding only read-only binds of the system
+  directories, a few `/etc` files, the Python prefix and this package; private size-limited tmpfs `/tmp` and
+  `/dev/shm`; a minimal `/dev` and a fresh `/proc`; cleared environment; `--die-with-parent`, `--new-session`.
+  When the host runs as root, the worker keeps only CAP_SETUID/CAP_SETGID and drops at once to a per-worker
+  unprivileged uid (as non-root, bwrap maps the caller's uid in a user namespace instead).
+- "unshare": util-linux `unshare` makes the same namespaces and the worker builds the same read-only root itself
+  (`mount`, `chroot`), then drops to the unprivileged uid. Needs root.
+- "rlimits-only": no namespaces. The worker still drops to the unprivileged uid when root, and every executor still
+  runs under rlimits and the seccomp filter (which also blocks sockets); files outside the private work dir are
+  protected only by permissions.
+
+At every level each snippet runs in an executor with rlimits, its own process group, a wall-clock kill and (x86-64)
+the seccomp filter of `_seccomp`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import site
+import subprocess
+import sys
+from typing import Sequence
+
+LEVELS = ("bwrap", "unshare", "rlimits-only")
+
+JAIL_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "PYTHONHASHSEED": "0",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONIOENCODING": "utf-8",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+}
+
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/nsswitch.conf",
+              "/etc/host.conf", "/etc/hosts", "/etc/resolv.conf", "/etc/gai.conf", "/etc/passwd", "/etc/group",
+              "/etc/alternatives")
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Inside a jail the package is bound here, outside /tmp: a checkout under /tmp would vanish under the private /tmp.
+JAIL_PACKAGE_PARENT = "/opt/rstar_sandbox"
+
+
+def _under(path: str, roots: Sequence[str]) -> bool:
+  return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def jail_layout() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+  """(host path, jail path) pairs to bind read-only, and (target, link) symlinks, for the jail's root."""
+  binds: list[str] = []
+  symlinks: list[tuple[str, str]] = []
+  for d in _SYSTEM_DIRS:
+    if os.path.islink(d):
+      symlinks.append((os.readlink(d), d))
+    elif os.path.isdir(d):
+      binds.append(d)
+  binds += [p for p in _ETC_FILES if os.path.exists(p)]
+  extra = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.dirname(sys.executable))}
+  try:
+    extra.update(site.getsitepackages())
+  except AttributeError:  # old virtualenv's site module
+    pass
+  # Real paths too: a venv's python is a symlink into its base installation.
+  extra.update({os.path.realpath(p) for p in list(extra)})
+  for p in sorted(extra, key=len):
+    if os.path.isdir(p) and not _under(p, binds):
+      binds.append(p)
+  pairs = [(p, p) for p in binds] + [(PACKAGE_DIR, JAIL_PACKAGE_PARENT + "/sandbox")]
+  return pairs, symlinks
+
+
+def worker_argv(config_json: str, package_parent: str = JAIL_PACKAGE_PARENT) -> list[str]:
+  boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+          "from sandbox import _worker; _worker.main()")
+  return [os.path.abspath(sys.executable), "-s", "-B", "-c", boot, config_json]
+
+
+def bwrap_argv(inner: list[str], *, tmp_bytes: int, shm_bytes: int, as_root: bool) -> list[str]:
+  binds, symlinks = jail_layout()
+  argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+          "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+  if as_root:
+    argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+  else:
+    argv += ["--unshare-user"]
+  # bwrap would create missing parents (e.g. /root for a pyenv Python) as 0700: make them traversable.
+  targets = [dst for _, dst in binds]
+  parents = set()
+  for dst in targets:
+    parent = os.path.dirname(dst)
+    while parent != "/" and not _under(parent, targets):
+      parents.add(parent)
+      parent = os.path.dirname(parent)
+  for parent in sorted(parents, key=lambda q: q.count("/")):
+    argv += ["--perms", "0755", "--dir", parent]
+  for src, dst in binds:
+    argv += ["--ro-bind", src, dst]
+  for target, link in symlinks:
+    argv += ["--symlink", target, link]
+  argv += ["--dev", "/dev", "--proc", "/proc",
+           "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
+           "--perms", "1777", "--size", str(shm_bytes), "--tmpfs", "/dev/shm",
+           "--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]
+  for k, v in JAIL_ENV.items():
+    argv += ["--setenv", k, v]
+  argv += ["--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp"]
+  return argv + ["--"] + inner
+
+
+UNSHARE_PREFIX = ["unshare", "--fork", "--kill-child", "--pid", "--net", "--ipc", "--uts", "--mount",
+                  "--propagation", "private"]
+
+
+def _probe(argv: list[str]) -> str | None:
+  """Runs a tiny command; returns None when it worked, else why not."""
+  try:
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=30, check=False, env=dict(JAIL_ENV))
+  except (OSError, subprocess.TimeoutExpired) as e:
+    return f"{argv[0]}: {e}"
+  if proc.returncode != 0:
+    return f"{argv[0]} exited {proc.returncode}: {proc.stdout.decode(errors='replace').strip()[:300]}"
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def probe(level: str) -> str | None:
+  """None when `level` works on this machine, else the reason it does not (cached per process)."""
+  if level not in LEVELS:
+    raise ValueError(f"unknown isolation level {level!r}; expected one of {LEVELS}")
+  if sys.platform != "linux":
+    return None if level == "rlimits-only" else "namespaces need Linux"
+  if level == "bwrap":
+    if shutil.which("bwrap") is None:
+      return "bwrap not found (apt-get install bubblewrap)"
+    inner = [os.path.abspath(sys.executable), "-s", "-B", "-c", "pass"]
+    return _probe(bwrap_argv(inner, tmp_bytes=1 << 20, shm_bytes=1 << 20, as_root=os.geteuid() == 0))
+  if level == "unshare":
+    if os.geteuid() != 0:
+      return "the unshare level needs root (it mounts the jail itself)"
+    if shutil.which("unshare") is None:
+      return "unshare (util-linux) not found"
+    return _probe(UNSHARE_PREFIX + ["true"])
+  return None
+
+
+def choose(requested: str) -> tuple[str, dict[str, str]]:
+  """The level to use and, for "auto", why stronger levels were skipped.
+
+  Raises:
+    RuntimeError: an explicitly requested level does not work here.
+  """
+  if requested != "auto":
+    why = probe(requested)
+    if why is not None:
+      raise RuntimeError(f"isolation level {requested!r} is not available: {why}")
+    return requested, {}
+  skipped = {}
+  for level in LEVELS:
+    why = probe(level)
+    if why is None:
+      return level, skipped
+    skipped[level] = why
+  raise AssertionError("rlimits-only is always available")

@@ -1,0 +1,360 @@
+"""What a program's run shows the policy: the "rstar" and "plain" output modes (stdlib only).
+
+This module runs inside the sandbox executors; it is also imported by the host for post-processing.
+
+"rstar" mode: the observation rules of the official rStar-Math interpreter
+-------------------------------------------------------------------------
+An rStar-trained policy reads back `<output>{observation}<end_of_output>`, so the observation must be built exactly as
+the official code builds it (DESIGN.md §1.1). Given the program text (the code of the path, already joined by the
+search; see `strip_program` for the clean-up applied here):
+
+1. Clean-up: leading/trailing whitespace and backticks are stripped, then a leading `python` language tag (a first
+   line of exactly `python`, as left by a ```python fence) is removed.
+2. Parse. A parse error gives the error observation (rule 6) and runs nothing.
+3. "Print points" are top-level statements that are a bare `print(...)` call, or an `if`/`for`/`while`/`def` block
+   with such a call directly in its body (`body`, not `else`/`elif`, not nested deeper).
+4. Zero or one print point: every statement but the last runs with its stdout discarded; then the last statement
+   runs: if it is an expression whose value is not None, the observation is `str(value)` (the echo); otherwise it is
+   what that last statement printed. So `x = 2; print(x); y = 3` observes "" (a quirk kept in this mode only).
+5. Several print points: the program is cut after each print point; the pieces run in order in one namespace; each
+   piece contributes `f"{label} {its printed output}"`, concatenated. The label joins, with spaces, the text between
+   `print(` and the first `)` of every print call in the print-point statement (a regex over its source), then adds
+   `:`. `print(a)` -> "a: 5\n"; `print(round(x, 2))` -> "round(x, 2: 3.14\n". Statements after the last print point
+   never run.
+6. Any exception (parse, compile or run time; `SystemExit` and `KeyboardInterrupt` included) replaces the whole
+   observation with `f"{type(e).__name__}: {e}"`.
+7. Post-processing (`postprocess`): printed text (not an echo, not an error) that parses as a Python float becomes
+   `str(round(value, 4)) + "\n"` when that is shorter (`8.94427190999916\n` -> `8.9443\n`; `5\n` stays; the echo of
+   `math.sqrt(2)` stays `1.4142135623730951`). Then an observation longer than `max_chars` (1024 by default) becomes
+   its first `max_chars // 2` characters + `...` + its last `max_chars // 2`.
+
+Differences from the official interpreter, on purpose: every program gets a fresh namespace (the official one
+shares one across all programs of a process), and the time limit covers the whole program once (the official one
+re-runs a timed-out last statement with no timer). Sandbox outcomes have fixed texts: a timeout is
+`TimeoutError: execution exceeded {timeout_s}s`, a memory-limit hit (`MemoryError` or `ENOMEM`) is
+`MemoryError: execution exceeded the memory limit ({memory_mb} MB)`, a death by signal is
+`RuntimeError: execution killed by signal {SIGNAME}`, and a process exit (`os._exit`) is
+`SystemExit: process exited with status {code}`. Lone surrogates in any text are replaced by U+FFFD so results
+always encode as UTF-8.
+
+"plain" mode
+------------
+The whole program runs once with stdout captured; the observation is the printed text, or, when nothing was printed
+and the last statement is an expression whose value is not None, `str(value)`. Errors and post-processing as above.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import sys
+from typing import Any
+
+OUTPUT_MODES = ("rstar", "plain")
+_PRINT_LABEL_RE = re.compile(r"print\(([^)]*)\)")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+  """Replaces lone surrogates (unencodable in UTF-8) with U+FFFD."""
+  return _SURROGATE_RE.sub("\ufffd", text)
+
+
+def truncate(text: str, max_chars: int) -> str:
+  """rStar's cut: longer than `max_chars` -> head `max_chars // 2` + '...' + tail `max_chars // 2`."""
+  if len(text) <= max_chars:
+    return text
+  half = max_chars // 2
+  return text[:half] + "..." + (text[-half:] if half else "")
+
+
+def round_float_text(text: str) -> str:
+  """rStar's float rule for printed text: `round(float(text), 4)` + newline when that is shorter."""
+  try:
+    value = float(text)
+  except (ValueError, OverflowError):
+    return text
+  rounded = f"{round(value, 4)}\n"
+  return rounded if len(rounded) < len(text) else text
+
+
+def postprocess(text: str, *, printed: bool, max_chars: int) -> str:
+  """Float rounding (printed text only), then truncation; see the module docstring, rule 7."""
+  if printed:
+    text = round_float_text(text)
+  return truncate(clean_text(text), max_chars)
+
+
+def strip_program(code: str) -> str:
+  """rStar's clean-up of a program: strip whitespace and backticks, then a leading `python` fence tag."""
+  code = code.strip().strip("`").strip()
+  first, sep, rest = code.partition("\n")
+  if first.strip() == "python":
+    code = rest.strip() if sep else ""
+  return code
+
+
+class BoundedText(io.TextIOBase):
+  """A write-only text sink that keeps the head and tail of what it receives, never more.
+
+  Memory stays bounded whatever a snippet prints; `value(max_chars)` gives the text with rStar's truncation applied,
+  exactly as if the whole text had been kept (the head holds `keep` characters, enough to parse a long float).
+  """
+
+  def __init__(self, keep: int):
+    super().__init__()
+    self._keep = max(int(keep), 1)
+    self._head: list[str] = []
+    self._head_len = 0
+    self._tail = ""
+    self.total = 0
+    self.buffer = _BytesToText(self)
+
+  @property
+  def keep(self) -> int:
+    return self._keep
+
+  def writable(self) -> bool:
+    return True
+
+  @property
+  def encoding(self) -> str:  # type: ignore[override]
+    return "utf-8"
+
+  def isatty(self) -> bool:
+    return False
+
+  def write(self, s: str) -> int:
+    if self.closed:
+      raise ValueError("I/O operation on closed file.")
+    if not isinstance(s, str):
+      raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+    n = len(s)
+    if not n:
+      return 0
+    if self._head_len < self._keep:
+      piece = s[:self._keep - self._head_len]
+      self._head.append(piece)
+      self._head_len += len(piece)
+    self._tail = (self._tail + s[-self._keep:])[-self._keep:]
+    self.total += n
+    return n
+
+  def value(self, max_chars: int) -> str:
+    """The received text, cut to `max_chars` by rStar's rule when longer."""
+    head = "".join(self._head)
+    if self.total <= self._keep:
+      return truncate(head, max_chars)
+    half = max_chars // 2
+    return head[:half] + "..." + (self._tail[-half:] if half else "")
+
+  def full_if_short(self, limit: int) -> str | None:
+    """The exact text when at most `limit` (<= keep) characters were written, else None."""
+    return "".join(self._head) if self.total <= min(limit, self._keep) else None
+
+
+class _BytesToText:
+  """`sys.stdout.buffer` stand-in: bytes are decoded as UTF-8 (invalid bytes -> U+FFFD)."""
+
+  def __init__(self, sink: BoundedText):
+    self._sink = sink
+
+  def write(self, b: Any) -> int:
+    data = bytes(b)
+    self._sink.write(data.decode("utf-8", errors="replace"))
+    return len(data)
+
+  def flush(self) -> None:
+    pass
+
+
+class _Tee(io.TextIOBase):
+  """stdout during a run: everything goes to `raw`; to `obs` only while `recording`."""
+
+  def __init__(self, raw: BoundedText, obs: BoundedText):
+    super().__init__()
+    self.raw = raw
+    self.obs = obs
+    self.recording = True
+    self.buffer = _BytesToText(self)  # type: ignore[arg-type]
+
+  def writable(self) -> bool:
+    return True
+
+  @property
+  def encoding(self) -> str:  # type: ignore[override]
+    return "utf-8"
+
+  def isatty(self) -> bool:
+    return False
+
+  def write(self, s: str) -> int:
+    if self.closed:
+      raise ValueError("I/O operation on closed file.")
+    n = self.raw.write(s)
+    if self.recording:
+      self.obs.write(s)
+    return n
+
+
+def format_exception(exc: BaseException, max_chars: int) -> str:
+  """`"{ExceptionType}: {message}"` (the message bounded before it is built)."""
+  try:
+    message = str(exc)
+  except BaseException:  # a snippet-defined __str__ may raise anything
+    message = "<unprintable message>"
+  return clean_text(f"{type(exc).__name__}: {truncate(message, max_chars)}")
+
+
+def _is_print_call(stmt: ast.stmt) -> bool:
+  return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+          and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "print")
+
+
+def is_print_point(stmt: ast.stmt) -> bool:
+  """A top-level print call, or an if/for/while/def whose body holds one directly."""
+  if _is_print_call(stmt):
+    return True
+  if isinstance(stmt, (ast.If, ast.For, ast.While, ast.FunctionDef)):
+    return any(_is_print_call(child) for child in stmt.body)
+  return False
+
+
+class _Source:
+  """Source segments by AST position without re-splitting the program for every statement."""
+
+  def __init__(self, code: str):
+    self._lines = code.splitlines(keepends=True)
+    self._encoded: dict[int, bytes] = {}
+
+  def _line(self, i: int) -> bytes:
+    if i not in self._encoded:
+      self._encoded[i] = self._lines[i].encode("utf-8", errors="surrogatepass")
+    return self._encoded[i]
+
+  def segment(self, node: ast.AST) -> str:
+    first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined]
+    start, end = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
+    if first == last:
+      seg = self._line(first)[start:end]
+    else:
+      seg = self._line(first)[start:] + b"".join(self._line(i) for i in range(first + 1, last)) + (
+          self._line(last)[:end])
+    return seg.decode("utf-8", errors="surrogatepass")
+
+
+def print_label(source_segment: str) -> str:
+  """The rStar label of a print point: texts between `print(` and the first `)`, space-joined, then `:`."""
+  return " ".join(_PRINT_LABEL_RE.findall(source_segment)) + ":"
+
+
+class Outcome:
+  """What `run_program` saw: the observation before post-processing and the raw stdout sink."""
+
+  __slots__ = ("observation", "printed", "error", "exception", "stdout", "started")
+
+  def __init__(self):
+    self.started = False  # True once any statement began to run (parse/compile errors leave it False)
+    self.observation = ""
+    self.printed = True
+    self.error: str | None = None
+    self.exception: BaseException | None = None
+    self.stdout: BoundedText | None = None
+
+
+def _compile_stmts(stmts: list[ast.stmt], filename: str):
+  return compile(ast.Module(body=stmts, type_ignores=[]), filename, "exec")
+
+
+def run_program(code: str, namespace: dict, *, mode: str = "rstar", max_chars: int = 1024,
+                filename: str = "<string>") -> Outcome:
+  """Runs `code` in `namespace` under `mode` with `sys.stdout` captured; never raises `Exception`s of the code.
+
+  The caller owns process-level concerns (time limits, memory limits, fresh namespaces). `sys.stdout` and
+  `sys.stderr` are restored afterwards; stderr output is discarded (bounded).
+  """
+  if mode not in OUTPUT_MODES:
+    raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {mode!r}")
+  keep = max(4 * max_chars, 4096)
+  out = Outcome()
+  raw = BoundedText(keep)
+  obs = BoundedText(keep)
+  out.stdout = raw
+  tee = _Tee(raw, obs)
+  saved = sys.stdout, sys.stderr
+  sys.stdout, sys.stderr = tee, BoundedText(1)
+  try:
+    if mode == "rstar":
+      code = strip_program(code)
+    tree = ast.parse(code, filename=filename)
+    body = tree.body
+    out.started = True
+    if mode == "plain":
+      _run_plain(body, namespace, tee, obs, out, filename, max_chars)
+    else:
+      points = [i for i, stmt in enumerate(body) if is_print_point(stmt)]
+      if len(points) <= 1:
+        _run_last_statement_rule(body, namespace, tee, obs, out, filename, max_chars)
+      else:
+        source = _Source(code)
+        start = 0
+        for i in points:
+          tee.recording = False
+          obs.write(print_label(source.segment(body[i])) + " ")
+          tee.recording = True
+          exec(_compile_stmts(body[start:i + 1], filename), namespace)  # pylint: disable=exec-used
+          start = i + 1
+        out.observation = _printed(obs, keep, max_chars)
+  except BaseException as e:  # pylint: disable=broad-except
+    out.exception = e
+    out.error = format_exception(e, max_chars)
+    out.observation = out.error
+    out.printed = False
+  finally:
+    sys.stdout, sys.stderr = saved
+  return out
+
+
+def _value_observation(value: Any, out: Outcome) -> None:
+  out.observation = str(value)
+  out.printed = False
+
+
+def _printed(obs: BoundedText, keep_limit: int, max_chars: int) -> str:
+  full = obs.full_if_short(keep_limit)
+  return full if full is not None else obs.value(max_chars)
+
+
+def _run_last_statement_rule(body, namespace, tee: _Tee, obs: BoundedText, out: Outcome, filename: str,
+                             max_chars: int) -> None:
+  if not body:
+    return
+  tee.recording = False
+  exec(_compile_stmts(body[:-1], filename), namespace)  # pylint: disable=exec-used
+  tee.recording = True
+  last = body[-1]
+  if isinstance(last, ast.Expr):
+    value = eval(compile(ast.Expression(body=last.value), filename, "eval"), namespace)  # pylint: disable=eval-used
+    if value is not None:
+      _value_observation(value, out)
+      return
+  else:
+    exec(_compile_stmts([last], filename), namespace)  # pylint: disable=exec-used
+  out.observation = _printed(obs, obs.keep, max_chars)
+
+
+def _run_plain(body, namespace, tee: _Tee, obs: BoundedText, out: Outcome, filename: str, max_chars: int) -> None:
+  if not body:
+    return
+  tee.recording = True
+  value = None
+  if isinstance(body[-1], ast.Expr):
+    exec(_compile_stmts(body[:-1], filename), namespace)  # pylint: disable=exec-used
+    value = eval(compile(ast.Expression(body=body[-1].value), filename, "eval"), namespace)  # pylint: disable=eval-used
+  else:
+    exec(_compile_stmts(body, filename), namespace)  # pylint: disable=exec-used
+  if obs.total == 0 and value is not None:
+    _value_observation(value, out)
+  else:
+    out.observation = _printed(obs, obs.keep, max_chars)

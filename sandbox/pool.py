@@ -1,0 +1,503 @@
+"""`SandboxPool`: the host side. Stdlib only; never imports JAX or the math stack.
+
+One host thread per worker feeds its jailed zygote (see `_worker`) through a pipe, keeping up to `pipeline_depth`
+programs queued there so the pipe round trip overlaps execution. The thread also watches the zygote: a worker that
+dies or stops answering (its own deadline plus a grace period) is killed, its current program gets a clear result,
+programs queued behind it go back to the pool, and a fresh worker takes its slot.
+
+Cleanup holds without the host's help: each zygote exits when its host pipe closes (the host exited or was
+SIGKILLed), which takes down its PID namespace (bwrap, unshare) or, via PR_SET_PDEATHSIG, its executors.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from typing import Any, Sequence
+
+from sandbox import _protocol
+from sandbox import isolation as isolation_lib
+from sandbox import observation
+from sandbox.result import SandboxResult
+
+DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections", "statistics",
+                   "random", "re", "numpy", "sympy", "mpmath", "scipy", "scipy.special", "scipy.optimize",
+                   "scipy.integrate", "scipy.linalg")
+
+# Trusted warm-up run once in each zygote before it forks: first calls into sympy/numpy are slow (caches, lazy
+# imports), so every executor inherits them warm.
+DEFAULT_WARMUP = """
+import numpy as np
+import sympy
+from sympy import symbols, solve, simplify, Rational, sqrt, factorint, sin, cos, pi, N, expand, factor
+x, y = symbols('x y')
+solve(x**2 - 5*x + 6, x)
+solve([x + y - 3, x - y - 1], [x, y])
+simplify(sin(x)**2 + cos(x)**2)
+expand((x + 1)**3); factor(x**2 - 1)
+str(Rational(1, 3) + sqrt(2)); N(pi, 15); factorint(360)
+str(np.arange(10).mean()); np.linalg.norm(np.ones(3)); np.linalg.solve(np.eye(2), np.ones(2))
+"""
+
+# Unprivileged uids for jailed workers: far above login users and the usual subuid ranges. Every worker started by
+# this process gets the next of 64 uids (so RLIMIT_NPROC budgets are per worker, also across pools).
+_UID_BASE = 3_900_000_000
+_UID_SLOTS = 64
+_uid_counter = itertools.count()
+
+
+class _Task:
+  __slots__ = ("id", "code", "future", "started")
+
+  def __init__(self, task_id: int, code: str):
+    self.id = task_id
+    self.code = code
+    self.future: concurrent.futures.Future = concurrent.futures.Future()
+    self.started = False
+
+
+class _TaskQueue:
+  """FIFO of tasks shared by the worker threads; failed workers push their unstarted tasks back in front."""
+
+  def __init__(self):
+    self._items: collections.deque[_Task] = collections.deque()
+    self._cond = threading.Condition()
+    self._idle = 0  # worker threads blocked in take(block=True)
+    self.closed = False
+
+  def put(self, tasks: Sequence[_Task]) -> None:
+    with self._cond:
+      self._items.extend(tasks)
+      self._cond.notify_all()
+
+  def put_front(self, tasks: Sequence[_Task]) -> None:
+    with self._cond:
+      self._items.extendleft(reversed(list(tasks)))
+      self._cond.notify_all()
+
+  def take(self, block: bool) -> _Task | None:
+    """Next task. `block=False` is a pipelining request: it yields only tasks no idle worker is waiting for."""
+    with self._cond:
+      if not block:
+        if self.closed or len(self._items) <= self._idle:
+          return None
+        return self._items.popleft()
+      self._idle += 1
+      try:
+        while not self._items and not self.closed:
+          self._cond.wait()
+      finally:
+        self._idle -= 1
+      if self.closed:
+        return None
+      return self._items.popleft()
+
+  def close(self) -> list[_Task]:
+    with self._cond:
+      self.closed = True
+      left = list(self._items)
+      self._items.clear()
+      self._cond.notify_all()
+    return left
+
+
+class _WorkerProcess:
+  """One jailed zygote as seen from the host."""
+
+  def __init__(self, popen: subprocess.Popen, stderr_file, cleanup_dirs: list[str], max_frame: int):
+    self.popen = popen
+    self.stderr_file = stderr_file
+    self.cleanup_dirs = cleanup_dirs
+    self.reader = _protocol.FrameReader(max_frame)
+    self.pending: list = []
+    self.info: dict = {}
+
+  def send(self, obj: dict) -> None:
+    _protocol.write_all(self.popen.stdin.fileno(), _protocol.encode(obj))
+
+  def recv(self, deadline: float | None) -> Any:
+    return _protocol.read_frame(self.popen.stdout.fileno(), self.reader, self.pending, deadline)
+
+  def signal_kill(self) -> None:
+    """SIGKILLs the worker's process group (thread-safe: only sends a signal)."""
+    try:
+      os.killpg(self.popen.pid, signal.SIGKILL)
+    except OSError:
+      pass
+
+  def stderr_tail(self, n: int = 2000) -> str:
+    try:
+      self.stderr_file.seek(0, os.SEEK_END)
+      size = self.stderr_file.tell()
+      self.stderr_file.seek(max(0, size - n))
+      return self.stderr_file.read().decode(errors="replace")
+    except (OSError, ValueError):
+      return ""
+
+  def stop(self, graceful: bool) -> None:
+    if graceful and self.popen.poll() is None:
+      try:
+        self.popen.stdin.close()  # the zygote sees EOF, kills its executors and exits
+        self.popen.wait(timeout=2.0)
+      except (OSError, subprocess.TimeoutExpired):
+        pass
+    self.signal_kill()
+    self.popen.wait()
+    for f in (self.popen.stdin, self.popen.stdout, self.stderr_file):
+      try:
+        f.close()
+      except OSError:
+        pass
+    for d in self.cleanup_dirs:
+      shutil.rmtree(d, ignore_errors=True)
+
+
+class SandboxPool:
+  """A pool of jailed, pre-warmed Python workers (design: `sandbox._worker`; levels: `sandbox.isolation`).
+
+  Attributes:
+    isolation_level: "bwrap", "unshare" or "rlimits-only" (what is active; see `sandbox.isolation`).
+    isolation_details: the level, why stronger levels were skipped, whether the seccomp filter is active, the
+      worker uid and the preloaded modules.
+  """
+
+  def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, memory_mb: int = 1024,
+               max_output_chars: int = 1024, output_mode: str = "rstar", *, isolation: str = "auto",
+               preload: Sequence[str] = DEFAULT_PRELOAD, warmup: str = DEFAULT_WARMUP, reuse_limit: int = 100,
+               pipeline_depth: int = 2,
+               max_code_chars: int = 1_000_000, static_check_max_chars: int = 65536, fsize_mb: int = 16,
+               nofile: int = 256, nproc: int = 64, tmp_mb: int = 64, seccomp: bool = True,
+               startup_timeout_s: float = 120.0, host_grace_s: float | None = None):
+    """Starts `num_workers` jailed workers and waits until they are warm.
+
+    Args:
+      num_workers: worker processes (each runs one program at a time).
+      timeout_s: wall-clock limit per program.
+      memory_mb: address space a program may add on top of the warm worker's footprint.
+      max_output_chars: observation/stdout cut (rStar: 1024 -> head 512 + '...' + tail 512).
+      output_mode: "rstar" (official interpreter rules) or "plain"; see `sandbox.observation`.
+      isolation: "auto" (strongest available), "bwrap", "unshare" or "rlimits-only".
+      preload: modules every worker imports once before forking executors (missing ones are skipped).
+      warmup: trusted code each worker runs once after preloading, so executors start with warm library caches
+        ("" to skip; failures are ignored).
+      reuse_limit: programs a reused executor serves before it is replaced.
+      pipeline_depth: programs queued per worker ahead of the running one.
+      max_code_chars: longer programs get a ValueError result without running.
+      static_check_max_chars: longer programs always get a single-use executor.
+      fsize_mb, nofile, nproc, tmp_mb: per-program file size, open files, processes (non-root uid only), and the
+        size of the private /tmp and /dev/shm.
+      seccomp: install the syscall filter in executors (x86-64).
+      startup_timeout_s: how long to wait for workers to become ready.
+      host_grace_s: the host kills a worker that has not answered `timeout_s + host_grace_s` after a program
+        became its head of line (default: 2 s + timeout_s / 2).
+
+    Raises:
+      ValueError: a bad argument (named).
+      RuntimeError: the requested isolation is unavailable, or workers failed to start.
+    """
+    if num_workers < 1:
+      raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if not timeout_s > 0:
+      raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if memory_mb < 16:
+      raise ValueError(f"memory_mb must be >= 16, got {memory_mb}")
+    if max_output_chars < 2:
+      raise ValueError(f"max_output_chars must be >= 2, got {max_output_chars}")
+    if output_mode not in observation.OUTPUT_MODES:
+      raise ValueError(f"output_mode must be one of {observation.OUTPUT_MODES}, got {output_mode!r}")
+    if reuse_limit < 1 or pipeline_depth < 1:
+      raise ValueError(f"reuse_limit and pipeline_depth must be >= 1, got {reuse_limit}, {pipeline_depth}")
+    self.num_workers = num_workers
+    self.timeout_s = float(timeout_s)
+    self.memory_mb = int(memory_mb)
+    self.max_output_chars = int(max_output_chars)
+    self.output_mode = output_mode
+    self._depth = pipeline_depth
+    self._grace = (2.0 + self.timeout_s / 2) if host_grace_s is None else float(host_grace_s)
+    self._startup_timeout = startup_timeout_s
+    level, skipped = isolation_lib.choose(isolation)
+    if isolation == "auto" and level != "bwrap":
+      warnings.warn(f"sandbox isolation fell back to {level!r}: {skipped}", RuntimeWarning, stacklevel=2)
+    self.isolation_level = level
+    self._as_root = os.geteuid() == 0
+    self._uid_base = _UID_BASE + (os.getpid() % 100_000) * _UID_SLOTS
+    self._worker_cfg = {
+        "timeout_s": self.timeout_s, "memory_mb": self.memory_mb, "max_output_chars": self.max_output_chars,
+        "output_mode": output_mode, "reuse_limit": int(reuse_limit), "max_code_chars": int(max_code_chars),
+        "static_check_max_chars": int(static_check_max_chars), "fsize_mb": int(fsize_mb), "nofile": int(nofile),
+        "nproc": int(nproc), "seccomp": bool(seccomp), "preload": list(preload),
+        "warmup": warmup,
+    }
+    self._tmp_bytes = int(tmp_mb) << 20
+    self._queue = _TaskQueue()
+    self._ids = itertools.count()
+    self._lock = threading.Lock()
+    self._procs: dict[int, _WorkerProcess] = {}
+    self._startup_errors: list[str] = []
+    self._ready = threading.Semaphore(0)
+    self._closed = False
+    self._live_slots = num_workers
+    self.isolation_details: dict = {"level": level, "skipped": skipped}
+    self._threads = [threading.Thread(target=self._serve, args=(slot,), name=f"sandbox-worker-{slot}", daemon=True)
+                     for slot in range(num_workers)]
+    for t in self._threads:
+      t.start()
+    deadline = time.monotonic() + startup_timeout_s
+    for _ in range(num_workers):
+      if not self._ready.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        self._startup_errors.append("timed out waiting for workers to start")
+        break
+      if self._startup_errors:
+        break
+    if self._startup_errors:
+      self.close()
+      raise RuntimeError(f"sandbox workers failed to start ({level}): {self._startup_errors[0]}")
+
+  # -- public API ---------------------------------------------------------------------------------------------------
+
+  def submit(self, programs: Sequence[str]) -> list[concurrent.futures.Future]:
+    """Queues programs; returns one Future[SandboxResult] per program, in input order."""
+    if isinstance(programs, str):
+      raise TypeError("programs must be a sequence of str, not a single str")
+    tasks = []
+    for i, code in enumerate(programs):
+      if not isinstance(code, str):
+        raise TypeError(f"programs[{i}] must be str, got {type(code).__name__}")
+      tasks.append(_Task(next(self._ids), code))
+    if self._closed:
+      raise RuntimeError("SandboxPool is closed")
+    self._queue.put(tasks)
+    return [t.future for t in tasks]
+
+  def run(self, programs: Sequence[str]) -> list[SandboxResult]:
+    """Runs programs across the workers; results in input order."""
+    return [f.result() for f in self.submit(programs)]
+
+  def close(self) -> None:
+    """Stops the workers and reaps every process; queued programs are cancelled, running ones fail."""
+    if self._closed:
+      return
+    self._closed = True
+    for task in self._queue.close():
+      _abandon(task)
+    with self._lock:
+      procs = list(self._procs.values())
+    for proc in procs:
+      if self._busy(proc):
+        proc.signal_kill()  # a program is running: do not wait for it
+    for t in self._threads:
+      t.join()
+
+  def __enter__(self) -> "SandboxPool":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def worker_pids(self) -> list[int]:
+    """Host pids of the worker processes (bwrap / unshare / python) currently alive."""
+    with self._lock:
+      return [p.popen.pid for p in self._procs.values() if p.popen.poll() is None]
+
+  # -- worker threads -------------------------------------------------------------------------------------------------
+
+  @staticmethod
+  def _busy(proc: _WorkerProcess) -> bool:
+    return bool(getattr(proc, "inflight", None))
+
+  def _spawn(self, slot: int) -> _WorkerProcess:
+    cfg = dict(self._worker_cfg)
+    cleanup: list[str] = []
+    uid = self._uid_base + next(_uid_counter) % _UID_SLOTS if self._as_root else None
+    cfg.update(uid=uid, gid=uid)
+    env = dict(isolation_lib.JAIL_ENV)
+    if self.isolation_level == "bwrap":
+      cfg.update(workdir="/tmp", wipe_dirs=["/tmp", "/dev/shm"])
+      argv = isolation_lib.bwrap_argv(isolation_lib.worker_argv(json.dumps(cfg)), tmp_bytes=self._tmp_bytes,
+                                      shm_bytes=self._tmp_bytes, as_root=self._as_root)
+      env.update(HOME="/tmp", TMPDIR="/tmp")
+    elif self.isolation_level == "unshare":
+      # The new root is a tmpfs mounted over /sys inside the worker's private mount namespace: an always-present
+      # directory that is never a bind source, so nothing is created on the host (nothing to leak on SIGKILL).
+      newroot = "/sys"
+      binds, symlinks = isolation_lib.jail_layout()
+      cfg.update(workdir="/tmp", wipe_dirs=["/tmp", "/dev/shm"],
+                 mounts={"newroot": newroot, "binds": binds, "symlinks": symlinks, "tmp_bytes": self._tmp_bytes,
+                         "shm_bytes": self._tmp_bytes})
+      argv = isolation_lib.UNSHARE_PREFIX + isolation_lib.worker_argv(json.dumps(cfg))
+      env.update(HOME="/tmp", TMPDIR="/tmp")
+    else:
+      workdir = tempfile.mkdtemp(prefix="rstar_sandbox_")
+      cleanup.append(workdir)
+      if uid is not None:
+        os.chown(workdir, uid, uid)
+      os.chmod(workdir, 0o700)
+      cfg.update(workdir=workdir, wipe_dirs=[workdir], host_pid=os.getpid(), remove_workdir=True)
+      argv = isolation_lib.worker_argv(json.dumps(cfg), os.path.dirname(isolation_lib.PACKAGE_DIR))
+      env.update(HOME=workdir, TMPDIR=workdir)
+    stderr_file = tempfile.TemporaryFile(prefix="rstar_sandbox_stderr_")
+    try:
+      popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_file, env=env,
+                               cwd="/", start_new_session=True, close_fds=True)
+    except OSError:
+      stderr_file.close()
+      for d in cleanup:
+        shutil.rmtree(d, ignore_errors=True)
+      raise
+    proc = _WorkerProcess(popen, stderr_file, cleanup, 64 * self.max_output_chars + (1 << 20))
+    try:
+      frame = proc.recv(time.monotonic() + self._startup_timeout)
+    except (TimeoutError, _protocol.ProtocolError) as e:
+      frame = None
+      reason = f"{type(e).__name__}"
+    else:
+      reason = "exited"
+    if not isinstance(frame, dict) or not frame.get("ready"):
+      proc.stop(graceful=False)
+      raise RuntimeError(f"worker {reason} before it was ready (exit {popen.returncode}); stderr: "
+                         f"{proc.stderr_tail()}")
+    proc.info = frame
+    return proc
+
+  def _result_from_frame(self, frame: dict) -> SandboxResult:
+    def text(key: str) -> str:
+      return observation.truncate(observation.clean_text(str(frame.get(key) or "")), self.max_output_chars)
+    error = frame.get("error")
+    sig = frame.get("killed_by_signal")
+    return SandboxResult(
+        observation=text("observation"), stdout=text("stdout"),
+        error=None if error is None else observation.clean_text(str(error)),
+        timed_out=bool(frame.get("timed_out")), memory_exceeded=bool(frame.get("memory_exceeded")),
+        killed_by_signal=int(sig) if isinstance(sig, int) else None,
+        duration_s=float(frame.get("duration_s") or 0.0))
+
+  def _failure_result(self, timed_out: bool, duration: float) -> SandboxResult:
+    if timed_out:
+      err = f"TimeoutError: execution exceeded {self.timeout_s}s"
+    else:
+      err = "RuntimeError: sandbox worker died unexpectedly"
+    return SandboxResult(observation=err, stdout="", error=err, timed_out=timed_out, memory_exceeded=False,
+                         killed_by_signal=None, duration_s=duration)
+
+  def _serve(self, slot: int) -> None:
+    """Worker thread: (re)starts the slot's worker and feeds it tasks until the pool closes."""
+    proc: _WorkerProcess | None = None
+    inflight: collections.deque[_Task] = collections.deque()
+    head_since = 0.0
+    announced = False
+    failures = 0
+    try:
+      while not self._closed:
+        if proc is None:
+          try:
+            proc = self._spawn(slot)
+          except Exception as e:  # pylint: disable=broad-except
+            failures += 1
+            if not announced or failures >= 3:
+              self._startup_errors.append(str(e))
+              if not announced:
+                self._ready.release()
+                return
+              self._slot_lost(f"RuntimeError: sandbox worker could not be restarted: {e}")
+              return
+            time.sleep(0.5 * failures)
+            continue
+          failures = 0
+          proc.inflight = inflight  # type: ignore[attr-defined]
+          with self._lock:
+            self._procs[slot] = proc
+            if not announced:
+              self.isolation_details.update(seccomp=proc.info.get("seccomp"), uid=proc.info.get("uid"),
+                                            preloaded=proc.info.get("preloaded"))
+          if not announced:
+            announced = True
+            self._ready.release()
+        if not inflight and proc.popen.poll() is not None:
+          # The jail's outer process died (a zygote may answer a little longer): replace the worker now.
+          proc.stop(graceful=False)
+          with self._lock:
+            self._procs.pop(slot, None)
+          proc = None
+          continue
+        while len(inflight) < self._depth:
+          task = self._queue.take(block=not inflight)
+          if task is None:
+            break
+          if not task.started:
+            if not task.future.set_running_or_notify_cancel():
+              continue
+            task.started = True
+          if not inflight:
+            head_since = time.monotonic()
+          inflight.append(task)
+          try:
+            proc.send({"id": task.id, "code": task.code})
+          except OSError:
+            break  # the worker died; recv sees EOF
+        if not inflight:
+          continue
+        try:
+          frame = proc.recv(head_since + self.timeout_s + self._grace)
+          hung = False
+        except TimeoutError:
+          frame, hung = None, True
+        except (_protocol.ProtocolError, OSError):
+          frame, hung = None, False
+        if isinstance(frame, dict) and frame.get("id") == inflight[0].id:
+          task = inflight.popleft()
+          task.future.set_result(self._result_from_frame(frame))
+          head_since = time.monotonic()
+          continue
+        # The worker died, hung or spoke nonsense: the head task gets the blame, the rest go back to the queue.
+        proc.signal_kill()
+        proc.stop(graceful=False)
+        with self._lock:
+          self._procs.pop(slot, None)
+        proc = None
+        task = inflight.popleft()
+        if self._closed:
+          _abandon(task)
+        else:
+          task.future.set_result(self._failure_result(hung, time.monotonic() - head_since))
+          self._queue.put_front(list(inflight))
+          inflight.clear()
+    finally:
+      for task in inflight:
+        _abandon(task)
+      for task in self._queue.close() if self._closed else []:
+        _abandon(task)
+      if proc is not None:
+        proc.stop(graceful=True)
+        with self._lock:
+          self._procs.pop(slot, None)
+
+  def _slot_lost(self, err: str) -> None:
+    """A slot gave up restarting; when none is left, every queued program gets `err`."""
+    with self._lock:
+      self._live_slots -= 1
+      if self._live_slots > 0:
+        return
+    for task in self._queue.close():
+      if task.future.set_running_or_notify_cancel() if not task.started else True:
+        task.future.set_result(SandboxResult(observation=err, stdout="", error=err, timed_out=False,
+                                             memory_exceeded=False, killed_by_signal=None, duration_s=0.0))
+
+
+def _abandon(task: _Task) -> None:
+  """The pool is closing: a task that never started is cancelled, a started one fails."""
+  if task.future.done() or (not task.started and task.future.cancel()):
+    return
+  try:
+    task.future.set_exception(RuntimeError("SandboxPool closed before the program finished"))
+  except concurrent.futures.InvalidStateError:
+    pass

@@ -1,0 +1,128 @@
+"""A conservative static check: may a program run in a reused executor? (stdlib only)
+
+Executors that are reused across programs give fresh globals and a fresh copy of the builtins dict to every program,
+reset the `random` / `numpy.random` global states, and are recycled after any error, any timeout and every N
+programs. What they cannot undo is a program that changes state shared through modules (monkey-patching `sympy`,
+`math`, builtins, `sys.modules`, tracing hooks, RNG seeds, print options, decimal/mpmath contexts, files, threads,
+finalizers). This check says `True` only for programs that cannot plausibly do any of that; everything else runs in a
+fresh single-use executor forked from the pristine warm worker. A `False` costs speed (~10 ms), never correctness, so
+the rules err towards `False`:
+
+- imports only of the pure math stack (`REUSABLE_MODULES`, submodules included), no relative imports;
+- no names that reach dynamic evaluation, reflection, files or the interpreter (`FORBIDDEN_NAMES`), and no name or
+  attribute starting with `__`; no attribute (nor `from m import name`) starting with `_`;
+- no attribute assignment or deletion (`a.b = ...`, `del a.b`, `a.b += ...`) and no item assignment on an attribute
+  (`a.b[k] = ...`);
+- no attribute names that change library-global state or re-export system modules (`FORBIDDEN_ATTRIBUTES`,
+  `FORBIDDEN_ATTRIBUTE_PREFIXES`), whether reached as `m.name`, `from m import name` or a plain name (star imports);
+- no generator with a `try/finally` or `with` (its cleanup could run during a later program);
+- at most `max_chars` characters (long programs are not parsed twice).
+
+Security never rests on this check: every executor runs under the same rlimits and seccomp filter.
+"""
+
+from __future__ import annotations
+
+import ast
+
+REUSABLE_MODULES = frozenset({
+    "math", "cmath", "fractions", "decimal", "numbers", "itertools", "functools", "operator", "collections",
+    "statistics", "heapq", "bisect", "string", "re", "random", "datetime", "calendar", "copy", "typing",
+    "dataclasses", "enum", "time", "numpy", "sympy", "scipy", "mpmath",
+})
+
+FORBIDDEN_NAMES = frozenset({
+    "exec", "eval", "compile", "open", "input", "breakpoint", "help", "exit", "quit", "globals", "locals", "vars",
+    "getattr", "setattr", "delattr", "memoryview", "copyright", "credits", "license",
+})
+
+FORBIDDEN_ATTRIBUTES = frozenset({
+    # System modules that library modules re-export (`np.os`, `sympy.sys`...), and what they hold.
+    "os", "sys", "builtins", "subprocess", "importlib", "gc", "ctypes", "ctypeslib", "shutil", "io", "threading",
+    "multiprocessing", "signal", "resource", "socket", "inspect", "types", "warnings", "atexit", "pickle",
+    "marshal", "environ", "modules", "system", "popen", "tzset",
+    # Library-global settings and RNG state.
+    "seed", "setstate", "set_state", "seterr", "seterrcall", "setbufsize", "set_printoptions", "init_printing",
+    "init_session", "setcontext", "getcontext", "DefaultContext", "BasicContext", "ExtendedContext", "mp", "fp",
+    "setrecursionlimit", "settrace", "setprofile", "setswitchinterval", "setfirstweekday", "global_parameters",
+    "typecodes", "sctypeDict", "sctypes", "clear_cache", "attrgetter", "methodcaller", "as_strided",
+    "stride_tricks", "memmap", "tofile", "fromfile",
+})
+
+FORBIDDEN_ATTRIBUTE_PREFIXES = ("_", "save", "load", "dump", "register", "install", "set_", "write", "to_file")
+
+
+def _bad_import(node: ast.AST) -> bool:
+  if isinstance(node, ast.Import):
+    return any(alias.name.split(".")[0] not in REUSABLE_MODULES for alias in node.names)
+  if isinstance(node, ast.ImportFrom):
+    return bool(node.level) or not node.module or node.module.split(".")[0] not in REUSABLE_MODULES
+  return False
+
+
+def _bad_name(name: str) -> bool:
+  # Star imports bring library functions in as plain names (`from sympy import *; init_printing()`).
+  return name in FORBIDDEN_NAMES or name in FORBIDDEN_ATTRIBUTES or name.startswith("__")
+
+
+def _bad_attribute(node: ast.Attribute) -> bool:
+  if not isinstance(node.ctx, ast.Load):
+    return True
+  attr = node.attr
+  return attr in FORBIDDEN_ATTRIBUTES or attr.startswith(FORBIDDEN_ATTRIBUTE_PREFIXES)
+
+
+def _has_finalizing_generator(tree: ast.AST) -> bool:
+  has_yield = has_cleanup = False
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)):
+      has_yield = True
+    elif isinstance(node, (ast.With, ast.AsyncWith)) or (isinstance(node, ast.Try) and node.finalbody):
+      has_cleanup = True
+  return has_yield and has_cleanup
+
+
+def is_reusable(code: str, max_chars: int = 65536) -> bool:
+  """True when `code` may run in a reused executor (see the module docstring).
+
+  A program that does not parse is reusable: nothing of it runs.
+  """
+  if len(code) > max_chars:
+    return False
+  try:
+    tree = ast.parse(code)
+  except BaseException:  # SyntaxError, ValueError (null bytes), MemoryError/RecursionError (deep nesting)
+    return True
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+      if _bad_import(node):
+        return False
+      for alias in node.names:
+        if alias.name.startswith("__") or (alias.asname or "").startswith("__"):
+          return False
+        # `from numpy import typecodes` is an attribute access in disguise.
+        if isinstance(node, ast.ImportFrom) and alias.name != "*" and (
+            alias.name in FORBIDDEN_ATTRIBUTES or alias.name.startswith(FORBIDDEN_ATTRIBUTE_PREFIXES)):
+          return False
+    elif isinstance(node, ast.Name):
+      if _bad_name(node.id):
+        return False
+    elif isinstance(node, ast.Attribute):
+      if _bad_attribute(node):
+        return False
+    elif isinstance(node, (ast.Subscript, ast.Starred)):
+      if not isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Attribute):
+        return False
+    elif isinstance(node, (ast.Global, ast.Nonlocal)):
+      if any(name.startswith("__") for name in node.names):
+        return False
+    elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+      if node.name.startswith("__"):
+        return False
+    elif isinstance(node, ast.arg):
+      if node.arg.startswith("__"):
+        return False
+    elif isinstance(node, ast.keyword):
+      if node.arg is not None and node.arg.startswith("__"):
+        return False
+  return not _has_finalizing_generator(tree)

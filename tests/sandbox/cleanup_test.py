@@ -1,0 +1,111 @@
+"""No process survives `close()` or the owner's SIGKILL. Checked from outside: the owner is a separate process and
+this test reads /proc for everything that descended from it (jailed processes included: the host sees all pids).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from sandbox import isolation
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+OWNER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from sandbox import SandboxPool
+    pool = SandboxPool(num_workers=2, timeout_s=60.0, isolation={level!r}, preload=("math",), warmup="")
+    assert pool.run(["print(1)", "import os\\nprint(2)"])[1].observation == "2\\n"
+    # One program stays running (a reused executor), the other worker idles with its spare executor forked.
+    pool.submit(["import time\\ntime.sleep(50)"])
+    time.sleep(0.5)
+    print("READY", flush=True)
+    if sys.stdin.readline().strip() == "close":
+      pool.close()
+      print("CLOSED", flush=True)
+      time.sleep(60)
+""")
+
+
+def _stat(pid):
+  try:
+    with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+      data = f.read()
+  except OSError:
+    return None
+  rest = data[data.rindex(")") + 2:].split()
+  return rest[0], int(rest[1])  # state, ppid
+
+
+def _descendants(root):
+  children = {}
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      st = _stat(int(entry))
+      if st is not None:
+        children.setdefault(st[1], []).append(int(entry))
+  found, todo = [], [root]
+  while todo:
+    for child in children.get(todo.pop(), []):
+      found.append(child)
+      todo.append(child)
+  return found
+
+
+def _alive(pids):
+  """Pids still running (zombies count as gone: they run nothing and their parent is init)."""
+  out = []
+  for pid in pids:
+    st = _stat(pid)
+    if st is not None and st[0] != "Z":
+      out.append(pid)
+  return out
+
+
+def _start_owner(level):
+  owner = subprocess.Popen([sys.executable, "-c", OWNER.format(repo=REPO, level=level)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+  line = owner.stdout.readline()
+  assert line.strip() == "READY", line
+  pids = _descendants(owner.pid)
+  # At least: 2 zygotes, the running executor and a spare executor per worker (plus bwrap/unshare processes).
+  assert len(pids) >= 5, pids
+  return owner, pids
+
+
+def _wait_gone(pids, seconds=10.0):
+  deadline = time.monotonic() + seconds
+  while _alive(pids) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  return _alive(pids)
+
+
+def _levels():
+  return [level for level in isolation.LEVELS if isolation.probe(level) is None]
+
+
+@pytest.mark.parametrize("level", _levels())
+def test_nothing_left_after_close(level):
+  owner, pids = _start_owner(level)
+  try:
+    owner.stdin.write("close\n")
+    owner.stdin.flush()
+    assert owner.stdout.readline().strip() == "CLOSED"
+    assert _descendants(owner.pid) == []  # reaped, not even zombies
+    assert _alive(pids) == []
+  finally:
+    owner.kill()
+    owner.wait()
+
+
+@pytest.mark.parametrize("level", _levels())
+def test_nothing_left_after_owner_sigkill(level):
+  owner, pids = _start_owner(level)
+  os.kill(owner.pid, signal.SIGKILL)
+  owner.wait()
+  assert _wait_gone(pids) == [], f"{level}: survivors {pids}"

@@ -1,0 +1,272 @@
+"""Hostile and broken programs: each gets a clear result, does no harm, and the pool stays clean and correct.
+
+Every case runs on a one-worker pool, so the check programs that follow it run on the same worker (in the reused
+executor and in a fresh one). Expected observations are written out by hand from the rules in DESIGN.md §1.1.
+"""
+
+import os
+import signal
+import socket
+
+import pytest
+
+from sandbox import SandboxPool
+
+TIMEOUT_S = 1.0
+SECRET_ENV = "RSTAR_SANDBOX_TEST_SECRET"
+SECRET_VALUE = "hunter2-do-not-leak"
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "sandbox")
+
+# Runs in the reused executor (passes the static check) and must be right after anything.
+CHECK_REUSED = "import math\nprint(sum(range(10)), math.factorial(5))"
+# Needs a fresh executor (imports os) and checks the private /tmp and /dev/shm are empty and the uid unprivileged.
+CHECK_FRESH = "import os\nprint(os.getuid() != 0, os.listdir('/tmp'), os.listdir('/dev/shm'))"
+
+
+@pytest.fixture(scope="module")
+def pool():
+  os.environ[SECRET_ENV] = SECRET_VALUE  # the host has a secret in its environment while the pool starts
+  try:
+    with SandboxPool(num_workers=1, timeout_s=TIMEOUT_S, memory_mb=512, max_output_chars=1024) as p:
+      yield p
+  finally:
+    os.environ.pop(SECRET_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def host_secret_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("secret") / "secret.txt"
+  path.write_text(SECRET_VALUE)
+  path.chmod(0o644)  # world-readable on the host: only the jail's private root keeps it out
+  return str(path)
+
+
+def _run(pool, code):
+  return pool.run([code])[0]
+
+
+def _assert_clean(pool):
+  reused, fresh = pool.run([CHECK_REUSED, CHECK_FRESH])
+  assert reused.ok and reused.observation == "45 120\n", reused
+  assert fresh.ok and fresh.observation == "True [] []\n", fresh
+
+
+def _timeout(r):
+  return r.timed_out and r.observation == f"TimeoutError: execution exceeded {TIMEOUT_S}s" and r.stdout == ""
+
+
+def _memory(r):
+  return r.memory_exceeded and r.observation == "MemoryError: execution exceeded the memory limit (512 MB)"
+
+
+def _error(prefix):
+  return lambda r: (not r.ok) and r.error.startswith(prefix) and r.observation.startswith(prefix)
+
+
+def _signal(sig):
+  name = signal.Signals(sig).name
+  return lambda r: r.killed_by_signal == sig and r.error == f"RuntimeError: execution killed by signal {name}"
+
+
+def _observed(text):
+  return lambda r: r.ok and r.observation == text
+
+
+HOSTILE = [
+    # Hangs.
+    ("busy_loop", "while True:\n    pass", _timeout),
+    ("sleep", "import time\ntime.sleep(100)", _timeout),
+    ("swallow_signals",
+     "import signal, time\n"
+     "for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGXCPU, signal.SIGHUP):\n"
+     "    signal.signal(s, signal.SIG_IGN)\n"
+     "while True:\n"
+     "    try:\n"
+     "        time.sleep(0.01)\n"
+     "    except BaseException:\n"
+     "        pass", _timeout),
+    ("regex_backtracking", "import re\nre.match(r'(a+)+$', 'a' * 64 + 'b')", _timeout),
+    ("huge_integer_power", "x = 10 ** (10 ** 8)", _timeout),
+    ("stdout_flood", "while True:\n    print('x' * 10000)", _timeout),
+    # Memory.
+    ("list_bomb", "x = [0] * (10 ** 10)", _memory),
+    ("growing_bomb", "chunks = []\nwhile True:\n    chunks.append(bytearray(2 ** 27))", _memory),
+    ("numpy_bomb", "import numpy as np\nx = np.ones((10 ** 5, 10 ** 5))", _memory),
+    ("mmap_bomb", "import mmap\nm = mmap.mmap(-1, 10 ** 11)", _memory),
+    ("int_str_limit", "print(len(str(10 ** 100000)))", _error("ValueError: Exceeds the limit")),
+    # Processes and signals.
+    ("fork_bomb", "import os\nwhile True:\n    os.fork()", _error("PermissionError: [Errno 1]")),
+    ("thread_bomb",
+     "import threading, time\nts = []\nwhile True:\n"
+     "    t = threading.Thread(target=time.sleep, args=(30,), daemon=True)\n    t.start()\n    ts.append(t)",
+     lambda r: not r.ok and (r.memory_exceeded or r.error.startswith("RuntimeError: can't start new thread"))),
+    ("subprocess", "import subprocess\nsubprocess.run(['touch', '/tmp/pwned'])", _error("PermissionError")),
+    ("os_system", "import os\nprint(os.system('touch /tmp/pwned'))",
+     lambda r: r.ok and r.observation.strip() not in ("0", "")),
+    ("kill_parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", _error("PermissionError")),
+    ("kill_process_group", "import os, signal\nos.killpg(0, signal.SIGKILL)", _error("PermissionError")),
+    ("kill_everything", "import os, signal\nos.kill(-1, signal.SIGKILL)", _error("PermissionError")),
+    ("kill_self", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", _signal(9)),
+    ("abort", "import os\nos.abort()", _signal(6)),
+    ("os_exit", "import os\nos._exit(0)",
+     lambda r: r.error == "SystemExit: process exited with status 0" and r.observation == r.error),
+    ("sys_exit", "import sys\nsys.exit(3)", lambda r: r.observation == "SystemExit: 3"),
+    ("exit_builtin", "exit()", _error("SystemExit")),
+    ("keyboard_interrupt", "raise KeyboardInterrupt", lambda r: r.observation == "KeyboardInterrupt: "),
+    ("sigint_self", "import signal\nsignal.raise_signal(signal.SIGINT)",
+     lambda r: r.observation == "KeyboardInterrupt: "),
+    ("setuid_root", "import os\nos.setuid(0)", _error("PermissionError")),
+    ("parent_memory", "import os\nopen(f'/proc/{os.getppid()}/mem', 'rb').read(1)", _error("PermissionError")),
+    ("ctypes_segfault", "import ctypes\nctypes.string_at(0)", _signal(11)),
+    ("deep_recursion", "def f(n):\n    return f(n + 1)\nf(0)", _error("RecursionError")),
+    ("c_stack_overflow", "import sys\nsys.setrecursionlimit(10 ** 7)\ndef f(n):\n    return f(n + 1)\nf(0)",
+     lambda r: not r.ok),
+    ("input", "input()", _error("RuntimeError")),
+    # Output channels.
+    ("close_stdout", "import sys\nsys.stdout.close()\nprint('after')",
+     _error("ValueError: I/O operation on closed file")),
+    ("close_all_fds",
+     "import os\nfor fd in range(1024):\n    try:\n        os.close(fd)\n    except OSError:\n        pass\n"
+     "print('still here')", _observed("still here\n")),
+    ("overwrite_fds",
+     "import os\nfor fd in range(3, 64):\n    try:\n        os.dup2(0, fd)\n    except OSError:\n        pass\n"
+     "print('ok')", _observed("ok\n")),
+    ("big_print", "print('y' * 10 ** 8)",
+     lambda r: r.ok and r.observation == "y" * 512 + "..." + "y" * 511 + "\n" and len(r.stdout) == 1027),
+    ("stderr_flood", "import sys\nfor _ in range(2000):\n    sys.stderr.write('e' * 100000)\nprint('done')",
+     _observed("done\n")),
+    ("raw_fd_flood",
+     "import os\nfor _ in range(100):\n    os.write(1, b'z' * 1000000)\n    os.write(2, b'z' * 1000000)\n"
+     "print('done')", _observed("done\n")),
+    # rStar rule: only the last statement's output is observed (here the newline of print()).
+    ("invalid_utf8", "import sys\nsys.stdout.buffer.write(b'\\xff\\xfeok')\nprint()",
+     lambda r: r.ok and r.observation == "\n" and r.stdout == "\ufffd\ufffdok\n"),
+    ("lone_surrogates", "print('\\udc80\\ud800x')", _observed("\ufffd\ufffdx\n")),
+    # Files and secrets.
+    ("read_shadow", "print(open('/etc/shadow').read())", _error("FileNotFoundError")),
+    ("proc1_environ", "print(open('/proc/1/environ').read())",
+     lambda r: not r.ok and r.error.split(":")[0] in ("PermissionError", "FileNotFoundError")),
+    ("environment", "import os\nprint(sorted(os.environ))",
+     lambda r: r.ok and SECRET_ENV not in r.observation and "'PYTHONHASHSEED'" in r.observation),
+    ("hash_seed_fixed", "import os\nprint(os.environ['PYTHONHASHSEED'], hash('abc') == hash('abc'))",
+     _observed("0 True\n")),
+    ("write_usr", "open('/usr/pwned.txt', 'w').write('x')", _error("OSError: [Errno 30] Read-only file system")),
+    # The package is bound read-only into the jail (at /opt/rstar_sandbox/sandbox); it is this checkout's sandbox/.
+    ("write_package_dir", "open('/opt/rstar_sandbox/sandbox/pwned.txt', 'w')",
+     _error("OSError: [Errno 30] Read-only file system")),
+    ("leave_files", "open('/tmp/leftover', 'w').write('x')\nopen('/dev/shm/leftover', 'w').write('x')\n"
+     "import os\nos.makedirs('/tmp/d/e')\nos.chmod('/tmp/d', 0)\nprint('left')", _observed("left\n")),
+    ("fill_tmp", "with open('/tmp/big', 'wb') as f:\n    f.write(b'0' * (200 * 2 ** 20))",
+     lambda r: not r.ok),
+    ("fd_exhaustion", "fs = [open('/dev/null') for _ in range(100000)]", _error("OSError: [Errno 24]")),
+    # Network (loopback only; nothing can leave the machine).
+    ("tcp_outside", "import socket\nsocket.create_connection(('192.0.2.1', 80), timeout=0.5)",
+     _error("PermissionError")),
+    ("dns", "import socket\nprint(socket.getaddrinfo('example.com', 80))", _error("gaierror")),
+    ("raw_socket", "import socket\nsocket.socket(socket.AF_PACKET, socket.SOCK_RAW)", _error("PermissionError")),
+    # Broken programs.
+    ("syntax_error", "x = = 1", lambda r: r.observation == "SyntaxError: invalid syntax (<string>, line 1)"),
+    ("null_bytes", "print(1)\x00", lambda r: r.observation == "SyntaxError: source code string cannot contain "
+                                                               "null bytes"),
+    ("code_700kb_literal", "s = '" + "a" * 700_000 + "'\nprint(len(s))", _observed("700000\n")),
+    ("code_700kb_statements", "x = 0\n" + "x += 1\n" * 100000 + "print(x)",
+     lambda r: r.observation == "100000\n" or r.timed_out),
+    ("code_too_long", "#" * 2_000_001, _error("ValueError: program too long")),
+    ("deeply_nested", "x = " + "(" * 300 + ")" * 300, _error("SyntaxError: too many nested parentheses")),
+]
+
+
+def test_the_suite_is_big_enough():
+  assert len(HOSTILE) >= 40
+
+
+@pytest.mark.parametrize("name,code,expect", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_program(pool, name, code, expect):
+  result = _run(pool, code)
+  assert expect(result), f"{name}: {result}"
+  assert result.observation.encode("utf-8")  # always valid text for the policy
+  assert len(result.observation) <= 1027 and len(result.stdout) <= 1027
+  _assert_clean(pool)
+
+
+def test_secret_file_on_host_is_invisible(pool, host_secret_file):
+  result = _run(pool, f"print(open({host_secret_file!r}).read())")
+  assert result.error.startswith("FileNotFoundError"), result
+  assert SECRET_VALUE not in result.observation
+  _assert_clean(pool)
+
+
+def test_tcp_to_host_loopback_fails_and_nothing_arrives(pool):
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    result = _run(pool, f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=0.5)")
+    assert result.error.startswith("PermissionError"), result
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+      listener.accept()
+  _assert_clean(pool)
+
+
+def test_udp_to_host_loopback_fails_and_nothing_arrives(pool):
+  with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+    receiver.bind(("127.0.0.1", 0))
+    port = receiver.getsockname()[1]
+    result = _run(pool, f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                        f"s.sendto(b'x', ('127.0.0.1', {port}))")
+    assert result.error.startswith("PermissionError"), result
+    receiver.setblocking(False)
+    with pytest.raises(BlockingIOError):
+      receiver.recvfrom(16)
+  _assert_clean(pool)
+
+
+def test_no_harm_on_the_host(pool):
+  """What the suite tried to write never reached the host's file system."""
+  for path in ("/tmp/pwned", "/usr/pwned.txt", os.path.join(PACKAGE_DIR, "pwned.txt"), "/tmp/leftover", "/tmp/big"):
+    assert not os.path.exists(path), path
+  assert len(pool.worker_pids()) == 1
+
+
+# Poison, then check, back to back on the same worker. Expected observations by hand (DESIGN.md §1.1 rules).
+POISON_PAIRS = [
+    ("builtins", "import builtins\nbuiltins.print = lambda *a, **k: None\nbuiltins.len = lambda x: 42",
+     "print(len([1, 2, 3]))", "3\n"),
+    ("builtins_dict", "__builtins__['abs'] = lambda x: -1", "print(abs(-5))", "5\n"),
+    ("sympy_function", "import sympy\nsympy.solve = lambda *a, **k: [42]",
+     "from sympy import solve, symbols\nx = symbols('x')\nprint(solve(x - 1, x))", "[1]\n"),
+    ("sympy_evaluate", "import sympy\nsympy.core.parameters.global_parameters.evaluate = False",
+     "from sympy import Integer\nprint(Integer(2) + Integer(3))", "5\n"),
+    ("math_constant", "import math\nmath.pi = 3", "import math\nprint(math.pi == 3.141592653589793)", "True\n"),
+    ("sys_modules", "import sys\nsys.modules['math'] = None", "import math\nprint(math.isqrt(16))", "4\n"),
+    ("sys_settrace", "import sys\nsys.settrace(lambda *a: print('TRACED'))\nsys.setprofile(lambda *a: print('P'))",
+     "def f():\n    return 7\nprint(f())", "7\n"),
+    ("globals", "leaked_value = 42", "print(leaked_value)", "NameError: name 'leaked_value' is not defined"),
+    ("globals_function", "def helper():\n    return 'leak'", "print(helper())",
+     "NameError: name 'helper' is not defined"),
+    ("leftover_files", "open('/tmp/leftover.txt', 'w').write('secret')",
+     "import os\nprint(os.path.exists('/tmp/leftover.txt'))", "False\n"),
+    ("random_seed", "import random\nrandom.seed(99)\nrandom.random()",
+     "import random\nprint(random.random() == random.Random(0).random())", "True\n"),
+    ("numpy_seed", "import numpy as np\nnp.random.seed(99)",
+     "import numpy as np\nprint(np.random.rand() == np.random.RandomState(0).rand())", "True\n"),
+    ("numpy_printoptions", "import numpy as np\nnp.set_printoptions(precision=1)",
+     "import numpy as np\nprint(np.array([1.23456]))", "[1.23456]\n"),
+    ("decimal_context", "import decimal\ndecimal.getcontext().prec = 3",
+     "from decimal import Decimal\nprint(repr(Decimal(1) / Decimal(7)))",
+     "Decimal('0.1428571428571428571428571429')\n"),
+    ("mpmath_precision", "from mpmath import mp\nmp.dps = 5", "import mpmath\nprint(mpmath.mp.dps)", "15\n"),
+    ("numpy_typecodes", "from numpy import typecodes\ntypecodes['All'] = ''",
+     "import numpy as np\nprint(len(np.typecodes['All']) > 0)", "True\n"),
+]
+
+
+@pytest.mark.parametrize("name,poison,check,expected", POISON_PAIRS, ids=[p[0] for p in POISON_PAIRS])
+def test_poison_then_check(pool, name, poison, check, expected):
+  first = _run(pool, check)
+  poisoned = _run(pool, poison)
+  assert not poisoned.timed_out, (name, poisoned)
+  after = _run(pool, check)
+  assert first.observation == expected, (name, first)
+  assert after.observation == expected, (name, after)

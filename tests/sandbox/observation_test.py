@@ -1,0 +1,133 @@
+"""Output format: rStar's observation rules (DESIGN.md §1.1) and the plain mode, with hand-written expectations.
+
+Most cases run in-process through `run_program` (fast, exact); a second set runs the same programs through a real
+pool to show the jailed path gives the same observations.
+"""
+
+import builtins
+
+import pytest
+
+from sandbox import SandboxPool
+from sandbox import observation
+
+
+def _observe(code, mode="rstar", max_chars=1024):
+  out = observation.run_program(code, {"__builtins__": dict(builtins.__dict__)}, mode=mode, max_chars=max_chars)
+  return observation.postprocess(out.observation, printed=out.printed, max_chars=max_chars)
+
+
+# (program, rstar observation, plain observation), all written out by hand.
+CASES = [
+    # Print capture.
+    ("print(1 + 1)", "2\n", "2\n"),
+    ("print('hello', 'world')", "hello world\n", "hello world\n"),
+    # Expression echo: str() of the last expression when it is not None; never float-rounded.
+    ("import math\nmath.sqrt(2)", "1.4142135623730951", "1.4142135623730951"),
+    ("x = 3\nx * 2", "6", "6"),
+    ("'text'", "text", "text"),
+    ("None", "", ""),
+    ("x = 5", "", ""),
+    ("from sympy import symbols, expand\nx = symbols('x')\nexpand((x + 1)**2)", "x**2 + 2*x + 1",
+     "x**2 + 2*x + 1"),
+    # One print point not last: earlier output is discarded in rstar mode.
+    ("x = 2\nprint(x)\ny = 3", "", "2\n"),
+    ("print('a')\n'b'", "b", "a\n"),
+    ("print('a')\nprint('b') if False else None", "", "a\n"),
+    # Several print points: labelled pieces, statements after the last print point never run.
+    ("a = 5\nprint(a)\nb = a + 1\nprint(b)", "a: 5\nb: 6\n", "5\n6\n"),
+    ("x = 3.14159\nprint(x)\nprint(round(x, 2))", "x: 3.14159\nround(x, 2: 3.14\n", "3.14159\n3.14\n"),
+    ("print('a')\nprint('b')\nraise ValueError('after')", "'a': a\n'b': b\n", "ValueError: after"),
+    ("for i in range(3):\n    print(i)\nprint('done')", "i: 0\n1\n2\n'done': done\n", "0\n1\n2\ndone\n"),
+    ("def f(v):\n    print(v)\nf(1)\nf(2)", "2\n", "1\n2\n"),
+    ("if True:\n    print('x', 1)\nprint(2)", "'x', 1: x 1\n2: 2\n", "x 1\n2\n"),
+    ("print(1)\nif True:\n    if True:\n        print('nested')\nprint(3)", "1: 1\n3: nested\n3\n", "1\nnested\n3\n"),
+    # Exceptions.
+    ("x = 1 / 0", "ZeroDivisionError: division by zero", "ZeroDivisionError: division by zero"),
+    ("print('before')\nraise ValueError('bad value')", "ValueError: bad value", "ValueError: bad value"),
+    ("raise KeyError('k')", "KeyError: 'k'", "KeyError: 'k'"),
+    ("x = ", "SyntaxError: invalid syntax (<string>, line 1)", "SyntaxError: invalid syntax (<string>, line 1)"),
+    ("undefined_name", "NameError: name 'undefined_name' is not defined",
+     "NameError: name 'undefined_name' is not defined"),
+    # Float rounding: printed text that parses as a float, when the rounded form is shorter.
+    ("print(8.94427190999916)", "8.9443\n", "8.9443\n"),
+    ("print(2 / 3)", "0.6667\n", "0.6667\n"),
+    ("print(5)", "5\n", "5\n"),
+    ("print(0.5)", "0.5\n", "0.5\n"),
+    ("print(1e20)", "1e+20\n", "1e+20\n"),
+    ("print(' 3.14159265 ')", "3.1416\n", "3.1416\n"),
+    ("print('1.23456', '2')", "1.23456 2\n", "1.23456 2\n"),
+    ("print(2 / 3)\nprint(1 / 3)", "2 / 3: 0.6666666666666666\n1 / 3: 0.3333333333333333\n",
+     "0.6666666666666666\n0.3333333333333333\n"),
+    ("print('0123456789' * 3)", "1.2345678901234568e+28\n", "1.2345678901234568e+28\n"),
+    # Clean-up of the program text (rstar mode only).
+    ("```python\nprint(3)\n```", "3\n", "SyntaxError: invalid syntax (<string>, line 1)"),
+    ("  \nprint(4)\n\n", "4\n", "4\n"),
+]
+
+
+@pytest.mark.parametrize("code,rstar,plain", CASES)
+def test_rules_in_process(code, rstar, plain):
+  assert _observe(code, "rstar") == rstar
+  assert _observe(code, "plain") == plain
+
+
+def test_truncation_keeps_head_and_tail():
+  obs = _observe("print('a' * 600 + 'b' * 600)")
+  assert obs == "a" * 512 + "..." + "b" * 511 + "\n"
+  assert _observe("print('c' * 1023)") == "c" * 1023 + "\n"  # 1024 characters with the newline: kept whole
+  assert _observe("'d' * 1025") == "d" * 512 + "..." + "d" * 512
+  assert _observe("print('e' * 100)", max_chars=10) == "eeeee...eeee\n"
+
+
+def test_truncation_applies_to_errors_and_multi_print():
+  assert _observe("raise ValueError('v' * 5000)") == "ValueError: " + "v" * 500 + "..." + "v" * 512
+  obs = _observe("print('x' * 2000)\nprint('y' * 2000)")
+  assert obs == "'x' * 2000: " + "x" * 500 + "..." + "y" * 511 + "\n"
+
+
+def test_bounded_text_matches_truncating_the_whole_text():
+  sink = observation.BoundedText(4096)
+  pieces = ["ab" * 3000, "\n", "tail" * 10]
+  for p in pieces:
+    sink.write(p)
+  whole = "".join(pieces)
+  assert sink.total == len(whole)
+  assert sink.value(1024) == whole[:512] + "..." + whole[-512:]
+
+
+def test_unknown_mode_is_rejected():
+  with pytest.raises(ValueError, match="output_mode"):
+    observation.run_program("print(1)", {}, mode="official")
+
+
+@pytest.fixture(scope="module")
+def pools():
+  light = dict(num_workers=1, timeout_s=5.0, preload=("math", "sympy"), warmup="")
+  with SandboxPool(output_mode="rstar", **light) as rstar, SandboxPool(output_mode="plain", **light) as plain:
+    yield rstar, plain
+
+
+def test_pool_gives_the_same_observations(pools):
+  rstar_pool, plain_pool = pools
+  codes = [c for c, _, _ in CASES]
+  for result, (_, rstar, _) in zip(rstar_pool.run(codes), CASES):
+    assert result.observation == rstar
+  for result, (_, _, plain) in zip(plain_pool.run(codes), CASES):
+    assert result.observation == plain
+
+
+def test_pool_result_fields(pools):
+  rstar_pool, _ = pools
+  ok, err = rstar_pool.run(["x = 2\nprint(x)\ny = 3", "print('partial')\n1 / 0"])
+  assert ok.ok and ok.observation == "" and ok.stdout == "2\n" and ok.error is None
+  assert not err.ok and err.error == "ZeroDivisionError: division by zero" == err.observation
+  assert err.stdout == "partial\n" and not err.timed_out and not err.memory_exceeded and err.killed_by_signal is None
+  assert 0 < ok.duration_s < 5
+
+
+def test_pool_truncates_with_max_output_chars():
+  with SandboxPool(num_workers=1, max_output_chars=10, preload=(), warmup="") as pool:
+    (r,) = pool.run(["print('abcdefghij' * 3)"])
+  assert r.observation == "abcde...ghij\n"
+  assert r.stdout == "abcde...ghij\n"

@@ -1,0 +1,179 @@
+"""Pool behaviour: ordering, futures, cancellation, bad input, recovery from dead workers, isolation levels."""
+
+import concurrent.futures
+import os
+import signal
+import time
+
+import pytest
+
+from sandbox import SandboxPool, SandboxResult
+from sandbox import isolation
+
+LIGHT = dict(preload=("math",), warmup="")
+
+
+@pytest.fixture(scope="module")
+def pool():
+  with SandboxPool(num_workers=2, timeout_s=2.0, **LIGHT) as p:
+    yield p
+
+
+def test_results_in_input_order(pool):
+  programs = [f"import time\ntime.sleep({0.05 * (i % 3)})\nprint({i} * {i})" for i in range(12)]
+  results = pool.run(programs)
+  assert [r.observation for r in results] == [f"{i * i}\n" for i in range(12)]
+  assert all(isinstance(r, SandboxResult) and r.ok for r in results)
+
+
+def test_submit_returns_futures(pool):
+  futures = pool.submit(["print('a')", "print('b')"])
+  assert all(isinstance(f, concurrent.futures.Future) for f in futures)
+  assert [f.result(timeout=30).observation for f in futures] == ["a\n", "b\n"]
+  assert pool.run([]) == []
+
+
+def test_work_is_spread_over_workers(pool):
+  start = time.monotonic()
+  results = pool.run(["import time\ntime.sleep(0.5)\nprint(1)"] * 4)
+  assert all(r.ok for r in results)
+  assert time.monotonic() - start < 1.9  # 4 x 0.5 s on 2 workers: ~1 s, not 2 s
+
+
+def test_cancelled_futures_do_not_run(pool):
+  futures = pool.submit(["import time\ntime.sleep(0.3)"] * 2 + ["print('x')"] * 20)
+  cancelled = [f.cancel() for f in futures[2:]]
+  for f, was_cancelled in zip(futures[2:], cancelled):
+    assert f.cancelled() == was_cancelled
+  assert futures[0].result(timeout=30).ok
+
+
+def test_bad_input_is_named():
+  with pytest.raises(ValueError, match="num_workers"):
+    SandboxPool(num_workers=0)
+  with pytest.raises(ValueError, match="output_mode"):
+    SandboxPool(output_mode="official")
+  with pytest.raises(ValueError, match="timeout_s"):
+    SandboxPool(timeout_s=0)
+  with pytest.raises(RuntimeError, match="isolation level 'nsjail'|unknown isolation"):
+    try:
+      SandboxPool(isolation="nsjail")
+    except ValueError as e:
+      raise RuntimeError(str(e)) from e
+
+
+def test_bad_programs_are_named(pool):
+  with pytest.raises(TypeError, match=r"programs\[1\] must be str"):
+    pool.submit(["print(1)", 42])
+  with pytest.raises(TypeError, match="single str"):
+    pool.submit("print(1)")
+
+
+def test_dead_worker_is_replaced():
+  with SandboxPool(num_workers=1, timeout_s=2.0, **LIGHT) as p:
+    (pid,) = p.worker_pids()
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:  # the kill is asynchronous
+      time.sleep(0.01)
+    results = p.run(["print(7)", "print(8)"])
+    assert [r.observation for r in results][-1] == "8\n"
+    assert results[0].observation in ("7\n", "RuntimeError: sandbox worker died unexpectedly")
+    assert p.run(["print(9)"])[0].observation == "9\n"
+    assert p.worker_pids() and p.worker_pids() != [pid]
+
+
+def _running(pid):
+  try:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+def test_hung_worker_is_killed_by_the_host_watchdog():
+  with SandboxPool(num_workers=1, timeout_s=0.5, host_grace_s=0.5, isolation="rlimits-only", **LIGHT) as p:
+    (pid,) = p.worker_pids()  # at this level the worker process is the zygote itself
+    os.kill(pid, signal.SIGSTOP)
+    try:
+      (r,) = p.run(["print(1)"])
+    finally:
+      try:
+        os.kill(pid, signal.SIGCONT)
+      except ProcessLookupError:
+        pass
+    assert r.timed_out and r.observation == "TimeoutError: execution exceeded 0.5s"
+    assert p.run(["print(2)"])[0].observation == "2\n"
+
+
+def test_closed_pool_refuses_work():
+  p = SandboxPool(num_workers=1, **LIGHT)
+  p.close()
+  p.close()  # idempotent
+  with pytest.raises(RuntimeError, match="closed"):
+    p.submit(["print(1)"])
+
+
+def test_close_while_running_fails_the_running_program():
+  p = SandboxPool(num_workers=1, timeout_s=30.0, **LIGHT)
+  futures = p.submit(["import time\ntime.sleep(20)", "print(1)"])
+  time.sleep(0.5)
+  start = time.monotonic()
+  p.close()
+  assert time.monotonic() - start < 10
+  with pytest.raises((RuntimeError, concurrent.futures.CancelledError)):
+    futures[0].result(timeout=1)
+  assert futures[1].cancelled() or isinstance(futures[1].exception(timeout=1), RuntimeError)
+
+
+def test_auto_reports_the_strongest_level(pool):
+  assert pool.isolation_level in isolation.LEVELS
+  expected = next(level for level in isolation.LEVELS if isolation.probe(level) is None)
+  assert pool.isolation_level == expected
+  assert pool.isolation_details["level"] == expected
+  assert pool.isolation_details["seccomp"] is True
+  if os.geteuid() == 0:
+    assert pool.isolation_details["uid"] >= 3_900_000_000
+
+
+ISOLATION_CHECKS = [
+    ("import os\nprint(os.getuid() != 0)", "True\n"),
+    ("import os\nprint('RSTAR_POOL_TEST' in os.environ)", "False\n"),
+    ("import socket\nsocket.socket()", "PermissionError: [Errno 1] Operation not permitted"),
+    ("import os\nos.fork()", "PermissionError: [Errno 1] Operation not permitted"),
+    ("while True:\n    pass", "TimeoutError: execution exceeded 1.0s"),
+    ("x = [0] * 10 ** 10", "MemoryError: execution exceeded the memory limit (1024 MB)"),
+    ("open('leftover', 'w').write('1')\nprint(1)", "1\n"),
+    ("import os\nprint(os.listdir('.'))", "[]\n"),
+]
+
+
+@pytest.mark.parametrize("level", isolation.LEVELS)
+def test_every_level_isolates(level, monkeypatch):
+  why = isolation.probe(level)
+  if why is not None:
+    pytest.skip(f"{level} unavailable here: {why}")
+  monkeypatch.setenv("RSTAR_POOL_TEST", "secret")
+  # socket is preloaded: at the rlimits-only level a Python under /root cannot import lazily (see isolation.py).
+  with SandboxPool(num_workers=1, timeout_s=1.0, isolation=level, preload=("math", "socket"), warmup="") as p:
+    assert p.isolation_level == level
+    results = p.run([code for code, _ in ISOLATION_CHECKS])
+  for (code, expected), r in zip(ISOLATION_CHECKS, results):
+    assert r.observation == expected, (level, code, r)
+
+
+@pytest.mark.parametrize("level", ["bwrap", "unshare"])
+def test_namespaced_levels_hide_the_host(level):
+  if isolation.probe(level) is not None:
+    pytest.skip(f"{level} unavailable here")
+  with SandboxPool(num_workers=1, timeout_s=2.0, isolation=level, **LIGHT) as p:
+    root, tmp, home, pid = p.run([
+        "import os\nprint(sorted(os.listdir('/')))",
+        f"import os\nprint(os.path.exists({os.path.abspath(__file__)!r}))",
+        "import os\nprint(os.path.exists('/root/.bash_history') or os.path.exists('/home'))",
+        "import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]) <= 10)",
+    ])
+  assert root.ok and "home" not in root.observation and "var" not in root.observation, root
+  assert tmp.observation == "False\n"  # the test file (repo checkout) is not visible
+  assert home.observation == "False\n"
+  assert pid.observation == "True\n"  # own PID namespace: only the jail's few processes

@@ -1,0 +1,57 @@
+"""The reuse check: typical math steps may share an executor; anything that can leave shared state may not."""
+
+import pytest
+
+from sandbox.static_check import is_reusable
+
+REUSABLE = [
+    "print(1 + 1)",
+    "from sympy import symbols, solve\nx = symbols('x')\nprint(solve(x**2 - 4, x))",
+    "import numpy as np\na = np.arange(10)\nprint(a.mean())",
+    "import math\nfrom fractions import Fraction\nprint(Fraction(1, 3) + math.floor(2.5))",
+    "from itertools import permutations\nprint(len(list(permutations(range(4)))))",
+    "def f(n):\n    return 1 if n < 2 else n * f(n - 1)\nprint(f(5))",
+    "total = 0\nfor i in range(10):\n    total += i\nprint(total)",
+    "from scipy.optimize import brentq\nprint(brentq(lambda t: t**2 - 2, 0, 2))",
+    "import random\nprint(random.randint(1, 6))",
+    "d = {}\nd.setdefault('a', []).append(1)\nprint(d)",
+    "x = = 1",  # does not parse: nothing runs, nothing to leak
+]
+
+NOT_REUSABLE = [
+    "import os\nprint(os.getcwd())",
+    "import sys\nsys.modules['math'] = None",
+    "import builtins\nbuiltins.print = None",
+    "import math\nmath.pi = 3",
+    "import sympy\nsympy.solve = None",
+    "import numpy as np\nnp.random.seed(0)",
+    "import random\nrandom.seed(1)",
+    "import numpy as np\nnp.set_printoptions(precision=2)",
+    "from sympy import *\ninit_printing()",
+    "from decimal import getcontext\ngetcontext().prec = 5",
+    "from mpmath import mp\nmp.dps = 50",
+    "from numpy import typecodes",
+    "import numpy as np\nnp.os.environ['X'] = '1'",
+    "x = [].__class__",
+    "f = open('/tmp/x', 'w')",
+    "exec('1')",
+    "eval('1')",
+    "getattr(print, '__self__')",
+    "globals()['x'] = 1",
+    "class A:\n    pass\nA.x = 1",
+    "import numpy as np\nnp.x[0] = 1",
+    "def g():\n    try:\n        yield 1\n    finally:\n        print('late')\nnext(g())",
+    "from . import x",
+    "import threading",
+    "print(1)\n" + "#" * 70000,
+]
+
+
+@pytest.mark.parametrize("code", REUSABLE)
+def test_reusable(code):
+  assert is_reusable(code)
+
+
+@pytest.mark.parametrize("code", NOT_REUSABLE)
+def test_not_reusable(code):
+  assert not is_reusable(code)
