@@ -1,0 +1,66 @@
+"""orbax checkpoints of the train state together with the data iterator position.
+
+Each checkpoint step holds two items: `state` (the sharded `TrainState`, written asynchronously) and
+`data` (the grain iterator state as JSON). The iterator state is captured as a plain dict at the moment
+of the save rather than handing the live iterator to orbax: with asynchronous saving the iterator moves on
+while the background write runs, and the saved position must be the one that matches the saved weights.
+An interrupted save leaves only a temporary folder, which orbax ignores, so resuming always starts from the
+last complete step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from rstar_jax.train.state import TrainState
+
+
+class Checkpointer:
+  """`save` every `every` steps (async), keep the last `keep`, `restore_latest` for exact resume."""
+
+  def __init__(self, directory: str | os.PathLike[str], *, every: int, keep: int = 2, async_save: bool = True):
+    self.directory = os.path.abspath(os.fspath(directory))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(save_interval_steps=max(1, every), max_to_keep=keep,
+                                             enable_async_checkpointing=async_save, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: TrainState, data_state: dict[str, Any], *, force: bool = False) -> bool:
+    """Starts saving `state` and the iterator position at `step` when due (or `force`); True if started."""
+    return self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            data=ocp.args.JsonSave(dict(data_state))),
+                              force=force)
+
+  def restore(self, step: int, abstract: TrainState, shardings: TrainState) -> tuple[TrainState, dict[str, Any]]:
+    """The train state (placed with `shardings`) and iterator state saved at `step`."""
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                   data=ocp.args.JsonRestore()))
+    return restored.state, restored.data
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def latest_step(directory: str | os.PathLike[str]) -> int | None:
+  """The last complete checkpoint step in `directory`, or None (also when the folder does not exist)."""
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()

@@ -1,0 +1,86 @@
+"""Training configuration: one frozen dataclass per concern, defaults from the rStar paper/code (DESIGN §1.4).
+
+`ml_collections` config files (configs/) build these with `TrainConfig.from_dict(config.to_dict())`; unknown
+keys are an error, so a typo in a config file never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from rstar_jax.data.pipeline import PipelineConfig
+from rstar_jax.train.optimizer import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything one SFT or PPM run needs besides its inputs.
+
+  Attributes:
+    optimizer: AdamW, schedule, clipping.
+    data: sequence length, global batch, epochs, shuffling, bucketing.
+    mesh: `(data, fsdp, tensor)` sizes; one may be -1 (= the remaining devices).
+    accum_steps: micro-batches per update (the global batch is split, the update is the full-batch one).
+    compute_dtype: "float32", or "bfloat16" for bf16 matmuls on float32 master weights.
+    remat: recompute decoder-layer activations in the backward pass (less memory, ~1/3 more compute).
+    checkpoint_every: save every this many steps (the last step is always saved).
+    keep_checkpoints: how many recent checkpoints to keep.
+    async_checkpoint: write checkpoints in the background.
+    log_every: fetch and log metrics every this many steps (a non-finite loss is caught at these steps).
+    seed: initialisation seed of the PPM value head.
+    ppm_head: "raw" (official: Bradley-Terry on the linear output) or "tanh" (the paper's head).
+    export_dtype: dtype of the exported HF weights; None = that of the input checkpoint.
+    max_steps: stop after this many updates (None = all epochs); the schedule spans the steps run.
+    progress: show a tqdm progress bar.
+    tensorboard: also write TensorBoard events when a writer is installed.
+  """
+  optimizer: OptimizerConfig = OptimizerConfig()
+  data: PipelineConfig = PipelineConfig()
+  mesh: tuple[int, int, int] = (1, -1, 1)
+  accum_steps: int = 1
+  compute_dtype: str = "float32"
+  remat: bool = False
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 2
+  async_checkpoint: bool = True
+  log_every: int = 1
+  seed: int = 0
+  ppm_head: str = "raw"
+  export_dtype: str | None = None
+  max_steps: int | None = None
+  progress: bool = True
+  tensorboard: bool = True
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    """Builds a config from nested mappings (e.g. `ConfigDict.to_dict()`); unknown keys raise."""
+    values = dict(values)
+    nested = {"optimizer": OptimizerConfig, "data": PipelineConfig}
+    for key, kind in nested.items():
+      if key in values and isinstance(values[key], Mapping):
+        values[key] = _build(kind, values[key], key)
+    return _build(cls, values, "config")
+
+  def replace(self, **changes) -> "TrainConfig":
+    return dataclasses.replace(self, **changes)
+
+
+def _build(kind, values: Mapping[str, Any], where: str):
+  known = {f.name for f in dataclasses.fields(kind)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise KeyError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+  # Config files give lists; the frozen (hashable) configs hold tuples.
+  return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def sft_config(**changes) -> TrainConfig:
+  """Policy SFT as in the paper: AdamW lr 7e-6, weight decay 0.1, linear decay, no warm-up, 2 epochs,
+  global batch 128, length 2048 (the official code; the paper says 4096)."""
+  return TrainConfig(**changes)
+
+
+def ppm_config(**changes) -> TrainConfig:
+  """PPM training: the SFT optimizer settings, 2 epochs of pairs, 128 pairs per batch, raw-linear head."""
+  return TrainConfig(**changes)

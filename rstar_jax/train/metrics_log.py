@@ -1,0 +1,61 @@
+"""Scalar logs: one JSON object per line (always), TensorBoard event files when a writer is installed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+
+def _tensorboard_writer(logdir: str) -> Any | None:
+  """A `SummaryWriter` from tensorboardX or torch (needs the tensorboard package), else None."""
+  for module in ("tensorboardX", "torch.utils.tensorboard"):
+    try:
+      return __import__(module, fromlist=["SummaryWriter"]).SummaryWriter(logdir)
+    except Exception:  # not installed, or torch without tensorboard: logging must not fail the run
+      continue
+  return None
+
+
+class MetricsLog:
+  """Appends `{"step": k, name: value, ...}` lines to `<workdir>/metrics.jsonl` (only on process 0).
+
+  A resumed run appends after the lines of the interrupted one, so a step may appear twice; readers
+  take the last line of each step (see `read_metrics`).
+  """
+
+  def __init__(self, workdir: str | os.PathLike[str], *, tensorboard: bool = True, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(os.fspath(workdir), "metrics.jsonl")
+    self._tb = None
+    if enabled:
+      os.makedirs(os.fspath(workdir), exist_ok=True)
+      if tensorboard:
+        self._tb = _tensorboard_writer(os.path.join(os.fspath(workdir), "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step)}
+    record.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()})
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, float]]:
+  """`step -> scalars` from a metrics.jsonl (the last line of a step wins)."""
+  out: dict[int, dict[str, float]] = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        record = json.loads(line)
+        out[int(record.pop("step"))] = record
+  return out

@@ -1,0 +1,284 @@
+"""The two training entry points of a round: policy SFT and PPM, one flat loop (big_vision style).
+
+    train_policy(base_checkpoint, sft_file, workdir)   -> policy HF dir        (DESIGN §1.4)
+    train_ppm(init_checkpoint, pairs_file, workdir)    -> PPM HF dir + value_head.bin
+
+The loop reads: data -> shapes -> shardings -> state (fresh or restored) -> jit -> for each step: batch,
+update, log, checkpoint -> export. Re-running the same call on the same `workdir` resumes from its last
+checkpoint (weights, optimizer and data position), so a killed run continues with the same loss curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import tqdm
+from flax import nnx
+
+from rstar_jax import sharding as sharding_lib
+from rstar_jax import tokenizer as tokenizer_lib
+from rstar_jax.data import formats, pipeline as pipeline_lib
+from rstar_jax.models import PPM, ModelConfig, Qwen2, ValueHead
+from rstar_jax.models import convert
+from rstar_jax.train import optimizer as optimizer_lib
+from rstar_jax.train import state as state_lib
+from rstar_jax.train import steps as steps_lib
+from rstar_jax.train.checkpoint import Checkpointer, latest_step
+from rstar_jax.train.config import TrainConfig, ppm_config, sft_config
+from rstar_jax.train import metrics_log
+from rstar_jax.train.metrics_log import MetricsLog
+
+StepCallback = Callable[[int, dict[str, float]], None]
+PathLike = str | os.PathLike[str]
+# Files copied next to exported weights so the next phase loads the same tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "added_tokens.json", "tokenizer.model", "generation_config.json")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite; the run stops (checkpoints before it stay usable)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  """What a finished run produced."""
+  export_dir: str           # HF dir of the trained model (PPM: + value_head.bin)
+  workdir: str              # checkpoints/ and metrics.jsonl
+  steps: int                # optimizer updates in total (resumed runs included)
+  metrics: dict[str, float]  # the last logged scalars
+  num_examples: int         # training examples (SFT rows / PPM pairs) after tokenization
+  num_dropped: int          # examples dropped by the length policy
+
+
+def _as_paths(files: PathLike | Sequence[PathLike]) -> list[PathLike]:
+  return [files] if isinstance(files, (str, os.PathLike)) else list(files)
+
+
+def _load_tokenizer(tokenizer: Any, default_dir: PathLike, which: str):
+  if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+    path = default_dir if tokenizer is None else tokenizer
+    tokenizer = tokenizer_lib.load_tokenizer(path)
+    tokenizer_lib.add_rstar_tokens(tokenizer, which)
+    return tokenizer, os.fspath(path)
+  return tokenizer, None
+
+
+def _check_vocab(tokenizer: Any, config: ModelConfig, where: PathLike) -> None:
+  if len(tokenizer) > config.vocab_size:
+    raise ValueError(
+        f"{where}: the tokenizer has {len(tokenizer)} ids (rStar tags included) but the model only "
+        f"{config.vocab_size} embedding rows; resize the embedding first (rstar_jax.tokenizer.resize_embedding)")
+
+
+def _model_config(checkpoint: PathLike, config: TrainConfig) -> tuple[ModelConfig, str]:
+  """The training config of a checkpoint (fp32 master weights) and the checkpoint's own weight dtype."""
+  original = ModelConfig.from_hf_config(checkpoint)
+  return original.replace(param_dtype="float32", dtype=config.compute_dtype), original.param_dtype
+
+
+def _export_tokenizer(tokenizer_dir: str | None, export_dir: str) -> None:
+  if tokenizer_dir is None or not os.path.isdir(tokenizer_dir):
+    return
+  for name in TOKENIZER_FILES:
+    src = os.path.join(tokenizer_dir, name)
+    if os.path.isfile(src) and not os.path.exists(os.path.join(export_dir, name)):
+      shutil.copyfile(src, os.path.join(export_dir, name))
+
+
+def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Callable, count_key: str,
+         pipe: pipeline_lib.Pipeline, workdir: str, config: TrainConfig,
+         step_callback: StepCallback | None) -> tuple[nnx.Module, int, dict[str, float]]:
+  """The loop shared by both trainers; returns the trained model, the step count and the last metrics.
+
+  `model` may be None when `workdir` holds a checkpoint (everything is restored from it); otherwise it is
+  the placed initial model. `abstract_model` gives shapes and the module structure.
+  """
+  mesh = sharding_lib.make_mesh(*config.mesh)
+  rows_per_micro, remainder = divmod(config.data.batch_size, config.accum_steps)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if remainder or rows_per_micro % shards:
+    raise ValueError(f"global batch {config.data.batch_size} must split into accum_steps={config.accum_steps} "
+                     f"micro-batches whose rows divide over data x fsdp = {shards} devices")
+  total_steps = pipe.num_batches if config.max_steps is None else min(pipe.num_batches, config.max_steps)
+  tx = optimizer_lib.make_optimizer(config.optimizer, total_steps)
+  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, total_steps)
+
+  graphdef, abstract_params = state_lib.split_params(abstract_model)
+  shardings = state_lib.state_shardings(abstract_params, tx, mesh)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
+                              keep=config.keep_checkpoints, async_save=config.async_checkpoint)
+  data_iter = pipe.iterator()
+  latest = checkpointer.latest_step()
+  if latest is None:
+    if model is None:
+      raise ValueError(f"{workdir}: no checkpoint to resume from and no initial model")
+    state = state_lib.create_state(state_lib.split_params(model)[1], tx, mesh)
+  else:
+    state, data_state = checkpointer.restore(latest, state_lib.abstract_state(abstract_params, tx), shardings)
+    data_iter.set_state(data_state)
+  del model
+
+  train_step = steps_lib.jit_train_step(
+      steps_lib.make_train_step(loss_fn_of(graphdef), tx, mesh, accum_steps=config.accum_steps,
+                                count_key=count_key, schedule=schedule), shardings, mesh)
+  is_main = jax.process_index() == 0
+  log = MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_main)
+  start = int(jax.device_get(state.step))
+  last: dict[str, float] = {}
+  progress = tqdm.tqdm(total=total_steps, initial=start, disable=not (config.progress and is_main),
+                       desc=os.path.basename(workdir.rstrip("/")) or "train", unit="step")
+  tick, last_logged = time.perf_counter(), start
+  try:
+    for step in range(start + 1, total_steps + 1):
+      batch = steps_lib.put_batch(next(data_iter), mesh)
+      state, metrics = train_step(state, batch)
+      log_now = step % config.log_every == 0 or step == total_steps
+      # Check the loss before every save too, so a non-finite state never becomes the checkpoint to resume.
+      if log_now or step % config.checkpoint_every == 0:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        # The loss is computed before this step's update and the gradient norm drives it: both must be finite.
+        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+          raise NonFiniteLossError(
+              f"non-finite training loss {metrics['loss']} (gradient norm {metrics['grad_norm']}) at step {step} "
+              f"(workdir {workdir}); the last checkpoint is step {checkpointer.latest_step()}. Lower the learning "
+              "rate or check the data.")
+      if log_now:
+        now = time.perf_counter()
+        metrics["step_time_s"] = (now - tick) / (step - last_logged)  # the first interval includes compiling
+        tick, last_logged = now, step
+        last = {k: metrics[k] for k in ("loss", "accuracy", "grad_norm", "learning_rate", "step_time_s", count_key)}
+        log.write(step, last)
+        progress.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
+        if step_callback is not None:
+          step_callback(step, last)
+      checkpointer.save(step, state, data_iter.get_state(), force=step == total_steps)
+      progress.update(1)
+  finally:
+    progress.close()
+    log.close()
+    checkpointer.close()
+  if not last and os.path.exists(log.path):  # nothing left to run: report the finished run's last step
+    last = metrics_log.read_metrics(log.path).get(total_steps, {})
+  return nnx.merge(graphdef, state.params), total_steps, last
+
+
+def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLike], workdir: PathLike, *,
+                 config: TrainConfig | None = None, export_dir: PathLike | None = None,
+                 tokenizer: Any = None, step_callback: StepCallback | None = None) -> TrainResult:
+  """Fine-tunes the policy from the base model on one round's SFT data.
+
+  Args:
+    base_checkpoint: HF Qwen2 dir (each round starts from the *base* model, DESIGN §1.4).
+    sft_file: rStar SFT file(s) (`query`/`response`, JSON list or JSONL).
+    workdir: checkpoints and `metrics.jsonl`; re-running on the same workdir resumes.
+    config: see `TrainConfig` (default: `sft_config()`).
+    export_dir: where the trained HF dir goes (default `<workdir>/export`).
+    tokenizer: a tokenizer dir (default: `base_checkpoint`) or a loaded tokenizer; the rStar tags are added.
+    step_callback: called as `callback(step, scalars)` after each logged step.
+
+  Returns:
+    `TrainResult` with the exported HF dir (weights, config.json, tokenizer files).
+  """
+  config = config or sft_config()
+  workdir = os.path.abspath(os.fspath(workdir))
+  tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
+  model_config, original_dtype = _model_config(base_checkpoint, config)
+  _check_vocab(tokenizer, model_config, base_checkpoint)
+  records = [r for path in _as_paths(sft_file) for r in formats.read_sft_records(path)]
+  pipe = pipeline_lib.sft_pipeline(records, tokenizer, config.data)
+
+  resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
+  abstract = nnx.eval_shape(lambda: Qwen2(model_config, rngs=nnx.Rngs(0), remat=config.remat))
+  model = None
+  if not resuming:
+    model = convert.load_qwen2(base_checkpoint, model_config, mesh=sharding_lib.make_mesh(*config.mesh))
+    model.model.remat = config.remat
+  trained, steps, metrics = _run(model=model, abstract_model=abstract, loss_fn_of=steps_lib.sft_loss_fn,
+                                 count_key="num_tokens", pipe=pipe, workdir=workdir, config=config,
+                                 step_callback=step_callback)
+  export_dir = os.fspath(export_dir or os.path.join(workdir, "export"))
+  convert.save_qwen2(trained, export_dir, dtype=config.export_dtype or original_dtype)
+  _export_tokenizer(tokenizer_dir, export_dir)
+  return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
+
+
+def _initial_ppm(init_checkpoint: PathLike, model_config: ModelConfig, config: TrainConfig) -> PPM:
+  """A PPM from a PPM dir (continue training) or from a policy dir (backbone + fresh near-zero value head)."""
+  mesh = sharding_lib.make_mesh(*config.mesh)
+  has_head = any(os.path.exists(os.path.join(init_checkpoint, f))
+                 for f in ("value_head.bin", "value_head.safetensors"))
+  if has_head:
+    ppm = convert.load_ppm(init_checkpoint, model_config, mesh=mesh)
+  else:
+    policy = convert.load_qwen2(init_checkpoint, model_config, mesh=mesh)
+    ppm = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0)))
+    ppm.model = policy.model  # the LM head (if untied) is dropped: the PPM reads the value head only
+    ppm.value_head = ValueHead(model_config, rngs=nnx.Rngs(config.seed))
+    sharding_lib.shard_model(ppm, mesh)
+  ppm.model.remat = config.remat
+  return ppm
+
+
+def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLike], workdir: PathLike, *,
+              config: TrainConfig | None = None, export_dir: PathLike | None = None,
+              tokenizer: Any = None, step_callback: StepCallback | None = None) -> TrainResult:
+  """Trains the process preference model on one round's pairs.
+
+  Args:
+    init_checkpoint: the round's SFT policy HF dir (a fresh value head is added), or a PPM dir with
+      `value_head.bin` to continue from.
+    pairs_file: rStar PPM pair file(s) (`prompt`/`pos`/`neg`/`pos_count`/`neg_count`).
+    workdir: checkpoints and `metrics.jsonl`; re-running on the same workdir resumes.
+    config: see `TrainConfig` (default: `ppm_config()`); `config.ppm_head` picks raw or tanh scores.
+    export_dir: where the PPM goes (default `<workdir>/export`): HF backbone dir + `value_head.bin`.
+    tokenizer: a tokenizer dir (default: `init_checkpoint`) or a loaded tokenizer; the rStar PPM tags are added.
+    step_callback: called as `callback(step, scalars)` after each logged step.
+
+  Returns:
+    `TrainResult`; its `metrics["accuracy"]` is the pair accuracy of the last logged batch.
+  """
+  config = config or ppm_config()
+  workdir = os.path.abspath(os.fspath(workdir))
+  tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
+  model_config, original_dtype = _model_config(init_checkpoint, config)
+  _check_vocab(tokenizer, model_config, init_checkpoint)
+  pairs = [p for path in _as_paths(pairs_file) for p in formats.read_ppm_pairs(path)]
+  pipe = pipeline_lib.ppm_pipeline(pairs, tokenizer, config.data)
+
+  resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
+  abstract = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0), remat=config.remat))
+  model = None if resuming else _initial_ppm(init_checkpoint, model_config, config)
+  trained, steps, metrics = _run(model=model, abstract_model=abstract,
+                                 loss_fn_of=lambda g: steps_lib.ppm_loss_fn(g, config.ppm_head),
+                                 count_key="num_pairs", pipe=pipe, workdir=workdir, config=config,
+                                 step_callback=step_callback)
+  export_dir = os.fspath(export_dir or os.path.join(workdir, "export"))
+  convert.save_ppm(trained, export_dir, dtype=config.export_dtype or original_dtype)
+  _export_tokenizer(tokenizer_dir, export_dir)
+  return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
+
+
+def evaluate_ppm(ppm: PPM, pairs: Sequence[formats.PpmPair], tokenizer: Any, *,
+                 data: pipeline_lib.PipelineConfig | None = None, head: str = "raw",
+                 mesh_shape: tuple[int, int, int] = (1, -1, 1)) -> dict[str, float]:
+  """Pair accuracy and mean weighted loss of `ppm` on `pairs` (one pass, no shuffling)."""
+  data = dataclasses.replace(data or pipeline_lib.PipelineConfig(batch_size=32), num_epochs=1, shuffle=False)
+  mesh = sharding_lib.make_mesh(*mesh_shape)
+  graphdef, params = state_lib.split_params(ppm)
+  eval_step = jax.jit(steps_lib.make_eval_step(steps_lib.ppm_loss_fn(graphdef, head), mesh))
+  sums = None
+  for batch in pipeline_lib.ppm_pipeline(pairs, tokenizer, data).iterator():
+    out = jax.device_get(eval_step(params, steps_lib.put_batch(batch, mesh)))
+    sums = out if sums is None else {k: sums[k] + out[k] for k in out}
+  count = max(float(sums["num_pairs"]), 1.0)
+  return {"loss": float(sums["loss_sum"]) / count, "pair_accuracy": float(sums["num_correct"]) / count,
+          "num_pairs": float(sums["num_pairs"])}
+
+
+__all__ = ["NonFiniteLossError", "TrainResult", "evaluate_ppm", "train_policy", "train_ppm"]

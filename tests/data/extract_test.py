@@ -1,0 +1,235 @@
+"""Extraction of SFT records and PPM pairs from hand-built trees, against hand-applied rStar rules."""
+
+import json
+import random
+import string
+
+import pytest
+
+from rstar_jax.data import extract, formats, trees
+from rstar_jax.search import records as search_records
+
+
+def _step(name: str) -> str:
+  # Step texts drawn from a per-name random stream so any two are far more than 20 edits apart.
+  rng = random.Random(name)
+  words = " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(5)) for _ in range(8))
+  return f"\n# {name}: {words}\nx = {rng.randint(0, 10**6)}\n<end_of_step>"
+
+
+def build_tree(spec, problem_id="p/0", prompt="<|user|>:\nQ?\n<|assistant|>: go.", question="Q?"):
+  """Builds a schema-1 record from a nested spec: (name, q, kind, [children]) with
+  kind in {None, "correct", "wrong", "invalid"} and optional observation via a 5th field.
+  Nodes are numbered depth-first; returns (record, {name: id})."""
+  nodes, ids = [], {}
+
+  def add(item, parent, tag, depth):
+    name, q, kind, children = item[:4]
+    obs = item[4] if len(item) > 4 else ""
+    nid = len(nodes)
+    ids[name] = nid
+    node = {"id": nid, "tag": tag, "parent": parent, "children": [], "depth": depth,
+            "text": "" if parent == -1 else _step(name), "code": "", "observation": obs,
+            "final_answer": None, "terminal": kind is not None,
+            "terminal_reason": None, "correct": None, "visits": 4, "value_sum": 4 * q, "q": q,
+            "ppm_value": None}
+    if kind in ("correct", "wrong"):
+      node["terminal_reason"] = "answer"
+      node["correct"] = kind == "correct"
+      node["final_answer"] = "18" if kind == "correct" else "17"
+    elif kind == "invalid":
+      node["terminal_reason"] = "too_many_errors"
+    nodes.append(node)
+    for i, child in enumerate(children, start=1):
+      node["children"].append(add(child, nid, f"{tag}.{i}", depth + 1))
+    return nid
+
+  add(spec, -1, "0", 0)
+  record = {"schema": trees.SCHEMA, "problem_id": problem_id, "question": question,
+            "ground_truth": "18", "prompt": prompt, "seed": 0, "mode": "terminal_guided",
+            "preset": "official", "nodes": nodes}
+  return record, ids
+
+
+# Tree 1 (q values chosen so each rule decides something):
+#   A (0.6) -> A1 correct (1.0), A2 wrong (-1.0)      mixed child
+#   B (-0.7) -> B1 wrong (-1.0)
+#   C (0.9, observation has an error) -> C1 correct (1.0)
+#   D (-1.0) invalid terminal
+#   E (0.8) -> E1 correct (0.8)
+TREE1 = ("root", 0.0, None, [
+    ("A", 0.6, None, [("A1", 1.0, "correct", []), ("A2", -1.0, "wrong", [])]),
+    ("B", -0.7, None, [("B1", -1.0, "wrong", [])]),
+    ("C", 0.9, None, [("C1", 1.0, "correct", [])], "NameError: name 'x' is not defined"),
+    ("D", -1.0, "invalid", []),
+    ("E", 0.8, None, [("E1", 0.8, "correct", [])]),
+])
+
+
+@pytest.fixture()
+def tree1(tmp_path):
+  record, ids = build_tree(TREE1)
+  path = tmp_path / "trees.jsonl"
+  # Written by the search's own (validating) writer: our hand-built trees are valid schema-1 records.
+  search_records.write_trees(path, [record])
+  return trees.read_trees(path)[0], ids
+
+
+def test_sft_top2_by_mean_q_ties_by_min_q_errors_dropped(tree1):
+  tree, _ = tree1
+  got = extract.sft_records([tree])
+  # Correct trajectories: A-A1 (mean 0.8, min 0.6), C-C1 (mean 0.95 but an error: dropped),
+  # E-E1 (mean 0.8, min 0.8). Tie on mean -> higher min first: E then A.
+  assert got == [
+      formats.SftRecord(query="Q?", response=_step("E") + _step("E1")),
+      formats.SftRecord(query="Q?", response=_step("A") + _step("A1")),
+  ]
+
+
+def test_sft_pools_trees_of_one_problem_and_dedups():
+  rec1, _ = build_tree(("root", 0.0, None, [("X", 0.2, None, [("X1", 0.2, "correct", [])])]))
+  rec2, _ = build_tree(("root", 0.0, None, [("X", 0.2, None, [("X1", 0.2, "correct", [])]),
+                                            ("Y", 0.5, None, [("Y1", 0.5, "correct", [])]),
+                                            ("Z", 0.1, None, [("Z1", 0.1, "correct", [])])]))
+  rec3, _ = build_tree(("root", 0.0, None, [("W", 0.3, "correct", [])]), problem_id="p/1",
+                       question="Other?")
+  ts = [trees.tree_from_dict(r) for r in (rec1, rec2, rec3)]
+  got = extract.sft_records(ts)
+  assert got == [
+      formats.SftRecord("Q?", _step("Y") + _step("Y1")),
+      formats.SftRecord("Q?", _step("X") + _step("X1")),   # the duplicate X in tree 2 counted once
+      formats.SftRecord("Other?", _step("W")),
+  ]
+
+
+def test_step_pairs_two_vs_two_margin_and_walk(tree1):
+  tree, _ = tree1
+  got = extract.step_pairs(tree)
+  prompt = tree.prompt
+  # Root: positives (correct below) by Q desc: C 0.9, E 0.8, A 0.6 -> C, E; negatives by Q asc:
+  # B -0.7, A 0.6 -> B, A. (C,A) and (E,A) fail the 0.5 margin. Then the walk enters mixed A:
+  # 1 positive (A1) vs 1 negative (A2).
+  assert got == [
+      formats.PpmPair(prompt, _step("C"), _step("B"), 2, 2),
+      formats.PpmPair(prompt, _step("E"), _step("B"), 2, 2),
+      formats.PpmPair(prompt + _step("A"), _step("A1"), _step("A2"), 1, 1),
+  ]
+  assert [p.weight for p in got] == [0.25, 0.25, 1.0]
+
+
+def test_step_pairs_invalid_terminals_as_wrong(tree1):
+  tree, _ = tree1
+  got = extract.step_pairs(tree, extract.PairConfig(invalid_as_wrong=True))
+  # Negatives by Q asc now: D -1.0, B -0.7 (A 0.6 not selected); the walk into A adds one more pair.
+  assert [(p.pos, p.neg, p.pos_count, p.neg_count) for p in got[:4]] == [
+      (_step("C"), _step("D"), 2, 2), (_step("C"), _step("B"), 2, 2),
+      (_step("E"), _step("D"), 2, 2), (_step("E"), _step("B"), 2, 2)]
+  assert len(got) == 5
+
+
+def test_one_vs_four_rule_and_edit_distance():
+  near = _step("P")[:-14] + "# tiny\n<end_of_step>"   # < 20 edits from P's text
+  spec = ("root", 0.0, None, [
+      ("P", 0.8, "correct", []),
+      ("N1", -0.9, "wrong", []), ("N2", -0.8, "wrong", []), ("N3", -0.7, "wrong", []),
+      ("N4", -0.6, "wrong", []), ("N5", -0.5, "wrong", [])])
+  record, ids = build_tree(spec)
+  record["nodes"][ids["N2"]]["text"] = near
+  assert extract.edit_distance(_step("P"), near) < 20
+  got = extract.step_pairs(trees.tree_from_dict(record))
+  # One positive -> up to 4 negatives, lowest Q first: N1..N4 (N5 not selected); N2 dropped by edit
+  # distance; every pair keeps neg_count = 4 (the number selected).
+  assert [(p.pos, p.neg, p.pos_count, p.neg_count) for p in got] == [
+      (_step("P"), _step("N1"), 1, 4), (_step("P"), _step("N3"), 1, 4), (_step("P"), _step("N4"), 1, 4)]
+
+
+def test_four_vs_one_rule():
+  spec = ("root", 0.0, None, [
+      ("P1", 0.9, "correct", []), ("P2", 0.8, "correct", []), ("P3", 0.7, "correct", []),
+      ("P4", 0.6, "correct", []), ("P5", 1.0, "correct", []), ("N", -0.5, "wrong", [])])
+  got = extract.step_pairs(trees.tree_from_dict(build_tree(spec)[0]))
+  assert [(p.pos, p.pos_count, p.neg_count) for p in got] == [
+      (_step("P5"), 4, 1), (_step("P1"), 4, 1), (_step("P2"), 4, 1), (_step("P3"), 4, 1)]
+
+
+def test_best_continuation_must_beat_negative():
+  # X has the higher Q but its continuation to the correct leaf averages
+  # (0.5 - 0.9 - 0.9) / 3 = -0.433 < Y's (-0.5 + 0.0) / 2 = -0.25: no pair at the root.
+  spec = ("root", 0.0, None, [
+      ("X", 0.5, None, [("X1", -0.9, None, [("X2", -0.9, "correct", [])])]),
+      ("Y", -0.5, None, [("Y1", 0.0, "wrong", [])])])
+  assert extract.step_pairs(trees.tree_from_dict(build_tree(spec)[0])) == []
+  # Raising X2 flips the continuation comparison: (0.5 - 0.9 + 0.9) / 3 = 0.167 > -0.25.
+  spec[3][0][3][0][3][0] = ("X2", 0.9, "correct", [])
+  got = extract.step_pairs(trees.tree_from_dict(build_tree(spec)[0]))
+  assert [(p.pos, p.neg) for p in got] == [(_step("X"), _step("Y"))]
+
+
+def test_no_pairs_without_both_outcomes():
+  spec = ("root", 0.0, None, [("A", 0.9, "correct", []), ("B", 0.1, None, [])])
+  assert extract.step_pairs(trees.tree_from_dict(build_tree(spec)[0])) == []
+
+
+def test_final_answer_pairs(tree1):
+  tree, _ = tree1
+  got = extract.final_answer_pairs(tree)
+  a1, a2, b, c = (_step("A") + _step("A1"), _step("A") + _step("A2"), _step("B") + _step("B1"),
+                  _step("C") + _step("C1"))
+  # Correct by mean Q: C-C1 0.95, A-A1 0.8 (tie with E-E1 broken by leaf order); wrong by mean Q asc:
+  # B-B1 -0.85, A-A2 -0.2.
+  assert [(p.prompt, p.pos, p.neg, p.pos_count, p.neg_count) for p in got] == [
+      (tree.prompt, c, b, 2, 2), (tree.prompt, c, a2, 2, 2), (tree.prompt, a1, b, 2, 2),
+      (tree.prompt, a1, a2, 2, 2)]
+  both = extract.ppm_pairs([tree], extract.PairConfig(final_answer_pairs=True))
+  assert both == extract.step_pairs(tree) + got
+
+
+def _reference_levenshtein(a, b):
+  d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+  for i in range(1, len(a) + 1):
+    for j in range(1, len(b) + 1):
+      d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+  return d[-1][-1]
+
+
+def test_edit_distance_matches_reference():
+  rng = random.Random(0)
+  for _ in range(200):
+    a = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
+    b = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
+    ref = _reference_levenshtein(a, b)
+    assert extract.edit_distance(a, b) == ref
+    for limit in (1, 3, 8):
+      banded = extract.edit_distance(a, b, limit)
+      assert banded == ref if ref < limit else banded >= limit
+
+
+def test_tree_reader_errors_name_file_line_field(tmp_path):
+  record, _ = build_tree(TREE1)
+  record["nodes"][3]["q"] = "high"
+  path = tmp_path / "bad.jsonl"
+  path.write_text("\n" + json.dumps(record) + "\n")
+  with pytest.raises(trees.TreeFormatError, match=r"bad.jsonl:2: nodes\[3\].q: expected int/float"):
+    trees.read_trees(path)
+  record, _ = build_tree(TREE1)
+  record["nodes"][2]["parent"] = 0
+  path.write_text(json.dumps(record) + "\n")
+  with pytest.raises(trees.TreeFormatError, match=r"bad.jsonl:1: nodes\[2\].parent"):
+    trees.read_trees(path)
+  path.write_text("{not json\n")
+  with pytest.raises(trees.TreeFormatError, match="bad.jsonl:1: invalid JSON"):
+    trees.read_trees(path)
+
+
+def test_extract_files_writes_rstar_files(tmp_path):
+  rec1, _ = build_tree(TREE1)
+  rec2, _ = build_tree(("root", 0.0, None, [("P", 0.8, "correct", []), ("N", -0.9, "wrong", [])]),
+                       problem_id="p/1", question="Other?")
+  (tmp_path / "a.jsonl").write_text(json.dumps(rec1) + "\n")
+  (tmp_path / "b.jsonl").write_text(json.dumps(rec2) + "\n")
+  shards = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+  stats = extract.extract_files(shards, str(tmp_path / "sft.json"), str(tmp_path / "rm.jsonl"))
+  ts = trees.read_trees(shards)
+  assert formats.read_sft_records(tmp_path / "sft.json") == extract.sft_records(ts)
+  assert formats.read_ppm_pairs(tmp_path / "rm.jsonl") == extract.ppm_pairs(ts)
+  assert (stats.num_trees, stats.num_problems, stats.num_sft_records, stats.num_pairs) == (2, 2, 3, 4)

@@ -1,0 +1,193 @@
+"""grain pipelines: rStar files load, masking is right, shuffling is deterministic, iterator state resumes."""
+
+import collections
+import json
+
+import numpy as np
+import pytest
+
+from rstar_jax import prompts
+from rstar_jax import tokenizer as tokenizer_lib
+from rstar_jax.data import formats, pipeline
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(shared_data):
+  tok = tokenizer_lib.load_tokenizer(shared_data / "qwen2.5-tokenizer")
+  tokenizer_lib.add_rstar_tokens(tok)
+  return tok
+
+
+@pytest.fixture(scope="module")
+def rstar_sft(shared_data):
+  return formats.read_sft_records(shared_data / "formats" / "sft_data_examples.json")
+
+
+@pytest.fixture(scope="module")
+def rstar_pairs(shared_data):
+  return formats.read_ppm_pairs(shared_data / "formats" / "rm_data_examples.json")
+
+
+def test_rstar_formats_load_and_roundtrip(shared_data, rstar_sft, rstar_pairs, tmp_path):
+  raw_sft = json.loads((shared_data / "formats" / "sft_data_examples.json").read_text())
+  raw_rm = json.loads((shared_data / "formats" / "rm_data_examples.json").read_text())
+  assert [(r.query, r.response) for r in rstar_sft] == [(o["query"], o["response"]) for o in raw_sft]
+  assert [(p.prompt, p.pos, p.neg, p.pos_count, p.neg_count) for p in rstar_pairs] == [
+      (o["prompt"], o["pos"], o["neg"], o["pos_count"], o["neg_count"]) for o in raw_rm]
+  for suffix in (".json", ".jsonl"):
+    formats.write_sft_records(tmp_path / f"sft{suffix}", rstar_sft)
+    formats.write_ppm_pairs(tmp_path / f"rm{suffix}", rstar_pairs)
+    assert formats.read_sft_records(tmp_path / f"sft{suffix}") == rstar_sft
+    assert formats.read_ppm_pairs(tmp_path / f"rm{suffix}") == rstar_pairs
+  # Our JSON files have exactly rStar's keys, so rStar's loaders read them too.
+  ours = json.loads((tmp_path / "rm.json").read_text())
+  assert [set(o) for o in ours] == [set(o) for o in raw_rm]
+  assert [set(o) for o in json.loads((tmp_path / "sft.json").read_text())] == [set(o) for o in raw_sft]
+
+
+def test_sft_prompt_is_the_search_prompt(shared_data):
+  prompt_file = json.loads((shared_data / "prompts" / "sft_prompt.json").read_text())
+  assert formats.SFT_PROMPT_TEMPLATE == prompt_file["pot_suffix"]
+  # Training sees exactly the text the search prompts the policy with from round 2 on.
+  question = "What is ${x}^2$ if {x} = 3?"
+  assert formats.sft_prompt(question) == prompts.sft_prompt(question, shared_data / "prompts")
+  assert formats.sft_prompt(question, "Q: {input}\nA:") == f"Q: {question}\nA:"
+
+
+def test_format_errors_name_file_and_field(tmp_path):
+  path = tmp_path / "bad.jsonl"
+  path.write_text('{"query": "q", "response": "r"}\n{"query": "q"}\n')
+  with pytest.raises(formats.DataFormatError, match=r"bad.jsonl:2: missing field 'response'"):
+    formats.read_sft_records(path)
+  path.write_text(json.dumps([{"prompt": "p", "pos": "a", "neg": "b", "pos_count": 0, "neg_count": 1}]))
+  with pytest.raises(formats.DataFormatError, match=r"record 0: field 'pos_count' must be a positive integer"):
+    formats.read_ppm_pairs(path)
+
+
+def test_sft_batches_mask_prompt_and_append_eos(rstar_sft, qwen_tokenizer):
+  config = pipeline.PipelineConfig(max_len=1024, batch_size=3, num_epochs=1, seed=0)
+  pipe = pipeline.sft_pipeline(rstar_sft, qwen_tokenizer, config)
+  assert pipe.num_examples == len(rstar_sft) and pipe.num_batches == 3  # 8 rows -> 3 + 3 + 2 (padded)
+  seen = []
+  for batch in pipe.iterator():
+    assert batch["tokens"].shape == (3, 1024)
+    for row in range(3):
+      n = int(batch["input_mask"][row].sum())
+      if n == 0:  # the padding row of the last batch
+        assert batch["loss_mask"][row].sum() == 0
+        continue
+      tokens, targets, mask = batch["tokens"][row], batch["targets"][row], batch["loss_mask"][row] > 0
+      np.testing.assert_array_equal(tokens[1:n], targets[:n - 1])  # targets are inputs shifted by one
+      query = qwen_tokenizer.decode(tokens[:int(np.argmax(mask)) + 1])
+      record = next(r for r in rstar_sft if formats.sft_prompt(r.query) == query)
+      assert targets[mask][-1] == qwen_tokenizer.eos_id
+      assert qwen_tokenizer.decode(targets[mask][:-1]) == record.response
+      seen.append(record)
+  assert collections.Counter(r.query for r in seen) == collections.Counter(r.query for r in rstar_sft)
+
+
+def test_ppm_batches(rstar_pairs, qwen_tokenizer):
+  config = pipeline.PipelineConfig(max_len=2048, batch_size=2, num_epochs=1, shuffle=False)
+  batches = list(pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, config).iterator())
+  assert len(batches) == 3
+  for k, pair in enumerate(rstar_pairs):
+    batch, row = batches[k // 2], k % 2
+    for side, text in (("pos", pair.pos), ("neg", pair.neg)):
+      ids = batch[f"{side}_tokens"][row][batch[f"{side}_mask"][row]]
+      assert qwen_tokenizer.decode(ids) == pair.prompt + text
+    assert batch["weights"][row] == np.float32(1 / (pair.pos_count * pair.neg_count))
+    assert batch["pair_mask"][row] == 1
+  assert batches[-1]["pair_mask"].tolist() == [1, 0]
+
+
+def test_ppm_overlong_keeps_the_head_like_the_scorer(rstar_pairs, qwen_tokenizer):
+  config = pipeline.PipelineConfig(max_len=64, batch_size=5, num_epochs=1, shuffle=False)
+  batch = next(pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, config).iterator())
+  full = qwen_tokenizer.encode(rstar_pairs[0].prompt + rstar_pairs[0].pos)
+  np.testing.assert_array_equal(batch["pos_tokens"][0], full[:64])
+  lengths = sorted(max(len(qwen_tokenizer.encode(p.prompt + p.pos)), len(qwen_tokenizer.encode(p.prompt + p.neg)))
+                   for p in rstar_pairs)
+  drop = dataclass_replace(config, max_len=lengths[2], overlong="drop")
+  dropped = pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, drop)
+  assert (dropped.num_examples, dropped.num_dropped) == (3, 2)
+  with pytest.raises(ValueError, match="no training examples left"):
+    pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, dataclass_replace(drop, max_len=8))
+
+
+class CharTokenizer:
+  """One id per character (ids 2..), EOS 1, pad 0: makes lengths easy to reason about."""
+  eos_id, pad_id = 1, 0
+
+  def encode(self, text):
+    return [2 + (ord(c) % 200) for c in text]
+
+
+def _records(n):
+  return [formats.SftRecord(query=f"q{i}", response="r" * (1 + (i * 7) % 23)) for i in range(n)]
+
+
+def test_shuffle_is_deterministic_and_covers_each_epoch():
+  config = pipeline.PipelineConfig(max_len=128, batch_size=4, num_epochs=3, seed=7, prompt_template="{input}")
+  plan = pipeline.batch_plan(pipeline.tokenize_sft(_records(10), CharTokenizer(), config).lengths, config)
+  again = pipeline.batch_plan(pipeline.tokenize_sft(_records(10), CharTokenizer(), config).lengths, config)
+  other = pipeline.batch_plan(pipeline.tokenize_sft(_records(10), CharTokenizer(), config).lengths,
+                              dataclass_replace(config, seed=8))
+  np.testing.assert_array_equal(plan, again)
+  assert not np.array_equal(plan, other)
+  flat = plan.reshape(-1)
+  assert plan.shape == (8, 4) and (flat[30:] == -1).all()
+  for epoch in range(3):
+    assert sorted(flat[epoch * 10:(epoch + 1) * 10]) == list(range(10))
+  assert not np.array_equal(flat[:10], flat[10:20])  # reshuffled per epoch
+
+
+def dataclass_replace(config, **kw):
+  import dataclasses
+  return dataclasses.replace(config, **kw)
+
+
+def test_length_window_groups_lengths_and_buckets():
+  config = pipeline.PipelineConfig(max_len=64, batch_size=4, num_epochs=1, buckets=(8, 16, 32), length_window=4,
+                                   prompt_template="{input}")
+  records = _records(16)
+  pipe = pipeline.sft_pipeline(records, CharTokenizer(), config)
+  shapes = [b["tokens"].shape[1] for b in pipe.iterator()]
+  plain = [b["tokens"].shape[1] for b in pipeline.sft_pipeline(
+      records, CharTokenizer(), dataclass_replace(config, length_window=0)).iterator()]
+  assert set(shapes) <= {8, 16, 32, 64} and sum(shapes) < sum(plain)
+  lengths = pipeline.tokenize_sft(records, CharTokenizer(), config).lengths
+  plan = pipeline.batch_plan(lengths, config)
+  assert sorted(plan.reshape(-1)) == list(range(16))
+  # 14 rows, 2 epochs: each epoch ends on a batch boundary, so every batch holds rows of one epoch.
+  plan = pipeline.batch_plan(lengths[:14], dataclass_replace(config, num_epochs=2))
+  assert plan.shape == (8, 4)
+  for epoch in range(2):
+    rows = plan[4 * epoch:4 * (epoch + 1)].reshape(-1)
+    assert sorted(rows[rows >= 0]) == list(range(14)) and (rows < 0).sum() == 2
+
+
+def test_iterator_state_resumes_exactly():
+  config = pipeline.PipelineConfig(max_len=64, batch_size=3, num_epochs=2, seed=1, prompt_template="{input}")
+  pipe = pipeline.sft_pipeline(_records(11), CharTokenizer(), config)
+  reference = [b["tokens"] for b in pipe.iterator()]
+  it = pipe.iterator()
+  for _ in range(3):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))  # it must survive a JSON round trip (checkpoint file)
+  resumed = pipe.iterator()
+  resumed.set_state(state)
+  rest = [b["tokens"] for b in resumed]
+  assert len(rest) == len(reference) - 3
+  for got, want in zip(rest, reference[3:]):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_sft_truncates_head_or_drops():
+  records = [formats.SftRecord("abc", "x" * 20), formats.SftRecord("a" * 40, "y")]
+  config = pipeline.PipelineConfig(max_len=10, batch_size=2, num_epochs=1, prompt_template="{input}")
+  data = pipeline.tokenize_sft(records, CharTokenizer(), config)
+  # Record 0 keeps its first 11 ids (10 inputs); record 1's prompt fills the row: nothing to learn, dropped.
+  assert len(data.arrays) == 1 and data.num_dropped == 1
+  np.testing.assert_array_equal(data.arrays[0]["ids"], CharTokenizer().encode("abc" + "x" * 8))
+  drop = pipeline.tokenize_sft(records, CharTokenizer(), dataclass_replace(config, overlong="drop"))
+  assert len(drop.arrays) == 0 and drop.num_dropped == 2

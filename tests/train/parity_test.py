@@ -1,0 +1,126 @@
+"""SFT and PPM losses (and SFT gradients) against `transformers` / torch on the same weights and batch (fp32)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from safetensors.numpy import load_file
+
+import rstar_train_testlib as testlib
+from rstar_jax import tokenizer as tokenizer_lib
+from rstar_jax.data import formats, pipeline
+from rstar_jax.models import ModelConfig, PPM, ValueHead, convert
+from rstar_jax.train import state as state_lib
+from rstar_jax.train import steps
+
+
+def _checkpoint(tmp_path_factory, tie):
+  path = tmp_path_factory.mktemp("hf")
+  records = testlib.arithmetic_sft_records(12)
+  hf_model = testlib.tiny_hf_model(path, tie=tie, seed=3)
+  testlib.tiny_tokenizer(path, [formats.sft_prompt(r["query"]) + r["response"] for r in records])
+  tok = tokenizer_lib.load_tokenizer(path)
+  tokenizer_lib.add_rstar_tokens(tok)
+  config = ModelConfig.from_hf_config(path, param_dtype="float32")
+  return path, hf_model, tok, config, [formats.SftRecord(**r) for r in records]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def checkpoint(request, tmp_path_factory):
+  return _checkpoint(tmp_path_factory, request.param)
+
+
+@pytest.fixture(scope="module")
+def tied_checkpoint(tmp_path_factory):
+  return _checkpoint(tmp_path_factory, True)
+
+
+def _sft_batch(records, tok):
+  config = pipeline.PipelineConfig(max_len=72, batch_size=6, num_epochs=1, shuffle=False)
+  return next(pipeline.sft_pipeline(records[:6], tok, config).iterator())
+
+
+def test_sft_loss_and_grads_match_transformers(checkpoint, tmp_path):
+  path, hf_model, tok, config, records = checkpoint
+  batch = _sft_batch(records, tok)
+  # Rows longer than max_len were truncated: make sure at least one row is full so the last column counts.
+  model = convert.load_qwen2(path, config)
+  graphdef, params = state_lib.split_params(model)
+
+  def mean_loss(p):
+    loss_sum, metrics = steps.sft_loss_fn(graphdef)(p, jax.tree.map(jnp.asarray, batch))
+    return loss_sum / metrics["num_tokens"]
+
+  loss, grads = jax.value_and_grad(mean_loss)(params)
+
+  # transformers sees the full sequences (inputs + the last target) and -100 on prompt and padding.
+  last_real = batch["input_mask"][:, -1:]
+  input_ids = np.concatenate([batch["tokens"], batch["targets"][:, -1:]], axis=1)
+  attention = np.concatenate([batch["input_mask"], last_real], axis=1)
+  labels = np.concatenate([np.full((6, 1), -100), np.where(batch["loss_mask"] > 0, batch["targets"], -100)], axis=1)
+  hf_model.zero_grad()
+  out = hf_model(input_ids=torch.tensor(input_ids, dtype=torch.long),
+                 attention_mask=torch.tensor(attention, dtype=torch.long),
+                 labels=torch.tensor(labels, dtype=torch.long))
+  out.loss.backward()
+  np.testing.assert_allclose(float(loss), out.loss.item(), rtol=1e-5)
+
+  # Gradients: write ours as an HF checkpoint (same name table as the weights) and compare by HF name.
+  convert.save_qwen2(nnx.merge(graphdef, grads), tmp_path / "grads")
+  ours = load_file(str(tmp_path / "grads" / "model.safetensors"))
+  for name, param in hf_model.named_parameters():
+    if name == "lm_head.weight" and config.tie_word_embeddings:
+      continue  # tied: HF accumulates the head's gradient into the embedding
+    np.testing.assert_allclose(ours[name], param.grad.numpy(), rtol=2e-4, atol=2e-7, err_msg=name)
+
+
+def test_ppm_loss_matches_torch(checkpoint):
+  path, _, tok, config, records = checkpoint
+  pairs = [formats.PpmPair(prompt=formats.sft_prompt(r.query), pos=r.response[:20 + 3 * i], neg=r.response[-25:],
+                           pos_count=1 + i % 2, neg_count=1 + i % 3) for i, r in enumerate(records[:5])]
+  batch = next(pipeline.ppm_pipeline(pairs, tok, pipeline.PipelineConfig(
+      max_len=96, batch_size=6, num_epochs=1, shuffle=False)).iterator())
+  policy = convert.load_qwen2(path, config)
+  ppm = nnx.eval_shape(lambda: PPM(config, rngs=nnx.Rngs(0)))
+  ppm.model = policy.model
+  ppm.value_head = ValueHead(config, rngs=nnx.Rngs(1), init_std=0.5)  # large enough to move the loss
+  graphdef, params = state_lib.split_params(ppm)
+  for head in ("raw", "tanh"):
+    loss_sum, metrics = steps.ppm_loss_fn(graphdef, head)(params, jax.tree.map(jnp.asarray, batch))
+
+    # Reference: HF backbone hidden state at each row's last real token, the same linear head, the formula.
+    backbone = transformers.AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    kernel = torch.tensor(np.asarray(ppm.value_head.kernel[...]))
+    bias = torch.tensor(np.asarray(ppm.value_head.bias[...]))
+
+    def score(side):
+      ids = torch.tensor(batch[f"{side}_tokens"], dtype=torch.long)
+      mask = torch.tensor(batch[f"{side}_mask"], dtype=torch.long)
+      with torch.no_grad():
+        hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+      last = mask.sum(1) - 1
+      raw = hidden[torch.arange(len(ids)), last] @ kernel[:, 0] + bias[0]
+      return torch.tanh(raw) if head == "tanh" else raw
+
+    real = torch.tensor(batch["pair_mask"] > 0)
+    weights = torch.tensor(batch["weights"])
+    ref = (-torch.nn.functional.logsigmoid(score("pos") - score("neg")) * weights)[real].mean()
+    assert float(metrics["num_pairs"]) == 5
+    np.testing.assert_allclose(float(loss_sum / metrics["num_pairs"]), ref.item(), rtol=1e-5)
+
+
+def test_bf16_compute_keeps_fp32_master_weights(tied_checkpoint):
+  path, _, tok, config, records = tied_checkpoint
+  batch = jax.tree.map(jnp.asarray, _sft_batch(records, tok))
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    model = convert.load_qwen2(path, config.replace(dtype=dtype))
+    graphdef, params = state_lib.split_params(model)
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    loss_sum, metrics = jax.jit(steps.sft_loss_fn(graphdef))(params, batch)
+    losses[dtype] = float(loss_sum / metrics["num_tokens"])
+  assert losses["bfloat16"] != losses["float32"]  # bf16 matmuls really ran
+  np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=2e-2)

@@ -1,0 +1,34 @@
+"""TrainConfig from nested mappings (as `ml_collections` config files produce them)."""
+
+import ml_collections
+import pytest
+
+from rstar_jax.data.pipeline import PipelineConfig
+from rstar_jax.train import config as config_lib
+from rstar_jax.train.optimizer import OptimizerConfig
+
+
+def test_from_config_dict():
+  cd = ml_collections.ConfigDict({
+      "optimizer": {"learning_rate": 1e-5, "schedule": "cosine", "warmup_steps": 10},
+      "data": {"max_len": 4096, "batch_size": 64, "buckets": [1024, 2048]},
+      "mesh": [1, 4, 2], "accum_steps": 4, "compute_dtype": "bfloat16", "ppm_head": "tanh"})
+  config = config_lib.TrainConfig.from_dict(cd.to_dict())
+  assert config.optimizer == OptimizerConfig(learning_rate=1e-5, schedule="cosine", warmup_steps=10)
+  assert config.data == PipelineConfig(max_len=4096, batch_size=64, buckets=(1024, 2048))
+  assert config.mesh == (1, 4, 2) and config.accum_steps == 4 and config.ppm_head == "tanh"
+  hash(config)  # frozen all the way down
+
+
+def test_defaults_are_the_paper_sft_settings():
+  config = config_lib.sft_config()
+  assert (config.optimizer.learning_rate, config.optimizer.weight_decay, config.optimizer.schedule,
+          config.optimizer.warmup_steps) == (7e-6, 0.1, "linear", 0)
+  assert (config.data.num_epochs, config.data.batch_size, config.data.max_len) == (2, 128, 2048)
+
+
+def test_unknown_keys_raise():
+  with pytest.raises(KeyError, match=r"optimizer: unknown keys \['lr'\]"):
+    config_lib.TrainConfig.from_dict({"optimizer": {"lr": 1e-5}})
+  with pytest.raises(KeyError, match=r"config: unknown keys \['epochs'\]"):
+    config_lib.TrainConfig.from_dict({"epochs": 2})

@@ -1,0 +1,89 @@
+"""End-to-end runs of the two entry points on tiny models: learning happens, exports load elsewhere."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import rstar_train_testlib as testlib
+from rstar_jax import tokenizer as tokenizer_lib
+from rstar_jax.data import formats, pipeline
+from rstar_jax.models import convert
+from rstar_jax.train import config as config_lib
+from rstar_jax.train import metrics_log, trainer
+
+
+def _pairs(n, seed):
+  """Separable pairs: the preferred step ends in a "# check" comment, the other in "# guess"."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    a, b = (int(v) for v in rng.integers(1, 9, 2))
+    prompt = formats.sft_prompt(f"add {a} and {b}") + f"<code>\nx = {a} + {b}\n<end_of_step>"
+    out.append(formats.PpmPair(prompt=prompt, pos="\nprint(x) # check\n<end_of_code>",
+                               neg=f"\nprint(x + {int(rng.integers(1, 9))}) # guess\n<end_of_code>",
+                               pos_count=1, neg_count=int(rng.integers(1, 3))))
+  return out
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+  path = tmp_path_factory.mktemp("base")
+  records = testlib.arithmetic_sft_records(48)
+  pairs = _pairs(8, 0)
+  testlib.tiny_hf_model(path, seed=0)
+  texts = [formats.sft_prompt(r["query"]) + r["response"] for r in records] + [p.prompt + p.pos + p.neg for p in pairs]
+  testlib.tiny_tokenizer(path, texts)
+  return path, records
+
+
+def test_sft_loss_falls_and_export_loads_in_transformers(base, tmp_path):
+  path, records = base
+  sft_file = testlib.write_json(tmp_path / "sft.json", records)
+  config = config_lib.sft_config(
+      data=pipeline.PipelineConfig(max_len=96, batch_size=8, num_epochs=3, seed=0),
+      optimizer=config_lib.OptimizerConfig(learning_rate=3e-3, weight_decay=0.01),
+      mesh=(1, 1, 1), checkpoint_every=100, progress=False)
+  result = trainer.train_policy(path, sft_file, tmp_path / "work", config=config)
+  assert result.steps == 18 and result.num_examples == 48
+  logged = metrics_log.read_metrics(os.path.join(result.workdir, "metrics.jsonl"))
+  assert sorted(logged) == list(range(1, 19))
+  first, last = logged[1]["loss"], np.mean([logged[s]["loss"] for s in (16, 17, 18)])
+  assert last < 0.6 * first, (first, last)
+  assert logged[18]["accuracy"] > logged[1]["accuracy"]
+
+  # The export is a plain HF dir: transformers loads weights and tokenizer, and the model learned the data.
+  tok = tokenizer_lib.load_tokenizer(result.export_dir)
+  tokenizer_lib.add_rstar_tokens(tok)
+  prompt = tok.encode(formats.sft_prompt(records[0]["query"]))
+  ids = prompt + tok.encode(records[0]["response"]) + [tok.eos_id]
+  labels = [-100] * len(prompt) + ids[len(prompt):]  # response tokens only, as trained
+  loss_of = lambda model: model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
+  trained = transformers.AutoModelForCausalLM.from_pretrained(result.export_dir, dtype=torch.float32)
+  original = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+  assert loss_of(trained) < 0.6 * loss_of(original)
+  assert json.loads((tmp_path / "work" / "export" / "config.json").read_text())["torch_dtype"] == "float32"
+
+
+def test_ppm_learns_separable_pairs_and_exports_value_head(base, tmp_path):
+  path, _ = base
+  pairs_file = tmp_path / "pairs.jsonl"
+  formats.write_ppm_pairs(pairs_file, _pairs(64, 1))
+  config = config_lib.ppm_config(
+      data=pipeline.PipelineConfig(max_len=64, batch_size=16, num_epochs=8, seed=0),
+      optimizer=config_lib.OptimizerConfig(learning_rate=3e-3, weight_decay=0.0),
+      mesh=(1, 2, 1), checkpoint_every=1000, progress=False)  # fsdp=2: the value head joins a sharded backbone
+  result = trainer.train_ppm(path, pairs_file, tmp_path / "work", config=config)
+  assert result.steps == 32
+  assert {"config.json", "model.safetensors", "value_head.bin", "tokenizer.json"} <= set(os.listdir(result.export_dir))
+
+  # Held-out pairs, scored by the exported PPM loaded back from disk.
+  tok = tokenizer_lib.load_tokenizer(result.export_dir)
+  tokenizer_lib.add_rstar_tokens(tok, "ppm")
+  ppm = convert.load_ppm(result.export_dir)
+  held_out = trainer.evaluate_ppm(ppm, _pairs(64, 2), tok, data=pipeline.PipelineConfig(max_len=64, batch_size=32))
+  assert held_out["num_pairs"] == 64
+  assert held_out["pair_accuracy"] > 0.9, held_out
