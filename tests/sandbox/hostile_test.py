@@ -12,7 +12,7 @@ import pytest
 
 from sandbox import SandboxPool
 
-TIMEOUT_S = 1.0
+TIMEOUT_S = 2.0  # generous: memory bombs must reach the memory limit first even on a loaded 2-core machine
 SECRET_ENV = "RSTAR_SANDBOX_TEST_SECRET"
 SECRET_VALUE = "hunter2-do-not-leak"
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "sandbox")
