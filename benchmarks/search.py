@@ -1,0 +1,186 @@
+"""Search benchmark (issue 5): tree kernels vs a plain-Python object tree, and the kernels' share of
+a full search iteration.
+
+1. Per-simulation time of the jitted tree kernels (expand + backup + select over all B trees)
+   against `rstar_jax.search.object_tree.ObjectTree` (one Python node object per node, the official
+   code's structure) doing the same selection and backup on the same shapes and the same random
+   expansions, in one run. A "simulation" advances every tree by one select + one expansion/backup.
+2. The share of a full lockstep MCTS iteration (select, generate, step protocol, sandbox, grading,
+   PPM, expand/backup) spent in the tree kernels, with a fast scripted policy, a constant sandbox and
+   a cheap scorer: the host work that remains is the step protocol and bookkeeping.
+
+  python benchmarks/search.py                      # B=1024, N=256, A=8
+  python benchmarks/search.py --trees 64 --iters 8 # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+from rstar_jax.grading import Grader
+from rstar_jax.search import MCTS, Problem, SearchConfig
+from rstar_jax.search.kernels import Expansion, SelectionRule, expand_and_select, select
+from rstar_jax.search.object_tree import ObjectTree
+from rstar_jax.search.scripted import ConstantExecutor, FunctionScorer, ScriptedPolicy
+from rstar_jax.search.tree import NO_NODE, Reason, init_tree
+
+# The synthetic workload never marks nodes too deep, so the path buffer is sized past the deepest
+# node a run can reach (one level per simulation).
+MAX_DEPTH = 32
+# Child kinds of the synthetic workload: PPM-initialised step (self), answer (+-1 to the root),
+# invalid terminal (-1 on itself).
+_KIND_P = (0.7, 0.2, 0.1)
+
+
+def make_workload(seed: int, trees: int, actions: int, iters: int):
+  """Per simulation: `count [B]`, `reason [B, A]`, `value [B, A]`, `scope [B, A]` (0 none, 1 self, 2 path)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(iters):
+    kind = rng.choice(3, size=[trees, actions], p=_KIND_P)
+    reason = np.select([kind == 1, kind == 2], [int(Reason.ANSWER), int(Reason.TOO_MANY_ERRORS)], 0)
+    ppm = rng.integers(-8, 9, size=[trees, actions]) / 8.0  # dyadic: float32 sums are exact
+    value = np.where(kind == 0, ppm, np.where(kind == 1, rng.choice([-1.0, 1.0], [trees, actions]), -1.0))
+    scope = np.where(kind == 1, 2, 1)
+    count = rng.integers(actions // 2, actions + 1, size=[trees])
+    out.append((count.astype(np.int32), reason.astype(np.int32), value.astype(np.float32),
+                scope.astype(np.int32)))
+  return out
+
+
+def _expansion(nodes, spec):
+  count, reason, value, scope = spec
+  active = nodes != NO_NODE
+  return Expansion(
+      parent=nodes.astype(np.int32), count=np.where(active, count, 0).astype(np.int32),
+      terminal=reason != 0, terminal_reason=reason, consecutive_errors=np.zeros_like(reason),
+      ppm_value=np.where(reason == 0, value, np.nan).astype(np.float32), value=value,
+      update_self=scope == 1, update_path=scope == 2)
+
+
+def bench_tree_ops(workload, trees, nodes, actions, rollouts):
+  """Times the same simulations on the kernels and on object trees, interleaved.
+
+  Kernels, as in the driver: one `select`, then per simulation one `expand_and_select` call
+  (expansion and backup of the previous selection + the next selection) and the `[B]` read of its
+  result. Object trees: per tree, `select` then `expand` (with backup). Interleaving the two per
+  simulation exposes both to the same machine load.
+
+  Returns:
+    `(kernel seconds [iters], object-tree seconds [iters], agreement of the selected nodes,
+    final kernel tree)`.
+  """
+  rule = SelectionRule("official", 2.0)
+  # Compile (and warm up) on a throwaway tree of the same shapes.
+  warm, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
+  warm, out = expand_and_select(warm, _expansion(np.asarray(out.node), workload[0]), rule)
+  jax.block_until_ready(out)
+  tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
+  picked = np.asarray(out.node)
+  objs = [ObjectTree("official", 2.0, rollouts, float32=False, num_actions=actions)
+          for _ in range(trees)]
+  k_times, o_times, agree = [], [], []
+  for spec in workload:
+    count, reason, value, scope = spec
+    start = time.perf_counter()
+    obj_picked = np.full([trees], NO_NODE, np.int32)
+    for b, t in enumerate(objs):
+      node = t.select()
+      if node is None:
+        continue
+      obj_picked[b] = node.id
+      t.expand(node, [(int(reason[b, j]), float(value[b, j]), "self" if scope[b, j] == 1 else "path")
+                      for j in range(count[b])])
+    o_times.append(time.perf_counter() - start)
+    agree.append(np.mean(obj_picked == picked))
+    start = time.perf_counter()
+    tree, out = expand_and_select(tree, _expansion(picked, spec), rule)  # numpy in: one transfer
+    picked = np.asarray(out.node)  # the driver's one device -> host read per iteration
+    k_times.append(time.perf_counter() - start)
+  return k_times, o_times, float(np.mean(agree)), tree
+
+
+def bench_driver(trees, nodes, actions, iters_rollouts, seed=0):
+  """A full MCTS run with fast fakes; returns the driver's per-phase stats."""
+  rng = np.random.default_rng(seed)
+  pool = [f"<code>\nx = {k}\n<end_of_step>" for k in range(64)]
+  pool += [f"print(x + {k})\n<end_of_code>" for k in range(16)]
+  pool += [f"So \\boxed{{{k}}}.<end_of_answer>" for k in range(16)]
+  weights = np.array([0.8 / 64] * 64 + [0.1 / 16] * 16 + [0.1 / 16] * 16)
+
+  def script(prompt, n, step_seed):
+    del prompt
+    r = np.random.default_rng(step_seed)
+    return [pool[i] for i in r.choice(len(pool), size=n, p=weights)]
+
+  scorer = FunctionScorer(lambda text: (len(text) % 17) / 8.0 - 1.0)
+  problems = [Problem(f"p{i}", f"question {i}", str(int(rng.integers(0, 16)))) for i in range(trees)]
+  config = SearchConfig(mode="ppm_augmented", num_rollouts=iters_rollouts, num_candidates=actions,
+                        max_depth=8, errors_threshold=1, max_nodes=nodes, seed=seed)
+  with Grader() as grader:
+    # Warm-up run (compiles the kernels for these shapes), then the measured run.
+    MCTS(ScriptedPolicy(script), ConstantExecutor("1"), config, prompt_fn="Q: {}\n".format,
+         scorer=scorer, grader=grader, progress=False).run(problems)
+    search = MCTS(ScriptedPolicy(script), ConstantExecutor("1"), config, prompt_fn="Q: {}\n".format,
+                  scorer=scorer, grader=grader, progress=False)
+    start = time.perf_counter()
+    search.run(problems)
+    wall = time.perf_counter() - start
+  return search.stats, wall
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--trees", type=int, default=1024)
+  parser.add_argument("--nodes", type=int, default=256)
+  parser.add_argument("--actions", type=int, default=8)
+  parser.add_argument("--iters", type=int, default=24, help="simulations timed")
+  parser.add_argument("--rollouts", type=int, default=16)
+  parser.add_argument("--driver-rollouts", type=int, default=3,
+                      help="MCTS rollouts of the full-iteration run (3: N=256 never runs out)")
+  parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
+  args = parser.parse_args(argv)
+
+  workload = make_workload(0, args.trees, args.actions, args.iters)
+  k_times, o_times, agree, k_tree = bench_tree_ops(workload, args.trees, args.nodes, args.actions,
+                                                   args.rollouts)
+  sizes = np.asarray(k_tree.num_nodes)
+  k_med, o_med = statistics.median(k_times), statistics.median(o_times)
+  stats, wall = bench_driver(args.trees, args.nodes, args.actions, args.driver_rollouts)
+  result = {
+      "device": str(jax.devices()[0]), "trees": args.trees, "nodes": args.nodes,
+      "actions": args.actions, "simulations": args.iters,
+      "kernel_ms_per_simulation": 1e3 * k_med, "object_tree_ms_per_simulation": 1e3 * o_med,
+      "speedup": o_med / k_med, "selection_agreement": agree,
+      "mean_nodes_per_tree": float(sizes.mean()),
+      "driver": {"iterations": stats.iterations, "wall_s": wall, "kernel_s": stats.kernel_s,
+                 "kernel_share": stats.kernel_s / stats.total_s,
+                 "generate_s": stats.generate_s, "sandbox_s": stats.sandbox_s,
+                 "grade_s": stats.grade_s, "score_s": stats.score_s, "host_s": stats.host_s},
+  }
+  if args.json:
+    print(json.dumps(result))
+    return 0
+  print(f"device {result['device']}; B={args.trees} N={args.nodes} A={args.actions}; "
+        f"{args.iters} simulations; trees end with {sizes.mean():.0f} nodes on average")
+  print(f"tree kernels   {1e3 * k_med:9.2f} ms / simulation (median)")
+  print(f"object tree    {1e3 * o_med:9.2f} ms / simulation (median)")
+  print(f"speed-up       {o_med / k_med:9.1f}x   (selections agree: {100 * agree:.1f}%)")
+  d = result["driver"]
+  print(f"full MCTS iteration (fake policy/sandbox/PPM, {args.driver_rollouts} rollouts, "
+        f"{d['iterations']} iterations, {wall:.1f} s): tree kernels {100 * d['kernel_share']:.1f}% "
+        f"({d['kernel_s']:.2f} s; generate "
+        f"{d['generate_s']:.2f} s, sandbox {d['sandbox_s']:.2f} s, grade {d['grade_s']:.2f} s, "
+        f"PPM {d['score_s']:.2f} s, host step protocol {d['host_s']:.2f} s)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

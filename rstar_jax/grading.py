@@ -1,0 +1,401 @@
+"""Final-answer extraction and equivalence (DESIGN §1.1, §1.2: terminal rewards).
+
+`extract_boxed(text)` returns the content of the last `\\boxed{...}` (nested braces). `Grader` decides
+whether a predicted answer equals the ground truth, in three layers, cheapest first:
+
+1. String: both answers normalised (`$`/`\\(` wrappers, spacing, `\\left`/`\\right`, `\\dfrac`/`\\tfrac`,
+   `\\text{}` units, degrees/percent signs, a leading `x =`, thousands separators, a trailing period,
+   case) and compared.
+2. Numbers: when both sides read as plain numbers (integers, decimals, `a/b`, `\\frac{a}{b}`,
+   percentages), they are compared with a relative tolerance; two numbers that differ are *not*
+   handed on (that is a fast, certain "no").
+3. math-verify: the bare LaTeX is wrapped in `$...$`, parsed and verified (gold first, as the library
+   expects). math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
+   we call it with its timeouts disabled inside a separate worker process and enforce our own
+   deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal".
+   That makes `Grader` safe to use from any thread, and an answer like `10^{10^{10}}` (which sends
+   sympy into an endless evaluation) cannot stall a search.
+
+Results are cached per (prediction, gold) pair: a search grades the same few answers many times.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import json
+import logging
+import math
+import os
+import queue
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+from typing import Sequence
+
+_LOG = logging.getLogger(__name__)
+
+_BOXED_COMMANDS = ("\\boxed", "\\fbox")
+
+
+def extract_boxed(text: str | None) -> str | None:
+  """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, braces balanced.
+
+  `\\boxed 5` (no braces) gives "5". Returns None when there is no box or its braces never close.
+  """
+  if not text:
+    return None
+  start = max(text.rfind(cmd) for cmd in _BOXED_COMMANDS)
+  if start < 0:
+    return None
+  i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
+  while i < len(text) and text[i] == " ":
+    i += 1
+  if i < len(text) and text[i] == "{":
+    depth = 0
+    for j in range(i, len(text)):
+      if text[j - 1] == "\\" and j > i:  # `\{` and `\}` are literal braces, not grouping
+        continue
+      if text[j] == "{":
+        depth += 1
+      elif text[j] == "}":
+        depth -= 1
+        if depth == 0:
+          return text[i + 1:j].strip()
+    return None
+  match = re.match(r"[^\s$]+", text[i:])  # `\boxed 5`: a single token
+  return match.group(0).rstrip(".") if match else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer 1: string normalisation.
+
+_UNIT_WORDS = (
+    "degrees", "degree", "cm", "centimeters", "meters", "meter", "m", "km", "inches", "inch", "feet",
+    "ft", "units", "unit", "square", "sq", "dollars", "dollar", "cents", "hours", "hour", "minutes",
+    "minute", "seconds", "second", "days", "day", "years", "year", "mph", "pounds", "pound", "miles",
+    "mile", "kg", "g", "liters", "liter", "ml")
+_NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
+_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
+_SIMPLE_FRAC_RE = re.compile(r"^([-+]?)\\frac\{([^{}]+)\}\{([^{}]+)\}$")
+_SHORT_FRAC_RE = re.compile(r"^([-+]?)\\frac(\d)(\d)$")
+_SLASH_FRAC_RE = re.compile(r"^([-+]?[\d.]+)/([\d.]+)$")
+_ASSIGNMENT_RE = re.compile(r"^(\\?[a-zA-Z]+(_\{?\w+\}?)?)\s*=\s*(?!.*=)")
+
+
+def _unwrap_text_commands(s: str) -> str:
+  """`\\text{abc}` -> `abc` (also `\\textbf`, `\\mathrm`, `\\mbox`), innermost first."""
+  pattern = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+  while True:
+    new = pattern.sub(r"\1", s)
+    if new == s:
+      return s
+    s = new
+
+
+def normalize_answer(answer: str | None) -> str:
+  """Canonical string form of an answer for string comparison (see module docstring)."""
+  if answer is None:
+    return ""
+  s = str(answer).strip()
+  for _ in range(3):  # "$$x$.$" and the like: peel wrappers and trailing periods until stable
+    before = s
+    if s.endswith(".") and s[:-1].rstrip().endswith(("$", "\\)", "\\]")):
+      s = s[:-1].rstrip()  # "$x$." -> "$x$"
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+      if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
+        s = s[len(left):len(s) - len(right)].strip()
+    if s == before:
+      break
+  boxed = extract_boxed(s) if s.startswith(_BOXED_COMMANDS) else None
+  if boxed is not None:
+    s = boxed
+  s = s.replace("\\left", "").replace("\\right", "")
+  s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+  for space in ("\\!", "\\,", "\\;", "\\:", "\\ ", "~"):
+    s = s.replace(space, " ")
+  s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\circ", "")
+  s = s.replace("\\%", "").replace("%", "").replace("\\$", "")
+  # Units written as text after a number: "5 \text{ cm}" -> "5".
+  s = re.sub(r"^([-+]?[\d.,/]+)\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]+\}(\^?\{?\d\}?)?$", r"\1", s)
+  s = _unwrap_text_commands(s)
+  s = s.strip()
+  # A bare unit word after a number: "5 cm" -> "5".
+  match = re.match(r"^([-+]?[\d.,]+)\s+([a-zA-Z ]+)$", s)
+  if match and all(w.lower() in _UNIT_WORDS for w in match.group(2).split()):
+    s = match.group(1)
+  # A single assignment "x = 3" -> "3" (not for equations with several "=").
+  s = _ASSIGNMENT_RE.sub("", s, count=1) if s.count("=") == 1 else s
+  s = s.rstrip(".").strip()
+  s = re.sub(r"\s+", "", s)
+  if _THOUSANDS_RE.match(s):
+    s = s.replace(",", "")
+  s = _SHORT_FRAC_RE.sub(r"\1\\frac{\2}{\3}", s)
+  return s.lower()
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer 2: plain numbers.
+
+def parse_number(answer: str | None) -> float | None:
+  """The value of an answer that is a plain number, `a/b`, `\\frac{a}{b}` or a percentage; else None."""
+  s = normalize_answer(answer)
+  if not s:
+    return None
+  try:
+    if _NUMBER_RE.match(s):
+      return float(s)
+    for regex in (_SIMPLE_FRAC_RE, _SLASH_FRAC_RE):
+      match = regex.match(s)
+      if match:
+        groups = match.groups()
+        sign = -1.0 if groups[0].startswith("-") else 1.0
+        num_text = groups[1] if len(groups) == 3 else groups[0].lstrip("+-")
+        den_text = groups[2] if len(groups) == 3 else groups[1]
+        if not (_NUMBER_RE.match(num_text) and _NUMBER_RE.match(den_text)):
+          return None
+        den = float(den_text)
+        return None if den == 0 else sign * float(num_text) / den
+  except (ValueError, OverflowError):
+    return None
+  return None
+
+
+def _numbers_equal(a: float, b: float, rel_tol: float = 1e-6) -> bool:
+  return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
+
+
+def _choice_letters(answer: str) -> str | None:
+  """"(C)", "C", "\\text{(C)}" -> "C"; None unless the answer is a bare choice letter."""
+  s = _unwrap_text_commands(str(answer)).strip().strip("$").strip()
+  s = s.strip("().: ")
+  return s if re.fullmatch(r"[A-E]", s) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer 3: math-verify in a killable worker process.
+
+def _wrap_latex(answer: str) -> str:
+  s = answer.strip()
+  if "$" in s or "\\(" in s or "\\[" in s:
+    return s
+  return f"${s}$"
+
+
+def math_verify_equal(pred: str, gold: str) -> bool:
+  """math-verify's verdict, computed in *this* process without any timeout (workers call this)."""
+  from math_verify import parse, verify  # pylint: disable=import-outside-toplevel
+  gold_parsed = parse(_wrap_latex(gold), parsing_timeout=None)
+  pred_parsed = parse(_wrap_latex(pred), parsing_timeout=None)
+  if not gold_parsed or not pred_parsed:
+    return False
+  return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def _worker_main() -> None:
+  """Worker loop over stdin/stdout: a JSON `[pred, gold]` line in, "1"/"0" out; EOF ends it."""
+  logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" warnings
+  try:
+    math_verify_equal("1", "1")  # import sympy / math-verify and warm their caches up front
+  except Exception:  # pylint: disable=broad-except
+    pass
+  for line in sys.stdin:
+    try:
+      pred, gold = json.loads(line)
+      result = math_verify_equal(pred, gold)
+    except Exception:  # pylint: disable=broad-except
+      result = False
+    sys.stdout.write("1\n" if result else "0\n")
+    sys.stdout.flush()
+
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _Worker:
+  """One math-verify subprocess; `call` enforces the deadline by killing it.
+
+  A plain `subprocess` (not `multiprocessing`): no fork of a process that may run JAX threads, and no
+  re-import of the caller's `__main__` module as the spawn start method would do.
+  """
+
+  def __init__(self):
+    self._proc: subprocess.Popen | None = None
+    self._buffer = b""
+
+  def _start(self) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+    self._proc = subprocess.Popen(
+        [sys.executable, "-c", "from rstar_jax.grading import _worker_main; _worker_main()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, bufsize=0)
+    self._buffer = b""
+
+  @property
+  def alive(self) -> bool:
+    return self._proc is not None and self._proc.poll() is None
+
+  def call(self, pred: str, gold: str, timeout_s: float) -> bool | None:
+    """math-verify's verdict, or None when it did not answer within `timeout_s`."""
+    if not self.alive:
+      self._start()
+    deadline = time.monotonic() + timeout_s
+    try:
+      self._proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
+      fd = self._proc.stdout.fileno()
+      while b"\n" not in self._buffer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+          break
+        chunk = os.read(fd, 64)
+        if not chunk:
+          break
+        self._buffer += chunk
+      if b"\n" in self._buffer:
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.strip() == b"1"
+    except (OSError, ValueError):
+      pass
+    self.kill()
+    return None
+
+  def kill(self) -> None:
+    if self._proc is not None:
+      if self._proc.poll() is None:
+        self._proc.kill()
+      self._proc.wait()
+      for stream in (self._proc.stdin, self._proc.stdout):
+        try:
+          stream.close()
+        except OSError:
+          pass
+    self._proc = None
+    self._buffer = b""
+
+  def close(self) -> None:
+    if self.alive:
+      try:
+        self._proc.stdin.close()  # EOF ends the worker loop
+        self._proc.wait(timeout=2.0)
+      except (OSError, subprocess.TimeoutExpired):
+        pass
+    self.kill()
+
+
+class Grader:
+  """Thread-safe answer equivalence with a hard per-comparison deadline.
+
+  Args:
+    num_workers: math-verify worker processes (comparisons run in parallel up to this many).
+    timeout_s: deadline of one math-verify comparison; an overrun counts as "not equal".
+    startup_timeout_s: deadline of the first comparison of a fresh worker (includes its imports).
+  """
+
+  def __init__(self, num_workers: int = 1, timeout_s: float = 5.0, startup_timeout_s: float = 60.0):
+    if num_workers < 1:
+      raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    self.timeout_s = float(timeout_s)
+    self.startup_timeout_s = float(startup_timeout_s)
+    self._workers = [_Worker() for _ in range(num_workers)]
+    self._idle: queue.Queue[_Worker] = queue.Queue()
+    for w in self._workers:
+      self._idle.put(w)
+    self._cache: dict[tuple[str, str], bool] = {}
+    self._lock = threading.Lock()
+    self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="grader")
+    self._closed = False
+    self.num_timeouts = 0
+
+  def __enter__(self) -> "Grader":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Stops the worker processes (idempotent)."""
+    if self._closed:
+      return
+    self._closed = True
+    self._pool.shutdown(wait=True)
+    for w in self._workers:
+      w.close()
+
+  def _math_verify(self, pred: str, gold: str) -> bool:
+    worker = self._idle.get()
+    try:
+      fresh = not worker.alive
+      result = worker.call(pred, gold, self.startup_timeout_s if fresh else self.timeout_s)
+    finally:
+      self._idle.put(worker)
+    if result is None:
+      with self._lock:
+        self.num_timeouts += 1
+      _LOG.warning("math-verify exceeded %.1fs on pred=%r gold=%r; counted as not equal",
+                   self.timeout_s, pred[:80], gold[:80])
+      return False
+    return result
+
+  def equivalent(self, pred: str | None, gold: str | Sequence[str] | None) -> bool:
+    """Whether answer `pred` equals ground truth `gold` (a list: any of them; see module docstring)."""
+    if self._closed:
+      raise RuntimeError("Grader is closed")
+    if pred is None or gold is None:
+      return False
+    if isinstance(gold, (list, tuple)):
+      return any(self.equivalent(pred, g) for g in gold)
+    if "boxed" in str(gold):  # a ground truth written as a sentence around its boxed answer
+      inner = extract_boxed(str(gold))
+      if inner is not None and inner != str(gold).strip() and self.equivalent(pred, inner):
+        return True
+    pred, gold = str(pred), str(gold)
+    key = (pred, gold)
+    with self._lock:
+      if key in self._cache:
+        return self._cache[key]
+    result = self._equivalent_uncached(pred, gold)
+    with self._lock:
+      self._cache[key] = result
+    return result
+
+  def _equivalent_uncached(self, pred: str, gold: str) -> bool:
+    pred_norm, gold_norm = normalize_answer(pred), normalize_answer(gold)
+    if not pred_norm or not gold_norm:
+      return False
+    if pred_norm == gold_norm:
+      return True
+    gold_choice = _choice_letters(gold)
+    if gold_choice is not None:
+      pred_choice = _choice_letters(pred)
+      if pred_choice is not None:
+        return pred_choice == gold_choice
+    pred_num, gold_num = parse_number(pred), parse_number(gold)
+    if pred_num is not None and gold_num is not None:
+      return _numbers_equal(pred_num, gold_num)
+    return self._math_verify(pred, gold)
+
+  def equivalent_batch(self, pairs: Sequence[tuple[str | None, str | None]]) -> list[bool]:
+    """`equivalent` over `(pred, gold)` pairs, up to `num_workers` math-verify calls at once."""
+    return list(self._pool.map(lambda pg: self.equivalent(*pg), pairs))
+
+
+_DEFAULT: Grader | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_grader() -> Grader:
+  """A process-wide `Grader` (one worker, 5 s deadline), created on first use."""
+  global _DEFAULT
+  with _DEFAULT_LOCK:
+    if _DEFAULT is None or _DEFAULT._closed:  # pylint: disable=protected-access
+      _DEFAULT = Grader()
+      atexit.register(_DEFAULT.close)
+    return _DEFAULT
+
+
+def is_equivalent(pred: str | None, gold: str | None) -> bool:
+  """`default_grader().equivalent(pred, gold)`."""
+  return default_grader().equivalent(pred, gold)

@@ -1,0 +1,123 @@
+"""rStar prompt templates: the bootstrap (few-shot) prompt and the SFT prompt (DESIGN §1.1).
+
+A prompts folder (e.g. `../shared/data/prompts`) holds the release's files:
+- `few_shots.json`: a JSON list of worked solutions (`Question: ...\\n<code>...<end_of_answer>`).
+- `mcts_prompt.json`: `{"pot_format_instructions": ..., "pot_suffix": "... Question: {input}"}`, the
+  bootstrap round's instructions.
+- `sft_prompt.json`: the same keys; empty instructions and the `<|user|>:` / `<|assistant|>:` suffix
+  used from round 2 on.
+
+`PromptTemplate.format(question)` reproduces the official `rstar_prompt_wrap` with an empty partial
+solution, with step delimiter "\\n":
+
+    "\\n".join([instructions, example_prefix, *examples, "", suffix.format(input=question + "\\n")])
+
+where `example_prefix` is "The following are {k} demonstration examples." ("...is a demonstration
+example." for one), and with no examples and no instructions the prompt is just
+`suffix.format(input=question + "\\n")`. Note the question is followed by the step delimiter, so the SFT
+prompt reads `<|user|>:\\n{question}\\n\\n<|assistant|>: ...`, exactly as the official search builds it.
+The official code draws the few-shot examples in random order (unseeded); we keep file order, so a
+prompt is a pure function of the question.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+STEP_DELIM = "\n"
+BOOTSTRAP_FILE = "mcts_prompt.json"
+SFT_FILE = "sft_prompt.json"
+FEW_SHOTS_FILE = "few_shots.json"
+
+
+class PromptFileError(ValueError):
+  """A prompt file is missing a field or has the wrong type (the message names file and field)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+  """One rStar prompt: instructions, few-shot examples and the question suffix.
+
+  Attributes:
+    instructions: `pot_format_instructions` ("" for the SFT prompt).
+    suffix: `pot_suffix`, containing `{input}`.
+    examples: few-shot solutions (empty for the SFT prompt).
+  """
+  instructions: str
+  suffix: str
+  examples: tuple[str, ...] = ()
+
+  def format(self, question: str) -> str:
+    """The policy prompt for `question` (the partial solution is appended to it by the search)."""
+    suffix = self.suffix.replace("{input}", question + STEP_DELIM)
+    if len(self.examples) > 1:
+      example_prefix = [f"The following are {len(self.examples)} demonstration examples."]
+    elif len(self.examples) == 1:
+      example_prefix = ["The following is a demonstration example."]
+    else:
+      example_prefix = []
+    head = STEP_DELIM.join([self.instructions, *example_prefix, *self.examples, ""])
+    if not head.strip():
+      return suffix
+    return STEP_DELIM.join([head, suffix])
+
+
+def _load_json(path: str):
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise PromptFileError(f"{path}: file not found") from None
+  except json.JSONDecodeError as e:
+    raise PromptFileError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _load_template_file(path: str) -> tuple[str, str]:
+  record = _load_json(path)
+  if not isinstance(record, dict):
+    raise PromptFileError(f"{path}: expected a JSON object")
+  for field in ("pot_format_instructions", "pot_suffix"):
+    if not isinstance(record.get(field), str):
+      raise PromptFileError(f"{path}: field {field!r} must be a string")
+  if "{input}" not in record["pot_suffix"]:
+    raise PromptFileError(f"{path}: field 'pot_suffix' has no '{{input}}' placeholder")
+  return record["pot_format_instructions"], record["pot_suffix"]
+
+
+def load_few_shots(prompts_dir: str | os.PathLike[str]) -> tuple[str, ...]:
+  """The few-shot solutions of `few_shots.json`, in file order."""
+  path = os.path.join(os.fspath(prompts_dir), FEW_SHOTS_FILE)
+  examples = _load_json(path)
+  if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
+    raise PromptFileError(f"{path}: expected a JSON list of strings")
+  return tuple(examples)
+
+
+def load_bootstrap_template(prompts_dir: str | os.PathLike[str], num_few_shots: int | None = None
+                            ) -> PromptTemplate:
+  """The round-1 template: `mcts_prompt.json` + the first `num_few_shots` examples (all when None)."""
+  instructions, suffix = _load_template_file(os.path.join(os.fspath(prompts_dir), BOOTSTRAP_FILE))
+  examples = load_few_shots(prompts_dir)
+  if num_few_shots is not None:
+    if not 0 <= num_few_shots <= len(examples):
+      raise ValueError(f"num_few_shots must be in [0, {len(examples)}], got {num_few_shots}")
+    examples = examples[:num_few_shots]
+  return PromptTemplate(instructions, suffix, examples)
+
+
+def load_sft_template(prompts_dir: str | os.PathLike[str]) -> PromptTemplate:
+  """The template of rounds 2+: `sft_prompt.json` (no examples)."""
+  instructions, suffix = _load_template_file(os.path.join(os.fspath(prompts_dir), SFT_FILE))
+  return PromptTemplate(instructions, suffix, ())
+
+
+def bootstrap_prompt(question: str, prompts_dir: str | os.PathLike[str]) -> str:
+  """The bootstrap-round policy prompt for `question`."""
+  return load_bootstrap_template(prompts_dir).format(question)
+
+
+def sft_prompt(question: str, prompts_dir: str | os.PathLike[str]) -> str:
+  """The SFT-format policy prompt for `question`."""
+  return load_sft_template(prompts_dir).format(question)

@@ -1,0 +1,375 @@
+"""The host loop of lockstep batched MCTS (DESIGN §1.2, §2.2): the one impure part of the search.
+
+Each iteration, for a batch of `B` trees:
+
+  select (jitted, all trees)  ->  one `policy.generate` over every tree that needs an expansion
+  (`A` candidates each)  ->  step protocol + one sandbox batch  ->  grade new answers  ->  one
+  `scorer.score` over the new children that need a PPM value  ->  expand + backup (jitted, donated)
+
+until every tree has run its rollouts (expand + backup and the next select run as one device call,
+`kernels.expand_and_select`). Only `[B]` selected nodes and rollout indices cross from device to
+host per iteration; the full tree is read once at the end to write the records.
+
+Versus the official loop: the official code advances every tree by one level per lockstep step, so a
+tree that is descending through already-expanded nodes sits out that step's generation; `select`
+here descends all the way to the next node to expand, so every iteration generates for every tree
+that still has work. The sequence of selections and expansions within a tree is the same, with one
+exception: the official loop also caps a rollout at `max_depth` steps, which ends its *first*
+rollout (the one that expands the root) just before expanding a node at depth `max_depth`; here a
+rollout only ends at a terminal node or a node whose children are all terminal.
+
+Seeding: the tree of problem `p` has seed `tree_seed(config.seed, p.problem_id)`; expanding node `v`
+in rollout `r` prompts the policy with seed `expansion_seed(tree seed, r, v)`. A tree therefore
+depends only on (config, problem, policy, scorer, sandbox), not on the batch it ran in, and the same
+seed replays it exactly.
+
+Budget: `max_nodes` (N) defaults to `1 + num_rollouts * (max_depth + 1) * num_candidates`, the most a
+tree can ever allocate, so no expansion is ever refused; with a smaller N a tree whose next expansion
+does not fit stops early (logged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from rstar_jax import grading
+from rstar_jax.search import kernels, records, rules
+from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
+from rstar_jax.search.interfaces import CodeExecutor, Policy, Scorer
+from rstar_jax.search.step import STOP_STRINGS, StepConfig, dedupe_candidates, finish_child, plan_child
+from rstar_jax.search.tree import NO_NODE, Reason, init_tree
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """One search problem; `ground_truth` may be None only in inference mode."""
+  problem_id: str
+  question: str
+  ground_truth: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """MCTS settings (defaults: the paper's rounds 2-3 budget; see DESIGN §1.2 for the presets).
+
+  Attributes:
+    mode: "terminal_guided", "ppm_augmented" or "inference" (`rules.py`).
+    preset: "official" or "paper" (`kernels.py`, `rules.py`).
+    num_rollouts: rollouts per tree.
+    num_candidates: `A`, candidates sampled per expansion.
+    max_depth: deeper non-answer steps are terminal.
+    c: UCT exploration constant.
+    errors_threshold: consecutive code errors that end a path.
+    first_answer_only: keep only the first `<end_of_answer>` candidate of an expansion.
+    stop: the policy's stop strings.
+    positive_reward: backed-up value of a correct answer.
+    negative_reward: value of a wrong answer / invalid terminal.
+    max_nodes: `N`, node budget per tree (None: the never-binding bound, see module docstring).
+    batch_size: trees per lockstep batch (None: all problems in one batch).
+    seed: run seed.
+  """
+  mode: str = "terminal_guided"
+  preset: str = "official"
+  num_rollouts: int = 16
+  num_candidates: int = 8
+  max_depth: int = 16
+  c: float = 2.0
+  errors_threshold: int = 1
+  first_answer_only: bool = True
+  stop: tuple[str, ...] = STOP_STRINGS
+  positive_reward: float = 1.0
+  negative_reward: float = -1.0
+  max_nodes: int | None = None
+  batch_size: int | None = None
+  seed: int = 0
+
+  def __post_init__(self):
+    rules.check_mode(self.mode)
+    kernels.SelectionRule(self.preset, self.c)  # validates
+    if self.num_rollouts < 1:
+      raise ValueError(f"num_rollouts must be >= 1, got {self.num_rollouts}")
+    StepConfig(self.errors_threshold, self.max_depth, self.first_answer_only)
+    if self.num_candidates < 1:
+      raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
+
+  @property
+  def rule(self) -> kernels.SelectionRule:
+    return kernels.SelectionRule(self.preset, float(self.c))
+
+  @property
+  def step(self) -> StepConfig:
+    return StepConfig(self.errors_threshold, self.max_depth, self.first_answer_only)
+
+  @property
+  def num_slots(self) -> int:
+    if self.max_nodes is not None:
+      return self.max_nodes
+    return 1 + self.num_rollouts * (self.max_depth + 1) * self.num_candidates
+
+
+@dataclasses.dataclass
+class SearchStats:
+  """Wall time per phase (seconds) and counters, summed over iterations.
+
+  `kernel_s` is the tree kernels' time as the host sees it: dispatch, device work and the `[B]` read
+  of the selection (expand + backup + select run as one call per iteration).
+  """
+  iterations: int = 0
+  expansions: int = 0
+  children: int = 0
+  kernel_s: float = 0.0
+  generate_s: float = 0.0
+  sandbox_s: float = 0.0
+  grade_s: float = 0.0
+  score_s: float = 0.0
+  host_s: float = 0.0
+  out_of_nodes: int = 0
+
+  @property
+  def total_s(self) -> float:
+    return (self.kernel_s + self.generate_s + self.sandbox_s + self.grade_s + self.score_s
+            + self.host_s)
+
+
+PromptFn = Callable[[str], str]
+
+
+class _NoBar:
+  def update(self, n: int) -> None:
+    del n
+
+  def close(self) -> None:
+    pass
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+  if not enabled:
+    return _NoBar()
+  from tqdm import auto as tqdm_auto  # pylint: disable=import-outside-toplevel
+  return tqdm_auto.tqdm(total=total, desc=desc, unit="rollout", dynamic_ncols=True)
+
+
+class MCTS:
+  """Lockstep batched MCTS over a policy, a code executor and (optionally) a scorer.
+
+  Args:
+    policy: implements `interfaces.Policy`.
+    executor: implements `interfaces.CodeExecutor` (e.g. `sandbox.SandboxPool`).
+    config: search settings.
+    prompt_fn: question -> policy prompt (e.g. `prompts.load_sft_template(dir).format`).
+    scorer: implements `interfaces.Scorer`; required in ppm_augmented / inference modes.
+    grader: answer equivalence (default: `grading.default_grader()`).
+    progress: show a tqdm bar of finished rollouts.
+  """
+
+  def __init__(self, policy: Policy, executor: CodeExecutor, config: SearchConfig, *,
+               prompt_fn: PromptFn, scorer: Scorer | None = None,
+               grader: grading.Grader | None = None, progress: bool = True):
+    if config.mode != "terminal_guided" and scorer is None:
+      raise ValueError(f"mode {config.mode!r} needs a scorer (the PPM)")
+    self.policy = policy
+    self.executor = executor
+    self.config = config
+    self.prompt_fn = prompt_fn
+    self.scorer = scorer
+    self.grader = grader
+    self.progress = progress
+    self.stats = SearchStats()
+
+  def _grader(self) -> grading.Grader:
+    if self.grader is None:
+      self.grader = grading.default_grader()
+    return self.grader
+
+  def run(self, problems: Sequence[Problem], output_dir: str | os.PathLike[str] | None = None,
+          shard_prefix: str = "trees") -> list[dict]:
+    """Searches every problem; returns the tree records in problem order.
+
+    With `output_dir`, each batch is written as its own shard `{shard_prefix}-{k:05d}.jsonl`
+    (atomically); a shard already present is read back instead of searched again (resume).
+    """
+    cfg = self.config
+    if cfg.mode != "inference":
+      missing = [p.problem_id for p in problems if p.ground_truth is None]
+      if missing:
+        raise ValueError(f"mode {cfg.mode!r} needs ground truths; missing for {missing[:5]}")
+    ids = [p.problem_id for p in problems]
+    if len(set(ids)) != len(ids):
+      raise ValueError("problem ids must be unique (they seed the trees)")
+    batch = cfg.batch_size or max(1, len(problems))
+    out: list[dict] = []
+    bar = _progress_bar(len(problems) * cfg.num_rollouts, self.progress, f"mcts[{cfg.mode}]")
+    try:
+      for k, start in enumerate(range(0, len(problems), batch)):
+        chunk = problems[start:start + batch]
+        shard = None
+        if output_dir is not None:
+          shard = os.path.join(os.fspath(output_dir), f"{shard_prefix}-{k:05d}.jsonl")
+          if os.path.exists(shard):
+            done = records.read_trees(shard)
+            if [r["problem_id"] for r in done] == [p.problem_id for p in chunk]:
+              out.extend(done)
+              bar.update(len(chunk) * cfg.num_rollouts)
+              continue
+        batch_records = self._search_batch(chunk, batch, bar)
+        if shard is not None:
+          records.write_trees(shard, batch_records)
+        out.extend(batch_records)
+    finally:
+      bar.close()
+    return out
+
+  def _search_batch(self, problems: Sequence[Problem], batch_size: int, bar) -> list[dict]:
+    """One lockstep loop over up to `batch_size` trees (padded to `batch_size` rows)."""
+    cfg = self.config
+    a = cfg.num_candidates
+    n_real = len(problems)
+    seeds = np.zeros([batch_size], np.uint32)
+    seeds[:n_real] = [tree_seed(cfg.seed, p.problem_id) for p in problems]
+    hosts = [HostTree(self.prompt_fn(p.question)) for p in problems]
+    # Padding rows get no rollouts, so they never select anything.
+    budget = np.where(np.arange(batch_size) < n_real, cfg.num_rollouts, 0)
+    tree = init_tree(batch_size, cfg.num_slots, a, budget, cfg.max_depth, seeds)
+    reported = 0
+    t0 = time.perf_counter()
+    tree, sel = kernels.select(tree, cfg.rule)
+    while True:
+      nodes, rollouts = jax.device_get((sel.node, sel.rollout))
+      self.stats.kernel_s += time.perf_counter() - t0
+      finished = int(np.sum(np.where(nodes[:n_real] >= 0, rollouts[:n_real], cfg.num_rollouts)))
+      bar.update(finished - reported)
+      reported = finished
+      rows = [b for b in range(n_real) if nodes[b] != NO_NODE]
+      if not rows:
+        break
+      expansion = self._expand_rows(problems, hosts, seeds, rows, nodes, rollouts, batch_size)
+      t0 = time.perf_counter()
+      tree, sel = kernels.expand_and_select(tree, expansion, cfg.rule)
+      self.stats.iterations += 1
+    final = jax.device_get(tree)
+    lost = int(np.sum(final.out_of_nodes[:n_real]))
+    if lost:
+      self.stats.out_of_nodes += lost
+      _LOG.warning("%d trees stopped early: max_nodes=%d is too small", lost, cfg.num_slots)
+    return [
+        to_record(problem_id=p.problem_id, question=p.question, ground_truth=p.ground_truth,
+                  prompt=hosts[b].prompt, seed=int(seeds[b]), mode=cfg.mode, preset=cfg.preset,
+                  host=hosts[b], visits=final.visits[b], value_sum=final.value_sum[b],
+                  terminal_reason=final.terminal_reason[b])
+        for b, p in enumerate(problems)]
+
+  def _expand_rows(self, problems, hosts, seeds, rows, nodes, rollouts, batch_size
+                   ) -> kernels.Expansion:
+    """Generation, sandbox, grading and PPM for the selected rows; returns the device update."""
+    cfg = self.config
+    a = cfg.num_candidates
+    step_cfg = cfg.step
+    t0 = time.perf_counter()
+    prompts = [hosts[b].policy_prompt(int(nodes[b])) for b in rows]
+    policy_seeds = [expansion_seed(int(seeds[b]), int(rollouts[b]), int(nodes[b])) for b in rows]
+    t1 = time.perf_counter()
+    candidates = self.policy.generate(prompts, n=a, seeds=policy_seeds, stop=list(cfg.stop))
+    t2 = time.perf_counter()
+    self.stats.generate_s += t2 - t1
+    if len(candidates) != len(rows):
+      raise ValueError(f"policy returned {len(candidates)} candidate lists for {len(rows)} prompts")
+
+    parents = {b: hosts[b].parent_state(int(nodes[b])) for b in rows}
+    planned = {}
+    for b, cands in zip(rows, candidates):
+      if len(cands) != a:
+        raise ValueError(f"policy returned {len(cands)} candidates, expected n={a}")
+      kept = dedupe_candidates(cands, cfg.first_answer_only)
+      planned[b] = [plan_child(c, parents[b]) for c in kept]
+    jobs = [(b, j) for b in rows for j, p in enumerate(planned[b]) if p.program is not None]
+    t3 = time.perf_counter()
+    results = list(self.executor.run([planned[b][j].program for b, j in jobs])) if jobs else []
+    t4 = time.perf_counter()
+    self.stats.sandbox_s += t4 - t3
+    if len(results) != len(jobs):
+      raise ValueError(f"executor returned {len(results)} results for {len(jobs)} programs")
+    result_of = dict(zip(jobs, results))
+    children = {b: [finish_child(p, result_of.get((b, j)), parents[b], step_cfg)
+                    for j, p in enumerate(planned[b])] for b in rows}
+
+    # Grade every new answer that has a ground truth.
+    to_grade = [(b, j) for b in rows for j, c in enumerate(children[b])
+                if c.reason == Reason.ANSWER and problems[b].ground_truth is not None]
+    t5 = time.perf_counter()
+    verdicts = self._grader().equivalent_batch(
+        [(children[b][j].final_answer, problems[b].ground_truth) for b, j in to_grade]
+    ) if to_grade else []
+    t6 = time.perf_counter()
+    self.stats.grade_s += t6 - t5
+    correct = dict(zip(to_grade, verdicts))
+
+    # One PPM call over every new child that needs a value.
+    to_score = [(b, j) for b in rows for j, c in enumerate(children[b])
+                if rules.needs_ppm(cfg.mode, c.reason)]
+    t7 = time.perf_counter()
+    if to_score:
+      texts = [hosts[b].policy_prompt(int(nodes[b])) + children[b][j].text for b, j in to_score]
+      values = np.asarray(self.scorer.score(texts), np.float32).reshape(-1)
+      if values.shape != (len(texts),):
+        raise ValueError(f"scorer returned {values.shape[0]} values for {len(texts)} texts")
+    else:
+      values = np.zeros([0], np.float32)
+    t8 = time.perf_counter()
+    self.stats.score_s += t8 - t7
+    ppm = dict(zip(to_score, values.tolist()))
+
+    parent = np.full([batch_size], NO_NODE, np.int32)
+    count = np.zeros([batch_size], np.int32)
+    terminal = np.zeros([batch_size, a], bool)
+    reason = np.zeros([batch_size, a], np.int32)
+    errors = np.zeros([batch_size, a], np.int32)
+    ppm_value = np.full([batch_size, a], np.nan, np.float32)
+    value = np.zeros([batch_size, a], np.float32)
+    update_self = np.zeros([batch_size, a], bool)
+    update_path = np.zeros([batch_size, a], bool)
+    for b in rows:
+      node = int(nodes[b])
+      parent[b] = node
+      count[b] = len(children[b])
+      for j, child in enumerate(children[b]):
+        cid = hosts[b].add_child(node, child)
+        host_node = hosts[b].nodes[cid]
+        host_node.correct = correct.get((b, j))
+        host_node.ppm_value = ppm.get((b, j))
+        v, scope = rules.leaf_update(cfg.mode, cfg.preset, child.reason, host_node.correct,
+                                     host_node.ppm_value, cfg.positive_reward, cfg.negative_reward)
+        terminal[b, j] = child.terminal
+        reason[b, j] = int(child.reason)
+        errors[b, j] = child.consecutive_errors
+        if host_node.ppm_value is not None:
+          ppm_value[b, j] = host_node.ppm_value
+        value[b, j] = v
+        update_self[b, j] = scope == rules.SCOPE_SELF
+        update_path[b, j] = scope == rules.SCOPE_PATH
+    self.stats.expansions += len(rows)
+    self.stats.children += int(count.sum())
+    self.stats.host_s += (time.perf_counter() - t0) - (t2 - t1) - (t4 - t3) - (t6 - t5) - (t8 - t7)
+    # numpy arrays: they reach the device inside the kernel call (one transfer, not nine).
+    return kernels.Expansion(
+        parent=parent, count=count, terminal=terminal, terminal_reason=reason,
+        consecutive_errors=errors, ppm_value=ppm_value, value=value, update_self=update_self,
+        update_path=update_path)
+
+
+def run_search(problems: Sequence[Problem], policy: Policy, executor: CodeExecutor,
+               config: SearchConfig, *, prompt_fn: PromptFn, scorer: Scorer | None = None,
+               grader: grading.Grader | None = None, output_dir: str | os.PathLike[str] | None = None,
+               progress: bool = True) -> list[dict]:
+  """`MCTS(...).run(problems, output_dir)`: Q-annotated tree records, one per problem."""
+  search = MCTS(policy, executor, config, prompt_fn=prompt_fn, scorer=scorer, grader=grader,
+                progress=progress)
+  return search.run(problems, output_dir=output_dir)

@@ -1,0 +1,83 @@
+"""The two objects the search drives: a step `Policy` and a step `Scorer`.
+
+Any object with these methods works (structural typing, `typing.Protocol`): our generation engine
+(`rstar_jax.generate.EnginePolicy`, `PPMScorer`), scripted test policies, or a bootstrap teacher.
+
+Policy:
+  `generate(prompts, *, n, seeds, stop)` returns, for every prompt, `n` candidate next steps
+  (`[len(prompts)][n]` `StepCandidate`s). `seeds[i]` seeds prompt `i`'s samples; the same prompt, seed
+  and `n` must give the same candidates whatever else is in the batch (that is what makes a tree
+  replayable). Sampling settings (temperature, top_p, top_k, max_new_tokens) are fixed when the
+  policy object is built.
+
+Scorer:
+  `score(texts)` returns one float32 value per text (`[len(texts)]`). The search passes exactly the
+  text the policy would be prompted with at the scored node: prompt + the path's step texts up to
+  and including the scored step. Value transforms (e.g. the official `tanh(r / 5)`) belong to the
+  scorer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+STOP_EOS = "eos"
+STOP_LENGTH = "length"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCandidate:
+  """One sampled step.
+
+  Attributes:
+    text: generated text up to, not including, the stop string.
+    stop_reason: the matched stop string itself, or "eos", or "length" (vLLM style).
+  """
+  text: str
+  stop_reason: str
+
+  @property
+  def stopped_at_string(self) -> bool:
+    """True when generation ended on one of the stop strings (not eos / length)."""
+    return self.stop_reason not in (STOP_EOS, STOP_LENGTH)
+
+  @property
+  def step_text(self) -> str:
+    """The text appended to the path: `text + stop_reason` for a stop string, else `text`."""
+    return self.text + self.stop_reason if self.stopped_at_string else self.text
+
+
+@runtime_checkable
+class Policy(Protocol):
+  """Samples candidate next steps."""
+
+  def generate(self, prompts: Sequence[str], *, n: int, seeds: Sequence[int],
+               stop: Sequence[str]) -> list[list[StepCandidate]]:
+    """Returns `[len(prompts)][n]` candidates; `seeds[i]` seeds prompt `i`."""
+    ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+  """Scores partial solutions (the PPM)."""
+
+  def score(self, texts: Sequence[str]) -> np.ndarray:
+    """Returns `[len(texts)]` float32 values, one per text."""
+    ...
+
+
+class ExecutionResult(Protocol):
+  """What the search reads from one program run (`sandbox.SandboxResult` has it)."""
+  observation: str
+
+
+@runtime_checkable
+class CodeExecutor(Protocol):
+  """Runs programs; `sandbox.SandboxPool` implements it (so do in-process fakes in tests)."""
+
+  def run(self, programs: Sequence[str]) -> Sequence[ExecutionResult]:
+    """Returns one result per program, in input order."""
+    ...

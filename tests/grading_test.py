@@ -1,0 +1,188 @@
+"""Answer extraction and equivalence (rstar_jax.grading)."""
+
+import json
+import pathlib
+import random
+import threading
+import time
+
+import pytest
+
+from rstar_jax import grading
+from rstar_jax.grading import Grader, extract_boxed, normalize_answer, parse_number
+
+
+@pytest.fixture(scope="module")
+def grader():
+  with Grader(num_workers=2, timeout_s=3.0) as g:
+    yield g
+
+
+@pytest.mark.parametrize("text,want", [
+    ("The answer is \\boxed{5}.", "5"),
+    ("\\boxed{1} first, then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("nested \\boxed{\\frac{\\sqrt{3}}{2}} end", "\\frac{\\sqrt{3}}{2}"),
+    ("set \\boxed{\\{1, 2\\}} braces", "\\{1, 2\\}"),
+    ("cases \\boxed{\\left\\{\\begin{array}{l}a\\end{array}\\right.}", "\\left\\{\\begin{array}{l}a\\end{array}\\right."),
+    ("no braces \\boxed 42.", "42"),
+    ("space first \\boxed {1,3}.", "1,3"),
+    ("\\fbox{7}", "7"),
+    ("never closed \\boxed{3", None),
+    ("no box at all", None),
+    ("", None),
+])
+def test_extract_boxed(text, want):
+  assert extract_boxed(text) == want
+
+
+@pytest.mark.parametrize("pred,gold", [
+    ("0.5", "\\frac{1}{2}"),
+    ("\\frac{1}{2}", "0.5"),
+    ("\\dfrac{3}{4}", "\\frac{3}{4}"),
+    ("\\tfrac{3}{4}", "0.75"),
+    ("3", "x=3"),
+    ("x = 3", "3"),
+    ("5", "5\\text{ cm}"),
+    ("5 \\text{ cm}", "5"),
+    ("14000", "14,000"),
+    ("$18$", "18"),
+    ("18.", "18"),
+    ("50\\%", "50"),
+    ("30^\\circ", "30"),
+    ("(C)", "C"),
+    ("\\text{(B)}", "B"),
+    ("\\frac{\\sqrt{6}}{3}", "\\frac{\\sqrt6}3"),
+    ("2\\sqrt{2}", "\\sqrt{8}"),
+    ("(1, 3)", "(1,3)"),
+    ("\\left( 2, 5 \\right)", "(2,5)"),
+    ("-\\frac{1}{8}", "-0.125"),
+    ("1/2", "0.5"),
+    ("\\text{Monday}", "Monday"),
+])
+def test_equivalent_rewrites(grader, pred, gold):
+  assert grader.equivalent(pred, gold)
+
+
+@pytest.mark.parametrize("pred,gold", [
+    ("2", "3"),
+    ("0.5", "\\frac{1}{3}"),
+    ("14", "14,000"),
+    ("-3", "3"),
+    ("\\sqrt{2}", "2"),
+    ("(1, 3)", "(3, 1)"),
+    ("A", "B"),
+    ("x^2", "x^3"),
+    ("", "5"),
+    (None, "5"),
+    ("5", ""),
+])
+def test_different_answers_do_not_match(grader, pred, gold):
+  assert not grader.equivalent(pred, gold)
+
+
+def test_list_ground_truth_accepts_any(grader):
+  assert grader.equivalent("(0, 0)", ["(3, -5)", "(0, 0)"])
+  assert not grader.equivalent("1", ["2", "3"])
+
+
+def test_number_parsing():
+  assert parse_number("1,234") == 1234.0
+  assert parse_number("\\frac{3}{4}") == 0.75
+  assert parse_number("-\\frac{1}{4}") == -0.25
+  assert parse_number("\\frac34") == 0.75
+  assert parse_number("\\sqrt{2}") is None
+  assert parse_number("x") is None
+  assert normalize_answer("$x = \\dfrac{1}{2}$.") == "\\frac{1}{2}"
+
+
+def test_hanging_comparison_is_cut_off_and_the_grader_recovers():
+  with Grader(num_workers=1, timeout_s=1.0) as g:
+    assert g.equivalent("1", "1.0")  # warms the worker (its imports are outside the deadline)
+    g._math_verify("2", "2")  # pylint: disable=protected-access
+    start = time.monotonic()
+    # sympy evaluates 10^(10^10) exactly: without a deadline this never returns.
+    assert not g.equivalent("10^{10^{10}}", "5")
+    assert time.monotonic() - start < 15
+    assert g.num_timeouts == 1
+    assert g.equivalent("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}")  # a fresh worker took over
+
+
+def test_thread_safe(grader):
+  pairs = [("\\frac{1}{2}", "0.5"), ("\\sqrt{8}", "2\\sqrt{2}"), ("7", "8"), ("x=2", "2")] * 8
+  want = [True, True, False, True] * 8
+  results = [None] * len(pairs)
+
+  def work(i):
+    results[i] = grader.equivalent(*pairs[i])
+
+  threads = [threading.Thread(target=work, args=(i,)) for i in range(len(pairs))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert results == want
+  assert grader.equivalent_batch(pairs) == want
+
+
+def _benchmark_answers(shared_data: pathlib.Path, per_file: int | None):
+  answers = []
+  for path in sorted((shared_data / "benchmarks").glob("*.json")):
+    items = json.loads(path.read_text(encoding="utf-8"))
+    if per_file is not None:
+      items = random.Random(0).sample(items, min(per_file, len(items)))
+    for item in items:
+      golds = item["answer"] if isinstance(item["answer"], list) else [item["answer"]]
+      answers += [(f"{path.name}:{item['index']}", g) for g in golds if str(g).strip()]
+  return answers
+
+
+def _balanced(answer):
+  if answer.rstrip().endswith("\\"):  # would escape the box's closing brace
+    return False
+  text = answer.replace("\\{", "").replace("\\}", "")
+  depth = 0
+  for ch in text:
+    depth += {"{": 1, "}": -1}.get(ch, 0)
+    if depth < 0:
+      return False
+  return depth == 0
+
+
+def _check_self_equivalence(grader, answers):
+  # Three routes: the full grader on a `$...$`-wrapped copy, math-verify alone on the bare answer,
+  # and a round trip through a boxed solution text (for answers whose braces balance: a few
+  # ground truths in the data are cut off mid-LaTeX and cannot sit inside a box).
+  failures = []
+  wrapped = grader.equivalent_batch([(f"${a}$ ", a) for _, a in answers])
+  mv = list(grader._pool.map(lambda a: grader._math_verify(a, a), [a for _, a in answers]))  # pylint: disable=protected-access
+  for (where, answer), ok_wrapped in zip(answers, wrapped):
+    if not ok_wrapped:
+      failures.append(where)
+    elif _balanced(answer):
+      boxed = extract_boxed(f"So the answer is \\boxed{{{answer}}}.\n<end_of_answer>")
+      if not grader.equivalent(boxed, answer):
+        failures.append(where)
+  return failures, sum(mv)
+
+
+def test_benchmark_answers_equal_themselves_sample(grader, shared_data):
+  answers = _benchmark_answers(shared_data, per_file=12)
+  assert len(answers) > 90
+  failures, mv_ok = _check_self_equivalence(grader, answers)
+  assert not failures
+  assert mv_ok >= 0.9 * len(answers)  # math-verify itself parses and matches nearly all
+
+
+@pytest.mark.slow
+def test_benchmark_answers_equal_themselves_full(shared_data):
+  answers = _benchmark_answers(shared_data, per_file=None)
+  assert len(answers) > 15000
+  with Grader(num_workers=2, timeout_s=10.0) as g:
+    failures, mv_ok = _check_self_equivalence(g, answers)
+  assert not failures, failures[:20]
+  assert mv_ok >= 0.9 * len(answers)
+
+
+def test_default_grader_is_shared():
+  assert grading.default_grader() is grading.default_grader()
+  assert grading.is_equivalent("\\frac{2}{4}", "0.5")

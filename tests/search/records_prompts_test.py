@@ -1,0 +1,125 @@
+"""Tree JSONL records (schema, atomic shards, clear errors) and the rStar prompt templates."""
+
+import json
+import os
+
+import pytest
+
+from rstar_jax import prompts
+from rstar_jax.search import records
+
+
+def _tree(**overrides):
+  root = {"id": 0, "tag": "0", "parent": -1, "children": [1, 2], "depth": 0, "text": "", "code": "",
+          "observation": "", "final_answer": None, "terminal": False, "terminal_reason": None,
+          "correct": None, "visits": 2, "value_sum": 0.0, "q": 0.0, "ppm_value": None}
+  code = dict(root, id=1, tag="0.1", parent=0, children=[], depth=1,
+              text="<code>\nx = 1\n<end_of_step>", code="# ========\nx = 1", visits=1,
+              value_sum=-1.0, q=-1.0, ppm_value=0.25)
+  answer = dict(root, id=2, tag="0.2", parent=0, children=[], depth=1, text="\\boxed{2}<end_of_answer>",
+                final_answer="2", terminal=True, terminal_reason="answer", correct=True, visits=1,
+                value_sum=1.0, q=1.0)
+  tree = {"schema": records.SCHEMA, "problem_id": "GSM8K_test/0", "question": "1+1?",
+          "ground_truth": "2", "prompt": "Q: 1+1?\n", "seed": 7, "mode": "terminal_guided",
+          "preset": "official", "nodes": [root, code, answer]}
+  tree.update(overrides)
+  return tree
+
+
+def test_round_trip(tmp_path):
+  path = tmp_path / "shard.jsonl"
+  assert records.write_trees(path, [_tree(), _tree(problem_id="b")]) == 2
+  assert records.read_trees(path) == [_tree(), _tree(problem_id="b")]
+  assert [p.name for p in tmp_path.iterdir()] == ["shard.jsonl"]  # no temporary left behind
+
+
+def test_consumer_reader_accepts_our_records(tmp_path):
+  """The data-extraction side reads what the search writes."""
+  from rstar_jax.data import trees  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "shard.jsonl"
+  records.write_trees(path, [_tree()])
+  (tree,) = trees.read_trees(path)
+  assert tree.nodes[2].final_answer == "2" and tree.prefix_text(1) == "<code>\nx = 1\n<end_of_step>"
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda t: t.pop("prompt"), "missing field 'prompt'"),
+    (lambda t: t.update(schema="other/1"), "field 'schema'"),
+    (lambda t: t.update(mode="greedy"), "field 'mode'"),
+    (lambda t: t["nodes"][1].update(visits=1.5), r"nodes\[1\].visits: expected int"),
+    (lambda t: t["nodes"][1].update(terminal=1), r"nodes\[1\].terminal: expected bool"),
+    (lambda t: t["nodes"][1].update(q=0.5), r"nodes\[1\].q"),
+    (lambda t: t["nodes"][2].update(tag="0.3"), r"nodes\[2\].tag"),
+    (lambda t: t["nodes"][2].update(terminal_reason="gave_up"), "unknown value"),
+    (lambda t: t["nodes"][2].update(terminal=False), r"nodes\[2\].terminal"),
+    (lambda t: t["nodes"][0].update(children=[1, 5]), "invalid child id 5"),
+    (lambda t: t["nodes"][1].update(id=4), r"nodes\[1\].id"),
+])
+def test_invalid_records_name_the_field(mutate, message, tmp_path):
+  bad = _tree()
+  mutate(bad)
+  with pytest.raises(records.TreeRecordError, match=message):
+    records.validate_tree(bad)
+  path = tmp_path / "bad.jsonl"
+  with pytest.raises(records.TreeRecordError, match="record 1"):
+    records.write_trees(path, [_tree(), bad])
+  assert not path.exists() and not list(tmp_path.iterdir())  # nothing written, nothing left over
+
+
+def test_reader_names_file_and_line(tmp_path):
+  path = tmp_path / "x.jsonl"
+  path.write_text(json.dumps(_tree()) + "\n\n{not json\n")
+  with pytest.raises(records.TreeRecordError, match=r"x.jsonl:3: invalid JSON"):
+    records.read_trees(path)
+  good = _tree()
+  del good["nodes"][1]["code"]
+  path.write_text(json.dumps(good) + "\n")
+  with pytest.raises(records.TreeRecordError, match=r"x.jsonl:1: nodes\[1\]: missing field 'code'"):
+    records.read_trees(path)
+
+
+def test_existing_shard_replaced_atomically(tmp_path):
+  path = tmp_path / "s.jsonl"
+  records.write_trees(path, [_tree()])
+  before = path.read_text()
+  with pytest.raises(records.TreeRecordError):
+    records.write_trees(path, [_tree(mode="x")])
+  assert path.read_text() == before
+  records.write_trees(path, [_tree(problem_id="new")])
+  assert records.read_trees(path)[0]["problem_id"] == "new"
+
+
+def test_bootstrap_prompt_matches_the_official_wrap(shared_data):
+  d = shared_data / "prompts"
+  shots = json.loads((d / "few_shots.json").read_text())
+  spec = json.loads((d / "mcts_prompt.json").read_text())
+  got = prompts.bootstrap_prompt("What is 2+3?", d)
+  # rstar_prompt_wrap with step_delim "\n" and two examples, written out by hand:
+  want = (spec["pot_format_instructions"] + "\n" + "The following are 2 demonstration examples.\n"
+          + shots[0] + "\n" + shots[1] + "\n" + "\n" + "Now! It's your turn.\nQuestion: What is 2+3?\n")
+  assert got == want
+  one = prompts.load_bootstrap_template(d, num_few_shots=1).format("q")
+  assert "The following is a demonstration example.\n" + shots[0] + "\n\nNow!" in one
+  zero = prompts.load_bootstrap_template(d, num_few_shots=0).format("q")
+  assert zero == spec["pot_format_instructions"] + "\n\nNow! It's your turn.\nQuestion: q\n"
+
+
+def test_sft_prompt(shared_data):
+  got = prompts.sft_prompt("What is 2+3?", shared_data / "prompts")
+  assert got == ("<|user|>:\nWhat is 2+3?\n\n<|assistant|>: Let's think step by step and solve the "
+                 "problem with code.")
+
+
+def test_prompt_file_errors(tmp_path):
+  (tmp_path / "sft_prompt.json").write_text(json.dumps({"pot_format_instructions": ""}))
+  with pytest.raises(prompts.PromptFileError, match="sft_prompt.json: field 'pot_suffix'"):
+    prompts.load_sft_template(tmp_path)
+  (tmp_path / "sft_prompt.json").write_text("{\n  bad")
+  with pytest.raises(prompts.PromptFileError, match=r"sft_prompt.json:2: invalid JSON"):
+    prompts.load_sft_template(tmp_path)
+  with pytest.raises(prompts.PromptFileError, match="not found"):
+    prompts.load_bootstrap_template(tmp_path)
+  (tmp_path / "mcts_prompt.json").write_text(json.dumps({"pot_format_instructions": "", "pot_suffix": "Q"}))
+  with pytest.raises(prompts.PromptFileError, match="placeholder"):
+    prompts.load_bootstrap_template(tmp_path)
+  assert os.path.exists(tmp_path / "mcts_prompt.json")
