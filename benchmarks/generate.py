@@ -1,0 +1,213 @@
+"""Generation benchmark: our engine vs Hugging Face `generate`, same random weights, fp32, greedy, in one process.
+
+  python benchmarks/generate.py                       # tiny + 0.5B shape, batch 1/8/64, prompt 128, 64 new tokens
+  python benchmarks/generate.py --shapes tiny --json out.json
+
+For each shape a random `transformers.Qwen2ForCausalLM` is built, saved, and loaded into our model, so both sides
+run the same weights. Per batch size: random prompts of exactly `--prompt-len` tokens (no padding), `--new-tokens`
+new tokens (no EOS), throughput = batch * new tokens / wall time of the whole call (prefill included, tokenization
+excluded). Ours is precompiled first (`Engine.precompile`, so no timed call compiles); HF gets one untimed warm-up
+call on the tiny shape. Then the two sides run interleaved, `--repeats` times on the tiny shape and
+`--repeats-0p5b` (default 1: one call takes minutes here) on the 0.5B shape, and the best run of each side counts
+(on a shared machine, load spikes hit single runs; every run's figure is kept in the JSON). Token agreement
+between the two is reported as a check.
+
+Matmul ceiling: the time of exactly the weight matmuls of one decode step at batch 64 (q/k/v/o, gate/up/down for
+every layer, LM head), same shapes and dtype, best of several runs, in the same process. "decode % of ceiling" =
+ceiling step time / our measured decode step time at batch 64 (1.0 would mean decoding costs nothing beyond its
+matmuls). A large square matmul's rate is reported too, as the machine's peak reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rstar_jax.generate import Engine, Greedy, Request  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rstar_jax.models import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+SHAPES = {
+    "tiny": dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, rope_theta=1e4),
+    "0.5b": dict(vocab_size=32000, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, intermediate_size=4864, rope_theta=1e6),
+}
+
+
+def _load() -> str:
+  return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def matmul_ceiling(shape: dict, batch: int, repeats: int = 5) -> dict:
+  """Time of one decode step's weight matmuls at `batch` rows, and a square matmul's rate."""
+  d, f, v, layers = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"], shape["num_hidden_layers"]
+  hd = d // shape["num_attention_heads"]
+  q, kv = shape["num_attention_heads"] * hd, shape["num_key_value_heads"] * hd
+  rng = np.random.default_rng(0)
+  dims = [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)]
+  weights = [jnp.asarray(rng.standard_normal((layers, a, b), np.float32) * 0.02) for a, b in dims]
+  embed = jnp.asarray(rng.standard_normal((v, d), np.float32) * 0.02)
+
+  @jax.jit
+  def step(x, weights, embed):
+    def layer(x, w):
+      wq, wk, wv, wo, wg, wu, wd = w
+      keep = (x @ wk).sum() + (x @ wv).sum()
+      x = x + (x @ wq) @ wo + ((x @ wg) * (x @ wu)) @ wd + 0 * keep
+      return x, None
+    x, _ = jax.lax.scan(layer, x, weights)
+    return x @ embed.T
+
+  x = jnp.ones((batch, d), jnp.float32)
+  step(x, weights, embed).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    step(x, weights, embed).block_until_ready()
+    times.append(time.perf_counter() - t)
+  flops = 2 * batch * (layers * sum(a * b for a, b in dims) + v * d)
+  square = jnp.ones((2048, 2048), jnp.float32)
+  mm = jax.jit(lambda a: a @ a)
+  mm(square).block_until_ready()
+  sq = []
+  for _ in range(3):
+    t = time.perf_counter()
+    mm(square).block_until_ready()
+    sq.append(time.perf_counter() - t)
+  return dict(step_s=min(times), gflops=flops / min(times) / 1e9, square_gflops=2 * 2048**3 / min(sq) / 1e9)
+
+
+def time_ours(engine: Engine, requests: list[Request], new_tokens: int) -> dict:
+  t = time.perf_counter()
+  results = engine.generate(requests, Greedy(), max_new_tokens=new_tokens)
+  wall = time.perf_counter() - t
+  return dict(wall_s=wall, prefill_s=engine.stats["prefill_s"], decode_step_s=engine.stats["decode_s"] / (new_tokens - 1),
+              tok_s=len(requests) * new_tokens / wall, tokens=np.array([r[0].token_ids for r in results]))
+
+
+def time_hf(model, prompts: np.ndarray, new_tokens: int) -> dict:
+  ids = torch.tensor(prompts)
+  with torch.inference_mode():
+    t = time.perf_counter()
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                         max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+    wall = time.perf_counter() - t
+  return dict(wall_s=wall, tok_s=len(prompts) * new_tokens / wall, tokens=out[:, prompts.shape[1]:].numpy())
+
+
+def best(runs: list[dict]) -> dict:
+  return min(runs, key=lambda r: r["wall_s"])
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--shapes", default="tiny,0.5b")
+  p.add_argument("--batches", default="1,8,64")
+  p.add_argument("--prompt-len", type=int, default=128)
+  p.add_argument("--new-tokens", type=int, default=64)
+  p.add_argument("--repeats", type=int, default=5, help="interleaved timed runs per side on the tiny shape (best)")
+  p.add_argument("--repeats-0p5b", type=int, default=1, help="interleaved timed runs per side on the 0.5B shape")
+  p.add_argument("--hf-max-batch-0p5b", type=int, default=8,
+                 help="skip HF on the 0.5B shape above this batch (one HF batch-64 call takes many minutes here)")
+  p.add_argument("--json", default=None, help="also write the results here")
+  args = p.parse_args(argv)
+  torch.manual_seed(0)
+  env = dict(jax=jax.__version__, torch=torch.__version__, transformers=transformers.__version__,
+             cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
+             devices=str(jax.devices()), load_at_start=_load())
+  print(json.dumps(env), flush=True)
+  out = dict(env=env, shapes={})
+  batches = [int(b) for b in args.batches.split(",")]
+  for name in args.shapes.split(","):
+    shape = SHAPES[name]
+    config = transformers.Qwen2Config(**shape, tie_word_embeddings=True, max_position_embeddings=4096,
+                                      torch_dtype="float32")
+    hf = transformers.Qwen2ForCausalLM(config).eval()
+    hf.generation_config.eos_token_id = None
+    tmp = tempfile.mkdtemp(prefix="bench_generate_")
+    try:
+      hf.save_pretrained(tmp)
+      engine = Engine(convert.load_qwen2(tmp), eos_ids=())
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    rows = {}
+    rng = np.random.default_rng(0)
+    big = name != "tiny"
+    repeats = args.repeats_0p5b if big else args.repeats
+    for batch in batches:
+      prompts = rng.integers(0, shape["vocab_size"], (batch, args.prompt_len))
+      requests = [Request(p) for p in prompts]
+      t = time.perf_counter()
+      engine.precompile(requests, Greedy(), max_new_tokens=args.new_tokens)
+      compile_s = time.perf_counter() - t
+      with_hf = not (big and batch > args.hf_max_batch_0p5b)
+      if with_hf and not big:
+        time_hf(hf, prompts, args.new_tokens)  # warm-up
+      ours, theirs = [], []
+      for _ in range(repeats):  # interleaved, so both sides see the same machine load
+        ours.append(time_ours(engine, requests, args.new_tokens))
+        if with_hf:
+          theirs.append(time_hf(hf, prompts, args.new_tokens))
+      o = best(ours)
+      row = dict(ours_tok_s=o["tok_s"], ours_wall_s=o["wall_s"], ours_prefill_s=o["prefill_s"],
+                 ours_decode_step_s=o["decode_step_s"], ours_compile_s=compile_s,
+                 ours_tok_s_runs=[r["tok_s"] for r in ours])
+      if with_hf:
+        h = best(theirs)
+        row.update(hf_tok_s=h["tok_s"], hf_wall_s=h["wall_s"], speedup=o["tok_s"] / h["tok_s"],
+                   tokens_equal=float((h["tokens"] == o["tokens"]).mean()), hf_tok_s_runs=[r["tok_s"] for r in theirs])
+      rows[batch] = row
+      print(json.dumps(dict(shape=name, batch=batch, load=_load(), **row)), flush=True)
+    result = dict(rows=rows)
+    if 64 in batches:
+      ceiling = matmul_ceiling(shape, 64)
+      result.update(ceiling_step_s=ceiling["step_s"], ceiling_gflops=ceiling["gflops"],
+                    square_matmul_gflops=ceiling["square_gflops"],
+                    decode_pct_of_ceiling=100 * ceiling["step_s"] / rows[64]["ours_decode_step_s"])
+      print(json.dumps(dict(shape=name, **{k: v for k, v in result.items() if k != "rows"})), flush=True)
+    out["shapes"][name] = result
+    del engine, hf
+  out["env"]["load_at_end"] = _load()
+  _print_table(out, args)
+  if args.json:
+    tmp = args.json + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(out, f, indent=1)
+    os.replace(tmp, args.json)
+  return 0
+
+
+def _print_table(out: dict, args) -> None:
+  print(f"\nprompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, fp32; load avg "
+        f"{out['env']['load_at_start']} -> {out['env']['load_at_end']}")
+  print("| shape | batch | ours tok/s | HF tok/s | speedup | tokens equal | ours prefill s | ours decode ms/step |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  for name, result in out["shapes"].items():
+    for batch, r in result["rows"].items():
+      hf = f"{r['hf_tok_s']:.1f}" if "hf_tok_s" in r else "skipped"
+      speed = f"{r['speedup']:.1f}x" if "speedup" in r else "-"
+      equal = f"{100 * r['tokens_equal']:.0f}%" if "tokens_equal" in r else "-"
+      print(f"| {name} | {batch} | {r['ours_tok_s']:.1f} | {hf} | {speed} | {equal} | {r['ours_prefill_s']:.3f} | "
+            f"{1e3 * r['ours_decode_step_s']:.2f} |")
+    if "ceiling_step_s" in result:
+      print(f"| {name} | matmul ceiling @64: {1e3 * result['ceiling_step_s']:.2f} ms/step "
+            f"({result['ceiling_gflops']:.1f} GFLOP/s; square 2048 matmul {result['square_matmul_gflops']:.1f} "
+            f"GFLOP/s); batch-64 decode at {result['decode_pct_of_ceiling']:.0f}% of it | | | | | | |")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

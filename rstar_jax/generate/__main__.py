@@ -1,0 +1,139 @@
+"""Command line: generate from (or score with) an HF checkpoint dir, one JSON line per result on stdout.
+
+  python -m rstar_jax.generate --hf-dir DIR --prompts prompts.jsonl [--n 4 --temperature 0.7 --top-p 0.95
+      --max-new-tokens 256 --stop '<end_of_step>' --stop '<end_of_code>' --seed 0 --mesh 1,1,1]
+  python -m rstar_jax.generate --ppm-dir DIR --prompts texts.jsonl [--transform tanh5]      # PPM values
+
+Prompts file: JSON lines, each a string or an object `{"prompt": str, "n": int?, "seed": int?}` (defaults from the
+flags; without a seed, prompt i gets `--seed + i`); a file not ending in .json/.jsonl holds one prompt per line.
+Generation prints `{"prompt_index", "sample", "text", "stop_reason", "token_ids", "logprob"}` per sample, scoring
+`{"prompt_index", "value"}` per prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m rstar_jax.generate", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  model = p.add_mutually_exclusive_group(required=True)
+  model.add_argument("--hf-dir", help="HF Qwen2 checkpoint dir (generation)")
+  model.add_argument("--ppm-dir", help="PPM dir: HF backbone + value_head.bin (scoring)")
+  p.add_argument("--prompts", required=True, help="JSONL (or plain text, one prompt per line) file of prompts")
+  p.add_argument("--tokenizer", help="tokenizer dir or file (default: the model dir)")
+  p.add_argument("--add-rstar-tokens", action="store_true", help="add rStar's step tags as special tokens first")
+  p.add_argument("--n", type=int, default=1, help="samples per prompt")
+  p.add_argument("--seed", type=int, default=0, help="seed of prompt 0 (prompt i: seed + i) unless a line sets it")
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  p.add_argument("--top-p", type=float, default=1.0)
+  p.add_argument("--top-k", type=int, default=0)
+  p.add_argument("--max-new-tokens", type=int, default=256)
+  p.add_argument("--max-context", type=int, default=None, help="prompt + generated tokens never exceed this")
+  p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+  p.add_argument("--rstar-stops", action="store_true", help="stop on rStar's step tags (<end_of_step>, ...)")
+  p.add_argument("--eos-id", type=int, action="append", default=None,
+                 help="EOS id (repeatable; default: the tokenizer's and generation_config.json's)")
+  p.add_argument("--transform", default="raw", choices=("raw", "tanh", "tanh5"), help="PPM value transform")
+  p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
+  p.add_argument("--mesh", default=None, help="data,fsdp,tensor mesh sizes (one may be -1), e.g. 1,1,8")
+  p.add_argument("--max-rows", type=int, default=None, help="most rows per device batch")
+  p.add_argument("--progress", action="store_true", help="progress bar on stderr")
+  return p.parse_args(argv)
+
+
+def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str, Any]]:
+  """Reads the prompts file -> `[{"prompt", "n", "seed"}]`; errors name the file and line."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"prompts file not found: {path}")
+  is_json = path.endswith((".json", ".jsonl"))
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      if not is_json:
+        out.append(dict(prompt=line.rstrip("\n"), n=default_n, seed=default_seed + len(out)))
+        continue
+      try:
+        item = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from e
+      if isinstance(item, str):
+        item = {"prompt": item}
+      if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+        raise ValueError(f"{path}:{line_no}: expected a JSON string or an object with a string field 'prompt'")
+      n, seed = item.get("n", default_n), item.get("seed", default_seed + len(out))
+      if not isinstance(n, int) or n < 0 or not isinstance(seed, int):
+        raise ValueError(f"{path}:{line_no}: 'n' must be an int >= 0 and 'seed' an int, got n={n!r} seed={seed!r}")
+      out.append(dict(prompt=item["prompt"], n=n, seed=seed))
+  return out
+
+
+def _eos_ids(args: argparse.Namespace, tokenizer, model_dir: str) -> list[int]:
+  if args.eos_id is not None:
+    return list(args.eos_id)
+  ids = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+  gen_config = os.path.join(model_dir, "generation_config.json")
+  if os.path.isfile(gen_config):
+    with open(gen_config, encoding="utf-8") as f:
+      eos = json.load(f).get("eos_token_id")
+    ids += eos if isinstance(eos, list) else [] if eos is None else [eos]
+  return sorted(set(ids))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parse_args(argv)
+  # Imports after parsing: `--help` stays instant.
+  from rstar_jax import sharding  # pylint: disable=g-import-not-at-top
+  from rstar_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from rstar_jax.generate.engine import Engine, Request  # pylint: disable=g-import-not-at-top
+  from rstar_jax.generate.sampling import Greedy, Sampling  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models import convert, value_transform  # pylint: disable=g-import-not-at-top
+
+  model_dir = args.hf_dir or args.ppm_dir
+  prompts = read_prompts(args.prompts, args.n, args.seed)
+  tok = tokenizer_lib.load_tokenizer(args.tokenizer or model_dir)
+  if args.add_rstar_tokens:
+    tokenizer_lib.add_rstar_tokens(tok, "ppm" if args.ppm_dir else "policy")
+  mesh = None
+  if args.mesh:
+    sizes = args.mesh.split(",")
+    if len(sizes) != 3 or not all(x.strip().lstrip("-").isdigit() for x in sizes):
+      raise SystemExit(f"--mesh must be three comma-separated ints data,fsdp,tensor; got {args.mesh!r}")
+    mesh = sharding.make_mesh(*[int(x) for x in sizes])
+  overrides = {} if args.dtype is None else {"dtype": args.dtype}
+  ids = tok.encode_batch([p["prompt"] for p in prompts])
+  for i, prompt_ids in enumerate(ids):
+    if not prompt_ids:
+      raise SystemExit(f"{args.prompts}: prompt {i} encodes to no tokens")
+
+  if args.ppm_dir:
+    ppm = convert.load_ppm(args.ppm_dir, mesh=mesh, **overrides)
+    engine = Engine(ppm, tokenizer=tok, mesh=mesh, max_rows=args.max_rows)
+    values = value_transform(engine.values(ids), args.transform)
+    for i, value in enumerate(values.tolist()):
+      print(json.dumps({"prompt_index": i, "value": value}), flush=True)
+    return 0
+
+  model = convert.load_qwen2(args.hf_dir, mesh=mesh, **overrides)
+  engine = Engine(model, tokenizer=tok, eos_ids=_eos_ids(args, tok, model_dir), mesh=mesh, max_rows=args.max_rows)
+  sampler = Greedy() if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.top_k)
+  stop = list(args.stop) + (list(tokenizer_lib.STEP_STOP_STRINGS) if args.rstar_stops else [])
+  results = engine.generate([Request(i, n=p["n"], seed=p["seed"]) for i, p in zip(ids, prompts)], sampler,
+                            max_new_tokens=args.max_new_tokens, stop=list(dict.fromkeys(stop)),
+                            max_context=args.max_context, progress=args.progress)
+  for i, row in enumerate(results):
+    for j, r in enumerate(row):
+      print(json.dumps({"prompt_index": i, "sample": j, "text": r.text, "stop_reason": r.stop_reason,
+                        "token_ids": list(r.token_ids), "logprob": r.logprob}), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,94 @@
+"""The search's `Policy` and `Scorer` (`rstar_jax.search.interfaces`) over an `Engine`: text in, text / values out."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from rstar_jax.generate.engine import Engine, Request
+from rstar_jax.generate.sampling import Greedy, Sampling, SamplingMethod
+from rstar_jax.models import value_transform
+
+
+class EnginePolicy:
+  """`Policy`: `generate(prompts, n=, seeds=, stop=)` -> `[len(prompts)][n]` `StepCandidate`s.
+
+  Sampling settings are fixed at construction (the search's contract). Prompt `i`'s sample `j` draws with
+  `fold_in(key(seeds[i]), j)`, so candidates depend on (prompt, seed, j) only, not on the rest of the batch.
+  """
+
+  def __init__(self, engine: Engine, *, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+               max_new_tokens: int = 2048, max_context: int | None = None, progress: bool = False):
+    """Wraps an engine built from a `Qwen2` with a tokenizer.
+
+    Args:
+      engine: the generation engine (its tokenizer encodes prompts and decodes steps; its EOS ids end a step).
+      temperature: 0 means greedy.
+      top_p: nucleus filter (1 = off).
+      top_k: top-k filter (0 = off).
+      max_new_tokens: the most tokens of one step.
+      max_context: prompt + step tokens never exceed this (the step ends with "length" there).
+      progress: progress bars over decode steps.
+    """
+    if engine.tokenizer is None:
+      raise ValueError("EnginePolicy needs an Engine with a tokenizer")
+    if engine.is_ppm:
+      raise TypeError("EnginePolicy needs an Engine built from a Qwen2, not a PPM")
+    self.engine = engine
+    self.sampler: SamplingMethod = Greedy() if temperature == 0 else Sampling(temperature, top_p, top_k)
+    self.max_new_tokens = max_new_tokens
+    self.max_context = max_context
+    self.progress = progress
+
+  def generate(self, prompts: Sequence[str], *, n: int, seeds: Sequence[int], stop: Sequence[str]) -> list:
+    from rstar_jax.search.interfaces import StepCandidate  # pylint: disable=g-import-not-at-top  (search imports us)
+
+    if len(seeds) != len(prompts):
+      raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds (one seed per prompt)")
+    ids = self.engine.tokenizer.encode_batch(list(prompts))
+    for i, prompt_ids in enumerate(ids):
+      if not prompt_ids:
+        raise ValueError(f"prompt {i} encodes to no tokens: {prompts[i]!r}")
+    results = self.engine.generate([Request(p, n=n, seed=int(s)) for p, s in zip(ids, seeds)], self.sampler,
+                                   max_new_tokens=self.max_new_tokens, stop=stop, max_context=self.max_context,
+                                   progress=self.progress)
+    return [[StepCandidate(text=r.text, stop_reason=r.stop_reason) for r in row] for row in results]
+
+
+class PPMScorer:
+  """`Scorer`: `score(texts) -> [len(texts)] float32`, the PPM value at each text's last token.
+
+  Texts sharing a prefix (siblings of one node: prompt + path + their own step) are prefilled once.
+  """
+
+  def __init__(self, engine: Engine, *, transform: str = "tanh5", max_tokens: int | None = None):
+    """Wraps an engine built from a `PPM` with a tokenizer.
+
+    Args:
+      engine: the engine.
+      transform: "raw" (the linear head, as trained), "tanh" (the paper's head) or "tanh5" (`tanh(r / 5)`, the
+        official search-time value).
+      max_tokens: if given, a text is cut to its first `max_tokens` tokens (the official scorer cuts at the
+        context length minus one).
+    """
+    if engine.tokenizer is None:
+      raise ValueError("PPMScorer needs an Engine with a tokenizer")
+    if not engine.is_ppm:
+      raise TypeError("PPMScorer needs an Engine built from a PPM")
+    value_transform(np.zeros(1, np.float32), transform)  # validates the name
+    self.engine = engine
+    self.transform = transform
+    self.max_tokens = max_tokens
+
+  def score(self, texts: Sequence[str]) -> np.ndarray:
+    if isinstance(texts, str):
+      raise TypeError("score() takes a sequence of texts, got one string")
+    ids = self.engine.tokenizer.encode_batch(list(texts))
+    if self.max_tokens is not None:
+      ids = [i[:self.max_tokens] for i in ids]
+    for i, text_ids in enumerate(ids):
+      if not text_ids:
+        raise ValueError(f"text {i} encodes to no tokens: {texts[i]!r}")
+    raw = self.engine.values(ids)
+    return np.asarray(value_transform(raw, self.transform), np.float32)

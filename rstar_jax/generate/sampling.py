@@ -1,0 +1,131 @@
+"""Sampling methods and per-sample random keys.
+
+A sampling method is a small frozen dataclass: hashable, so the jitted decode loop takes it as a static argument and
+compiles once per method, never per call. `method(logits [B, V], keys [B, 2]) -> tokens [B]`.
+
+Keys are per sample, never per batch: sample `j` of a request with seed `s` draws its `t`-th token with
+`fold_in(fold_in(sample_key(s), j), t)`, so what a sample gets does not depend on which other requests share its batch,
+on its row, or on how many samples the request asked for.
+
+Order of the filters is Hugging Face's (`TemperatureLogitsWarper`, `TopKLogitsWarper`, `TopPLogitsWarper`) and vLLM's:
+logits / temperature, then keep the `top_k` largest, then the smallest set of the most likely remaining tokens whose
+probability reaches `top_p`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class SamplingMethod(Protocol):
+  """`logits [B, V] float32`, `keys [B, 2] uint32` (one PRNG key per row, already folded per step) -> `[B] int32`."""
+
+  def __call__(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+  """The most likely token (first index on ties, as `torch.argmax` / HF greedy search)."""
+
+  def __call__(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
+    del keys
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """Ancestral sampling from softmax(logits / temperature), optionally restricted by top-k and top-p.
+
+  Attributes:
+    temperature: > 0. (Use `Greedy` for temperature 0.)
+    top_p: in (0, 1]; 1 disables nucleus filtering.
+    top_k: >= 0; 0 disables top-k filtering.
+  """
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0 (use Greedy() for greedy decoding), got {self.temperature}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if int(self.top_k) != self.top_k or self.top_k < 0:
+      raise ValueError(f"top_k must be a non-negative integer, got {self.top_k}")
+
+  def candidates(self, logits: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """The filtered scaled logits and, when filtering sorted them, the token ids of their columns.
+
+    Args:
+      logits: `[B, V]` float32.
+
+    Returns:
+      `(scores [B, C], ids [B, C] int32 or None)`: scores are logits / temperature, `-inf` where filtered out; `ids`
+      maps column c to its token id (None when no filter applies: then C = V and column c is token c).
+    """
+    scores = logits.astype(jnp.float32) / jnp.float32(self.temperature)
+    vocab = scores.shape[-1]
+    top_k = self.top_k if 0 < self.top_k < vocab else 0
+    if top_k == 0 and self.top_p >= 1:
+      return scores, None
+    # `lax.top_k` sorts descending (stable: lower ids first on ties); with k = V it is a full sort, needed by top-p.
+    scores, ids = jax.lax.top_k(scores, top_k or vocab)
+    if self.top_p < 1:
+      probs = jax.nn.softmax(scores, axis=-1)
+      mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the strictly more likely tokens
+      # Keeps the smallest prefix whose mass reaches top_p (the first token always: its mass_before is 0).
+      scores = jnp.where(mass_before < self.top_p, scores, -jnp.inf)
+    return scores, ids.astype(jnp.int32)
+
+  def __call__(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
+    scores, ids = self.candidates(logits)
+    choice = jax.vmap(jax.random.categorical)(keys, scores).astype(jnp.int32)  # [B]
+    if ids is None:
+      return choice
+    return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """Log-probability of `tokens [B]` under the raw model distribution softmax(`logits [B, V]`), float32 `[B]`.
+
+  These are the policy's log-likelihoods (temperature 1, unfiltered), the same quantity `Engine.loglikelihood` sums.
+  """
+  logits = logits.astype(jnp.float32)
+  picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+  return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def step_keys(sample_keys: jax.Array, step: jax.Array) -> jax.Array:
+  """`sample_keys [B, 2] uint32` -> the keys of decode step `step` `[B, 2]` (the inputs are not consumed)."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(sample_keys, step)
+
+
+@jax.jit
+def _sample_keys(seeds_lo: jax.Array, seeds_hi: jax.Array, sample_index: jax.Array) -> jax.Array:
+  def one(lo, hi, j):
+    key = jax.random.fold_in(jax.random.PRNGKey(lo), hi)
+    return jax.random.fold_in(key, j)
+  return jax.vmap(one)(seeds_lo, seeds_hi, sample_index)
+
+
+def sample_keys(seeds: Sequence[int], sample_index: Sequence[int]) -> np.ndarray:
+  """The PRNG key of sample `sample_index[i]` of a request seeded `seeds[i]`, `[B, 2] uint32` (host array).
+
+  Seeds are any Python ints; they are taken modulo 2**64 and both 32-bit halves enter the key, so distinct 64-bit
+  seeds give distinct streams.
+  """
+  seeds_u64 = np.asarray([int(s) % 2**64 for s in seeds], dtype=np.uint64)
+  lo = (seeds_u64 & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+  hi = (seeds_u64 >> np.uint64(32)).astype(np.uint32)
+  index = np.asarray(sample_index, dtype=np.uint32)
+  if lo.shape != index.shape:
+    raise ValueError(f"seeds and sample_index must have the same length, got {lo.shape} and {index.shape}")
+  if lo.size == 0:
+    return np.zeros((0, 2), np.uint32)
+  return np.asarray(_sample_keys(lo, hi, index))

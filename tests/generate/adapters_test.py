@@ -1,0 +1,68 @@
+"""`EnginePolicy` / `PPMScorer` (the search's Policy / Scorer) and the command line, on text prompts."""
+
+import json
+
+import numpy as np
+import pytest
+from generate_helpers import TEST_BUCKETS, hf_values, load_tiny, tiny_ppm_dir, tiny_tokenizer, tiny_tokenizer_dir
+
+from rstar_jax.generate import Engine, EnginePolicy, Greedy, PPMScorer, Request, Sampling
+from rstar_jax.generate.__main__ import main
+from rstar_jax.models import convert
+from rstar_jax.search.interfaces import Policy, Scorer, StepCandidate
+
+TEXTS = ["Question: what is 6 * 7?\n<|assistant|>: Let's think step by step.\n",
+         "Question: a train leaves at noon.\n<|assistant|>: ",
+         "x = 1\nprint(x)<end_of_step>"]
+
+
+def test_engine_policy_returns_step_candidates_matching_the_engine():
+  tok = tiny_tokenizer()
+  engine = Engine(load_tiny(), tokenizer=tok, buckets=TEST_BUCKETS)
+  policy = EnginePolicy(engine, temperature=0.7, top_k=30, top_p=0.85, max_new_tokens=16)
+  assert isinstance(policy, Policy)
+  stop = ["<end_of_step>", "<end_of_code>", "e"]
+  out = policy.generate(TEXTS, n=3, seeds=[5, 6, 7], stop=stop)
+  assert [len(row) for row in out] == [3, 3, 3]
+  assert all(isinstance(c, StepCandidate) for row in out for c in row)
+  direct = engine.generate([Request(tok.encode(t), n=3, seed=s) for t, s in zip(TEXTS, (5, 6, 7))],
+                           Sampling(0.7, top_k=30, top_p=0.85), max_new_tokens=16, stop=stop)
+  assert [[(c.text, c.stop_reason) for c in row] for row in out] == [[(r.text, r.stop_reason) for r in row]
+                                                                     for row in direct]
+  assert any(c.stopped_at_string for row in out for c in row)
+  with pytest.raises(ValueError, match="seeds"):
+    policy.generate(TEXTS, n=1, seeds=[1], stop=stop)
+
+
+def test_ppm_scorer_values_with_transform():
+  tok = tiny_tokenizer()
+  scorer = PPMScorer(Engine(convert.load_ppm(tiny_ppm_dir()[0]), tokenizer=tok, buckets=TEST_BUCKETS),
+                     transform="tanh5")
+  assert isinstance(scorer, Scorer)
+  values = scorer.score(TEXTS)
+  assert values.dtype == np.float32
+  np.testing.assert_allclose(values, np.tanh(hf_values(tok.encode_batch(TEXTS)) / 5), atol=1e-4)
+
+
+def test_command_line_prints_one_json_line_per_result(tmp_path, capsys):
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("\n".join([json.dumps(TEXTS[0]), json.dumps({"prompt": TEXTS[1], "n": 2, "seed": 9})]) + "\n")
+  from generate_helpers import tiny_hf  # pylint: disable=g-import-not-at-top
+  assert main(["--hf-dir", str(tiny_hf()[0]), "--tokenizer", str(tiny_tokenizer_dir()), "--prompts", str(prompts),
+               "--max-new-tokens", "6", "--stop", "e"]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [(x["prompt_index"], x["sample"]) for x in lines] == [(0, 0), (1, 0), (1, 1)]
+  engine = Engine(load_tiny(), tokenizer=tiny_tokenizer())
+  tok = tiny_tokenizer()
+  expected = engine.generate([Request(tok.encode(TEXTS[0])), Request(tok.encode(TEXTS[1]), n=2, seed=9)], Greedy(),
+                             max_new_tokens=6, stop=["e"])
+  for line, r in zip(lines, [expected[0][0], *expected[1]]):
+    assert (line["text"], line["stop_reason"], tuple(line["token_ids"])) == (r.text, r.stop_reason, r.token_ids)
+    assert line["logprob"] == pytest.approx(r.logprob, abs=1e-5)
+
+
+def test_command_line_reports_bad_prompt_lines(tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('"fine"\n{"prompt": 3}\n')
+  with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+    main(["--hf-dir", str(tmp_path), "--prompts", str(bad)])

@@ -1,0 +1,163 @@
+"""Greedy generation equals `transformers` `generate(do_sample=False)` token for token (tiny random fp32 Qwen2).
+
+One padded batch of 24 prompts of mixed lengths (3..60 tokens): plain, with an EOS id, with stop strings (checked
+against HF's own `StopStringCriteria`), with both, with a context limit; plus a stop string spanning three tokens.
+Every call has the same shapes, so the whole file compiles one set of programs.
+"""
+
+import functools
+
+import numpy as np
+from generate_helpers import TEST_BUCKETS, hf_generate, load_tiny, random_prompts, tiny_tokenizer
+
+from rstar_jax.generate import Engine, Greedy, Request
+
+MAX_NEW = 32
+PROMPTS = random_prompts(seed=1, count=24, low=3, high=60)
+
+
+@functools.cache
+def engine():
+  return Engine(load_tiny(), tokenizer=tiny_tokenizer(), eos_ids=(), buckets=TEST_BUCKETS)
+
+
+@functools.cache
+def reference(eos=None):
+  return hf_generate(PROMPTS, MAX_NEW, eos=eos, pad=0)
+
+
+def _printable_piece(tok, tokens, j, k):
+  text = tok.decode(tokens[j:j + k])
+  return text if text.isascii() and text.isprintable() and text.strip() and len(text) >= 2 else None
+
+
+def test_greedy_matches_transformers_without_stops():
+  ref = reference()
+  results = engine().generate([Request(p) for p in PROMPTS], Greedy(), max_new_tokens=MAX_NEW)
+  assert len({len(p) for p in PROMPTS}) > 10
+  for i, (res,) in enumerate(results):
+    assert res.token_ids == tuple(ref[i].tolist()), f"row {i}"
+    assert res.stop_reason == "length"
+    assert res.text == tiny_tokenizer().decode(ref[i].tolist())
+
+
+def test_greedy_matches_transformers_with_eos():
+  plain = reference()
+  # An id that the greedy continuations actually produce mid-way, so several rows end early on it.
+  counts = np.bincount(plain[:, 2:MAX_NEW // 2].reshape(-1), minlength=512)
+  eos = int(np.argmax(counts))
+  ref = reference(eos=eos)
+  results = engine().generate([Request(p) for p in PROMPTS], Greedy(), max_new_tokens=MAX_NEW, eos_ids=[eos])
+  ended = 0
+  for i, (res,) in enumerate(results):
+    row = ref[i].tolist()
+    if eos in row:
+      row = row[:row.index(eos) + 1]
+      ended += 1
+      assert res.stop_reason == "eos"
+      assert res.text == tiny_tokenizer().decode(row[:-1])
+    else:
+      assert res.stop_reason == "length"
+    assert res.token_ids == tuple(row), f"row {i}"
+  assert ended >= 3
+
+
+def _stop_strings(plain):
+  """Stop strings cut from the greedy texts of a few rows, each spanning a token boundary."""
+  tok = tiny_tokenizer()
+  stops = []
+  for i in range(0, len(PROMPTS), 3):
+    row = plain[i].tolist()
+    for j in range(4, MAX_NEW - 6):
+      a, b = tok.decode(row[j:j + 1]), tok.decode(row[j + 1:j + 2])
+      piece = _printable_piece(tok, row, j, 2)
+      if piece and len(a) >= 1 and len(b) >= 1 and a.isascii() and b.isascii():
+        stops.append(a[-1] + b)  # the last character of token j and all of token j + 1: spans their boundary
+        break
+  return tuple(dict.fromkeys(stops))
+
+
+def test_greedy_matches_transformers_with_stop_strings():
+  plain = reference()
+  stops = _stop_strings(plain)
+  assert len(stops) >= 4
+  # HF pads finished rows only when an EOS criterion exists: give it an id the greedy continuations never produce.
+  unused = int(np.setdiff1d(np.arange(512), plain)[0])
+  ref = hf_generate(PROMPTS, MAX_NEW, eos=unused, pad=unused, stop_strings=list(stops))
+  tok = tiny_tokenizer()
+  results = engine().generate([Request(p) for p in PROMPTS], Greedy(), max_new_tokens=MAX_NEW, stop=stops)
+  stopped = 0
+  for i, (res,) in enumerate(results):
+    full = tok.decode(plain[i].tolist())
+    hits = [(full.find(s), s) for s in stops if s in full]
+    if res.stop_reason == "length":
+      assert res.token_ids == tuple(plain[i].tolist())
+      assert not hits, f"row {i}: missed a stop in {full!r}"
+      continue
+    stopped += 1
+    n = len(res.token_ids)
+    # HF stopped on the same token: same prefix, then padding only.
+    assert res.token_ids == tuple(ref[i, :n].tolist()), f"row {i}"
+    assert (ref[i, n:] == unused).all(), f"row {i}: HF continued past {n} tokens"
+    assert res.token_ids == tuple(plain[i, :n].tolist())
+    # The text ends right before the earliest stop string, which is the reason.
+    text_n = tok.decode(plain[i, :n].tolist())
+    start, stop = min((text_n.find(s), s) for s in stops if s in text_n)
+    assert res.stop_reason == stop
+    assert res.text == text_n[:start]
+    assert not any(s in tok.decode(plain[i, :n - 1].tolist()) for s in stops)  # the n-th token completed it
+  assert stopped >= 4
+
+
+def test_stop_string_spanning_three_tokens():
+  plain = reference()
+  tok = tiny_tokenizer()
+  prompt_index, stop, j = None, None, None
+  for i in range(len(PROMPTS)):
+    row = plain[i].tolist()
+    for j in range(2, MAX_NEW - 4):
+      pieces = [tok.decode(row[j + k:j + k + 1]) for k in range(3)]
+      if all(p.isascii() and p.isprintable() and len(p) >= 1 for p in pieces) and len(pieces[1]) >= 1:
+        candidate = pieces[0][-1] + pieces[1] + pieces[2][:1]
+        earlier = tok.decode(row[:j + 2])  # the stop must first appear with token j + 2
+        if len(pieces[2]) > 1 and candidate not in earlier:
+          prompt_index, stop = i, candidate
+          break
+    if stop:
+      break
+  assert stop is not None
+  # The whole batch (same shapes as the other tests: no new compilation); the checks are on one row.
+  results = engine().generate([Request(p) for p in PROMPTS], Greedy(), max_new_tokens=MAX_NEW, stop=[stop])
+  (res,) = results[prompt_index]
+  row = plain[prompt_index].tolist()
+  text = tok.decode(row[:j + 3])
+  assert res.stop_reason == stop
+  assert res.token_ids == tuple(row[:j + 3])
+  assert res.text == text[:text.find(stop)]
+  assert res.text + stop == text[:text.find(stop) + len(stop)]
+
+
+def test_eos_and_stop_strings_together_match_transformers():
+  plain = reference()
+  stops = _stop_strings(plain)
+  counts = np.bincount(plain[:, 2:MAX_NEW // 2].reshape(-1), minlength=512)
+  eos = int(np.argsort(counts)[-2])  # another frequent id: some rows end on EOS first, others on a stop
+  ref = hf_generate(PROMPTS, MAX_NEW, eos=eos, pad=eos, stop_strings=list(stops))
+  results = engine().generate([Request(p) for p in PROMPTS], Greedy(), max_new_tokens=MAX_NEW, stop=stops,
+                              eos_ids=[eos])
+  reasons = set()
+  for i, (res,) in enumerate(results):
+    n = len(res.token_ids)
+    assert res.token_ids == tuple(ref[i, :n].tolist()), f"row {i}"
+    assert (ref[i, n:] == eos).all(), f"row {i}"
+    reasons.add("stop" if res.stop_reason in stops else res.stop_reason)
+  assert {"stop", "eos"} <= reasons
+
+
+def test_max_context_and_progress_bar():
+  plain = reference()
+  requests = [Request(p) for p in PROMPTS]
+  results = engine().generate(requests, Greedy(), max_new_tokens=MAX_NEW, max_context=50, progress=True)
+  for i, (res,) in enumerate(results):
+    room = max(0, min(MAX_NEW, 50 - len(PROMPTS[i])))
+    assert res.token_ids == tuple(plain[i, :room].tolist()) and res.stop_reason == "length"
