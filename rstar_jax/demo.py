@@ -168,7 +168,8 @@ def main(argv=None) -> int:
        f"'<end_of_step>' -> {tokenizer.encode('<end_of_step>')}")
 
   # 2. Random tiny policy and PPM, exported as HF checkpoints and reloaded.
-  config = ModelConfig.tiny(vocab_size=len(tokenizer))
+  # Embedding rows rounded up past the tokenizer, as real checkpoints do (Qwen2.5: 152064 rows, 151665 tokens).
+  config = ModelConfig.tiny(vocab_size=-(-len(tokenizer) // 64) * 64)
   policy_dir, ppm_dir = os.path.join(workdir, "policy_r0"), os.path.join(workdir, "ppm_r0")
   convert.save_qwen2(Qwen2(config, rngs=nnx.Rngs(0)), policy_dir)
   tokenizer.save(policy_dir)

@@ -139,7 +139,8 @@ class Engine:
     self.pad_id = pad_id
     graphdef, self._params = nnx.split(model)
     rules = tuple((name, tuple(axes)) for name, axes in rules)
-    self._k = kernels_lib.kernels_for(graphdef, self.config, mesh, rules, pad_id)
+    vocab_limit = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
+    self._k = kernels_lib.kernels_for(graphdef, self.config, mesh, rules, pad_id, vocab_limit)
     self.stats: dict[str, Any] = {}
 
   # --- prefill -------------------------------------------------------------------------------------------------------

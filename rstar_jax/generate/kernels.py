@@ -57,8 +57,11 @@ class Kernels:
   """Jitted kernels for one model graph on one mesh (or the default device when `mesh` is None)."""
 
   def __init__(self, graphdef: nnx.GraphDef, config: ModelConfig, mesh: Mesh | None, rules: sharding_lib.Rules,
-               pad_id: int):
+               pad_id: int, vocab_limit: int | None = None):
     self.graphdef, self.config, self.mesh, self.rules, self.pad_id = graphdef, config, mesh, rules, pad_id
+    # Checkpoints often carry more embedding rows than the tokenizer has tokens (Qwen2.5: 152064 vs 151665 + tags);
+    # ids past the tokenizer are never sampled.
+    self.vocab_limit = vocab_limit if vocab_limit is not None and vocab_limit < config.vocab_size else None
     self.shared = jax.jit(self._shared, static_argnames=("cache_len",))
     self.start = jax.jit(self._start, static_argnames=("cache_len", "max_new", "sampler"))
     self.decode = jax.jit(self._decode, static_argnames=("sampler",), donate_argnames=("state",))
@@ -121,8 +124,9 @@ class Kernels:
     hidden, cache = module.model(tokens, positions, mask, cache)
     return hidden, self._constrain_cache(cache)
 
-  @staticmethod
-  def _sample(sampler: SamplingMethod, logits, keys, step):
+  def _sample(self, sampler: SamplingMethod, logits, keys, step):
+    if self.vocab_limit is not None:
+      logits = jnp.where(jnp.arange(logits.shape[-1]) < self.vocab_limit, logits, -jnp.inf)
     token = sampler(logits, step_keys(keys, step))
     return token, token_logprobs(logits, token)
 
@@ -204,7 +208,7 @@ class Kernels:
 
 
 @functools.lru_cache(maxsize=16)
-def kernels_for(graphdef: nnx.GraphDef, config: ModelConfig, mesh: Mesh | None, rules: tuple, pad_id: int
-                ) -> Kernels:
+def kernels_for(graphdef: nnx.GraphDef, config: ModelConfig, mesh: Mesh | None, rules: tuple, pad_id: int,
+                vocab_limit: int | None = None) -> Kernels:
   """The shared `Kernels` of a model graph on a mesh."""
-  return Kernels(graphdef, config, mesh, rules, pad_id)
+  return Kernels(graphdef, config, mesh, rules, pad_id, vocab_limit)

@@ -1,0 +1,36 @@
+"""Ids past the tokenizer's length (spare embedding rows, as Qwen2.5's 152064 vs 151665 + tags) are never sampled."""
+
+import numpy as np
+from generate_helpers import TEST_BUCKETS, load_tiny, tiny_tokenizer
+
+from rstar_jax.generate import Engine, Request, Sampling
+
+
+class _Truncated:
+  """The tiny tokenizer, claiming only its first `size` ids (the model keeps all 512 rows)."""
+
+  def __init__(self, tokenizer, size):
+    self._tokenizer, self._size = tokenizer, size
+    self.eos_id = None
+
+  def __len__(self):
+    return self._size
+
+  def decode(self, ids, skip_special_tokens=False):
+    return self._tokenizer.decode(ids, skip_special_tokens)
+
+  def decode_batch(self, batch, skip_special_tokens=False):
+    return self._tokenizer.decode_batch(batch, skip_special_tokens)
+
+
+def _sampled_ids(tokenizer):
+  engine = Engine(load_tiny(), tokenizer=tokenizer, eos_ids=(), buckets=TEST_BUCKETS)
+  results = engine.generate([Request([1, 2, 3, 4], n=16, seed=0)], Sampling(temperature=3.0), max_new_tokens=16)
+  return np.concatenate([r.token_ids for r in results[0]])
+
+
+def test_ids_past_the_tokenizer_are_never_sampled():
+  full = _sampled_ids(tiny_tokenizer())
+  assert full.max() >= 256  # control: at temperature 3 the upper half of the vocab is drawn
+  limited = _sampled_ids(_Truncated(tiny_tokenizer(), 256))
+  assert limited.size == full.size and limited.max() < 256
