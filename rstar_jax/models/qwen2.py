@@ -139,17 +139,25 @@ class Attention(nnx.Module):
                         config=config, rngs=rngs)
 
   def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, mask: jax.Array,
-               cache_kv: tuple[jax.Array, jax.Array] | None, write_index: jax.Array | None
+               cache_kv: tuple[jax.Array, jax.Array, jax.Array] | None, write_index: jax.Array | None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """`x [B, T, D]`, `mask [B, T, S]` -> `[B, T, D]` and the updated `[B, S, K, H]` cache of this layer."""
+    """`x [B, T, D]`, `mask [B, T, S]` -> `[B, T, D]`.
+
+    `cache_kv = (k, v, layer)`: every layer's cache `[L, B, S, K, H]` and this layer's index; the new keys and
+    values are written in place at `[layer, :, write_index]` and the updated `(k, v)` returned. The whole cache is
+    carried through the layer scan (not scanned over), so a decode step never copies it.
+    """
     q = apply_rope(self.q_proj(x), sin, cos)  # [B, T, N, H]
     k = apply_rope(self.k_proj(x), sin, cos)  # [B, T, K, H]
     v = self.v_proj(x)
     if cache_kv is not None:
-      k_cache, v_cache = cache_kv
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, write_index, 0, 0))
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, write_index, 0, 0))
-      k, v, cache_kv = k_cache, v_cache, (k_cache, v_cache)
+      k_all, v_all, layer = cache_kv
+      start = (layer, 0, write_index, 0, 0)
+      k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
+      v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
+      k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+      v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+      cache_kv = (k_all, v_all)
     q = constrain(q, ("batch", "length", "heads", "head_dim"))
     k = constrain(k, ("batch", "kv_length", "kv_heads", "head_dim"))
     b, t, n, h = q.shape
@@ -238,17 +246,25 @@ class Qwen2Model(nnx.Module):
 
     graphdef, layer_state = nnx.split(self.layers)
 
-    def layer_step(x, per_layer):
-      state, cache_kv = per_layer
-      x, cache_kv = nnx.merge(graphdef, state)(x, sin, cos, mask, cache_kv, write_index)
-      return x, cache_kv
+    if cache is None:
+      def layer_step(x, state):
+        x, _ = nnx.merge(graphdef, state)(x, sin, cos, mask, None, None)
+        return x, None
 
-    if self.remat:
-      layer_step = jax.checkpoint(layer_step, policy=jax.checkpoint_policies.nothing_saveable)
-    cache_kv = None if cache is None else (cache.k, cache.v)
-    x, new_kv = jax.lax.scan(layer_step, x, (layer_state, cache_kv))
-    if cache is not None:
-      cache = KVCache(k=new_kv[0], v=new_kv[1], kv_mask=kv_mask, end_index=cache.end_index + t)
+      if self.remat:
+        layer_step = jax.checkpoint(layer_step, policy=jax.checkpoint_policies.nothing_saveable)
+      x, _ = jax.lax.scan(layer_step, x, layer_state)
+      return self.norm(x), None
+
+    def cached_layer_step(carry, per_layer):
+      x, k_all, v_all = carry
+      state, layer = per_layer
+      x, (k_all, v_all) = nnx.merge(graphdef, state)(x, sin, cos, mask, (k_all, v_all, layer), write_index)
+      return (x, k_all, v_all), None
+
+    layers = jnp.arange(config.num_layers, dtype=jnp.int32)
+    (x, k_all, v_all), _ = jax.lax.scan(cached_layer_step, (x, cache.k, cache.v), (layer_state, layers))
+    cache = KVCache(k=k_all, v=v_all, kv_mask=kv_mask, end_index=cache.end_index + t)
     return self.norm(x), cache
 
 
