@@ -110,7 +110,8 @@ def validate_tree(record: Any, where: str = "<tree>") -> dict[str, Any]:
       if isinstance(c, bool) or not isinstance(c, int) or not 0 < c < len(nodes):
         raise TreeRecordError(f"{nwhere}.children: invalid child id {c!r}")
       if nodes[c].get("parent") != i:
-        raise TreeRecordError(f"{nwhere}.children: node {c} has parent {nodes[c].get('parent')!r}")
+        raise TreeRecordError(f"{where}: nodes[{c}].parent is {nodes[c].get('parent')!r} but nodes[{i}] lists it "
+                              "as a child")
   for i, node in enumerate(nodes):
     parent = node["parent"]
     if i == 0:
