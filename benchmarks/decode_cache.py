@@ -5,9 +5,14 @@
 
 Used to measure carrying the KV cache through the layer scan (in-place writes) against scanning over it.
 """
-import sys, time, importlib.util
-import jax, jax.numpy as jnp, numpy as np
+import importlib.util
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
 from flax import nnx
+
 from rstar_jax.models import ModelConfig
 spec = importlib.util.spec_from_file_location("q", sys.argv[1]); q = importlib.util.module_from_spec(spec); sys.modules["q"] = q; spec.loader.exec_module(q)
 for name, cfg, B, S in [("tiny", ModelConfig.tiny(), 64, 256), ("60m-ish", ModelConfig.tiny(vocab_size=32000, hidden_size=512, intermediate_size=2048, num_layers=12, num_heads=8, num_kv_heads=4), 16, 1024)]:

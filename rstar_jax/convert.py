@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 import numpy as np

@@ -4,7 +4,6 @@ import functools
 
 import jax
 import numpy as np
-import pytest
 from generate_helpers import TEST_BUCKETS, load_tiny, random_prompts, tiny_tokenizer
 
 from rstar_jax import sharding
@@ -16,8 +15,7 @@ STOPS = (" the", "in", "ore")
 
 @functools.cache
 def engines():
-  if len(jax.devices()) < 8:
-    pytest.skip("needs 8 devices (tests/conftest.py sets 8 fake CPU devices)")
+  assert len(jax.devices()) == 8, "tests/conftest.py sets 8 fake CPU devices"
   mesh = sharding.make_mesh(2, 2, 2)
   single = Engine(load_tiny(), tokenizer=tiny_tokenizer(), eos_ids=(), buckets=TEST_BUCKETS)
   sharded = Engine(load_tiny(), tokenizer=tiny_tokenizer(), eos_ids=(), buckets=TEST_BUCKETS, mesh=mesh)
