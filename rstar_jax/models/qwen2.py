@@ -159,8 +159,9 @@ class Attention(nnx.Module):
       cache_kv = (k_all, v_all)
     q = constrain(q, ("batch", "length", "heads", "head_dim"))
     k = constrain(k, ("batch", "kv_length", "kv_heads", "head_dim"))
-    # jax's attention handles the K -> N head grouping itself, takes scores and softmax in float32 and is ~2x faster
-    # on CPU than the equivalent einsum / where / softmax chain (benchmarks/RESULTS.md, model forward).
+    # jax's attention groups the N query heads onto the K kv heads itself and keeps scores and softmax in float32
+    # (and can dispatch to fused kernels on accelerators); on CPU it gives the same values as the explicit
+    # einsum / where / softmax chain, at the same speed within noise (benchmarks/RESULTS.md, model forward).
     out = jax.nn.dot_product_attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype),
                                        mask=mask[:, None, :, :])  # [B, T, N, H]
     return self.o_proj(out), cache_kv
