@@ -95,7 +95,21 @@ def strip_program(code: str) -> str:
   return code
 
 
-class BoundedText(io.TextIOBase):
+class _TextSink(io.TextIOBase):
+  """A writable, non-tty UTF-8 text stream (what `print` and code probing `sys.stdout` expect)."""
+
+  def writable(self) -> bool:
+    return True
+
+  @property
+  def encoding(self) -> str:  # type: ignore[override]
+    return "utf-8"
+
+  def isatty(self) -> bool:
+    return False
+
+
+class BoundedText(_TextSink):
   """A write-only text sink that keeps the head and tail of what it receives, never more.
 
   Memory stays bounded whatever a snippet prints; `value(max_chars)` gives the text with rStar's truncation applied,
@@ -114,16 +128,6 @@ class BoundedText(io.TextIOBase):
   @property
   def keep(self) -> int:
     return self._keep
-
-  def writable(self) -> bool:
-    return True
-
-  @property
-  def encoding(self) -> str:  # type: ignore[override]
-    return "utf-8"
-
-  def isatty(self) -> bool:
-    return False
 
   def write(self, s: str) -> int:
     if self.closed:
@@ -169,7 +173,7 @@ class _BytesToText:
     pass
 
 
-class _Tee(io.TextIOBase):
+class _Tee(_TextSink):
   """stdout during a run: everything goes to `raw`; to `obs` only while `recording`."""
 
   def __init__(self, raw: BoundedText, obs: BoundedText):
@@ -178,16 +182,6 @@ class _Tee(io.TextIOBase):
     self.obs = obs
     self.recording = True
     self.buffer = _BytesToText(self)  # type: ignore[arg-type]
-
-  def writable(self) -> bool:
-    return True
-
-  @property
-  def encoding(self) -> str:  # type: ignore[override]
-    return "utf-8"
-
-  def isatty(self) -> bool:
-    return False
 
   def write(self, s: str) -> int:
     if self.closed:
