@@ -16,6 +16,11 @@ Matmul ceiling: the time of exactly the weight matmuls of one decode step at bat
 every layer, LM head), same shapes and dtype, best of several runs, in the same process. "decode % of ceiling" =
 ceiling step time / our measured decode step time at batch 64 (1.0 would mean decoding costs nothing beyond its
 matmuls). A large square matmul's rate is reported too, as the machine's peak reference.
+
+Hardware floor: the least time any engine could take for a call on this machine, from figures measured in the same
+run: the prefill's FLOPs at the square matmul's rate, plus per decode step the larger of (weights + KV cache read
+once, at the best streaming-read bandwidth) and (its FLOPs at the square matmul's rate). "best possible speedup" =
+HF's wall time / that floor: a goal above it cannot be met on this machine by any engine.
 """
 
 from __future__ import annotations
@@ -89,6 +94,42 @@ def matmul_ceiling(shape: dict, batch: int, repeats: int = 5) -> dict:
     mm(square).block_until_ready()
     sq.append(time.perf_counter() - t)
   return dict(step_s=min(times), gflops=flops / min(times) / 1e9, square_gflops=2 * 2048**3 / min(sq) / 1e9)
+
+
+def read_bandwidth(megabytes: int = 1024, repeats: int = 3) -> float:
+  """Best streaming-read rate in bytes/s: a jitted sum and a numpy sum over `megabytes` of float32, best of both."""
+  x = np.ones(megabytes * 2**20 // 4, np.float32)
+  xj = jnp.asarray(x)
+  total = jax.jit(jnp.sum)
+  total(xj).block_until_ready()
+  best_s = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    total(xj).block_until_ready()
+    best_s = min(best_s, time.perf_counter() - t)
+    t = time.perf_counter()
+    np.add.reduce(x)
+    best_s = min(best_s, time.perf_counter() - t)
+  return x.nbytes / best_s
+
+
+def hardware_floor(shape: dict, batch: int, prompt_len: int, new_tokens: int, peak_flops: float,
+                   bandwidth: float) -> float:
+  """Least seconds for one greedy call on this machine (see the module doc), fp32, tied embeddings."""
+  d, f, v, layers = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"], shape["num_hidden_layers"]
+  hd = d // shape["num_attention_heads"]
+  q, kv = shape["num_attention_heads"] * hd, shape["num_key_value_heads"] * hd
+  layer_params = layers * (d * q + 2 * d * kv + q * d + 3 * d * f)
+  # Prefill: every layer weight once per token, causal attention (QK and PV over the past), LM head at the last token.
+  prefill = 2 * batch * prompt_len * layer_params + 2 * layers * batch * prompt_len**2 * q + 2 * batch * v * d
+  prefill_s = prefill / peak_flops
+  decode_s = 0.0
+  for step in range(1, new_tokens):
+    slots = prompt_len + step
+    read = 4 * (layer_params + v * d + 2 * layers * batch * slots * kv)
+    flops = 2 * batch * (layer_params + v * d) + 4 * layers * batch * slots * q
+    decode_s += max(read / bandwidth, flops / peak_flops)
+  return prefill_s + decode_s
 
 
 def time_ours(engine: Engine, requests: list[Request], new_tokens: int) -> dict:
@@ -173,12 +214,22 @@ def main(argv=None) -> int:
       rows[batch] = row
       print(json.dumps(dict(shape=name, batch=batch, load=_load(), **row)), flush=True)
     result = dict(rows=rows)
+    peaks = [matmul_ceiling(shape, 1, repeats=1)["square_gflops"]]
     if 64 in batches:
       ceiling = matmul_ceiling(shape, 64)
+      peaks.append(ceiling["square_gflops"])
       result.update(ceiling_step_s=ceiling["step_s"], ceiling_gflops=ceiling["gflops"],
                     square_matmul_gflops=ceiling["square_gflops"],
                     decode_pct_of_ceiling=100 * ceiling["step_s"] / rows[64]["ours_decode_step_s"])
-      print(json.dumps(dict(shape=name, **{k: v for k, v in result.items() if k != "rows"})), flush=True)
+    peak = max(peaks) * 1e9  # the best rate seen: the floor must not be pessimistic
+    bandwidth = read_bandwidth()
+    result.update(peak_gflops=peak / 1e9, read_gb_s=bandwidth / 1e9)
+    for batch, row in rows.items():
+      row["floor_s"] = hardware_floor(shape, batch, args.prompt_len, args.new_tokens, peak, bandwidth)
+      row["ours_over_floor"] = row["ours_wall_s"] / row["floor_s"]
+      if "hf_wall_s" in row:
+        row["best_possible_speedup"] = row["hf_wall_s"] / row["floor_s"]
+    print(json.dumps(dict(shape=name, **{k: v for k, v in result.items() if k != "rows"})), flush=True)
     out["shapes"][name] = result
     del engine, hf
   out["env"]["load_at_end"] = _load()
@@ -194,19 +245,23 @@ def main(argv=None) -> int:
 def _print_table(out: dict, args) -> None:
   print(f"\nprompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, fp32; load avg "
         f"{out['env']['load_at_start']} -> {out['env']['load_at_end']}")
-  print("| shape | batch | ours tok/s | HF tok/s | speedup | tokens equal | ours prefill s | ours decode ms/step |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  print("| shape | batch | ours tok/s | HF tok/s | speedup | tokens equal | ours prefill s | ours decode ms/step "
+        "| hardware floor s | ours / floor | best possible speedup |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for name, result in out["shapes"].items():
     for batch, r in result["rows"].items():
       hf = f"{r['hf_tok_s']:.1f}" if "hf_tok_s" in r else "skipped"
       speed = f"{r['speedup']:.1f}x" if "speedup" in r else "-"
       equal = f"{100 * r['tokens_equal']:.0f}%" if "tokens_equal" in r else "-"
+      bound = f"{r['best_possible_speedup']:.1f}x" if "best_possible_speedup" in r else "-"
       print(f"| {name} | {batch} | {r['ours_tok_s']:.1f} | {hf} | {speed} | {equal} | {r['ours_prefill_s']:.3f} | "
-            f"{1e3 * r['ours_decode_step_s']:.2f} |")
+            f"{1e3 * r['ours_decode_step_s']:.2f} | {r['floor_s']:.3f} | {r['ours_over_floor']:.1f}x | {bound} |")
+    print(f"| {name} | peak (square 2048 matmul) {result['peak_gflops']:.1f} GFLOP/s, streaming read "
+          f"{result['read_gb_s']:.1f} GB/s | | | | | | | | | |")
     if "ceiling_step_s" in result:
       print(f"| {name} | matmul ceiling @64: {1e3 * result['ceiling_step_s']:.2f} ms/step "
             f"({result['ceiling_gflops']:.1f} GFLOP/s; square 2048 matmul {result['square_matmul_gflops']:.1f} "
-            f"GFLOP/s); batch-64 decode at {result['decode_pct_of_ceiling']:.0f}% of it | | | | | | |")
+            f"GFLOP/s); batch-64 decode at {result['decode_pct_of_ceiling']:.0f}% of it | | | | | | | | | |")
 
 
 if __name__ == "__main__":

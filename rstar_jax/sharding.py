@@ -137,9 +137,8 @@ def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
 
 
 def cache_sharding(mesh: Mesh, cache_shape: Sequence[int], rules: Rules = DEFAULT_RULES) -> NamedSharding:
-  """Sharding of a `KVCache.k` / `.v` buffer `[L, B, S, K, H]`."""
-  return named_sharding(("layers", "batch", "kv_length", "kv_heads", "head_dim"), cache_shape, mesh, rules,
-                        what="kv cache")
+  """Sharding of one layer's `KVCache.k` / `.v` buffer `[B, K, S, H]`."""
+  return named_sharding(("batch", "kv_heads", "kv_length", "head_dim"), cache_shape, mesh, rules, what="kv cache")
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,

@@ -5,7 +5,7 @@ Letters: B rows (samples), G shared-prefix groups, T level length, S cache slots
 One `generate` call:
   1. host: expand requests into rows (`n` samples of a prompt = `n` rows, each with its own PRNG key), plan the
      prefill (`prefill.plan_prefill`: shared prefixes once, bucketed shapes, left padding);
-  2. device: `shared` kernel prefills the group prefixes into a fresh cache `[L, G, S, K, H]`; `start` kernel copies
+  2. device: `shared` kernel prefills the group prefixes into a fresh cache (L x `[G, K, S, H]`); `start` kernel copies
      each row's group cache row (the `n`-way fork), prefills the rest of the row, and samples token 0;
   3. device: `decode` kernel, a `lax.while_loop` over steps, runs until every row is done (EOS, its length limit) or
      a step budget `stop_at` ends the chunk; its state is donated, so the cache is updated in place;
@@ -46,7 +46,7 @@ from rstar_jax.generate import stops as stops_lib
 from rstar_jax.generate.buckets import Buckets
 from rstar_jax.generate.prefill import Level, PrefillPlan, plan_prefill
 from rstar_jax.generate.sampling import Greedy, SamplingMethod, sample_keys
-from rstar_jax.models import PPM, KVCache, Qwen2
+from rstar_jax.models import PPM, KVCache, Qwen2, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +99,12 @@ class Engine:
                eos_ids: Sequence[int] | None = None, mesh: Mesh | None = None,
                rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES, buckets: Buckets | None = None,
                share_prefixes: bool = True, stop_check_interval: int = 16, max_rows: int | None = None,
-               pad_id: int = 0):
+               pad_id: int = 0, scan_layers: bool = False):
     """Wraps `model`.
 
     Args:
-      model: a `Qwen2` (generate, loglikelihood) or a `PPM` (values). With a mesh, its parameters are placed on the
-        mesh in place (`rstar_jax.sharding.shard_model`).
+      model: a `Qwen2` (generate, loglikelihood) or a `PPM` (values). With a mesh, the parameters the engine runs
+        are placed on the mesh in place (`rstar_jax.sharding.shard_model`).
       tokenizer: decodes text (results' `text`, stop strings); optional for token-only use.
       eos_ids: token ids that end a row; None takes the tokenizer's EOS id (if any).
       mesh: a `(data, fsdp, tensor)` mesh, or None for the default device.
@@ -115,6 +115,10 @@ class Engine:
       stop_check_interval: decode steps between host checks for stop strings.
       max_rows: the most rows one device batch holds; bigger calls run in several batches (memory bound).
       pad_id: the token written at padded and finished positions.
+      scan_layers: False (default) runs the layers as a list (`rstar_jax.models.unstack_layers`): a stacked model's
+        layer weights are copied once into per-layer buffers, which a decode step reads in place (about 2x faster
+        at batch 1 on CPU; drop the stacked model afterwards to free its copy; an unstacked model is used as is).
+        True runs a stacked model's own weights (no copy; each cached step then slices the stacked weights).
     """
     self.config = model.config
     self.is_ppm = isinstance(model, PPM)
@@ -126,6 +130,8 @@ class Engine:
       eos_ids = () if eos is None else (eos,)
     self.eos_ids = tuple(sorted({int(i) for i in eos_ids}))
     self.mesh, self.rules = mesh, rules
+    if not scan_layers:
+      model = unstack_layers(model)
     split = 1
     if mesh is not None:
       sharding_lib.shard_model(model, mesh, rules)

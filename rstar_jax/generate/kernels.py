@@ -100,10 +100,9 @@ class Kernels:
   def _constrain_cache(self, cache: KVCache) -> KVCache:
     if self.mesh is None:
       return cache
-    kv = sharding_lib.cache_sharding(self.mesh, cache.k.shape, self.rules)
-    return cache.replace(k=jax.lax.with_sharding_constraint(cache.k, kv),
-                         v=jax.lax.with_sharding_constraint(cache.v, kv),
-                         kv_mask=self._constrain(cache.kv_mask, ("batch", "kv_length")))
+    kv = sharding_lib.cache_sharding(self.mesh, cache.k[0].shape, self.rules)
+    cache = cache.map_layers(lambda x: jax.lax.with_sharding_constraint(x, kv))
+    return cache.replace(kv_mask=self._constrain(cache.kv_mask, ("batch", "kv_length")))
 
   # --- building blocks -----------------------------------------------------------------------------------------------
 
@@ -113,15 +112,17 @@ class Kernels:
   def _new_cache(self, rows: int, cache_len: int) -> KVCache:
     return self._constrain_cache(KVCache.init(self.config, rows, cache_len))
 
-  def _extend_rows(self, module, cache, row_group, tokens, positions, mask, cache_len):
-    """Copies each row's group cache row (the fork; or starts an empty cache) and prefills `tokens [B, Tr]`."""
+  def _extend_rows(self, module, cache, row_group, tokens, positions, mask, cache_len, prompt_slots=None):
+    """Copies each row's group cache row (the fork; or starts an empty cache) and prefills `tokens [B, Tr]`.
+
+    `prompt_slots` (static): the prompt ends within the first `prompt_slots` slots, so attention stops there.
+    """
     if cache is None:
       cache = self._new_cache(tokens.shape[0], cache_len)
     else:
-      cache = self._constrain_cache(KVCache(
-          k=jnp.take(cache.k, row_group, axis=1), v=jnp.take(cache.v, row_group, axis=1),
-          kv_mask=jnp.take(cache.kv_mask, row_group, axis=0), end_index=cache.end_index))
-    hidden, cache = module.model(tokens, positions, mask, cache)
+      cache = cache.map_layers(lambda x: jnp.take(x, row_group, axis=0))
+      cache = self._constrain_cache(cache.replace(kv_mask=jnp.take(cache.kv_mask, row_group, axis=0)))
+    hidden, cache = module.model(tokens, positions, mask, cache, attend_slots=prompt_slots)
     return hidden, self._constrain_cache(cache)
 
   def _sample(self, sampler: SamplingMethod, logits, keys, step):
@@ -135,14 +136,16 @@ class Kernels:
   def _shared(self, params, tokens, positions, mask, *, cache_len: int) -> KVCache:
     """Prefills group prefixes `tokens [G, Tg]` into a fresh cache of `cache_len` slots."""
     module = self._module(params)
-    _, cache = module.model(tokens, positions, mask, self._new_cache(tokens.shape[0], cache_len))
+    _, cache = module.model(tokens, positions, mask, self._new_cache(tokens.shape[0], cache_len),
+                            attend_slots=tokens.shape[1])
     return self._constrain_cache(cache)
 
   def _start(self, params, cache, row_group, tokens, positions, mask, lengths, limits, valid, keys, eos, *,
              cache_len: int, max_new: int, sampler: SamplingMethod) -> DecodeState:
     """Row-level prefill and token 0 -> the initial decode state (`step` = 1)."""
     module = self._module(params)
-    hidden, cache = self._extend_rows(module, cache, row_group, tokens, positions, mask, cache_len)
+    hidden, cache = self._extend_rows(module, cache, row_group, tokens, positions, mask, cache_len,
+                                      prompt_slots=cache_len - max_new)
     logits = module.logits(hidden[:, -1:])[:, 0]  # [B, V]
     token, logprob = self._sample(sampler, logits, keys, jnp.int32(0))
     token = jnp.where(valid, token, self.pad_id)

@@ -2,9 +2,9 @@
 
 from rstar_jax.models.config import PRESETS, ModelConfig
 from rstar_jax.models.ppm import PPM, ValueHead, last_token_index, value_transform
-from rstar_jax.models.qwen2 import KVCache, ModelOutput, Qwen2, Qwen2Model, default_positions
+from rstar_jax.models.qwen2 import KVCache, ModelOutput, Qwen2, Qwen2Model, default_positions, unstack_layers
 
 __all__ = [
     "PRESETS", "ModelConfig", "PPM", "ValueHead", "last_token_index", "value_transform", "KVCache", "ModelOutput",
-    "Qwen2", "Qwen2Model", "default_positions",
+    "Qwen2", "Qwen2Model", "default_positions", "unstack_layers",
 ]

@@ -50,9 +50,9 @@ class ValueHead(nnx.Module):
 class PPM(nnx.Module):
   """`PPM(config)(tokens, positions, input_mask) -> [B]` raw value at each row's last real token."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False, scan_layers: bool = True):
     self.config = config
-    self.model = Qwen2Model(config, rngs=rngs, remat=remat)
+    self.model = Qwen2Model(config, rngs=rngs, remat=remat, scan_layers=scan_layers)
     self.value_head = ValueHead(config, rngs=rngs)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, input_mask: jax.Array) -> jax.Array:

@@ -13,13 +13,20 @@ Parameter tree (HF name in brackets; `convert.py` holds the transposes between t
   model.layers.{input,post_attention}_layernorm.weight [L, D];  model.norm.weight [D]
   lm_head.kernel                          [D, V]      (lm_head.weight; absent when embeddings are tied)
 
-Decoder layers are stacked along a leading `layers` axis and run with `jax.lax.scan`, so a 28-layer model compiles
-as fast as a 1-layer one. Every parameter carries `logical_axes` metadata; `rstar_jax.sharding` maps those names
-onto the mesh. Numerics: matmuls in `config.dtype`; RMSNorm statistics, RoPE, attention softmax and logits in float32.
+Two layer layouts (MaxText's `scan_layers`), the same weights and results:
+  stacked (default; training, checkpoints, conversion): every layer weight carries a leading `layers` axis and the
+    layers run under `jax.lax.scan`, so a 28-layer model compiles as fast as a 1-layer one;
+  unstacked (`scan_layers=False`, or `unstack_layers(model)`; the generation engine's layout): `model.layers` is a
+    list of L `DecoderLayer`s, each with its own buffers, run by a Python loop. A decode step then reads every
+    weight and cache buffer in place: under a scan, XLA:CPU copies each layer's slice of the stacked weights before
+    its matmuls, which doubled the memory traffic of a batch-1 decode step (benchmarks/RESULTS.md, generation).
+Every parameter carries `logical_axes` metadata; `rstar_jax.sharding` maps those names onto the mesh. Numerics:
+matmuls in `config.dtype`; RMSNorm statistics, RoPE, attention softmax and logits in float32.
 
 Padding and caching: a boolean `input_mask` marks real tokens (left or right padding both work). With a `KVCache`,
 the T new tokens are written at slots `[end_index, end_index + T)`; a query at slot q sees the real slots s <= q. The
 same code is the full forward (no cache), the prefill (cache, T = prompt length) and a decode step (cache, T = 1).
+With a cache the layers always run as a Python loop (each layer's cache is its own buffer, updated in place).
 """
 
 from __future__ import annotations
@@ -38,22 +45,31 @@ from rstar_jax.models.config import ModelConfig
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of every layer for B sequences of up to S slots."""
-  k: jax.Array  # [L, B, S, K, H]
-  v: jax.Array  # [L, B, S, K, H]
+  """Keys and values of every layer for B sequences of up to S slots.
+
+  One buffer per layer, heads before slots (`[B, K, S, H]`): the attention einsums then contract over the cache
+  in its stored layout (batch dims B, K leading) instead of transposing the whole cache every step.
+  """
+  k: tuple[jax.Array, ...]  # L x [B, K, S, H]
+  v: tuple[jax.Array, ...]  # L x [B, K, S, H]
   kv_mask: jax.Array  # [B, S] bool, True = slot holds a real token
   end_index: jax.Array  # [] int32, the first free slot (shared by all rows; pad to align rows)
 
   @classmethod
   def init(cls, config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> "KVCache":
     dtype = jnp.dtype(dtype or config.compute_dtype)
-    shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
-    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+    shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
+    return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+               v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
                kv_mask=jnp.zeros((batch_size, max_len), bool), end_index=jnp.zeros((), jnp.int32))
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[2]
+    return self.kv_mask.shape[1]
+
+  def map_layers(self, fn) -> "KVCache":
+    """Applies `fn` to every layer's key and value buffer `[B, K, S, H]`."""
+    return self.replace(k=tuple(fn(x) for x in self.k), v=tuple(fn(x) for x in self.v))
 
 
 @flax.struct.dataclass
@@ -75,18 +91,29 @@ def _param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], con
 
 
 class Dense(nnx.Module):
-  """A linear map written as an einsum over named weight dims (`"BTD,DNH->BTNH"`), with optional bias."""
+  """A linear map written as an einsum over named weight dims (`"BTD,DNH->BTNH"`), with optional bias.
+
+  Runs as one `dot_general` contracting the shared dims in the kernel's order (`jnp.einsum` sorts them, which for
+  `"BTNH,NHD->BTD"` contracts (H, N) and makes XLA transpose the `[N, H, D]` kernel on every call).
+  """
 
   def __init__(self, equation: str, kernel_shape: Sequence[int], kernel_axes: Sequence[str | None],
                bias_shape: Sequence[int] | None, bias_axes: Sequence[str | None] | None, *,
                config: ModelConfig, rngs: nnx.Rngs):
+    inputs, out = equation.split("->")
+    lhs, rhs = inputs.split(",")
+    contract = [c for c in rhs if c in lhs and c not in out]
+    if "".join(c for c in lhs + rhs if c not in contract) != out:
+      raise ValueError(f"Dense equation {equation!r}: output must be lhs free dims then kernel free dims")
     self.equation = equation
+    self.dimension_numbers = (((tuple(lhs.index(c) for c in contract)), tuple(rhs.index(c) for c in contract)),
+                              ((), ()))
     self.dtype = config.compute_dtype
     self.kernel = _param(rngs, kernel_shape, kernel_axes, config)
     self.bias = _param(rngs, bias_shape, bias_axes, config, "zeros") if bias_shape is not None else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.dimension_numbers)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -121,6 +148,26 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
   return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
 
 
+def cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query attention over a cache in its stored layout.
+
+  `q [B, T, N, H]`, `k_cache, v_cache [B, K, S, H]`, `mask [B, T, S]` -> `[B, T, N, H]`. The G = N / K query heads
+  of a kv head and the T queries are folded into one axis, so both einsums are plain batched matmuls over (B, K)
+  that read the cache without a transpose. Scores and softmax in float32 (as HF's eager attention).
+  """
+  b, t, n, h = q.shape
+  k = k_cache.shape[1]
+  g = n // k
+  qg = q.reshape(b, t, k, g, h).transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)  # [B, K, G*T, H]
+  scores = jnp.einsum("BKQH,BKSH->BKQS", qg, k_cache.astype(q.dtype), preferred_element_type=jnp.float32)
+  scores = scores * (1.0 / h ** 0.5)
+  visible = jnp.broadcast_to(mask[:, None, None], (b, 1, g, t, mask.shape[-1])).reshape(b, 1, g * t, -1)
+  scores = jnp.where(visible, scores, jnp.float32(-1e30))
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  out = jnp.einsum("BKQS,BKSH->BKQH", probs, v_cache.astype(q.dtype))  # [B, K, G*T, H]
+  return out.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
 class Attention(nnx.Module):
   """Grouped-query attention with q/k/v bias and no output bias."""
 
@@ -138,33 +185,34 @@ class Attention(nnx.Module):
                         config=config, rngs=rngs)
 
   def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, mask: jax.Array,
-               cache_kv: tuple[jax.Array, jax.Array, jax.Array] | None, write_index: jax.Array | None
+               cache_kv: tuple[jax.Array, jax.Array] | None, write_index: jax.Array | None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """`x [B, T, D]`, `mask [B, T, S]` -> `[B, T, D]`.
 
-    `cache_kv = (k, v, layer)`: every layer's cache `[L, B, S, K, H]` and this layer's index; the new keys and
-    values are written in place at `[layer, :, write_index]` and the updated `(k, v)` returned. The whole cache is
-    carried through the layer scan (not scanned over), so a decode step never copies it.
+    `cache_kv = (k, v)`: this layer's cache `[B, K, S, H]`; the new keys and values are written in place at slots
+    `[write_index, write_index + T)` and the updated `(k, v)` returned.
     """
     q = apply_rope(self.q_proj(x), sin, cos)  # [B, T, N, H]
     k = apply_rope(self.k_proj(x), sin, cos)  # [B, T, K, H]
     v = self.v_proj(x)
-    if cache_kv is not None:
-      k_all, v_all, layer = cache_kv
-      start = (layer, 0, write_index, 0, 0)
-      k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
-      v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-      k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
-      v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
-      cache_kv = (k_all, v_all)
     q = constrain(q, ("batch", "length", "heads", "head_dim"))
+    if cache_kv is not None:
+      k_cache, v_cache = cache_kv
+      start = (0, 0, write_index, 0)
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), start)
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), start)
+      k_cache = constrain(k_cache, ("batch", "kv_heads", "kv_length", "head_dim"))
+      v_cache = constrain(v_cache, ("batch", "kv_heads", "kv_length", "head_dim"))
+      window = mask.shape[-1]  # attend to the first `window` slots only (see `Qwen2Model.__call__`)
+      out = cached_attention(q.astype(self.dtype), k_cache[:, :, :window], v_cache[:, :, :window], mask)
+      return self.o_proj(out), (k_cache, v_cache)
     k = constrain(k, ("batch", "kv_length", "kv_heads", "head_dim"))
     # jax's attention groups the N query heads onto the K kv heads itself and keeps scores and softmax in float32
     # (and can dispatch to fused kernels on accelerators); on CPU it gives the same values as the explicit
     # einsum / where / softmax chain, at the same speed within noise (benchmarks/RESULTS.md, model forward).
     out = jax.nn.dot_product_attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype),
                                        mask=mask[:, None, :, :])  # [B, T, N, H]
-    return self.o_proj(out), cache_kv
+    return self.o_proj(out), None
 
 
 class MLP(nnx.Module):
@@ -213,21 +261,38 @@ def _stacked_layers(config: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
 
 
 class Qwen2Model(nnx.Module):
-  """The backbone: token embedding, stacked decoder layers, final norm (HF `Qwen2Model`)."""
+  """The backbone: token embedding, decoder layers (stacked or a list, see the module doc), final norm (HF
+  `Qwen2Model`)."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False, scan_layers: bool = True):
     self.config = config
     self.remat = remat
+    self.scan_layers = scan_layers
     self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=config.compute_dtype,
                                   param_dtype=config.weight_dtype, rngs=rngs,
                                   embedding_init=nnx.initializers.normal(config.initializer_range))
     self.embed_tokens.embedding.set_metadata("logical_axes", ("vocab", "embed"))
-    self.layers = _stacked_layers(config, rngs)
+    if scan_layers:
+      self.layers = _stacked_layers(config, rngs)
+    else:
+      self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
     self.norm = RMSNorm(config, rngs=rngs)
 
+  def _layer_list(self) -> list[DecoderLayer]:
+    """The L layers as modules (for a stacked model, each merges its static slice of the stacked weights)."""
+    if not self.scan_layers:
+      return list(self.layers)
+    graphdef, state = nnx.split(self.layers)
+    return [nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], state)) for i in range(self.config.num_layers)]
+
   def __call__(self, tokens: jax.Array, positions: jax.Array, input_mask: jax.Array,
-               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-    """`tokens, positions [B, T] int32`, `input_mask [B, T] bool` -> hidden `[B, T, D]`, updated cache."""
+               cache: KVCache | None = None, attend_slots: int | None = None) -> tuple[jax.Array, KVCache | None]:
+    """`tokens, positions [B, T] int32`, `input_mask [B, T] bool` -> hidden `[B, T, D]`, updated cache.
+
+    `attend_slots` (static, with a cache): attention reads only the first `attend_slots` cache slots; the caller
+    guarantees `end_index + T <= attend_slots`. A prefill into a cache sized for prompt + generation passes the
+    prompt's slots, so it does not score the empty generation slots (a third of a 128 + 64 prefill's attention).
+    """
     config = self.config
     t = tokens.shape[1]
     x = constrain(self.embed_tokens(tokens).astype(config.compute_dtype), ("batch", "length", "embed"))
@@ -240,10 +305,12 @@ class Qwen2Model(nnx.Module):
       q_slots = write_index + jnp.arange(t)
     s = kv_mask.shape[1]
     mask = kv_mask[:, None, :] & (jnp.arange(s)[None, None, :] <= q_slots[None, :, None])  # [B, T, S]
+    if cache is not None and attend_slots is not None:
+      mask = mask[:, :, :attend_slots]
 
-    graphdef, layer_state = nnx.split(self.layers)
+    if cache is None and self.scan_layers:
+      graphdef, layer_state = nnx.split(self.layers)
 
-    if cache is None:
       def layer_step(x, state):
         x, _ = nnx.merge(graphdef, state)(x, sin, cos, mask, None, None)
         return x, None
@@ -253,24 +320,50 @@ class Qwen2Model(nnx.Module):
       x, _ = jax.lax.scan(layer_step, x, layer_state)
       return self.norm(x), None
 
-    def cached_layer_step(carry, per_layer):
-      x, k_all, v_all = carry
-      state, layer = per_layer
-      x, (k_all, v_all) = nnx.merge(graphdef, state)(x, sin, cos, mask, (k_all, v_all, layer), write_index)
-      return (x, k_all, v_all), None
+    def run_layer(layer, x, cache_kv):
+      return layer(x, sin, cos, mask, cache_kv, write_index)
 
-    layers = jnp.arange(config.num_layers, dtype=jnp.int32)
-    (x, k_all, v_all), _ = jax.lax.scan(cached_layer_step, (x, cache.k, cache.v), (layer_state, layers))
-    cache = KVCache(k=k_all, v=v_all, kv_mask=kv_mask, end_index=cache.end_index + t)
+    if self.remat:
+      run_layer = nnx.remat(run_layer, policy=jax.checkpoint_policies.nothing_saveable)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self._layer_list()):
+      x, cache_kv = run_layer(layer, x, None if cache is None else (cache.k[i], cache.v[i]))
+      if cache_kv is not None:
+        new_k.append(cache_kv[0])
+        new_v.append(cache_kv[1])
+    if cache is not None:
+      cache = KVCache(k=tuple(new_k), v=tuple(new_v), kv_mask=kv_mask, end_index=cache.end_index + t)
     return self.norm(x), cache
+
+
+def unstack_layers(model: nnx.Module) -> nnx.Module:
+  """A copy of a `Qwen2` / `PPM` / `Qwen2Model` with its layers as a list (`scan_layers=False`).
+
+  Each layer's weights become their own buffers (a slice of the stacked weight: the layer weights are copied once;
+  every other parameter is shared with `model`). Their `logical_axes` lose the leading `layers` name, so the copy
+  shards by the same rules. A model already unstacked is returned as is.
+  """
+  backbone = model if isinstance(model, Qwen2Model) else model.model
+  if not backbone.scan_layers:
+    return model
+  abstract = nnx.eval_shape(
+      lambda: type(model)(backbone.config, rngs=nnx.Rngs(0), remat=backbone.remat, scan_layers=False))
+  source = nnx.to_pure_dict(nnx.state(model))
+  layers_parent = source if isinstance(model, Qwen2Model) else source["model"]
+  stacked = layers_parent["layers"]
+  layers_parent["layers"] = {i: jax.tree.map(lambda w, i=i: w[i], stacked) for i in range(backbone.config.num_layers)}
+  state = nnx.state(abstract)
+  nnx.replace_by_pure_dict(state, source)
+  nnx.update(abstract, state)
+  return abstract
 
 
 class Qwen2(nnx.Module):
   """Causal LM (HF `Qwen2ForCausalLM`): backbone + LM head (tied to the embedding or its own `[D, V]` kernel)."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, remat: bool = False, scan_layers: bool = True):
     self.config = config
-    self.model = Qwen2Model(config, rngs=rngs, remat=remat)
+    self.model = Qwen2Model(config, rngs=rngs, remat=remat, scan_layers=scan_layers)
     if config.tie_word_embeddings:
       self.lm_head = None
     else:

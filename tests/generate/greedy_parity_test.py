@@ -161,3 +161,13 @@ def test_max_context_and_progress_bar():
   for i, (res,) in enumerate(results):
     room = max(0, min(MAX_NEW, 50 - len(PROMPTS[i])))
     assert res.token_ids == tuple(plain[i, :room].tolist()) and res.stop_reason == "length"
+
+
+def test_stacked_layers_engine_matches_transformers():
+  # `scan_layers=True` runs the caller's stacked weights (each cached step slices them) instead of a per-layer copy.
+  stacked = Engine(load_tiny(), tokenizer=tiny_tokenizer(), eos_ids=(), buckets=TEST_BUCKETS, scan_layers=True)
+  assert stacked._params["model"]["layers"]["self_attn"]["q_proj"]["kernel"].ndim == 4  # [L, D, N, H]
+  ref = reference()
+  results = stacked.generate([Request(p) for p in PROMPTS], Greedy(), max_new_tokens=MAX_NEW)
+  for i, (res,) in enumerate(results):
+    assert res.token_ids == tuple(ref[i].tolist()), f"row {i}"

@@ -8,7 +8,7 @@ import torch
 from conftest import random_padded_batch
 from flax import nnx
 
-from rstar_jax.models import KVCache, ModelConfig, Qwen2, default_positions
+from rstar_jax.models import KVCache, ModelConfig, Qwen2, default_positions, unstack_layers
 from rstar_jax.models import convert
 
 # (tied, query heads per kv head 1 / 2 / 7, rope theta 1e4 / 1e6, odd sizes)
@@ -29,10 +29,14 @@ def _reference(hf, tokens, mask):
   return out.logits.numpy(), out.hidden_states[-1].numpy()
 
 
+@pytest.mark.parametrize("layout", ["stacked", "unstacked"])
 @pytest.mark.parametrize("name", sorted(PARITY_CONFIGS))
-def test_logits_and_hidden_match_transformers(hf_qwen2_factory, name):
+def test_logits_and_hidden_match_transformers(hf_qwen2_factory, name, layout):
   path, hf = hf_qwen2_factory(**PARITY_CONFIGS[name])
   model = convert.load_qwen2(path)
+  if layout == "unstacked":
+    model = unstack_layers(model)
+    assert isinstance(model.model.layers, nnx.List) and len(model.model.layers) == hf.config.num_hidden_layers
   rng = np.random.default_rng(1)
   tokens, mask = random_padded_batch(rng, hf.config.vocab_size, batch=4, length=13)
   ref_logits, ref_hidden = _reference(hf, tokens, mask)
@@ -42,9 +46,14 @@ def test_logits_and_hidden_match_transformers(hf_qwen2_factory, name):
   np.testing.assert_allclose(np.asarray(out.hidden)[mask], ref_hidden[mask], atol=1e-4, rtol=0)
 
 
-def test_prefill_then_decode_equals_full_forward():
-  config = ModelConfig.tiny(num_layers=3, tie_word_embeddings=False)
+@pytest.mark.parametrize("layout", ["stacked", "unstacked"])
+@pytest.mark.parametrize("heads", [(4, 2), (7, 1)])
+def test_prefill_then_decode_equals_full_forward(layout, heads):
+  config = ModelConfig.tiny(num_layers=3, num_heads=heads[0], num_kv_heads=heads[1], hidden_size=56,
+                            tie_word_embeddings=False)
   model = Qwen2(config, rngs=nnx.Rngs(0))
+  if layout == "unstacked":
+    model = unstack_layers(model)
   rng = np.random.default_rng(0)
   tokens, mask = random_padded_batch(rng, config.vocab_size, batch=3, length=12)
   tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
@@ -68,6 +77,20 @@ def test_prefill_then_decode_equals_full_forward():
   m = np.asarray(mask)
   np.testing.assert_allclose(np.asarray(decoded)[m], np.asarray(full)[m], atol=1e-4, rtol=0)
   assert int(cache.end_index) == 12
+  assert len(cache.k) == 3 and cache.k[0].shape == (3, config.num_kv_heads, 16, config.head_dim)
+
+
+def test_unstack_layers_shares_weights_and_drops_the_layers_axis():
+  config = ModelConfig.tiny(num_layers=2)
+  model = Qwen2(config, rngs=nnx.Rngs(0))
+  flat = unstack_layers(model)
+  assert unstack_layers(flat) is flat
+  assert flat.model.embed_tokens.embedding[...] is model.model.embed_tokens.embedding[...]
+  for l in range(2):
+    q = flat.model.layers[l].self_attn.q_proj.kernel
+    np.testing.assert_array_equal(q[...], model.model.layers.self_attn.q_proj.kernel[...][l])
+    assert q.get_metadata()["logical_axes"] == ("embed", "heads", "head_dim")
+  assert model.model.layers.self_attn.q_proj.kernel.get_metadata()["logical_axes"][0] == "layers"
 
 
 def test_bf16_compute_keeps_fp32_logits_close():
