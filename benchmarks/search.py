@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rstar_jax.grading import Grader
@@ -75,7 +77,7 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts):
 
   Returns:
     `(kernel seconds [iters], object-tree seconds [iters], agreement of the selected nodes,
-    final kernel tree)`.
+    final kernel tree, select loop steps [iters])`.
   """
   rule = SelectionRule("official", 2.0)
   # Compile (and warm up) on a throwaway tree of the same shapes.
@@ -86,7 +88,7 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts):
   picked = np.asarray(out.node)
   objs = [ObjectTree("official", 2.0, rollouts, float32=False, num_actions=actions)
           for _ in range(trees)]
-  k_times, o_times, agree = [], [], []
+  k_times, o_times, agree, steps = [], [], [], []
   for spec in workload:
     count, reason, value, scope = spec
     start = time.perf_counter()
@@ -104,7 +106,77 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts):
     tree, out = expand_and_select(tree, _expansion(picked, spec), rule)  # numpy in: one transfer
     picked = np.asarray(out.node)  # the driver's one device -> host read per iteration
     k_times.append(time.perf_counter() - start)
-  return k_times, o_times, float(np.mean(agree)), tree
+    steps.append(int(out.steps))  # read after the timing (the driver does not need it)
+  return k_times, o_times, float(np.mean(agree)), tree, steps
+
+
+def bench_kernels_alone(workload, trees, nodes, actions, rollouts, repeats=3):
+  """The kernels' part of `bench_tree_ops` replayed on its own (same simulations, no object tree in between):
+  per simulation, the median over `repeats` replays. Interleaving with the object tree, whose ~10^5 Python
+  objects go through the caches between two kernel calls, makes each kernel call start cold; this is the warm
+  figure (the driver sits between the two: its host work also runs between kernel calls)."""
+  rule = SelectionRule("official", 2.0)
+  times = []
+  for _ in range(repeats):
+    tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
+    picked = np.asarray(out.node)
+    run = []
+    for spec in workload:
+      start = time.perf_counter()
+      tree, out = expand_and_select(tree, _expansion(picked, spec), rule)
+      picked = np.asarray(out.node)
+      run.append(time.perf_counter() - start)
+    times.append(run)
+  return [statistics.median(column) for column in zip(*times)]
+
+
+_FREE_OPS = ("parameter", "get-tuple-element", "constant", "bitcast", "tuple")
+
+
+def compiled_op_counts(trees, nodes, actions, rollouts, spec):
+  """Operations XLA runs in one `expand_and_select` call: `(outside the select loop, per loop step)`
+  (instructions of the compiled entry and while-body computations, minus free ones such as bitcasts)."""
+  rule = SelectionRule("official", 2.0)
+  tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
+  text = expand_and_select.lower(tree, _expansion(np.asarray(out.node), spec), rule).compile().as_text()
+  computations = {}
+  for block in re.split(r"\n\s*\n", text):
+    head = block.strip().split("\n", 1)[0]
+    name = re.match(r"(?:ENTRY )?%?([\w.\-]+)", head)
+    if name:
+      computations["ENTRY" if head.startswith("ENTRY") else name.group(1)] = block
+
+  def count(block):
+    ops = re.findall(r"= \S+ ([a-z][\w\-]*)\(", block)
+    return sum(op not in _FREE_OPS for op in ops)
+
+  bodies = re.findall(r"while\(.*?body=%([\w.\-]+)", computations["ENTRY"])
+  return count(computations["ENTRY"]) - len(bodies), sum(count(computations[b]) for b in bodies)
+
+
+def loop_step_floor(trees, nodes, repeats=50):
+  """Seconds per step of a minimal `while_loop` on this machine: one `[B, N]` gather + one fused
+  update per step (what any lockstep descent pays per level before doing its own work)."""
+  @jax.jit
+  def loop(x, table, n):
+    def body(s):
+      i, x = s
+      g = jnp.take_along_axis(table, x[:, None] % nodes, axis=1)[:, 0]
+      return i + 1, (3 * x + g) % 1000
+    return jax.lax.while_loop(lambda s: s[0] < n, body, (0, x))[1]
+
+  x = jnp.arange(trees, dtype=jnp.int32)
+  table = jnp.ones((trees, nodes), jnp.int32)
+  times = {}
+  for n in (1, 33):
+    loop(x, table, n).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+      start = time.perf_counter()
+      loop(x, table, n).block_until_ready()
+      best = min(best, time.perf_counter() - start)
+    times[n] = best
+  return (times[33] - times[1]) / 32
 
 
 def bench_driver(trees, nodes, actions, iters_rollouts, seed=0):
@@ -149,8 +221,12 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   workload = make_workload(0, args.trees, args.actions, args.iters)
-  k_times, o_times, agree, k_tree = bench_tree_ops(workload, args.trees, args.nodes, args.actions,
-                                                   args.rollouts)
+  k_times, o_times, agree, k_tree, steps = bench_tree_ops(workload, args.trees, args.nodes, args.actions,
+                                                          args.rollouts)
+  alone = statistics.median(bench_kernels_alone(workload, args.trees, args.nodes, args.actions, args.rollouts))
+  floor = loop_step_floor(args.trees, args.nodes)
+  entry_ops, step_ops = compiled_op_counts(args.trees, args.nodes, args.actions, args.rollouts, workload[0])
+  ops = entry_ops + statistics.median(steps) * step_ops
   sizes = np.asarray(k_tree.num_nodes)
   k_med, o_med = statistics.median(k_times), statistics.median(o_times)
   stats, wall = bench_driver(args.trees, args.nodes, args.actions, args.driver_rollouts)
@@ -159,6 +235,10 @@ def main(argv=None) -> int:
       "actions": args.actions, "simulations": args.iters,
       "kernel_ms_per_simulation": 1e3 * k_med, "object_tree_ms_per_simulation": 1e3 * o_med,
       "speedup": o_med / k_med, "selection_agreement": agree,
+      "kernel_alone_ms_per_simulation": 1e3 * alone, "speedup_kernel_alone": o_med / alone,
+      "select_steps_per_simulation": statistics.median(steps),
+      "xla_ops_per_call": entry_ops, "xla_ops_per_select_step": step_ops, "xla_ops_per_simulation": ops,
+      "kernel_alone_us_per_op": 1e6 * alone / ops, "minimal_loop_step_us": 1e6 * floor,
       "mean_nodes_per_tree": float(sizes.mean()),
       "driver": {"iterations": stats.iterations, "wall_s": wall, "kernel_s": stats.kernel_s,
                  "kernel_share": stats.kernel_s / stats.total_s,
@@ -173,6 +253,12 @@ def main(argv=None) -> int:
   print(f"tree kernels   {1e3 * k_med:9.2f} ms / simulation (median)")
   print(f"object tree    {1e3 * o_med:9.2f} ms / simulation (median)")
   print(f"speed-up       {o_med / k_med:9.1f}x   (selections agree: {100 * agree:.1f}%)")
+  print(f"tree kernels alone {1e3 * alone:5.2f} ms / simulation (same simulations replayed without the object "
+        f"tree in between: {o_med / alone:.1f}x the object tree)")
+  print(f"XLA ops        {ops:9.0f} / simulation ({entry_ops} per call + {step_ops} per select loop step x "
+        f"{result['select_steps_per_simulation']:.1f} steps, the batch's deepest descent): "
+        f"{result['kernel_alone_us_per_op']:.1f} us per op alone; a minimal while-loop step (one [B, N] "
+        f"gather) costs {result['minimal_loop_step_us']:.1f} us here")
   d = result["driver"]
   print(f"full MCTS iteration (fake policy/sandbox/PPM, {args.driver_rollouts} rollouts, "
         f"{d['iterations']} iterations, {wall:.1f} s): tree kernels {100 * d['kernel_share']:.1f}% "

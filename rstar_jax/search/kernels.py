@@ -66,6 +66,7 @@ class SelectOutput(NamedTuple):
   """What the host reads after `select` (the only per-step device -> host transfer)."""
   node: jax.Array     # [B] int32, node to expand, NO_NODE when the tree has finished
   rollout: jax.Array  # [B] int32, index of the rollout that expands it (for seeding)
+  steps: jax.Array    # [] int32, descent loop steps this call ran (the longest descent of the batch)
 
 
 def uct_scores(n_child: jax.Array, w_child: jax.Array, selectable: jax.Array, n_parent: jax.Array,
@@ -138,6 +139,7 @@ def _fields(tree: Tree) -> dict[str, jax.Array]:
 
 class _Descent(NamedTuple):
   """Loop state of `select`, batched over trees (the big arrays only change through scatters)."""
+  steps: jax.Array         # [] int32, loop steps so far
   node: jax.Array          # [B] int32, current node; NO_NODE: the next rollout must start
   depth: jax.Array         # [B] int32, depth of `node`
   rollouts: jax.Array      # [B] int32
@@ -198,6 +200,7 @@ def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
     wants = unexpanded | child_unexpanded
     marked = jnp.where(dead_end, safe, num_slots)
     return _Descent(
+        steps=s.steps + 1,
         node=jnp.where(live, jnp.where(moved, best, NO_NODE), s.node).astype(jnp.int32),
         depth=depth + moved.astype(jnp.int32),
         rollouts=rollouts,
@@ -211,7 +214,7 @@ def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
     )
 
   init = _Descent(
-      node=tree.cursor, depth=_take(tree.depth, jnp.maximum(tree.cursor, 0)),
+      steps=jnp.int32(0), node=tree.cursor, depth=_take(tree.depth, jnp.maximum(tree.cursor, 0)),
       rollouts=tree.rollouts, terminal=tree.terminal, reason=tree.terminal_reason, path=tree.path,
       selected=jnp.full_like(tree.cursor, NO_NODE), out_of_nodes=tree.out_of_nodes,
       done=tree.out_of_nodes)
@@ -219,7 +222,7 @@ def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
   new = dataclasses.replace(tree, terminal=out.terminal, terminal_reason=out.reason, path=out.path,
                             cursor=out.selected, rollouts=out.rollouts,
                             out_of_nodes=out.out_of_nodes)
-  return new, SelectOutput(node=out.selected, rollout=out.rollouts - 1)
+  return new, SelectOutput(node=out.selected, rollout=out.rollouts - 1, steps=out.steps)
 
 
 class Expansion(NamedTuple):
@@ -290,7 +293,9 @@ def expand_and_backup(tree: Tree, expansion: Expansion) -> Tree:
   path_count = jnp.sum(along.astype(jnp.int32), axis=1)  # [B]
   path_value = jnp.sum(jnp.where(along, expansion.value, 0.0), axis=1)  # [B]
   has = expansion.parent != NO_NODE
-  parent_depth = _take(tree.depth, jnp.maximum(expansion.parent, 0))
+  # Read from the updated field (the parent's depth is unchanged): reading the donated input after its scatter
+  # would make XLA copy the whole [B, N] array first.
+  parent_depth = _take(fields["depth"], jnp.maximum(expansion.parent, 0))
   on_path = has[:, None] & (jnp.arange(path_length)[None, :] <= parent_depth[:, None])  # [B, L]
   index = jnp.where(on_path, tree.path, num_slots)  # [B, L]
   fields["visits"] = _batch_add(fields["visits"], jnp.broadcast_to(path_count[:, None], index.shape),

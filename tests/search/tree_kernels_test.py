@@ -226,3 +226,20 @@ def test_kernels_compile_once():
     tree = expand_and_backup(tree, _expansion(specs, nodes))
   assert select._cache_size() == 1  # pylint: disable=protected-access
   assert expand_and_backup._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_select_reports_its_descent_steps():
+  # By hand (official preset): a fresh root is picked in one step; after the root gets two plain children the
+  # continuing rollout moves to child 1 (ties go first) and stops there, one step; once child 1's only child is a
+  # terminal answer, the next select marks child 1 terminal (all children terminal), ends that rollout, starts the
+  # next at the root and moves to child 2: two steps.
+  rule = SelectionRule("official", 2.0)
+  tree = init_tree(1, N, A, np.array([4]), MAX_DEPTH, np.zeros(1, np.uint32))
+  tree, out = select(tree, rule)
+  assert (int(out.node[0]), int(out.steps)) == (0, 1)
+  plain = [(Reason.NONE, 0.5, None), (Reason.NONE, 0.5, None)]
+  tree, out = select(expand_and_backup(tree, _expansion([plain], [0])), rule)
+  assert (int(out.node[0]), int(out.steps)) == (1, 1)
+  tree, out = select(expand_and_backup(tree, _expansion([[(Reason.ANSWER, 1.0, "path")]], [1])), rule)
+  assert (int(out.node[0]), int(out.steps)) == (2, 2)
+  assert bool(tree.terminal[0, 1]) and int(tree.terminal_reason[0, 1]) == int(Reason.ALL_CHILDREN_TERMINAL)
