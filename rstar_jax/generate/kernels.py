@@ -75,15 +75,19 @@ class Kernels:
     names = tuple(names) if names is not None else ("batch",) + (None,) * (len(shape) - 1)
     return sharding_lib.named_sharding(names, shape, self.mesh, self.rules, what="generation input")
 
-  def put(self, x: np.ndarray) -> jax.Array:
-    """Host array with a leading batch dim -> device, batch split over the mesh."""
+  def put(self, x: np.ndarray) -> jax.Array | np.ndarray:
+    """Host array with a leading batch dim -> device, batch split over the mesh.
+
+    Without a mesh the numpy array is returned as is: a jitted kernel takes it to the device as part of its call,
+    which costs less than one dispatch per input (~0.5 ms per generate call for 8 inputs here).
+    """
     if self.mesh is None:
-      return jnp.asarray(x)
+      return np.asarray(x)
     return jax.device_put(x, self.batch_sharding(x.shape))
 
-  def put_replicated(self, x: np.ndarray) -> jax.Array:
+  def put_replicated(self, x: np.ndarray) -> jax.Array | np.ndarray:
     if self.mesh is None:
-      return jnp.asarray(x)
+      return np.asarray(x)
     return jax.device_put(x, NamedSharding(self.mesh, PartitionSpec()))
 
   def context(self):
