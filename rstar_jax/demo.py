@@ -196,7 +196,7 @@ def main(argv=None) -> int:
 
     # 3. PPM-augmented MCTS with the random policy (machinery check; the text is noise).
     engine_policy = EnginePolicy(Engine(policy, tokenizer=tokenizer), temperature=1.0, max_new_tokens=24)
-    scorer = PPMScorer(Engine(convert.load_ppm(ppm_dir), tokenizer=tokenizer))
+    scorer = PPMScorer(Engine(convert.load_ppm(ppm_dir, scan_layers=False), tokenizer=tokenizer))
     random_cfg = SearchConfig(mode="ppm_augmented", num_rollouts=2, num_candidates=4, max_depth=4, seed=0)
     trees = run_search(problems[:8], engine_policy, pool, random_cfg, prompt_fn=prompt_template.format,
                        scorer=scorer, output_dir=os.path.join(workdir, "trees_random_policy"))

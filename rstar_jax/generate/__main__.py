@@ -114,14 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise SystemExit(f"{args.prompts}: prompt {i} encodes to no tokens")
 
   if args.ppm_dir:
-    ppm = convert.load_ppm(args.ppm_dir, mesh=mesh, **overrides)
+    ppm = convert.load_ppm(args.ppm_dir, mesh=mesh, scan_layers=False, **overrides)
     engine = Engine(ppm, tokenizer=tok, mesh=mesh, max_rows=args.max_rows)
     values = value_transform(engine.values(ids), args.transform)
     for i, value in enumerate(values.tolist()):
       print(json.dumps({"prompt_index": i, "value": value}), flush=True)
     return 0
 
-  model = convert.load_qwen2(args.hf_dir, mesh=mesh, **overrides)
+  model = convert.load_qwen2(args.hf_dir, mesh=mesh, scan_layers=False, **overrides)
   engine = Engine(model, tokenizer=tok, eos_ids=_eos_ids(args, tok, model_dir), mesh=mesh, max_rows=args.max_rows)
   sampler = Greedy() if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.top_k)
   stop = list(args.stop) + (list(tokenizer_lib.STEP_STOP_STRINGS) if args.rstar_stops else [])

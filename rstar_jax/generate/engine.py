@@ -90,7 +90,7 @@ class Engine:
   """Batched generation and scoring with a Qwen2 policy (or a PPM for `values`).
 
   Example:
-    engine = Engine(load_qwen2(dir), tokenizer=load_tokenizer(dir))
+    engine = Engine(load_qwen2(dir, scan_layers=False), tokenizer=load_tokenizer(dir))
     results = engine.generate([Request(ids, n=8, seed=3)], Sampling(0.7, top_p=0.95), max_new_tokens=256,
                               stop=["<end_of_step>"])   # [1][8] Result
   """

@@ -183,6 +183,14 @@ def _load_entries(ckpt: HFCheckpoint, entries: list[_Entry], abstract: dict, sha
     node[path[-1]] = value
 
   for entry in entries:
+    if entry.per_layer and _unstacked(abstract, entry.path):
+      # A model with `scan_layers=False`: every layer's tensor goes to its own parameter, no stacked buffer.
+      for l in range(config.num_layers):
+        path = _layer_path(entry.path, l)
+        target = lookup(abstract, path)
+        value = _convert(ckpt, entry.hf_name.format(l=l), entry, config, target.shape)
+        store(path, _place(value, lookup(shardings, path) if shardings is not None else None, target.dtype))
+      continue
     target = lookup(abstract, entry.path)
     sharding = lookup(shardings, entry.path) if shardings is not None else None
     dtype = target.dtype
@@ -205,6 +213,20 @@ def _load_entries(ckpt: HFCheckpoint, entries: list[_Entry], abstract: dict, sha
       stacked = _stacked_write_donated(stacked, _place(value, layer_sharding, dtype), jnp.int32(l))
     store(entry.path, stacked)
   return out
+
+
+def _layer_path(path: Path, layer: int) -> Path:
+  """`(..., "layers", "mlp", ...)` -> `(..., "layers", layer, "mlp", ...)`: the path in an unstacked model."""
+  i = path.index("layers") + 1
+  return path[:i] + (layer,) + path[i:]
+
+
+def _unstacked(abstract: dict, path: Path) -> bool:
+  """Whether the model's layers are a list (`scan_layers=False`): `layers` then holds one subtree per layer."""
+  node = abstract
+  for p in path[:path.index("layers") + 1]:
+    node = node[p]
+  return 0 in node
 
 
 def _convert(ckpt: HFCheckpoint, name: str, entry: _Entry, config: ModelConfig, shape) -> np.ndarray:
@@ -232,10 +254,15 @@ def _abstract_and_shardings(build, mesh, rules):
 
 
 def load_qwen2(hf_dir: str | os.PathLike, config: ModelConfig | None = None, *, mesh=None, rules=None,
-               **config_overrides) -> Qwen2:
-  """Loads an HF Qwen2 dir as our `Qwen2` (placed on `mesh` with the logical rules when given)."""
+               scan_layers: bool = True, **config_overrides) -> Qwen2:
+  """Loads an HF Qwen2 dir as our `Qwen2` (placed on `mesh` with the logical rules when given).
+
+  `scan_layers=False` loads the layers as a list of per-layer parameters (the generation engine's layout, so an
+  `Engine` built on the model makes no copy of them); the default stacks them (training, export).
+  """
   config = config or ModelConfig.from_hf_config(hf_dir, **config_overrides)
-  model, abstract, shardings = _abstract_and_shardings(lambda: Qwen2(config, rngs=nnx.Rngs(0)), mesh, rules)
+  model, abstract, shardings = _abstract_and_shardings(
+      lambda: Qwen2(config, rngs=nnx.Rngs(0), scan_layers=scan_layers), mesh, rules)
   entries = name_table(config)
   if not config.tie_word_embeddings:
     entries.append(lm_head_entry())
@@ -249,10 +276,14 @@ def load_qwen2(hf_dir: str | os.PathLike, config: ModelConfig | None = None, *, 
 
 
 def load_ppm(ppm_dir: str | os.PathLike, config: ModelConfig | None = None, *, mesh=None, rules=None,
-             **config_overrides) -> PPM:
-  """Loads the official PPM layout: HF backbone dir + `value_head.bin` (or `value_head.safetensors`)."""
+             scan_layers: bool = True, **config_overrides) -> PPM:
+  """Loads the official PPM layout: HF backbone dir + `value_head.bin` (or `value_head.safetensors`).
+
+  `scan_layers` as in `load_qwen2`.
+  """
   config = config or ModelConfig.from_hf_config(ppm_dir, **config_overrides)
-  model, abstract, shardings = _abstract_and_shardings(lambda: PPM(config, rngs=nnx.Rngs(0)), mesh, rules)
+  model, abstract, shardings = _abstract_and_shardings(
+      lambda: PPM(config, rngs=nnx.Rngs(0), scan_layers=scan_layers), mesh, rules)
   ckpt = HFCheckpoint(ppm_dir)
   try:
     params = _load_entries(ckpt, name_table(config), abstract, shardings, config)
@@ -288,16 +319,22 @@ def read_value_head(ppm_dir: str | os.PathLike) -> dict[str, np.ndarray]:
 
 # --- export -----------------------------------------------------------------------------------------------------------
 def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dtype) -> Iterator[tuple[str, np.ndarray]]:
-  for entry in entries:
+  def lookup(path):
     value = state
-    for p in entry.path:
+    for p in path:
       value = value[p]
+    return value
+
+  for entry in entries:
     if entry.per_layer:
+      unstacked = _unstacked(state, entry.path)
       for l in range(config.num_layers):
-        layer = np.asarray(jax.device_get(value[l]))
+        layer = lookup(_layer_path(entry.path, l)) if unstacked else lookup(entry.path)[l]
+        layer = np.asarray(jax.device_get(layer))
         yield entry.hf_name.format(l=l), np.ascontiguousarray(entry.to_hf(layer, config).astype(dtype))
     else:
-      yield entry.hf_name, np.ascontiguousarray(entry.to_hf(np.asarray(jax.device_get(value)), config).astype(dtype))
+      value = np.asarray(jax.device_get(lookup(entry.path)))
+      yield entry.hf_name, np.ascontiguousarray(entry.to_hf(value, config).astype(dtype))
 
 
 def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_config: dict,

@@ -24,10 +24,12 @@ def _all_tensors(hf_dir):
   return tensors
 
 
+@pytest.mark.parametrize("scan_layers", [True, False])
 @pytest.mark.parametrize("tied", [True, False])
-def test_round_trip_is_bit_identical(hf_qwen2_factory, tmp_path, tied):
+def test_round_trip_is_bit_identical(hf_qwen2_factory, tmp_path, tied, scan_layers):
   path, _ = hf_qwen2_factory(tie_word_embeddings=tied)
-  model = convert.load_qwen2(path)
+  model = convert.load_qwen2(path, scan_layers=scan_layers)
+  assert model.model.scan_layers == scan_layers
   convert.save_qwen2(model, tmp_path / "out")
   original, exported = _all_tensors(path), _all_tensors(tmp_path / "out")
   assert sorted(original) == sorted(exported)

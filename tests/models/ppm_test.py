@@ -44,9 +44,11 @@ def test_value_head_bin_round_trip_through_torch(hf_qwen2_factory, tmp_path):
   for key, value in head.items():
     assert torch.equal(reread[key], value), key
   again = convert.load_ppm(tmp_path / "out")
+  flat = convert.load_ppm(tmp_path / "out", scan_layers=False)  # the engine's layout: each layer its own buffers
   tokens, mask = random_padded_batch(np.random.default_rng(0), 300, batch=2, length=7)
   args = (jnp.asarray(tokens), default_positions(jnp.asarray(mask)), jnp.asarray(mask))
   np.testing.assert_array_equal(np.asarray(again(*args)), np.asarray(ppm(*args)))
+  np.testing.assert_allclose(np.asarray(flat(*args)), np.asarray(ppm(*args)), atol=0, rtol=1e-5)
 
 
 def test_value_head_safetensors_accepted_and_missing_head_named(hf_qwen2_factory, tmp_path):

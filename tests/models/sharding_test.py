@@ -60,3 +60,26 @@ def test_make_mesh_sizes():
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   with pytest.raises(ValueError, match="needs 16 devices"):
     sharding.make_mesh(data=4, fsdp=2, tensor=2)
+
+
+def test_unstacked_load_places_each_layer_and_matches_single_device(hf_qwen2_factory):
+  # `load_qwen2(..., scan_layers=False)` (the engine's layout) writes each layer's tensors straight into its own
+  # sharded parameters: the specs lose the leading layers dim, the logits do not change.
+  path, _ = hf_qwen2_factory(tie_word_embeddings=False, num_heads=4, num_kv_heads=2)
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  flat = convert.load_qwen2(path, mesh=mesh, scan_layers=False)
+  params = nnx.state(flat)
+  for layer in range(flat.config.num_layers):
+    q = params["model"]["layers"][layer]["self_attn"]["q_proj"]["kernel"][...]
+    assert q.sharding.spec == P("fsdp", "tensor", None) and len(q.sharding.device_set) == 8  # [D, N, H]
+  tokens, mask = random_padded_batch(np.random.default_rng(0), 300, batch=4, length=9)
+  args = (jnp.asarray(tokens), default_positions(jnp.asarray(mask)), jnp.asarray(mask))
+  graphdef, state = nnx.split(flat)
+
+  @jax.jit
+  def forward(state, *args):
+    with sharding.activation_sharding(mesh):
+      return nnx.merge(graphdef, state)(*args).logits
+
+  expected = convert.load_qwen2(path)(*args).logits
+  np.testing.assert_allclose(np.asarray(forward(state, *args))[mask], np.asarray(expected)[mask], atol=1e-5, rtol=0)
