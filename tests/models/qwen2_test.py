@@ -131,3 +131,20 @@ def test_config_from_hf_json_top_level_and_rope_parameters(tmp_path):
   (tmp_path / "config.json").write_text("{not json")
   with pytest.raises(ValueError, match="config.json"):
     ModelConfig.from_hf_config(tmp_path)
+
+
+def test_unstacked_remat_gradients_equal_stacked():
+  config = ModelConfig.tiny(num_layers=2)
+  stacked = Qwen2(config, rngs=nnx.Rngs(0), remat=True)
+  flat = unstack_layers(stacked)
+  assert flat.model.remat
+  tokens = jnp.arange(24).reshape(2, 12) % config.vocab_size
+  mask = jnp.ones((2, 12), bool)
+
+  def loss(model):
+    return jnp.mean(model(tokens, default_positions(mask), mask).logits ** 2)
+
+  grads_stacked, grads_flat = nnx.grad(loss)(stacked), nnx.grad(loss)(flat)
+  for l in range(2):
+    np.testing.assert_allclose(grads_flat["model"]["layers"][l]["mlp"]["up_proj"]["kernel"][...],
+                               grads_stacked["model"]["layers"]["mlp"]["up_proj"]["kernel"][...][l], atol=1e-8)
