@@ -171,11 +171,6 @@ def _load_entries(ckpt: HFCheckpoint, entries: list[_Entry], abstract: dict, sha
   """Fills a pure-dict parameter tree following `entries`; `abstract` gives each parameter's shape and dtype."""
   out: dict = {}
 
-  def lookup(tree, path):
-    for p in path:
-      tree = tree[p]
-    return tree
-
   def store(path, value):
     node = out
     for p in path[:-1]:
@@ -187,12 +182,12 @@ def _load_entries(ckpt: HFCheckpoint, entries: list[_Entry], abstract: dict, sha
       # A model with `scan_layers=False`: every layer's tensor goes to its own parameter, no stacked buffer.
       for l in range(config.num_layers):
         path = _layer_path(entry.path, l)
-        target = lookup(abstract, path)
+        target = _lookup(abstract, path)
         value = _convert(ckpt, entry.hf_name.format(l=l), entry, config, target.shape)
-        store(path, _place(value, lookup(shardings, path) if shardings is not None else None, target.dtype))
+        store(path, _place(value, _lookup(shardings, path) if shardings is not None else None, target.dtype))
       continue
-    target = lookup(abstract, entry.path)
-    sharding = lookup(shardings, entry.path) if shardings is not None else None
+    target = _lookup(abstract, entry.path)
+    sharding = _lookup(shardings, entry.path) if shardings is not None else None
     dtype = target.dtype
     if not entry.per_layer:
       value = _convert(ckpt, entry.hf_name, entry, config, target.shape)
@@ -221,12 +216,16 @@ def _layer_path(path: Path, layer: int) -> Path:
   return path[:i] + (layer,) + path[i:]
 
 
-def _unstacked(abstract: dict, path: Path) -> bool:
+def _lookup(tree: dict, path: Path):
+  """`tree[path[0]][path[1]]...` in a nested (pure) dict."""
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def _unstacked(tree: dict, path: Path) -> bool:
   """Whether the model's layers are a list (`scan_layers=False`): `layers` then holds one subtree per layer."""
-  node = abstract
-  for p in path[:path.index("layers") + 1]:
-    node = node[p]
-  return 0 in node
+  return 0 in _lookup(tree, path[:path.index("layers") + 1])
 
 
 def _convert(ckpt: HFCheckpoint, name: str, entry: _Entry, config: ModelConfig, shape) -> np.ndarray:
@@ -319,21 +318,15 @@ def read_value_head(ppm_dir: str | os.PathLike) -> dict[str, np.ndarray]:
 
 # --- export -----------------------------------------------------------------------------------------------------------
 def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dtype) -> Iterator[tuple[str, np.ndarray]]:
-  def lookup(path):
-    value = state
-    for p in path:
-      value = value[p]
-    return value
-
   for entry in entries:
     if entry.per_layer:
       unstacked = _unstacked(state, entry.path)
       for l in range(config.num_layers):
-        layer = lookup(_layer_path(entry.path, l)) if unstacked else lookup(entry.path)[l]
+        layer = _lookup(state, _layer_path(entry.path, l)) if unstacked else _lookup(state, entry.path)[l]
         layer = np.asarray(jax.device_get(layer))
         yield entry.hf_name.format(l=l), np.ascontiguousarray(entry.to_hf(layer, config).astype(dtype))
     else:
-      value = np.asarray(jax.device_get(lookup(entry.path)))
+      value = np.asarray(jax.device_get(_lookup(state, entry.path)))
       yield entry.hf_name, np.ascontiguousarray(entry.to_hf(value, config).astype(dtype))
 
 

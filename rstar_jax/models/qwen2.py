@@ -245,6 +245,11 @@ class DecoderLayer(nnx.Module):
     return constrain(x, ("batch", "length", "embed")), cache_kv
 
 
+def _layer_slice(stacked, layer: int):
+  """Layer `layer`'s weights from a tree of stacked `[L, ...]` layer weights."""
+  return jax.tree.map(lambda w: w[layer], stacked)
+
+
 def _stacked_layers(config: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
   """`config.num_layers` decoder layers as one module whose weights carry a leading `layers` axis."""
 
@@ -283,7 +288,7 @@ class Qwen2Model(nnx.Module):
     if not self.scan_layers:
       return list(self.layers)
     graphdef, state = nnx.split(self.layers)
-    return [nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], state)) for i in range(self.config.num_layers)]
+    return [nnx.merge(graphdef, _layer_slice(state, i)) for i in range(self.config.num_layers)]
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, input_mask: jax.Array,
                cache: KVCache | None = None, attend_slots: int | None = None) -> tuple[jax.Array, KVCache | None]:
@@ -351,7 +356,7 @@ def unstack_layers(model: nnx.Module) -> nnx.Module:
   source = nnx.to_pure_dict(nnx.state(model))
   layers_parent = source if isinstance(model, Qwen2Model) else source["model"]
   stacked = layers_parent["layers"]
-  layers_parent["layers"] = {i: jax.tree.map(lambda w, i=i: w[i], stacked) for i in range(backbone.config.num_layers)}
+  layers_parent["layers"] = {i: _layer_slice(stacked, i) for i in range(backbone.config.num_layers)}
   state = nnx.state(abstract)
   nnx.replace_by_pure_dict(state, source)
   nnx.update(abstract, state)
