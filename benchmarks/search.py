@@ -62,7 +62,7 @@ def _expansion(nodes, spec):
   active = nodes != NO_NODE
   return Expansion(
       parent=nodes.astype(np.int32), count=np.where(active, count, 0).astype(np.int32),
-      terminal=reason != 0, terminal_reason=reason, consecutive_errors=np.zeros_like(reason),
+      terminal_reason=reason, consecutive_errors=np.zeros_like(reason),
       ppm_value=np.where(reason == 0, value, np.nan).astype(np.float32), value=value,
       update_self=scope == 1, update_path=scope == 2)
 

@@ -232,9 +232,9 @@ class Engine:
         k.start.lower(*start_args, **statics).compile()
         state = jax.eval_shape(functools.partial(k.start, **statics), *start_args)
         eos = args[-1]
-        k.decode.lower(self._params, state, jnp.int32(0), k.put(np.zeros(plan.rows.shape[0], bool)), eos,
+        k.decode.lower(self._params, state, np.int32(0), k.put(np.zeros(plan.rows.shape[0], bool)), eos,
                        sampler=sampler).compile()
-        k.peek.lower(state, jnp.int32(0), width=0).compile()
+        k.peek.lower(state, np.int32(0), width=0).compile()
 
   def _rows(self, requests: Sequence[Request], max_new_tokens: int, max_context: int | None
             ) -> tuple[list[_Row], np.ndarray, list[list[Result | None]]]:
@@ -301,7 +301,7 @@ class Engine:
       generated: list[list[int]] = [[] for _ in range(num)]
       stopped = np.zeros(batch, bool)
       start = 0
-      window, done, step, counts = jax.device_get(k.peek(state, jnp.int32(start), width=width))
+      window, done, step, counts = jax.device_get(k.peek(state, np.int32(start), width=width))
       t1 = time.perf_counter()
       bar = _progress_bar(max_new, progress)
       bar.update(int(step))
@@ -312,9 +312,9 @@ class Engine:
         if step >= max_new or np.all(done | stopped):
           break
         stop_at = min(step + interval, max_new)
-        state = k.decode(self._params, state, jnp.int32(stop_at), k.put(stopped), eos, sampler=sampler)
+        state = k.decode(self._params, state, np.int32(stop_at), k.put(stopped), eos, sampler=sampler)
         start = max(0, min(step, max_new - width))
-        window, done, new_step, counts = jax.device_get(k.peek(state, jnp.int32(start), width=width))
+        window, done, new_step, counts = jax.device_get(k.peek(state, np.int32(start), width=width))
         bar.update(int(new_step) - step)
         step = new_step
       bar.close()

@@ -329,7 +329,6 @@ class MCTS:
 
     parent = np.full([batch_size], NO_NODE, np.int32)
     count = np.zeros([batch_size], np.int32)
-    terminal = np.zeros([batch_size, a], bool)
     reason = np.zeros([batch_size, a], np.int32)
     errors = np.zeros([batch_size, a], np.int32)
     ppm_value = np.full([batch_size, a], np.nan, np.float32)
@@ -347,7 +346,6 @@ class MCTS:
         host_node.ppm_value = ppm.get((b, j))
         v, scope = rules.leaf_update(cfg.mode, cfg.preset, child.reason, host_node.correct,
                                      host_node.ppm_value, cfg.positive_reward, cfg.negative_reward)
-        terminal[b, j] = child.terminal
         reason[b, j] = int(child.reason)
         errors[b, j] = child.consecutive_errors
         if host_node.ppm_value is not None:
@@ -358,9 +356,9 @@ class MCTS:
     self.stats.expansions += len(rows)
     self.stats.children += int(count.sum())
     self.stats.host_s += (time.perf_counter() - t0) - (t2 - t1) - (t4 - t3) - (t6 - t5) - (t8 - t7)
-    # numpy arrays: they reach the device inside the kernel call (one transfer, not nine).
+    # numpy arrays: they reach the device inside the kernel call (one transfer, not one dispatch per field).
     return kernels.Expansion(
-        parent=parent, count=count, terminal=terminal, terminal_reason=reason,
+        parent=parent, count=count, terminal_reason=reason,
         consecutive_errors=errors, ppm_value=ppm_value, value=value, update_self=update_self,
         update_path=update_path)
 

@@ -5,9 +5,11 @@ donate the incoming `Tree`, keep fixed shapes and compile once per (B, N, A, L, 
 
 Per-tree logic (`uct_scores`, `_pick`, `_add_children`) is written for one tree and vmapped;
 loops run over the whole batch and write only through per-tree scatters (`_batch_set`), so a loop
-step costs O(B * A), never O(B * N). Backup needs no loop at all: the running rollout's descent is
-kept in `Tree.path`, so the ancestors of an expanded node are `path[0..depth]`, updated with one
-scatter-add.
+step costs O(B * A), never O(B * N). Per-node fields are packed rows (`Tree.node_info`,
+`Tree.node_stats`): an expansion writes its children's rows with one scatter per array, and a
+selection step reads a child's visits and value sum with one gather. Backup needs no loop at all:
+the running rollout's descent is kept in `Tree.path`, so the ancestors of an expanded node are
+`path[0..depth]`, updated with one scatter-add of (visits, value) rows.
 
 Selection (DESIGN §1.2). A rollout starts at the root and descends: at a node with children it moves
 to the best non-terminal child by UCT `Q(s) + c * sqrt(ln N(parent) / N(s))`; a node whose children
@@ -41,7 +43,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rstar_jax.search.tree import NO_CHILD, NO_NODE, ROOT_INDEX, Reason, Tree
+from rstar_jax.search.tree import NO_CHILD, NO_NODE, ROOT_INDEX, Info, Reason, Stats, Tree
 
 PRESETS = ("official", "paper")
 
@@ -115,11 +117,18 @@ def _take(x: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, index, axis=1)
 
 
-def _take_row(x: jax.Array, index: jax.Array) -> jax.Array:
-  """`x[b, index[b], :]`: `[B, N, A]`, `[B]` -> `[B, A]`."""
-  b, n, a = x.shape
-  flat = x.reshape(b, n * a)
-  return jnp.take_along_axis(flat, index[:, None] * a + jnp.arange(a)[None, :], axis=1)
+def _take_window(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
+  """`x[b, start[b]:start[b] + size]` for every tree: `[B, N, ...]`, `[B]` -> `[B, size, ...]`.
+
+  One contiguous window per tree (a gather of B slices, not of B * size elements); the caller keeps windows in
+  range (dynamic slicing would shift one that is not).
+  """
+  return jax.vmap(lambda row, i: jax.lax.dynamic_slice_in_dim(row, i, size))(x, start)
+
+
+def _node_rows(x: jax.Array, node: jax.Array) -> jax.Array:
+  """Row `x[b, node[b]]` of every tree: `[B, N, ...]`, `[B]` -> `[B, ...]`."""
+  return _take_window(x, node, 1)[:, 0]
 
 
 def _batch_set(x: jax.Array, value: jax.Array, index: jax.Array) -> jax.Array:
@@ -127,8 +136,14 @@ def _batch_set(x: jax.Array, value: jax.Array, index: jax.Array) -> jax.Array:
   return jax.vmap(lambda row, v, i: row.at[i].set(v, mode="drop"))(x, value, index)
 
 
+def _batch_set_column(x: jax.Array, column: int, value: jax.Array, index: jax.Array) -> jax.Array:
+  """`x[b, index[b], column] = value[b]` for packed rows `x [B, N, k]`; an index of N leaves row b unchanged."""
+  return jax.vmap(lambda row, v, i: row.at[i, column].set(v, mode="drop"))(x, value, index)
+
+
 def _batch_add(x: jax.Array, value: jax.Array, index: jax.Array) -> jax.Array:
-  """`x[b, index[b]] += value[b]` (index and value `[B]` or `[B, K]`); index N is dropped."""
+  """`x[b, index[b]] += value[b]` (index `[B]` or `[B, K]`, value shaped as `x[b, index[b]]`); index N is
+  dropped."""
   return jax.vmap(lambda row, v, i: row.at[i].add(v, mode="drop"))(x, value, index)
 
 
@@ -143,8 +158,8 @@ class _Descent(NamedTuple):
   node: jax.Array          # [B] int32, current node; NO_NODE: the next rollout must start
   depth: jax.Array         # [B] int32, depth of `node`
   rollouts: jax.Array      # [B] int32
-  terminal: jax.Array      # [B, N] bool
-  reason: jax.Array        # [B, N] int32
+  info: jax.Array          # [B, N, 4] int32, `Tree.node_info` (selection writes terminal reasons)
+  dead_end: jax.Array      # [B] int32, node found with all children terminal, still to be marked (N: none)
   path: jax.Array          # [B, L] int32
   selected: jax.Array      # [B] int32
   out_of_nodes: jax.Array  # [B] bool
@@ -171,41 +186,51 @@ def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
   scores_fn = jax.vmap(functools.partial(uct_scores, rule=rule))
   pick_fn = jax.vmap(functools.partial(_pick, rule=rule))
   fits = tree.num_nodes + num_actions <= num_slots  # [B], fixed during a descent
-  flat_children = tree.children.reshape(tree.batch_size, num_slots * num_actions)
+
+  def mark_dead_ends(info, nodes):
+    return _batch_set_column(info, Info.REASON, jnp.full_like(nodes, int(Reason.ALL_CHILDREN_TERMINAL)), nodes)
 
   def body(s: _Descent) -> _Descent:
+    # The previous step's dead end is marked before this step reads the node rows: written after the reads, the
+    # array would have to be copied (XLA re-reads it in fusions it may schedule after the write).
+    info = mark_dead_ends(s.info, s.dead_end)
     live = ~s.done
     is_new = live & (s.node == NO_NODE)
-    start = is_new & (s.rollouts < tree.rollout_budget) & ~s.terminal[:, ROOT_INDEX]
+    root_terminal = info[:, ROOT_INDEX, Info.REASON] != Reason.NONE
+    start = is_new & (s.rollouts < tree.rollout_budget) & ~root_terminal
     rollouts = s.rollouts + start.astype(jnp.int32)
     node = jnp.where(start, ROOT_INDEX, s.node)
     depth = jnp.where(start, 0, s.depth)
     active = live & (node != NO_NODE)
     safe = jnp.maximum(node, 0)
-    at_terminal = active & _take(s.terminal, safe)
-    children = _take_row(tree.children, safe)  # [B, A]
+    at_terminal = active & (_node_rows(info, safe)[:, Info.REASON] != Reason.NONE)
+    children = _node_rows(tree.children, safe)  # [B, A]
     unexpanded = active & ~at_terminal & (children[:, 0] == NO_CHILD)
     descend = active & ~at_terminal & (children[:, 0] != NO_CHILD)
     kids = jnp.maximum(children, 0)
-    selectable = (children != NO_CHILD) & ~_take(s.terminal, kids)
-    scores = scores_fn(_take(tree.visits, kids), _take(tree.value_sum, kids), selectable,
-                       _take(tree.visits, safe))
+    # A node's children are the ids [first, first + count), so their rows are the window [first, first + A)
+    # (the rows past `count` belong to other nodes and are masked); expansions only happen with A free slots.
+    first = kids[:, 0]
+    kid_reason = _take_window(info, first, num_actions)[..., Info.REASON]  # [B, A]
+    selectable = (children != NO_CHILD) & (kid_reason == Reason.NONE)
+    kid_stats = _take_window(tree.node_stats, first, num_actions)  # [B, A, 2]
+    scores = scores_fn(kid_stats[..., Stats.VISITS], kid_stats[..., Stats.VALUE_SUM], selectable,
+                       _node_rows(tree.node_stats, safe)[:, Stats.VISITS])
     best = _take(children, pick_fn(scores, selectable, tree.seed, rollouts - 1, safe))
     any_selectable = jnp.any(selectable, axis=1)
     dead_end = descend & ~any_selectable
     moved = descend & any_selectable
     # Look at the chosen child in the same step: unexpanded (it is never terminal) -> pick it.
-    first_grandchild = _take(flat_children, jnp.maximum(best, 0) * num_actions)
+    first_grandchild = _node_rows(tree.children, jnp.maximum(best, 0))[:, 0]
     child_unexpanded = moved & (first_grandchild == NO_CHILD)
     wants = unexpanded | child_unexpanded
-    marked = jnp.where(dead_end, safe, num_slots)
     return _Descent(
         steps=s.steps + 1,
         node=jnp.where(live, jnp.where(moved, best, NO_NODE), s.node).astype(jnp.int32),
         depth=depth + moved.astype(jnp.int32),
         rollouts=rollouts,
-        terminal=_batch_set(s.terminal, jnp.ones_like(dead_end), marked),
-        reason=_batch_set(s.reason, jnp.full_like(marked, int(Reason.ALL_CHILDREN_TERMINAL)), marked),
+        info=info,
+        dead_end=jnp.where(dead_end, safe, num_slots),
         path=_batch_set(s.path, best, jnp.where(moved, depth + 1, path_length)),
         selected=jnp.where(wants & fits, jnp.where(unexpanded, safe, best), s.selected
                            ).astype(jnp.int32),
@@ -214,12 +239,15 @@ def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
     )
 
   init = _Descent(
-      steps=jnp.int32(0), node=tree.cursor, depth=_take(tree.depth, jnp.maximum(tree.cursor, 0)),
-      rollouts=tree.rollouts, terminal=tree.terminal, reason=tree.terminal_reason, path=tree.path,
+      steps=jnp.int32(0), node=tree.cursor,
+      depth=_node_rows(tree.node_info, jnp.maximum(tree.cursor, 0))[:, Info.DEPTH],
+      rollouts=tree.rollouts, info=tree.node_info, dead_end=jnp.full_like(tree.cursor, num_slots),
+      path=tree.path,
       selected=jnp.full_like(tree.cursor, NO_NODE), out_of_nodes=tree.out_of_nodes,
       done=tree.out_of_nodes)
   out = jax.lax.while_loop(lambda s: jnp.any(~s.done), body, init)
-  new = dataclasses.replace(tree, terminal=out.terminal, terminal_reason=out.reason, path=out.path,
+  # No mark is pending here: a tree that found a dead end is not done, so the loop marks it in one more step.
+  new = dataclasses.replace(tree, node_info=out.info, path=out.path,
                             cursor=out.selected, rollouts=out.rollouts,
                             out_of_nodes=out.out_of_nodes)
   return new, SelectOutput(node=out.selected, rollout=out.rollouts - 1, steps=out.steps)
@@ -232,8 +260,7 @@ class Expansion(NamedTuple):
   """
   parent: jax.Array              # [B] int32, expanded node or NO_NODE
   count: jax.Array               # [B] int32, new children (1..A)
-  terminal: jax.Array            # [B, A] bool
-  terminal_reason: jax.Array     # [B, A] int32 (`Reason`)
+  terminal_reason: jax.Array     # [B, A] int32 (`Reason`; NONE: not terminal)
   consecutive_errors: jax.Array  # [B, A] int32
   ppm_value: jax.Array           # [B, A] float32, NaN when not scored
   value: jax.Array               # [B, A] float32, the value each child backs up
@@ -242,32 +269,35 @@ class Expansion(NamedTuple):
 
 
 def _add_children(tree1: dict, e: dict) -> dict:
-  """Writes one tree's new children and their own updates (unbatched; no loops)."""
+  """Writes one tree's new children and their own updates (unbatched; no loops).
+
+  The A new nodes take the contiguous ids `num_nodes + j`, so each packed array gets one scatter of A rows. An
+  expansion is only written when all A ids are below N (selection reads a node's children as the window
+  `[first child, first child + A)`); `select` never returns a node without that room, and a row that asks for it
+  anyway is left unchanged and flagged `out_of_nodes`.
+  """
   num_slots, num_actions = tree1["children"].shape
   parent = e["parent"]
-  has = parent != NO_NODE
-  safe_parent = jnp.maximum(parent, 0)
+  fits = tree1["num_nodes"] + num_actions <= num_slots
+  has = (parent != NO_NODE) & fits
   j = jnp.arange(num_actions, dtype=jnp.int32)
   valid = has & (j < e["count"])
   ids = tree1["num_nodes"] + j
   slot = jnp.where(valid, ids, num_slots)  # out of range: dropped by the scatters below
-
-  def put(x, v):
-    return x.at[slot].set(v, mode="drop")
-
+  depth = tree1["node_info"][jnp.maximum(parent, 0), Info.DEPTH] + 1
+  info = jnp.stack([jnp.broadcast_to(parent, [num_actions]), jnp.broadcast_to(depth, [num_actions]),
+                    e["terminal_reason"], e["consecutive_errors"]], axis=-1)  # [A, 4], columns `Info`
+  updated = valid & (e["update_self"] | e["update_path"])
+  # [A, 2], columns `Stats`; the slots are unused, so setting = adding to zero
+  stats = jnp.stack([updated.astype(jnp.float32), jnp.where(updated, e["value"], 0.0)], axis=-1)
   out = dict(tree1)
-  out["parent"] = put(tree1["parent"], jnp.broadcast_to(parent, [num_actions]))
-  out["depth"] = put(tree1["depth"], jnp.broadcast_to(tree1["depth"][safe_parent] + 1, [num_actions]))
-  out["terminal"] = put(tree1["terminal"], e["terminal"])
-  out["terminal_reason"] = put(tree1["terminal_reason"], e["terminal_reason"])
-  out["consecutive_errors"] = put(tree1["consecutive_errors"], e["consecutive_errors"])
-  out["ppm_value"] = put(tree1["ppm_value"], e["ppm_value"])
+  out["node_info"] = tree1["node_info"].at[slot].set(info, mode="drop")
+  out["node_stats"] = tree1["node_stats"].at[slot].set(stats, mode="drop")
+  out["ppm_value"] = tree1["ppm_value"].at[slot].set(e["ppm_value"], mode="drop")
   out["children"] = tree1["children"].at[jnp.where(has, parent, num_slots)].set(
       jnp.where(valid, ids, NO_CHILD), mode="drop")
   out["num_nodes"] = tree1["num_nodes"] + jnp.where(has, e["count"], 0)
-  updated = valid & (e["update_self"] | e["update_path"])
-  out["visits"] = tree1["visits"].at[slot].add(updated.astype(jnp.int32), mode="drop")
-  out["value_sum"] = tree1["value_sum"].at[slot].add(jnp.where(updated, e["value"], 0.0), mode="drop")
+  out["out_of_nodes"] = tree1["out_of_nodes"] | ((parent != NO_NODE) & ~fits)
   return out
 
 
@@ -292,16 +322,15 @@ def expand_and_backup(tree: Tree, expansion: Expansion) -> Tree:
   along = (jnp.arange(tree.num_actions) < expansion.count[:, None]) & expansion.update_path
   path_count = jnp.sum(along.astype(jnp.int32), axis=1)  # [B]
   path_value = jnp.sum(jnp.where(along, expansion.value, 0.0), axis=1)  # [B]
-  has = expansion.parent != NO_NODE
+  has = (expansion.parent != NO_NODE) & (tree.num_nodes + tree.num_actions <= num_slots)  # as `_add_children`
   # Read from the updated field (the parent's depth is unchanged): reading the donated input after its scatter
-  # would make XLA copy the whole [B, N] array first.
-  parent_depth = _take(fields["depth"], jnp.maximum(expansion.parent, 0))
+  # would make XLA copy the whole array first.
+  parent_depth = _node_rows(fields["node_info"], jnp.maximum(expansion.parent, 0))[:, Info.DEPTH]
   on_path = has[:, None] & (jnp.arange(path_length)[None, :] <= parent_depth[:, None])  # [B, L]
   index = jnp.where(on_path, tree.path, num_slots)  # [B, L]
-  fields["visits"] = _batch_add(fields["visits"], jnp.broadcast_to(path_count[:, None], index.shape),
-                                index)
-  fields["value_sum"] = _batch_add(fields["value_sum"],
-                                   jnp.broadcast_to(path_value[:, None], index.shape), index)
+  added = jnp.stack([path_count.astype(jnp.float32), path_value], axis=-1)  # [B, 2], columns `Stats`
+  fields["node_stats"] = _batch_add(fields["node_stats"], jnp.broadcast_to(added[:, None, :], index.shape + (2,)),
+                                    index)
   return Tree(**fields)
 
 

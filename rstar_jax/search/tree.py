@@ -5,9 +5,12 @@ candidates sampled per expansion). Node 0 is the root; new nodes take the next f
 are allocation order and children of one expansion are contiguous. Node text, code and observations
 live host-side in lists indexed by the same ids (see `driver.py`).
 
-Q(s) = value_sum / visits (0 when unvisited). Visits and value sums only change through the backups
-of `kernels.expand_and_backup`; selection itself never adds visits (DESIGN §1.2: both the official
-code and the paper count a visit when a value is backed up).
+Per-node fields are stored as rows of two arrays, `node_info [B, N, 4]` int32 (parent, depth, terminal
+reason, consecutive errors) and `node_stats [B, N, 2]` float32 (visits, value sum), plus `ppm_value
+[B, N]`, and read through properties named as the fields (`tree.visits`, ...). Q(s) = value_sum /
+visits (0 when unvisited). Visits and value sums only change through the backups of
+`kernels.expand_and_backup`; selection itself never adds visits (DESIGN §1.2: both the official code
+and the paper count a visit when a value is backed up).
 """
 
 from __future__ import annotations
@@ -46,19 +49,41 @@ class Reason(enum.IntEnum):
 INVALID_TERMINALS = (Reason.TOO_MANY_ERRORS, Reason.MAX_DEPTH, Reason.UNPARSABLE)
 
 
+class Info(enum.IntEnum):
+  """Columns of `Tree.node_info` (`[B, N, 4]` int32)."""
+  PARENT = 0   # NO_PARENT for the root and unused slots
+  DEPTH = 1
+  REASON = 2   # `Reason`; a node is terminal exactly when its reason is not NONE
+  ERRORS = 3   # consecutive code errors on the path ending at the node
+
+
+class Stats(enum.IntEnum):
+  """Columns of `Tree.node_stats` (`[B, N, 2]` float32)."""
+  VISITS = 0     # a count, exact in float32 below 2**24
+  VALUE_SUM = 1
+
+
+EMPTY_INFO = (NO_PARENT, 0, int(Reason.NONE), 0)  # an unused slot's (and the fresh root's) `node_info` row
+EMPTY_STATS = (0.0, 0.0)  # its `node_stats` row
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Tree:
-  """State of `B` trees. Shapes: `B` = batch, `N` = node budget, `A` = branching."""
-  parent: jax.Array              # [B, N] int32, NO_PARENT for the root and unused slots
-  children: jax.Array            # [B, N, A] int32, NO_CHILD where absent
-  visits: jax.Array              # [B, N] int32
-  value_sum: jax.Array           # [B, N] float32
+  """State of `B` trees. Shapes: `B` = batch, `N` = node budget, `A` = branching.
+
+  Per-node fields are packed as rows of `node_info` and `node_stats` (columns: `Info`, `Stats`) and read through
+  the properties below (`tree.visits`, `tree.terminal_reason`, ...; they work on a device tree and on one fetched
+  with `jax.device_get`). Packing is for speed (benchmarks/RESULTS.md, search): an expansion writes the fields of
+  its A new nodes with one scatter of contiguous rows per array instead of one scatter per field, a backup adds a
+  visit and a value with one scatter-add, and a selection step reads its A children's rows as one window.
+  `ppm_value` stays a plain array: the kernels only write it, and a wider stats row would make every backup and
+  selection step move a column they never use.
+  """
+  node_info: jax.Array           # [B, N, 4] int32, columns `Info`
+  node_stats: jax.Array          # [B, N, 2] float32, columns `Stats`
   ppm_value: jax.Array           # [B, N] float32, NaN when the node was not scored
-  terminal: jax.Array            # [B, N] bool
-  terminal_reason: jax.Array     # [B, N] int32 (`Reason`)
-  depth: jax.Array               # [B, N] int32
-  consecutive_errors: jax.Array  # [B, N] int32
+  children: jax.Array            # [B, N, A] int32, NO_CHILD where absent
   num_nodes: jax.Array           # [B] int32, allocated nodes (root included)
   cursor: jax.Array              # [B] int32, node the running rollout continues from; NO_NODE: none
   rollouts: jax.Array            # [B] int32, rollouts begun
@@ -68,13 +93,48 @@ class Tree:
   seed: jax.Array                # [B] uint32, per-tree seed (the `paper` preset's random tie-breaks)
 
   @property
+  def parent(self) -> jax.Array:
+    """`[B, N]` int32, NO_PARENT for the root and unused slots."""
+    return self.node_info[..., Info.PARENT]
+
+  @property
+  def depth(self) -> jax.Array:
+    """`[B, N]` int32."""
+    return self.node_info[..., Info.DEPTH]
+
+  @property
+  def terminal_reason(self) -> jax.Array:
+    """`[B, N]` int32 (`Reason`)."""
+    return self.node_info[..., Info.REASON]
+
+  @property
+  def terminal(self) -> jax.Array:
+    """`[B, N]` bool."""
+    return self.terminal_reason != Reason.NONE
+
+  @property
+  def consecutive_errors(self) -> jax.Array:
+    """`[B, N]` int32."""
+    return self.node_info[..., Info.ERRORS]
+
+  @property
+  def visits(self) -> jax.Array:
+    """`[B, N]` int32."""
+    return self.node_stats[..., Stats.VISITS].astype(np.int32)
+
+  @property
+  def value_sum(self) -> jax.Array:
+    """`[B, N]` float32."""
+    return self.node_stats[..., Stats.VALUE_SUM]
+
+  @property
   def batch_size(self) -> int:
-    return self.parent.shape[0]
+    return self.node_info.shape[0]
 
   @property
   def num_slots(self) -> int:
     """The node budget `N`."""
-    return self.parent.shape[1]
+    return self.node_info.shape[1]
 
   @property
   def num_actions(self) -> int:
@@ -88,7 +148,8 @@ class Tree:
 
   def q(self) -> jax.Array:
     """`[B, N]` float32 Q values (0 for unvisited nodes)."""
-    return jnp.where(self.visits > 0, self.value_sum / jnp.maximum(self.visits, 1), 0.0)
+    visits = self.node_stats[..., Stats.VISITS]
+    return jnp.where(visits > 0, self.value_sum / jnp.maximum(visits, 1), 0.0)
 
 
 def init_tree(batch_size: int, num_slots: int, num_actions: int, rollout_budget: int | np.ndarray,
@@ -113,15 +174,10 @@ def init_tree(batch_size: int, num_slots: int, num_actions: int, rollout_budget:
   if seeds.shape != (b,):
     raise ValueError(f"seeds must have shape [{b}], got {seeds.shape}")
   return Tree(
-      parent=jnp.full([b, n], NO_PARENT, jnp.int32),
-      children=jnp.full([b, n, a], NO_CHILD, jnp.int32),
-      visits=jnp.zeros([b, n], jnp.int32),
-      value_sum=jnp.zeros([b, n], jnp.float32),
+      node_info=jnp.tile(jnp.asarray(EMPTY_INFO, jnp.int32), [b, n, 1]),
+      node_stats=jnp.tile(jnp.asarray(EMPTY_STATS, jnp.float32), [b, n, 1]),
       ppm_value=jnp.full([b, n], jnp.nan, jnp.float32),
-      terminal=jnp.zeros([b, n], jnp.bool_),
-      terminal_reason=jnp.zeros([b, n], jnp.int32),
-      depth=jnp.zeros([b, n], jnp.int32),
-      consecutive_errors=jnp.zeros([b, n], jnp.int32),
+      children=jnp.full([b, n, a], NO_CHILD, jnp.int32),
       num_nodes=jnp.ones([b], jnp.int32),
       cursor=jnp.full([b], NO_NODE, jnp.int32),
       rollouts=jnp.zeros([b], jnp.int32),

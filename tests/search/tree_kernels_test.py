@@ -43,19 +43,18 @@ def _expansion(batch_specs, parents):
   arr = lambda fill, dtype: np.full([b, A], fill, dtype)
   parent = np.array(parents, np.int32)
   count = np.zeros([b], np.int32)
-  terminal, reason, value = arr(False, bool), arr(0, np.int32), arr(0, np.float32)
+  reason, value = arr(0, np.int32), arr(0, np.float32)
   upd_self, upd_path = arr(False, bool), arr(False, bool)
   for i, specs in enumerate(batch_specs):
     count[i] = len(specs)
     for j, (r, v, scope) in enumerate(specs):
-      terminal[i, j] = r != Reason.NONE
       reason[i, j] = int(r)
       value[i, j] = v
       upd_self[i, j] = scope == "self"
       upd_path[i, j] = scope == "path"
-  return Expansion(parent=jnp.asarray(parent), count=jnp.asarray(count), terminal=jnp.asarray(terminal),
-                   terminal_reason=jnp.asarray(reason), consecutive_errors=jnp.zeros([b, A], jnp.int32),
-                   ppm_value=jnp.full([b, A], jnp.nan, jnp.float32), value=jnp.asarray(value),
+  return Expansion(parent=jnp.asarray(parent), count=jnp.asarray(count), terminal_reason=jnp.asarray(reason),
+                   consecutive_errors=jnp.zeros([b, A], jnp.int32), ppm_value=jnp.full([b, A], jnp.nan, jnp.float32),
+                   value=jnp.asarray(value),
                    update_self=jnp.asarray(upd_self), update_path=jnp.asarray(upd_path))
 
 
@@ -173,7 +172,7 @@ def test_paper_ties_are_uniform_and_seeded():
   tree, out = select(tree, rule)
   specs = [[(Reason.NONE, 0.0, None)] * 3] * b
   exp = _expansion(specs, np.asarray(out.node))
-  exp = exp._replace(terminal=exp.terminal[:, :3], terminal_reason=exp.terminal_reason[:, :3],
+  exp = exp._replace(terminal_reason=exp.terminal_reason[:, :3],
                      consecutive_errors=exp.consecutive_errors[:, :3], ppm_value=exp.ppm_value[:, :3],
                      value=exp.value[:, :3], update_self=exp.update_self[:, :3],
                      update_path=exp.update_path[:, :3])
@@ -243,3 +242,42 @@ def test_select_reports_its_descent_steps():
   tree, out = select(expand_and_backup(tree, _expansion([[(Reason.ANSWER, 1.0, "path")]], [1])), rule)
   assert (int(out.node[0]), int(out.steps)) == (2, 2)
   assert bool(tree.terminal[0, 1]) and int(tree.terminal_reason[0, 1]) == int(Reason.ALL_CHILDREN_TERMINAL)
+
+
+def test_expansion_without_room_for_a_children_is_dropped():
+  # Selection reads a node's children as the window [first child, first child + A), so an expansion is written only
+  # when A slots are free; select never returns a node without them, and a direct call asking anyway changes nothing
+  # but the tree's out_of_nodes flag.
+  rule = SelectionRule("official", 2.0)
+  tree = init_tree(2, 1 + A + 2, A, 4, MAX_DEPTH)
+  tree, out = select(tree, rule)
+  plain = [(Reason.NONE, 0.5, "path")] * A
+  tree = expand_and_backup(tree, _expansion([plain, plain], np.asarray(out.node)))
+  before = jax.device_get(tree)
+  # Tree 0 asks to expand child 1 (needs slots 1 + A .. 2A: only 2 are free); tree 1 asks nothing.
+  tree = expand_and_backup(tree, _expansion([[(Reason.ANSWER, 1.0, "path")], []], [1, NO_NODE]))
+  after = jax.device_get(tree)
+  np.testing.assert_array_equal(after.out_of_nodes, [True, False])
+  for name in ("node_info", "node_stats", "ppm_value", "children", "num_nodes"):
+    np.testing.assert_array_equal(getattr(after, name), getattr(before, name), err_msg=name)
+
+
+def test_node_fields_read_through_properties():
+  rule = SelectionRule("official", 2.0)
+  tree, out = select(init_tree(1, N, A, 4, MAX_DEPTH), rule)
+  specs = [(Reason.NONE, 0.25, "self"), (Reason.ANSWER, -1.0, "path"), (Reason.UNPARSABLE, -1.0, None)]
+  exp = _expansion([specs], np.asarray(out.node))
+  exp = exp._replace(ppm_value=jnp.asarray([[0.25, np.nan, np.nan, np.nan]], jnp.float32),
+                     consecutive_errors=jnp.asarray([[1, 0, 0, 0]], jnp.int32))
+  tree = expand_and_backup(tree, exp)
+  for t in (tree, jax.device_get(tree)):  # device arrays and fetched numpy arrays alike
+    np.testing.assert_array_equal(t.parent[0, :5], [NO_PARENT, 0, 0, 0, NO_PARENT])
+    np.testing.assert_array_equal(t.depth[0, :4], [0, 1, 1, 1])
+    np.testing.assert_array_equal(t.terminal_reason[0, :4], [0, 0, int(Reason.ANSWER), int(Reason.UNPARSABLE)])
+    np.testing.assert_array_equal(t.terminal[0, :4], [False, False, True, True])
+    np.testing.assert_array_equal(t.consecutive_errors[0, :4], [0, 1, 0, 0])
+    assert t.visits.dtype == np.int32
+    np.testing.assert_array_equal(t.visits[0, :4], [1, 1, 1, 0])  # the answer's -1 reaches the root
+    np.testing.assert_array_equal(t.value_sum[0, :4], [-1.0, 0.25, -1.0, 0.0])
+    np.testing.assert_array_equal(np.isnan(t.ppm_value[0, :4]), [True, False, True, True])
+    np.testing.assert_allclose(np.asarray(t.q())[0, :4], [-1.0, 0.25, -1.0, 0.0])
