@@ -1,0 +1,119 @@
+"""A/B of the tree kernels of two commits in one process: the working tree's against a baseline revision's.
+
+Runs of `benchmarks/search.py` on this shared machine differ by up to ~25%, more than a kernel change usually moves
+them. Here both versions replay the same simulations (`search.make_workload`: B trees, one `expand_and_select`
+call per simulation, the `[B]` selection read back, as the driver runs them) alternately in one process, so both see
+the same machine. `--thrash` writes a 32 MB buffer before every call, as the object tree or the driver's host work
+does between two calls in real runs (each call then starts with cold caches).
+
+  python benchmarks/search_ab.py --baseline 00e8511
+  python benchmarks/search_ab.py --baseline HEAD~1 --thrash
+
+The baseline's `rstar_jax/search/{tree,kernels}.py` are read with `git show` into a temporary package; its
+`Expansion` may carry the older `terminal` field (before 2026-12-01), which is filled from `terminal_reason`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from rstar_jax.search import kernels as current_kernels
+from rstar_jax.search import tree as current_tree
+from search import MAX_DEPTH, make_workload  # benchmarks/search.py (this script's directory is on sys.path)
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load_baseline(revision: str, directory: pathlib.Path):
+  """The baseline revision's `(tree, kernels)` modules, imported as package `baseline_search`."""
+  package = directory / "baseline_search"
+  package.mkdir()
+  (package / "__init__.py").write_text("")
+  for name in ("tree", "kernels"):
+    source = subprocess.run(["git", "show", f"{revision}:rstar_jax/search/{name}.py"], cwd=_ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    (package / f"{name}.py").write_text(source.replace("rstar_jax.search.tree", "baseline_search.tree"))
+  sys.path.insert(0, str(directory))
+  return importlib.import_module("baseline_search.tree"), importlib.import_module("baseline_search.kernels")
+
+
+def expansion(kernels, nodes, spec):
+  """The workload's expansion for `nodes [B]` in the `Expansion` fields of `kernels`."""
+  count, reason, value, scope = spec
+  active = nodes != current_tree.NO_NODE
+  fields = dict(
+      parent=nodes.astype(np.int32), count=np.where(active, count, 0).astype(np.int32), terminal=reason != 0,
+      terminal_reason=reason, consecutive_errors=np.zeros_like(reason),
+      ppm_value=np.where(reason == 0, value, np.nan).astype(np.float32), value=value, update_self=scope == 1,
+      update_path=scope == 2)
+  return kernels.Expansion(**{name: fields[name] for name in kernels.Expansion._fields})
+
+
+def replay(tree_lib, kernels, workload, shape, thrash):
+  """Seconds per simulation of one replay, and the last selection (to check both sides agree)."""
+  trees, nodes, actions, rollouts = shape
+  rule = kernels.SelectionRule("official", 2.0)
+  tree, out = kernels.select(tree_lib.init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
+  picked = np.asarray(out.node)
+  times = []
+  for spec in workload:
+    if thrash is not None:
+      thrash += 1
+    start = time.perf_counter()
+    tree, out = kernels.expand_and_select(tree, expansion(kernels, picked, spec), rule)
+    picked = np.asarray(out.node)
+    times.append(time.perf_counter() - start)
+  return statistics.mean(times), picked
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--baseline", required=True, help="git revision whose tree kernels are the baseline")
+  parser.add_argument("--trees", type=int, default=1024)
+  parser.add_argument("--nodes", type=int, default=256)
+  parser.add_argument("--actions", type=int, default=8)
+  parser.add_argument("--iters", type=int, default=24, help="simulations per replay")
+  parser.add_argument("--rollouts", type=int, default=16)
+  parser.add_argument("--replays", type=int, default=8, help="alternating replays per side (after one warm-up)")
+  parser.add_argument("--thrash", action="store_true", help="write 32 MB between calls (cold caches)")
+  args = parser.parse_args(argv)
+
+  shape = (args.trees, args.nodes, args.actions, args.rollouts)
+  workload = make_workload(0, args.trees, args.actions, args.iters)
+  thrash = np.zeros(8 << 20, np.float32) if args.thrash else None
+  with tempfile.TemporaryDirectory() as tmp:
+    base_tree, base_kernels = load_baseline(args.baseline, pathlib.Path(tmp))
+    sides = {"baseline": (base_tree, base_kernels), "current": (current_tree, current_kernels)}
+    for tree_lib, kernels in sides.values():  # compile and warm up
+      replay(tree_lib, kernels, workload, shape, thrash)
+    times = {name: [] for name in sides}
+    for _ in range(args.replays):
+      picks = []
+      for name, (tree_lib, kernels) in sides.items():
+        seconds, picked = replay(tree_lib, kernels, workload, shape, thrash)
+        times[name].append(seconds)
+        picks.append(picked)
+      if not np.array_equal(*picks):
+        raise SystemExit("the two versions selected different nodes: not the same search")
+  base, cur = statistics.median(times["baseline"]), statistics.median(times["current"])
+  print(f"B={args.trees} N={args.nodes} A={args.actions}; {args.iters} simulations x {args.replays} alternating "
+        f"replays{' with cold caches (--thrash)' if args.thrash else ''}; selections identical")
+  for name in sides:
+    print(f"{name:9s} {args.baseline if name == 'baseline' else 'working tree':>14s}  "
+          f"{1e3 * statistics.median(times[name]):6.3f} ms / simulation (median of replays; "
+          f"range {1e3 * min(times[name]):.3f}-{1e3 * max(times[name]):.3f})")
+  print(f"current / baseline: {cur / base:.2f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
