@@ -135,8 +135,9 @@ def time_ours(engine: Engine, requests: list[Request], new_tokens: int) -> dict:
   t = time.perf_counter()
   results = engine.generate(requests, Greedy(), max_new_tokens=new_tokens)
   wall = time.perf_counter() - t
-  return dict(wall_s=wall, prefill_s=engine.stats["prefill_s"], decode_step_s=engine.stats["decode_s"] / (new_tokens - 1),
-              tok_s=len(requests) * new_tokens / wall, tokens=np.array([r[0].token_ids for r in results]))
+  return dict(wall_s=wall, prefill_s=engine.stats["prefill_s"],
+              decode_step_s=engine.stats["decode_s"] / (new_tokens - 1), tok_s=len(requests) * new_tokens / wall,
+              tokens=np.array([r[0].token_ids for r in results]))
 
 
 def time_hf(model, prompts: np.ndarray, new_tokens: int) -> dict:
@@ -167,8 +168,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   torch.manual_seed(0)
   env = dict(jax=jax.__version__, torch=torch.__version__, transformers=transformers.__version__,
-             cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-             devices=str(jax.devices()), load_at_start=_load())
+             cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+             torch_threads=torch.get_num_threads(), devices=str(jax.devices()), load_at_start=_load())
   print(json.dumps(env), flush=True)
   out = dict(env=env, shapes={})
   batches = [int(b) for b in args.batches.split(",")]

@@ -23,7 +23,8 @@ def grader():
     ("\\boxed{1} first, then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
     ("nested \\boxed{\\frac{\\sqrt{3}}{2}} end", "\\frac{\\sqrt{3}}{2}"),
     ("set \\boxed{\\{1, 2\\}} braces", "\\{1, 2\\}"),
-    ("cases \\boxed{\\left\\{\\begin{array}{l}a\\end{array}\\right.}", "\\left\\{\\begin{array}{l}a\\end{array}\\right."),
+    ("cases \\boxed{\\left\\{\\begin{array}{l}a\\end{array}\\right.}",
+     "\\left\\{\\begin{array}{l}a\\end{array}\\right."),
     ("no braces \\boxed 42.", "42"),
     ("space first \\boxed {1,3}.", "1,3"),
     ("\\fbox{7}", "7"),
@@ -154,7 +155,8 @@ def _check_self_equivalence(grader, answers):
   # ground truths in the data are cut off mid-LaTeX and cannot sit inside a box).
   failures = []
   wrapped = grader.equivalent_batch([(f"${a}$ ", a) for _, a in answers])
-  mv = list(grader._pool.map(lambda a: grader._math_verify(a, a), [a for _, a in answers]))  # pylint: disable=protected-access
+  math_verify = grader._math_verify  # pylint: disable=protected-access
+  mv = list(grader._pool.map(lambda a: math_verify(a, a), [a for _, a in answers]))  # pylint: disable=protected-access
   for (where, answer), ok_wrapped in zip(answers, wrapped):
     if not ok_wrapped:
       failures.append(where)

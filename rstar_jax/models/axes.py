@@ -22,12 +22,13 @@ import jax
 LogicalAxes = tuple[str | None, ...]
 
 # A function mapping (logical names, shape) to a `jax.sharding.Sharding`, installed by the sharding module.
-_RESOLVER: contextvars.ContextVar[Callable[[LogicalAxes, tuple[int, ...]], jax.sharding.Sharding] | None] = contextvars.ContextVar(
-    "rstar_jax_logical_resolver", default=None)
+Resolver = Callable[[LogicalAxes, tuple[int, ...]], jax.sharding.Sharding]
+_RESOLVER: contextvars.ContextVar[Resolver | None] = contextvars.ContextVar("rstar_jax_logical_resolver",
+                                                                            default=None)
 
 
 @contextlib.contextmanager
-def logical_resolver(resolver: Callable[[LogicalAxes, tuple[int, ...]], jax.sharding.Sharding]):
+def logical_resolver(resolver: Resolver):
   """Within the block, `constrain` applies `resolver(names, shape)` as a sharding constraint."""
   token = _RESOLVER.set(resolver)
   try:

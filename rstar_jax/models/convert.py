@@ -317,7 +317,8 @@ def read_value_head(ppm_dir: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 # --- export -----------------------------------------------------------------------------------------------------------
-def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dtype) -> Iterator[tuple[str, np.ndarray]]:
+def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dtype
+                     ) -> Iterator[tuple[str, np.ndarray]]:
   for entry in entries:
     if entry.per_layer:
       unstacked = _unstacked(state, entry.path)
