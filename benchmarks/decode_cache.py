@@ -13,6 +13,7 @@ same constructors.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import pathlib
 import sys
@@ -46,13 +47,11 @@ def seconds_per_step(qwen2, config: ModelConfig, batch: int, slots: int, unstack
   kwargs = dict(scan_layers=False) if unstacked else {}
   graphdef, state = nnx.split(qwen2.Qwen2(config, rngs=nnx.Rngs(0), **kwargs))
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=1)
   def step(state, cache, tokens):
     positions = jnp.zeros_like(tokens) + cache.end_index
     out = nnx.merge(graphdef, state)(tokens, positions, jnp.ones_like(tokens, bool), cache=cache)
     return out.logits, out.cache
-
-  step = jax.jit(step.__wrapped__, donate_argnums=1)
   cache = qwen2.KVCache.init(config, batch, slots)
   tokens = jnp.ones((batch, 1), jnp.int32)
   for _ in range(3):

@@ -28,6 +28,8 @@ import numpy as np
 
 from rstar_jax.grading import Grader
 from rstar_jax.search import MCTS, Problem, SearchConfig
+from rstar_jax.search import kernels as search_kernels
+from rstar_jax.search import tree as search_tree
 from rstar_jax.search.kernels import Expansion, SelectionRule, expand_and_select, select
 from rstar_jax.search.object_tree import ObjectTree
 from rstar_jax.search.scripted import ConstantExecutor, FunctionScorer, ScriptedPolicy
@@ -115,19 +117,33 @@ def bench_kernels_alone(workload, trees, nodes, actions, rollouts, repeats=3):
   per simulation, the median over `repeats` replays. Interleaving with the object tree, whose ~10^5 Python
   objects go through the caches between two kernel calls, makes each kernel call start cold; this is the warm
   figure (the driver sits between the two: its host work also runs between kernel calls)."""
-  rule = SelectionRule("official", 2.0)
-  times = []
-  for _ in range(repeats):
-    tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
-    picked = np.asarray(out.node)
-    run = []
-    for spec in workload:
-      start = time.perf_counter()
-      tree, out = expand_and_select(tree, _expansion(picked, spec), rule)
-      picked = np.asarray(out.node)
-      run.append(time.perf_counter() - start)
-    times.append(run)
+  times = [replay_kernels(workload, trees, nodes, actions, rollouts)[0] for _ in range(repeats)]
   return [statistics.median(column) for column in zip(*times)]
+
+
+def replay_kernels(workload, trees, nodes, actions, rollouts, *, kernels=search_kernels, tree_lib=search_tree,
+                   make_expansion=_expansion, between=None):
+  """One replay of the workload on the kernels, as the driver runs them: per simulation one `expand_and_select`
+  call (expansion built from numpy inside the timing) and the `[B]` read of its selection.
+
+  `kernels` / `tree_lib` / `make_expansion`: the modules and expansion builder to run (`search_ab.py` passes a
+  baseline revision's); `between`: called before each timed call (e.g. to thrash the caches).
+
+  Returns:
+    `(seconds per simulation [iters], the last selection [B])`.
+  """
+  rule = kernels.SelectionRule("official", 2.0)
+  tree, out = kernels.select(tree_lib.init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
+  picked = np.asarray(out.node)
+  times = []
+  for spec in workload:
+    if between is not None:
+      between()
+    start = time.perf_counter()
+    tree, out = kernels.expand_and_select(tree, make_expansion(picked, spec), rule)
+    picked = np.asarray(out.node)
+    times.append(time.perf_counter() - start)
+  return times, picked
 
 
 _FREE_OPS = ("parameter", "get-tuple-element", "constant", "bitcast", "tuple")

@@ -22,13 +22,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
-from rstar_jax.search import kernels as current_kernels
-from rstar_jax.search import tree as current_tree
-from search import MAX_DEPTH, make_workload  # benchmarks/search.py (this script's directory is on sys.path)
+import search  # benchmarks/search.py (this script's directory is on sys.path)
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -46,33 +43,15 @@ def load_baseline(revision: str, directory: pathlib.Path):
   return importlib.import_module("baseline_search.tree"), importlib.import_module("baseline_search.kernels")
 
 
-def expansion(kernels, nodes, spec):
-  """The workload's expansion for `nodes [B]` in the `Expansion` fields of `kernels`."""
-  count, reason, value, scope = spec
-  active = nodes != current_tree.NO_NODE
-  fields = dict(
-      parent=nodes.astype(np.int32), count=np.where(active, count, 0).astype(np.int32), terminal=reason != 0,
-      terminal_reason=reason, consecutive_errors=np.zeros_like(reason),
-      ppm_value=np.where(reason == 0, value, np.nan).astype(np.float32), value=value, update_self=scope == 1,
-      update_path=scope == 2)
-  return kernels.Expansion(**{name: fields[name] for name in kernels.Expansion._fields})
+def baseline_expansion(kernels):
+  """`search._expansion` in the fields of `kernels.Expansion` (older ones also carry `terminal`)."""
 
+  def make(nodes, spec):
+    fields = search._expansion(nodes, spec)._asdict()  # pylint: disable=protected-access
+    fields["terminal"] = fields["terminal_reason"] != 0
+    return kernels.Expansion(**{name: fields[name] for name in kernels.Expansion._fields})
 
-def replay(tree_lib, kernels, workload, shape, thrash):
-  """Seconds per simulation of one replay, and the last selection (to check both sides agree)."""
-  trees, nodes, actions, rollouts = shape
-  rule = kernels.SelectionRule("official", 2.0)
-  tree, out = kernels.select(tree_lib.init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
-  picked = np.asarray(out.node)
-  times = []
-  for spec in workload:
-    if thrash is not None:
-      thrash += 1
-    start = time.perf_counter()
-    tree, out = kernels.expand_and_select(tree, expansion(kernels, picked, spec), rule)
-    picked = np.asarray(out.node)
-    times.append(time.perf_counter() - start)
-  return statistics.mean(times), picked
+  return make
 
 
 def main(argv=None) -> int:
@@ -88,19 +67,25 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   shape = (args.trees, args.nodes, args.actions, args.rollouts)
-  workload = make_workload(0, args.trees, args.actions, args.iters)
-  thrash = np.zeros(8 << 20, np.float32) if args.thrash else None
+  workload = search.make_workload(0, args.trees, args.actions, args.iters)
+  buffer = np.zeros(8 << 20, np.float32)
+
+  def thrash():
+    np.add(buffer, 1, out=buffer)  # writes 32 MB: the next call finds its arrays out of the caches
+
   with tempfile.TemporaryDirectory() as tmp:
     base_tree, base_kernels = load_baseline(args.baseline, pathlib.Path(tmp))
-    sides = {"baseline": (base_tree, base_kernels), "current": (current_tree, current_kernels)}
-    for tree_lib, kernels in sides.values():  # compile and warm up
-      replay(tree_lib, kernels, workload, shape, thrash)
+    sides = {"baseline": dict(tree_lib=base_tree, kernels=base_kernels,
+                              make_expansion=baseline_expansion(base_kernels)),
+             "current": {}}  # `search.replay_kernels`' defaults: the working tree's kernels
+    for side in sides.values():  # compile and warm up
+      search.replay_kernels(workload, *shape, **side)
     times = {name: [] for name in sides}
     for _ in range(args.replays):
       picks = []
-      for name, (tree_lib, kernels) in sides.items():
-        seconds, picked = replay(tree_lib, kernels, workload, shape, thrash)
-        times[name].append(seconds)
+      for name, side in sides.items():
+        seconds, picked = search.replay_kernels(workload, *shape, between=thrash if args.thrash else None, **side)
+        times[name].append(statistics.mean(seconds))
         picks.append(picked)
       if not np.array_equal(*picks):
         raise SystemExit("the two versions selected different nodes: not the same search")
