@@ -260,11 +260,12 @@ class MCTS:
     if lost:
       self.stats.out_of_nodes += lost
       _LOG.warning("%d trees stopped early: max_nodes=%d is too small", lost, cfg.num_slots)
+    # The node fields are views of packed rows: take each `[B, N]` array once, not once per tree.
+    visits, value_sum, reason = final.visits, final.value_sum, final.terminal_reason
     return [
         to_record(problem_id=p.problem_id, question=p.question, ground_truth=p.ground_truth,
                   prompt=hosts[b].prompt, seed=int(seeds[b]), mode=cfg.mode, preset=cfg.preset,
-                  host=hosts[b], visits=final.visits[b], value_sum=final.value_sum[b],
-                  terminal_reason=final.terminal_reason[b])
+                  host=hosts[b], visits=visits[b], value_sum=value_sum[b], terminal_reason=reason[b])
         for b, p in enumerate(problems)]
 
   def _expand_rows(self, problems, hosts, seeds, rows, nodes, rollouts, batch_size
