@@ -117,6 +117,18 @@ def _take(x: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, index, axis=1)
 
 
+def _flat_index(index: jax.Array, num_slots: int) -> jax.Array:
+  """Row `index[b, ...]` of tree b as a row of the flattened `[B * N, ...]` array; out of `[0, N)` -> `B * N`."""
+  batch = index.shape[0]
+  tree_start = (jnp.arange(batch, dtype=jnp.int32) * num_slots).reshape((batch,) + (1,) * (index.ndim - 1))
+  return jnp.where((index >= 0) & (index < num_slots), tree_start + index, batch * num_slots)
+
+
+def _flat(x: jax.Array) -> jax.Array:
+  """`[B, N, ...]` -> `[B * N, ...]` (a free reshape)."""
+  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
 def _take_window(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
   """`x[b, start[b]:start[b] + size]` for every tree: `[B, N, ...]`, `[B]` -> `[B, size, ...]`.
 
@@ -142,9 +154,14 @@ def _batch_set_column(x: jax.Array, column: int, value: jax.Array, index: jax.Ar
 
 
 def _batch_add(x: jax.Array, value: jax.Array, index: jax.Array) -> jax.Array:
-  """`x[b, index[b]] += value[b]` (index `[B]` or `[B, K]`, value shaped as `x[b, index[b]]`); index N is
-  dropped."""
-  return jax.vmap(lambda row, v, i: row.at[i].add(v, mode="drop"))(x, value, index)
+  """`x[b, index[b]] += value[b]` (index `[B]` or `[B, K]`, value shaped as `x[b, index[b]]`); an index out of
+  `[0, N)` is dropped.
+
+  One scatter-add into the flattened `[B * N, ...]` array with one row index per update. The vmapped form (a
+  scatter per tree) makes XLA:CPU build (tree, node) index pairs, which took longer than the path backup's update
+  itself (benchmarks/RESULTS.md, search).
+  """
+  return _flat(x).at[_flat_index(index, x.shape[1])].add(value, mode="drop").reshape(x.shape)
 
 
 def _fields(tree: Tree) -> dict[str, jax.Array]:
@@ -160,6 +177,7 @@ class _Descent(NamedTuple):
   rollouts: jax.Array      # [B] int32
   info: jax.Array          # [B, N, 4] int32, `Tree.node_info` (selection writes terminal reasons)
   dead_end: jax.Array      # [B] int32, node found with all children terminal, still to be marked (N: none)
+  root_terminal: jax.Array  # [B] bool, the root is terminal (no rollout can start)
   path: jax.Array          # [B, L] int32
   selected: jax.Array      # [B] int32
   out_of_nodes: jax.Array  # [B] bool
@@ -196,7 +214,9 @@ def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
     info = mark_dead_ends(s.info, s.dead_end)
     live = ~s.done
     is_new = live & (s.node == NO_NODE)
-    root_terminal = info[:, ROOT_INDEX, Info.REASON] != Reason.NONE
+    # Carried, not read from `info`: that read is a strided [B] slice, and XLA repeats it in every fusion that uses
+    # `start` (the root only becomes terminal through a dead-end mark).
+    root_terminal = s.root_terminal | (s.dead_end == ROOT_INDEX)
     start = is_new & (s.rollouts < tree.rollout_budget) & ~root_terminal
     rollouts = s.rollouts + start.astype(jnp.int32)
     node = jnp.where(start, ROOT_INDEX, s.node)
@@ -231,6 +251,7 @@ def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
         rollouts=rollouts,
         info=info,
         dead_end=jnp.where(dead_end, safe, num_slots),
+        root_terminal=root_terminal,
         path=_batch_set(s.path, best, jnp.where(moved, depth + 1, path_length)),
         selected=jnp.where(wants & fits, jnp.where(unexpanded, safe, best), s.selected
                            ).astype(jnp.int32),
@@ -242,6 +263,7 @@ def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
       steps=jnp.int32(0), node=tree.cursor,
       depth=_node_rows(tree.node_info, jnp.maximum(tree.cursor, 0))[:, Info.DEPTH],
       rollouts=tree.rollouts, info=tree.node_info, dead_end=jnp.full_like(tree.cursor, num_slots),
+      root_terminal=tree.node_info[:, ROOT_INDEX, Info.REASON] != Reason.NONE,
       path=tree.path,
       selected=jnp.full_like(tree.cursor, NO_NODE), out_of_nodes=tree.out_of_nodes,
       done=tree.out_of_nodes)
