@@ -7,7 +7,9 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    `\\text{}` units, degrees/percent signs, a leading `x =`, thousands separators, a trailing period,
    case) and compared.
 2. Numbers: when both sides read as plain numbers (integers, decimals, `a/b`, `\\frac{a}{b}`,
-   percentages), they are compared with a relative tolerance; two numbers that differ are *not*
+   percentages), their exact values are compared, so `1000001` is not `1000000` however large the
+   numbers. The one allowance: a decimal written for a value whose decimal expansion never ends
+   (`0.666667` for `\\frac{2}{3}`) matches within a relative 1e-6. Two numbers that differ are *not*
    handed on (that is a fast, certain "no").
 3. math-verify: the bare LaTeX is wrapped in `$...$`, parsed and verified (gold first, as the library
    expects). math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 from typing import Sequence
 
 _LOG = logging.getLogger(__name__)
@@ -140,32 +143,69 @@ def normalize_answer(answer: str | None) -> str:
 # ----------------------------------------------------------------------------------------------
 # Layer 2: plain numbers.
 
-def parse_number(answer: str | None) -> float | None:
-  """The value of an answer that is a plain number, `a/b`, `\\frac{a}{b}` or a percentage; else None."""
+def parse_number(answer: str | None) -> Fraction | None:
+  """The exact value of an answer that is a plain number, `a/b`, `\\frac{a}{b}` or a percentage; else None.
+
+  Numbers with an exponent past +-`_MAX_EXPONENT` (or more digits than Python converts) give None: math-verify, in
+  its worker under a deadline, decides those.
+  """
   s = normalize_answer(answer)
   if not s:
     return None
   try:
     if _NUMBER_RE.match(s):
-      return float(s)
+      return _exact(s)
     for regex in (_SIMPLE_FRAC_RE, _SLASH_FRAC_RE):
       match = regex.match(s)
       if match:
         groups = match.groups()
-        sign = -1.0 if groups[0].startswith("-") else 1.0
+        sign = -1 if groups[0].startswith("-") else 1
         num_text = groups[1] if len(groups) == 3 else groups[0].lstrip("+-")
         den_text = groups[2] if len(groups) == 3 else groups[1]
         if not (_NUMBER_RE.match(num_text) and _NUMBER_RE.match(den_text)):
           return None
-        den = float(den_text)
-        return None if den == 0 else sign * float(num_text) / den
-  except (ValueError, OverflowError):
+        num, den = _exact(num_text), _exact(den_text)
+        return None if num is None or den is None or den == 0 else sign * num / den
+  except (ValueError, OverflowError, ZeroDivisionError):
     return None
   return None
 
 
-def _numbers_equal(a: float, b: float, rel_tol: float = 1e-6) -> bool:
-  return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
+_MAX_EXPONENT = 400
+
+
+def _exact(number: str) -> Fraction | None:
+  """`number` matches `_NUMBER_RE`."""
+  exponent = re.search(r"[eE]([-+]?\d+)$", number)
+  if exponent and abs(int(exponent.group(1))) > _MAX_EXPONENT:
+    return None  # `Fraction` would build 10**exponent
+  return Fraction(number)
+
+
+def _is_decimal(answer: str) -> bool:
+  """Whether a plain-number answer is written with a decimal point or an exponent (a possibly rounded value)."""
+  return bool(re.search(r"[.eE]", normalize_answer(answer)))
+
+
+def _terminates(x: Fraction) -> bool:
+  """Whether `x` has a finite decimal expansion (its denominator has no prime factors but 2 and 5)."""
+  den = x.denominator
+  for p in (2, 5):
+    while den % p == 0:
+      den //= p
+  return den == 1
+
+
+def _numbers_equal(a: Fraction, a_decimal: bool, b: Fraction, b_decimal: bool, rel_tol: float = 1e-6) -> bool:
+  """Exact equality, except that a decimal may round a value whose expansion never ends (`0.666667` vs 2/3)."""
+  if a == b:
+    return True
+  if (a_decimal and not _terminates(b)) or (b_decimal and not _terminates(a)):
+    try:
+      return math.isclose(float(a), float(b), rel_tol=rel_tol)
+    except OverflowError:
+      return False
+  return False
 
 
 def _choice_letters(answer: str) -> str | None:
@@ -202,6 +242,8 @@ def _worker_main() -> None:
     math_verify_equal("1", "1")  # import sympy / math-verify and warm their caches up front
   except Exception:  # pylint: disable=broad-except
     pass
+  sys.stdout.write(_READY + "\n")  # the parent's comparison deadlines start after this line
+  sys.stdout.flush()
   for line in sys.stdin:
     try:
       pred, gold = json.loads(line)
@@ -215,16 +257,23 @@ def _worker_main() -> None:
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+_READY = "ready"
+
+
 class _Worker:
   """One math-verify subprocess; `call` enforces the deadline by killing it.
 
   A plain `subprocess` (not `multiprocessing`): no fork of a process that may run JAX threads, and no
-  re-import of the caller's `__main__` module as the spawn start method would do.
+  re-import of the caller's `__main__` module as the spawn start method would do. A fresh worker first
+  imports sympy and math-verify (seconds) and then says it is ready; only after that does a comparison's
+  deadline start, so a worker that replaced a killed one still gets the normal deadline. A worker killed
+  for a timeout is restarted at once, so its imports overlap whatever the caller does next.
   """
 
   def __init__(self):
     self._proc: subprocess.Popen | None = None
     self._buffer = b""
+    self._ready = False
 
   def _start(self) -> None:
     env = dict(os.environ)
@@ -233,33 +282,51 @@ class _Worker:
         [sys.executable, "-c", "from rstar_jax.grading import _worker_main; _worker_main()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, bufsize=0)
     self._buffer = b""
+    self._ready = False
 
   @property
   def alive(self) -> bool:
     return self._proc is not None and self._proc.poll() is None
 
-  def call(self, pred: str, gold: str, timeout_s: float) -> bool | None:
-    """math-verify's verdict, or None when it did not answer within `timeout_s`."""
-    if not self.alive:
-      self._start()
+  def _read_line(self, timeout_s: float) -> bytes | None:
+    """The worker's next output line, or None when none came within `timeout_s` (or it died)."""
     deadline = time.monotonic() + timeout_s
+    fd = self._proc.stdout.fileno()
+    while b"\n" not in self._buffer:
+      remaining = deadline - time.monotonic()
+      if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+        return None
+      chunk = os.read(fd, 64)
+      if not chunk:
+        return None
+      self._buffer += chunk
+    line, self._buffer = self._buffer.split(b"\n", 1)
+    return line.strip()
+
+  def call(self, pred: str, gold: str, timeout_s: float, startup_timeout_s: float) -> bool | None:
+    """math-verify's verdict, or None when it did not answer within `timeout_s`.
+
+    `startup_timeout_s`: how long a fresh worker may take to get ready (not counted in `timeout_s`); a worker that
+    does not get ready in time also gives None.
+    """
     try:
+      if not self.alive:
+        self._start()
+      deadline = time.monotonic() + startup_timeout_s
+      while not self._ready:  # lines before the ready line (a library printing on import) are skipped
+        line = self._read_line(deadline - time.monotonic())
+        if line is None:
+          self.kill()
+          return None
+        self._ready = line == _READY.encode()
       self._proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
-      fd = self._proc.stdout.fileno()
-      while b"\n" not in self._buffer:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-          break
-        chunk = os.read(fd, 64)
-        if not chunk:
-          break
-        self._buffer += chunk
-      if b"\n" in self._buffer:
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.strip() == b"1"
+      line = self._read_line(timeout_s)
+      if line is not None:
+        return line == b"1"
     except (OSError, ValueError):
       pass
     self.kill()
+    self._start()  # the replacement imports while the caller goes on
     return None
 
   def kill(self) -> None:
@@ -274,6 +341,7 @@ class _Worker:
           pass
     self._proc = None
     self._buffer = b""
+    self._ready = False
 
   def close(self) -> None:
     if self.alive:
@@ -291,7 +359,8 @@ class Grader:
   Args:
     num_workers: math-verify worker processes (comparisons run in parallel up to this many).
     timeout_s: deadline of one math-verify comparison; an overrun counts as "not equal".
-    startup_timeout_s: deadline of the first comparison of a fresh worker (includes its imports).
+    startup_timeout_s: how long a fresh worker may take to import math-verify and get ready (before the
+      deadline of its first comparison starts); a worker that does not get ready counts as an overrun.
   """
 
   def __init__(self, num_workers: int = 1, timeout_s: float = 5.0, startup_timeout_s: float = 60.0):
@@ -327,8 +396,7 @@ class Grader:
   def _math_verify(self, pred: str, gold: str) -> bool:
     worker = self._idle.get()
     try:
-      fresh = not worker.alive
-      result = worker.call(pred, gold, self.startup_timeout_s if fresh else self.timeout_s)
+      result = worker.call(pred, gold, self.timeout_s, self.startup_timeout_s)
     finally:
       self._idle.put(worker)
     if result is None:
@@ -374,7 +442,7 @@ class Grader:
         return pred_choice == gold_choice
     pred_num, gold_num = parse_number(pred), parse_number(gold)
     if pred_num is not None and gold_num is not None:
-      return _numbers_equal(pred_num, gold_num)
+      return _numbers_equal(pred_num, _is_decimal(pred), gold_num, _is_decimal(gold))
     return self._math_verify(pred, gold)
 
   def equivalent_batch(self, pairs: Sequence[tuple[str | None, str | None]]) -> list[bool]:

@@ -5,6 +5,7 @@ import pathlib
 import random
 import threading
 import time
+from fractions import Fraction
 
 import pytest
 
@@ -59,6 +60,9 @@ def test_extract_boxed(text, want):
     ("-\\frac{1}{8}", "-0.125"),
     ("1/2", "0.5"),
     ("\\text{Monday}", "Monday"),
+    ("1e5", "100000"),
+    ("100000.0", "100000"),
+    ("0.666667", "\\frac{2}{3}"),  # a rounded decimal of a value whose expansion never ends
 ])
 def test_equivalent_rewrites(grader, pred, gold):
   assert grader.equivalent(pred, gold)
@@ -76,6 +80,14 @@ def test_equivalent_rewrites(grader, pred, gold):
     ("", "5"),
     (None, "5"),
     ("5", ""),
+    # Numbers compare exactly: no relative tolerance for large integers, no absolute one for small numbers.
+    ("1000001", "1000000"),
+    ("1,000,001", "1000000"),
+    ("123456790", "123456789"),
+    ("1000000.5", "1000001"),
+    ("0.000000001", "0"),
+    ("5e-10", "1e-10"),
+    ("0.3333", "\\frac{1}{3}"),
 ])
 def test_different_answers_do_not_match(grader, pred, gold):
   assert not grader.equivalent(pred, gold)
@@ -91,20 +103,26 @@ def test_number_parsing():
   assert parse_number("\\frac{3}{4}") == 0.75
   assert parse_number("-\\frac{1}{4}") == -0.25
   assert parse_number("\\frac34") == 0.75
+  assert parse_number("\\frac{1}{3}") == Fraction(1, 3)  # exact values
+  assert parse_number("1e-10") == Fraction(1, 10**10)
+  assert parse_number("1e99999999") is None  # left to math-verify's worker and its deadline
   assert parse_number("\\sqrt{2}") is None
   assert parse_number("x") is None
   assert normalize_answer("$x = \\dfrac{1}{2}$.") == "\\frac{1}{2}"
 
 
 def test_hanging_comparison_is_cut_off_and_the_grader_recovers():
-  with Grader(num_workers=1, timeout_s=1.0) as g:
-    assert g.equivalent("1", "1.0")  # warms the worker (its imports are outside the deadline)
-    g._math_verify("2", "2")  # pylint: disable=protected-access
-    start = time.monotonic()
-    # sympy evaluates 10^(10^10) exactly: without a deadline this never returns.
-    assert not g.equivalent("10^{10^{10}}", "5")
-    assert time.monotonic() - start < 15
-    assert g.num_timeouts == 1
+  # A long startup allowance: were it (and not `timeout_s`) the deadline of the replacement worker's first
+  # comparison, the second hanging answer below would take two minutes.
+  with Grader(num_workers=1, timeout_s=1.0, startup_timeout_s=120.0) as g:
+    assert g.equivalent("1", "1.0")  # string layer: no worker yet
+    g._math_verify("2", "2")  # pylint: disable=protected-access  # starts the worker (imports outside the deadline)
+    for hanging in ("10^{10^{10}}", "10^{10^{11}}"):
+      start = time.monotonic()
+      # sympy evaluates 10^(10^10) exactly: without a deadline this never returns.
+      assert not g.equivalent(hanging, "5")
+      assert time.monotonic() - start < 30
+    assert g.num_timeouts == 2
     assert g.equivalent("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}")  # a fresh worker took over
 
 
