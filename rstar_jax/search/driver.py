@@ -195,7 +195,10 @@ class MCTS:
     """Searches every problem; returns the tree records in problem order.
 
     With `output_dir`, each batch is written as its own shard `{shard_prefix}-{k:05d}.jsonl`
-    (atomically); a shard already present is read back instead of searched again (resume).
+    (atomically); a shard already present is read back instead of searched again (resume). The config
+    is kept in `{shard_prefix}.config.json` beside the shards: resuming with another config, or with
+    another problem list whose batch no longer matches a shard, raises `ValueError` (nothing is
+    overwritten). Resuming assumes the same policy, scorer and executor (they cannot be checked).
     """
     cfg = self.config
     if cfg.mode != "inference":
@@ -206,6 +209,9 @@ class MCTS:
     if len(set(ids)) != len(ids):
       raise ValueError("problem ids must be unique (they seed the trees)")
     batch = cfg.batch_size or max(1, len(problems))
+    config_record = dataclasses.asdict(cfg)
+    config_path = None if output_dir is None else os.path.join(os.fspath(output_dir), f"{shard_prefix}.config.json")
+    config_written = config_path is not None and records.check_run_config(config_path, config_record)
     out: list[dict] = []
     bar = _progress_bar(len(problems) * cfg.num_rollouts, self.progress, f"mcts[{cfg.mode}]")
     try:
@@ -215,18 +221,35 @@ class MCTS:
         if output_dir is not None:
           shard = os.path.join(os.fspath(output_dir), f"{shard_prefix}-{k:05d}.jsonl")
           if os.path.exists(shard):
-            done = records.read_trees(shard)
-            if [r["problem_id"] for r in done] == [p.problem_id for p in chunk]:
-              out.extend(done)
-              bar.update(len(chunk) * cfg.num_rollouts)
-              continue
+            out.extend(self._resumed(shard, chunk))
+            bar.update(len(chunk) * cfg.num_rollouts)
+            continue
         batch_records = self._search_batch(chunk, batch, bar)
         if shard is not None:
+          if not config_written:  # written with the first new shard, once the existing ones passed their checks
+            records.write_run_config(config_path, config_record)
+            config_written = True
           records.write_trees(shard, batch_records)
         out.extend(batch_records)
     finally:
       bar.close()
     return out
+
+  def _resumed(self, shard: str, problems: Sequence[Problem]) -> list[dict]:
+    """The records of an existing shard, checked to be this search's trees of `problems`."""
+    cfg = self.config
+    done = records.read_trees(shard)
+    have, want = [r["problem_id"] for r in done], [p.problem_id for p in problems]
+    if have != want:
+      raise ValueError(f"{shard}: holds the trees of problems {have[:3]}{'...' if len(have) > 3 else ''}, but this "
+                       f"run's batch is {want[:3]}{'...' if len(want) > 3 else ''}: the problem list changed since "
+                       "it was written; resume with the same problems in the same order, or write to another folder")
+    for r in done:  # shards older than the config file, or edited by hand
+      seed = tree_seed(cfg.seed, r["problem_id"])
+      if (r["mode"], r["preset"], r["seed"]) != (cfg.mode, cfg.preset, seed):
+        raise ValueError(f"{shard}: tree {r['problem_id']!r} was searched with mode {r['mode']!r}, preset "
+                         f"{r['preset']!r}, seed {r['seed']}; this run has {cfg.mode!r}, {cfg.preset!r}, {seed}")
+    return done
 
   def _search_batch(self, problems: Sequence[Problem], batch_size: int, bar) -> list[dict]:
     """One lockstep loop over up to `batch_size` trees (padded to `batch_size` rows)."""

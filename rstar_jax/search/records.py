@@ -27,7 +27,8 @@ Record:
     q               value_sum / visits (0.0 when visits == 0)
     ppm_value       the node's PPM score when it was scored, else null
 
-Shards are written atomically (a temporary file in the same folder, then `os.replace`).
+Shards are written atomically (a temporary file in the same folder, then `os.replace`). A search that writes
+shards keeps its config next to them (`write_run_config`, `check_run_config`), so a resumed run cannot mix trees of two searches.
 """
 
 from __future__ import annotations
@@ -133,22 +134,15 @@ def dumps_tree(record: dict[str, Any]) -> str:
   return json.dumps(record, ensure_ascii=False, allow_nan=False)
 
 
-def write_trees(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> int:
-  """Writes a shard atomically; returns the number of trees written.
-
-  Every record is validated first; an invalid one raises `TreeRecordError` and leaves no file.
-  """
-  path = os.fspath(path)
+def _atomic_write(path: str, lines: Iterable[str]) -> None:
+  """Writes `lines` to a temporary file in `path`'s folder, syncs it, then renames it over `path`."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-  count = 0
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for i, record in enumerate(records):
-        validate_tree(record, f"{path}: record {i}")
-        f.write(dumps_tree(record) + "\n")
-        count += 1
+      for line in lines:
+        f.write(line)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -156,7 +150,56 @@ def write_trees(path: str | os.PathLike[str], records: Iterable[dict[str, Any]])
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def write_trees(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> int:
+  """Writes a shard atomically; returns the number of trees written.
+
+  Every record is validated first; an invalid one raises `TreeRecordError` and leaves no file.
+  """
+  path = os.fspath(path)
+  count = 0
+
+  def lines():
+    nonlocal count
+    for i, record in enumerate(records):
+      validate_tree(record, f"{path}: record {i}")
+      yield dumps_tree(record) + "\n"
+      count += 1
+
+  _atomic_write(path, lines())
   return count
+
+
+def write_run_config(path: str | os.PathLike[str], config: dict[str, Any]) -> None:
+  """Writes a search's config (JSON) beside its shards, atomically."""
+  _atomic_write(os.fspath(path), [json.dumps(config, indent=2, sort_keys=True) + "\n"])
+
+
+def check_run_config(path: str | os.PathLike[str], config: dict[str, Any]) -> bool:
+  """Guards a resumable output folder: whether `path` holds a run config, which must equal `config`.
+
+  Raises:
+    ValueError naming `path` and every differing field when the stored config differs (the folder's shards hold
+    trees of another search), or when `path` is not a JSON object.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path, encoding="utf-8") as f:
+      stored = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: unreadable run config ({e})") from None
+  if not isinstance(stored, dict):
+    raise ValueError(f"{path}: a run config must be a JSON object, got {type(stored).__name__}")
+  wanted = json.loads(json.dumps(config))  # tuples -> lists, as stored
+  differ = [f"{key}: {stored.get(key)!r} there, {wanted.get(key)!r} now"
+            for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)]
+  if differ:
+    raise ValueError(f"{path}: the trees in this folder come from a search with another config ({'; '.join(differ)}"
+                     "); resume with the same config, or write to another folder")
+  return True
 
 
 def iter_trees(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

@@ -72,8 +72,9 @@ def test_tree_does_not_depend_on_its_batch(grader):
 
 def test_shards_are_written_and_resumed(grader, tmp_path):
   records = _search(PROBLEMS, grader, batch_size=4, output_dir=tmp_path)
-  shards = sorted(p.name for p in tmp_path.iterdir())
-  assert shards == ["trees-00000.jsonl", "trees-00001.jsonl"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["trees-00000.jsonl", "trees-00001.jsonl",
+                                                         "trees.config.json"]
+  shards = ["trees-00000.jsonl", "trees-00001.jsonl"]
   assert read_trees([tmp_path / s for s in shards]) == json.loads(json.dumps(records))
 
   class Boom:
@@ -85,6 +86,26 @@ def test_shards_are_written_and_resumed(grader, tmp_path):
   resumed = MCTS(Boom(), InProcessExecutor(), config, prompt_fn=PROMPT.format, grader=grader,
                  progress=False).run(PROBLEMS, output_dir=tmp_path)
   assert resumed == read_trees([tmp_path / s for s in shards])
+
+
+def test_resume_refuses_trees_of_another_search(grader, tmp_path):
+  _search(PROBLEMS, grader, batch_size=4, output_dir=tmp_path)
+  written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+  with pytest.raises(ValueError, match=r"trees\.config\.json: .*mode: 'terminal_guided' there, 'ppm_augmented' now.*"
+                                       r"seed: 0 there, 1 now"):
+    _search(PROBLEMS, grader, mode="ppm_augmented", seed=1, batch_size=4, output_dir=tmp_path)
+  # The same config over another problem list: the first shard's batch no longer matches.
+  others = [Problem(f"q{i}", f"question {i}", "1") for i in range(6)]
+  with pytest.raises(ValueError, match=r"trees-00000\.jsonl: holds the trees of problems \['p0', 'p1', 'p2'\]\.\.\., "
+                                       r"but this run's batch is \['q0', 'q1', 'q2'\]"):
+    _search(others, grader, batch_size=4, output_dir=tmp_path)
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written  # nothing overwritten
+  # A shard from before the config file (or edited by hand) is checked tree by tree.
+  (tmp_path / "trees.config.json").unlink()
+  del written["trees.config.json"]
+  with pytest.raises(ValueError, match=r"trees-00000\.jsonl: tree 'p0' was searched with mode 'terminal_guided'"):
+    _search(PROBLEMS, grader, mode="ppm_augmented", batch_size=4, output_dir=tmp_path)
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
 
 
 def test_policy_prompts_seeds_and_stats(grader):

@@ -70,7 +70,8 @@ def test_sixteen_gsm8k_trees_through_engine_sandbox_and_ppm(tmp_path, shared_dat
                   grader=grader, progress=False)
     records = search.run(problems, output_dir=tmp_path / "trees")
 
-  (shard,) = sorted((tmp_path / "trees").iterdir())
+  (shard,) = sorted((tmp_path / "trees").glob("*.jsonl"))
+  assert (tmp_path / "trees" / "trees.config.json").exists()  # what a resumed run is checked against
   assert read_trees(shard) == records  # the schema validator accepts every record
   from rstar_jax.data import trees as data_trees  # pylint: disable=import-outside-toplevel
   assert [t.problem_id for t in data_trees.read_trees(shard)] == [p.problem_id for p in problems]

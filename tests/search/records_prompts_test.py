@@ -89,6 +89,25 @@ def test_existing_shard_replaced_atomically(tmp_path):
   assert records.read_trees(path)[0]["problem_id"] == "new"
 
 
+def test_run_config_guard(tmp_path):
+  path = tmp_path / "trees.config.json"
+  config = {"mode": "terminal_guided", "seed": 0, "stop": ("<end_of_step>",), "max_nodes": None}
+  assert not records.check_run_config(path, config)  # a fresh folder
+  records.write_run_config(path, config)
+  assert json.loads(path.read_text()) == {"mode": "terminal_guided", "seed": 0, "stop": ["<end_of_step>"],
+                                          "max_nodes": None}
+  assert records.check_run_config(path, dict(config))  # same config: resumes
+  with pytest.raises(ValueError, match=r"trees\.config\.json: .*seed: 0 there, 3 now; stop: \['<end_of_step>'\] "
+                                       r"there, None now"):
+    records.check_run_config(path, {"mode": "terminal_guided", "seed": 3, "max_nodes": None})
+  path.write_text("[1, 2]")
+  with pytest.raises(ValueError, match=r"trees\.config\.json: a run config must be a JSON object"):
+    records.check_run_config(path, config)
+  path.write_text("{not json")
+  with pytest.raises(ValueError, match=r"trees\.config\.json: unreadable run config"):
+    records.check_run_config(path, config)
+
+
 def test_bootstrap_prompt_matches_the_official_wrap(shared_data):
   d = shared_data / "prompts"
   shots = json.loads((d / "few_shots.json").read_text())
