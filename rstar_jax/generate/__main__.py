@@ -97,7 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   from rstar_jax.models import convert, value_transform  # pylint: disable=g-import-not-at-top
 
   model_dir = args.hf_dir or args.ppm_dir
-  prompts = read_prompts(args.prompts, args.n, args.seed)
+  # Bad input ends the command with its message (naming the file and line, or the flag), before any model loads.
+  try:
+    prompts = read_prompts(args.prompts, args.n, args.seed)
+    sampler = Greedy() if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.top_k)
+  except (OSError, ValueError) as e:
+    raise SystemExit(f"python -m rstar_jax.generate: error: {e}") from None
+  if not all(args.stop):
+    raise SystemExit("python -m rstar_jax.generate: error: --stop must not be empty")
   tok = tokenizer_lib.load_tokenizer(args.tokenizer or model_dir)
   if args.add_rstar_tokens:
     tokenizer_lib.add_rstar_tokens(tok, "ppm" if args.ppm_dir else "policy")
@@ -123,7 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   model = convert.load_qwen2(args.hf_dir, mesh=mesh, scan_layers=False, **overrides)
   engine = Engine(model, tokenizer=tok, eos_ids=_eos_ids(args, tok, model_dir), mesh=mesh, max_rows=args.max_rows)
-  sampler = Greedy() if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.top_k)
   stop = list(args.stop) + (list(tokenizer_lib.STEP_STOP_STRINGS) if args.rstar_stops else [])
   results = engine.generate([Request(i, n=p["n"], seed=p["seed"]) for i, p in zip(ids, prompts)], sampler,
                             max_new_tokens=args.max_new_tokens, stop=list(dict.fromkeys(stop)),

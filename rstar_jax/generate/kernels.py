@@ -130,9 +130,11 @@ class Kernels:
     return hidden, self._constrain_cache(cache)
 
   def _sample(self, sampler: SamplingMethod, logits, keys, step):
+    allowed = logits
     if self.vocab_limit is not None:
-      logits = jnp.where(jnp.arange(logits.shape[-1]) < self.vocab_limit, logits, -jnp.inf)
-    token = sampler(logits, step_keys(keys, step))
+      allowed = jnp.where(jnp.arange(logits.shape[-1]) < self.vocab_limit, logits, -jnp.inf)
+    token = sampler(allowed, step_keys(keys, step))
+    # Over the raw logits: the model's log-prob, as `loglikelihood` computes it (the limit only restricts sampling).
     return token, token_logprobs(logits, token)
 
   # --- kernels -------------------------------------------------------------------------------------------------------

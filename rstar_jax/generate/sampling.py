@@ -68,8 +68,8 @@ class Sampling:
       raise ValueError(f"temperature must be > 0 (use Greedy() for greedy decoding), got {self.temperature}")
     if not 0 < self.top_p <= 1:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-    if int(self.top_k) != self.top_k or self.top_k < 0:
-      raise ValueError(f"top_k must be a non-negative integer, got {self.top_k}")
+    if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
+      raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
 
   def candidates(self, logits: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     """The filtered scaled logits and, when filtering sorted them, the token ids of their columns.

@@ -61,8 +61,16 @@ def test_command_line_prints_one_json_line_per_result(tmp_path, capsys):
     assert line["logprob"] == pytest.approx(r.logprob, abs=1e-5)
 
 
-def test_command_line_reports_bad_prompt_lines(tmp_path):
+def test_command_line_reports_bad_input(tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('"fine"\n{"prompt": 3}\n')
-  with pytest.raises(ValueError, match=r"bad.jsonl:2"):
-    main(["--hf-dir", str(tmp_path), "--prompts", str(bad)])
+  good = tmp_path / "good.jsonl"
+  good.write_text('"fine"\n')
+  for argv, message in [
+      (["--prompts", str(bad)], r"error: .*bad.jsonl:2: expected a JSON string or an object"),
+      (["--prompts", str(tmp_path / "missing.jsonl")], r"error: prompts file not found: .*missing.jsonl"),
+      (["--prompts", str(good), "--temperature", "0.7", "--top-p", "0"], r"error: top_p must be in \(0, 1\]"),
+      (["--prompts", str(good), "--stop", ""], r"error: --stop must not be empty"),
+  ]:
+    with pytest.raises(SystemExit, match=message):  # a message, not a traceback; no model is loaded first
+      main(["--hf-dir", str(tmp_path)] + argv)

@@ -125,3 +125,17 @@ def test_max_rows_splits_a_call_without_changing_results():
   for request, row in zip(requests, together):
     (alone,) = flat.generate([request], METHOD, max_new_tokens=16)
     assert [r.token_ids for r in row] == [r.token_ids for r in alone]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(temperature=0.0), "temperature must be > 0"),
+    (dict(top_p=0.0), "top_p must be in"),
+    (dict(top_p=1.5), "top_p must be in"),
+    (dict(top_k=-1), "top_k must be a non-negative integer"),
+    (dict(top_k=2.0), "top_k must be a non-negative integer, got 2.0"),  # would fail later, inside jax's top_k
+    (dict(top_k=True), "top_k must be a non-negative integer"),
+])
+def test_bad_sampling_settings_are_refused_up_front(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    Sampling(**kwargs)
+  assert Sampling(top_k=np.int64(3)).top_k == 3

@@ -1,6 +1,7 @@
 """Ids past the tokenizer's length (spare embedding rows, as Qwen2.5's 152064 vs 151665 + tags) are never sampled."""
 
 import numpy as np
+import pytest
 from generate_helpers import TEST_BUCKETS, load_tiny, tiny_tokenizer
 
 from rstar_jax.generate import Engine, Request, Sampling
@@ -34,3 +35,16 @@ def test_ids_past_the_tokenizer_are_never_sampled():
   assert full.max() >= 256  # control: at temperature 3 the upper half of the vocab is drawn
   limited = _sampled_ids(_Truncated(tiny_tokenizer(), 256))
   assert limited.size == full.size and limited.max() < 256
+
+
+def test_logprob_is_the_raw_model_log_prob_under_a_vocab_limit():
+  # The limit only restricts what is sampled: each result's log-prob is still the model's (over all 512 rows), the
+  # quantity `loglikelihood` sums, not a log-prob renormalised over the allowed ids.
+  engine = Engine(load_tiny(), tokenizer=_Truncated(tiny_tokenizer(), 256), eos_ids=(), buckets=TEST_BUCKETS)
+  prompt = [1, 2, 3, 4]
+  (samples,) = engine.generate([Request(prompt, n=4, seed=0)], Sampling(temperature=3.0), max_new_tokens=8)
+  scored = engine.loglikelihood([prompt] * 4, [list(r.token_ids) for r in samples])
+  assert [r.logprob for r in samples] == pytest.approx([float(np.sum(s)) for s in scored], abs=1e-4)
+  # Control: the ids past the limit carry real mass here, so a renormalised log-prob would differ.
+  spare = np.concatenate(engine.loglikelihood([prompt] * 256, [[i] for i in range(256, 512)]))
+  assert np.exp(spare).sum() > 0.1
