@@ -12,6 +12,7 @@ Terms used below:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterable, Sequence
 
 from rstar_jax.data.formats import PpmPair, SftRecord, write_ppm_pairs, write_sft_records
@@ -96,9 +97,16 @@ def _outcome_leaves(tree: Tree, invalid_as_wrong: bool) -> dict[int, dict[str, l
   return leaves
 
 
+# Q values are float ratios (value_sum / visits): two that are equal as fractions (a margin of exactly 0.5, two equal
+# mean Qs) may differ in their last bits, so comparisons allow this much and rankings round to it.
+_Q_TOLERANCE = 1e-9
+_Q_DECIMALS = 9
+
+
 def _mean_min_q(steps: Sequence[Node]) -> tuple[float, float]:
+  """Mean and min Q of `steps`, rounded to `_Q_DECIMALS` so that equal values rank as ties."""
   qs = [s.q for s in steps]
-  return sum(qs) / len(qs), min(qs)
+  return round(math.fsum(qs) / len(qs), _Q_DECIMALS), round(min(qs), _Q_DECIMALS)
 
 
 def _trajectories(tree: Tree, leaf_ids: Iterable[int]) -> list[tuple[int, list[Node]]]:
@@ -163,7 +171,7 @@ def _select(pos: list, neg: list, config: PairConfig) -> tuple[list, list]:
 
 
 def _keep(pos_text: str, neg_text: str, q_pos: float, q_neg: float, config: PairConfig) -> bool:
-  return (q_pos > q_neg and q_pos - q_neg >= config.min_q_margin
+  return (q_pos - q_neg > _Q_TOLERANCE and q_pos - q_neg >= config.min_q_margin - _Q_TOLERANCE
           and edit_distance(pos_text, neg_text, config.min_edit_distance) >= config.min_edit_distance)
 
 
@@ -195,7 +203,7 @@ def step_pairs(tree: Tree, config: PairConfig = PairConfig()) -> list[PpmPair]:
       cont_neg = {c.id: _best_continuation_mean_q(tree, c, leaves[c.id][WRONG]) for c in neg}
       for p in pos:
         for n in neg:
-          if p.id == n.id or not cont_pos[p.id] > cont_neg[n.id]:
+          if p.id == n.id or not cont_pos[p.id] - cont_neg[n.id] > _Q_TOLERANCE:
             continue
           if _keep(p.text, n.text, p.q, n.q, config):
             pairs.append(PpmPair(prompt=prompt, pos=p.text, neg=n.text,

@@ -77,7 +77,9 @@ def _load_objects(path: str | os.PathLike[str]) -> list[tuple[str, Any]]:
       raise DataFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     return [(f"{path}: record {i}", item) for i, item in enumerate(items)]
   out = []
-  for lineno, line in enumerate(content.splitlines(), start=1):
+  # Split at "\n" only: `str.splitlines` also breaks at U+2028/U+2029/U+0085, which JSON (and our writer, with
+  # ensure_ascii=False) leaves raw inside strings.
+  for lineno, line in enumerate(content.split("\n"), start=1):
     if not line.strip():
       continue
     try:

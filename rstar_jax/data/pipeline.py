@@ -172,6 +172,13 @@ def _bucket(length: int, buckets: Sequence[int]) -> int:
   return buckets[-1]
 
 
+def _batch_length(data: TokenizedSet, indices: np.ndarray, buckets: tuple[int, ...]) -> int:
+  """`T` of a global batch: the smallest bucket that fits its longest row, over *all* its rows (not only this
+  process's), so every process builds the same global shape."""
+  longest = max((int(data.lengths[i]) for i in indices if i >= 0), default=1)
+  return _bucket(longest, buckets)
+
+
 def _local_rows(indices: np.ndarray) -> np.ndarray:
   """This process's contiguous slice of a global batch's rows."""
   import jax  # local: the data package is usable without initialising JAX
@@ -189,9 +196,9 @@ class _SftCollate:
   pad_id: int
 
   def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    t = _batch_length(self.data, indices, self.buckets)
     indices = _local_rows(indices)
-    longest = max((int(self.data.lengths[i]) for i in indices if i >= 0), default=1)
-    b, t = len(indices), _bucket(longest, self.buckets)
+    b = len(indices)
     out = {"tokens": np.full((b, t), self.pad_id, np.int32), "targets": np.full((b, t), self.pad_id, np.int32),
            "loss_mask": np.zeros((b, t), np.float32), "input_mask": np.zeros((b, t), bool),
            "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1))}
@@ -214,9 +221,9 @@ class _PpmCollate:
   pad_id: int
 
   def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    t = _batch_length(self.data, indices, self.buckets)
     indices = _local_rows(indices)
-    longest = max((int(self.data.lengths[i]) for i in indices if i >= 0), default=1)
-    p, t = len(indices), _bucket(longest, self.buckets)
+    p = len(indices)
     out = {"weights": np.zeros((p,), np.float32), "pair_mask": np.zeros((p,), np.float32)}
     for side in ("pos", "neg"):
       out[f"{side}_tokens"] = np.full((p, t), self.pad_id, np.int32)

@@ -113,6 +113,8 @@ def validate_tree(record: Any, where: str = "<tree>") -> dict[str, Any]:
       if nodes[c].get("parent") != i:
         raise TreeRecordError(f"{where}: nodes[{c}].parent is {nodes[c].get('parent')!r} but nodes[{i}] lists it "
                               "as a child")
+    if len(set(node["children"])) != len(node["children"]):
+      raise TreeRecordError(f"{nwhere}.children: a child is listed twice: {node['children']}")
   for i, node in enumerate(nodes):
     parent = node["parent"]
     if i == 0:

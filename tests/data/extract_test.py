@@ -165,6 +165,24 @@ def test_best_continuation_must_beat_negative():
   assert [(p.pos, p.neg) for p in got] == [(_step("X"), _step("Y"))]
 
 
+def test_q_values_equal_as_fractions_compare_equal():
+  # Q = value_sum / visits: -1/5 against -14/20 is a margin of exactly 0.5 (DESIGN: keep at >= 0.5), though the
+  # float difference is 0.49999999999999994.
+  assert -0.2 - (-14 / 20) < 0.5
+  spec = ("root", 0.0, None, [("P", -1 / 5, "correct", []), ("N", -14 / 20, "wrong", [])])
+  got = extract.step_pairs(trees.tree_from_dict(build_tree(spec)[0]))
+  assert [(p.pos, p.neg) for p in got] == [(_step("P"), _step("N"))]
+  # Mean Q 19/90 on both trajectories; the tie goes to the higher min Q (-5/9 > -2/3), which the float means
+  # alone would rank the other way.
+  low, high = [9 / 10, -2 / 3, 2 / 5], [8 / 9, -5 / 9, 3 / 10]
+  assert sum(high) / 3 < sum(low) / 3
+  spec = ("root", 0.0, None, [
+      ("L1", low[0], None, [("L2", low[1], None, [("L3", low[2], "correct", [])])]),
+      ("H1", high[0], None, [("H2", high[1], None, [("H3", high[2], "correct", [])])])])
+  got = extract.sft_records([trees.tree_from_dict(build_tree(spec)[0])], extract.SftConfig(per_problem=1))
+  assert got == [formats.SftRecord("Q?", _step("H1") + _step("H2") + _step("H3"))]
+
+
 def test_no_pairs_without_both_outcomes():
   spec = ("root", 0.0, None, [("A", 0.9, "correct", []), ("B", 0.1, None, [])])
   assert extract.step_pairs(trees.tree_from_dict(build_tree(spec)[0])) == []

@@ -126,6 +126,35 @@ def _records(n):
   return [formats.SftRecord(query=f"q{i}", response="r" * (1 + (i * 7) % 23)) for i in range(n)]
 
 
+def test_every_process_pads_a_global_batch_to_the_same_bucket(monkeypatch):
+  import jax  # pylint: disable=import-outside-toplevel
+  # Two processes of one job: process 0 collates the rows of lengths ~400 and ~300, process 1 ~100 and ~20. Both
+  # must build T = 512 (the bucket of the batch's longest row), or the global array has no single shape.
+  config = pipeline.PipelineConfig(max_len=512, batch_size=4, num_epochs=1, buckets=(64, 128, 256), shuffle=False,
+                                   prompt_template="{input}")
+  records = [formats.SftRecord("q", "r" * n) for n in (400, 300, 100, 20)]
+  pairs = [formats.PpmPair("p", "x" * n, "y", 1, 1) for n in (400, 300, 100, 20)]
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  for pipe in (pipeline.sft_pipeline(records, CharTokenizer(), config),
+               pipeline.ppm_pipeline(pairs, CharTokenizer(), config)):
+    shapes = []
+    for index in range(2):
+      monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+      shapes.append({k: v.shape for k, v in pipe.dataset[0].items()})
+    assert shapes[0] == shapes[1]
+    assert {shape[1] for shape in shapes[0].values() if len(shape) == 2} == {512}
+
+
+def test_unicode_line_separators_inside_strings_round_trip(tmp_path):
+  # JSON leaves U+2028 / U+2029 / U+0085 raw inside strings (we write ensure_ascii=False); they must not end a line.
+  text = "a\u2028b\u2029c\x85d"
+  for suffix in (".jsonl", ".json"):
+    formats.write_sft_records(tmp_path / f"sft{suffix}", [formats.SftRecord(text, text)])
+    assert formats.read_sft_records(tmp_path / f"sft{suffix}") == [formats.SftRecord(text, text)]
+    formats.write_ppm_pairs(tmp_path / f"pairs{suffix}", [formats.PpmPair(text, text, text, 1, 2)])
+    assert formats.read_ppm_pairs(tmp_path / f"pairs{suffix}") == [formats.PpmPair(text, text, text, 1, 2)]
+
+
 def test_shuffle_is_deterministic_and_covers_each_epoch():
   config = pipeline.PipelineConfig(max_len=128, batch_size=4, num_epochs=3, seed=7, prompt_template="{input}")
   plan = pipeline.batch_plan(pipeline.tokenize_sft(_records(10), CharTokenizer(), config).lengths, config)
