@@ -35,7 +35,7 @@ import stat
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from sandbox import _protocol
 from sandbox import _seccomp
@@ -165,23 +165,42 @@ def _wipe_dir(path: str) -> None:
 class _ExecutorState:
   """Per-process state of an executor that must survive between programs."""
 
-  def __init__(self, cfg: dict, rng_states: dict):
+  def __init__(self, cfg: dict, rng_states: list):
     self.cfg = cfg
     self.rng_states = rng_states
     self.builtins_template = dict(builtins.__dict__)
     self.uses = 0
 
 
-def _reset_rngs(rng_states: dict, code: str) -> None:
-  """Every program starts from the same global RNG states, reused executor or not.
+def _seed_rngs() -> list[tuple[Callable[[Any], Any], Any]]:
+  """Seeds every global generator a program can draw from (0) and returns `(restore, state)` pairs.
 
-  numpy's reset costs ~70 us, so it only runs for programs that can name `random` (libraries do not draw from
-  numpy's global generator on their own).
+  Besides `random` and `numpy.random` (which `scipy.stats` draws from without naming it), sympy keeps its own
+  `random.Random` instances (`randprime`, `random_poly`, ...), seeded from the OS at import: seeded here, a sympy
+  draw is the same in every executor of every pool, so a search replays.
   """
-  if "random" in rng_states:
-    sys.modules["random"].setstate(rng_states["random"])
-  if "numpy" in rng_states and "random" in code:
-    sys.modules["numpy"].random.set_state(rng_states["numpy"])
+  import random  # pylint: disable=import-outside-toplevel
+  generators = [random]  # the module's functions are the methods of its hidden `Random` instance
+  sympy_random = sys.modules.get("sympy.core.random")
+  for name in ("rng", "_assumptions_rng"):
+    generator = getattr(sympy_random, name, None)
+    if isinstance(generator, random.Random):
+      generators.append(generator)
+  pairs = []
+  for generator in generators:
+    generator.seed(0)
+    pairs.append((generator.setstate, generator.getstate()))
+  if "numpy" in sys.modules:
+    np_random = sys.modules["numpy"].random
+    np_random.seed(0)
+    pairs.append((np_random.set_state, np_random.get_state()))
+  return pairs
+
+
+def _reset_rngs(rng_states: list) -> None:
+  """Every program starts from the same global RNG states, reused executor or not (numpy's costs ~70 us)."""
+  for restore, state in rng_states:
+    restore(state)
 
 
 def _apply_rlimits(cfg: dict, as_base: int) -> None:
@@ -214,7 +233,7 @@ def _set_task_cpu_limit(cfg: dict, last: bool) -> None:
 
 
 def _executor_main(cfg: dict, task_fd: int, result_fd: int, zygote_pid: int, as_base: int,
-                   rng_states: dict) -> None:
+                   rng_states: list) -> None:
   devnull = os.open("/dev/null", os.O_RDWR)
   for fd in (0, 1, 2):
     os.dup2(devnull, fd)
@@ -255,7 +274,7 @@ def _execute(state: _ExecutorState, task: dict) -> tuple[dict, bool]:
   cfg = state.cfg
   state.uses += 1
   _set_task_cpu_limit(cfg, task["last"])
-  _reset_rngs(state.rng_states, task["code"])
+  _reset_rngs(state.rng_states)
   namespace = {"__name__": "__main__", "__builtins__": dict(state.builtins_template)}
   out = observation.run_program(task["code"], namespace, mode=cfg["output_mode"], max_chars=cfg["max_output_chars"])
   namespace.clear()
@@ -319,7 +338,7 @@ class Zygote:
     self.max_result_frame = 64 * cfg["max_output_chars"] + (1 << 20)
     self.pid = os.getpid()
     self.as_base = _vm_size_bytes()
-    self.rng_states: dict = {}
+    self.rng_states: list = []
     self.seccomp_on = False
 
   # -- executors --------------------------------------------------------------------------------------------------
@@ -476,6 +495,7 @@ class Zygote:
       pass  # it died: reading below sees EOF and reports how
     if self.spare is None:
       self.spare = self.fork_executor()  # overlaps with the program's run
+    garbled = False  # a frame that does not decode (or carries another id): not an exit of the program
     try:
       frame = self._read(ex, start + cfg["timeout_s"])
       bad = not isinstance(frame, dict) or frame.get("id") != task_id
@@ -485,11 +505,11 @@ class Zygote:
       return {**base, "observation": err, "error": err, "timed_out": True,
               "duration_s": time.monotonic() - start}
     except _protocol.ProtocolError:
-      frame, bad = None, True
+      frame, bad, garbled = None, True, True
     duration = time.monotonic() - start
     if frame is None or bad:
       status = self.kill(ex)
-      return {**base, **_death_result(status, frame is not None), "duration_s": duration}
+      return {**base, **_death_result(status, garbled or frame is not None), "duration_s": duration}
     recycle = last or bool(frame.get("recycle")) or ex.uses >= cfg["reuse_limit"]
     if recycle:
       self.retire(ex)
@@ -589,14 +609,7 @@ def main() -> None:
   if cfg.get("warmup"):
     # Trusted code from the host: fills library caches (sympy) once, so every fork starts warm.
     observation.run_program(cfg["warmup"], {"__builtins__": builtins}, mode="plain")
-  rng_states = {}
-  import random  # pylint: disable=import-outside-toplevel
-  random.seed(0)
-  rng_states["random"] = random.getstate()
-  if "numpy" in sys.modules:
-    np = sys.modules["numpy"]
-    np.random.seed(0)
-    rng_states["numpy"] = np.random.get_state()
+  rng_states = _seed_rngs()
   if cfg.get("uid") is not None and os.geteuid() == 0:
     _drop_privileges(cfg["uid"], cfg["gid"])
   _prctl(_PR_SET_NO_NEW_PRIVS, 1)

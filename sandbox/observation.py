@@ -219,7 +219,9 @@ class _Source:
   """Source segments by AST position without re-splitting the program for every statement."""
 
   def __init__(self, code: str):
-    self._lines = code.splitlines(keepends=True)
+    # Lines as the parser counts them (\n, \r\n, \r): `str.splitlines` also breaks at \f, \x1c-\x1e, \x85,
+    # U+2028/U+2029, which may sit inside string literals and would shift every later line.
+    self._lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", code)
     self._encoded: dict[int, bytes] = {}
 
   def _line(self, i: int) -> bytes:

@@ -1,8 +1,8 @@
 """A conservative static check: may a program run in a reused executor? (stdlib only)
 
 Executors that are reused across programs give fresh globals and a fresh copy of the builtins dict to every program,
-reset the `random` / `numpy.random` global states, and are recycled after any error, any timeout and every N
-programs. What they cannot undo is a program that changes state shared through modules (monkey-patching `sympy`,
+reset the global generators of `random`, `numpy.random` and sympy, and are recycled after any error, any timeout and
+every N programs. What they cannot undo is a program that changes state shared through modules (monkey-patching `sympy`,
 `math`, builtins, `sys.modules`, tracing hooks, RNG seeds, print options, decimal/mpmath contexts, files, threads,
 finalizers). This check says `True` only for programs that cannot plausibly do any of that; everything else runs in a
 fresh single-use executor forked from the pristine warm worker. A `False` costs speed (~10 ms), never correctness, so
@@ -47,6 +47,9 @@ FORBIDDEN_ATTRIBUTES = frozenset({
     "setrecursionlimit", "settrace", "setprofile", "setswitchinterval", "setfirstweekday", "global_parameters",
     "typecodes", "sctypeDict", "sctypes", "clear_cache", "attrgetter", "methodcaller", "as_strided",
     "stride_tricks", "memmap", "tofile", "fromfile",
+    # Library-global containers a program can change through a method or an item write on a local alias
+    # (`d = sc.physical_constants; d[k] = v`), which the assignment rules cannot see.
+    "global_assumptions", "physical_constants",
 })
 
 FORBIDDEN_ATTRIBUTE_PREFIXES = ("_", "save", "load", "dump", "register", "install", "set_", "write", "to_file")

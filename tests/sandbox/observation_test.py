@@ -60,6 +60,10 @@ CASES = [
     ("print(2 / 3)\nprint(1 / 3)", "2 / 3: 0.6666666666666666\n1 / 3: 0.3333333333333333\n",
      "0.6666666666666666\n0.3333333333333333\n"),
     ("print('0123456789' * 3)", "1.2345678901234568e+28\n", "1.2345678901234568e+28\n"),
+    # Labels are the source of the print point even when a string literal holds a character `str.splitlines`
+    # would split at (form feed, U+2028): the parser does not.
+    ("s = 'a\x0cb'\nprint(len(s))\nprint(s.upper())", "len(s: 3\ns.upper(: A\x0cB\n", "3\nA\x0cB\n"),
+    ("s = 'a\u2028b'\nprint(len(s))\nprint(s.upper())", "len(s: 3\ns.upper(: A\u2028B\n", "3\nA\u2028B\n"),
     # Clean-up of the program text (rstar mode only).
     ("```python\nprint(3)\n```", "3\n", "SyntaxError: invalid syntax (<string>, line 1)"),
     ("  \nprint(4)\n\n", "4\n", "4\n"),

@@ -31,6 +31,8 @@ NOT_REUSABLE = [
     "from decimal import getcontext\ngetcontext().prec = 5",
     "from mpmath import mp\nmp.dps = 50",
     "from numpy import typecodes",
+    "from sympy.assumptions import global_assumptions\nglobal_assumptions.clear()",
+    "import scipy.constants as sc\nd = sc.physical_constants\nd['x'] = 1",
     "import numpy as np\nnp.os.environ['X'] = '1'",
     "x = [].__class__",
     "f = open('/tmp/x', 'w')",
