@@ -97,13 +97,18 @@ def load_few_shots(prompts_dir: str | os.PathLike[str]) -> tuple[str, ...]:
 
 def load_bootstrap_template(prompts_dir: str | os.PathLike[str], num_few_shots: int | None = None
                             ) -> PromptTemplate:
-  """The round-1 template: `mcts_prompt.json` + the first `num_few_shots` examples (all when None)."""
+  """The round-1 template: `mcts_prompt.json` + `num_few_shots` examples (all when None).
+
+  As the official `PROMPT_RSTAR.random_examples`, one example means the file's *second* one (its only one if it has
+  one); more are taken in file order (the official code samples them in random order: for the two published
+  examples, one of two orders).
+  """
   instructions, suffix = _load_template_file(os.path.join(os.fspath(prompts_dir), BOOTSTRAP_FILE))
   examples = load_few_shots(prompts_dir)
   if num_few_shots is not None:
     if not 0 <= num_few_shots <= len(examples):
       raise ValueError(f"num_few_shots must be in [0, {len(examples)}], got {num_few_shots}")
-    examples = examples[:num_few_shots]
+    examples = examples[1:2] if num_few_shots == 1 and len(examples) > 1 else examples[:num_few_shots]
   return PromptTemplate(instructions, suffix, examples)
 
 

@@ -21,7 +21,9 @@ from rstar_jax.models.qwen2 import Qwen2
 def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
   directory = os.path.abspath(os.fspath(directory))
   os.makedirs(directory, exist_ok=True)
-  config = dict(model.config.to_hf_config(), rstar_jax_kind="ppm" if isinstance(model, PPM) else "policy")
+  # The layer layout is recorded too: a model with its layers as a list (`unstack_layers`) has another params tree.
+  config = dict(model.config.to_hf_config(), rstar_jax_kind="ppm" if isinstance(model, PPM) else "policy",
+                rstar_jax_scan_layers=bool(model.model.scan_layers))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "params"), nnx.to_pure_dict(nnx.state(model)), force=True)
   if jax.process_index() == 0:
@@ -32,10 +34,14 @@ def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
 
 
 def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, rules=None) -> Qwen2 | PPM:
-  """Restores a model saved by `save_model` (placed with the mesh shardings when `mesh` is given)."""
+  """Restores a model saved by `save_model` (placed with the mesh shardings when `mesh` is given), in the layer
+  layout it was saved in."""
   directory = os.path.abspath(os.fspath(directory))
   config = ModelConfig.from_hf_config(directory)
-  build = (lambda: PPM(config, rngs=nnx.Rngs(0))) if ppm else (lambda: Qwen2(config, rngs=nnx.Rngs(0)))
+  with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+    scan_layers = bool(json.load(f).get("rstar_jax_scan_layers", True))
+  model_class = PPM if ppm else Qwen2
+  build = lambda: model_class(config, rngs=nnx.Rngs(0), scan_layers=scan_layers)
   abstract_model = nnx.eval_shape(build)
   abstract = nnx.to_pure_dict(nnx.state(abstract_model))
   if mesh is not None:

@@ -124,9 +124,22 @@ class ModelConfig:
     rope_params = hf.get("rope_parameters") or {}
     if rope_theta is None and isinstance(rope_params, Mapping):
       rope_theta = rope_params.get("rope_theta")
-    rope_type = (rope_params or {}).get("rope_type") or (hf.get("rope_scaling") or {}).get("rope_type") or "default"
+    rope_scaling = hf.get("rope_scaling") or {}
+    # Older configs name the scaling `type` (the YaRN snippet of the Qwen2.5 model cards: {"type": "yarn", ...}).
+    rope_type = ((rope_params or {}).get("rope_type") or rope_scaling.get("rope_type") or rope_scaling.get("type")
+                 or "default")
     if rope_type != "default":
       raise ValueError(f"{where}: rope_type={rope_type!r} is not supported (only default RoPE)")
+    # What the model does not implement must not load as if it did (the logits would silently differ from HF's).
+    if hf.get("hidden_act", "silu") != "silu":
+      raise ValueError(f"{where}: hidden_act={hf['hidden_act']!r} is not supported (Qwen2's MLP is SwiGLU with silu)")
+    layer_types = hf.get("layer_types") or []
+    sliding = any(t != "full_attention" for t in layer_types) or (
+        bool(hf.get("use_sliding_window")) and hf.get("sliding_window") is not None
+        and hf.get("max_window_layers", 28) < need("num_hidden_layers"))
+    if sliding:
+      raise ValueError(f"{where}: sliding-window attention is not supported (use_sliding_window / layer_types): "
+                       "every layer here attends to the whole context")
     num_heads = need("num_attention_heads")
     fields = dict(
         vocab_size=need("vocab_size"),

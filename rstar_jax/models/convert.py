@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Callable, Iterator
 
 import jax
@@ -331,6 +332,9 @@ def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dt
       yield entry.hf_name, np.ascontiguousarray(entry.to_hf(value, config).astype(dtype))
 
 
+_WEIGHT_FILE_RE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
+
+
 def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_config: dict,
                   max_shard_bytes: int) -> None:
   os.makedirs(out_dir, exist_ok=True)
@@ -342,18 +346,27 @@ def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_co
       size = 0
     shards[-1][name] = array
     size += array.nbytes
+  written = set()
   if len(shards) == 1:
     write_safetensors(os.path.join(out_dir, "model.safetensors"), shards[0])
+    written.add("model.safetensors")
   else:
     weight_map = {}
     total = 0
     for i, shard in enumerate(shards):
       file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
       write_safetensors(os.path.join(out_dir, file), shard)
+      written.add(file)
       weight_map.update({name: file for name in shard})
       total += sum(a.nbytes for a in shard.values())
     _write_json(os.path.join(out_dir, "model.safetensors.index.json"),
                 {"metadata": {"total_size": total}, "weight_map": weight_map})
+    written.add("model.safetensors.index.json")
+  # Weight files of an earlier export into the same folder go: left there, loaders that prefer a different file (we
+  # read the index first, transformers `model.safetensors`) would load different weights.
+  for name in os.listdir(out_dir):
+    if _WEIGHT_FILE_RE.fullmatch(name) and name not in written:
+      os.remove(os.path.join(out_dir, name))
   _write_json(os.path.join(out_dir, "config.json"), hf_config)
 
 

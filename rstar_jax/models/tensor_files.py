@@ -139,8 +139,19 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+  # `as_strided` reads wherever offset, size and strides point: check every element lies inside the storage, as
+  # `torch.load` does, or a crafted file reads (or crashes on) arbitrary memory.
+  size, stride = tuple(size), tuple(stride)
+  fields = (storage_offset, *size, *stride)
+  if len(size) != len(stride) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields):
+    raise ValueError(f"invalid tensor layout: offset {storage_offset!r}, size {size!r}, stride {stride!r}")
+  if 0 not in size:
+    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= len(storage):
+      raise ValueError(f"tensor of size {size}, stride {stride}, offset {storage_offset} reaches element {last} "
+                           f"of a {len(storage)}-element storage")
   itemsize = storage.dtype.itemsize
-  return np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=tuple(size),
+  return np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=size,
                                          strides=tuple(s * itemsize for s in stride)).copy()
 
 
@@ -192,7 +203,7 @@ def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
     prefix = pkl[0][:-len("/data.pkl")]
     try:
       state = _TorchUnpickler(archive.read(pkl[0]), archive, prefix, path).load()
-    except (KeyError, zipfile.BadZipFile, EOFError) as e:
+    except (KeyError, zipfile.BadZipFile, EOFError, ValueError) as e:  # ValueError: a storage or tensor too short
       raise ValueError(f"{path}: truncated or corrupt torch checkpoint ({e})") from None
   if not isinstance(state, Mapping):
     raise ValueError(f"{path}: expected a dict of tensors, found {type(state).__name__}")

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import zipfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,7 @@ import transformers
 from conftest import random_padded_batch
 from safetensors.numpy import load_file
 
-from rstar_jax.models import convert, default_positions
+from rstar_jax.models import convert, default_positions, tensor_files
 from rstar_jax.models.tensor_files import write_safetensors
 
 
@@ -56,6 +57,29 @@ def test_transformers_loads_our_export(hf_qwen2_factory, tmp_path):
                                                  jnp.asarray(mask)).logits), np.asarray(ours))
 
 
+@pytest.mark.parametrize("first_shard_bytes,second_shard_bytes", [(100_000, 5 * 2**30), (5 * 2**30, 100_000)])
+def test_export_over_an_earlier_export_leaves_only_the_new_weights(hf_qwen2_factory, tmp_path, first_shard_bytes,
+                                                                 second_shard_bytes):
+  # Sharded then single (or the reverse) into one folder: the earlier files must go, or our loader (index first)
+  # and transformers (`model.safetensors` first) would read different models.
+  out = tmp_path / "out"
+  convert.save_qwen2(convert.load_qwen2(hf_qwen2_factory("a", seed=0)[0]), out, max_shard_bytes=first_shard_bytes)
+  path, hf = hf_qwen2_factory("b", seed=1)
+  convert.save_qwen2(convert.load_qwen2(path), out, max_shard_bytes=second_shard_bytes)
+  sharded = second_shard_bytes < 5 * 2**30
+  weights = sorted(n for n in os.listdir(out) if n != "config.json")
+  assert (weights == ["model.safetensors"]) != sharded
+  assert all(n.startswith("model-") or n == "model.safetensors.index.json" for n in weights) == sharded
+  tokens, mask = random_padded_batch(np.random.default_rng(4), 300, batch=2, length=8)
+  with torch.no_grad():
+    want = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits.numpy()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()(
+        input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits.numpy()
+  ours = convert.load_qwen2(out)(jnp.asarray(tokens), default_positions(jnp.asarray(mask)), jnp.asarray(mask)).logits
+  np.testing.assert_allclose(theirs[mask], want[mask], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(ours)[mask], want[mask], atol=1e-4, rtol=0)
+
+
 def test_bf16_checkpoint_round_trip(hf_qwen2_factory, tmp_path):
   path, hf = hf_qwen2_factory()
   hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
@@ -82,6 +106,35 @@ def test_truncated_file_names_file_and_tensor(hf_qwen2_factory, tmp_path):
   file.write_bytes(data[:len(data) - 1000])
   with pytest.raises(ValueError, match=r"model\.safetensors.*tensor '.*' is truncated"):
     convert.load_qwen2(path)
+
+
+def _rewrite_member(path, member, edit):
+  """Rewrites one member of a zip file in place (a crafted copy of a real `torch.save`-format file)."""
+  with zipfile.ZipFile(path) as z:
+    items = {n: z.read(n) for n in z.namelist()}
+  items[member] = edit(items[member])
+  with zipfile.ZipFile(path, "w") as z:
+    for name, data in items.items():
+      z.writestr(name, data)
+
+
+@pytest.mark.parametrize("edit,message", [
+    # stride (7, 1) -> (112, 1): the tensor claims elements far past its 21-element storage
+    (lambda pkl: pkl.replace(b"(J\x07\x00\x00\x00J\x01\x00\x00\x00t", b"(J\x70\x00\x00\x00J\x01\x00\x00\x00t"),
+     r"reaches element 230 of a 21-element storage"),
+    # storage offset 0 -> 1000
+    (lambda pkl: pkl.replace(b"tQJ\x00\x00\x00\x00(", b"tQJ\xe8\x03\x00\x00("), r"offset 1000 reaches element"),
+    # a negative stride
+    (lambda pkl: pkl.replace(b"(J\x07\x00\x00\x00J\x01\x00\x00\x00t", b"(J\xff\xff\xff\xffJ\x01\x00\x00\x00t"),
+     r"invalid tensor layout"),
+])
+def test_crafted_torch_bin_cannot_read_outside_its_storage(tmp_path, edit, message):
+  # `torch.load(weights_only=True)` refuses such files; reading them must not return (or crash on) foreign memory.
+  path = tmp_path / "value_head.bin"
+  tensor_files.write_torch_bin(path, {"w": np.arange(21, dtype=np.float32).reshape(3, 7)})
+  _rewrite_member(path, "archive/data.pkl", edit)
+  with pytest.raises(ValueError, match=r"value_head\.bin: truncated or corrupt torch checkpoint \(.*" + message):
+    tensor_files.read_torch_bin(path)
 
 
 def test_missing_tensor_and_shape_mismatch_name_the_tensor(hf_qwen2_factory, tmp_path):

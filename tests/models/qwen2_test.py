@@ -133,6 +133,28 @@ def test_config_from_hf_json_top_level_and_rope_parameters(tmp_path):
     ModelConfig.from_hf_config(tmp_path)
 
 
+def test_configs_the_model_does_not_implement_are_refused():
+  # What transformers would run differently must not load as plain Qwen2 (the logits would silently differ).
+  from transformers import Qwen2Config  # pylint: disable=import-outside-toplevel
+  shape = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+               num_key_value_heads=1)
+  assert ModelConfig.from_hf_config(Qwen2Config(**shape).to_dict()).num_layers == 2  # transformers' defaults load
+  # Published Qwen2.5 configs: a window is named but not used.
+  ModelConfig.from_hf_config(dict(Qwen2Config(**shape).to_dict(), use_sliding_window=False, sliding_window=4096))
+  for config, message in [
+      (Qwen2Config(**shape, use_sliding_window=True, sliding_window=8, max_window_layers=1).to_dict(),
+       "sliding-window attention is not supported"),
+      (dict(Qwen2Config(**shape).to_dict(), layer_types=None, use_sliding_window=True, sliding_window=8,
+            max_window_layers=1), "sliding-window attention is not supported"),  # a v4 file: no layer_types
+      (Qwen2Config(**shape, hidden_act="gelu").to_dict(), "hidden_act='gelu' is not supported"),
+      (dict(Qwen2Config(**shape).to_dict(), rope_parameters=None,
+            rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}),
+       "rope_type='yarn' is not supported"),  # the older key of the Qwen2.5 model cards' YaRN snippet
+  ]:
+    with pytest.raises(ValueError, match=message):
+      ModelConfig.from_hf_config(config)
+
+
 def test_unstacked_remat_gradients_equal_stacked():
   config = ModelConfig.tiny(num_layers=2)
   stacked = Qwen2(config, rngs=nnx.Rngs(0), remat=True)

@@ -118,7 +118,8 @@ def test_bootstrap_prompt_matches_the_official_wrap(shared_data):
           + shots[0] + "\n" + shots[1] + "\n" + "\n" + "Now! It's your turn.\nQuestion: What is 2+3?\n")
   assert got == want
   one = prompts.load_bootstrap_template(d, num_few_shots=1).format("q")
-  assert "The following is a demonstration example.\n" + shots[0] + "\n\nNow!" in one
+  # The official `random_examples` returns `[few_examples[1]]` for one shot.
+  assert "The following is a demonstration example.\n" + shots[1] + "\n\nNow!" in one
   zero = prompts.load_bootstrap_template(d, num_few_shots=0).format("q")
   assert zero == spec["pot_format_instructions"] + "\n\nNow! It's your turn.\nQuestion: q\n"
 

@@ -1,0 +1,22 @@
+"""Orbax model checkpoints (`rstar_jax.models.checkpoint`): a round trip keeps the weights and the layer layout."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from rstar_jax.models import PPM, ModelConfig, Qwen2, checkpoint, unstack_layers
+
+
+@pytest.mark.parametrize("kind", [Qwen2, PPM])
+@pytest.mark.parametrize("stacked", [True, False])
+def test_save_and_load_keep_weights_and_layer_layout(tmp_path, kind, stacked):
+  model = kind(ModelConfig.tiny(num_layers=2), rngs=nnx.Rngs(3))
+  model = model if stacked else unstack_layers(model)
+  checkpoint.save_model(model, tmp_path / "ckpt")
+  loaded = checkpoint.load_model(tmp_path / "ckpt", ppm=kind is PPM)
+  assert isinstance(loaded, kind) and loaded.model.scan_layers == stacked
+  want, got = nnx.to_pure_dict(nnx.state(model)), nnx.to_pure_dict(nnx.state(loaded))
+  assert jax.tree.structure(want) == jax.tree.structure(got)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
