@@ -127,13 +127,36 @@ def _first_and_last_metrics(train_workdir: str) -> tuple[dict, dict]:
   return lines[0], lines[-1]
 
 
+# What the demo writes in its workdir: `--fresh` deletes a workdir holding nothing else.
+_DEMO_ENTRIES = frozenset({"tokenizer", "policy_r0", "ppm_r0", "policy_r0_reexport", "trees_random_policy",
+                           "trees_round1", "sft_r1.jsonl", "pairs_r1.jsonl", "train_policy_r1", "train_ppm_r1"})
+
+
+def _written_by_demo(name: str) -> bool:
+  # An interrupted atomic write leaves `NAME.<random>.tmp` (or `NAME.tmp<pid>`) behind.
+  return name in _DEMO_ENTRIES or (".tmp" in name and any(name.startswith(e + ".") for e in _DEMO_ENTRIES))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default="runs/demo")
   parser.add_argument("--problems", type=int, default=16)
-  parser.add_argument("--fresh", action="store_true", help="delete the workdir first")
+  parser.add_argument("--fresh", action="store_true", help="delete the workdir first (only one the demo wrote)")
   args = parser.parse_args(argv)
   started = time.time()
+  workdir = os.path.abspath(args.workdir)
+  assets = _assets()
+  with open(os.path.join(assets, "gsm8k_demo.json"), encoding="utf-8") as f:
+    available = json.load(f)
+  if not 1 <= args.problems <= len(available):
+    parser.error(f"--problems must be in [1, {len(available)}], got {args.problems}")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    parser.error(f"--workdir {workdir} is a file")
+  if args.fresh and os.path.isdir(workdir):
+    foreign = sorted(name for name in os.listdir(workdir) if not _written_by_demo(name))
+    if foreign:
+      parser.error(f"--fresh: {workdir} holds files the demo does not write ({', '.join(foreign[:3])}"
+                   f"{', ...' if len(foreign) > 3 else ''}); refusing to delete it")
 
   import jax
   from flax import nnx
@@ -147,13 +170,10 @@ def main(argv=None) -> int:
   from rstar_jax.train import OptimizerConfig, ppm_config, sft_config, train_policy, train_ppm
   from sandbox import SandboxPool
 
-  workdir = os.path.abspath(args.workdir)
   if args.fresh and os.path.isdir(workdir):
     shutil.rmtree(workdir)
   os.makedirs(workdir, exist_ok=True)
-  assets = _assets()
-  with open(os.path.join(assets, "gsm8k_demo.json"), encoding="utf-8") as f:
-    records = json.load(f)[:args.problems]
+  records = available[:args.problems]
   problems = [Problem(f"GSM8K_test/{r['index']}", r["question"], str(r["answer"])) for r in records]
   prompt_template = prompts.load_sft_template(os.path.join(assets, "prompts"))
   _log(f"{len(problems)} GSM8K problems; jax {jax.__version__} on {jax.devices()[0].platform}; workdir {workdir}")

@@ -30,3 +30,21 @@ def test_demo_runs_every_stage(tmp_path):
   assert pairs and {"prompt", "pos", "neg", "pos_count", "neg_count"} <= set(pairs[0])
   assert (tmp_path / "train_policy_r1" / "export" / "model.safetensors").exists()
   assert (tmp_path / "train_ppm_r1" / "export" / "value_head.bin").exists()
+
+
+def test_bad_arguments_stop_before_any_work(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  (tmp_path / "precious").mkdir()
+  (tmp_path / "precious" / "notes.txt").write_text("keep me")
+  (tmp_path / "a_file").write_text("")
+  for args, message in [
+      (["--problems", "0"], "--problems must be in [1, "),
+      (["--problems", "-1"], "--problems must be in [1, "),
+      (["--workdir", str(tmp_path / "a_file")], "is a file"),
+      # --fresh deletes only a workdir the demo wrote: never someone's folder given by mistake.
+      (["--workdir", str(tmp_path), "--fresh"], "holds files the demo does not write (a_file, precious)"),
+  ]:
+    proc = subprocess.run([sys.executable, "-m", "rstar_jax.demo", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
+  assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"

@@ -21,7 +21,7 @@ import numpy as np
 from rstar_jax import grading
 from rstar_jax.search.driver import Problem, PromptFn
 from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
-from rstar_jax.search.interfaces import CodeExecutor, Policy, Scorer
+from rstar_jax.search.interfaces import CodeExecutor, Policy, Scorer, checked_scores
 from rstar_jax.search.step import (STOP_STRINGS, StepConfig, dedupe_candidates, finish_child,
                                    plan_child)
 from rstar_jax.search.tree import ROOT_INDEX, Reason
@@ -89,8 +89,8 @@ def beam_search(problems: Sequence[Problem], policy: Policy, executor: CodeExecu
     to_score = [(b, c) for b, c in new_ids
                 if hosts[b].nodes[c].reason in (Reason.NONE, Reason.ANSWER)]
     if to_score:
-      values = np.asarray(scorer.score([hosts[b].policy_prompt(c) for b, c in to_score]),
-                          np.float32).reshape(-1)
+      texts = [hosts[b].policy_prompt(c) for b, c in to_score]
+      values = checked_scores(scorer.score(texts), texts)
       for (b, c), value in zip(to_score, values.tolist()):
         hosts[b].nodes[c].ppm_value = value
     next_beams: list[list[int]] = [[] for _ in problems]

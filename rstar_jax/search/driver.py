@@ -42,7 +42,7 @@ import numpy as np
 from rstar_jax import grading
 from rstar_jax.search import kernels, records, rules
 from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
-from rstar_jax.search.interfaces import CodeExecutor, Policy, Scorer
+from rstar_jax.search.interfaces import CodeExecutor, Policy, Scorer, checked_scores
 from rstar_jax.search.step import STOP_STRINGS, StepConfig, dedupe_candidates, finish_child, plan_child
 from rstar_jax.search.tree import NO_NODE, Reason, init_tree
 
@@ -151,6 +151,10 @@ class _NoBar:
     pass
 
 
+def _clip(text: str | None, width: int = 60) -> str:
+  return repr(text) if text is None or len(text) <= width else repr(text[:width]) + "..."
+
+
 def _progress_bar(total: int, enabled: bool, desc: str):
   if not enabled:
     return _NoBar()
@@ -241,14 +245,22 @@ class MCTS:
     done = records.read_trees(shard)
     have, want = [r["problem_id"] for r in done], [p.problem_id for p in problems]
     if have != want:
-      raise ValueError(f"{shard}: holds the trees of problems {have[:3]}{'...' if len(have) > 3 else ''}, but this "
-                       f"run's batch is {want[:3]}{'...' if len(want) > 3 else ''}: the problem list changed since "
-                       "it was written; resume with the same problems in the same order, or write to another folder")
-    for r in done:  # shards older than the config file, or edited by hand
+      i = next((i for i, (a, b) in enumerate(zip(have, want)) if a != b), min(len(have), len(want)))
+      found = repr(have[i]) if i < len(have) else "no more trees"
+      wanted = repr(want[i]) if i < len(want) else "no more problems"
+      raise ValueError(f"{shard}: the problem list changed since it was written: its tree {i} is {found}, this run's "
+                       f"batch has {wanted} there ({len(have)} trees, {len(want)} problems); resume with the same "
+                       "problems in the same order, or write to another folder")
+    for r, p in zip(done, problems):  # a tree answers its problem as this run states it, under this run's settings
       seed = tree_seed(cfg.seed, r["problem_id"])
       if (r["mode"], r["preset"], r["seed"]) != (cfg.mode, cfg.preset, seed):
         raise ValueError(f"{shard}: tree {r['problem_id']!r} was searched with mode {r['mode']!r}, preset "
                          f"{r['preset']!r}, seed {r['seed']}; this run has {cfg.mode!r}, {cfg.preset!r}, {seed}")
+      for field, value in (("question", p.question), ("ground_truth", p.ground_truth),
+                           ("prompt", self.prompt_fn(p.question))):
+        if r[field] != value:
+          raise ValueError(f"{shard}: tree {r['problem_id']!r} has another {field} than this run's "
+                           f"({_clip(r[field])} there, {_clip(value)} now); write to another folder")
     return done
 
   def _search_batch(self, problems: Sequence[Problem], batch_size: int, bar) -> list[dict]:
@@ -342,9 +354,7 @@ class MCTS:
     t7 = time.perf_counter()
     if to_score:
       texts = [hosts[b].policy_prompt(int(nodes[b])) + children[b][j].text for b, j in to_score]
-      values = np.asarray(self.scorer.score(texts), np.float32).reshape(-1)
-      if values.shape != (len(texts),):
-        raise ValueError(f"scorer returned {values.shape[0]} values for {len(texts)} texts")
+      values = checked_scores(self.scorer.score(texts), texts)
     else:
       values = np.zeros([0], np.float32)
     t8 = time.perf_counter()

@@ -65,8 +65,26 @@ class Scorer(Protocol):
   """Scores partial solutions (the PPM)."""
 
   def score(self, texts: Sequence[str]) -> np.ndarray:
-    """Returns `[len(texts)]` float32 values, one per text."""
+    """Returns `[len(texts)]` float32 values, one per text (finite)."""
     ...
+
+
+def checked_scores(values, texts: Sequence[str]) -> np.ndarray:
+  """A scorer's output for `texts` as `[len(texts)]` float32, checked as the search reads it.
+
+  Raises:
+    ValueError: a wrong number of values, or a NaN / infinite one (it would win or lose every comparison of the
+      search's selection and ranking arbitrarily), naming the text.
+  """
+  values = np.asarray(values, np.float32).reshape(-1)
+  if values.shape != (len(texts),):
+    raise ValueError(f"scorer returned {values.shape[0]} values for {len(texts)} texts")
+  bad = np.flatnonzero(~np.isfinite(values))
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(f"scorer returned {values[i]} for text {i} (of {len(texts)}; ...{texts[i][-80:]!r}): values must "
+                     "be finite")
+  return values
 
 
 class ExecutionResult(Protocol):

@@ -96,9 +96,21 @@ def test_resume_refuses_trees_of_another_search(grader, tmp_path):
     _search(PROBLEMS, grader, mode="ppm_augmented", seed=1, batch_size=4, output_dir=tmp_path)
   # The same config over another problem list: the first shard's batch no longer matches.
   others = [Problem(f"q{i}", f"question {i}", "1") for i in range(6)]
-  with pytest.raises(ValueError, match=r"trees-00000\.jsonl: holds the trees of problems \['p0', 'p1', 'p2'\]\.\.\., "
-                                       r"but this run's batch is \['q0', 'q1', 'q2'\]"):
+  with pytest.raises(ValueError, match=r"trees-00000\.jsonl: the problem list changed since it was written: its tree 0 "
+                                       r"is 'p0', this run's batch has 'q0' there \(4 trees, 4 problems\)"):
     _search(others, grader, batch_size=4, output_dir=tmp_path)
+  with pytest.raises(ValueError, match=r"trees-00000\.jsonl: .*its tree 3 is 'p3', this run's batch has 'p4' there"):
+    _search(PROBLEMS[:3] + PROBLEMS[4:], grader, batch_size=4, output_dir=tmp_path)
+  # The same ids with a corrected ground truth (or question, or prompt template): the old grades would come back.
+  fixed = [Problem(p.problem_id, p.question, "42") for p in PROBLEMS]
+  with pytest.raises(ValueError, match=r"trees-00000\.jsonl: tree 'p0' has another ground_truth than this run's "
+                                       r"\('0' there, '42' now\)"):
+    _search(fixed, grader, batch_size=4, output_dir=tmp_path)
+  with pytest.raises(ValueError, match=r"tree 'p0' has another prompt than this run's"):
+    run_search(PROBLEMS, ScriptedPolicy(random_script), InProcessExecutor(),
+               SearchConfig(num_rollouts=4, num_candidates=4, max_depth=4, errors_threshold=2, batch_size=4,
+                            max_nodes=96), prompt_fn="Question: {}\n".format, grader=grader, progress=False,
+               output_dir=tmp_path)
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written  # nothing overwritten
   # A shard from before the config file (or edited by hand) is checked tree by tree.
   (tmp_path / "trees.config.json").unlink()
@@ -154,6 +166,26 @@ def test_bad_inputs_are_rejected(grader):
   with pytest.raises(ValueError, match="candidate lists"):
     run_search(PROBLEMS[:1], WrongCount(), InProcessExecutor(), config, prompt_fn=PROMPT.format,
                grader=grader, progress=False)
+
+
+@pytest.mark.parametrize("scores,message", [
+    (lambda texts: [float("nan")] * len(texts), r"scorer returned nan for text 0 .*values must be finite"),
+    (lambda texts: [0.5] * (len(texts) + 1), r"scorer returned \d+ values for \d+ texts"),
+])
+def test_bad_scorer_output_is_rejected_where_it_arrives(grader, scores, message):
+  # A NaN value would win (MCTS selection) or land anywhere (beam ranking) without a word; a wrong count would
+  # shift every value onto the wrong text.
+  class Scorer:
+    def score(self, texts):
+      return scores(texts)
+
+  with pytest.raises(ValueError, match=message):
+    run_search(PROBLEMS[:2], ScriptedPolicy(random_script), InProcessExecutor(),
+               SearchConfig(mode="ppm_augmented", num_rollouts=2, num_candidates=4, max_depth=4, max_nodes=64),
+               prompt_fn=PROMPT.format, scorer=Scorer(), grader=grader, progress=False)
+  with pytest.raises(ValueError, match=message):
+    beam_search(PROBLEMS[:2], ScriptedPolicy(random_script), InProcessExecutor(), Scorer(),
+                BeamConfig(beam_width=2, samples_per_step=4, max_depth=4), prompt_fn=PROMPT.format, grader=grader)
 
 
 def test_inference_without_ground_truth(grader):
