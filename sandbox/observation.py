@@ -22,7 +22,8 @@ search; see `strip_program` for the clean-up applied here):
    `:`. `print(a)` -> "a: 5\n"; `print(round(x, 2))` -> "round(x, 2: 3.14\n". Statements after the last print point
    never run.
 6. Any exception (parse, compile or run time; `SystemExit` and `KeyboardInterrupt` included) replaces the whole
-   observation with `f"{type(e).__name__}: {e}"`.
+   observation with `f"{type(e).__name__}: {e}"`. Syntax errors name the file `<unknown>`, as the official `ast.parse`
+   does (`IndentationError: unexpected indent (<unknown>, line 20)` in rStar's published data).
 7. Post-processing (`postprocess`): printed text (not an echo, not an error) that parses as a Python float becomes
    `str(round(value, 4)) + "\n"` when that is shorter (`8.94427190999916\n` -> `8.9443\n`; `5\n` stays; the echo of
    `math.sqrt(2)` stays `1.4142135623730951`). Then an observation longer than `max_chars` (1024 by default) becomes
@@ -264,14 +265,20 @@ def _compile_stmts(stmts: list[ast.stmt], filename: str):
 
 
 def run_program(code: str, namespace: dict, *, mode: str = "rstar", max_chars: int = 1024,
-                filename: str = "<string>") -> Outcome:
+                filename: str | None = None) -> Outcome:
   """Runs `code` in `namespace` under `mode` with `sys.stdout` captured; never raises `Exception`s of the code.
+
+  `filename` (what syntax errors name) defaults to `<unknown>` in rstar mode, as the official interpreter's
+  `ast.parse` gives it (rStar's published data reads `IndentationError: unexpected indent (<unknown>, line 20)`), and
+  to `<string>` in plain mode, as `exec` of a string.
 
   The caller owns process-level concerns (time limits, memory limits, fresh namespaces). `sys.stdout` and
   `sys.stderr` are restored afterwards; stderr output is discarded (bounded).
   """
   if mode not in OUTPUT_MODES:
     raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {mode!r}")
+  if filename is None:
+    filename = "<unknown>" if mode == "rstar" else "<string>"
   keep = max(4 * max_chars, 4096)
   out = Outcome()
   raw = BoundedText(keep)

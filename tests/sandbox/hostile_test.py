@@ -174,7 +174,7 @@ HOSTILE = [
     ("dns", "import socket\nprint(socket.getaddrinfo('example.com', 80))", _error("gaierror")),
     ("raw_socket", "import socket\nsocket.socket(socket.AF_PACKET, socket.SOCK_RAW)", _error("PermissionError")),
     # Broken programs.
-    ("syntax_error", "x = = 1", lambda r: r.observation == "SyntaxError: invalid syntax (<string>, line 1)"),
+    ("syntax_error", "x = = 1", lambda r: r.observation == "SyntaxError: invalid syntax (<unknown>, line 1)"),
     ("null_bytes", "print(1)\x00", lambda r: r.observation == "SyntaxError: source code string cannot contain "
                                                                "null bytes"),
     ("code_700kb_literal", "s = '" + "a" * 700_000 + "'\nprint(len(s))", _observed("700000\n")),

@@ -46,7 +46,7 @@ CASES = [
     ("x = 1 / 0", "ZeroDivisionError: division by zero", "ZeroDivisionError: division by zero"),
     ("print('before')\nraise ValueError('bad value')", "ValueError: bad value", "ValueError: bad value"),
     ("raise KeyError('k')", "KeyError: 'k'", "KeyError: 'k'"),
-    ("x = ", "SyntaxError: invalid syntax (<string>, line 1)", "SyntaxError: invalid syntax (<string>, line 1)"),
+    ("x = ", "SyntaxError: invalid syntax (<unknown>, line 1)", "SyntaxError: invalid syntax (<string>, line 1)"),
     ("undefined_name", "NameError: name 'undefined_name' is not defined",
      "NameError: name 'undefined_name' is not defined"),
     # Float rounding: printed text that parses as a float, when the rounded form is shorter.
