@@ -5,7 +5,14 @@ candidates per beam node (one policy call for all beams of all problems), runs t
 (one sandbox batch), scores every new non-terminal child and every new answer with the PPM (one
 scorer call), and keeps the `width` best non-terminal children by PPM score as the next beams. As in
 the official step beam search, each answer found shrinks that problem's width by one; the search of a
-problem ends when its width or its beams run out. The answer is the one with the highest PPM score.
+problem ends when its width or its beams run out, or after `max_depth` steps. The answer is the one with the
+highest PPM score.
+
+Versus the official `BS` (agents/beam_search.py): there the next beam is the top `width` of *all* new children by
+PPM score, finished ones included, and the samples generated for the unfinished ones are then zipped onto that
+list, so a finished node can take another node's children. Here the beam holds unfinished children only and each
+keeps its own samples. The official `BS.create_child` also ends a path at its first code error whatever
+`errors_threshold` says; here `errors_threshold` applies (the same at its default, 1).
 
 The output uses the tree JSONL schema (mode "inference"): every generated node with its PPM value;
 visits and values stay 0 (beam search backs nothing up).
@@ -69,7 +76,7 @@ def beam_search(problems: Sequence[Problem], policy: Policy, executor: CodeExecu
   beams = [[ROOT_INDEX] for _ in problems]
   width = [config.beam_width] * len(problems)
   step = 0
-  while any(beams):
+  while any(beams) and step < config.max_depth:  # the official `for step in range(max_depth)`
     rows = [(b, v) for b, nodes in enumerate(beams) for v in nodes]
     prompts = [hosts[b].policy_prompt(v) for b, v in rows]
     policy_seeds = [expansion_seed(seeds[b], step, v) for b, v in rows]

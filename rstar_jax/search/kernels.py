@@ -29,6 +29,9 @@ The two presets differ only in how a child is scored and how ties break:
 |                          |                                        | seeded by (tree seed, rollout, node)        |
 | terminal children        | skipped                                | skipped                                     |
 
+Scores are float32 (the official `puct` computes in float64): two children whose scores differ only past float32's
+precision tie here and the first one is taken (seen with parent visits >= ~59; rare).
+
 Backup (`expand_and_backup`): every new child may carry a value with one of two scopes, decided on
 the host by `rules.leaf_update` from the search mode and preset: `self` (visits +1 and value_sum +v
 on the child only) or `path` (the same on the child and on every ancestor up to the root).

@@ -1,7 +1,8 @@
 """The code-augmented step protocol (DESIGN §1.1): from sampled candidates to child nodes.
 
-For one expansion: `dedupe_candidates` drops repeated candidates (and, with `first_answer_only`,
-every `<end_of_answer>` candidate after the first); `plan_child` classifies each one and builds the
+For one expansion: `dedupe_candidates` drops repeated candidates and, with `first_answer_only`, keeps
+only the first `<end_of_answer>` candidate when there is one (the other candidates go too), as the
+official `llm_generate`; `plan_child` classifies each one and builds the
 program to run; the caller runs the programs in the sandbox (one batch for all trees); `finish_child`
 turns the sandbox result into the child's text, observation and terminal state.
 
@@ -22,6 +23,13 @@ Classification of a candidate's step text (candidate text + its stop string):
     (`<end_of_code>` added if missing) and gets the output block, as in the official code.
 - Then: a non-terminal child deeper than `max_depth` becomes terminal (`max_depth`); answers stay
   answers at any depth.
+
+Where the official code (agents/mcts.py, agents/utils.py) does otherwise, on purpose:
+- A step that closes the code block *and* reaches the error threshold gets its output block once; the official
+  `create_child` wraps the already wrapped observation again (`<output><output>...<end_of_output><end_of_output>`).
+- The answer is the last `\\boxed{...}` of the whole step; the official `extract_math_answer` first cuts the
+  step at its first `".\\n"`, so `The total is 12.\\nSo the answer is \\boxed{12}` yields `<answer>The total is 12`
+  there (graded wrong). An empty box is an (empty, wrong) answer here; the official node stays non-terminal.
 """
 
 from __future__ import annotations
@@ -53,7 +61,8 @@ class StepConfig:
   Attributes:
     errors_threshold: consecutive code errors that end a path (official: 2 bootstrap, 1 later).
     max_depth: a non-answer child deeper than this is terminal (rStar: 16).
-    first_answer_only: keep only the first `<end_of_answer>` candidate of an expansion.
+    first_answer_only: when a candidate of an expansion ends with `<end_of_answer>`, keep only the first such
+      candidate and drop all others (the official `llm_generate` filter).
   """
   errors_threshold: int = 1
   max_depth: int = 16
@@ -72,19 +81,22 @@ def _is_answer_candidate(c: StepCandidate) -> bool:
 
 def dedupe_candidates(candidates: Sequence[StepCandidate], first_answer_only: bool = True
                       ) -> list[StepCandidate]:
-  """Drops repeated step texts (first kept) and, optionally, `<end_of_answer>` ones after the first."""
+  """The candidates an expansion keeps, as the official `llm_generate` filters vLLM's outputs.
+
+  A candidate whose text (without its stop string, as vLLM's `out.text`) repeats an earlier one is dropped. Then,
+  with `first_answer_only`, if any candidate ends with `<end_of_answer>`, only the first of those is kept: the
+  expansion adds that one answer and nothing else (DESIGN §1.1).
+  """
   seen: set[str] = set()
   kept: list[StepCandidate] = []
-  have_answer = False
   for c in candidates:
-    if c.step_text in seen:
-      continue
-    seen.add(c.step_text)
-    if first_answer_only and _is_answer_candidate(c):
-      if have_answer:
-        continue
-      have_answer = True
-    kept.append(c)
+    if c.text not in seen:
+      seen.add(c.text)
+      kept.append(c)
+  if first_answer_only:
+    answers = [c for c in kept if _is_answer_candidate(c)]
+    if answers:
+      return answers[:1]
   return kept
 
 

@@ -168,6 +168,16 @@ def test_bad_inputs_are_rejected(grader):
                grader=grader, progress=False)
 
 
+def test_beam_search_runs_max_depth_steps(grader):
+  # The official `for step in range(max_depth)`: max_depth generation rounds, so no node deeper than max_depth.
+  policy = ScriptedPolicy(lambda prompt, n, seed: [f"x = {seed % 97}\n<end_of_step>"] * n)
+  config = BeamConfig(beam_width=2, samples_per_step=2, max_depth=3)
+  (record,) = beam_search(PROBLEMS[:1], policy, InProcessExecutor(), FunctionScorer(random_ppm), config,
+                          prompt_fn=PROMPT.format, grader=grader)
+  assert len(policy.calls) == 3
+  assert max(n["depth"] for n in record["nodes"]) == 3
+
+
 @pytest.mark.parametrize("scores,message", [
     (lambda texts: [float("nan")] * len(texts), r"scorer returned nan for text 0 .*values must be finite"),
     (lambda texts: [0.5] * (len(texts) + 1), r"scorer returned \d+ values for \d+ texts"),

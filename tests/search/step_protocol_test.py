@@ -17,15 +17,17 @@ def test_dedupe_and_first_answer_rule():
   steps = ["a\n<end_of_step>", "b\n<end_of_step>", "a\n<end_of_step>", "\\boxed{1}<end_of_answer>",
            "c\n<end_of_step>", "\\boxed{2}<end_of_answer>", "\\boxed{1}<end_of_answer>"]
   cands = [to_candidate(s) for s in steps]
+  # The official llm_generate: with an <end_of_answer> candidate, the expansion keeps that first answer only.
   kept = [c.step_text for c in dedupe_candidates(cands, first_answer_only=True)]
-  assert kept == ["a\n<end_of_step>", "b\n<end_of_step>", "\\boxed{1}<end_of_answer>",
-                  "c\n<end_of_step>"]
+  assert kept == ["\\boxed{1}<end_of_answer>"]
   kept = [c.step_text for c in dedupe_candidates(cands, first_answer_only=False)]
   assert kept == ["a\n<end_of_step>", "b\n<end_of_step>", "\\boxed{1}<end_of_answer>",
                   "c\n<end_of_step>", "\\boxed{2}<end_of_answer>"]
-  # Same text with a different stop is a different step.
+  no_answer = [c.step_text for c in dedupe_candidates(cands[:3] + cands[4:5])]
+  assert no_answer == ["a\n<end_of_step>", "b\n<end_of_step>", "c\n<end_of_step>"]
+  # Duplicates are judged on the text without its stop string (vLLM's `out.text`), first kept.
   two = [StepCandidate("x", "<end_of_step>"), StepCandidate("x", "<end_of_code>")]
-  assert len(dedupe_candidates(two)) == 2
+  assert dedupe_candidates(two) == two[:1]
 
 
 def test_extract_program_follows_the_official_rules():
