@@ -59,6 +59,10 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[j
   if math.prod(sizes) > len(devices):
     raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {math.prod(sizes)} devices; "
                      f"{len(devices)} available")
+  if jax.process_count() > 1 and math.prod(sizes) != len(devices):
+    # A smaller mesh would hold only the first processes' devices, and the others could place nothing on it.
+    raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} must use all {len(devices)} devices "
+                     f"of the {jax.process_count()} processes")
   grid = np.asarray(devices[:math.prod(sizes)], dtype=object).reshape(sizes)
   return Mesh(grid, MESH_AXES)
 

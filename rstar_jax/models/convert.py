@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from rstar_jax.models.config import ModelConfig
 from rstar_jax.models.ppm import PPM
@@ -318,6 +319,20 @@ def read_value_head(ppm_dir: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 # --- export -----------------------------------------------------------------------------------------------------------
+def _host_array(x) -> np.ndarray:
+  """The whole of `x` on this host. Collective when `x` spans processes (parameters split over a multi-host mesh):
+  every process must then call it, in the same order."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+def _barrier(name: str) -> None:
+  """In a multi-host run, no process returns before process 0 has written the export."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dtype
                      ) -> Iterator[tuple[str, np.ndarray]]:
   for entry in entries:
@@ -325,10 +340,10 @@ def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dt
       unstacked = _unstacked(state, entry.path)
       for l in range(config.num_layers):
         layer = _lookup(state, _layer_path(entry.path, l)) if unstacked else _lookup(state, entry.path)[l]
-        layer = np.asarray(jax.device_get(layer))
+        layer = _host_array(layer)
         yield entry.hf_name.format(l=l), np.ascontiguousarray(entry.to_hf(layer, config).astype(dtype))
     else:
-      value = np.asarray(jax.device_get(_lookup(state, entry.path)))
+      value = _host_array(_lookup(state, entry.path))
       yield entry.hf_name, np.ascontiguousarray(entry.to_hf(value, config).astype(dtype))
 
 
@@ -380,7 +395,8 @@ def _write_json(path: str, obj) -> None:
 def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shard_bytes: int = 5 * 2**30) -> None:
   """Writes `model` as an HF dir (`config.json` + safetensors) in `dtype` (default: the parameter dtype).
 
-  Only process 0 writes; in a multi-host run every process must call it (the gathers are collective).
+  Only process 0 writes; in a multi-host run every process must call it (the gathers are collective), and it returns
+  once the files are written.
   """
   config = model.config
   dtype = np.dtype(dtype or config.weight_dtype)
@@ -393,6 +409,7 @@ def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shar
   else:
     for _ in tensors:
       pass
+  _barrier("rstar_jax.save_qwen2")
 
 
 def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_format: str = "bin",
@@ -409,16 +426,17 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
   if not config.tie_word_embeddings:
     hf_config["architectures"] = ["Qwen2Model"]
   tensors = _iter_hf_tensors(state, config, name_table(config), dtype)
-  head = {VALUE_HEAD_KEYS[0]: np.asarray(jax.device_get(state["value_head"]["kernel"]), np.float32).T.copy(),
-          VALUE_HEAD_KEYS[1]: np.asarray(jax.device_get(state["value_head"]["bias"]), np.float32)}
-  if jax.process_index() != 0:
+  if value_head_format not in ("bin", "safetensors"):
+    raise ValueError(f"value_head_format must be 'bin' or 'safetensors', got {value_head_format!r}")
+  head = {VALUE_HEAD_KEYS[0]: _host_array(state["value_head"]["kernel"]).astype(np.float32).T.copy(),
+          VALUE_HEAD_KEYS[1]: _host_array(state["value_head"]["bias"]).astype(np.float32)}
+  if jax.process_index() == 0:
+    _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes)
+    if value_head_format == "bin":
+      write_torch_bin(os.path.join(out_dir, "value_head.bin"), head)
+    else:
+      write_safetensors(os.path.join(out_dir, "value_head.safetensors"), head)
+  else:
     for _ in tensors:
       pass
-    return
-  _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes)
-  if value_head_format == "bin":
-    write_torch_bin(os.path.join(out_dir, "value_head.bin"), head)
-  elif value_head_format == "safetensors":
-    write_safetensors(os.path.join(out_dir, "value_head.safetensors"), head)
-  else:
-    raise ValueError(f"value_head_format must be 'bin' or 'safetensors', got {value_head_format!r}")
+  _barrier("rstar_jax.save_ppm")

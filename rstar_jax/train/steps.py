@@ -124,6 +124,14 @@ def jit_train_step(step, state_shardings, mesh: Mesh):
 
 
 def put_batch(batch: dict, mesh: Mesh) -> Batch:
-  """Host arrays of this process's rows -> global arrays sharded over `data` x `fsdp` (multi-host safe)."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in batch.items()}
+  """Host arrays of this process's rows -> global arrays sharded over `data` x `fsdp` (multi-host safe).
+
+  Every process passes its own contiguous `1 / process_count` of the global batch's rows (`data.pipeline`), so the
+  global batch has `process_count` times as many rows; a mesh that does not split the rows across the processes
+  (e.g. tensor-only) cannot take them and raises instead of treating each process's rows as the whole batch.
+  """
+  count = jax.process_count()
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v,
+                                                    (v.shape[0] * count,) + v.shape[1:])
+          for k, v in batch.items()}
 

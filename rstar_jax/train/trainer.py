@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import jax
 import tqdm
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from rstar_jax import sharding as sharding_lib
 from rstar_jax import tokenizer as tokenizer_lib
@@ -83,12 +84,15 @@ def _model_config(checkpoint: PathLike, config: TrainConfig) -> tuple[ModelConfi
 
 
 def _export_tokenizer(tokenizer_dir: str | None, export_dir: str) -> None:
-  if tokenizer_dir is None or not os.path.isdir(tokenizer_dir):
-    return
-  for name in TOKENIZER_FILES:
-    src = os.path.join(tokenizer_dir, name)
-    if os.path.isfile(src) and not os.path.exists(os.path.join(export_dir, name)):
-      shutil.copyfile(src, os.path.join(export_dir, name))
+  """Process 0 copies the tokenizer files beside the exported weights; in a multi-host run no process returns
+  before that is done (the weights' export already waited the same way)."""
+  if jax.process_index() == 0 and tokenizer_dir is not None and os.path.isdir(tokenizer_dir):
+    for name in TOKENIZER_FILES:
+      src = os.path.join(tokenizer_dir, name)
+      if os.path.isfile(src) and not os.path.exists(os.path.join(export_dir, name)):
+        shutil.copyfile(src, os.path.join(export_dir, name))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("rstar_jax.export_tokenizer")
 
 
 def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Callable, count_key: str,
@@ -105,6 +109,11 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
   if remainder or rows_per_micro % shards:
     raise ValueError(f"global batch {config.data.batch_size} must split into accum_steps={config.accum_steps} "
                      f"micro-batches whose rows divide over data x fsdp = {shards} devices")
+  if shards % jax.process_count():
+    # Each process feeds its own contiguous rows of a batch (`put_batch`), so the batch axis must be split across
+    # the processes; over a tensor-only mesh every process would take its rows for the whole batch.
+    raise ValueError(f"mesh {config.mesh}: data x fsdp = {shards} must be a multiple of the {jax.process_count()} "
+                     "processes (each process feeds its own rows of a batch)")
   total_steps = pipe.num_batches if config.max_steps is None else min(pipe.num_batches, config.max_steps)
   tx = optimizer_lib.make_optimizer(config.optimizer, total_steps)
   schedule = optimizer_lib.learning_rate_schedule(config.optimizer, total_steps)
