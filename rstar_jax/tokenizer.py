@@ -442,7 +442,8 @@ def add_rstar_tokens(tokenizer: Tokenizer, which: Literal["policy", "ppm"] = "po
       the PPM trainer).
 
   Returns:
-    How many tokens were added (0 when already present). Afterwards each of `STEP_STOP_STRINGS` encodes as one id.
+    How many tokens were added (0 when already present). Afterwards each of `STEP_STOP_STRINGS` is one id inside a
+    text (a sentencepiece tokenizer encoding one alone may put its word-start piece before it).
   """
   if which == "policy":
     tokens = RSTAR_SPECIAL_TOKENS

@@ -28,7 +28,9 @@ class EnginePolicy:
       top_p: nucleus filter (1 = off).
       top_k: top-k filter (0 = off).
       max_new_tokens: the most tokens of one step.
-      max_context: prompt + step tokens never exceed this (the step ends with "length" there).
+      max_context: prompt + step tokens never exceed this (the step ends with "length" there; a prompt already that
+        long gets `("", "length")`). None: the model's `max_position_embeddings`, the positions it was trained on
+        (the official search's 4096-token context is Qwen2.5-Math's).
       progress: progress bars over decode steps.
     """
     if engine.tokenizer is None:
@@ -38,7 +40,7 @@ class EnginePolicy:
     self.engine = engine
     self.sampler: SamplingMethod = Greedy() if temperature == 0 else Sampling(temperature, top_p, top_k)
     self.max_new_tokens = max_new_tokens
-    self.max_context = max_context
+    self.max_context = engine.config.max_position_embeddings if max_context is None else max_context
     self.progress = progress
 
   def generate(self, prompts: Sequence[str], *, n: int, seeds: Sequence[int], stop: Sequence[str]) -> list:
@@ -69,8 +71,8 @@ class PPMScorer:
       engine: the engine.
       transform: "raw" (the linear head, as trained), "tanh" (the paper's head) or "tanh5" (`tanh(r / 5)`, the
         official search-time value).
-      max_tokens: if given, a text is cut to its first `max_tokens` tokens (the official scorer cuts at the
-        context length minus one).
+      max_tokens: a text is cut to its first `max_tokens` tokens. None: the model's `max_position_embeddings` minus
+        one, as the official scorer cuts at the context length minus one.
     """
     if engine.tokenizer is None:
       raise ValueError("PPMScorer needs an Engine with a tokenizer")
@@ -79,14 +81,13 @@ class PPMScorer:
     value_transform(np.zeros(1, np.float32), transform)  # validates the name
     self.engine = engine
     self.transform = transform
-    self.max_tokens = max_tokens
+    self.max_tokens = engine.config.max_position_embeddings - 1 if max_tokens is None else max_tokens
 
   def score(self, texts: Sequence[str]) -> np.ndarray:
     if isinstance(texts, str):
       raise TypeError("score() takes a sequence of texts, got one string")
     ids = self.engine.tokenizer.encode_batch(list(texts))
-    if self.max_tokens is not None:
-      ids = [i[:self.max_tokens] for i in ids]
+    ids = [i[:self.max_tokens] for i in ids]
     for i, text_ids in enumerate(ids):
       if not text_ids:
         raise ValueError(f"text {i} encodes to no tokens: {texts[i]!r}")

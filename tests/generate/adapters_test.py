@@ -44,6 +44,21 @@ def test_ppm_scorer_values_with_transform():
   np.testing.assert_allclose(values, np.tanh(hf_values(tok.encode_batch(TEXTS)) / 5), atol=1e-4)
 
 
+def test_texts_past_the_model_context_are_cut_as_the_official_search():
+  # The tiny model has 1024 positions: the policy never goes past them (a prompt that fills them gets an empty
+  # "length" step), and the PPM scores a text's first 1023 tokens (the official scorer: context length minus one).
+  tok = tiny_tokenizer()
+  long_text = " ".join(f"word{i} = {i * 7}" for i in range(600))
+  ids = tok.encode(long_text)
+  assert len(ids) > 1100
+  policy = EnginePolicy(Engine(load_tiny(), tokenizer=tok, buckets=TEST_BUCKETS), temperature=0, max_new_tokens=8)
+  assert policy.max_context == 1024
+  assert policy.generate([long_text], n=1, seeds=[0], stop=["<end_of_step>"]) == [[StepCandidate("", "length")]]
+  scorer = PPMScorer(Engine(convert.load_ppm(tiny_ppm_dir()[0]), tokenizer=tok, buckets=TEST_BUCKETS),
+                     transform="raw")
+  np.testing.assert_allclose(scorer.score([long_text]), hf_values([ids[:1023]]), atol=1e-4)
+
+
 def test_command_line_prints_one_json_line_per_result(tmp_path, capsys):
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("\n".join([json.dumps(TEXTS[0]), json.dumps({"prompt": TEXTS[1], "n": 2, "seed": 9})]) + "\n")
