@@ -3,13 +3,16 @@
 `extract_boxed(text)` returns the content of the last `\\boxed{...}` (nested braces). `Grader` decides
 whether a predicted answer equals the ground truth, in three layers, cheapest first:
 
-1. String: both answers normalised (`$`/`\\(` wrappers, spacing, `\\left`/`\\right`, `\\dfrac`/`\\tfrac`,
-   `\\text{}` units, degrees/percent signs, a leading `x =`, thousands separators, a trailing period,
-   case) and compared.
+1. String: both answers normalised (`$`/`\\(` wrappers, several `\\boxed{}` joined as a list, spacing,
+   `\\left`/`\\right`, `\\dfrac`/`\\tfrac`, unit words after a number (`5 \\text{ cm}`; not `\\text{ or }`,
+   `\\text{ million}`), degrees/percent signs, a leading `x =`, thousands separators in `1,234` form (`0,245`
+   and `1, 234` are lists), a trailing period, the case of plain words only) and compared. Two assignments to
+   different variables (`y = 3/2` against `x = 3/2`) skip to layer 3.
 2. Numbers: when both sides read as plain numbers (integers, decimals, `a/b`, `\\frac{a}{b}`,
    percentages), their exact values are compared, so `1000001` is not `1000000` however large the
    numbers. The one allowance: a decimal written for a value whose decimal expansion never ends
-   (`0.666667` for `\\frac{2}{3}`) matches within a relative 1e-6. Two numbers that differ are *not*
+   matches when it is that value rounded or truncated to the places it shows, with at least 6
+   significant digits (`0.666667` for `\\frac{2}{3}`; not `0.3333`). Two numbers that differ are *not*
    handed on (that is a fast, certain "no").
 3. math-verify: the bare LaTeX is wrapped in `$...$`, parsed and verified (gold first, as the library
    expects). math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
@@ -54,6 +57,21 @@ def extract_boxed(text: str | None) -> str | None:
   start = max(text.rfind(cmd) for cmd in _BOXED_COMMANDS)
   if start < 0:
     return None
+  return _box_at(text, start)
+
+
+def boxed_contents(text: str | None) -> list[str]:
+  """The contents of every `\\boxed{...}` / `\\fbox{...}` in `text`, left to right (unclosed ones skipped)."""
+  out = []
+  for match in re.finditer(r"\\boxed|\\fbox", text or ""):
+    content = _box_at(text, match.start())
+    if content is not None:
+      out.append(content)
+  return out
+
+
+def _box_at(text: str, start: int) -> str | None:
+  """The content of the box command at `text[start:]`."""
   i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
   while i < len(text) and text[i] == " ":
     i += 1
@@ -82,11 +100,15 @@ _UNIT_WORDS = (
     "minute", "seconds", "second", "days", "day", "years", "year", "mph", "pounds", "pound", "miles",
     "mile", "kg", "g", "liters", "liter", "ml")
 _NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
-_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d+)?$")
+_THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d+)?$")
 _SIMPLE_FRAC_RE = re.compile(r"^([-+]?)\\frac\{([^{}]+)\}\{([^{}]+)\}$")
 _SHORT_FRAC_RE = re.compile(r"^([-+]?)\\frac(\d)(\d)$")
 _SLASH_FRAC_RE = re.compile(r"^([-+]?[\d.]+)/([\d.]+)$")
-_ASSIGNMENT_RE = re.compile(r"^(\\?[a-zA-Z]+(_\{?\w+\}?)?)\s*=\s*(?!.*=)")
+# `x = 3`, `x_1 = 3`, `x_{12} = 3`; not `\sum_{i=1}^n` (the `=` inside braces).
+_ASSIGNMENT_RE = re.compile(r"^(\\?[a-zA-Z]+(_\{\w+\}|_\w)?)\s*=\s*(?!.*=)")
+# A unit written as text after a number: `5 \text{ cm}`, `15\mbox{ cm}^3` (only words of `_UNIT_WORDS`).
+_TEXT_UNIT_RE = re.compile(r"^([-+]?[\d.,/]+)\s*\\(?:text|mbox|mathrm)\{\s*([a-zA-Z ]+?)\s*\}(\^\{?\d\}?)?$")
+
 
 
 def _unwrap_text_commands(s: str) -> str:
@@ -101,8 +123,13 @@ def _unwrap_text_commands(s: str) -> str:
 
 def normalize_answer(answer: str | None) -> str:
   """Canonical string form of an answer for string comparison (see module docstring)."""
+  return _normalize(answer)[1]
+
+
+def _normalize(answer: str | None) -> tuple[str | None, str]:
+  """`(the variable a single assignment names, e.g. "x" of "x = 3", or None; the normalised answer)`."""
   if answer is None:
-    return ""
+    return None, ""
   s = str(answer).strip()
   for _ in range(3):  # "$$x$.$" and the like: peel wrappers and trailing periods until stable
     before = s
@@ -113,31 +140,39 @@ def normalize_answer(answer: str | None) -> str:
         s = s[len(left):len(s) - len(right)].strip()
     if s == before:
       break
-  boxed = extract_boxed(s) if s.startswith(_BOXED_COMMANDS) else None
-  if boxed is not None:
-    s = boxed
+  if s.startswith(_BOXED_COMMANDS):
+    boxes = boxed_contents(s)  # several boxes (a ground truth listing its answers): all of them, not the last
+    if boxes:
+      s = ", ".join(boxes)
   s = s.replace("\\left", "").replace("\\right", "")
   s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
   for space in ("\\!", "\\,", "\\;", "\\:", "\\ ", "~"):
     s = s.replace(space, " ")
   s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\circ", "")
   s = s.replace("\\%", "").replace("%", "").replace("\\$", "")
-  # Units written as text after a number: "5 \text{ cm}" -> "5".
-  s = re.sub(r"^([-+]?[\d.,/]+)\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]+\}(\^?\{?\d\}?)?$", r"\1", s)
+  # Units written as text after a number: "5 \text{ cm}" -> "5" (not "5\text{ or }7", "5\text{ million}").
+  match = _TEXT_UNIT_RE.match(s)
+  if match and all(w.lower() in _UNIT_WORDS for w in match.group(2).split()):
+    s = match.group(1)
   s = _unwrap_text_commands(s)
   s = s.strip()
   # A bare unit word after a number: "5 cm" -> "5".
   match = re.match(r"^([-+]?[\d.,]+)\s+([a-zA-Z ]+)$", s)
   if match and all(w.lower() in _UNIT_WORDS for w in match.group(2).split()):
     s = match.group(1)
-  # A single assignment "x = 3" -> "3" (not for equations with several "=").
-  s = _ASSIGNMENT_RE.sub("", s, count=1) if s.count("=") == 1 else s
+  # A single assignment "x = 3" -> "3" (not for equations with several "="); the variable is returned beside it.
+  variable = None
+  match = _ASSIGNMENT_RE.match(s) if s.count("=") == 1 else None
+  if match:
+    variable, s = match.group(1), s[match.end():]
   s = s.rstrip(".").strip()
-  s = re.sub(r"\s+", "", s)
+  # Commas are thousands separators only in `1,234` form: `0,245`, `1, 234` or `98, 118, 122` are lists.
   if _THOUSANDS_RE.match(s):
     s = s.replace(",", "")
+  s = re.sub(r"\s+", "", s)
   s = _SHORT_FRAC_RE.sub(r"\1\\frac{\2}{\3}", s)
-  return s.lower()
+  # Case matters in mathematics (`\Phi` vs `\phi`, `2N` vs `2n`); only words are compared case-insensitively.
+  return variable, (s.lower() if re.fullmatch(r"[A-Za-z]+", s) else s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,9 +217,14 @@ def _exact(number: str) -> Fraction | None:
   return Fraction(number)
 
 
-def _is_decimal(answer: str) -> bool:
-  """Whether a plain-number answer is written with a decimal point or an exponent (a possibly rounded value)."""
-  return bool(re.search(r"[.eE]", normalize_answer(answer)))
+def _decimal_places(answer: str) -> int | None:
+  """For a plain-number answer written as a decimal (`0.666667`, `6.7e-1`): the decimal places it shows; else None."""
+  match = _NUMBER_RE.match(normalize_answer(answer))
+  if not match or not (match.group(2) or match.group(3)):
+    return None
+  mantissa, _, exponent = normalize_answer(answer).lower().partition("e")
+  places = len(mantissa.partition(".")[2]) - (int(exponent) if exponent else 0)
+  return max(places, 0)
 
 
 def _terminates(x: Fraction) -> bool:
@@ -196,21 +236,35 @@ def _terminates(x: Fraction) -> bool:
   return den == 1
 
 
-def _numbers_equal(a: Fraction, a_decimal: bool, b: Fraction, b_decimal: bool, rel_tol: float = 1e-6) -> bool:
-  """Exact equality, except that a decimal may round a value whose expansion never ends (`0.666667` vs 2/3)."""
+_MIN_ROUNDED_DIGITS = 6
+
+
+def _numbers_equal(a: Fraction, a_places: int | None, b: Fraction, b_places: int | None) -> bool:
+  """Exact equality, except that a decimal may round a value whose expansion never ends.
+
+  The decimal (`*_places`: the places it shows, None when not written as a decimal) must then be that value rounded
+  or truncated to those places, with at least `_MIN_ROUNDED_DIGITS` significant digits: `0.666667` and `0.666666`
+  match 2/3; `0.3333` (too short) and `333333.4` (333333.3 rounded) do not match what they approximate.
+  """
   if a == b:
     return True
-  if (a_decimal and not _terminates(b)) or (b_decimal and not _terminates(a)):
-    try:
-      return math.isclose(float(a), float(b), rel_tol=rel_tol)
-    except OverflowError:
-      return False
+  for decimal, places, value in ((a, a_places, b), (b, b_places, a)):
+    if places is None or _terminates(value):
+      continue
+    scale = 10 ** places
+    if len(str(abs(int(decimal * scale)))) < _MIN_ROUNDED_DIGITS:
+      continue
+    if decimal in (Fraction(round(value * scale), scale), Fraction(math.trunc(value * scale), scale)):
+      return True
   return False
 
 
 def _choice_letters(answer: str) -> str | None:
   """"(C)", "C", "\\text{(C)}" -> "C"; None unless the answer is a bare choice letter."""
   s = _unwrap_text_commands(str(answer)).strip().strip("$").strip()
+  match = re.match(r"\(([A-E])\)", s)  # "(C) 12": the letter, then the option's value
+  if match:
+    return match.group(1)
   s = s.strip("().: ")
   return s if re.fullmatch(r"[A-E]", s) else None
 
@@ -415,8 +469,9 @@ class Grader:
       return False
     if isinstance(gold, (list, tuple)):
       return any(self.equivalent(pred, g) for g in gold)
-    if "boxed" in str(gold):  # a ground truth written as a sentence around its boxed answer
-      inner = extract_boxed(str(gold))
+    if "boxed" in str(gold):  # a ground truth written as a sentence around its boxed answer(s)
+      boxes = boxed_contents(str(gold))
+      inner = ", ".join(boxes) if boxes else None  # several boxes: the answer is all of them, not the last
       if inner is not None and inner != str(gold).strip() and self.equivalent(pred, inner):
         return True
     pred, gold = str(pred), str(gold)
@@ -430,9 +485,11 @@ class Grader:
     return result
 
   def _equivalent_uncached(self, pred: str, gold: str) -> bool:
-    pred_norm, gold_norm = normalize_answer(pred), normalize_answer(gold)
+    (pred_var, pred_norm), (gold_var, gold_norm) = _normalize(pred), _normalize(gold)
     if not pred_norm or not gold_norm:
       return False
+    if pred_var is not None and gold_var is not None and pred_var != gold_var:
+      return self._math_verify(pred, gold)  # `y = 3/2` is not `x = 3/2`: the layers below would drop the names
     if pred_norm == gold_norm:
       return True
     gold_choice = _choice_letters(gold)
@@ -442,7 +499,7 @@ class Grader:
         return pred_choice == gold_choice
     pred_num, gold_num = parse_number(pred), parse_number(gold)
     if pred_num is not None and gold_num is not None:
-      return _numbers_equal(pred_num, _is_decimal(pred), gold_num, _is_decimal(gold))
+      return _numbers_equal(pred_num, _decimal_places(pred), gold_num, _decimal_places(gold))
     return self._math_verify(pred, gold)
 
   def equivalent_batch(self, pairs: Sequence[tuple[str | None, str | None]]) -> list[bool]:

@@ -63,6 +63,12 @@ def test_extract_boxed(text, want):
     ("1e5", "100000"),
     ("100000.0", "100000"),
     ("0.666667", "\\frac{2}{3}"),  # a rounded decimal of a value whose expansion never ends
+    ("0.666666", "\\frac{2}{3}"),  # ... or a truncated one
+    ("1, 2", "$\\boxed{1},\\boxed{2}$"),  # a ground truth listing its answers in several boxes
+    ("\\text{(C) } 12", "\\text{(C)}"),  # the choice letter, then the option's value
+    ("MONDAY", "Monday"),
+    ("x_1 = 3", "3"),
+    ("15\\mbox{ cm}^2", "15"),
 ])
 def test_equivalent_rewrites(grader, pred, gold):
   assert grader.equivalent(pred, gold)
@@ -88,6 +94,18 @@ def test_equivalent_rewrites(grader, pred, gold):
     ("0.000000001", "0"),
     ("5e-10", "1e-10"),
     ("0.3333", "\\frac{1}{3}"),
+    # Found by review on real ground truths; each was graded equal before.
+    ("333333.4", "\\frac{1000000}{3}"),  # not 10^6/3 rounded (a relative tolerance took it)
+    ("1333334.0", "\\frac{4000001}{3}"),
+    ("y = \\frac{3}{2}", "x = \\frac{3}{2}"),  # another variable (MATH: a vertical asymptote)
+    ("\\sum_{i=1}^n a_i", "\\prod_{i=1}^n a_i"),  # the `=` of a subscript is not an assignment
+    ("5\\text{ or }7", "5"),  # a hedge is not a unit
+    ("2 \\text{ and }3", "2"),
+    ("245", "0,245"),  # CollegeMath: two answers, 0 and 245, not a thousands separator
+    ("98118122142", "98, 118, 122, 142"),
+    ("1, 234", "1234"),
+    ("2", "$\\boxed{1},\\boxed{2}$"),  # only one of two boxed answers
+    ("\\Phi(x)", "\\phi(x)"),  # case matters in mathematics
 ])
 def test_different_answers_do_not_match(grader, pred, gold):
   assert not grader.equivalent(pred, gold)
@@ -178,7 +196,7 @@ def _check_self_equivalence(grader, answers):
   for (where, answer), ok_wrapped in zip(answers, wrapped):
     if not ok_wrapped:
       failures.append(where)
-    elif _balanced(answer):
+    elif _balanced(answer) and "boxed" not in answer:  # a box around boxes: the last-box rule takes the inner one
       boxed = extract_boxed(f"So the answer is \\boxed{{{answer}}}.\n<end_of_answer>")
       if not grader.equivalent(boxed, answer):
         failures.append(where)
