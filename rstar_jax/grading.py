@@ -57,21 +57,26 @@ def extract_boxed(text: str | None) -> str | None:
   start = max(text.rfind(cmd) for cmd in _BOXED_COMMANDS)
   if start < 0:
     return None
-  return _box_at(text, start)
+  box = _box_at(text, start)
+  return None if box is None else box[0]
 
 
 def boxed_contents(text: str | None) -> list[str]:
-  """The contents of every `\\boxed{...}` / `\\fbox{...}` in `text`, left to right (unclosed ones skipped)."""
-  out = []
+  """The contents of the outermost `\\boxed{...}` / `\\fbox{...}` of `text`, left to right (unclosed ones
+  skipped; a box inside a box is part of the outer one's content)."""
+  out, end = [], 0
   for match in re.finditer(r"\\boxed|\\fbox", text or ""):
-    content = _box_at(text, match.start())
-    if content is not None:
-      out.append(content)
+    if match.start() < end:
+      continue
+    box = _box_at(text, match.start())
+    if box is not None:
+      out.append(box[0])
+      end = box[1]
   return out
 
 
-def _box_at(text: str, start: int) -> str | None:
-  """The content of the box command at `text[start:]`."""
+def _box_at(text: str, start: int) -> tuple[str, int] | None:
+  """`(content, end)` of the box command at `text[start:]`."""
   i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
   while i < len(text) and text[i] == " ":
     i += 1
@@ -85,10 +90,10 @@ def _box_at(text: str, start: int) -> str | None:
       elif text[j] == "}":
         depth -= 1
         if depth == 0:
-          return text[i + 1:j].strip()
+          return text[i + 1:j].strip(), j + 1
     return None
   match = re.match(r"[^\s$]+", text[i:])  # `\boxed 5`: a single token
-  return match.group(0).rstrip(".") if match else None
+  return (match.group(0).rstrip("."), i + match.end()) if match else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,10 +131,11 @@ def normalize_answer(answer: str | None) -> str:
   return _normalize(answer)[1]
 
 
-def _normalize(answer: str | None) -> tuple[str | None, str]:
-  """`(the variable a single assignment names, e.g. "x" of "x = 3", or None; the normalised answer)`."""
+def _normalize(answer: str | None) -> tuple[str | None, str, str]:
+  """`(the variable a single assignment names, e.g. "x" of "x = 3", or None; the normalised answer; the same with
+  every comma kept)`. The last form compares `110, 880` with a `110,880` that lists two answers."""
   if answer is None:
-    return None, ""
+    return None, "", ""
   s = str(answer).strip()
   for _ in range(3):  # "$$x$.$" and the like: peel wrappers and trailing periods until stable
     before = s
@@ -140,10 +146,11 @@ def _normalize(answer: str | None) -> tuple[str | None, str]:
         s = s[len(left):len(s) - len(right)].strip()
     if s == before:
       break
-  if s.startswith(_BOXED_COMMANDS):
-    boxes = boxed_contents(s)  # several boxes (a ground truth listing its answers): all of them, not the last
-    if boxes:
-      s = ", ".join(boxes)
+  for _ in range(3):  # `\boxed{\boxed{x}}`; several boxes (a ground truth listing its answers): all, not the last
+    boxes = boxed_contents(s) if s.startswith(_BOXED_COMMANDS) else []
+    if not boxes:
+      break
+    s = ", ".join(boxes)
   s = s.replace("\\left", "").replace("\\right", "")
   s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
   for space in ("\\!", "\\,", "\\;", "\\:", "\\ ", "~"):
@@ -167,12 +174,17 @@ def _normalize(answer: str | None) -> tuple[str | None, str]:
     variable, s = match.group(1), s[match.end():]
   s = s.rstrip(".").strip()
   # Commas are thousands separators only in `1,234` form: `0,245`, `1, 234` or `98, 118, 122` are lists.
+  as_list = _finish(s)
   if _THOUSANDS_RE.match(s):
     s = s.replace(",", "")
+  return variable, _finish(s), as_list
+
+
+def _finish(s: str) -> str:
   s = re.sub(r"\s+", "", s)
   s = _SHORT_FRAC_RE.sub(r"\1\\frac{\2}{\3}", s)
   # Case matters in mathematics (`\Phi` vs `\phi`, `2N` vs `2n`); only words are compared case-insensitively.
-  return variable, (s.lower() if re.fullmatch(r"[A-Za-z]+", s) else s)
+  return s.lower() if re.fullmatch(r"[A-Za-z]+", s) else s
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,12 +497,12 @@ class Grader:
     return result
 
   def _equivalent_uncached(self, pred: str, gold: str) -> bool:
-    (pred_var, pred_norm), (gold_var, gold_norm) = _normalize(pred), _normalize(gold)
+    (pred_var, pred_norm, pred_list), (gold_var, gold_norm, gold_list) = _normalize(pred), _normalize(gold)
     if not pred_norm or not gold_norm:
       return False
     if pred_var is not None and gold_var is not None and pred_var != gold_var:
       return self._math_verify(pred, gold)  # `y = 3/2` is not `x = 3/2`: the layers below would drop the names
-    if pred_norm == gold_norm:
+    if pred_norm == gold_norm or pred_list == gold_list:
       return True
     gold_choice = _choice_letters(gold)
     if gold_choice is not None:
