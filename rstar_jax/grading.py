@@ -196,7 +196,11 @@ def parse_number(answer: str | None) -> Fraction | None:
   Numbers with an exponent past +-`_MAX_EXPONENT` (or more digits than Python converts) give None: math-verify, in
   its worker under a deadline, decides those.
   """
-  s = normalize_answer(answer)
+  return _number_of(normalize_answer(answer))
+
+
+def _number_of(s: str) -> Fraction | None:
+  """`parse_number` of an already normalised answer."""
   if not s:
     return None
   try:
@@ -229,12 +233,12 @@ def _exact(number: str) -> Fraction | None:
   return Fraction(number)
 
 
-def _decimal_places(answer: str) -> int | None:
-  """For a plain-number answer written as a decimal (`0.666667`, `6.7e-1`): the decimal places it shows; else None."""
-  match = _NUMBER_RE.match(normalize_answer(answer))
-  if not match or not (match.group(2) or match.group(3)):
+def _decimal_places(s: str) -> int | None:
+  """For a normalised plain number written as a decimal (`0.666667`, `.5`, `6.7e-1`): the decimal places it shows;
+  else None."""
+  if not _NUMBER_RE.match(s) or not re.search(r"[.e]", s.lower()):
     return None
-  mantissa, _, exponent = normalize_answer(answer).lower().partition("e")
+  mantissa, _, exponent = s.lower().partition("e")
   places = len(mantissa.partition(".")[2]) - (int(exponent) if exponent else 0)
   return max(places, 0)
 
@@ -509,9 +513,9 @@ class Grader:
       pred_choice = _choice_letters(pred)
       if pred_choice is not None:
         return pred_choice == gold_choice
-    pred_num, gold_num = parse_number(pred), parse_number(gold)
+    pred_num, gold_num = _number_of(pred_norm), _number_of(gold_norm)
     if pred_num is not None and gold_num is not None:
-      return _numbers_equal(pred_num, _decimal_places(pred), gold_num, _decimal_places(gold))
+      return _numbers_equal(pred_num, _decimal_places(pred_norm), gold_num, _decimal_places(gold_norm))
     return self._math_verify(pred, gold)
 
   def equivalent_batch(self, pairs: Sequence[tuple[str | None, str | None]]) -> list[bool]:

@@ -64,6 +64,7 @@ def test_extract_boxed(text, want):
     ("100000.0", "100000"),
     ("0.666667", "\\frac{2}{3}"),  # a rounded decimal of a value whose expansion never ends
     ("0.666666", "\\frac{2}{3}"),  # ... or a truncated one
+    (".666667", "\\frac{2}{3}"),
     ("1, 2", "$\\boxed{1},\\boxed{2}$"),  # a ground truth listing its answers in several boxes
     ("\\boxed{\\boxed{36}}", "36"),  # a box in a box is one answer
     ("110, 880", "110,880"),  # CollegeMath: a gold listing two answers without a space

@@ -28,7 +28,8 @@ Record:
     ppm_value       the node's PPM score when it was scored, else null
 
 Shards are written atomically (a temporary file in the same folder, then `os.replace`). A search that writes
-shards keeps its config next to them (`write_run_config`, `check_run_config`), so a resumed run cannot mix trees of two searches.
+shards keeps its config next to them (`write_run_config`, `check_run_config`), so a resumed run cannot mix trees
+of two searches.
 """
 
 from __future__ import annotations
