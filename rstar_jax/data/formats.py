@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from typing import Any, Iterable, Sequence
@@ -115,7 +116,8 @@ def read_ppm_pairs(path: str | os.PathLike[str]) -> list[PpmPair]:
     counts = []
     for name in ("pos_count", "neg_count"):
       value = _field(o, name, (int, float), w)
-      if value != int(value) or value < 1:
+      # json reads NaN and Infinity, which int() cannot convert: check finiteness before comparing.
+      if not math.isfinite(value) or value != int(value) or value < 1:
         raise DataFormatError(f"{w}: field {name!r} must be a positive integer, got {value!r}")
       counts.append(int(value))
     pairs.append(PpmPair(prompt=_field(o, "prompt", (str,), w), pos=_field(o, "pos", (str,), w),

@@ -64,6 +64,16 @@ def test_format_errors_name_file_and_field(tmp_path):
     formats.read_ppm_pairs(path)
 
 
+@pytest.mark.parametrize("count", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_pair_counts_name_file_line_and_field(tmp_path, count):
+  # Python's json reads (and writes) these; int() of them raised OverflowError/ValueError naming nothing.
+  path = tmp_path / "pairs.jsonl"
+  path.write_text('{"prompt": "p", "pos": "a", "neg": "b", "pos_count": 1, "neg_count": 1}\n'
+                  f'{{"prompt": "p", "pos": "a", "neg": "b", "pos_count": 2, "neg_count": {count}}}\n')
+  with pytest.raises(formats.DataFormatError, match=r"pairs.jsonl:2: field 'neg_count' must be a positive integer"):
+    formats.read_ppm_pairs(path)
+
+
 def test_sft_batches_mask_prompt_and_append_eos(rstar_sft, qwen_tokenizer):
   config = pipeline.PipelineConfig(max_len=1024, batch_size=3, num_epochs=1, seed=0)
   pipe = pipeline.sft_pipeline(rstar_sft, qwen_tokenizer, config)
