@@ -125,8 +125,26 @@ def read_ppm_pairs(path: str | os.PathLike[str]) -> list[PpmPair]:
   return pairs
 
 
+def _umask() -> int:
+  """The process umask; read from /proc where possible, as setting it to query it races other threads."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-  """Writes `text` to a temporary file in the target folder, then renames it over `path`."""
+  """Writes `text` to a temporary file in the target folder, syncs it, then renames it over `path`.
+
+  The file gets the permissions of an ordinary `open(path, "w")` (0o666 less the umask), not the owner-only
+  0o600 of `tempfile.mkstemp`, so other users and jobs that read a data folder can read it.
+  """
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
@@ -134,6 +152,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(text)
+      f.flush()
+      os.fchmod(f.fileno(), 0o666 & ~_umask())
+      os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
