@@ -55,6 +55,14 @@ class PipelineConfig:
   overlong: str = "truncate"    # "truncate": keep the first max_len tokens (SFT and PPM); "drop" the example
   prompt_template: str | None = None  # SFT only: None = the search's SFT prompt, else `{input}` -> query
 
+  def __post_init__(self):
+    for name, least in (("max_len", 1), ("batch_size", 1), ("num_epochs", 1), ("length_window", 0)):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"PipelineConfig.{name} must be an integer >= {least}, got {value!r}")
+    if self.overlong not in OVERLONG:
+      raise ValueError(f"PipelineConfig.overlong must be one of {OVERLONG}, got {self.overlong!r}")
+
   def bucket_lengths(self) -> tuple[int, ...]:
     buckets = tuple(sorted(set(self.buckets) | {self.max_len}))
     if buckets[0] < 1 or buckets[-1] != self.max_len:

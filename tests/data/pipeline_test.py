@@ -248,3 +248,11 @@ def test_written_files_are_synced_and_get_the_umask_permissions(tmp_path, rstar_
   assert synced
   assert formats.read_sft_records(tmp_path / "sft.jsonl") == rstar_sft
   assert os.listdir(tmp_path) == ["sft.jsonl"]
+
+
+@pytest.mark.parametrize("field,value", [("batch_size", 0), ("batch_size", -2), ("num_epochs", 0), ("max_len", 0),
+                                         ("length_window", -1), ("batch_size", 2.5), ("overlong", "cut")])
+def test_invalid_pipeline_config_names_the_field(field, value):
+  # These gave ZeroDivisionError / "need at least one array to concatenate" from deep inside batch_plan.
+  with pytest.raises(ValueError, match=rf"PipelineConfig\.{field} must be"):
+    pipeline.batch_plan(np.array([3, 4, 5]), pipeline.PipelineConfig(**{field: value}))
