@@ -142,12 +142,12 @@ def sft_records(trees: Sequence[Tree], config: SftConfig = SftConfig()) -> list[
     candidates.sort(key=lambda c: c[:4])
     seen: set[str] = set()
     for *_, question, response in candidates:
+      if len(seen) >= config.per_problem:
+        break
       if response in seen:
         continue
       seen.add(response)
       out.append(SftRecord(query=question, response=response))
-      if len(seen) == config.per_problem:
-        break
   return out
 
 

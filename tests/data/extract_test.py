@@ -86,6 +86,13 @@ def test_sft_top2_by_mean_q_ties_by_min_q_errors_dropped(tree1):
   ]
 
 
+def test_sft_per_problem_zero_keeps_none(tree1):
+  # The limit was checked only after a record was added, so 0 (or less) kept every trajectory.
+  tree, _ = tree1
+  assert extract.sft_records([tree], extract.SftConfig(per_problem=0)) == []
+  assert len(extract.sft_records([tree], extract.SftConfig(per_problem=1))) == 1
+
+
 def test_sft_pools_trees_of_one_problem_and_dedups():
   rec1, _ = build_tree(("root", 0.0, None, [("X", 0.2, None, [("X1", 0.2, "correct", [])])]))
   rec2, _ = build_tree(("root", 0.0, None, [("X", 0.2, None, [("X1", 0.2, "correct", [])]),
