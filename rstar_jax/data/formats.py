@@ -58,9 +58,15 @@ def sft_prompt(query: str, template: str | None = None) -> str:
     template: None (default) -> exactly the prompt the search gives the policy from round 2 on
       (`rstar_jax.prompts`: the `sft_prompt.json` suffix with `{input}` = question + step delimiter), so
       training and search see the same text; a string -> that template with `{input}` replaced by the query.
+
+  Raises:
+    ValueError: `template` has no `{input}` (e.g. the official trainer's `{instruction}`): every example would be
+      trained behind the same prompt, without its question.
   """
   if template is None:
     return prompts.PromptTemplate(instructions="", suffix=SFT_PROMPT_TEMPLATE).format(query)
+  if "{input}" not in template:
+    raise ValueError(f"the SFT prompt template has no '{{input}}' for the question: {template!r}")
   # str.replace, not str.format: questions contain braces (LaTeX) and so may templates.
   return template.replace("{input}", query)
 

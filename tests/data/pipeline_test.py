@@ -256,3 +256,14 @@ def test_invalid_pipeline_config_names_the_field(field, value):
   # These gave ZeroDivisionError / "need at least one array to concatenate" from deep inside batch_plan.
   with pytest.raises(ValueError, match=rf"PipelineConfig\.{field} must be"):
     pipeline.batch_plan(np.array([3, 4, 5]), pipeline.PipelineConfig(**{field: value}))
+
+
+def test_prompt_template_without_input_is_refused(rstar_sft, qwen_tokenizer):
+  # The official trainer's template names the field {instruction}; with it every row silently lost its question.
+  official = "<|user|>:\n{instruction}\n<|assistant|>: Let's think step by step and solve the problem with code."
+  config = pipeline.PipelineConfig(max_len=1024, batch_size=2, num_epochs=1, prompt_template=official)
+  with pytest.raises(ValueError, match=r"no '\{input\}'"):
+    pipeline.sft_pipeline(rstar_sft, qwen_tokenizer, config)
+  ok = pipeline.PipelineConfig(max_len=1024, batch_size=2, num_epochs=1,
+                               prompt_template=official.replace("instruction", "input"))
+  assert pipeline.sft_pipeline(rstar_sft, qwen_tokenizer, ok).num_examples == len(rstar_sft)
