@@ -11,10 +11,9 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from typing import Any, Iterable, Sequence
 
-from rstar_jax import prompts
+from rstar_jax import files, prompts
 
 # The `pot_suffix` of rStar's `sft_prompt.json`: the policy prompt after the bootstrap round.
 SFT_PROMPT_TEMPLATE = (
@@ -131,49 +130,12 @@ def read_ppm_pairs(path: str | os.PathLike[str]) -> list[PpmPair]:
   return pairs
 
 
-def _umask() -> int:
-  """The process umask; read from /proc where possible, as setting it to query it races other threads."""
-  try:
-    with open("/proc/self/status", encoding="ascii") as f:
-      for line in f:
-        if line.startswith("Umask:"):
-          return int(line.split()[1], 8)
-  except (OSError, ValueError):
-    pass
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-  """Writes `text` to a temporary file in the target folder, syncs it, then renames it over `path`.
-
-  The file gets the permissions of an ordinary `open(path, "w")` (0o666 less the umask), not the owner-only
-  0o600 of `tempfile.mkstemp`, so other users and jobs that read a data folder can read it.
-  """
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fchmod(f.fileno(), 0o666 & ~_umask())
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def _write_objects(path: str | os.PathLike[str], objects: Iterable[dict[str, Any]]) -> None:
   if os.fspath(path).endswith(".jsonl"):
     text = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects)
   else:
     text = json.dumps(list(objects), ensure_ascii=False, indent=1) + "\n"
-  atomic_write_text(path, text)
+  files.atomic_write(path, text)
 
 
 def write_sft_records(path: str | os.PathLike[str], records: Sequence[SftRecord]) -> None:

@@ -13,6 +13,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from rstar_jax import files
 from rstar_jax.models.config import ModelConfig
 from rstar_jax.models.ppm import PPM
 from rstar_jax.models.qwen2 import Qwen2
@@ -27,10 +28,7 @@ def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "params"), nnx.to_pure_dict(nnx.state(model)), force=True)
   if jax.process_index() == 0:
-    tmp = os.path.join(directory, f"config.json.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(config, f, indent=2)
-    os.replace(tmp, os.path.join(directory, "config.json"))
+    files.atomic_write(os.path.join(directory, "config.json"), json.dumps(config, indent=2))
 
 
 def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, rules=None) -> Qwen2 | PPM:

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from rstar_jax import files
 from rstar_jax.models.config import ModelConfig
 from rstar_jax.models.ppm import PPM
 from rstar_jax.models.qwen2 import Qwen2
@@ -386,10 +387,7 @@ def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_co
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  files.atomic_write(path, json.dumps(obj, indent=2))
 
 
 def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shard_bytes: int = 5 * 2**30) -> None:

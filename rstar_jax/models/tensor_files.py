@@ -23,6 +23,8 @@ from typing import Iterator, Mapping
 import ml_dtypes
 import numpy as np
 
+from rstar_jax import files
+
 _ST_DTYPES = {
     "F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
     "F64": np.dtype(np.float64), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32), "I16": np.dtype(np.int16),
@@ -114,13 +116,11 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     arrays[name] = array
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
-  tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
+  with files.atomic_open(path, "wb") as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for array in arrays.values():
       f.write(array.tobytes())
-  os.replace(tmp, path)
 
 
 # --- torch zip (.bin) -------------------------------------------------------------------------------------------------
@@ -268,14 +268,12 @@ def write_torch_bin(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]) 
     if array.dtype not in _STORAGE_NAMES:
       raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {array.dtype}")
   prefix = "archive"
-  tmp = f"{path}.tmp{os.getpid()}"
-  with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+  with files.atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
     archive.writestr(f"{prefix}/data.pkl", _pickle_state_dict(tensors))
     archive.writestr(f"{prefix}/byteorder", "little")
     for key, array in enumerate(tensors.values()):
       archive.writestr(f"{prefix}/data/{key}", array.tobytes())
     archive.writestr(f"{prefix}/version", "3\n")
-  os.replace(tmp, path)
 
 
 def iter_tensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:

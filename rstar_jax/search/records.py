@@ -37,8 +37,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Iterable, Iterator, Sequence
+
+from rstar_jax import files
 
 SCHEMA = "rstar_jax.tree/1"
 TERMINAL_REASONS = (None, "answer", "too_many_errors", "max_depth", "unparsable",
@@ -137,24 +138,6 @@ def dumps_tree(record: dict[str, Any]) -> str:
   return json.dumps(record, ensure_ascii=False, allow_nan=False)
 
 
-def _atomic_write(path: str, lines: Iterable[str]) -> None:
-  """Writes `lines` to a temporary file in `path`'s folder, syncs it, then renames it over `path`."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for line in lines:
-        f.write(line)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def write_trees(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> int:
   """Writes a shard atomically; returns the number of trees written.
 
@@ -170,13 +153,14 @@ def write_trees(path: str | os.PathLike[str], records: Iterable[dict[str, Any]])
       yield dumps_tree(record) + "\n"
       count += 1
 
-  _atomic_write(path, lines())
+  with files.atomic_open(path) as f:
+    f.writelines(lines())
   return count
 
 
 def write_run_config(path: str | os.PathLike[str], config: dict[str, Any]) -> None:
   """Writes a search's config (JSON) beside its shards, atomically."""
-  _atomic_write(os.fspath(path), [json.dumps(config, indent=2, sort_keys=True) + "\n"])
+  files.atomic_write(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def check_run_config(path: str | os.PathLike[str], config: dict[str, Any]) -> bool:

@@ -2,8 +2,6 @@
 
 import collections
 import json
-import os
-import stat
 
 import numpy as np
 import pytest
@@ -232,22 +230,6 @@ def test_sft_truncates_head_or_drops():
   np.testing.assert_array_equal(data.arrays[0]["ids"], CharTokenizer().encode("abc" + "x" * 8))
   drop = pipeline.tokenize_sft(records, CharTokenizer(), dataclass_replace(config, overlong="drop"))
   assert len(drop.arrays) == 0 and drop.num_dropped == 2
-
-
-def test_written_files_are_synced_and_get_the_umask_permissions(tmp_path, rstar_sft, monkeypatch):
-  synced = []
-  real_fsync = formats.os.fsync
-  monkeypatch.setattr(formats.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
-  old = os.umask(0o022)
-  try:
-    formats.write_sft_records(tmp_path / "sft.jsonl", rstar_sft)
-  finally:
-    os.umask(old)
-  # mkstemp creates 0o600 files: a training job under another account could not read the extracted data.
-  assert stat.S_IMODE(os.stat(tmp_path / "sft.jsonl").st_mode) == 0o644
-  assert synced
-  assert formats.read_sft_records(tmp_path / "sft.jsonl") == rstar_sft
-  assert os.listdir(tmp_path) == ["sft.jsonl"]
 
 
 @pytest.mark.parametrize("field,value", [("batch_size", 0), ("batch_size", -2), ("num_epochs", 0), ("max_len", 0),

@@ -1,0 +1,63 @@
+"""Atomic file writes: a reader sees the old file or the new one, never a half-written one.
+
+Every file the project writes that a later phase (or a resumed run) reads goes through `atomic_open`: the data goes
+to a temporary file in the target's folder, is flushed to disk, and is renamed over the target. A crash or an
+exception mid-write leaves the old file (or none) and no temporary behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import IO, Iterator
+
+
+def _umask() -> int:
+  """The process umask, read from /proc where possible: setting it to query it would race other threads."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
+  """Opens a temporary file beside `path` for writing; on a clean exit, syncs it and renames it over `path`.
+
+  The file gets the permissions of a plain `open(path, "w")` (0o666 less the umask), not `mkstemp`'s owner-only
+  0o600, so other users and jobs that read a run folder can read it. The parent folder is created if missing.
+
+  Args:
+    path: the file to (re)place.
+    mode: "w" (text, UTF-8) or "wb".
+  """
+  if mode not in ("w", "wb"):
+    raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+  try:
+    with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+      yield f
+      f.flush()
+      os.fchmod(f.fileno(), 0o666 & ~_umask())
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:
+  """Writes `data` (text as UTF-8, or bytes) to `path` atomically (see `atomic_open`)."""
+  with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:
+    f.write(data)

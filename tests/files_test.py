@@ -1,0 +1,67 @@
+"""Atomic writes (`rstar_jax.files`) and the project's writers that use them."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from rstar_jax import files
+from rstar_jax.data import formats
+from rstar_jax.models import tensor_files
+from rstar_jax.search import records
+
+
+@pytest.fixture
+def umask_027():
+  old = os.umask(0o027)
+  yield
+  os.umask(old)
+
+
+def _mode(path) -> int:
+  return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_write_text_and_bytes_syncs_and_takes_the_umask(tmp_path, umask_027, monkeypatch):
+  synced = []
+  real_fsync = os.fsync
+  monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+  files.atomic_write(tmp_path / "sub" / "a.txt", "héllo\n")
+  files.atomic_write(tmp_path / "sub" / "b.bin", b"\x00\xff")
+  assert (tmp_path / "sub" / "a.txt").read_bytes() == "héllo\n".encode("utf-8")
+  assert (tmp_path / "sub" / "b.bin").read_bytes() == b"\x00\xff"
+  # mkstemp alone gives 0o600: another account's training job could not read the data.
+  assert _mode(tmp_path / "sub" / "a.txt") == _mode(tmp_path / "sub" / "b.bin") == 0o640
+  assert len(synced) == 2
+  assert sorted(os.listdir(tmp_path / "sub")) == ["a.txt", "b.bin"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+  target = tmp_path / "data.jsonl"
+  target.write_text("old\n")
+  with pytest.raises(RuntimeError, match="boom"):
+    with files.atomic_open(target) as f:
+      f.write("half of the new")
+      raise RuntimeError("boom")
+  assert target.read_text() == "old\n"
+  assert os.listdir(tmp_path) == ["data.jsonl"]
+  with pytest.raises(ValueError, match="mode"):
+    with files.atomic_open(target, "a"):
+      pass
+
+
+def test_every_writer_gives_readable_files(tmp_path, umask_027):
+  tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  tensor_files.write_safetensors(tmp_path / "m.safetensors", tensors)
+  tensor_files.write_torch_bin(tmp_path / "m.bin", tensors)
+  records.write_run_config(tmp_path / "trees.config.json", {"seed": 1})
+  records.write_trees(tmp_path / "trees.jsonl", [])
+  formats.write_sft_records(tmp_path / "sft.jsonl", [formats.SftRecord(query="q", response="r")])
+  for name in os.listdir(tmp_path):
+    assert _mode(tmp_path / name) == 0o640, name
+  assert sorted(os.listdir(tmp_path)) == ["m.bin", "m.safetensors", "sft.jsonl", "trees.config.json", "trees.jsonl"]
+  with tensor_files.SafetensorsFile(tmp_path / "m.safetensors") as f:
+    np.testing.assert_array_equal(f.get("w"), tensors["w"])
+  np.testing.assert_array_equal(tensor_files.read_torch_bin(tmp_path / "m.bin")["w"], tensors["w"])
+  assert formats.read_sft_records(tmp_path / "sft.jsonl") == [formats.SftRecord(query="q", response="r")]
