@@ -13,6 +13,7 @@ Generation prints `{"prompt_index", "sample", "text", "stop_reason", "token_ids"
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import sys
@@ -48,31 +49,46 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str, Any]]:
-  """Reads the prompts file -> `[{"prompt", "n", "seed"}]`; errors name the file and line."""
+  """Reads the prompts file -> `[{"prompt", "n", "seed"}]`; errors name the file and line.
+
+  The file is UTF-8 (a leading byte order mark is dropped, as Windows editors write one); lines end with LF, CRLF
+  or CR.
+  """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"prompts file not found: {path}")
   is_json = path.endswith((".json", ".jsonl"))
+  with open(path, "rb") as f:
+    data = f.read()
+  if data.startswith(codecs.BOM_UTF8):
+    data = data[len(codecs.BOM_UTF8):]
   out = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      if not is_json:
-        out.append(dict(prompt=line.rstrip("\n"), n=default_n, seed=default_seed + len(out)))
-        continue
-      try:
-        item = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from e
-      if isinstance(item, str):
-        item = {"prompt": item}
-      if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-        raise ValueError(f"{path}:{line_no}: expected a JSON string or an object with a string field 'prompt'")
-      n, seed = item.get("n", default_n), item.get("seed", default_seed + len(out))
-      if not isinstance(n, int) or n < 0 or not isinstance(seed, int):
-        raise ValueError(f"{path}:{line_no}: 'n' must be an int >= 0 and 'seed' an int, got n={n!r} seed={seed!r}")
-      out.append(dict(prompt=item["prompt"], n=n, seed=seed))
+  for line_no, raw in enumerate(data.splitlines(), 1):
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path}:{line_no}: not valid UTF-8 ({e})") from e
+    if not line.strip():
+      continue
+    if not is_json:
+      out.append(dict(prompt=line, n=default_n, seed=default_seed + len(out)))
+      continue
+    try:
+      item = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from e
+    if isinstance(item, str):
+      item = {"prompt": item}
+    if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+      raise ValueError(f"{path}:{line_no}: expected a JSON string or an object with a string field 'prompt'")
+    n, seed = item.get("n", default_n), item.get("seed", default_seed + len(out))
+    if not _is_int(n) or n < 0 or not _is_int(seed):
+      raise ValueError(f"{path}:{line_no}: 'n' must be an int >= 0 and 'seed' an int, got n={n!r} seed={seed!r}")
+    out.append(dict(prompt=item["prompt"], n=n, seed=seed))
   return out
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _eos_ids(args: argparse.Namespace, tokenizer, model_dir: str) -> list[int]:
@@ -99,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   model_dir = args.hf_dir or args.ppm_dir
   # Bad input ends the command with its message (naming the file and line, or the flag), before any model loads.
   try:
+    if args.n < 0:
+      raise ValueError(f"--n must be >= 0, got {args.n}")
+    if args.hf_dir and args.max_new_tokens < 1:
+      raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     prompts = read_prompts(args.prompts, args.n, args.seed)
     sampler = Greedy() if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.top_k)
   except (OSError, ValueError) as e:

@@ -89,3 +89,28 @@ def test_command_line_reports_bad_input(tmp_path):
   ]:
     with pytest.raises(SystemExit, match=message):  # a message, not a traceback; no model is loaded first
       main(["--hf-dir", str(tmp_path)] + argv)
+
+
+def test_command_line_prompts_file_encoding_and_flags(tmp_path):
+  """A byte order mark is not part of the first prompt; bad bytes, a boolean `n` and bad flags are named."""
+  from rstar_jax.generate.__main__ import read_prompts  # pylint: disable=g-import-not-at-top
+  text = tmp_path / "prompts.txt"
+  text.write_bytes(b"\xef\xbb\xbfWhat is 6 * 7?\r\nsecond\n")
+  assert [p["prompt"] for p in read_prompts(str(text), 1, 0)] == ["What is 6 * 7?", "second"]
+  lines = tmp_path / "bom.jsonl"
+  lines.write_bytes(b'\xef\xbb\xbf"first"\n{"prompt": "x", "n": 2}\n')
+  assert [(p["prompt"], p["n"]) for p in read_prompts(str(lines), 1, 0)] == [("first", 1), ("x", 2)]
+  latin = tmp_path / "latin.jsonl"
+  latin.write_bytes(b'"fine"\n"caf\xe9"\n')
+  boolean = tmp_path / "boolean.jsonl"
+  boolean.write_text('{"prompt": "x", "n": true}\n')
+  good = tmp_path / "good.jsonl"
+  good.write_text('"fine"\n')
+  for argv, message in [
+      (["--prompts", str(latin)], r"error: .*latin.jsonl:2: not valid UTF-8"),
+      (["--prompts", str(boolean)], r"error: .*boolean.jsonl:1: 'n' must be an int"),
+      (["--prompts", str(good), "--n", "-1"], r"error: --n must be >= 0"),
+      (["--prompts", str(good), "--max-new-tokens", "0"], r"error: --max-new-tokens must be >= 1"),
+  ]:
+    with pytest.raises(SystemExit, match=message):
+      main(["--hf-dir", str(tmp_path)] + argv)
