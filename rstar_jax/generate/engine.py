@@ -374,6 +374,9 @@ class Engine:
     if not self.is_ppm:
       raise TypeError("values() needs an Engine built from a PPM")
     arrays = self._token_arrays(prompts, "prompt")
+    for i, a in enumerate(arrays):
+      if a.size == 0:
+        raise ValueError(f"prompt {i} is empty (a value needs a last token)")
     out = np.zeros(len(arrays), np.float32)
     if not arrays:
       return out

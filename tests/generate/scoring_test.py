@@ -4,6 +4,7 @@ batches mixing siblings (shared prefixes, prefilled once) and unrelated texts of
 import functools
 
 import numpy as np
+import pytest
 from generate_helpers import (TEST_BUCKETS, VOCAB, hf_token_logprobs, hf_values, load_tiny, random_prompts,
                               tiny_ppm_dir)
 
@@ -45,3 +46,8 @@ def test_policy_loglikelihood_matches_transformers():
   for c, x, lp in zip(contexts, continuations, out):
     assert lp.shape == (len(x),)
     np.testing.assert_allclose(lp, hf_token_logprobs(c, x), atol=1e-4)
+
+
+def test_an_empty_prompt_is_named_by_its_input_index():
+  with pytest.raises(ValueError, match="prompt 2 is empty"):
+    ppm_engine().values([[5, 6], [1], []])
