@@ -3,8 +3,10 @@
 Semantics (vLLM's): generation of a row ends at the first token after which the generated text contains a stop
 string; the result text is everything before that occurrence, the stop reason is the stop string itself (so
 `text + stop` rebuilds the step), the token ids are the tokens up to and including that token, and later tokens are
-discarded. When several stop strings are present after that token, the one that starts first in the text wins.
-Only generated text is searched: a stop string spanning the prompt/continuation boundary does not count.
+discarded. When that token completes several stop strings, the one that starts first in the text wins, ties to the
+longer one (vLLM instead takes the first of its `stop` list that occurs; e.g. with "step" and "<end_of_step>", a
+single "<end_of_step>" token stops here on the whole tag whatever the list order). Only generated text is searched: a
+stop string spanning the prompt/continuation boundary does not count.
 
 Text is decoded with a few prompt tokens in front and their text removed (as vLLM's incremental detokenizer), so
 tokenizers that render a token differently at the start of a text (sentencepiece's leading space) give the same
