@@ -285,13 +285,13 @@ def _execute(state: _ExecutorState, task: dict) -> tuple[dict, bool]:
   max_chars = cfg["max_output_chars"]
   if memory and ran:
     error = f"MemoryError: execution exceeded the memory limit ({cfg['memory_mb']} MB)"
-    obs, printed = error, False
+    obs, printed, final = error, False, False
   else:
     memory = False
-    error, obs, printed = out.error, out.observation, out.printed
+    error, obs, printed, final = out.error, out.observation, out.printed, out.final
   result = {
       "id": task["id"],
-      "observation": observation.postprocess(obs, printed=printed, max_chars=max_chars),
+      "observation": observation.postprocess(obs, printed=printed, max_chars=max_chars, final=final),
       "stdout": observation.clean_text(out.stdout.value(max_chars)),
       "error": error,
       "memory_exceeded": memory,
@@ -335,7 +335,7 @@ class Zygote:
     self.current: _Executor | None = None
     self.spare: _Executor | None = None
     self.retired: list[int] = []
-    self.max_result_frame = 64 * cfg["max_output_chars"] + (1 << 20)
+    self.max_result_frame = 256 * cfg["max_output_chars"] + (1 << 20)  # JSON escapes: <= 12 bytes a char
     self.pid = os.getpid()
     self.as_base = _vm_size_bytes()
     self.rng_states: list = []

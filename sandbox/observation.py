@@ -12,22 +12,29 @@ search; see `strip_program` for the clean-up applied here):
    line of exactly `python`, as left by a ```python fence) is removed.
 2. Parse. A parse error gives the error observation (rule 6) and runs nothing.
 3. "Print points" are top-level statements that are a bare `print(...)` call, or an `if`/`for`/`while`/`def` block
-   with such a call directly in its body (`body`, not `else`/`elif`, not nested deeper).
-4. Zero or one print point: every statement but the last runs with its stdout discarded; then the last statement
-   runs: if it is an expression whose value is not None, the observation is `str(value)` (the echo); otherwise it is
-   what that last statement printed. So `x = 2; print(x); y = 3` observes "" (a quirk kept in this mode only).
-5. Several print points: the program is cut after each print point; the pieces run in order in one namespace; each
-   piece contributes `f"{label} {its printed output}"`, concatenated. The label joins, with spaces, the text between
-   `print(` and the first `)` of every print call in the print-point statement (a regex over its source), then adds
-   `:`. `print(a)` -> "a: 5\n"; `print(round(x, 2))` -> "round(x, 2: 3.14\n". Statements after the last print point
-   never run.
+   whose body (not `else`/`elif`) holds one, directly or inside nested `if`/`for`/`while`/`def` bodies (the official
+   `__is_print_node` recurses: `for i in r:\n    if c:\n        print(i)` is a print point).
+4. Zero or one print point: the whole program is one piece, run by rStar's `_sub_run`: every statement but the last
+   runs with its stdout discarded; then the last statement runs: if it is an expression whose value is not None, the
+   result is that value (the echo); otherwise it is what that last statement printed. So `x = 2; print(x); y = 3`
+   observes "" (a quirk kept in this mode only). The result is post-processed (rule 7).
+5. Several print points: the program is cut after each print point and each piece runs by rule 4 in one namespace
+   (so only the print point's own output counts; what earlier statements of the piece print is discarded), is
+   post-processed on its own (rule 7) and contributes `f"{label} {result}"`; the contributions are concatenated.
+   The label joins, with spaces, the text between `print(` and the first `)` on the same line of every print call in
+   the print-point statement (the official `extract_content` regex), then adds `:`; with no match the label is empty.
+   `print(a)` -> "a: 5\n"; `print(round(x, 2))` -> "round(x, 2: 3.14\n"; `x = 2 / 3; print(x); print(x)` ->
+   "x: 0.6667\nx: 0.6667\n". Statements after the last print point never run. The concatenation itself is not cut
+   at `max_chars` (each piece is); only past `MULTI_PRINT_LIMIT * max_chars` characters is it cut the same way, a
+   bound the official code does not have.
 6. Any exception (parse, compile or run time; `SystemExit` and `KeyboardInterrupt` included) replaces the whole
    observation with `f"{type(e).__name__}: {e}"`. Syntax errors name the file `<unknown>`, as the official `ast.parse`
    does (`IndentationError: unexpected indent (<unknown>, line 20)` in rStar's published data).
-7. Post-processing (`postprocess`): printed text (not an echo, not an error) that parses as a Python float becomes
-   `str(round(value, 4)) + "\n"` when that is shorter (`8.94427190999916\n` -> `8.9443\n`; `5\n` stays; the echo of
-   `math.sqrt(2)` stays `1.4142135623730951`). Then an observation longer than `max_chars` (1024 by default) becomes
-   its first `max_chars // 2` characters + `...` + its last `max_chars // 2`.
+7. Post-processing (`postprocess`) of a piece's result: printed text, or an echoed value that is a `str` (the official
+   `truncate_string` rounds any `str`), that parses as a Python float becomes `str(round(value, 4)) + "\n"` when that
+   is shorter (`8.94427190999916\n` -> `8.9443\n`; `5\n` stays; the echo of `math.sqrt(2)`, a float, stays
+   `1.4142135623730951`; the echo of `str(math.sqrt(80))` becomes `8.9443\n`). Then a result longer than `max_chars`
+   (1024 by default) becomes its first `max_chars // 2` characters + `...` + its last `max_chars // 2`.
 
 Differences from the official interpreter, on purpose: every program gets a fresh namespace (the official one
 shares one across all programs of a process), and the time limit covers the whole program once (the official one
@@ -53,7 +60,12 @@ import sys
 from typing import Any
 
 OUTPUT_MODES = ("rstar", "plain")
-_PRINT_LABEL_RE = re.compile(r"print\(([^)]*)\)")
+# The concatenated pieces of a program with several print points are cut (head + '...' + tail) only past this many
+# times `max_chars` (rule 5): each piece is already cut at `max_chars`, the official code bounds nothing more.
+MULTI_PRINT_LIMIT = 16
+# The official `extract_content` regex: `.` stops at a newline, so a print call whose `)` is on a later line gives
+# no label text.
+_PRINT_LABEL_RE = re.compile(r"print\(([^)\n]*)\)")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
@@ -80,8 +92,19 @@ def round_float_text(text: str) -> str:
   return rounded if len(rounded) < len(text) else text
 
 
-def postprocess(text: str, *, printed: bool, max_chars: int) -> str:
-  """Float rounding (printed text only), then truncation; see the module docstring, rule 7."""
+def observation_limit(max_chars: int, final: bool) -> int:
+  """How long an observation may be: `max_chars`, or for several print points' pieces (`final`) rule 5's bound."""
+  return MULTI_PRINT_LIMIT * max_chars if final else max_chars
+
+
+def postprocess(text: str, *, printed: bool, max_chars: int, final: bool = False) -> str:
+  """Float rounding (`printed` text only), then truncation; see the module docstring, rule 7.
+
+  `final` marks the concatenated pieces of several print points, post-processed piece by piece already: they are only
+  cut at `observation_limit`.
+  """
+  if final:
+    return truncate(clean_text(text), observation_limit(max_chars, final))
   if printed:
     text = round_float_text(text)
   return truncate(clean_text(text), max_chars)
@@ -208,11 +231,14 @@ def _is_print_call(stmt: ast.stmt) -> bool:
 
 
 def is_print_point(stmt: ast.stmt) -> bool:
-  """A top-level print call, or an if/for/while/def whose body holds one directly."""
-  if _is_print_call(stmt):
-    return True
-  if isinstance(stmt, (ast.If, ast.For, ast.While, ast.FunctionDef)):
-    return any(_is_print_call(child) for child in stmt.body)
+  """A print call, or an if/for/while/def whose body holds a print point (the official check recurses)."""
+  stack = [stmt]
+  while stack:  # iterative: a deeply nested program must not overflow the host's stack here
+    node = stack.pop()
+    if _is_print_call(node):
+      return True
+    if isinstance(node, (ast.If, ast.For, ast.While, ast.FunctionDef)):
+      stack.extend(node.body)
   return False
 
 
@@ -242,19 +268,24 @@ class _Source:
 
 
 def print_label(source_segment: str) -> str:
-  """The rStar label of a print point: texts between `print(` and the first `)`, space-joined, then `:`."""
-  return " ".join(_PRINT_LABEL_RE.findall(source_segment)) + ":"
+  """The rStar label of a print point: texts between `print(` and the first `)` on its line, space-joined, then `:`.
+
+  With no such text (`print (x)`, a call spread over lines) the label is empty, as the official `extract_content`.
+  """
+  found = _PRINT_LABEL_RE.findall(source_segment)
+  return " ".join(found) + ":" if found else ""
 
 
 class Outcome:
   """What `run_program` saw: the observation before post-processing and the raw stdout sink."""
 
-  __slots__ = ("observation", "printed", "error", "exception", "stdout", "started")
+  __slots__ = ("observation", "printed", "final", "error", "exception", "stdout", "started")
 
   def __init__(self):
     self.started = False  # True once any statement began to run (parse/compile errors leave it False)
     self.observation = ""
-    self.printed = True
+    self.printed = True  # float rounding applies (printed text, or an echoed str in rstar mode)
+    self.final = False  # several print points: pieces post-processed already (`postprocess(final=True)`)
     self.error: str | None = None
     self.exception: BaseException | None = None
     self.stdout: BoundedText | None = None
@@ -298,22 +329,23 @@ def run_program(code: str, namespace: dict, *, mode: str = "rstar", max_chars: i
     else:
       points = [i for i, stmt in enumerate(body) if is_print_point(stmt)]
       if len(points) <= 1:
-        _run_last_statement_rule(body, namespace, tee, obs, out, filename, max_chars)
+        out.observation, out.printed = _run_piece(body, namespace, tee, obs, filename, max_chars)
       else:
         source = _Source(code)
+        limit = observation_limit(max_chars, final=True)
+        joined = BoundedText(limit)
         start = 0
         for i in points:
-          tee.recording = False
-          obs.write(print_label(source.segment(body[i])) + " ")
-          tee.recording = True
-          exec(_compile_stmts(body[start:i + 1], filename), namespace)  # pylint: disable=exec-used
+          label = print_label(source.segment(body[i]))
+          text, printed = _run_piece(body[start:i + 1], namespace, tee, BoundedText(keep), filename, max_chars)
+          joined.write(f"{label} {postprocess(text, printed=printed, max_chars=max_chars)}")
           start = i + 1
-        out.observation = _printed(obs, keep, max_chars)
+        out.observation, out.printed, out.final = joined.value(limit), False, True
   except BaseException as e:  # pylint: disable=broad-except
     out.exception = e
     out.error = format_exception(e, max_chars)
     out.observation = out.error
-    out.printed = False
+    out.printed = out.final = False
   finally:
     sys.stdout, sys.stderr = saved
   return out
@@ -329,10 +361,14 @@ def _printed(obs: BoundedText, keep_limit: int, max_chars: int) -> str:
   return full if full is not None else obs.value(max_chars)
 
 
-def _run_last_statement_rule(body, namespace, tee: _Tee, obs: BoundedText, out: Outcome, filename: str,
-                             max_chars: int) -> None:
+def _run_piece(body, namespace, tee: _Tee, obs: BoundedText, filename: str, max_chars: int) -> tuple[str, bool]:
+  """rStar's `_sub_run` (rule 4): returns the piece's result before post-processing and whether to round it.
+
+  Everything but the last statement runs with its output discarded; the last one's output goes to `obs`.
+  """
+  tee.obs = obs
   if not body:
-    return
+    return "", True
   tee.recording = False
   exec(_compile_stmts(body[:-1], filename), namespace)  # pylint: disable=exec-used
   tee.recording = True
@@ -340,11 +376,10 @@ def _run_last_statement_rule(body, namespace, tee: _Tee, obs: BoundedText, out: 
   if isinstance(last, ast.Expr):
     value = eval(compile(ast.Expression(body=last.value), filename, "eval"), namespace)  # pylint: disable=eval-used
     if value is not None:
-      _value_observation(value, out)
-      return
+      return str(value), isinstance(value, str)  # the official `truncate_string` rounds any str it gets
   else:
     exec(_compile_stmts([last], filename), namespace)  # pylint: disable=exec-used
-  out.observation = _printed(obs, obs.keep, max_chars)
+  return _printed(obs, obs.keep, max_chars), True
 
 
 def _run_plain(body, namespace, tee: _Tee, obs: BoundedText, out: Outcome, filename: str, max_chars: int) -> None:

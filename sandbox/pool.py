@@ -184,7 +184,8 @@ class SandboxPool:
       num_workers: worker processes (each runs one program at a time).
       timeout_s: wall-clock limit per program.
       memory_mb: address space a program may add on top of the warm worker's footprint.
-      max_output_chars: observation/stdout cut (rStar: 1024 -> head 512 + '...' + tail 512).
+      max_output_chars: observation/stdout cut (rStar: 1024 -> head 512 + '...' + tail 512); with several print
+        points each piece is cut so, and their concatenation at 16 times it (`sandbox.observation`, rule 5).
       output_mode: "rstar" (official interpreter rules) or "plain"; see `sandbox.observation`.
       isolation: "auto" (strongest available), "bwrap", "unshare" or "rlimits-only".
       preload: modules every worker imports once before forking executors (missing ones are skipped).
@@ -354,7 +355,7 @@ class SandboxPool:
       for d in cleanup:
         shutil.rmtree(d, ignore_errors=True)
       raise
-    proc = _WorkerProcess(popen, stderr_file, cleanup, 64 * self.max_output_chars + (1 << 20))
+    proc = _WorkerProcess(popen, stderr_file, cleanup, 256 * self.max_output_chars + (1 << 20))
     try:
       frame = proc.recv(time.monotonic() + self._startup_timeout)
     except (TimeoutError, _protocol.ProtocolError) as e:
@@ -370,12 +371,13 @@ class SandboxPool:
     return proc
 
   def _result_from_frame(self, frame: dict) -> SandboxResult:
-    def text(key: str) -> str:
-      return observation.truncate(observation.clean_text(str(frame.get(key) or "")), self.max_output_chars)
+    def text(key: str, limit: int) -> str:
+      return observation.truncate(observation.clean_text(str(frame.get(key) or "")), limit)
     error = frame.get("error")
     sig = frame.get("killed_by_signal")
     return SandboxResult(
-        observation=text("observation"), stdout=text("stdout"),
+        observation=text("observation", observation.observation_limit(self.max_output_chars, final=True)),
+        stdout=text("stdout", self.max_output_chars),
         error=None if error is None else observation.clean_text(str(error)),
         timed_out=bool(frame.get("timed_out")), memory_exceeded=bool(frame.get("memory_exceeded")),
         killed_by_signal=int(sig) if isinstance(sig, int) else None,

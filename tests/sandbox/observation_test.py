@@ -14,7 +14,7 @@ from sandbox import observation
 
 def _observe(code, mode="rstar", max_chars=1024):
   out = observation.run_program(code, {"__builtins__": dict(builtins.__dict__)}, mode=mode, max_chars=max_chars)
-  return observation.postprocess(out.observation, printed=out.printed, max_chars=max_chars)
+  return observation.postprocess(out.observation, printed=out.printed, max_chars=max_chars, final=out.final)
 
 
 # (program, rstar observation, plain observation), all written out by hand.
@@ -36,12 +36,23 @@ CASES = [
     ("print('a')\nprint('b') if False else None", "", "a\n"),
     # Several print points: labelled pieces, statements after the last print point never run.
     ("a = 5\nprint(a)\nb = a + 1\nprint(b)", "a: 5\nb: 6\n", "5\n6\n"),
-    ("x = 3.14159\nprint(x)\nprint(round(x, 2))", "x: 3.14159\nround(x, 2: 3.14\n", "3.14159\n3.14\n"),
+    ("x = 3.14159\nprint(x)\nprint(round(x, 2))", "x: 3.1416\nround(x, 2: 3.14\n", "3.14159\n3.14\n"),
     ("print('a')\nprint('b')\nraise ValueError('after')", "'a': a\n'b': b\n", "ValueError: after"),
     ("for i in range(3):\n    print(i)\nprint('done')", "i: 0\n1\n2\n'done': done\n", "0\n1\n2\ndone\n"),
     ("def f(v):\n    print(v)\nf(1)\nf(2)", "2\n", "1\n2\n"),
     ("if True:\n    print('x', 1)\nprint(2)", "'x', 1: x 1\n2: 2\n", "x 1\n2\n"),
-    ("print(1)\nif True:\n    if True:\n        print('nested')\nprint(3)", "1: 1\n3: nested\n3\n", "1\nnested\n3\n"),
+    # The official print-point check recurses through nested if/for/while/def bodies (not `else`).
+    ("print(1)\nif True:\n    if True:\n        print('nested')\nprint(3)", "1: 1\n'nested': nested\n3: 3\n",
+     "1\nnested\n3\n"),
+    ("for i in range(7):\n    if i % 3 == 0:\n        print(i)\nprint('done')", "i: 0\n3\n6\n'done': done\n",
+     "0\n3\n6\ndone\n"),
+    ("def f():\n    for j in range(2):\n        print(j)\nprint(1)\nf()", "j: 1: 1\n", "1\n0\n1\n"),
+    ("if False:\n    pass\nelse:\n    print('e')\nprint(2)\nprint(3)", "2: 2\n3: 3\n", "e\n2\n3\n"),
+    # A piece runs as rStar's `_sub_run`: only its print point's output counts, earlier statements' is discarded.
+    ("a = 1\nprint(a)\n[print(i) for i in range(3)]\nprint(a + 1)", "a: 1\na + 1: 2\n", "1\n0\n1\n2\n2\n"),
+    # Labels: the official regex does not cross lines; no match gives an empty label (no colon).
+    ("y = 5\nprint(\n    y)\nprint(y)", " 5\ny: 5\n", "5\n5\n"),
+    ("y = 5\nprint (y)\nprint(y)", " 5\ny: 5\n", "5\n5\n"),
     # Exceptions.
     ("x = 1 / 0", "ZeroDivisionError: division by zero", "ZeroDivisionError: division by zero"),
     ("print('before')\nraise ValueError('bad value')", "ValueError: bad value", "ValueError: bad value"),
@@ -57,8 +68,12 @@ CASES = [
     ("print(1e20)", "1e+20\n", "1e+20\n"),
     ("print(' 3.14159265 ')", "3.1416\n", "3.1416\n"),
     ("print('1.23456', '2')", "1.23456 2\n", "1.23456 2\n"),
-    ("print(2 / 3)\nprint(1 / 3)", "2 / 3: 0.6666666666666666\n1 / 3: 0.3333333333333333\n",
-     "0.6666666666666666\n0.3333333333333333\n"),
+    # Each piece of several print points is post-processed on its own (float rounding, truncation).
+    ("print(2 / 3)\nprint(1 / 3)", "2 / 3: 0.6667\n1 / 3: 0.3333\n", "0.6666666666666666\n0.3333333333333333\n"),
+    ("import math\narea = math.pi * 25\nprint(area)\nprint('1.5')", "area: 78.5398\n'1.5': 1.5\n",
+     "78.53981633974483\n1.5\n"),
+    # An echoed str is rounded like printed text (the official `truncate_string` takes any str); other values not.
+    ("import math\nstr(math.sqrt(80))", "8.9443\n", "8.94427190999916"),
     ("print('0123456789' * 3)", "1.2345678901234568e+28\n", "1.2345678901234568e+28\n"),
     # Labels are the source of the print point even when a string literal holds a character `str.splitlines`
     # would split at (form feed, U+2028): the parser does not.
@@ -86,8 +101,14 @@ def test_truncation_keeps_head_and_tail():
 
 def test_truncation_applies_to_errors_and_multi_print():
   assert _observe("raise ValueError('v' * 5000)") == "ValueError: " + "v" * 500 + "..." + "v" * 512
+  # Several print points: each piece is cut at max_chars, the concatenation is not (up to MULTI_PRINT_LIMIT times).
   obs = _observe("print('x' * 2000)\nprint('y' * 2000)")
-  assert obs == "'x' * 2000: " + "x" * 500 + "..." + "y" * 511 + "\n"
+  x_piece, y_piece = (c * 512 + "..." + c * 511 + "\n" for c in "xy")
+  assert obs == "'x' * 2000: " + x_piece + "'y' * 2000: " + y_piece
+  limit = observation.MULTI_PRINT_LIMIT * 1024
+  obs = _observe("print('z' * 2000)\n" * 40)
+  piece = "'z' * 2000: " + "z" * 512 + "..." + "z" * 511 + "\n"
+  assert obs == observation.truncate(piece * 40, limit) and len(obs) == limit + 3
 
 
 def test_bounded_text_matches_truncating_the_whole_text():
@@ -135,3 +156,14 @@ def test_pool_truncates_with_max_output_chars():
     (r,) = pool.run(["print('abcdefghij' * 3)"])
   assert r.observation == "abcde...ghij\n"
   assert r.stdout == "abcde...ghij\n"
+
+
+def test_pool_keeps_the_pieces_of_several_print_points():
+  # Each piece is cut at max_output_chars; the concatenation only at MULTI_PRINT_LIMIT times it, by executor and host.
+  with SandboxPool(num_workers=1, max_output_chars=10, preload=(), warmup="") as pool:
+    two, many, emoji = pool.run(["print('abcdefghij' * 3)\nprint(2 / 3)", "print('abcdefghij' * 3)\n" * 40,
+                                 "print('\U0001F600' * 30)\n" * 40])
+  assert two.ok and two.observation == "'abcdefghij' * 3: abcde...ghij\n2 / 3: 0.6667\n"
+  piece = "'abcdefghij' * 3: abcde...ghij\n"
+  assert many.ok and many.observation == observation.truncate(piece * 40, observation.MULTI_PRINT_LIMIT * 10)
+  assert emoji.ok and len(emoji.observation) == observation.MULTI_PRINT_LIMIT * 10 + 3
