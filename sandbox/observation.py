@@ -8,8 +8,9 @@ An rStar-trained policy reads back `<output>{observation}<end_of_output>`, so th
 the official code builds it (DESIGN.md §1.1). Given the program text (the code of the path, already joined by the
 search; see `strip_program` for the clean-up applied here):
 
-1. Clean-up: leading/trailing whitespace and backticks are stripped, then a leading `python` language tag (a first
-   line of exactly `python`, as left by a ```python fence) is removed.
+1. Clean-up, the official `sanitize_input`: leading whitespace and backticks, then a leading `python` in any case
+   (a ```python fence tag; the official regex takes it even off `python_x = 1`), then whitespace are removed; so are
+   trailing whitespace and backticks.
 2. Parse. A parse error gives the error observation (rule 6) and runs nothing.
 3. "Print points" are top-level statements that are a bare `print(...)` call, or an `if`/`for`/`while`/`def` block
    whose body (not `else`/`elif`) holds one, directly or inside nested `if`/`for`/`while`/`def` bodies (the official
@@ -34,7 +35,7 @@ search; see `strip_program` for the clean-up applied here):
    `truncate_string` rounds any `str`), that parses as a Python float becomes `str(round(value, 4)) + "\n"` when that
    is shorter (`8.94427190999916\n` -> `8.9443\n`; `5\n` stays; the echo of `math.sqrt(2)`, a float, stays
    `1.4142135623730951`; the echo of `str(math.sqrt(80))` becomes `8.9443\n`). Then a result longer than `max_chars`
-   (1024 by default) becomes its first `max_chars // 2` characters + `...` + its last `max_chars // 2`.
+   (1024 by default) becomes its first `max_chars // 2` characters + `...` + its last `max_chars - max_chars // 2`.
 
 Differences from the official interpreter, on purpose: every program gets a fresh namespace (the official one
 shares one across all programs of a process), and the time limit covers the whole program once (the official one
@@ -67,6 +68,7 @@ MULTI_PRINT_LIMIT = 16
 # no label text.
 _PRINT_LABEL_RE = re.compile(r"print\(([^)\n]*)\)")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_LEADING_RE = re.compile(r"[\s`]*(?i:python)?\s*")
 
 
 def clean_text(text: str) -> str:
@@ -75,11 +77,11 @@ def clean_text(text: str) -> str:
 
 
 def truncate(text: str, max_chars: int) -> str:
-  """rStar's cut: longer than `max_chars` -> head `max_chars // 2` + '...' + tail `max_chars // 2`."""
+  """rStar's cut: longer than `max_chars` -> head `max_chars // 2` + '...' + tail `max_chars - max_chars // 2`."""
   if len(text) <= max_chars:
     return text
   half = max_chars // 2
-  return text[:half] + "..." + (text[-half:] if half else "")
+  return text[:half] + "..." + text[half - max_chars:]  # the official `[-max_length//2:]`: 513 of 1025
 
 
 def round_float_text(text: str) -> str:
@@ -111,12 +113,12 @@ def postprocess(text: str, *, printed: bool, max_chars: int, final: bool = False
 
 
 def strip_program(code: str) -> str:
-  """rStar's clean-up of a program: strip whitespace and backticks, then a leading `python` fence tag."""
-  code = code.strip().strip("`").strip()
-  first, sep, rest = code.partition("\n")
-  if first.strip() == "python":
-    code = rest.strip() if sep else ""
-  return code
+  """rStar's clean-up of a program (`sanitize_input`): see the module docstring, rule 1."""
+  code = code[_LEADING_RE.match(code).end():]
+  end = len(code)
+  while end and (code[end - 1].isspace() or code[end - 1] == "`"):  # the official `(\s|`)*$`, in linear time
+    end -= 1
+  return code[:end]
 
 
 class _TextSink(io.TextIOBase):
@@ -175,7 +177,7 @@ class BoundedText(_TextSink):
     if self.total <= self._keep:
       return truncate(head, max_chars)
     half = max_chars // 2
-    return head[:half] + "..." + (self._tail[-half:] if half else "")
+    return head[:half] + "..." + self._tail[half - max_chars:]
 
   def full_if_short(self, limit: int) -> str | None:
     """The exact text when at most `limit` (<= keep) characters were written, else None."""

@@ -82,6 +82,11 @@ CASES = [
     # Clean-up of the program text (rstar mode only).
     ("```python\nprint(3)\n```", "3\n", "SyntaxError: invalid syntax (<string>, line 1)"),
     ("  \nprint(4)\n\n", "4\n", "4\n"),
+    # As the official `sanitize_input`: a leading `python` in any case, even off a name, and any mix of trailing
+    # whitespace and backticks.
+    ("```Python\nprint(5)\n```", "5\n", "SyntaxError: invalid syntax (<string>, line 1)"),
+    ("python_x = 6\nprint(_x)", "6\n", "NameError: name '_x' is not defined"),
+    ("print(7)` \n`", "7\n", "SyntaxError: invalid syntax (<string>, line 1)"),
 ]
 
 
@@ -97,6 +102,8 @@ def test_truncation_keeps_head_and_tail():
   assert _observe("print('c' * 1023)") == "c" * 1023 + "\n"  # 1024 characters with the newline: kept whole
   assert _observe("'d' * 1025") == "d" * 512 + "..." + "d" * 512
   assert _observe("print('e' * 100)", max_chars=10) == "eeeee...eeee\n"
+  # An odd limit keeps one more character at the tail, as the official `[-max_length//2:]`.
+  assert _observe("'0123456789' * 2", max_chars=11) == "01234...456789"
 
 
 def test_truncation_applies_to_errors_and_multi_print():
