@@ -335,7 +335,10 @@ class SandboxPool:
       cfg.update(workdir="/tmp", wipe_dirs=["/tmp", "/dev/shm"],
                  mounts={"newroot": newroot, "binds": binds, "symlinks": symlinks, "tmp_bytes": self._tmp_bytes,
                          "shm_bytes": self._tmp_bytes})
-      argv = isolation_lib.UNSHARE_PREFIX + isolation_lib.worker_argv(json.dumps(cfg))
+      # The worker imports this package before it builds the jail (which binds it at JAIL_PACKAGE_PARENT), so it
+      # starts from the host path; every module it needs is imported before the chroot.
+      argv = isolation_lib.UNSHARE_PREFIX + isolation_lib.worker_argv(
+          json.dumps(cfg), os.path.dirname(isolation_lib.PACKAGE_DIR))
       env.update(HOME="/tmp", TMPDIR="/tmp")
     else:
       workdir = tempfile.mkdtemp(prefix="rstar_sandbox_")
@@ -364,9 +367,11 @@ class SandboxPool:
     else:
       reason = "exited"
     if not isinstance(frame, dict) or not frame.get("ready"):
+      proc.signal_kill()
+      popen.wait()
+      stderr = proc.stderr_tail()  # before `stop` closes the file
       proc.stop(graceful=False)
-      raise RuntimeError(f"worker {reason} before it was ready (exit {popen.returncode}); stderr: "
-                         f"{proc.stderr_tail()}")
+      raise RuntimeError(f"worker {reason} before it was ready (exit {popen.returncode}); stderr: {stderr}")
     proc.info = frame
     return proc
 

@@ -3,12 +3,14 @@
 import concurrent.futures
 import os
 import signal
+import sys
 import time
 
 import pytest
 
 from sandbox import SandboxPool, SandboxResult
 from sandbox import isolation
+from sandbox import pool as pool_lib
 
 LIGHT = dict(preload=("math",), warmup="")
 
@@ -177,3 +179,10 @@ def test_namespaced_levels_hide_the_host(level):
   assert tmp.observation == "False\n"  # the test file (repo checkout) is not visible
   assert home.observation == "False\n"
   assert pid.observation == "True\n"  # own PID namespace: only the jail's few processes
+
+
+def test_a_worker_that_fails_to_start_shows_its_stderr(monkeypatch):
+  failing = [sys.executable, "-c", "import sys; sys.stderr.write('boom-marker'); sys.exit(3)"]
+  monkeypatch.setattr(pool_lib.isolation_lib, "worker_argv", lambda *args: failing)
+  with pytest.raises(RuntimeError, match="exit 3.*boom-marker"):
+    SandboxPool(num_workers=1, isolation="rlimits-only", preload=(), warmup="")
