@@ -219,7 +219,11 @@ class Tokenizer(abc.ABC):
     return None if token is None else self.token_to_id(token)
 
   def _clean(self, text: str) -> str:
-    return _clean_up_tokenization(text) if self._clean_up_spaces else text
+    return _clean_up_tokenization(text) if self._clean_up_spaces and self._clean_up_applies() else text
+
+  def _clean_up_applies(self) -> bool:
+    """Whether `clean_up_tokenization_spaces` (when set) is applied by this backend."""
+    return True
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}(source={self.source!r}, len={len(self)}, eos_id={self.eos_id})"
@@ -253,6 +257,12 @@ class HFTokenizer(Tokenizer):
     # encode_batch_fast skips offset tracking (tokenizers >= 0.20.2); ids are the same.
     encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
     return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
+
+  def _clean_up_applies(self) -> bool:
+    # transformers (v5) ignores clean_up_tokenization_spaces for BPE models (Qwen2, Llama-3, ...: Llama-3's config
+    # sets it): the clean-up would strip real spaces before punctuation ("from . import" -> "from. import").
+    return (type(self._tok.model).__name__ != "BPE"
+            or bool(self._config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")))
 
   def _decode_raw(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
     return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -661,7 +671,7 @@ def _as_int_list(ids: Sequence[int] | np.ndarray) -> list[int]:
 
 
 def _clean_up_tokenization(text: str) -> str:
-  """transformers' `clean_up_tokenization` (applied when tokenizer_config.json asks for it)."""
+  """transformers' `clean_up_tokenization` (applied when tokenizer_config.json asks for it, except to BPE models)."""
   return (text.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",").replace(" ' ", "'")
           .replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s").replace(" 've", "'ve")
           .replace(" 're", "'re"))

@@ -422,3 +422,36 @@ def test_sentencepiece_save_reload(sp_dir, tmp_path):
   assert again.decode_batch(expected, skip_special_tokens=True) == tok.decode_batch(expected, skip_special_tokens=True)
   assert again.decode([tok.token_to_id("<end_of_step>")], skip_special_tokens=True) == ""
   assert tk.add_rstar_tokens(again) == 0
+
+
+def test_clean_up_spaces_as_transformers(qwen_dir, tmp_path):
+  """clean_up_tokenization_spaces (set by e.g. Llama-3's config) is skipped for BPE models, as transformers does."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  code = "from . import x\nprint('a' , 'b')\nif x != y ? It 's done ."
+  cfg = json.loads((qwen_dir / "tokenizer_config.json").read_text())
+  cfg["clean_up_tokenization_spaces"] = True
+  (tmp_path / "bpe").mkdir()
+  shutil.copy(qwen_dir / "tokenizer.json", tmp_path / "bpe" / "tokenizer.json")
+  (tmp_path / "bpe" / "tokenizer_config.json").write_text(json.dumps(cfg))
+  # A WordPiece model (BERT style), for which transformers does clean up.
+  wp = tokenizers.Tokenizer(tokenizers.models.WordPiece(unk_token="[UNK]"))
+  wp.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+  wp.decoder = tokenizers.decoders.WordPiece()
+  wp.train_from_iterator([code] * 4, tokenizers.trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]"],
+                                                                          show_progress=False))
+  (tmp_path / "wp").mkdir()
+  wp.save(str(tmp_path / "wp" / "tokenizer.json"))
+  (tmp_path / "wp" / "tokenizer_config.json").write_text(json.dumps(
+      {"clean_up_tokenization_spaces": True, "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"}))
+  decoded = {}
+  for name in ("bpe", "wp"):
+    ours = tk.load_tokenizer(tmp_path / name)
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path / name))
+    ids = ours.encode(code)
+    decoded[name] = ours.decode(ids)
+    assert decoded[name] == ref.decode(ids), name
+    assert ours.decode_batch([ids]) == [ref.decode(ids)], name
+  assert decoded["bpe"] == code  # generated code is never rewritten
+  assert "from. import" in decoded["wp"]  # the clean-up did run
