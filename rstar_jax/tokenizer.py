@@ -151,6 +151,11 @@ class Tokenizer(abc.ABC):
       added: id -> serialised AddedToken ({"content", "special", "lstrip", "rstrip", "normalized", "single_word"}).
     """
     cfg = dict(self._config)
+    # special_tokens_map.json (which fills in the config) holds serialised AddedTokens when transformers v4 wrote it;
+    # transformers reads only strings in tokenizer_config.json (the flags live in added_tokens_decoder).
+    for key, value in list(cfg.items()):
+      if key.endswith("_token") and isinstance(value, dict) and isinstance(value.get("content"), str):
+        cfg[key] = value["content"]
     for key, value in (("eos_token", self._eos_token), ("pad_token", self._pad_token),
                        ("bos_token", self._bos_token)):
       if value is not None:
@@ -162,10 +167,10 @@ class Tokenizer(abc.ABC):
       decoder[str(token_id)] = entry
     cfg["added_tokens_decoder"] = decoder
     # transformers lists user-added special tokens here (v4 name; v5 reads it too).
-    known = set(cfg.get("additional_special_tokens") or [])
+    known = [t.get("content") if isinstance(t, dict) else t for t in cfg.get("additional_special_tokens") or []]
     extra = [added[i]["content"] for i in new_ids if added[i]["special"] and added[i]["content"] not in known]
-    if extra:
-      cfg["additional_special_tokens"] = list(cfg.get("additional_special_tokens") or []) + extra
+    if known or extra:
+      cfg["additional_special_tokens"] = known + extra
     return cfg
 
   def decode(self, ids: Sequence[int] | np.ndarray, skip_special_tokens: bool = False) -> str:

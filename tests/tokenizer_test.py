@@ -455,3 +455,32 @@ def test_clean_up_spaces_as_transformers(qwen_dir, tmp_path):
     assert ours.decode_batch([ids]) == [ref.decode(ids)], name
   assert decoded["bpe"] == code  # generated code is never rewritten
   assert "from. import" in decoded["wp"]  # the clean-up did run
+
+
+def test_save_with_a_transformers_v4_special_tokens_map(qwen_dir, hf_refs, tmp_path):
+  """transformers v4 writes special_tokens_map.json with serialised AddedTokens (dicts), e.g. after the official SFT
+  code adds the tags; a directory with one must save and reload in transformers."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  def added(content):
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+
+  _, tagged = hf_refs
+  src = tmp_path / "src"
+  src.mkdir()
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(qwen_dir / name, src / name)
+  (src / "special_tokens_map.json").write_text(json.dumps({
+      "additional_special_tokens": [added("<|im_start|>"), added("<|im_end|>")], "eos_token": added("<|endoftext|>"),
+      "pad_token": "<|endoftext|>", "unk_token": added("<|endoftext|>")}))
+  tok = tk.load_tokenizer(src)
+  assert tok.eos_id == QWEN_EOS
+  tk.add_rstar_tokens(tok)
+  tok.save(tmp_path / "out")
+  cfg = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+  assert cfg["additional_special_tokens"] == ["<|im_start|>", "<|im_end|>", *tk.RSTAR_SPECIAL_TOKENS]
+  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  want = [tagged.encode(t) for t in TEXTS]
+  assert [hf.encode(t, add_special_tokens=False) for t in TEXTS] == want
+  assert tk.load_tokenizer(tmp_path / "out").encode_batch(TEXTS) == want
+  assert set(tk.RSTAR_SPECIAL_TOKENS) <= set(hf.all_special_tokens)
