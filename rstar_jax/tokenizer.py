@@ -151,7 +151,7 @@ class Tokenizer(abc.ABC):
       added: id -> serialised AddedToken ({"content", "special", "lstrip", "rstrip", "normalized", "single_word"}).
     """
     cfg = dict(self._config)
-    # special_tokens_map.json (which fills in the config) holds serialised AddedTokens when transformers v4 wrote it;
+    # special_tokens_map.json (merged into the config) holds serialised AddedTokens when transformers v4 wrote it;
     # transformers reads only strings in tokenizer_config.json (the flags live in added_tokens_decoder).
     for key, value in list(cfg.items()):
       if key.endswith("_token") and isinstance(value, dict) and isinstance(value.get("content"), str):
@@ -606,17 +606,22 @@ def _read_json(file: str) -> Any:
 
 
 def _read_config(directory: str | None) -> dict[str, Any]:
-  """tokenizer_config.json, with special_tokens_map.json filling in the special tokens it lacks ({} for None)."""
+  """tokenizer_config.json merged with special_tokens_map.json as transformers merges them ({} for None).
+
+  transformers reads special_tokens_map.json only when tokenizer_config.json has no `added_tokens_decoder` (a config
+  written before transformers 4.34), and then the map's values win; a newer config is complete without it.
+  """
   cfg: dict[str, Any] = {}
   if directory is None:
     return cfg
-  for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):  # the later file wins
+  for name in (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP):
     file = os.path.join(directory, name)
-    if os.path.isfile(file):
-      data = _read_json(file)
-      if not isinstance(data, dict):
-        raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
-      cfg.update({k: v for k, v in data.items() if v is not None or k not in cfg})
+    if not os.path.isfile(file) or (name == SPECIAL_TOKENS_MAP and "added_tokens_decoder" in cfg):
+      continue
+    data = _read_json(file)
+    if not isinstance(data, dict):
+      raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    cfg.update(data)
   return cfg
 
 

@@ -468,8 +468,11 @@ def test_save_with_a_transformers_v4_special_tokens_map(qwen_dir, hf_refs, tmp_p
   _, tagged = hf_refs
   src = tmp_path / "src"
   src.mkdir()
-  for name in ("tokenizer.json", "tokenizer_config.json"):
-    shutil.copy(qwen_dir / name, src / name)
+  shutil.copy(qwen_dir / "tokenizer.json", src / "tokenizer.json")
+  # A config without added_tokens_decoder (transformers < 4.34): transformers then reads the map.
+  cfg = json.loads((qwen_dir / "tokenizer_config.json").read_text())
+  del cfg["added_tokens_decoder"]
+  (src / "tokenizer_config.json").write_text(json.dumps(cfg))
   (src / "special_tokens_map.json").write_text(json.dumps({
       "additional_special_tokens": [added("<|im_start|>"), added("<|im_end|>")], "eos_token": added("<|endoftext|>"),
       "pad_token": "<|endoftext|>", "unk_token": added("<|endoftext|>")}))
@@ -478,9 +481,28 @@ def test_save_with_a_transformers_v4_special_tokens_map(qwen_dir, hf_refs, tmp_p
   tk.add_rstar_tokens(tok)
   tok.save(tmp_path / "out")
   cfg = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
-  assert cfg["additional_special_tokens"] == ["<|im_start|>", "<|im_end|>", *tk.RSTAR_SPECIAL_TOKENS]
+  listed = cfg["additional_special_tokens"]
+  assert listed[:2] == ["<|im_start|>", "<|im_end|>"] and len(set(listed)) == len(listed)
+  assert all(isinstance(t, str) for t in listed) and set(tk.RSTAR_SPECIAL_TOKENS) <= set(listed)
   hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
   want = [tagged.encode(t) for t in TEXTS]
   assert [hf.encode(t, add_special_tokens=False) for t in TEXTS] == want
   assert tk.load_tokenizer(tmp_path / "out").encode_batch(TEXTS) == want
   assert set(tk.RSTAR_SPECIAL_TOKENS) <= set(hf.all_special_tokens)
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_special_tokens_map_read_as_transformers(qwen_dir, tmp_path, legacy):
+  """special_tokens_map.json wins over an old config (no added_tokens_decoder) and is ignored beside a newer one."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  shutil.copy(qwen_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+  cfg = json.loads((qwen_dir / "tokenizer_config.json").read_text())
+  if legacy:
+    del cfg["added_tokens_decoder"]
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))  # eos and pad: <|endoftext|>
+  (tmp_path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|im_start|>"}))
+  ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  tok = tk.load_tokenizer(tmp_path)
+  assert (tok.eos_id, tok.pad_id) == (ref.eos_token_id, ref.pad_token_id)
+  assert tok.eos_id == (151645 if legacy else QWEN_EOS)
