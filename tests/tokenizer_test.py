@@ -501,7 +501,8 @@ def test_special_tokens_map_read_as_transformers(qwen_dir, tmp_path, legacy):
   if legacy:
     del cfg["added_tokens_decoder"]
   (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))  # eos and pad: <|endoftext|>
-  (tmp_path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|im_start|>"}))
+  special_map = {"eos_token": "<|im_end|>", "pad_token": "<|im_start|>"}
+  (tmp_path / "special_tokens_map.json").write_text(json.dumps(special_map))
   ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   tok = tk.load_tokenizer(tmp_path)
   assert (tok.eos_id, tok.pad_id) == (ref.eos_token_id, ref.pad_token_id)
