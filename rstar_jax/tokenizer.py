@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rstar_jax import files
+
 # The tags the official rStar-Math SFT code adds as special tokens, in its order (DESIGN §1.1): 15 strings. Order
 # matters: it fixes the ids the tags get (consecutive after the existing vocabulary).
 RSTAR_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -287,13 +289,13 @@ class HFTokenizer(Tokenizer):
   def save(self, directory: str | os.PathLike[str]) -> None:
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    _write_atomic(os.path.join(directory, TOKENIZER_JSON), self._tok.to_str(pretty=False))
+    files.atomic_write(os.path.join(directory, TOKENIZER_JSON), self._tok.to_str(pretty=False))
     added = {i: _added_token_entry(t.content, t.special, lstrip=t.lstrip, rstrip=t.rstrip, normalized=t.normalized,
                                    single_word=t.single_word)
              for i, t in self._tok.get_added_tokens_decoder().items()}
     cfg = self._updated_config(added)
     cfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-    _write_atomic(os.path.join(directory, TOKENIZER_CONFIG), json.dumps(cfg, indent=2, ensure_ascii=False))
+    files.atomic_write(os.path.join(directory, TOKENIZER_CONFIG), json.dumps(cfg, indent=2, ensure_ascii=False))
 
   def add_special_tokens(self, tokens: Iterable[str]) -> int:
     import tokenizers  # pylint: disable=g-import-not-at-top
@@ -369,13 +371,13 @@ class SentencePieceTokenizer(Tokenizer):
   def save(self, directory: str | os.PathLike[str]) -> None:
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    _write_atomic(os.path.join(directory, SENTENCEPIECE_MODEL), self._proto)
+    files.atomic_write(os.path.join(directory, SENTENCEPIECE_MODEL), self._proto)
     # Added pieces live in the model itself; the config records which of them are special.
     added = {i: _added_token_entry(self._sp.id_to_piece(i), True) for i in sorted(self._special_ids)
              if not self._sp.is_control(i)}
     cfg = self._updated_config(added)
     cfg.update(add_bos_token=self._add_bos, add_eos_token=self._add_eos)
-    _write_atomic(os.path.join(directory, TOKENIZER_CONFIG), json.dumps(cfg, indent=2, ensure_ascii=False))
+    files.atomic_write(os.path.join(directory, TOKENIZER_CONFIG), json.dumps(cfg, indent=2, ensure_ascii=False))
 
   def add_special_tokens(self, tokens: Iterable[str]) -> int:
     return self._add_tokens(tokens, special=True)
@@ -652,13 +654,6 @@ def _added_token_entry(content: str, special: bool, *, lstrip: bool = False, rst
   """An `added_tokens_decoder` entry of tokenizer_config.json (transformers' serialised AddedToken)."""
   return {"content": content, "lstrip": lstrip, "normalized": normalized, "rstrip": rstrip,
           "single_word": single_word, "special": special}
-
-
-def _write_atomic(file: str, data: str | bytes) -> None:
-  tmp = f"{file}.tmp.{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data.encode("utf-8") if isinstance(data, str) else data)
-  os.replace(tmp, file)
 
 
 def _check_tokens(tokens: Iterable[str]) -> list[str]:

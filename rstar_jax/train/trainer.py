@@ -37,9 +37,11 @@ from rstar_jax.train.metrics_log import MetricsLog
 
 StepCallback = Callable[[int, dict[str, float]], None]
 PathLike = str | os.PathLike[str]
-# Files copied next to exported weights so the next phase loads the same tokenizer.
+# Files copied next to exported weights so the next phase loads the same tokenizer: all of them for a tokenizer
+# object that cannot save itself; otherwise it saves itself (rStar tags included) and only these are copied.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json", "tokenizer.model", "generation_config.json")
+_FILES_BESIDE_A_SAVED_TOKENIZER = ("generation_config.json",)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -62,11 +64,14 @@ def _as_paths(files: PathLike | Sequence[PathLike]) -> list[PathLike]:
 
 
 def _load_tokenizer(tokenizer: Any, default_dir: PathLike, which: str):
+  """(tokenizer with the rStar tags of `which`, the directory it was loaded from or None)."""
   if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
     path = default_dir if tokenizer is None else tokenizer
     tokenizer = tokenizer_lib.load_tokenizer(path)
     tokenizer_lib.add_rstar_tokens(tokenizer, which)
     return tokenizer, os.fspath(path)
+  if isinstance(tokenizer, tokenizer_lib.Tokenizer):
+    tokenizer_lib.add_rstar_tokens(tokenizer, which)
   return tokenizer, None
 
 
@@ -83,14 +88,24 @@ def _model_config(checkpoint: PathLike, config: TrainConfig) -> tuple[ModelConfi
   return original.replace(param_dtype="float32", dtype=config.compute_dtype), original.param_dtype
 
 
-def _export_tokenizer(tokenizer_dir: str | None, export_dir: str) -> None:
-  """Process 0 copies the tokenizer files beside the exported weights; in a multi-host run no process returns
-  before that is done (the weights' export already waited the same way)."""
-  if jax.process_index() == 0 and tokenizer_dir is not None and os.path.isdir(tokenizer_dir):
-    for name in TOKENIZER_FILES:
-      src = os.path.join(tokenizer_dir, name)
-      if os.path.isfile(src) and not os.path.exists(os.path.join(export_dir, name)):
-        shutil.copyfile(src, os.path.join(export_dir, name))
+def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str) -> None:
+  """Process 0 writes the tokenizer beside the exported weights; in a multi-host run no process returns before that
+  is done (the weights' export already waited the same way).
+
+  The tokenizer saved is the one trained with, rStar tags included (as the official trainer saves it), so the next
+  phase and `transformers` read the tags' ids from the export without adding them again. A tokenizer object without
+  `save` is exported by copying its source directory's files.
+  """
+  if jax.process_index() == 0:
+    copy = TOKENIZER_FILES
+    if isinstance(tokenizer, tokenizer_lib.Tokenizer):
+      tokenizer.save(export_dir)
+      copy = _FILES_BESIDE_A_SAVED_TOKENIZER
+    if tokenizer_dir is not None and os.path.isdir(tokenizer_dir):
+      for name in copy:
+        src = os.path.join(tokenizer_dir, name)
+        if os.path.isfile(src) and not os.path.exists(os.path.join(export_dir, name)):
+          shutil.copyfile(src, os.path.join(export_dir, name))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("rstar_jax.export_tokenizer")
 
@@ -188,7 +203,8 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
     workdir: checkpoints and `metrics.jsonl`; re-running on the same workdir resumes.
     config: see `TrainConfig` (default: `sft_config()`).
     export_dir: where the trained HF dir goes (default `<workdir>/export`).
-    tokenizer: a tokenizer dir (default: `base_checkpoint`) or a loaded tokenizer; the rStar tags are added.
+    tokenizer: a tokenizer dir (default: `base_checkpoint`) or a loaded tokenizer; the rStar tags are added, and
+      the export holds this tokenizer, tags included.
     step_callback: called as `callback(step, scalars)` after each logged step.
 
   Returns:
@@ -213,7 +229,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
                                  step_callback=step_callback)
   export_dir = os.fspath(export_dir or os.path.join(workdir, "export"))
   convert.save_qwen2(trained, export_dir, dtype=config.export_dtype or original_dtype)
-  _export_tokenizer(tokenizer_dir, export_dir)
+  _export_tokenizer(tokenizer, tokenizer_dir, export_dir)
   return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
 
 
@@ -246,7 +262,8 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
     workdir: checkpoints and `metrics.jsonl`; re-running on the same workdir resumes.
     config: see `TrainConfig` (default: `ppm_config()`); `config.ppm_head` picks raw or tanh scores.
     export_dir: where the PPM goes (default `<workdir>/export`): HF backbone dir + `value_head.bin`.
-    tokenizer: a tokenizer dir (default: `init_checkpoint`) or a loaded tokenizer; the rStar PPM tags are added.
+    tokenizer: a tokenizer dir (default: `init_checkpoint`) or a loaded tokenizer; the rStar PPM tags are
+      added, and the export holds this tokenizer, tags included.
     step_callback: called as `callback(step, scalars)` after each logged step.
 
   Returns:
@@ -269,7 +286,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
                                  step_callback=step_callback)
   export_dir = os.fspath(export_dir or os.path.join(workdir, "export"))
   convert.save_ppm(trained, export_dir, dtype=config.export_dtype or original_dtype)
-  _export_tokenizer(tokenizer_dir, export_dir)
+  _export_tokenizer(tokenizer, tokenizer_dir, export_dir)
   return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
 
 

@@ -55,9 +55,14 @@ def test_sft_loss_falls_and_export_loads_in_transformers(base, tmp_path):
   assert last < 0.6 * first, (first, last)
   assert logged[18]["accuracy"] > logged[1]["accuracy"]
 
-  # The export is a plain HF dir: transformers loads weights and tokenizer, and the model learned the data.
+  # The export is a plain HF dir: transformers loads weights and tokenizer, and the model learned the data. The
+  # tokenizer is the one trained with: the rStar tags are in it (they used to be left out of the copied files).
   tok = tokenizer_lib.load_tokenizer(result.export_dir)
-  tokenizer_lib.add_rstar_tokens(tok)
+  assert tokenizer_lib.add_rstar_tokens(tok) == 0
+  hf_tok = transformers.AutoTokenizer.from_pretrained(result.export_dir)
+  for tag in tokenizer_lib.RSTAR_SPECIAL_TOKENS:
+    assert hf_tok.convert_tokens_to_ids(tag) == tok.token_to_id(tag), tag
+  assert hf_tok.encode(records[0]["response"], add_special_tokens=False) == tok.encode(records[0]["response"])
   prompt = tok.encode(formats.sft_prompt(records[0]["query"]))
   ids = prompt + tok.encode(records[0]["response"]) + [tok.eos_id]
   labels = [-100] * len(prompt) + ids[len(prompt):]  # response tokens only, as trained
@@ -82,7 +87,7 @@ def test_ppm_learns_separable_pairs_and_exports_value_head(base, tmp_path):
 
   # Held-out pairs, scored by the exported PPM loaded back from disk.
   tok = tokenizer_lib.load_tokenizer(result.export_dir)
-  tokenizer_lib.add_rstar_tokens(tok, "ppm")
+  assert tokenizer_lib.add_rstar_tokens(tok, "ppm") == 0  # exported with the tags it was trained with
   ppm = convert.load_ppm(result.export_dir)
   held_out = trainer.evaluate_ppm(ppm, _pairs(64, 2), tok, data=pipeline.PipelineConfig(max_len=64, batch_size=32))
   assert held_out["num_pairs"] == 64
