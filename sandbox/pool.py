@@ -76,7 +76,10 @@ class _TaskQueue:
     self.closed = False
 
   def put(self, tasks: Sequence[_Task]) -> None:
+    """Appends `tasks`; raises RuntimeError once the queue is closed (a put racing `close` must not be lost)."""
     with self._cond:
+      if self.closed:
+        raise RuntimeError("SandboxPool is closed")
       self._items.extend(tasks)
       self._cond.notify_all()
 
@@ -277,7 +280,7 @@ class SandboxPool:
       tasks.append(_Task(next(self._ids), code))
     if self._closed:
       raise RuntimeError("SandboxPool is closed")
-    self._queue.put(tasks)
+    self._queue.put(tasks)  # raises if `close` ran since the check above
     return [t.future for t in tasks]
 
   def run(self, programs: Sequence[str]) -> list[SandboxResult]:

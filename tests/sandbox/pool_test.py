@@ -128,6 +128,27 @@ def test_close_while_running_fails_the_running_program():
   assert futures[1].cancelled() or isinstance(futures[1].exception(timeout=1), RuntimeError)
 
 
+def test_submit_racing_close_fails_instead_of_hanging(monkeypatch):
+  """A submit that passed the closed check when `close` ran must not leave futures nobody will ever resolve."""
+  p = SandboxPool(num_workers=1, **LIGHT)
+  put = pool_lib._TaskQueue.put
+  def preempted_put(queue, tasks):
+    time.sleep(0.5)  # the submitting thread loses the CPU between the closed check and the put
+    put(queue, tasks)
+  monkeypatch.setattr(pool_lib._TaskQueue, "put", preempted_put)
+  with concurrent.futures.ThreadPoolExecutor(1) as ex:
+    submitted = ex.submit(p.submit, ["print(1)"])
+    time.sleep(0.1)
+    p.close()
+    try:
+      futures = submitted.result(timeout=10)
+    except RuntimeError as e:
+      assert "closed" in str(e)
+    else:
+      concurrent.futures.wait(futures, timeout=5)
+      assert all(f.done() for f in futures), "a future of a closed pool is never resolved"
+
+
 def test_auto_reports_the_strongest_level(pool):
   assert pool.isolation_level in isolation.LEVELS
   expected = next(level for level in isolation.LEVELS if isolation.probe(level) is None)
