@@ -280,7 +280,16 @@ class SandboxPool:
       tasks.append(_Task(next(self._ids), code))
     if self._closed:
       raise RuntimeError("SandboxPool is closed")
-    self._queue.put(tasks)  # raises if `close` ran since the check above
+    # Too long for the worker's frame limit once JSON-escaped (up to 12 bytes a char): answered here, as the worker
+    # would, instead of a frame that kills the worker.
+    limit = self._worker_cfg["max_code_chars"]
+    queued = [t for t in tasks if len(t.code) <= limit]
+    self._queue.put(queued)  # raises if `close` ran since the check above
+    for t in tasks:
+      if len(t.code) > limit and t.future.set_running_or_notify_cancel():
+        err = f"ValueError: program too long ({len(t.code)} characters > {limit})"
+        t.future.set_result(SandboxResult(observation=err, stdout="", error=err, timed_out=False,
+                                          memory_exceeded=False, killed_by_signal=None, duration_s=0.0))
     return [t.future for t in tasks]
 
   def run(self, programs: Sequence[str]) -> list[SandboxResult]:

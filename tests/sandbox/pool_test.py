@@ -149,6 +149,16 @@ def test_submit_racing_close_fails_instead_of_hanging(monkeypatch):
       assert all(f.done() for f in futures), "a future of a closed pool is never resolved"
 
 
+def test_program_too_long_for_the_pipe_is_refused_and_the_worker_lives(pool):
+  """Beyond `max_code_chars` the program is refused as documented, at any length (not by a frame that kills the
+  worker: 20 M characters exceed the worker's frame limit)."""
+  pids = pool.worker_pids()
+  for code in ("#" * 2_000_001, "#" * 20_000_000, "s = '" + "\U0001F600" * 1_500_000 + "'"):
+    too_long, after = pool.run([code, "print(2)"])
+    assert too_long.observation == too_long.error == f"ValueError: program too long ({len(code)} characters > 1000000)"
+    assert after.observation == "2\n"
+  assert pool.worker_pids() == pids
+
 def test_auto_reports_the_strongest_level(pool):
   assert pool.isolation_level in isolation.LEVELS
   expected = next(level for level in isolation.LEVELS if isolation.probe(level) is None)
