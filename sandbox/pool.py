@@ -456,13 +456,22 @@ class SandboxPool:
             if not task.future.set_running_or_notify_cancel():
               continue
             task.started = True
+          if not inflight and proc.popen.poll() is not None:
+            # The worker died while idle (killed from outside): the task never reached it, so it must not get the
+            # blame. It goes back in front and the top of the loop replaces the worker.
+            self._queue.put_front([task])
+            break
           if not inflight:
             head_since = time.monotonic()
           inflight.append(task)
           try:
             proc.send({"id": task.id, "code": task.code})
-          except OSError:
-            break  # the worker died; recv sees EOF
+          except OSError:  # the worker died: this task never reached it (recv blames the head, if any)
+            inflight.pop()
+            self._queue.put_front([task])
+            proc.signal_kill()
+            proc.popen.wait()
+            break
         if not inflight:
           continue
         try:

@@ -79,8 +79,8 @@ def test_dead_worker_is_replaced():
     while _running(pid) and time.monotonic() < deadline:  # the kill is asynchronous
       time.sleep(0.01)
     results = p.run(["print(7)", "print(8)"])
-    assert [r.observation for r in results][-1] == "8\n"
-    assert results[0].observation in ("7\n", "RuntimeError: sandbox worker died unexpectedly")
+    # The worker died while idle: no program was running on it, so none gets the blame.
+    assert [r.observation for r in results] == ["7\n", "8\n"]
     assert p.run(["print(9)"])[0].observation == "9\n"
     assert p.worker_pids() and p.worker_pids() != [pid]
 
