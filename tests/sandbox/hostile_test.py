@@ -276,6 +276,18 @@ POISON_PAIRS = [
     ("scipy_constants_alias", "import scipy.constants as sc\nd = sc.physical_constants\n"
      "d['speed of light in vacuum'] = (1.0, 'm s^-1', 0.0)",
      "import scipy.constants as sc\nprint(sc.physical_constants['speed of light in vacuum'][0])", "299792458.0\n"),
+    # Library objects changed in place through an imported name, an attribute or a stateful library function.
+    ("sympy_precedence", "from sympy.printing.precedence import PRECEDENCE\nPRECEDENCE['Mul'] = 1",
+     "from sympy import symbols\nx, y = symbols('x y')\nprint((x + y) * 2)", "2*x + 2*y\n"),
+    ("numpy_polynomial_window", "import numpy as np\np = np.polynomial.Polynomial([1])\np.window.fill(7)",
+     "import numpy as np\nprint(np.polynomial.Polynomial([1, 2])(1))", "3.0\n"),
+    ("sympy_polyconfig", "from sympy.polys.polyconfig import setup\nsetup('USE_IRREDUCIBLE_IN_FACTOR', True)",
+     "from sympy.polys.polyconfig import query\nprint(query('USE_IRREDUCIBLE_IN_FACTOR'))", "False\n"),
+    ("sympy_pretty_unicode",
+     "from sympy.printing.pretty.pretty_symbology import pretty_use_unicode\npretty_use_unicode(False)",
+     "from sympy import pretty, pi\nprint(pretty(pi))", "\u03c0\n"),
+    ("sympy_sieve", "from sympy import sieve\nsieve.extend(10 ** 5)",
+     "from sympy import sieve\nprint(str(sieve).split(':')[0])", "<prime sieve (6)\n"),
     # Generators drawn from without naming `random` (sympy's own; numpy's global one under scipy.stats): every
     # program starts from seed 0, so a draw is the same after another program's draws.
     ("sympy_rng", "from sympy import randprime\nrandprime(1, 10**9)",

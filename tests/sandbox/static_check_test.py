@@ -16,6 +16,10 @@ REUSABLE = [
     "import random\nprint(random.randint(1, 6))",
     "d = {}\nd.setdefault('a', []).append(1)\nprint(d)",
     "x = = 1",  # does not parse: nothing runs, nothing to leak
+    # In-place changes of the program's own objects stay reusable.
+    "import numpy as np\na = np.zeros(3)\na[0] = 1\na.fill(2)\nrows = [[0] * 3]\nrows[0][1] = 5\nprint(a, rows)",
+    "from collections import deque\nq = deque([1])\nq.append(2)\ns = set()\ns.add(1)\nprint(q, s)",
+    "import numpy as np\nv = np.array([3, 1, 2])\nv.sort()\nnp.array([2, 1]).sort()\nprint(v)",
 ]
 
 NOT_REUSABLE = [
@@ -45,6 +49,18 @@ NOT_REUSABLE = [
     "def g():\n    try:\n        yield 1\n    finally:\n        print('late')\nnext(g())",
     "from . import x",
     "import threading",
+    # Library objects changed in place (by an item write, an in-place method or a stateful library function).
+    "from sympy.printing.precedence import PRECEDENCE\nPRECEDENCE['Mul'] = 1",
+    "from sympy.printing import precedence\np = precedence.PRECEDENCE\np.update(Mul=1)",
+    "import numpy as np\nnp.polynomial.Polynomial.window[:][0] = 7",
+    "import numpy as np\np = np.polynomial.Polynomial([1])\np.window.fill(7)",
+    "from sympy import sieve\nsieve.extend(10 ** 5)",
+    "import sympy\nsympy.sieve.extend(10 ** 5)",
+    "from sympy.polys.polyconfig import setup\nsetup('USE_IRREDUCIBLE_IN_FACTOR', True)",
+    "from sympy.printing.pretty.pretty_symbology import pretty_use_unicode\npretty_use_unicode(False)",
+    "from sympy.multipledispatch import dispatch",
+    "from collections import defaultdict as d\nd.x = 1",
+    "from string import ascii_letters as s\ns += 'x'",
     "print(1)\n" + "#" * 70000,
 ]
 
