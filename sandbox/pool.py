@@ -309,7 +309,8 @@ class SandboxPool:
       if self._busy(proc):
         proc.signal_kill()  # a program is running: do not wait for it
     for t in self._threads:
-      t.join()
+      if t is not threading.current_thread():  # `close` from a future's done-callback runs on a worker thread
+        t.join()
 
   def __enter__(self) -> "SandboxPool":
     return self

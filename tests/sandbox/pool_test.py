@@ -128,6 +128,26 @@ def test_close_while_running_fails_the_running_program():
   assert futures[1].cancelled() or isinstance(futures[1].exception(timeout=1), RuntimeError)
 
 
+def test_close_from_a_done_callback():
+  """Callbacks run on the worker thread that resolved the future: `close` there must not try to join it."""
+  p = SandboxPool(num_workers=2, **LIGHT)
+  errors = []
+  def close(_):
+    try:
+      p.close()
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+  (future,) = p.submit(["import time\ntime.sleep(0.3)\nprint(1)"])  # still running when the callback is added
+  future.add_done_callback(close)
+  assert future.result(timeout=30).observation == "1\n"
+  deadline = time.monotonic() + 10
+  while p.worker_pids() and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert not errors and not p.worker_pids()
+  with pytest.raises(RuntimeError, match="closed"):
+    p.submit(["print(2)"])
+
+
 def test_submit_racing_close_fails_instead_of_hanging(monkeypatch):
   """A submit that passed the closed check when `close` ran must not leave futures nobody will ever resolve."""
   p = SandboxPool(num_workers=1, **LIGHT)
