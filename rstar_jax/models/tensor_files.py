@@ -107,7 +107,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
   offset = 0
   arrays = {}
   for name, array in tensors.items():
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # not `ascontiguousarray`: it turns a 0-d array into shape [1]
     if array.dtype not in _ST_NAMES:
       raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {array.dtype}")
     header[name] = {"dtype": _ST_NAMES[array.dtype], "shape": list(array.shape),
@@ -127,8 +127,8 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
 _TORCH_STORAGES = {
     "FloatStorage": np.dtype(np.float32), "HalfStorage": np.dtype(np.float16),
     "BFloat16Storage": np.dtype(ml_dtypes.bfloat16), "DoubleStorage": np.dtype(np.float64),
-    "LongStorage": np.dtype(np.int64), "IntStorage": np.dtype(np.int32), "ByteStorage": np.dtype(np.uint8),
-    "BoolStorage": np.dtype(np.bool_),
+    "LongStorage": np.dtype(np.int64), "IntStorage": np.dtype(np.int32), "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8), "ByteStorage": np.dtype(np.uint8), "BoolStorage": np.dtype(np.bool_),
 }
 _STORAGE_NAMES = {v: k for k, v in _TORCH_STORAGES.items()}
 
@@ -263,7 +263,7 @@ def _pickle_state_dict(tensors: Mapping[str, np.ndarray]) -> bytes:
 def write_torch_bin(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]) -> None:
   """Writes a flat state dict that `torch.load` reads, atomically, without importing torch."""
   path = os.fspath(path)
-  tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+  tensors = {k: np.asarray(v, order="C") for k, v in tensors.items()}  # 0-d stays 0-d
   for name, array in tensors.items():
     if array.dtype not in _STORAGE_NAMES:
       raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {array.dtype}")

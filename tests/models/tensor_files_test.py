@@ -1,0 +1,62 @@
+"""`tensor_files` against the reference libraries: `safetensors` and `torch.load` / `torch.save`."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file as torch_save_safetensors
+
+from rstar_jax.models.tensor_files import SafetensorsFile, read_torch_bin, write_safetensors, write_torch_bin
+
+
+def _arrays():
+  return {"matrix": np.arange(6, dtype=np.float32).reshape(2, 3), "scalar": np.array(3.5, np.float32),
+          "empty": np.zeros((0, 4), np.float16), "bf16": np.array([1.0, -3.140625], ml_dtypes.bfloat16),
+          "int8": np.array([-3, 7], np.int8), "int16": np.array([-300], np.int16), "int64": np.array(2**40)}
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+  return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def test_safetensors_written_keep_0d_and_empty_shapes_for_the_reference_reader(tmp_path):
+  path = tmp_path / "x.safetensors"
+  write_safetensors(path, _arrays())
+  with safe_open(path, framework="pt") as f:
+    for name, array in _arrays().items():
+      tensor = f.get_tensor(name)
+      assert tuple(tensor.shape) == array.shape, name  # a 0-d tensor came back as shape [1]
+      np.testing.assert_array_equal(_numpy(tensor), array.astype(_numpy(tensor).dtype))
+
+
+def test_safetensors_reader_reads_the_reference_writer(tmp_path):
+  tensors = {"scalar": torch.tensor(2.0), "empty": torch.zeros(0, 3), "bf16": torch.randn(5).bfloat16(),
+             "int16": torch.tensor([3], dtype=torch.int16)}
+  torch_save_safetensors(tensors, tmp_path / "t.safetensors", metadata={"format": "pt", "note": "x"})
+  with SafetensorsFile(tmp_path / "t.safetensors") as f:
+    assert f.metadata == {"format": "pt", "note": "x"}
+    for name, tensor in tensors.items():
+      np.testing.assert_array_equal(np.asarray(f.get(name), np.float32), _numpy(tensor).astype(np.float32))
+      assert f.get(name).shape == tuple(tensor.shape)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_torch_bin_written_loads_in_torch_with_shapes_kept(tmp_path, mmap):
+  path = tmp_path / "x.bin"
+  write_torch_bin(path, _arrays())
+  state = torch.load(path, weights_only=True, mmap=mmap)
+  for name, array in _arrays().items():
+    assert tuple(state[name].shape) == array.shape, name
+    np.testing.assert_array_equal(_numpy(state[name]), array.astype(_numpy(state[name]).dtype))
+
+
+def test_torch_bin_reader_reads_torch_save_of_every_integer_width(tmp_path):
+  base = torch.arange(10.0)
+  state = {"int8": torch.tensor([-1, 5], dtype=torch.int8), "int16": torch.tensor([-300], dtype=torch.int16),
+           "scalar": torch.tensor(1.5), "transposed": torch.randn(4, 3).t(), "view": base[2:5]}
+  torch.save(state, tmp_path / "t.bin")
+  ours = read_torch_bin(tmp_path / "t.bin")
+  for name, tensor in state.items():
+    assert ours[name].dtype == _numpy(tensor).dtype and ours[name].shape == tuple(tensor.shape), name
+    np.testing.assert_array_equal(ours[name], _numpy(tensor))
