@@ -231,17 +231,24 @@ def _unstacked(tree: dict, path: Path) -> bool:
   return 0 in _lookup(tree, path[:path.index("layers") + 1])
 
 
+def _hf_shape(entry: _Entry, config: ModelConfig, shape) -> tuple[int, ...]:
+  """The shape of the HF tensor that maps to our parameter of `shape` (`entry.to_hf` on shapes only)."""
+  spec = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+  return tuple(jax.eval_shape(lambda x: entry.to_hf(x, config), spec).shape)
+
+
 def _convert(ckpt: HFCheckpoint, name: str, entry: _Entry, config: ModelConfig, shape) -> np.ndarray:
+  """The HF tensor `name` as our parameter of `shape`.
+
+  The HF shape is checked before any reshape: a reshape accepts any tensor with the right element count, so a
+  transposed `[D, K*H]` k_proj or a `[N, H]` bias would otherwise load as scrambled weights.
+  """
   raw = ckpt.get(name)
-  try:
-    value = entry.to_ours(raw, config)
-  except ValueError as e:
-    raise ValueError(f"{ckpt.weight_map[name]}: tensor {name!r} of shape {raw.shape} does not fit the config "
-                     f"({e})") from None
-  if tuple(value.shape) != tuple(shape):
-    raise ValueError(f"{ckpt.weight_map[name]}: tensor {name!r} has shape {raw.shape}, expected a tensor that maps "
-                     f"to {tuple(shape)} for this config")
-  return value
+  expected = _hf_shape(entry, config, shape)
+  if tuple(raw.shape) != expected:
+    raise ValueError(f"{ckpt.weight_map[name]}: tensor {name!r} has shape {tuple(raw.shape)}, expected {expected} "
+                     "for this config")
+  return entry.to_ours(raw, config)
 
 
 def _abstract_and_shardings(build, mesh, rules):

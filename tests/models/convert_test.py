@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import zipfile
 
@@ -152,6 +153,20 @@ def test_missing_tensor_and_shape_mismatch_name_the_tensor(hf_qwen2_factory, tmp
   write_safetensors(wrong / "model.safetensors", tensors)
   with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight"):
     convert.load_qwen2(wrong)
+
+
+@pytest.mark.parametrize("name, scramble", [
+    ("model.layers.0.self_attn.k_proj.weight", lambda w: w.T),  # [D, K*H] instead of [K*H, D]
+    ("model.layers.1.self_attn.q_proj.bias", lambda w: w.reshape(4, -1)),  # [N, H] instead of [N*H]
+])
+def test_a_tensor_with_the_right_size_but_wrong_shape_is_refused(hf_qwen2_factory, tmp_path, name, scramble):
+  # transformers refuses these (size mismatch); a reshape would accept them and load scrambled weights.
+  path, _ = hf_qwen2_factory(num_heads=4, num_kv_heads=2, hidden_size=64)
+  tensors = _all_tensors(path)
+  tensors[name] = np.ascontiguousarray(scramble(tensors[name]))
+  write_safetensors(path / "model.safetensors", tensors)
+  with pytest.raises(ValueError, match=re.escape(name) + r".*has shape " + re.escape(str(tensors[name].shape))):
+    convert.load_qwen2(path)
 
 
 def test_unknown_architecture_is_refused(hf_qwen2_factory):
