@@ -122,8 +122,12 @@ class ModelConfig:
 
     rope_theta = hf.get("rope_theta")
     rope_params = hf.get("rope_parameters") or {}
-    if rope_theta is None and isinstance(rope_params, Mapping):
-      rope_theta = rope_params.get("rope_theta")
+    v5_theta = rope_params.get("rope_theta") if isinstance(rope_params, Mapping) else None
+    if rope_theta is not None and v5_theta is not None and float(rope_theta) != float(v5_theta):
+      # transformers v5 runs `rope_parameters`' theta, v4 the top-level one: which one was meant is unknowable.
+      raise ValueError(f"{where}: rope_theta={rope_theta} disagrees with rope_parameters.rope_theta={v5_theta}")
+    if rope_theta is None:
+      rope_theta = v5_theta
     rope_scaling = hf.get("rope_scaling") or {}
     # Older configs name the scaling `type` (the YaRN snippet of the Qwen2.5 model cards: {"type": "yarn", ...}).
     rope_type = ((rope_params or {}).get("rope_type") or rope_scaling.get("rope_type") or rope_scaling.get("type")
@@ -134,8 +138,9 @@ class ModelConfig:
     if hf.get("hidden_act", "silu") != "silu":
       raise ValueError(f"{where}: hidden_act={hf['hidden_act']!r} is not supported (Qwen2's MLP is SwiGLU with silu)")
     layer_types = hf.get("layer_types") or []
+    # transformers' defaults: a config that turns the window on without naming it gets sliding_window=4096.
     sliding = any(t != "full_attention" for t in layer_types) or (
-        bool(hf.get("use_sliding_window")) and hf.get("sliding_window") is not None
+        bool(hf.get("use_sliding_window")) and hf.get("sliding_window", 4096) is not None
         and hf.get("max_window_layers", 28) < need("num_hidden_layers"))
     if sliding:
       raise ValueError(f"{where}: sliding-window attention is not supported (use_sliding_window / layer_types): "

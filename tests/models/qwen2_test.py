@@ -146,6 +146,10 @@ def test_configs_the_model_does_not_implement_are_refused():
        "sliding-window attention is not supported"),
       (dict(Qwen2Config(**shape).to_dict(), layer_types=None, use_sliding_window=True, sliding_window=8,
             max_window_layers=1), "sliding-window attention is not supported"),  # a v4 file: no layer_types
+      ({k: v for k, v in Qwen2Config(**shape).to_dict().items() if k not in ("layer_types", "sliding_window")}
+       | {"use_sliding_window": True, "max_window_layers": 1},
+       "sliding-window attention is not supported"),  # no sliding_window key: transformers' default 4096 applies
+      (dict(Qwen2Config(**shape).to_dict(), rope_theta=1e6), "disagrees with rope_parameters"),  # v5 runs 1e4
       (Qwen2Config(**shape, hidden_act="gelu").to_dict(), "hidden_act='gelu' is not supported"),
       (dict(Qwen2Config(**shape).to_dict(), rope_parameters=None,
             rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}),
