@@ -52,17 +52,36 @@ class SafetensorsFile:
       header = json.loads(self._file.read(header_len))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ValueError(f"{self.path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+      raise ValueError(f"{self.path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     self.metadata = header.pop("__metadata__", None) or {}
     self._entries: dict[str, dict] = header
     self._data_start = 8 + header_len
     self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else None
     for name, entry in self._entries.items():
-      begin, end = entry["data_offsets"]
-      if self._data_start + end > size:
-        raise ValueError(f"{self.path}: tensor {name!r} is truncated (needs bytes up to {self._data_start + end}, "
-                         f"file has {size})")
-      if entry["dtype"] not in _ST_DTYPES:
-        raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+      self._check_entry(name, entry, size)
+    # As the `safetensors` library: the tensors tile the data section, so none reads another's bytes (or the header).
+    spans = sorted(tuple(entry["data_offsets"]) for entry in self._entries.values())
+    for (_, end), (begin, _) in zip(spans, spans[1:]):
+      if begin != end:
+        raise ValueError(f"{self.path}: corrupt safetensors header (tensor data overlaps or leaves a gap at byte "
+                         f"{min(begin, end)})")
+
+  def _check_entry(self, name: str, entry, size: int) -> None:
+    """Raises a `ValueError` naming the file and tensor unless `entry` is a well-formed header entry."""
+    def is_int(v):
+      return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+      raise ValueError(f"{self.path}: tensor {name!r} has a corrupt header entry {entry!r}")
+    offsets, shape = entry["data_offsets"], entry["shape"]
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(is_int, offsets)) and offsets[0] <= offsets[1]
+            and isinstance(shape, list) and all(map(is_int, shape))):
+      raise ValueError(f"{self.path}: tensor {name!r} has invalid shape {shape!r} or data_offsets {offsets!r}")
+    if entry["dtype"] not in _ST_DTYPES:
+      raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+    if self._data_start + offsets[1] > size:
+      raise ValueError(f"{self.path}: tensor {name!r} is truncated (needs bytes up to {self._data_start + offsets[1]}, "
+                       f"file has {size})")
 
   def keys(self) -> list[str]:
     return list(self._entries)

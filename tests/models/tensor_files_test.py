@@ -1,5 +1,9 @@
 """`tensor_files` against the reference libraries: `safetensors` and `torch.load` / `torch.save`."""
 
+import json
+import re
+import struct
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -60,3 +64,23 @@ def test_torch_bin_reader_reads_torch_save_of_every_integer_width(tmp_path):
   for name, tensor in state.items():
     assert ours[name].dtype == _numpy(tensor).dtype and ours[name].shape == tuple(tensor.shape), name
     np.testing.assert_array_equal(ours[name], _numpy(tensor))
+
+
+@pytest.mark.parametrize("header, message", [
+    ([1, 2], "not an object"),
+    ({"a": {"dtype": "F32", "shape": [2]}}, "'a' has a corrupt header entry"),
+    ({"a": "x"}, "'a' has a corrupt header entry"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [-4, 4]}}, "'a' has invalid"),  # reads header bytes
+    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "'a' has invalid"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+      "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, "overlaps"),
+])
+def test_corrupt_safetensors_header_names_the_file_and_tensor(tmp_path, header, message):
+  # The `safetensors` library refuses each of these; none may load bytes that are not the tensor's.
+  path = tmp_path / "bad.safetensors"
+  blob = json.dumps(header).encode()
+  path.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(16))
+  with pytest.raises(ValueError, match="bad.safetensors.*" + re.escape(message)):
+    with SafetensorsFile(path) as f:
+      for name in f.keys():
+        f.get(name)
