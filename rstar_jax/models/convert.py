@@ -111,6 +111,10 @@ class HFCheckpoint:
       raise FileNotFoundError(f"{self.dir}: not a directory")
     index = os.path.join(self.dir, "model.safetensors.index.json")
     single = os.path.join(self.dir, "model.safetensors")
+    if os.path.exists(index) and os.path.exists(single):
+      # transformers loads `model.safetensors`, vLLM the index: which weights were meant is unknowable.
+      raise ValueError(f"{self.dir}: holds both model.safetensors and model.safetensors.index.json (transformers "
+                       "would load the former, vLLM the latter); remove the stale one")
     if os.path.exists(index):
       try:
         with open(index, encoding="utf-8") as f:

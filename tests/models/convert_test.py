@@ -169,6 +169,16 @@ def test_a_tensor_with_the_right_size_but_wrong_shape_is_refused(hf_qwen2_factor
     convert.load_qwen2(path)
 
 
+def test_a_dir_with_both_a_single_file_and_a_sharded_index_is_refused(hf_qwen2_factory, tmp_path):
+  # transformers loads model.safetensors from such a dir; the index used to win here: different weights, silently.
+  path, _ = hf_qwen2_factory()
+  tensors = _all_tensors(path)
+  write_safetensors(path / "model-00001-of-00001.safetensors", {k: v * 2 for k, v in tensors.items()})
+  (path / "model.safetensors.index.json").write_text(
+      json.dumps({"weight_map": {k: "model-00001-of-00001.safetensors" for k in tensors}}))
+  with pytest.raises(ValueError, match=r"both model\.safetensors and model\.safetensors\.index\.json"):
+    convert.load_qwen2(path)
+
 def test_unknown_architecture_is_refused(hf_qwen2_factory):
   path, _ = hf_qwen2_factory()
   config = json.loads((path / "config.json").read_text())
