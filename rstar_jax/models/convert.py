@@ -389,8 +389,8 @@ def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_co
     _write_json(os.path.join(out_dir, "model.safetensors.index.json"),
                 {"metadata": {"total_size": total}, "weight_map": weight_map})
     written.add("model.safetensors.index.json")
-  # Weight files of an earlier export into the same folder go: left there, loaders that prefer a different file (we
-  # read the index first, transformers `model.safetensors`) would load different weights.
+  # Weight files of an earlier export into the same folder go: left there, loaders that prefer a different file
+  # (transformers `model.safetensors`, vLLM the index; `HFCheckpoint` refuses such a dir) would load other weights.
   for name in os.listdir(out_dir):
     if _WEIGHT_FILE_RE.fullmatch(name) and name not in written:
       os.remove(os.path.join(out_dir, name))
