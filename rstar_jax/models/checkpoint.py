@@ -37,7 +37,12 @@ def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, ru
   directory = os.path.abspath(os.fspath(directory))
   config = ModelConfig.from_hf_config(directory)
   with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
-    scan_layers = bool(json.load(f).get("rstar_jax_scan_layers", True))
+    saved = json.load(f)
+  scan_layers = bool(saved.get("rstar_jax_scan_layers", True))
+  kind = saved.get("rstar_jax_kind")
+  if kind is not None and (kind == "ppm") != ppm:
+    raise ValueError(f"{os.path.join(directory, 'config.json')}: rstar_jax_kind={kind!r}: a {kind} checkpoint, "
+                     f"load it with ppm={kind == 'ppm'} (the CLI's --ppm flag)")
   model_class = PPM if ppm else Qwen2
   build = lambda: model_class(config, rngs=nnx.Rngs(0), scan_layers=scan_layers)
   abstract_model = nnx.eval_shape(build)

@@ -20,3 +20,11 @@ def test_save_and_load_keep_weights_and_layer_layout(tmp_path, kind, stacked):
   assert jax.tree.structure(want) == jax.tree.structure(got)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("kind", [Qwen2, PPM])
+def test_loading_as_the_other_kind_names_the_kind(tmp_path, kind):
+  # It failed inside orbax with a tree-structure diff that named neither the kind nor the flag to pass.
+  checkpoint.save_model(kind(ModelConfig.tiny(num_layers=1), rngs=nnx.Rngs(0)), tmp_path / "ckpt")
+  with pytest.raises(ValueError, match=r"config\.json: rstar_jax_kind='(ppm|policy)'.*ppm="):
+    checkpoint.load_model(tmp_path / "ckpt", ppm=kind is not PPM)
