@@ -42,6 +42,14 @@ class SafetensorsFile:
       self._file = open(self.path, "rb")
     except FileNotFoundError:
       raise FileNotFoundError(f"{self.path}: safetensors file not found") from None
+    self._mmap = None
+    try:
+      self._read_header()
+    except BaseException:
+      self.close()  # a corrupt file must not stay open until garbage collection
+      raise
+
+  def _read_header(self) -> None:
     size = os.fstat(self._file.fileno()).st_size
     if size < 8:
       raise ValueError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")

@@ -1,6 +1,7 @@
 """`tensor_files` against the reference libraries: `safetensors` and `torch.load` / `torch.save`."""
 
 import json
+import os
 import re
 import struct
 
@@ -84,3 +85,18 @@ def test_corrupt_safetensors_header_names_the_file_and_tensor(tmp_path, header, 
     with SafetensorsFile(path) as f:
       for name in f.keys():
         f.get(name)
+
+
+def test_a_corrupt_safetensors_file_is_not_left_open(tmp_path):
+  path = tmp_path / "bad.safetensors"
+  blob = b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}}'
+  path.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(8))
+
+  def open_on_path():
+    return sum(os.path.realpath(f"/proc/self/fd/{fd}") == str(path.resolve()) for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}"))
+
+  with pytest.raises(ValueError, match="truncated") as caught:
+    SafetensorsFile(path)
+  # The handle used to stay open as long as anything held the exception (its traceback holds the object).
+  assert caught.value is not None and open_on_path() == 0
