@@ -19,6 +19,7 @@ Rows that pad the last batch to full size have all-zero loss/pair masks, so they
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Any, Protocol, Sequence
 
@@ -257,6 +258,7 @@ class Pipeline:
   num_batches: int
   num_examples: int
   num_dropped: int
+  fingerprint: str = ""  # sha256 of the batch plan and every tokenized example (see `data_fingerprint`)
 
   def iterator(self) -> grain.DatasetIterator:
     """A fresh checkpointable iterator (state: `{"next_index": ...}`); prefetches in a thread."""
@@ -264,10 +266,25 @@ class Pipeline:
     return iter(self.dataset.to_iter_dataset(read_options=options))
 
 
+def data_fingerprint(data: TokenizedSet, plan: np.ndarray) -> str:
+  """sha256 of what a run trains on: the batch plan `[num_batches, batch_size]` and every tokenized example.
+
+  It changes with the data files, the tokenizer, the prompt template, the length policy and the batching, so a
+  resumed run can tell that its checkpoint's data position no longer points into the same batches.
+  """
+  digest = hashlib.sha256(np.ascontiguousarray(plan, np.int64).tobytes())
+  for name in sorted(data.arrays[0]) if data.arrays else ():
+    fields = [np.ravel(example[name]) for example in data.arrays]
+    digest.update(name.encode())
+    digest.update(np.asarray([len(f) for f in fields], np.int64).tobytes())
+    digest.update(np.ascontiguousarray(np.concatenate(fields)).tobytes())
+  return digest.hexdigest()
+
+
 def _pipeline(data: TokenizedSet, collate, config: PipelineConfig) -> Pipeline:
   plan = batch_plan(data.lengths, config)
   dataset = grain.MapDataset.source(list(plan)).map(collate)
-  return Pipeline(dataset, len(plan), len(data.arrays), data.num_dropped)
+  return Pipeline(dataset, len(plan), len(data.arrays), data.num_dropped, data_fingerprint(data, plan))
 
 
 def _pad_id(tokenizer: TextTokenizer) -> int:

@@ -5,12 +5,15 @@
 
 The loop reads: data -> shapes -> shardings -> state (fresh or restored) -> jit -> for each step: batch,
 update, log, checkpoint -> export. Re-running the same call on the same `workdir` resumes from its last
-checkpoint (weights, optimizer and data position), so a killed run continues with the same loss curve.
+checkpoint (weights, optimizer and data position), so a killed run continues with the same loss curve. A re-run
+with other training settings or data than the run started with (`<workdir>/run.json`) is refused instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import math
 import os
 import shutil
@@ -22,6 +25,7 @@ import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from rstar_jax import files
 from rstar_jax import sharding as sharding_lib
 from rstar_jax import tokenizer as tokenizer_lib
 from rstar_jax.data import formats, pipeline as pipeline_lib
@@ -42,6 +46,12 @@ PathLike = str | os.PathLike[str]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json", "tokenizer.model", "generation_config.json")
 _FILES_BESIDE_A_SAVED_TOKENIZER = ("generation_config.json",)
+# `<workdir>/run.json`: the settings and data a run started with; a resumed run must match them (`_check_resume`).
+RUN_FILE = "run.json"
+# Settings a resumed run may change: they alter neither the updates nor the batches (a mesh or micro-batch split
+# only reorders the same sums), so e.g. a run can continue on another slice or with less memory per step.
+_RESUMABLE_CHANGES = ("mesh", "accum_steps", "remat", "checkpoint_every", "keep_checkpoints", "async_checkpoint",
+                      "log_every", "export_dtype", "progress", "tensorboard")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -110,6 +120,41 @@ def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str
     multihost_utils.sync_global_devices("rstar_jax.export_tokenizer")
 
 
+def _run_identity(config: TrainConfig, pipe: pipeline_lib.Pipeline) -> dict[str, Any]:
+  """`{"optimizer.learning_rate": ..., "data.batch_size": ..., ...}`: what a checkpoint may only be resumed with
+  (the config less `_RESUMABLE_CHANGES`, plus the fingerprint of the tokenized data and its batch plan)."""
+  identity: dict[str, Any] = {}
+  for key, value in json.loads(json.dumps(dataclasses.asdict(config))).items():
+    if key in _RESUMABLE_CHANGES:
+      continue
+    if isinstance(value, dict):
+      identity.update({f"{key}.{name}": v for name, v in value.items()})
+    else:
+      identity[key] = value
+  identity["data.num_batches"] = pipe.num_batches
+  identity["data.fingerprint"] = pipe.fingerprint
+  return identity
+
+
+def _check_resume(workdir: str, step: int, identity: dict[str, Any]) -> None:
+  """Refuses to resume the checkpoint at `step` with other settings or data than its run started with: the
+  restored optimizer state, schedule position and data position would silently continue a different run."""
+  path = os.path.join(workdir, RUN_FILE)
+  if not os.path.exists(path):  # a workdir written before run.json existed: nothing to compare with
+    logging.getLogger(__name__).warning("%s: no %s; resuming step %d without checking its settings", workdir,
+                                        RUN_FILE, step)
+    return
+  with open(path, encoding="utf-8") as f:
+    started = json.load(f)
+  changed = sorted(k for k in set(started) | set(identity) if started.get(k) != identity.get(k))
+  if changed:
+    lines = "".join(f"\n  {k}: {started.get(k)!r} in the checkpointed run, {identity.get(k)!r} now" for k in changed)
+    hint = (" (data.fingerprint covers the data files, the tokenizer, the prompt template and the batching)"
+            if "data.fingerprint" in changed else "")
+    raise ValueError(f"{workdir}: cannot resume the checkpoint at step {step} with other settings or data than its "
+                     f"run started with{hint}:{lines}\nRestore those settings, or train in a new workdir.")
+
+
 def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Callable, count_key: str,
          pipe: pipeline_lib.Pipeline, workdir: str, config: TrainConfig,
          step_callback: StepCallback | None) -> tuple[nnx.Module, int, dict[str, float]]:
@@ -139,11 +184,16 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
                               keep=config.keep_checkpoints, async_save=config.async_checkpoint)
   data_iter = pipe.iterator()
   latest = checkpointer.latest_step()
+  identity = _run_identity(config, pipe)
   if latest is None:
     if model is None:
       raise ValueError(f"{workdir}: no checkpoint to resume from and no initial model")
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      files.atomic_write(os.path.join(workdir, RUN_FILE), json.dumps(identity, indent=1) + "\n")
     state = state_lib.create_state(state_lib.split_params(model)[1], tx, mesh)
   else:
+    _check_resume(workdir, latest, identity)
     state, data_state = checkpointer.restore(latest, state_lib.abstract_state(abstract_params, tx), shardings)
     data_iter.set_state(data_state)
   del model

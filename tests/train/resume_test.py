@@ -84,3 +84,40 @@ def test_non_finite_loss_stops_with_a_clear_error(inputs, tmp_path):
       mesh=(1, 1, 1), checkpoint_every=1, progress=False)
   with pytest.raises(trainer.NonFiniteLossError, match=r"non-finite training loss .* at step \d+ \(workdir"):
     trainer.train_policy(path / "base", sft_file, tmp_path / "work", config=config)
+
+
+class _Stop(Exception):
+  pass
+
+
+def _stop_at(stop_step):
+  def callback(step, _):
+    if step == stop_step:
+      raise _Stop()
+  return callback
+
+
+def test_resume_with_other_settings_or_data_is_refused(inputs, tmp_path):
+  path, sft_file = inputs
+  config = config_lib.sft_config(
+      data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1, seed=3), mesh=(1, 1, 1),
+      checkpoint_every=1, progress=False, tensorboard=False)
+  with pytest.raises(_Stop):  # stopped in step 3, before its checkpoint: steps 1 and 2 are saved
+    trainer.train_policy(path / "base", sft_file, tmp_path / "work", config=config, step_callback=_stop_at(3))
+  other_data = testlib.write_json(tmp_path / "other.json", testlib.arithmetic_sft_records(20, seed=6))
+  refused = [
+      (config.replace(optimizer=config_lib.OptimizerConfig(learning_rate=1e-3)), sft_file,
+       r"optimizer.learning_rate: 7e-06 in the checkpointed run, 0.001 now"),
+      (config.replace(data=pipeline.PipelineConfig(max_len=96, batch_size=2, num_epochs=1, seed=3)), sft_file,
+       r"data.batch_size: 4 in the checkpointed run, 2 now"),
+      (config.replace(max_steps=3), sft_file, r"max_steps: None in the checkpointed run, 3 now"),
+      (config, other_data, r"data.fingerprint covers the data files"),
+  ]
+  for changed, data_file, message in refused:
+    with pytest.raises(ValueError, match=r"cannot resume the checkpoint at step 2 with other settings(.|\n)*" +
+                       message):
+      trainer.train_policy(path / "base", data_file, tmp_path / "work", config=changed)
+  # Settings that leave the updates and the batches as they were may change: here the micro-batch split and logging.
+  result = trainer.train_policy(path / "base", sft_file, tmp_path / "work",
+                                config=config.replace(accum_steps=2, log_every=5))
+  assert result.steps == 5
