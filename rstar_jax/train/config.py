@@ -10,6 +10,8 @@ import dataclasses
 from typing import Any, Mapping
 
 from rstar_jax.data.pipeline import PipelineConfig
+from rstar_jax.models.config import _dtype_name  # the dtype names (and aliases) ModelConfig accepts
+from rstar_jax.train.losses import PPM_HEADS
 from rstar_jax.train.optimizer import OptimizerConfig
 
 
@@ -22,7 +24,8 @@ class TrainConfig:
     data: sequence length, global batch, epochs, shuffling, bucketing.
     mesh: `(data, fsdp, tensor)` sizes; one may be -1 (= the remaining devices).
     accum_steps: micro-batches per update (the global batch is split, the update is the full-batch one).
-    compute_dtype: "float32", or "bfloat16" for bf16 matmuls on float32 master weights.
+    compute_dtype: "float32", or "bfloat16" for bf16 matmuls on float32 master weights (aliases such as "bf16"
+      are normalised to these names).
     remat: recompute decoder-layer activations in the backward pass (less memory, ~1/3 more compute).
     checkpoint_every: save every this many steps (the last step is always saved).
     keep_checkpoints: how many recent checkpoints to keep.
@@ -51,6 +54,24 @@ class TrainConfig:
   max_steps: int | None = None
   progress: bool = True
   tensorboard: bool = True
+
+  def __post_init__(self):
+    # Checked here, before any model is loaded: a zero would otherwise divide by zero after the first step, a
+    # zero `keep_checkpoints` deletes every checkpoint, and a bad export dtype fails only after the whole run.
+    for name in ("accum_steps", "checkpoint_every", "keep_checkpoints", "log_every", "max_steps"):
+      value = getattr(self, name)
+      if not (value is None and name == "max_steps") and (isinstance(value, bool) or not isinstance(value, int)
+                                                           or value < 1):
+        raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {value!r}")
+    mesh = tuple(self.mesh)
+    if len(mesh) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or (s < 1 and s != -1) for s in mesh):
+      raise ValueError(f"TrainConfig.mesh must be three sizes (data, fsdp, tensor), each >= 1 or -1, got {self.mesh!r}")
+    if self.ppm_head not in PPM_HEADS:
+      raise ValueError(f"TrainConfig.ppm_head must be one of {PPM_HEADS}, got {self.ppm_head!r}")
+    object.__setattr__(self, "mesh", mesh)
+    object.__setattr__(self, "compute_dtype", _dtype_name(self.compute_dtype))
+    if self.export_dtype is not None:
+      object.__setattr__(self, "export_dtype", _dtype_name(self.export_dtype))
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":

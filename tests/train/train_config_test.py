@@ -32,3 +32,27 @@ def test_unknown_keys_raise():
     config_lib.TrainConfig.from_dict({"optimizer": {"lr": 1e-5}})
   with pytest.raises(KeyError, match=r"config: unknown keys \['epochs'\]"):
     config_lib.TrainConfig.from_dict({"epochs": 2})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"accum_steps": 0}, r"accum_steps must be an integer >= 1, got 0"),
+    ({"log_every": 0}, r"log_every must be an integer >= 1, got 0"),
+    ({"checkpoint_every": 0}, r"checkpoint_every must be an integer >= 1, got 0"),
+    ({"keep_checkpoints": 0}, r"keep_checkpoints must be an integer >= 1, got 0"),
+    ({"max_steps": 0}, r"max_steps must be an integer >= 1, got 0"),
+    ({"mesh": (2, 2)}, r"mesh must be three sizes \(data, fsdp, tensor\), each >= 1 or -1, got \(2, 2\)"),
+    ({"mesh": (1, 0, 1)}, r"mesh must be three sizes"),
+    ({"ppm_head": "sigmoid"}, r"ppm_head must be one of \('raw', 'tanh'\), got 'sigmoid'"),
+    ({"compute_dtype": "fp8"}, r"unknown dtype 'fp8'"),
+    ({"export_dtype": "half"}, r"unknown dtype 'half'"),
+])
+def test_bad_values_raise_before_training(changes, message):
+  # Before, these surfaced as a ZeroDivisionError after the first step (accum_steps, log_every), a run that kept no
+  # checkpoint at all (keep_checkpoints=0), or an export that failed after the whole run (export_dtype).
+  with pytest.raises(ValueError, match=message):
+    config_lib.sft_config(**changes)
+
+
+def test_dtype_aliases_are_normalised():
+  config = config_lib.TrainConfig.from_dict({"compute_dtype": "bf16", "export_dtype": "fp16", "mesh": [1, -1, 1]})
+  assert (config.compute_dtype, config.export_dtype, config.mesh) == ("bfloat16", "float16", (1, -1, 1))
