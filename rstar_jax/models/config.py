@@ -19,7 +19,7 @@ _DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float1
                 "bf16": "bfloat16", "fp16": "float16"}
 
 
-def _dtype_name(dtype: Any) -> str:
+def dtype_name(dtype: Any) -> str:
   """Normalises `jnp.float32`, `"bf16"`, `np.dtype(...)` to a canonical dtype name."""
   if isinstance(dtype, str):
     if dtype not in _DTYPE_NAMES:
@@ -51,8 +51,8 @@ class ModelConfig:
   param_dtype: str = "float32"
 
   def __post_init__(self):
-    object.__setattr__(self, "dtype", _dtype_name(self.dtype))
-    object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype))
+    object.__setattr__(self, "dtype", dtype_name(self.dtype))
+    object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype))
     if self.head_dim is None:
       if self.hidden_size % self.num_heads:
         raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from rstar_jax.data.pipeline import PipelineConfig
-from rstar_jax.models.config import _dtype_name  # the dtype names (and aliases) ModelConfig accepts
+from rstar_jax.models.config import dtype_name
 from rstar_jax.train.losses import PPM_HEADS
 from rstar_jax.train.optimizer import OptimizerConfig
 
@@ -69,9 +69,9 @@ class TrainConfig:
     if self.ppm_head not in PPM_HEADS:
       raise ValueError(f"TrainConfig.ppm_head must be one of {PPM_HEADS}, got {self.ppm_head!r}")
     object.__setattr__(self, "mesh", mesh)
-    object.__setattr__(self, "compute_dtype", _dtype_name(self.compute_dtype))
+    object.__setattr__(self, "compute_dtype", dtype_name(self.compute_dtype))
     if self.export_dtype is not None:
-      object.__setattr__(self, "export_dtype", _dtype_name(self.export_dtype))
+      object.__setattr__(self, "export_dtype", dtype_name(self.export_dtype))
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
