@@ -122,9 +122,9 @@ class TeacherPolicy:
 
 
 def _first_and_last_metrics(train_workdir: str) -> tuple[dict, dict]:
-  with open(os.path.join(train_workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    lines = [json.loads(line) for line in f if line.strip()]
-  return lines[0], lines[-1]
+  from rstar_jax.train.metrics_log import read_metrics
+  by_step = read_metrics(os.path.join(train_workdir, "metrics.jsonl"))  # a resumed run logs some steps twice
+  return by_step[min(by_step)], by_step[max(by_step)]
 
 
 # What the demo writes in its workdir: `--fresh` deletes a workdir holding nothing else.

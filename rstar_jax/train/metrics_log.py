@@ -22,7 +22,8 @@ class MetricsLog:
   """Appends `{"step": k, name: value, ...}` lines to `<workdir>/metrics.jsonl` (only on process 0).
 
   A resumed run appends after the lines of the interrupted one, so a step may appear twice; readers
-  take the last line of each step (see `read_metrics`).
+  take the last line of each step (see `read_metrics`). A run that died mid-line (a full disk, a crash) leaves a torn
+  last line: it is cut off before the first new line is appended, so it never fuses with a new record.
   """
 
   def __init__(self, workdir: str | os.PathLike[str], *, tensorboard: bool = True, enabled: bool = True):
@@ -31,6 +32,7 @@ class MetricsLog:
     self._tb = None
     if enabled:
       os.makedirs(os.fspath(workdir), exist_ok=True)
+      _drop_torn_tail(self.path)
       if tensorboard:
         self._tb = _tensorboard_writer(os.path.join(os.fspath(workdir), "tensorboard"))
 
@@ -50,12 +52,41 @@ class MetricsLog:
       self._tb.close()
 
 
+def _drop_torn_tail(path: str) -> None:
+  """Truncates `path` after its last newline: a write cut short leaves an unterminated, partial last record."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data and not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, float]]:
-  """`step -> scalars` from a metrics.jsonl (the last line of a step wins)."""
+  """`step -> scalars` from a metrics.jsonl (the last line of a step wins).
+
+  A torn last line without its newline (a run that died mid-write) is skipped.
+
+  Raises:
+    ValueError: naming the file and line of a record that is not a JSON object with an integer `step`.
+  """
+  path = os.fspath(path)
   out: dict[int, dict[str, float]] = {}
   with open(path, encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        record = json.loads(line)
-        out[int(record.pop("step"))] = record
+    lines = f.read().split("\n")
+  for lineno, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      step = record.pop("step")
+      if isinstance(step, bool) or not isinstance(step, int):
+        raise TypeError(f"'step' must be an integer, got {step!r}")
+    except json.JSONDecodeError as e:
+      if lineno == len(lines):  # no newline after it: a write cut short
+        continue
+      raise ValueError(f"{path}:{lineno}: not a metrics record (invalid JSON: {e.msg} at column {e.colno})") from None
+    except (AttributeError, KeyError, TypeError) as e:
+      raise ValueError(f"{path}:{lineno}: not a metrics record (a JSON object with an integer 'step'): {e}") from None
+    out[step] = record
   return out
