@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -83,7 +84,38 @@ def main(argv=None) -> int:
   exp.add_argument("--ppm", action="store_true")
   exp.add_argument("--dtype", default=None, help="tensor dtype to write (default: the parameter dtype)")
   args = parser.parse_args(argv)
+  problem = _input_problem(args)
+  if problem:
+    parser.error(problem)
   return {"verify": _verify, "import": _import, "export": _export}[args.command](args)
+
+
+def _input_problem(args) -> str | None:
+  """What is wrong with the command's input paths and dtype (a user's mistake, reported without a traceback)."""
+  import json  # pylint: disable=import-outside-toplevel
+  from rstar_jax.models.config import _DTYPE_NAMES  # pylint: disable=import-outside-toplevel
+  flag, path = ("--ckpt", args.ckpt) if args.command == "export" else ("--hf-dir", args.hf_dir)
+  config_file = os.path.join(path, "config.json")
+  if not os.path.isdir(path):
+    return f"{flag} {path}: no such directory"
+  if not os.path.isfile(config_file):
+    return f"{flag} {path}: no config.json in it"
+  if args.command == "import" and args.ppm and not any(
+      os.path.isfile(os.path.join(path, f)) for f in ("value_head.bin", "value_head.safetensors")):
+    return f"--hf-dir {path}: no value_head.bin or value_head.safetensors in it (a PPM dir has one)"
+  if args.command == "export":
+    if not os.path.isdir(os.path.join(path, "params")):
+      return f"--ckpt {path}: no orbax 'params' folder in it (write one with `convert import`)"
+    try:
+      with open(config_file, encoding="utf-8") as f:
+        kind = json.load(f).get("rstar_jax_kind")
+    except (OSError, ValueError, AttributeError) as e:
+      return f"{config_file}: unreadable ({e})"
+    if kind in ("ppm", "policy") and kind != ("ppm" if args.ppm else "policy"):
+      return f"--ckpt {path} holds a {kind} checkpoint: {'add' if kind == 'ppm' else 'drop'} --ppm"
+    if args.dtype is not None and args.dtype not in _DTYPE_NAMES:
+      return f"--dtype {args.dtype!r}: expected one of {', '.join(sorted(_DTYPE_NAMES))}"
+  return None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,3 +31,26 @@ def test_verify_import_export(hf_qwen2_factory, tmp_path):
   assert sorted(original) == sorted(again)
   for name in original:
     np.testing.assert_array_equal(original[name], again[name], err_msg=name)
+
+
+def test_input_mistakes_end_with_a_usage_error_naming_the_path(tmp_path, capsys):
+  from flax import nnx
+
+  from rstar_jax import convert
+  from rstar_jax.models import PPM, ModelConfig, checkpoint
+  checkpoint.save_model(PPM(ModelConfig.tiny(num_layers=1), rngs=nnx.Rngs(0)), tmp_path / "ppm ckpt")
+  (tmp_path / "empty").mkdir()
+  for args, message in [
+      (["verify", "--hf-dir", str(tmp_path / "missing")], f"--hf-dir {tmp_path / 'missing'}: no such directory"),
+      (["import", "--hf-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], "no config.json in it"),
+      (["export", "--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path / "o")], "no such directory"),
+      (["export", "--ckpt", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "o")],
+       "holds a ppm checkpoint: add --ppm"),
+      (["export", "--ckpt", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "o"), "--ppm", "--dtype", "fp99"],
+       "--dtype 'fp99': expected one of"),
+  ]:
+    with pytest.raises(SystemExit) as exit_info:
+      convert.main(args)
+    assert exit_info.value.code == 2, args
+    assert message in capsys.readouterr().err, args
+  assert not (tmp_path / "o").exists()
