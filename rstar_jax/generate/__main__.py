@@ -91,6 +91,18 @@ def _is_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+  """The model dir holds a config.json (and a PPM dir its value head), and the tokenizer path exists."""
+  flag, path = ("--hf-dir", args.hf_dir) if args.hf_dir else ("--ppm-dir", args.ppm_dir)
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    raise FileNotFoundError(f"{flag} {path}: {'no config.json in it' if os.path.isdir(path) else 'no such directory'}")
+  if args.ppm_dir and not any(os.path.isfile(os.path.join(path, f)) for f in ("value_head.bin",
+                                                                               "value_head.safetensors")):
+    raise FileNotFoundError(f"--ppm-dir {path}: no value_head.bin or value_head.safetensors in it")
+  if args.tokenizer and not os.path.exists(args.tokenizer):
+    raise FileNotFoundError(f"--tokenizer {args.tokenizer}: no such file or directory")
+
+
 def _eos_ids(args: argparse.Namespace, tokenizer, model_dir: str) -> list[int]:
   if args.eos_id is not None:
     return list(args.eos_id)
@@ -110,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   from rstar_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from rstar_jax.generate.engine import Engine, Request  # pylint: disable=g-import-not-at-top
   from rstar_jax.generate.sampling import Greedy, Sampling  # pylint: disable=g-import-not-at-top
-  from rstar_jax.models import convert, value_transform  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models import ModelConfig, convert, value_transform  # pylint: disable=g-import-not-at-top
 
   model_dir = args.hf_dir or args.ppm_dir
   # Bad input ends the command with its message (naming the file and line, or the flag), before any model loads.
@@ -121,10 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     prompts = read_prompts(args.prompts, args.n, args.seed)
     sampler = Greedy() if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.top_k)
+    if not all(args.stop):
+      raise ValueError("--stop must not be empty")
+    _check_paths(args)
+    if args.dtype is not None:
+      ModelConfig.tiny().replace(dtype=args.dtype)  # an unknown name raises, naming the known ones
   except (OSError, ValueError) as e:
     raise SystemExit(f"python -m rstar_jax.generate: error: {e}") from None
-  if not all(args.stop):
-    raise SystemExit("python -m rstar_jax.generate: error: --stop must not be empty")
   tok = tokenizer_lib.load_tokenizer(args.tokenizer or model_dir)
   if args.add_rstar_tokens:
     tokenizer_lib.add_rstar_tokens(tok, "ppm" if args.ppm_dir else "policy")

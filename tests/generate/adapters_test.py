@@ -86,9 +86,21 @@ def test_command_line_reports_bad_input(tmp_path):
       (["--prompts", str(tmp_path / "missing.jsonl")], r"error: prompts file not found: .*missing.jsonl"),
       (["--prompts", str(good), "--temperature", "0.7", "--top-p", "0"], r"error: top_p must be in \(0, 1\]"),
       (["--prompts", str(good), "--stop", ""], r"error: --stop must not be empty"),
+      (["--prompts", str(good)], r"error: --hf-dir .*: no config.json in it"),
   ]:
     with pytest.raises(SystemExit, match=message):  # a message, not a traceback; no model is loaded first
       main(["--hf-dir", str(tmp_path)] + argv)
+  model = tmp_path / "model"
+  model.mkdir()
+  (model / "config.json").write_text("{}")
+  for argv, message in [
+      (["--hf-dir", str(tmp_path / "missing")], r"error: --hf-dir .*missing: no such directory"),
+      (["--ppm-dir", str(model)], r"error: --ppm-dir .*model: no value_head.bin or value_head.safetensors"),
+      (["--hf-dir", str(model), "--tokenizer", str(tmp_path / "tok")], r"error: --tokenizer .*tok: no such file"),
+      (["--hf-dir", str(model), "--dtype", "float99"], r"error: unknown dtype 'float99'; expected one of"),
+  ]:
+    with pytest.raises(SystemExit, match=message):
+      main(["--prompts", str(good)] + argv)
 
 
 def test_command_line_prompts_file_encoding_and_flags(tmp_path):
