@@ -2,7 +2,7 @@
 
   python -m rstar_jax.demo [--workdir runs/demo] [--problems 16]
 
-What it runs (all on the CPU, a few minutes on 2 cores), writing every artifact under `--workdir`:
+What it runs (all on the CPU, 1-2 minutes on 2 cores), writing every artifact under `--workdir`:
   1. a byte-level BPE tokenizer trained on the bundled rStar prompts and problems, with the rStar step tags added;
   2. a random-weight tiny Qwen2 policy and PPM, exported as Hugging Face checkpoints (PPM: backbone +
      `value_head.bin`), reloaded bit-exactly, and checked against `transformers` when torch is installed;
@@ -128,7 +128,7 @@ def _first_and_last_metrics(train_workdir: str) -> tuple[dict, dict]:
 
 
 # What the demo writes in its workdir: `--fresh` deletes a workdir holding nothing else.
-_DEMO_ENTRIES = frozenset({"tokenizer", "policy_r0", "ppm_r0", "policy_r0_reexport", "trees_random_policy",
+_DEMO_ENTRIES = frozenset({"demo.json", "tokenizer", "policy_r0", "ppm_r0", "policy_r0_reexport", "trees_random_policy",
                            "trees_round1", "sft_r1.jsonl", "pairs_r1.jsonl", "train_policy_r1", "train_ppm_r1"})
 
 
@@ -138,9 +138,12 @@ def _written_by_demo(name: str) -> bool:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", default="runs/demo")
-  parser.add_argument("--problems", type=int, default=16)
+  parser = argparse.ArgumentParser(prog="python -m rstar_jax.demo", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", default="runs/demo", metavar="D",
+                      help="where every artifact goes; a second run resumes from it (default: %(default)s)")
+  parser.add_argument("--problems", type=int, default=16, metavar="K",
+                      help="take the first K bundled problems (default: %(default)s)")
   parser.add_argument("--fresh", action="store_true", help="delete the workdir first (only one the demo wrote)")
   args = parser.parse_args(argv)
   started = time.time()
@@ -157,11 +160,23 @@ def main(argv=None) -> int:
     if foreign:
       parser.error(f"--fresh: {workdir} holds files the demo does not write ({', '.join(foreign[:3])}"
                    f"{', ...' if len(foreign) > 3 else ''}); refusing to delete it")
+  # The run's settings, kept in the workdir: every stage resumes from its files, so another problem count must not
+  # rebuild the tokenizer and models under trees and checkpoints made from the old ones.
+  settings_file, settings = os.path.join(workdir, "demo.json"), {"problems": args.problems}
+  if not args.fresh and os.path.isfile(settings_file):
+    try:
+      with open(settings_file, encoding="utf-8") as f:
+        stored = json.load(f)
+    except (OSError, ValueError) as e:
+      parser.error(f"{settings_file}: unreadable ({e}); delete it, or start over with --fresh")
+    if isinstance(stored, dict) and stored.get("problems") != args.problems:
+      parser.error(f"--problems {args.problems}, but {workdir} holds a run with --problems {stored.get('problems')}: "
+                   "run with that to resume it, add --fresh to start over, or pick another --workdir")
 
   import jax
   from flax import nnx
 
-  from rstar_jax import grading, prompts
+  from rstar_jax import files, grading, prompts
   from rstar_jax.data import extract_files
   from rstar_jax.data.pipeline import PipelineConfig
   from rstar_jax.generate import Engine, EnginePolicy, PPMScorer
@@ -173,6 +188,7 @@ def main(argv=None) -> int:
   if args.fresh and os.path.isdir(workdir):
     shutil.rmtree(workdir)
   os.makedirs(workdir, exist_ok=True)
+  files.atomic_write(settings_file, json.dumps(settings) + "\n")
   records = available[:args.problems]
   problems = [Problem(f"GSM8K_test/{r['index']}", r["question"], str(r["answer"])) for r in records]
   prompt_template = prompts.load_sft_template(os.path.join(assets, "prompts"))

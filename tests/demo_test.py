@@ -48,3 +48,14 @@ def test_bad_arguments_stop_before_any_work(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
   assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def test_another_problem_count_in_a_used_workdir_stops_before_rebuilding_anything(tmp_path, capsys):
+  from rstar_jax import demo
+  (tmp_path / "demo.json").write_text('{"problems": 16}\n')
+  (tmp_path / "tokenizer").mkdir()  # stands for the first run's files: the trees and checkpoints were made from them
+  with pytest.raises(SystemExit) as exit_info:
+    demo.main(["--workdir", str(tmp_path), "--problems", "4"])
+  assert exit_info.value.code == 2
+  assert "--problems 4, but" in capsys.readouterr().err
+  assert not list((tmp_path / "tokenizer").iterdir()) and sorted(os.listdir(tmp_path)) == ["demo.json", "tokenizer"]
