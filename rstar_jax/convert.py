@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -92,8 +93,7 @@ def main(argv=None) -> int:
 
 def _input_problem(args) -> str | None:
   """What is wrong with the command's input paths and dtype (a user's mistake, reported without a traceback)."""
-  import json  # pylint: disable=import-outside-toplevel
-  from rstar_jax.models.config import _DTYPE_NAMES  # pylint: disable=import-outside-toplevel
+  from rstar_jax.models.config import dtype_name  # pylint: disable=import-outside-toplevel
   flag, path = ("--ckpt", args.ckpt) if args.command == "export" else ("--hf-dir", args.hf_dir)
   config_file = os.path.join(path, "config.json")
   if not os.path.isdir(path):
@@ -113,8 +113,11 @@ def _input_problem(args) -> str | None:
       return f"{config_file}: unreadable ({e})"
     if kind in ("ppm", "policy") and kind != ("ppm" if args.ppm else "policy"):
       return f"--ckpt {path} holds a {kind} checkpoint: {'add' if kind == 'ppm' else 'drop'} --ppm"
-    if args.dtype is not None and args.dtype not in _DTYPE_NAMES:
-      return f"--dtype {args.dtype!r}: expected one of {', '.join(sorted(_DTYPE_NAMES))}"
+    if args.dtype is not None:
+      try:
+        dtype_name(args.dtype)
+      except ValueError as e:
+        return f"--dtype {args.dtype!r}: {e}"
   return None
 
 

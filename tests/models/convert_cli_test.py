@@ -47,7 +47,7 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(tmp_path, capsys)
       (["export", "--ckpt", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "o")],
        "holds a ppm checkpoint: add --ppm"),
       (["export", "--ckpt", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "o"), "--ppm", "--dtype", "fp99"],
-       "--dtype 'fp99': expected one of"),
+       "--dtype 'fp99': unknown dtype 'fp99'; expected one of"),
   ]:
     with pytest.raises(SystemExit) as exit_info:
       convert.main(args)
