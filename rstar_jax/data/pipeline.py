@@ -3,7 +3,8 @@
 Texts are tokenized once up front (the tokenizer's batch encoder is multithreaded, and knowing every length
 gives the exact number of steps for the learning-rate schedule). The batch order is then a deterministic
 plan: per epoch a permutation seeded by `(seed, epoch)`, optionally sorted by length inside windows of a few
-batches so that rows of similar length share a batch (less padding), cut into global batches. grain serves
+batches so that rows of similar length share a batch (less padding), cut into global batches; each epoch has
+`ceil(n / batch_size)` of them (its last one padded), as the official trainer's data loader. grain serves
 that plan: `MapDataset.source(plan).map(collate)`, iterated through a `DatasetIterator` whose state (the
 next batch index) is saved with every checkpoint, so a resumed run sees exactly the batches it had not seen.
 
@@ -13,14 +14,13 @@ fits the longest row):
   (1 where the target is a response or EOS token), `input_mask` `[B, T]` bool, `positions` `[B, T]` int32.
 - PPM: `pos_tokens`, `neg_tokens`, `pos_positions`, `neg_positions` `[P, T]` int32, `pos_mask`, `neg_mask`
   `[P, T]` bool, `weights` `[P]` float32 (`1/(pos_count*neg_count)`), `pair_mask` `[P]` float32.
-Rows that pad the last batch to full size have all-zero loss/pair masks, so they never change a loss.
+Rows that pad a batch to full size have all-zero loss/pair masks, so they never change a loss.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from typing import Any, Protocol, Sequence
 
 import grain
@@ -140,7 +140,7 @@ def tokenize_ppm(pairs: Sequence[PpmPair], tokenizer: TextTokenizer, config: Pip
 def batch_plan(lengths: np.ndarray, config: PipelineConfig) -> np.ndarray:
   """`[num_batches, batch_size]` example indices for all epochs in order.
 
-  -1 marks padding rows: in the last batch, and with `length_window` also in each epoch's last batch.
+  -1 marks padding rows, which fill each epoch's last batch.
   """
   n = len(lengths)
   if n == 0:
@@ -163,15 +163,10 @@ def batch_plan(lengths: np.ndarray, config: PipelineConfig) -> np.ndarray:
         chunks.extend(full[i] for i in (rng.permutation(len(full)) if config.shuffle else range(len(full))))
         chunks.extend(tail)
       perm = np.concatenate(chunks)
-      # End the epoch on a batch boundary (padding rows are masked) so the next epoch's length-sorted
-      # batches are not shifted across batch boundaries.
-      perm = np.concatenate([perm, np.full(-len(perm) % config.batch_size, -1, perm.dtype)])
-    order.append(perm)
-  flat = np.concatenate(order)
-  num_batches = math.ceil(len(flat) / config.batch_size)  # the last batch is padded with -1 rows
-  plan = np.full(num_batches * config.batch_size, -1, np.int64)
-  plan[:len(flat)] = flat
-  return plan.reshape(num_batches, config.batch_size)
+    # Every epoch ends on a batch boundary (padding rows are masked), as the official trainer's (HF Trainer's)
+    # per-epoch data loader: `ceil(n / batch_size)` steps per epoch, and no batch holds an example twice.
+    order.append(np.concatenate([perm, np.full(-len(perm) % config.batch_size, -1, perm.dtype)]))
+  return np.concatenate(order).astype(np.int64).reshape(-1, config.batch_size)
 
 
 def _bucket(length: int, buckets: Sequence[int]) -> int:

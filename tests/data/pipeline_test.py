@@ -173,11 +173,13 @@ def test_shuffle_is_deterministic_and_covers_each_epoch():
                               dataclass_replace(config, seed=8))
   np.testing.assert_array_equal(plan, again)
   assert not np.array_equal(plan, other)
-  flat = plan.reshape(-1)
-  assert plan.shape == (8, 4) and (flat[30:] == -1).all()
+  # As the official trainer's per-epoch data loader: ceil(10 / 4) = 3 batches an epoch, the last one padded, so no
+  # batch mixes two epochs or holds an example twice (the epochs used to run on across batch boundaries).
+  assert plan.shape == (9, 4)
   for epoch in range(3):
-    assert sorted(flat[epoch * 10:(epoch + 1) * 10]) == list(range(10))
-  assert not np.array_equal(flat[:10], flat[10:20])  # reshuffled per epoch
+    rows = plan[3 * epoch:3 * (epoch + 1)].reshape(-1)
+    assert sorted(rows[rows >= 0]) == list(range(10)) and (rows[10:] == -1).all()
+  assert not np.array_equal(plan[:3], plan[3:6])  # reshuffled per epoch
 
 
 def dataclass_replace(config, **kw):
