@@ -20,7 +20,7 @@ import sys
 from typing import Any, Sequence
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m rstar_jax.generate", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   model = p.add_mutually_exclusive_group(required=True)
@@ -45,7 +45,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--mesh", default=None, help="data,fsdp,tensor mesh sizes (one may be -1), e.g. 1,1,8")
   p.add_argument("--max-rows", type=int, default=None, help="most rows per device batch")
   p.add_argument("--progress", action="store_true", help="progress bar on stderr")
-  return p.parse_args(argv)
+  return p
 
 
 def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str, Any]]:
@@ -116,16 +116,19 @@ def _eos_ids(args: argparse.Namespace, tokenizer, model_dir: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parse_args(argv)
+  parser = _parser()
+  args = parser.parse_args(argv)
   # Imports after parsing: `--help` stays instant.
   from rstar_jax import sharding  # pylint: disable=g-import-not-at-top
   from rstar_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from rstar_jax.generate.engine import Engine, Request  # pylint: disable=g-import-not-at-top
   from rstar_jax.generate.sampling import Greedy, Sampling  # pylint: disable=g-import-not-at-top
-  from rstar_jax.models import ModelConfig, convert, value_transform  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models import convert, value_transform  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models.config import dtype_name  # pylint: disable=g-import-not-at-top
 
   model_dir = args.hf_dir or args.ppm_dir
-  # Bad input ends the command with its message (naming the file and line, or the flag), before any model loads.
+  # Bad input is a usage error, as argparse's own (exit 2, the message naming the file and line, or the flag), and
+  # is found before any model loads.
   try:
     if args.n < 0:
       raise ValueError(f"--n must be >= 0, got {args.n}")
@@ -137,9 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError("--stop must not be empty")
     _check_paths(args)
     if args.dtype is not None:
-      ModelConfig.tiny().replace(dtype=args.dtype)  # an unknown name raises, naming the known ones
+      dtype_name(args.dtype)  # an unknown name raises, naming the known ones
   except (OSError, ValueError) as e:
-    raise SystemExit(f"python -m rstar_jax.generate: error: {e}") from None
+    parser.error(str(e))
   tok = tokenizer_lib.load_tokenizer(args.tokenizer or model_dir)
   if args.add_rstar_tokens:
     tokenizer_lib.add_rstar_tokens(tok, "ppm" if args.ppm_dir else "policy")
@@ -147,13 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.mesh:
     sizes = args.mesh.split(",")
     if len(sizes) != 3 or not all(x.strip().lstrip("-").isdigit() for x in sizes):
-      raise SystemExit(f"--mesh must be three comma-separated ints data,fsdp,tensor; got {args.mesh!r}")
+      parser.error(f"--mesh must be three comma-separated ints data,fsdp,tensor; got {args.mesh!r}")
     mesh = sharding.make_mesh(*[int(x) for x in sizes])
   overrides = {} if args.dtype is None else {"dtype": args.dtype}
   ids = tok.encode_batch([p["prompt"] for p in prompts])
   for i, prompt_ids in enumerate(ids):
     if not prompt_ids:
-      raise SystemExit(f"{args.prompts}: prompt {i} encodes to no tokens")
+      parser.error(f"{args.prompts}: prompt {i} encodes to no tokens")
 
   if args.ppm_dir:
     ppm = convert.load_ppm(args.ppm_dir, mesh=mesh, scan_layers=False, **overrides)

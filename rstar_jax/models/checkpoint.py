@@ -31,11 +31,16 @@ def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
     files.atomic_write(os.path.join(directory, "config.json"), json.dumps(config, indent=2))
 
 
-def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, rules=None) -> Qwen2 | PPM:
+def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, rules=None,
+               **config_overrides) -> Qwen2 | PPM:
   """Restores a model saved by `save_model` (placed with the mesh shardings when `mesh` is given), in the layer
-  layout it was saved in."""
+  layout it was saved in.
+
+  `config_overrides` go to `ModelConfig.from_hf_config`, as in `convert.load_qwen2`: e.g. `dtype="bfloat16"` for
+  bf16 matmuls (the compute dtype is not saved; the default is float32).
+  """
   directory = os.path.abspath(os.fspath(directory))
-  config = ModelConfig.from_hf_config(directory)
+  config = ModelConfig.from_hf_config(directory, **config_overrides)
   with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
     saved = json.load(f)
   scan_layers = bool(saved.get("rstar_jax_scan_layers", True))

@@ -24,8 +24,10 @@ Every parameter carries `logical_axes` metadata; `rstar_jax.sharding` maps those
 matmuls in `config.dtype`; RMSNorm statistics, RoPE, attention softmax and logits in float32.
 
 Padding and caching: a boolean `input_mask` marks real tokens (left or right padding both work). With a `KVCache`,
-the T new tokens are written at slots `[end_index, end_index + T)`; a query at slot q sees the real slots s <= q. The
-same code is the full forward (no cache), the prefill (cache, T = prompt length) and a decode step (cache, T = 1).
+the T new tokens are written at slots `[end_index, end_index + T)`; a query at slot q sees the real slots s <= q.
+The caller keeps `end_index + T <= max_len`: under jit the index is traced, and an out-of-range write is clamped by
+`dynamic_update_slice` (it would overwrite the last slots), not refused (the generation engine sizes its caches so).
+The same code is the full forward (no cache), the prefill (cache, T = prompt length) and a decode step (cache, T = 1).
 With a cache the layers always run as a Python loop (each layer's cache is its own buffer, updated in place).
 """
 

@@ -1,6 +1,7 @@
 """`EnginePolicy` / `PPMScorer` (the search's Policy / Scorer) and the command line, on text prompts."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -76,7 +77,16 @@ def test_command_line_prints_one_json_line_per_result(tmp_path, capsys):
     assert line["logprob"] == pytest.approx(r.logprob, abs=1e-5)
 
 
-def test_command_line_reports_bad_input(tmp_path):
+def _assert_usage_error(capsys, argv, message):
+  """A message on stderr and exit 2, as argparse's own usage errors (and the other CLIs'); not a traceback."""
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+  assert exit_info.value.code == 2, argv
+  err = capsys.readouterr().err
+  assert err.startswith("usage: python -m rstar_jax.generate") and re.search(message, err), err
+
+
+def test_command_line_reports_bad_input(tmp_path, capsys):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('"fine"\n{"prompt": 3}\n')
   good = tmp_path / "good.jsonl"
@@ -88,8 +98,7 @@ def test_command_line_reports_bad_input(tmp_path):
       (["--prompts", str(good), "--stop", ""], r"error: --stop must not be empty"),
       (["--prompts", str(good)], r"error: --hf-dir .*: no config.json in it"),
   ]:
-    with pytest.raises(SystemExit, match=message):  # a message, not a traceback; no model is loaded first
-      main(["--hf-dir", str(tmp_path)] + argv)
+    _assert_usage_error(capsys, ["--hf-dir", str(tmp_path)] + argv, message)  # no model is loaded first
   model = tmp_path / "model"
   model.mkdir()
   (model / "config.json").write_text("{}")
@@ -99,11 +108,10 @@ def test_command_line_reports_bad_input(tmp_path):
       (["--hf-dir", str(model), "--tokenizer", str(tmp_path / "tok")], r"error: --tokenizer .*tok: no such file"),
       (["--hf-dir", str(model), "--dtype", "float99"], r"error: unknown dtype 'float99'; expected one of"),
   ]:
-    with pytest.raises(SystemExit, match=message):
-      main(["--prompts", str(good)] + argv)
+    _assert_usage_error(capsys, ["--prompts", str(good)] + argv, message)
 
 
-def test_command_line_prompts_file_encoding_and_flags(tmp_path):
+def test_command_line_prompts_file_encoding_and_flags(tmp_path, capsys):
   """A byte order mark is not part of the first prompt; bad bytes, a boolean `n` and bad flags are named."""
   from rstar_jax.generate.__main__ import read_prompts  # pylint: disable=g-import-not-at-top
   text = tmp_path / "prompts.txt"
@@ -124,5 +132,4 @@ def test_command_line_prompts_file_encoding_and_flags(tmp_path):
       (["--prompts", str(good), "--n", "-1"], r"error: --n must be >= 0"),
       (["--prompts", str(good), "--max-new-tokens", "0"], r"error: --max-new-tokens must be >= 1"),
   ]:
-    with pytest.raises(SystemExit, match=message):
-      main(["--hf-dir", str(tmp_path)] + argv)
+    _assert_usage_error(capsys, ["--hf-dir", str(tmp_path)] + argv, message)

@@ -28,3 +28,13 @@ def test_loading_as_the_other_kind_names_the_kind(tmp_path, kind):
   checkpoint.save_model(kind(ModelConfig.tiny(num_layers=1), rngs=nnx.Rngs(0)), tmp_path / "ckpt")
   with pytest.raises(ValueError, match=r"config\.json: rstar_jax_kind='(ppm|policy)'.*ppm="):
     checkpoint.load_model(tmp_path / "ckpt", ppm=kind is not PPM)
+
+
+def test_load_takes_config_overrides_such_as_the_compute_dtype(tmp_path):
+  model = Qwen2(ModelConfig.tiny(num_layers=1), rngs=nnx.Rngs(1))
+  checkpoint.save_model(model, tmp_path / "ckpt")
+  loaded = checkpoint.load_model(tmp_path / "ckpt", dtype="bfloat16")
+  assert loaded.config.dtype == "bfloat16" and model.config.dtype == "float32"
+  want, got = nnx.to_pure_dict(nnx.state(model)), nnx.to_pure_dict(nnx.state(loaded))
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):  # the weights are restored as saved
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
