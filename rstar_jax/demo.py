@@ -137,6 +137,17 @@ def _written_by_demo(name: str) -> bool:
   return name in _DEMO_ENTRIES or (".tmp" in name and any(name.startswith(e + ".") for e in _DEMO_ENTRIES))
 
 
+def _empty(folder: str) -> None:
+  """Deletes what `folder` holds (checked to be the demo's files), keeping the folder: it may be a symbolic link to
+  where the user wants runs to live, which `shutil.rmtree` refuses."""
+  for name in os.listdir(folder):
+    path = os.path.join(folder, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    else:
+      os.unlink(path)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m rstar_jax.demo", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,7 +197,7 @@ def main(argv=None) -> int:
   from sandbox import SandboxPool
 
   if args.fresh and os.path.isdir(workdir):
-    shutil.rmtree(workdir)
+    _empty(workdir)
   os.makedirs(workdir, exist_ok=True)
   files.atomic_write(settings_file, json.dumps(settings) + "\n")
   records = available[:args.problems]

@@ -59,3 +59,16 @@ def test_another_problem_count_in_a_used_workdir_stops_before_rebuilding_anythin
   assert exit_info.value.code == 2
   assert "--problems 4, but" in capsys.readouterr().err
   assert not list((tmp_path / "tokenizer").iterdir()) and sorted(os.listdir(tmp_path)) == ["demo.json", "tokenizer"]
+
+
+def test_fresh_empties_a_workdir_given_as_a_symbolic_link(tmp_path):
+  from rstar_jax import demo
+  target = tmp_path / "runs"
+  (target / "policy_r0").mkdir(parents=True)
+  (target / "policy_r0" / "config.json").write_text("{}")
+  (target / "demo.json").write_text("{}")
+  (tmp_path / "elsewhere").mkdir()
+  (target / "trees_r1").symlink_to(tmp_path / "elsewhere")
+  (tmp_path / "link").symlink_to(target)
+  demo._empty(str(tmp_path / "link"))  # shutil.rmtree raised on the link: "Cannot call rmtree on a symbolic link"
+  assert (tmp_path / "link").is_symlink() and os.listdir(target) == [] and (tmp_path / "elsewhere").is_dir()
