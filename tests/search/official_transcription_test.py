@@ -1,0 +1,532 @@
+"""Our lockstep MCTS against a plain-Python transcription of the released rStar-Math search.
+
+What is compared. For each mode (`terminal_guided`, `ppm_augmented`, `inference`; preset `official`), 24 problems are
+searched twice: by `run_search` (jitted tree kernels + host driver) and by `OfficialSolver` below, a transcription
+of the released code (rStar-Math `rstar_deepthink/`: `nodes/mcts_node.py` for the node statistics and `puct`,
+`agents/mcts.py` for `selection` / `select_child` / `create_child` / `eval_final_answer` / `select_next_step` /
+`generate_next_step`, `agents/tree.py` for `code_execution` / `collect_action_inputs` / `extract_program`,
+`agents/utils.py` for the step parser and answer extraction, `llms/llms.py` for the candidate filter of
+`llm_generate` and the value scale of `rm_generate`, `solver.py` for the rollout / step loop over many trees, and the
+`config/*.yaml` settings of each mode). Every node of every tree is matched by its rStar tag (`0.2.1`) and compared:
+the set of tags, parent, depth, text (with its output block), program, observation, final answer, terminal reason,
+correctness, visits, value sum, Q and PPM value. The order in which each tree asked the policy for expansions is
+compared too.
+
+Why it is independent. The transcription imports nothing of the search but the shared world both sides are driven
+by: the same prompt-keyed scripted policy (`ScriptedPolicy(script)`), the same fake sandbox, the same PPM function
+and the same answer grader (all defined here). It follows the official control flow (one level of descent per solver
+step, `node.update` / `update_recursive`, float64 `puct` with the first-maximum tie rule, candidates and terminal
+rewards handled as each child is created, PPM values applied before the next selection) rather than our kernels'
+decomposition (full descent per `select`, backup by path scatter-add, packed float32 arrays), so a disagreement
+points at one of the two.
+
+Documented deviations of ours, and how each is handled here:
+- First-rollout depth cap (driver.py): the official step loop gives a rollout `max_depth` steps, which stops the
+  first rollout (it starts at the root, later ones one level below) just before it expands a node at depth
+  `max_depth`; ours only ends a rollout at a terminal node. Modelled: the transcription gives the first rollout one
+  more step, and only that one (a later rollout needing more steps would show up as a divergence).
+- Double `<output>` wrap (step.py): a step that closes the code block and reaches the error threshold gets its output
+  block once here, twice in the official `create_child`. Modelled: the transcription wraps once.
+- Unparsable steps (step.py): a blank step, or one that ended without a stop string (eos / length) and has no box, is
+  a terminal `unparsable` node of ours; the official parser never fails and would run it as code. Modelled: the
+  transcription's parser returns None for those, which sends them down the official `NO_VALID_CHILD` branch.
+- Answer extraction (step.py): the official cut at the first `.\\n`, the trailing-period strip and `\\text{}` removal
+  never apply: no scripted answer step has them. Empty boxes (a non-terminal node there) are never scripted.
+- float32 UCT (kernels.py): a near-tie that float32 could resolve differently from the official float64 makes the
+  transcription's `select_child` raise `NearTie` (failing the test); none occurs in these trees, so every selection
+  compared here is one both precisions agree on.
+"""
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+
+from rstar_jax.search import Problem, SearchConfig, run_search
+from rstar_jax.search.scripted import FakeResult, FunctionScorer, ScriptedPolicy
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The shared world: policy, sandbox, PPM and grader, all deterministic and called by both sides.
+# ---------------------------------------------------------------------------------------------------------------------
+
+PROMPT = "Question: {}\n"
+NUM_PROBLEMS = 24
+NUM_ROLLOUTS = 8
+NUM_CANDIDATES = 4
+MAX_DEPTH = 4
+
+
+def script(prompt: str, n: int, seed: int) -> list[str]:
+  """`n` candidate steps drawn from the prompt alone (the seed is ignored, so neither side needs our seeding)."""
+  del seed
+  rng = np.random.default_rng(zlib.crc32(prompt.encode()))
+  steps_so_far = prompt.count("<end_of_step>") + prompt.count("<end_of_code>")
+  answer_weight = 0.02 + 0.03 * steps_so_far  # answers get likelier deeper down
+  out = []
+  for _ in range(n):
+    k = int(rng.integers(0, 4))
+    kinds = [
+        (0.16, f"<code>\nx = {k}\n<end_of_step>"),                     # opens a code block
+        (0.16, f"y = x + {k}\n<end_of_step>"),                          # continues it
+        (0.14, f"print(y * {k})\n<end_of_code>"),                       # closes it: output block appended
+        (0.06, f"z = {k} / 0\n<end_of_step>"),                          # a code error
+        (0.03, f"print({k} / 0)\n<end_of_code>"),                       # an error that closes the block
+        (answer_weight / 2, f"<answer>The answer is \\boxed{{{k}}}<end_of_answer>"),  # the first-answer rule
+        (answer_weight, f"# so it is \\boxed{{{k}}}\n<end_of_step>"),  # an answer by its box, not its stop
+        (0.01, f"\\boxed{{{k + 1}}} or \\boxed{{{k}}}<end_of_answer>"),  # two boxes: the last one counts
+        (0.01, f"The answer is {k}<end_of_answer>"),                    # stopped at <end_of_answer>, no box: code
+        (0.03, f"<output>{k}<end_of_output>"),                          # bootstrap stop string (eos otherwise)
+        (0.02, f"Thus \\boxed{{{k}}}"),                                 # eos, but boxed: an answer
+        (0.03, f"junk {k}"),                                            # eos: unparsable (ours)
+        (0.02, "  \n<end_of_step>"),                                    # blank: unparsable (ours)
+    ]
+    weights = np.asarray([w for w, _ in kinds])
+    out.append(kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))][1])
+  return out
+
+
+def observe(program: str) -> str:
+  """The fake sandbox: an error for a division by zero or a stray sentence, a number when something prints."""
+  if "/ 0" in program:
+    return "ZeroDivisionError: division by zero\n"
+  if "answer is" in program:
+    return "SyntaxError: invalid syntax"
+  if "print" not in program:
+    return ""
+  return f" {zlib.crc32(program.encode()) % 7}\n"
+
+
+class FakeExecutor:
+  def run(self, programs):
+    return [FakeResult(observe(p)) for p in programs]
+
+
+def ppm(text: str) -> float:
+  """The fake PPM: a value in (-1, 1) keyed by the scored text (the scorer hands it on as float32)."""
+  return float(np.tanh(np.random.default_rng(zlib.crc32(text.encode())).uniform(-5, 5) / 5))
+
+
+def is_equiv(ground_truth: str, answer: str) -> bool:
+  return str(ground_truth).strip() == str(answer).strip()
+
+
+class ExactGrader:
+  """Our side's grader, on the same `is_equiv`."""
+
+  def equivalent_batch(self, pairs):
+    return [is_equiv(gold, pred) for pred, gold in pairs]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The official search, transcribed (plain objects; names follow the released code).
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Sentinel final answers of invalid terminals (official constants.py; only their identity matters here).
+TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, NO_VALID_CHILD = "<too many code errors>", "<too many steps>", "<no valid child>"
+INVALID_ANSWERS = (TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, NO_VALID_CHILD)
+CODE, CODE_END, STEP_END = "<code>", "<end_of_code>", "<end_of_step>"
+OUTPUT, OUTPUT_END, ANSWER_END = "<output>", "<end_of_output>", "<end_of_answer>"
+STEP_DELIM = "\n"
+
+# The stop strings of config/sample_mcts.yaml (bootstrap) and config/sft_*_mcts.yaml.
+BOOTSTRAP_STOP = (STEP_END, CODE_END, OUTPUT_END, ANSWER_END)
+SFT_STOP = (STEP_END, CODE_END, ANSWER_END)
+
+# The official configs per mode: config/sample_mcts.yaml (rounds 1-2), sft_sample_mcts.yaml (rounds 3-4) and
+# sft_eval_mcts.yaml (inference); budgets shrunk to test size, c_puct 2 and rewards +-1 everywhere.
+OFFICIAL_CONFIGS = {
+    "terminal_guided": dict(errors_threshold=2, stop=BOOTSTRAP_STOP, is_sampling=True,
+                            need_value_func=False, update_leaf_value=False, terminal_sample=True),
+    "ppm_augmented": dict(errors_threshold=1, stop=SFT_STOP, is_sampling=True, need_value_func=True,
+                          update_leaf_value=True, terminal_sample=False),
+    "inference": dict(errors_threshold=1, stop=SFT_STOP, is_sampling=False, need_value_func=True,
+                      update_leaf_value=True, terminal_sample=False),
+}
+
+
+class NearTie(Exception):
+  """Two children's official (float64) UCT scores differ by less than float32 can tell apart."""
+
+
+class OfficialNode:
+  """`MCTSNode`: state dict, tag, depth, terminal flag, consecutive errors, visit count and value sum."""
+
+  def __init__(self, parent: "OfficialNode | None" = None, c_puct: float = 2.0):
+    self.parent = parent
+    self.children: list[OfficialNode] = []
+    self.c_puct = c_puct
+    self.tag = "0"
+    self.depth = 0
+    self.is_terminal = False
+    self.consecutive_errors = 0
+    self.state = {"text": "", "action": "", "action_input": "", "final_answer": ""}
+    self.visit_count = 0
+    self.value_sum = 0.0
+    # Not official fields; kept for the comparison: the program `code_execution` ran, the PPM value applied, the
+    # `is_equiv` verdict of `eval_final_answer`.
+    self.program = ""
+    self.ppm = None
+    self.correct = None
+
+  def q_value(self) -> float:
+    return self.value_sum / self.visit_count if self.visit_count else 0.0
+
+  def update(self, value: float) -> None:
+    self.visit_count += 1
+    self.value_sum += value
+
+  def update_recursive(self, value: float, start_node: "OfficialNode") -> None:
+    self.update(value)
+    if self.tag != start_node.tag:
+      self.parent.update_recursive(value, start_node)
+
+  def puct(self) -> float:
+    if self.parent is None:
+      return 0.0
+    q = self.q_value()
+    if self.parent.visit_count == 0 or self.visit_count == 0:
+      return q
+    return q + self.c_puct * float(np.sqrt(np.log(self.parent.visit_count) / self.visit_count))
+
+
+def extract_program(text: str) -> str:
+  """`agents/tree.py extract_program`: lines inside `<code>` ... `<end_of_code>`, blocks separated by a marker."""
+  text = text.replace(STEP_END, "")
+  program, inside = "", False
+  for line in text.split("\n"):
+    if CODE in line:
+      program, inside = program + "\n# ========\n", True
+    elif CODE_END in line:
+      inside = False
+    elif inside:
+      program += line + "\n"
+  return (program or text).strip()
+
+
+def extract_math_answer(text: str) -> str:
+  """`agents/utils.py extract_math_answer`: cut at the first '.\\n', drop a final '.', take the last box."""
+  head = text.split(".\n")[0].strip()
+  head = head[:-1].strip() if head.endswith(".") else head
+  start = head.rfind("\\boxed{")
+  if start < 0:
+    return head
+  depth, open_at = 0, None
+  for i in range(start, len(head)):
+    if head[i] == "{":
+      depth += 1
+      open_at = i if open_at is None else open_at
+    elif head[i] == "}":
+      depth -= 1
+      if depth == 0:
+        return head[open_at + 1:i]
+  return head[open_at + 1:]  # unclosed (never scripted)
+
+
+def step_unwrap(text: str, stop_reason: str | None) -> tuple[str, dict | None]:
+  """`rstar_step_result_unwrap`: a boxed step is an answer, anything else a python action.
+
+  Our documented deviation: a blank step, or one that ended without a stop string, is unparsable (None here, the
+  official `NO_VALID_CHILD` branch of `create_child`), where the official parser would run it as code.
+  """
+  if "boxed" in text:
+    return text, {"action": "", "action_input": "", "final_answer": extract_math_answer(text)}
+  if stop_reason is None or not text[:len(text) - len(stop_reason)].strip():
+    return text, None
+  return text, {"action": "python_interpreter", "action_input": text, "final_answer": ""}
+
+
+class OfficialAgent:
+  """One tree: `MCTS` (agents/mcts.py) with its `BS` / `BaseTree` parts."""
+
+  def __init__(self, cfg: dict, question: str, ground_truth: str | None, executor: FakeExecutor):
+    self.cfg = cfg
+    self.question = question
+    self.ground_truth = ground_truth
+    self.executor = executor
+    self.root = OfficialNode(c_puct=cfg["c_puct"])
+    self.current_nodes: list[OfficialNode] = []
+    self.candidate_nodes: list[OfficialNode] = [self.root]
+    self.search_node: OfficialNode | None = None
+    self.expanded_prompts: list[str] = []  # for the comparison: the policy prompts in the order they were asked
+
+  # -- BaseTree / BS -----------------------------------------------------------------------------------------------
+  def collect_partial_solution(self, node: OfficialNode) -> str:
+    texts = []
+    while node is not None:
+      texts.append(node.state["text"])
+      node = node.parent
+    return "".join(reversed(texts))
+
+  def prompt_wrap(self, node: OfficialNode) -> str:
+    return PROMPT.format(self.question) + self.collect_partial_solution(node)
+
+  def is_ignored_node(self, node: OfficialNode) -> bool:
+    return node.is_terminal or node.depth > self.cfg["max_depth"]
+
+  def should_generate_next(self) -> bool:
+    return any(not self.is_ignored_node(n) for n in self.current_nodes)
+
+  def has_expanded(self) -> bool:
+    return bool(self.current_nodes) and bool(self.current_nodes[0].children)
+
+  def create_prompt(self, is_value_only: bool = False) -> list[str]:
+    nodes = self.candidate_nodes if is_value_only else self.current_nodes
+    prompts = [self.prompt_wrap(n) for n in nodes if is_value_only or not self.is_ignored_node(n)]
+    if not is_value_only:
+      self.expanded_prompts.extend(prompts)
+    return prompts
+
+  # -- agents/tree.py ----------------------------------------------------------------------------------------------
+  def code_execution(self, node: OfficialNode, action_input: str) -> tuple[str, str]:
+    """Runs the code since the last finished block (`collect_action_inputs`) plus this step; (program, output)."""
+    history = []  # (the official also skips an input whose output timed out; the fake sandbox never times out)
+    while node is not None and OUTPUT_END not in node.state["text"] and CODE_END not in node.state["text"]:
+      if node.state["action"] == "python_interpreter" and node.state["action_input"]:
+        history.append(node.state["action_input"])
+      node = node.parent
+    program = extract_program("".join(reversed(history)) + action_input)
+    return program, str(self.executor.run([program])[0].observation).strip()
+
+  # -- agents/mcts.py ----------------------------------------------------------------------------------------------
+  def select_child(self, node: OfficialNode) -> OfficialNode | None:
+    best_value, best = -math.inf, []
+    for child in node.children:
+      if child.is_terminal:
+        continue
+      value = child.puct()
+      if value == best_value:
+        best.append(child)
+      elif value > best_value:
+        best_value, best = value, [child]
+    # Ours scores in float32 (documented): make sure no choice here hinges on a difference float32 cannot see.
+    for child in node.children if best else []:
+      if not child.is_terminal and child is not best[0] and 0 < abs(child.puct() - best_value) < 1e-5:
+        raise NearTie(f"{child.tag}: {child.puct()!r} vs {best[0].tag}: {best_value!r}")
+    return best[0] if best else None
+
+  def selection(self, from_root: bool = False) -> OfficialNode | None:
+    node = self.root if from_root else self.search_node
+    if node is None:
+      return None
+    if node.children or node.is_terminal:
+      next_node = self.select_child(node)
+      if next_node is None:  # every child is terminal
+        node.is_terminal = True
+      node = next_node
+    return None if node is None or node.is_terminal else node
+
+  def create_child(self, step_result: str, parser_result: dict | None, node: OfficialNode) -> None:
+    cfg = self.cfg
+    new = OfficialNode(parent=node, c_puct=cfg["c_puct"])
+    new.tag = f"{node.tag}.{len(node.children) + 1}"
+    new.depth = node.depth + 1
+    if parser_result is None:
+      new.is_terminal = True
+      new.state["text"] = step_result
+      new.state["final_answer"] = NO_VALID_CHILD
+      self.eval_final_answer(new)
+    elif parser_result["final_answer"]:
+      new.is_terminal = True
+      new.state["text"] = step_result
+      new.state["final_answer"] = parser_result["final_answer"]
+      self.eval_final_answer(new)
+    elif parser_result["action"]:
+      new.program, observation = self.code_execution(node, parser_result["action_input"])
+      new.state["action"] = parser_result["action"]
+      new.state["action_input"] = parser_result["action_input"]
+      new.state["observation"] = observation
+      wrapped = f"{OUTPUT}{observation}{OUTPUT_END}"
+      closes = CODE_END in parser_result["action_input"]
+      new.state["text"] = f"{step_result}{STEP_DELIM}{wrapped}" if closes else step_result
+      if "error" in observation.lower():
+        new.consecutive_errors = node.consecutive_errors + 1
+        if new.consecutive_errors >= cfg["errors_threshold"]:
+          # Official: wraps `observation` again, which is already wrapped when the step closed the block; ours wraps
+          # it once (documented deviation), modelled here.
+          closed = step_result if CODE_END in step_result else step_result + CODE_END
+          new.state["text"] = f"{closed}{STEP_DELIM}{wrapped}"
+          new.is_terminal = True
+          new.state["final_answer"] = TOO_MANY_CODE_ERRORS
+          self.eval_final_answer(new)
+    else:  # a box with nothing in it (never scripted)
+      new.state["text"] = step_result
+    if not new.is_terminal and new.depth > cfg["max_depth"]:
+      new.is_terminal = True
+      new.state["final_answer"] = TOO_MANY_STEPS
+      self.eval_final_answer(new)
+    node.children.append(new)
+
+  def eval_final_answer(self, node: OfficialNode) -> None:
+    cfg = self.cfg
+    if node.state["final_answer"] in INVALID_ANSWERS:
+      node.update(cfg["negative_reward"])  # the invalid terminal itself only
+    elif cfg["is_sampling"]:
+      node.correct = is_equiv(self.ground_truth, node.state["final_answer"])
+      node.update_recursive(cfg["positive_reward"] if node.correct else cfg["negative_reward"], self.root)
+    else:
+      self.candidate_nodes.append(node)  # valued by the PPM in select_next_step
+
+  def expand_node(self, outputs: list[tuple[str, str | None]], node: OfficialNode) -> None:
+    for text, stop_reason in outputs:
+      step_result, parser_result = step_unwrap(text + (stop_reason or ""), stop_reason)
+      self.create_child(step_result, parser_result, node)
+
+  def generate_next_step(self, outputs: list[tuple[str, str | None]]) -> None:
+    self.candidate_nodes = []
+    for node in self.current_nodes:  # one current node per tree in MCTS (step_beam_width 1)
+      self.expand_node(outputs, node)
+      if self.cfg["update_leaf_value"]:
+        for child in node.children:
+          if child not in self.candidate_nodes and child.visit_count < 1:
+            self.candidate_nodes.append(child)
+
+  def select_next_step(self, values: list[float] | None = None, from_root: bool = False) -> None:
+    cfg = self.cfg
+    self.search_node = self.current_nodes[0] if self.current_nodes else None
+    self.current_nodes = []
+    for node, value in zip(self.candidate_nodes, values or []):
+      if node.is_terminal and cfg["is_sampling"]:
+        continue
+      node.ppm = value
+      if node.is_terminal and node.state["final_answer"]:
+        if node.state["final_answer"] in INVALID_ANSWERS:
+          node.update(cfg["negative_reward"])
+        else:
+          node.update_recursive(value, self.root)
+      elif not cfg["terminal_sample"]:
+        node.update(value)
+    selected = self.selection(from_root=from_root)
+    if selected is not None:
+      self.current_nodes.append(selected)
+
+
+class OfficialSolver:
+  """`solver.py Solver.solve` with `llm_generate` / `rm_generate` (llms/llms.py), over a batch of agents."""
+
+  def __init__(self, cfg: dict, policy: ScriptedPolicy, scorer):
+    self.cfg = cfg
+    self.policy = policy
+    self.scorer = scorer
+
+  def llm_generate(self, prompts: list[str]) -> list[list[tuple[str, str | None]]]:
+    """Samples, then drops repeated texts; if one stopped at `<end_of_answer>`, keeps only the first such one."""
+    out = []
+    cands = self.policy.generate(prompts, n=self.cfg["n_generate_sample"], seeds=[0] * len(prompts),
+                                 stop=list(self.cfg["stop"])) if prompts else []
+    for per_prompt in cands:
+      # vLLM reports the matched stop string, or None when generation ended otherwise.
+      outs = [(c.text, c.stop_reason if c.stop_reason in self.cfg["stop"] else None) for c in per_prompt]
+      seen, kept = set(), []
+      for text, stop in outs:
+        if text not in seen:
+          seen.add(text)
+          kept.append((text, stop))
+      answers = [o for o in kept if o[1] == ANSWER_END]
+      out.append(answers[:1] if answers else kept)
+    return out
+
+  def rm_generate(self, texts: list[str]) -> list[float]:
+    # The official value comes out of a float32 torch tensor (tanh(r / 5) belongs to our `ppm`).
+    return [float(np.float32(v)) for v in self.scorer(texts)] if texts else []
+
+  def solve(self, agents: list[OfficialAgent]) -> None:
+    cfg = self.cfg
+    for rollout in range(cfg["iterations"]):
+      for agent in agents:
+        agent.select_next_step(from_root=True)
+      # Official: range(max_depth). Ours does not cap a rollout (documented in driver.py): the first rollout, which
+      # starts at the root rather than one level below, gets the one step more it needs to reach depth max_depth.
+      for _ in range(cfg["max_depth"] + (1 if rollout == 0 else 0)):
+        valid = [a for a in agents if a.should_generate_next() and not a.has_expanded()]
+        expanded = [a for a in agents if a.should_generate_next() and a.has_expanded()]
+        if not valid and not expanded:
+          break
+        prompts = [a.create_prompt() for a in valid]
+        outputs = self.llm_generate([p for ps in prompts for p in ps])
+        for agent, output in zip(valid, outputs):
+          agent.generate_next_step(output)
+        for agent in valid:
+          values = self.rm_generate(agent.create_prompt(is_value_only=True)) if cfg["need_value_func"] else None
+          agent.select_next_step(values)
+        for agent in expanded:
+          agent.select_next_step(None)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The comparison.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _official_reason(node: OfficialNode) -> str | None:
+  if not node.is_terminal:
+    return None
+  answer = node.state["final_answer"]
+  return {NO_VALID_CHILD: "unparsable", TOO_MANY_CODE_ERRORS: "too_many_errors",
+          TOO_MANY_STEPS: "max_depth"}.get(answer, "answer" if answer else "all_children_terminal")
+
+
+def _official_nodes(agent: OfficialAgent) -> dict[str, dict]:
+  out, queue = {}, [agent.root]
+  while queue:  # breadth first, as `return_states`
+    node = queue.pop(0)
+    reason = _official_reason(node)
+    out[node.tag] = {
+        "parent": None if node.parent is None else node.parent.tag, "depth": node.depth,
+        "text": node.state["text"], "code": node.program, "observation": node.state.get("observation", ""),
+        "final_answer": node.state["final_answer"] if reason == "answer" else None,
+        "terminal_reason": reason, "correct": node.correct, "visits": node.visit_count,
+        "value_sum": node.value_sum, "q": node.q_value(), "ppm_value": node.ppm}
+    queue.extend(node.children)
+  return out
+
+
+def _our_nodes(record: dict) -> dict[str, dict]:
+  tags = {n["id"]: n["tag"] for n in record["nodes"]}
+  fields = ("depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct", "visits",
+            "value_sum", "q", "ppm_value")
+  return {n["tag"]: {"parent": tags.get(n["parent"]), **{f: n[f] for f in fields}} for n in record["nodes"]}
+
+
+def _problems(mode: str) -> list[Problem]:
+  truth = (lambda i: None) if mode == "inference" else (lambda i: str(i % 4))
+  return [Problem(f"p{i:02d}", f"problem {i:02d}", truth(i)) for i in range(NUM_PROBLEMS)]
+
+
+@pytest.mark.parametrize("mode", ["terminal_guided", "ppm_augmented", "inference"])
+def test_trees_match_the_official_search(mode):
+  official_cfg = dict(OFFICIAL_CONFIGS[mode], max_depth=MAX_DEPTH, iterations=NUM_ROLLOUTS,
+                      n_generate_sample=NUM_CANDIDATES, c_puct=2.0, positive_reward=1.0, negative_reward=-1.0)
+  problems = _problems(mode)
+
+  ours_policy = ScriptedPolicy(script)
+  config = SearchConfig(mode=mode, preset="official", num_rollouts=NUM_ROLLOUTS, num_candidates=NUM_CANDIDATES,
+                        max_depth=MAX_DEPTH, c=2.0, errors_threshold=official_cfg["errors_threshold"],
+                        stop=official_cfg["stop"], first_answer_only=True)
+  records = run_search(problems, ours_policy, FakeExecutor(), config, prompt_fn=PROMPT.format,
+                       scorer=None if mode == "terminal_guided" else FunctionScorer(ppm), grader=ExactGrader(),
+                       progress=False)
+
+  agents = [OfficialAgent(official_cfg, p.question, p.ground_truth, FakeExecutor()) for p in problems]
+  OfficialSolver(official_cfg, ScriptedPolicy(script), lambda texts: [ppm(t) for t in texts]).solve(agents)
+
+  reasons: dict[str | None, int] = {}
+  for problem, record, agent in zip(problems, records, agents):
+    ours, theirs = _our_nodes(record), _official_nodes(agent)
+    assert sorted(ours) == sorted(theirs), f"{problem.problem_id}: the trees have different nodes"
+    for tag, want in theirs.items():
+      got = ours[tag]
+      where = f"{mode} {problem.problem_id} node {tag}"
+      for field in ("parent", "depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct",
+                    "visits"):
+        assert got[field] == want[field], f"{where}: {field}"
+      for field in ("value_sum", "q", "ppm_value"):
+        assert got[field] == pytest.approx(want[field], abs=1e-5), f"{where}: {field}"
+      reasons[want["terminal_reason"]] = reasons.get(want["terminal_reason"], 0) + 1
+    prompt = PROMPT.format(problem.question)
+    asked = [p for prompts, _ in ours_policy.calls for p in prompts if p.startswith(prompt)]
+    assert asked == agent.expanded_prompts, f"{problem.problem_id}: expansions in another order"
+
+  # The trees exercise every rule compared above.
+  assert sum(reasons.values()) > 30 * NUM_PROBLEMS
+  for reason in ("answer", "too_many_errors", "max_depth", "unparsable", "all_children_terminal", None):
+    assert reasons.get(reason, 0) >= 5, (reason, reasons)
