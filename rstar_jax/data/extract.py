@@ -118,8 +118,15 @@ def sft_records(trees: Sequence[Tree], config: SftConfig = SftConfig()) -> list[
   """Policy SFT records: per problem, the best correct error-free trajectories.
 
   Trees sharing a `problem_id` are pooled. Trajectories are ranked by mean Q over their steps (higher
-  first), ties by min Q (higher first), then by tree order and leaf id so the result is deterministic;
-  duplicate response texts are kept once.
+  first), ties by min Q (higher first), then by tree order and depth-first leaf order (children in creation
+  order: the order the official sampler lists trajectories in, which its stable sort keeps); duplicate response
+  texts are kept once.
+
+  Deviations from the official sampler (`sample_sft_data.py`): trajectories whose observations contain the error
+  marker are dropped before the top `per_problem` are taken (DESIGN §1.3; the official one takes the top 2, then
+  drops those whose text contains "error", so it may keep fewer); duplicates are dropped; problems are keyed by
+  `problem_id`, not the question text; responses are kept as searched (the official one strips surrounding
+  whitespace) and records are not shuffled.
 
   Returns:
     Records in order of first appearance of each problem; `query` is the question, `response` the
@@ -134,11 +141,12 @@ def sft_records(trees: Sequence[Tree], config: SftConfig = SftConfig()) -> list[
     candidates = []
     for t_index, tree in enumerate(problem_trees):
       correct = [n.id for n in tree.nodes if _outcome(n, False) == CORRECT]
-      for leaf, steps in _trajectories(tree, correct):
+      for _, steps in _trajectories(tree, correct):
         if any(marker in s.observation.lower() for s in steps):
           continue
         mean_q, min_q = _mean_min_q(steps)
-        candidates.append((-mean_q, -min_q, t_index, leaf, tree.question, "".join(s.text for s in steps)))
+        dfs_position = tuple(tree.nodes[s.parent].children.index(s.id) for s in steps)
+        candidates.append((-mean_q, -min_q, t_index, dfs_position, tree.question, "".join(s.text for s in steps)))
     candidates.sort(key=lambda c: c[:4])
     seen: set[str] = set()
     for *_, question, response in candidates:
@@ -151,14 +159,19 @@ def sft_records(trees: Sequence[Tree], config: SftConfig = SftConfig()) -> list[
   return out
 
 
-def _best_continuation_mean_q(tree: Tree, child: Node, leaf_ids: Sequence[int]) -> float:
-  """Highest mean Q over the steps child..leaf, among the given outcome leaves under `child`."""
-  best = float("-inf")
-  for leaf in leaf_ids:
-    path = tree.path(leaf)
-    steps = path[[n.id for n in path].index(child.id):]
-    best = max(best, _mean_min_q(steps)[0])
-  return best
+def _greedy_continuation_mean_q(tree: Tree, child: Node, below: dict[int, list[int]], best: bool) -> float:
+  """Mean Q of the greedy continuation from `child` down to an outcome leaf (the official rule).
+
+  From `child`, step into the child that has an outcome leaf of the wanted side below it (`below[id]` non-empty)
+  with the highest Q (`best`, the positive side) or the lowest Q (the negative side), the first in child order
+  on ties, until no child qualifies; the result is the mean Q of the nodes visited, `child` included.
+  """
+  steps = [child]
+  while True:
+    options = [tree.nodes[c] for c in steps[-1].children if below[c]]
+    if not options:
+      return _mean_min_q(steps)[0]
+    steps.append(max(options, key=lambda c: c.q) if best else min(options, key=lambda c: c.q))
 
 
 def _select(pos: list, neg: list, config: PairConfig) -> tuple[list, list]:
@@ -176,19 +189,23 @@ def _keep(pos_text: str, neg_text: str, q_pos: float, q_neg: float, config: Pair
 
 
 def step_pairs(tree: Tree, config: PairConfig = PairConfig()) -> list[PpmPair]:
-  """Per-step PPM pairs of one tree (DESIGN §1.3), in depth-first walk order.
+  """Per-step PPM pairs of one tree (DESIGN §1.3), in depth-first walk order (the official sampler walks
+  breadth-first: the same pairs, node by node in another order).
 
   At each node whose subtree is mixed: positives are the children with a correct leaf below them, highest Q
   first; negatives the children with a wrong leaf below them, lowest Q first (ties by child order; a mixed
   child may be a candidate on both sides but is never paired with itself). A selected (pos, neg) becomes a
-  pair when Q(pos) > Q(neg), the best continuation of pos (mean Q of its steps down to a correct leaf)
-  beats that of neg (down to a wrong leaf), Q(pos) - Q(neg) >= `min_q_margin` and the step texts are at
+  pair when Q(pos) > Q(neg), the continuation of pos beats that of neg (as the official sampler: the mean Q of
+  the path that follows, from pos, the highest-Q child with a correct leaf below, and from neg the lowest-Q
+  child with a wrong leaf below, down to a leaf), Q(pos) - Q(neg) >= `min_q_margin` and the step texts are at
   least `min_edit_distance` edits apart. `pos_count`/`neg_count` are the numbers selected at the node
   (before the pair filters), so each node's pairs weigh at most 1 in total. The walk continues into every
   mixed child.
   """
   leaves = _outcome_leaves(tree, config.invalid_as_wrong)
   mixed = lambda node_id: bool(leaves[node_id][CORRECT]) and bool(leaves[node_id][WRONG])
+  correct_below = {i: v[CORRECT] for i, v in leaves.items()}
+  wrong_below = {i: v[WRONG] for i, v in leaves.items()}
   pairs = []
   stack = [ROOT_INDEX] if mixed(ROOT_INDEX) else []
   while stack:
@@ -199,8 +216,8 @@ def step_pairs(tree: Tree, config: PairConfig = PairConfig()) -> list[PpmPair]:
     pos, neg = _select(pos, neg, config)
     if pos and neg:
       prompt = tree.prompt + tree.prefix_text(node.id)
-      cont_pos = {c.id: _best_continuation_mean_q(tree, c, leaves[c.id][CORRECT]) for c in pos}
-      cont_neg = {c.id: _best_continuation_mean_q(tree, c, leaves[c.id][WRONG]) for c in neg}
+      cont_pos = {c.id: _greedy_continuation_mean_q(tree, c, correct_below, best=True) for c in pos}
+      cont_neg = {c.id: _greedy_continuation_mean_q(tree, c, wrong_below, best=False) for c in neg}
       for p in pos:
         for n in neg:
           if p.id == n.id or not cont_pos[p.id] - cont_neg[n.id] > _Q_TOLERANCE:

@@ -258,3 +258,42 @@ def test_extract_files_writes_rstar_files(tmp_path):
   assert formats.read_sft_records(tmp_path / "sft.json") == extract.sft_records(ts)
   assert formats.read_ppm_pairs(tmp_path / "rm.jsonl") == extract.ppm_pairs(ts)
   assert (stats.num_trees, stats.num_problems, stats.num_sft_records, stats.num_pairs) == (2, 2, 3, 4)
+
+
+def test_continuation_is_greedy_as_the_official_sampler():
+  # Official `build_partial_solution`: from pos follow the highest-Q child with a correct leaf below, from neg the
+  # lowest-Q child with a wrong leaf below. We used the best mean Q over all leaves below on both sides.
+  # Negative side: N's greedy path N-N2-N2a averages (0 - 0.5 - 1) / 3 = -0.5 < P's (0.5 - 1 + 1) / 3 = 0.167: kept
+  # (the best wrong continuation N-N1-N1a-N1b, 0.25, would have dropped it).
+  spec = ("root", 0.0, None, [
+      ("P", 0.5, None, [("P1", -1.0, None, [("P2", 1.0, "correct", [])])]),
+      ("N", 0.0, None, [("N1", 1.0, None, [("N1a", 1.0, None, [("N1b", -1.0, "wrong", [])])]),
+                        ("N2", -0.5, None, [("N2a", -1.0, "wrong", [])])])])
+  got = extract.step_pairs(trees.tree_from_dict(build_tree(spec)[0]))
+  assert [(p.pos, p.neg, p.pos_count, p.neg_count) for p in got] == [(_step("P"), _step("N"), 1, 1)]
+  # Positive side: P's greedy path P-A-A1-A2 averages (0.6 + 0.9 - 1 + 1) / 4 = 0.375 < N's 0.4: dropped (the best
+  # correct continuation P-B-B1, 0.533, would have kept it).
+  spec = ("root", 0.0, None, [
+      ("P", 0.6, None, [("A", 0.9, None, [("A1", -1.0, None, [("A2", 1.0, "correct", [])])]),
+                        ("B", 0.0, None, [("B1", 1.0, "correct", [])])]),
+      ("N", 0.1, None, [("N1", 1.0, None, [("N2", 1.0, None, [("N3", 0.9, None, [("N4", -1.0, "wrong", [])])])])])])
+  assert extract.step_pairs(trees.tree_from_dict(build_tree(spec)[0])) == []
+
+
+def test_sft_ties_keep_depth_first_order_not_node_ids():
+  # Ids in creation order: Y (id 2) was expanded before X (id 1), so Y's answer has the lower id. The official
+  # sampler lists trajectories depth-first and its stable sort keeps that order on ties: X-X1 first.
+  record, ids = build_tree(("root", 0.0, None, [("X", 0.5, None, [("X1", 1.0, "correct", [])]),
+                                                ("Y", 0.5, None, [("Y1", 1.0, "correct", [])])]))
+  order = [ids[name] for name in ("root", "X", "Y", "Y1", "X1")]   # new id i <- old id order[i]
+  new_id = {old: new for new, old in enumerate(order)}
+  nodes = []
+  for old in order:
+    node = dict(record["nodes"][old], id=new_id[old])
+    node["parent"] = -1 if node["parent"] == -1 else new_id[node["parent"]]
+    node["children"] = [new_id[c] for c in node["children"]]
+    nodes.append(node)
+  tree = trees.tree_from_dict(dict(record, nodes=nodes))
+  assert tree.nodes[3].text == _step("Y1")
+  got = extract.sft_records([tree], extract.SftConfig(per_problem=1))
+  assert got == [formats.SftRecord("Q?", _step("X") + _step("X1"))]
