@@ -21,6 +21,10 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    That makes `Grader` safe to use from any thread, and an answer like `10^{10^{10}}` (which sends
    sympy into an endless evaluation) cannot stall a search.
 
+Before the layers, a few other spellings are rewritten: a whole answer that is a number word (`five`,
+`\\text{twenty-one}`) becomes digits and a Python complex literal (`(3+4j)`) takes `i`, as the official grader's
+`strip_string` does; `\\varnothing` becomes `\\emptyset` (the official grader has no rule for it).
+
 Results are cached per (prediction, gold) pair: a search grades the same few answers many times.
 """
 
@@ -114,6 +118,28 @@ _ASSIGNMENT_RE = re.compile(r"^(\\?[a-zA-Z]+(_\{\w+\}|_\w)?)\s*=\s*(?!.*=)")
 # A unit written as text after a number: `5 \text{ cm}`, `15\mbox{ cm}^3` (only words of `_UNIT_WORDS`).
 _TEXT_UNIT_RE = re.compile(r"^([-+]?[\d.,/]+)\s*\\(?:text|mbox|mathrm)\{\s*([a-zA-Z ]+?)\s*\}(\^\{?\d\}?)?$")
 
+
+_SMALL_NUMBER_WORDS = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+_TENS_WORDS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+# A Python complex literal, as a program prints it: `(3+4j)`, `-2j`.
+_PY_COMPLEX_RE = re.compile(r"^\(?([-+]?(?:\d+(?:\.\d+)?[-+])?\d+(?:\.\d+)?)j\)?$")
+
+
+def _respell(answer: str) -> str:
+  """Other spellings of one answer, rewritten before any layer (see the module docstring): a whole answer that is a
+  number word (`five`, `\\text{twenty-one}`: 0 to 99) becomes its digits, a Python complex literal (`(3+4j)`) is
+  written with `i`, and `\\varnothing` is `\\emptyset`."""
+  s = answer.replace("\\varnothing", "\\emptyset")
+  bare = _unwrap_text_commands(s).strip().strip("$").strip().rstrip(".").strip().lower()
+  words = re.split(r"[- ]+", bare)
+  if len(words) == 1 and words[0] in _SMALL_NUMBER_WORDS:
+    return str(_SMALL_NUMBER_WORDS.index(words[0]))
+  if 1 <= len(words) <= 2 and words[0] in _TENS_WORDS and (len(words) == 1 or words[1] in _SMALL_NUMBER_WORDS[1:10]):
+    return str(20 + 10 * _TENS_WORDS.index(words[0]) + (_SMALL_NUMBER_WORDS.index(words[1]) if len(words) == 2 else 0))
+  match = _PY_COMPLEX_RE.match(re.sub(r"\s+", "", s))
+  return match.group(1) + "i" if match else s
 
 
 def _unwrap_text_commands(s: str) -> str:
@@ -501,6 +527,7 @@ class Grader:
     return result
 
   def _equivalent_uncached(self, pred: str, gold: str) -> bool:
+    pred, gold = _respell(pred), _respell(gold)
     (pred_var, pred_norm, pred_list), (gold_var, gold_norm, gold_list) = _normalize(pred), _normalize(gold)
     if not pred_norm or not gold_norm:
       return False

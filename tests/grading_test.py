@@ -114,6 +114,23 @@ def test_different_answers_do_not_match(grader, pred, gold):
   assert not grader.equivalent(pred, gold)
 
 
+@pytest.mark.parametrize("pred,gold,want", [
+    # Other spellings (number words and `j` as in the official `strip_string`); each was graded wrong before.
+    ("five", "5", True),
+    ("\\text{twenty-one}", "21", True),
+    ("7", "\\text{Seven}", True),
+    ("\\emptyset", "\\varnothing", True),  # Omni-MATH golds write the empty set `\varnothing`
+    ("\\{\\}", "\\varnothing", True),
+    ("(3+4j)", "3+4i", True),  # a Python complex number, as a program prints it
+    ("3+4j", "4i+3", True),
+    ("four", "5", False),
+    ("(3-4j)", "3+4i", False),
+    ("\\{1\\}", "\\varnothing", False),
+])
+def test_other_spellings(grader, pred, gold, want):
+  assert grader.equivalent(pred, gold) == want
+
+
 def test_list_ground_truth_accepts_any(grader):
   assert grader.equivalent("(0, 0)", ["(3, -5)", "(0, 0)"])
   assert not grader.equivalent("1", ["2", "3"])
