@@ -25,6 +25,22 @@ Before the layers, a few other spellings are rewritten: a whole answer that is a
 `\\text{twenty-one}`) becomes digits and a Python complex literal (`(3+4j)`) takes `i`, as the official grader's
 `strip_string` does; `\\varnothing` becomes `\\emptyset` (the official grader has no rule for it).
 
+Differences from the official grader (rStar-Math `rstar_deepthink/agents/utils.py` `math_equiv`, which says "equal"
+when any of `utils/math_equal.py`, `math_evaluation.is_equiv` or `utils/checker.py` does, either way round and again
+after `strip_string`). It is looser on purpose; we keep the stricter rule and say "not equal" to each of:
+- Numeric tolerance: `1000001` for `1000000` (`isclose`, `rel_tol=1e-4`); `3.14` for `3.1416`, `1.414` for
+  `\\sqrt{2}` (the Xwin check, `rel_tol=1e-3`). We compare exactly, with only the rounded-decimal allowance above.
+- Percentages (`include_percentage`: the gold, x100 and /100): `0.44` for `44\\%`, `4400` for `44`, `0.072` for
+  `7.2\\%`. We drop a `%` sign (`44` is `44\\%`) and never rescale.
+- Brackets: tuples and intervals compared element by element whatever the brackets: `(1, 3)` for `[1, 3]`,
+  `[0,\\infty)` for `(0,\\infty)`.
+- Assignments: any left side of at most two characters is dropped: `y = \\frac{3}{2}` for `x = \\frac{3}{2}`.
+- Case: both answers are first compared lowercased: `\\Phi(x)` for `\\phi(x)`.
+- Commas: dropped from numbers (`parse_digits`) and, with spaces, from any answer (Xwin's literal check): `245` for
+  `0,245`, `1234` for `1, 234`.
+- Choice letters: the last standalone A-E of the answer (`The answer is C` for `C`), and the A-E letters of an
+  answer for a gold of several (`B, E, E` for `BEE`, an Omni-MATH word).
+
 Results are cached per (prediction, gold) pair: a search grades the same few answers many times.
 """
 

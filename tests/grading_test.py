@@ -131,6 +131,29 @@ def test_other_spellings(grader, pred, gold, want):
   assert grader.equivalent(pred, gold) == want
 
 
+@pytest.mark.parametrize("pred,gold", [
+    # The module docstring's "Differences from the official grader": the official `math_equiv` says equal to each
+    # (tolerances, percentages, brackets, assignments, case, commas, choice letters); we keep our stricter rule.
+    ("1000001", "1000000"),
+    ("3.14", "3.1416"),
+    ("1.414", "\\sqrt{2}"),
+    ("0.44", "44\\%"),
+    ("4400", "44"),
+    ("0.072", "7.2\\%"),
+    ("(1, 3)", "[1, 3]"),
+    ("[0, \\infty)", "(0,\\infty)"),
+    ("y = \\frac{3}{2}", "x = \\frac{3}{2}"),
+    ("\\Phi(x)", "\\phi(x)"),
+    ("245", "0,245"),
+    ("1234", "1, 234"),
+    ("The answer is C", "C"),
+    ("B, E, E", "BEE"),
+])
+def test_stricter_than_the_official_grader(grader, pred, gold):
+  assert not grader.equivalent(pred, gold)
+  assert not grader.equivalent(gold, pred)
+
+
 def test_list_ground_truth_accepts_any(grader):
   assert grader.equivalent("(0, 0)", ["(3, -5)", "(0, 0)"])
   assert not grader.equivalent("1", ["2", "3"])
