@@ -25,8 +25,8 @@ CORRECT, WRONG = "correct", "wrong"
 class SftConfig:
   """Policy SFT selection (paper: the 2 best correct trajectories per problem)."""
   per_problem: int = 2
-  # A trajectory is dropped when any step's interpreter observation contains this (case-insensitive):
-  # the official interpreter reports exceptions as "{Type}Error: ...".
+  # A trajectory is dropped when its response text contains this (case-insensitive), as DESIGN §1.3 and the
+  # official sampler: the text holds every code block's `<output>`, where the interpreter reports "{Type}Error: ...".
   error_marker: str = "error"
 
 
@@ -122,9 +122,10 @@ def sft_records(trees: Sequence[Tree], config: SftConfig = SftConfig()) -> list[
   order: the order the official sampler lists trajectories in, which its stable sort keeps); duplicate response
   texts are kept once.
 
-  Deviations from the official sampler (`sample_sft_data.py`): trajectories whose observations contain the error
-  marker are dropped before the top `per_problem` are taken (DESIGN §1.3; the official one takes the top 2, then
-  drops those whose text contains "error", so it may keep fewer); duplicates are dropped; problems are keyed by
+  Trajectories whose response text contains the error marker (`SftConfig.error_marker`, case-insensitive) are
+  dropped, as DESIGN §1.3 and the official sampler (`sample_sft_data.py`) do. Deviations from that sampler: the
+  drop comes before the top `per_problem` are taken (DESIGN §1.3; the official one takes the top 2, then drops,
+  so it may keep fewer); duplicates are dropped; problems are keyed by
   `problem_id`, not the question text; responses are kept as searched (the official one strips surrounding
   whitespace) and records are not shuffled.
 
@@ -142,11 +143,12 @@ def sft_records(trees: Sequence[Tree], config: SftConfig = SftConfig()) -> list[
     for t_index, tree in enumerate(problem_trees):
       correct = [n.id for n in tree.nodes if _outcome(n, False) == CORRECT]
       for _, steps in _trajectories(tree, correct):
-        if any(marker in s.observation.lower() for s in steps):
+        response = "".join(s.text for s in steps)
+        if marker in response.lower():
           continue
         mean_q, min_q = _mean_min_q(steps)
         dfs_position = tuple(tree.nodes[s.parent].children.index(s.id) for s in steps)
-        candidates.append((-mean_q, -min_q, t_index, dfs_position, tree.question, "".join(s.text for s in steps)))
+        candidates.append((-mean_q, -min_q, t_index, dfs_position, tree.question, response))
     candidates.sort(key=lambda c: c[:4])
     seen: set[str] = set()
     for *_, question, response in candidates:

@@ -17,6 +17,11 @@ def _step(name: str) -> str:
   return f"\n# {name}: {words}\nx = {rng.randint(0, 10**6)}\n<end_of_step>"
 
 
+def _output(observation):
+  """The output block a step that closes a code block carries in its text (none without an observation)."""
+  return f"\n<output>{observation}<end_of_output>" if observation else ""
+
+
 def build_tree(spec, problem_id="p/0", prompt="<|user|>:\nQ?\n<|assistant|>: go.", question="Q?"):
   """Builds a schema-1 record from a nested spec: (name, q, kind, [children]) with
   kind in {None, "correct", "wrong", "invalid"} and optional observation via a 5th field.
@@ -29,7 +34,7 @@ def build_tree(spec, problem_id="p/0", prompt="<|user|>:\nQ?\n<|assistant|>: go.
     nid = len(nodes)
     ids[name] = nid
     node = {"id": nid, "tag": tag, "parent": parent, "children": [], "depth": depth,
-            "text": "" if parent == -1 else _step(name), "code": "", "observation": obs,
+            "text": "" if parent == -1 else _step(name) + _output(obs), "code": "", "observation": obs,
             "final_answer": None, "terminal": kind is not None,
             "terminal_reason": None, "correct": None, "visits": 4, "value_sum": 4 * q, "q": q,
             "ppm_value": None}
@@ -54,13 +59,15 @@ def build_tree(spec, problem_id="p/0", prompt="<|user|>:\nQ?\n<|assistant|>: go.
 # Tree 1 (q values chosen so each rule decides something):
 #   A (0.6) -> A1 correct (1.0), A2 wrong (-1.0)      mixed child
 #   B (-0.7) -> B1 wrong (-1.0)
-#   C (0.9, observation has an error) -> C1 correct (1.0)
+#   C (0.9, its output block shows an error) -> C1 correct (1.0)
 #   D (-1.0) invalid terminal
 #   E (0.8) -> E1 correct (0.8)
+C_ERROR = "NameError: name 'x' is not defined"
+C_TEXT = _step("C") + _output(C_ERROR)
 TREE1 = ("root", 0.0, None, [
     ("A", 0.6, None, [("A1", 1.0, "correct", []), ("A2", -1.0, "wrong", [])]),
     ("B", -0.7, None, [("B1", -1.0, "wrong", [])]),
-    ("C", 0.9, None, [("C1", 1.0, "correct", [])], "NameError: name 'x' is not defined"),
+    ("C", 0.9, None, [("C1", 1.0, "correct", [])], C_ERROR),
     ("D", -1.0, "invalid", []),
     ("E", 0.8, None, [("E1", 0.8, "correct", [])]),
 ])
@@ -84,6 +91,22 @@ def test_sft_top2_by_mean_q_ties_by_min_q_errors_dropped(tree1):
       formats.SftRecord(query="Q?", response=_step("E") + _step("E1")),
       formats.SftRecord(query="Q?", response=_step("A") + _step("A1")),
   ]
+
+
+def test_sft_error_filter_reads_the_response_text_as_the_official_sampler():
+  # DESIGN §1.3 and sample_sft_data.py drop a trajectory whose *text* contains "error" (any case). An error seen only
+  # while a code block was still open (its observation never reaches the text) does not drop it; we used to read the
+  # observations, which dropped such trajectories and kept texts that report an error in words.
+  spec = ("root", 0.0, None, [
+      ("P", 0.9, None, [("P1", 0.9, "correct", [])]),
+      ("R", 0.5, None, [("R1", 0.5, "correct", [])]),
+      ("S", 0.2, None, [("S1", 0.2, "correct", [])]),
+  ])
+  record, ids = build_tree(spec)
+  record["nodes"][ids["P"]]["observation"] = "SyntaxError: unexpected EOF (<unknown>, line 2)"  # block still open
+  record["nodes"][ids["R1"]]["text"] += "\n# the relative Error is below 1%"
+  got = extract.sft_records([trees.tree_from_dict(record)])
+  assert got == [formats.SftRecord("Q?", _step("P") + _step("P1")), formats.SftRecord("Q?", _step("S") + _step("S1"))]
 
 
 def test_sft_per_problem_zero_keeps_none(tree1):
@@ -117,7 +140,7 @@ def test_step_pairs_two_vs_two_margin_and_walk(tree1):
   # B -0.7, A 0.6 -> B, A. (C,A) and (E,A) fail the 0.5 margin. Then the walk enters mixed A:
   # 1 positive (A1) vs 1 negative (A2).
   assert got == [
-      formats.PpmPair(prompt, _step("C"), _step("B"), 2, 2),
+      formats.PpmPair(prompt, C_TEXT, _step("B"), 2, 2),
       formats.PpmPair(prompt, _step("E"), _step("B"), 2, 2),
       formats.PpmPair(prompt + _step("A"), _step("A1"), _step("A2"), 1, 1),
   ]
@@ -129,7 +152,7 @@ def test_step_pairs_invalid_terminals_as_wrong(tree1):
   got = extract.step_pairs(tree, extract.PairConfig(invalid_as_wrong=True))
   # Negatives by Q asc now: D -1.0, B -0.7 (A 0.6 not selected); the walk into A adds one more pair.
   assert [(p.pos, p.neg, p.pos_count, p.neg_count) for p in got[:4]] == [
-      (_step("C"), _step("D"), 2, 2), (_step("C"), _step("B"), 2, 2),
+      (C_TEXT, _step("D"), 2, 2), (C_TEXT, _step("B"), 2, 2),
       (_step("E"), _step("D"), 2, 2), (_step("E"), _step("B"), 2, 2)]
   assert len(got) == 5
 
@@ -199,7 +222,7 @@ def test_final_answer_pairs(tree1):
   tree, _ = tree1
   got = extract.final_answer_pairs(tree)
   a1, a2, b, c = (_step("A") + _step("A1"), _step("A") + _step("A2"), _step("B") + _step("B1"),
-                  _step("C") + _step("C1"))
+                  C_TEXT + _step("C1"))
   # Correct by mean Q: C-C1 0.95, A-A1 0.8 (tie with E-E1 broken by leaf order); wrong by mean Q asc:
   # B-B1 -0.85, A-A2 -0.2.
   assert [(p.prompt, p.pos, p.neg, p.pos_count, p.neg_count) for p in got] == [

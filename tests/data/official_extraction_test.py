@@ -65,9 +65,9 @@ def official_sft(tree_dicts, per_problem=2, hits=None):
       if leaf["terminal_reason"] != "answer" or leaf["correct"] is not True:
         continue  # official: only traces ending in a valid final answer equivalent to the ground truth
       steps = [tree["nodes"][i] for i in trace[1:]]
-      # DEVIATION (DESIGN §1.3, SftConfig): ours drops a trajectory when an observation contains "error", before
-      # the top 2 are taken; the official code takes the top 2 first, then drops those whose text has "error".
-      if any("error" in s["observation"].lower() for s in steps):
+      # Official: a trajectory whose text contains "error" (any case) is dropped. DEVIATION (DESIGN §1.3): ours drops
+      # it before the top 2 are taken; the official code takes the top 2 first, then drops.
+      if "error" in "".join(s["text"] for s in steps).lower():
         hits["sft_error_dropped"] += 1
         continue
       qs = [_q(s) for s in steps]
@@ -179,7 +179,7 @@ def _fraction_q(rng):
 def _code_step(rng, serial):
   words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 7)))
   if rng.random() < 0.15:
-    words += " error bound"  # "error" in the step text, not in an observation: only the observation counts
+    words += " error bound"  # "error" in the words of a step, not in an output block: the text rule drops it
   return f"<code>\n# {words}\nv{serial} = {rng.randint(0, 999)}\n<end_of_step>"
 
 
