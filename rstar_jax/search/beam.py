@@ -12,10 +12,13 @@ Versus the official `BS` (agents/beam_search.py): there the next beam is the top
 PPM score, finished ones included, and the samples generated for the unfinished ones are then zipped onto that
 list, so a finished node can take another node's children. Here the beam holds unfinished children only and each
 keeps its own samples. The official `BS.create_child` also ends a path at its first code error whatever
-`errors_threshold` says; here `errors_threshold` applies (the same at its default, 1).
+`errors_threshold` says; here `errors_threshold` applies (the same at its default, 1). The official width count goes
+on below 0 when one step finds more answers than the width left, and `candidate_nodes[:-k]` then keeps all but the
+last k new children; here the width stops at 0. The official code also scores the invalid terminals (their value
+decides whether they take a beam slot); here nothing ranks them, so they keep no PPM value.
 
-The output uses the tree JSONL schema (mode "inference"): every generated node with its PPM value;
-visits and values stay 0 (beam search backs nothing up).
+The output uses the tree JSONL schema (mode "inference"): every generated node, with its PPM value where it was
+scored; visits and values stay 0 (beam search backs nothing up).
 """
 
 from __future__ import annotations
