@@ -1,0 +1,489 @@
+"""Our step-level beam search against a plain-Python transcription of the released rStar-Math step beam search.
+
+What is compared. 24 problems are searched twice, with the official inference settings of `config/sft_eval_bs.yaml`
+(errors_threshold 1, stop strings `<end_of_step> <end_of_code> <end_of_answer>`) at test size (beam width 3, 4
+samples per step, max depth 6): by `beam_search` (beam.py) and by `OfficialSolver` below, a transcription of the
+released code (rStar-Math `rstar_deepthink/`: `agents/beam_search.py` for `BS` (`create_prompt`, `select_next_step`,
+`generate_next_step`, `create_child`, `get_steps`), `nodes/base_node.py` for the node, `agents/tree.py` for
+`code_execution` / `collect_action_inputs` / `extract_program`, `agents/utils.py` for the step parser and answer
+extraction, `llms/llms.py` for the candidate filter of `llm_generate` and the value scale of `rm_generate`, and
+`solver.py` for the step loop over many agents). Compared:
+- every node of every tree, matched by its rStar tag (`0.2.1`): the set of tags, parent, depth, text (with its output
+  block), program, observation, final answer, terminal reason, correctness (what the official `math_equiv` would say
+  of the answer), and PPM value (`value`); visits and value sums stay 0 on our side (beam search backs nothing up);
+- the beams, step by step: every policy call's prompts, in order (so which nodes each step expanded, their order by
+  PPM value, the lockstep batching over problems, and the step at which each problem stopped);
+- the answers: the official `get_steps` solution list (answer nodes by PPM value, best first: tag, value, answer,
+  solution text) against ours, and its first answer against `best_answer` of our record.
+
+Why it is independent. The transcription imports nothing of the search but the shared world both sides are driven by:
+the same prompt-keyed scripted policy (`ScriptedPolicy(script)`), the same fake sandbox, the same PPM function and
+the same answer check (all defined here). It follows the official control flow (the agent's `candidate_nodes` /
+`current_nodes` / `final_answer_nodes` lists, `current_top_num` counting down, one sort of all new children per step,
+children created and classified one by one, `BaseNode` objects) rather than ours (node ids in a `HostTree`, planned
+children run as one sandbox batch, a per-problem width list).
+
+Documented deviations of ours, and how each is handled here:
+- The beam (beam.py): the official next beam is the top `current_top_num` of *all* new children by value, finished ones
+  included, and the samples generated for the unfinished ones are zipped onto that list, so a finished node can take
+  another node's children; ours keeps the top `width` unfinished children, each with its own samples. Modelled:
+  `select_next_step` below fills the beam from the unfinished nodes only.
+- The width running out (beam.py): every answer among a step's new children lowers `current_top_num` by one there and
+  here; the official count can pass 0, and `candidate_nodes[:-k]` then takes all nodes but the last k, so a problem
+  with more answers in one step than it had width left goes on with almost every child; ours stops at 0. Modelled:
+  the count stops at 0 below (the scripted trees do pass 0, see the coverage checks).
+- Code errors (beam.py): the official `BS.create_child` ends a path at any observation containing "error" and never
+  reads `errors_threshold`; ours applies `errors_threshold`, the same at the official 1 used here. Transcribed as is.
+- Double `<output>` wrap (step.py): a step that closes the code block and errs gets its output block once here, twice
+  in the official `create_child`. Modelled: the transcription wraps once.
+- Unparsable steps (step.py): a blank step, or one that ended without a stop string and has no box, is a terminal
+  `unparsable` node of ours; the official parser would run it as code. Modelled: the transcription's parser returns
+  None for those, which sends them down the official `NO_VALID_CHILD` branch.
+- PPM values of invalid terminals: the official scores every new child (the value decides whether a finished node takes
+  a beam slot); ours scores the unfinished children and the answers only, the only ones it ranks (beam.py), and
+  leaves `ppm_value` null on the others. Kept out: those values are not compared; their absence on our side is.
+- Answer extraction (step.py): the official cut at the first `.\\n`, the trailing-period strip and `\\text{}` removal
+  never apply: no scripted answer step has them. Empty boxes (a non-terminal node there) are never scripted.
+"""
+
+import zlib
+
+import numpy as np
+
+from rstar_jax.search import BeamConfig, Problem, beam_search, best_answer
+from rstar_jax.search.scripted import FakeResult, FunctionScorer, ScriptedPolicy
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The shared world: policy, sandbox, PPM and answer check, all deterministic and called by both sides.
+# ---------------------------------------------------------------------------------------------------------------------
+
+PROMPT = "Question: {}\n"
+NUM_PROBLEMS = 24
+BEAM_WIDTH = 3
+SAMPLES_PER_STEP = 4
+MAX_DEPTH = 6
+
+
+def script(prompt: str, n: int, seed: int) -> list[str]:
+  """`n` candidate steps drawn from the prompt alone (the seed is ignored, so neither side needs our seeding)."""
+  del seed
+  rng = np.random.default_rng(zlib.crc32(prompt.encode()))
+  steps_so_far = prompt.count("<end_of_step>") + prompt.count("<end_of_code>")
+  answer_weight = 0.005 + 0.015 * steps_so_far  # answers get likelier deeper down
+  out = []
+  for _ in range(n):
+    k = int(rng.integers(0, 4))
+    kinds = [
+        (0.18, f"<code>\nx = {k}\n<end_of_step>"),                     # opens a code block
+        (0.18, f"y = x + {k}\n<end_of_step>"),                          # continues it
+        (0.14, f"print(y * {k})\n<end_of_code>"),                       # closes it: output block appended
+        (0.03, f"z = {k} / 0\n<end_of_step>"),                          # a code error
+        (0.02, f"print({k} / 0)\n<end_of_code>"),                       # an error that closes the block
+        (answer_weight / 2, f"<answer>The answer is \\boxed{{{k}}}<end_of_answer>"),  # the first-answer rule
+        (answer_weight, f"# so it is \\boxed{{{k}}}\n<end_of_step>"),  # an answer by its box, not its stop
+        (0.01, f"\\boxed{{{k + 1}}} or \\boxed{{{k}}}<end_of_answer>"),  # two boxes: the last one counts
+        (0.01, f"The answer is {k}<end_of_answer>"),                    # stopped at <end_of_answer>, no box: code
+        (0.02, f"Thus \\boxed{{{k}}}"),                                 # eos, but boxed: an answer
+        (0.02, f"junk {k}"),                                            # eos: unparsable (ours)
+        (0.01, "  \n<end_of_step>"),                                    # blank: unparsable (ours)
+    ]
+    weights = np.asarray([w for w, _ in kinds])
+    out.append(kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))][1])
+  return out
+
+
+def observe(program: str) -> str:
+  """The fake sandbox: an error for a division by zero or a stray sentence, a number when something prints."""
+  if "/ 0" in program:
+    return "ZeroDivisionError: division by zero\n"
+  if "answer is" in program:
+    return "SyntaxError: invalid syntax"
+  if "print" not in program:
+    return ""
+  return f" {zlib.crc32(program.encode()) % 7}\n"
+
+
+class FakeExecutor:
+  def run(self, programs):
+    return [FakeResult(observe(p)) for p in programs]
+
+
+def ppm(text: str) -> float:
+  """The fake PPM: a value in (-1, 1) keyed by the scored text (the scorer hands it on as float32)."""
+  return float(np.tanh(np.random.default_rng(zlib.crc32(text.encode())).uniform(-5, 5) / 5))
+
+
+def is_equiv(ground_truth: str, answer: str) -> bool:
+  return str(ground_truth).strip() == str(answer).strip()
+
+
+class ExactGrader:
+  """Our side's grader, on the same `is_equiv`."""
+
+  def equivalent_batch(self, pairs):
+    return [is_equiv(gold, pred) for pred, gold in pairs]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The official step beam search, transcribed (plain objects; names follow the released code).
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Sentinel final answers of invalid terminals (official constants.py; only their identity matters here).
+TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, NO_VALID_CHILD = "<too many code errors>", "<too many steps>", "<no valid child>"
+INVALID_ANSWERS = (TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, NO_VALID_CHILD)
+CODE, CODE_END, STEP_END = "<code>", "<end_of_code>", "<end_of_step>"
+OUTPUT, OUTPUT_END, ANSWER_END = "<output>", "<end_of_output>", "<end_of_answer>"
+STEP_DELIM = "\n"
+
+# config/sft_eval_bs.yaml, with the budget shrunk to test size (official: width 8, 8 samples, depth 16).
+OFFICIAL_CONFIG = dict(step_beam_width=BEAM_WIDTH, n_generate_sample=SAMPLES_PER_STEP, max_depth=MAX_DEPTH,
+                       errors_threshold=1, stop=(STEP_END, CODE_END, ANSWER_END), need_value_func=True)
+
+
+class OfficialNode:
+  """`BaseNode` as `BS.create_node` makes it: state (text + action keys), tag, depth, terminal flag, value."""
+
+  def __init__(self, parent: "OfficialNode | None" = None):
+    self.parent = parent
+    self.children: list[OfficialNode] = []
+    self.tag = "0"
+    self.depth = 0
+    self.is_terminal = False
+    self.value = 0.0
+    self.state = {"text": "", "action": "", "action_input": "", "final_answer": ""}
+    self.program = ""  # not an official field: the program `code_execution` ran, kept for the comparison
+
+
+def extract_program(text: str) -> str:
+  """`agents/tree.py extract_program`: lines inside `<code>` ... `<end_of_code>`, blocks separated by a marker."""
+  text = text.replace(STEP_END, "")
+  program, inside = "", False
+  for line in text.split("\n"):
+    if CODE in line:
+      program, inside = program + "\n# ========\n", True
+    elif CODE_END in line:
+      inside = False
+    elif inside:
+      program += line + "\n"
+  return (program or text).strip()
+
+
+def extract_math_answer(text: str) -> str:
+  """`agents/utils.py extract_math_answer`: cut at the first '.\\n', drop a final '.', take the last box."""
+  head = text.split(".\n")[0].strip()
+  head = head[:-1].strip() if head.endswith(".") else head
+  start = head.rfind("\\boxed{")
+  if start < 0:
+    return head
+  depth, open_at = 0, None
+  for i in range(start, len(head)):
+    if head[i] == "{":
+      depth += 1
+      open_at = i if open_at is None else open_at
+    elif head[i] == "}":
+      depth -= 1
+      if depth == 0:
+        return head[open_at + 1:i]
+  return head[open_at + 1:]  # unclosed (never scripted)
+
+
+def step_unwrap(text: str, stop_reason: str | None) -> dict | None:
+  """`rstar_step_result_unwrap`: a boxed step is an answer, anything else a python action.
+
+  Our documented deviation: a blank step, or one that ended without a stop string, is unparsable (None here, the
+  official `NO_VALID_CHILD` branch of `create_child`), where the official parser would run it as code.
+  """
+  if "boxed" in text:
+    return {"action": "", "action_input": "", "final_answer": extract_math_answer(text)}
+  if stop_reason is None or not text[:len(text) - len(stop_reason)].strip():
+    return None
+  return {"action": "python_interpreter", "action_input": text, "final_answer": ""}
+
+
+class OfficialBS:
+  """One problem's `BS` agent (agents/beam_search.py) with the `BaseTree` parts it uses."""
+
+  def __init__(self, cfg: dict, question: str, executor: FakeExecutor):
+    self.cfg = cfg
+    self.question = question
+    self.executor = executor
+    self.root = OfficialNode()
+    self.current_nodes: list[OfficialNode] = []
+    self.candidate_nodes: list[OfficialNode] = [self.root]
+    self.final_answer_nodes: list[OfficialNode] = []
+    self.current_top_num = cfg["step_beam_width"]
+    self.passed_zero = False  # not official: whether the count of answers ever passed the width (coverage check)
+
+  def collect_partial_solution(self, node: OfficialNode) -> str:
+    texts = []
+    while node is not None:
+      texts.append(node.state["text"])
+      node = node.parent
+    return "".join(reversed(texts))
+
+  def prompt_wrap(self, node: OfficialNode) -> str:
+    return PROMPT.format(self.question) + self.collect_partial_solution(node)
+
+  def is_ignored_node(self, node: OfficialNode) -> bool:
+    return node.is_terminal or node.depth > self.cfg["max_depth"]
+
+  def should_generate_next(self) -> bool:
+    return any(not self.is_ignored_node(n) for n in self.current_nodes)
+
+  def has_expanded(self) -> bool:
+    return bool(self.current_nodes) and bool(self.current_nodes[0].children)
+
+  def create_prompt(self, is_value_only: bool = False) -> list[str]:
+    nodes = self.candidate_nodes if is_value_only else self.current_nodes
+    return [self.prompt_wrap(n) for n in nodes if is_value_only or not self.is_ignored_node(n)]
+
+  @staticmethod
+  def is_valid_final_answer_node(node: OfficialNode) -> bool:
+    return node.is_terminal and bool(node.state["final_answer"]) and node.state["final_answer"] not in INVALID_ANSWERS
+
+  def select_next_step(self, values: list[float] | None = None) -> None:
+    if values is not None:
+      for node, value in zip(self.candidate_nodes, values):
+        node.value = value
+    self.candidate_nodes = sorted(self.candidate_nodes, key=lambda n: n.value, reverse=True)  # stable
+    for node in self.candidate_nodes:
+      if self.is_valid_final_answer_node(node):
+        self.final_answer_nodes.append(node)
+        self.current_top_num -= 1
+    # Official: `current_nodes = candidate_nodes[:current_top_num]`, finished nodes included, and a count below 0
+    # slices from the end. Ours (beam.py, documented): the beam holds unfinished nodes only, and the width stops at 0.
+    self.passed_zero |= self.current_top_num < 0
+    self.current_top_num = max(0, self.current_top_num)
+    unfinished = [n for n in self.candidate_nodes if not self.is_ignored_node(n)]
+    self.current_nodes = unfinished[:self.current_top_num]
+
+  def generate_next_step(self, outputs: list[list[tuple[str, str | None]]]) -> None:
+    # Official: zips `current_nodes` (finished ones included) with the outputs of the unfinished ones; with the beam
+    # modelled above both lists hold the same nodes, so every node gets its own samples.
+    self.candidate_nodes = []
+    for node, output in zip(self.current_nodes, outputs):
+      for text, stop_reason in output:
+        step_result = text + (stop_reason or "")
+        self.create_child(step_result, step_unwrap(step_result, stop_reason), node)
+      self.candidate_nodes.extend(node.children)
+
+  def code_execution(self, node: OfficialNode, action_input: str) -> tuple[str, str]:
+    """Runs the code since the last finished block (`collect_action_inputs`) plus this step; (program, output)."""
+    history = []  # (the official also skips an input whose output timed out; the fake sandbox never times out)
+    while node is not None and OUTPUT_END not in node.state["text"] and CODE_END not in node.state["text"]:
+      if node.state["action"] == "python_interpreter" and node.state["action_input"]:
+        history.append(node.state["action_input"])
+      node = node.parent
+    program = extract_program("".join(reversed(history)) + action_input)
+    return program, str(self.executor.run([program])[0].observation).strip()
+
+  def create_child(self, step_result: str, parser_result: dict | None, node: OfficialNode) -> None:
+    new = OfficialNode(parent=node)
+    new.tag = f"{node.tag}.{len(node.children) + 1}"
+    new.depth = node.depth + 1
+    if parser_result is None:
+      new.is_terminal = True
+      new.state["text"] = step_result
+      new.state["final_answer"] = NO_VALID_CHILD
+    elif parser_result["final_answer"]:
+      new.is_terminal = True
+      new.state["text"] = step_result
+      new.state["final_answer"] = parser_result["final_answer"]
+    elif parser_result["action"]:
+      new.program, observation = self.code_execution(node, parser_result["action_input"])
+      new.state["action"] = parser_result["action"]
+      new.state["action_input"] = parser_result["action_input"]
+      new.state["observation"] = observation
+      wrapped = False
+      if CODE_END in parser_result["action_input"]:
+        observation, wrapped = f"{OUTPUT}{observation}{OUTPUT_END}", True
+        new.state["text"] = f"{step_result}{STEP_DELIM}{observation}"
+        if "Error" in observation:
+          new.is_terminal = True
+          new.state["final_answer"] = TOO_MANY_CODE_ERRORS
+      else:
+        new.state["text"] = step_result
+      # No consecutive-error count: any error ends the path (errors_threshold 1 on our side, documented in beam.py).
+      if "error" in observation.lower():
+        # Official: wraps `observation` again, which is already wrapped when the step closed the block; ours wraps
+        # it once (step.py, documented), modelled here.
+        observation = observation if wrapped else f"{OUTPUT}{observation}{OUTPUT_END}"
+        closed = step_result if CODE_END in step_result else step_result + CODE_END
+        new.state["text"] = f"{closed}{STEP_DELIM}{observation}"
+        new.is_terminal = True
+        new.state["final_answer"] = TOO_MANY_CODE_ERRORS
+    else:  # a box with nothing in it (never scripted)
+      new.state["text"] = step_result
+    if not new.is_terminal and new.depth > self.cfg["max_depth"]:
+      new.is_terminal = True
+      new.state["final_answer"] = TOO_MANY_STEPS
+    node.children.append(new)
+
+  def get_steps(self) -> list[dict]:
+    """The answers, best value first (a stable sort: ties keep the order they were found in)."""
+    states = [{"value": n.value, "final_answer": n.state["final_answer"], "tag": n.tag,
+               "solution": self.collect_partial_solution(n)} for n in self.final_answer_nodes]
+    return sorted(states, key=lambda s: s["value"], reverse=True)
+
+
+class OfficialSolver:
+  """`solver.py Solver.solve` with `llm_generate` / `rm_generate` (llms/llms.py), over a batch of agents."""
+
+  def __init__(self, cfg: dict, policy: ScriptedPolicy, scorer):
+    self.cfg = cfg
+    self.policy = policy
+    self.scorer = scorer
+    self.generate_calls: list[list[str]] = []  # for the comparison: every `llm_generate` call's prompts
+
+  def llm_generate(self, prompts: list[str]) -> list[list[tuple[str, str | None]]]:
+    """Samples, then drops repeated texts; if one stopped at `<end_of_answer>`, keeps only the first such one."""
+    self.generate_calls.append(list(prompts))
+    out = []
+    cands = self.policy.generate(prompts, n=self.cfg["n_generate_sample"], seeds=[0] * len(prompts),
+                                 stop=list(self.cfg["stop"])) if prompts else []
+    for per_prompt in cands:
+      # vLLM reports the matched stop string, or None when generation ended otherwise.
+      outs = [(c.text, c.stop_reason if c.stop_reason in self.cfg["stop"] else None) for c in per_prompt]
+      seen, kept = set(), []
+      for text, stop in outs:
+        if text not in seen:
+          seen.add(text)
+          kept.append((text, stop))
+      answers = [o for o in kept if o[1] == ANSWER_END]
+      out.append(answers[:1] if answers else kept)
+    return out
+
+  def rm_generate(self, texts: list[str]) -> list[float]:
+    # The official value comes out of a float32 torch tensor (tanh(r / 5) belongs to our `ppm`).
+    return [float(np.float32(v)) for v in self.scorer(texts)] if texts else []
+
+  def solve(self, agents: list[OfficialBS]) -> None:
+    # Mode "bs" is neither "sbs" nor "mcts" in `Solver.__init__`, so `max_agent_steps` keeps its default 1: one pass
+    # of the step loop, after `select_next_step(from_root=True)` has put the root in every beam.
+    for agent in agents:
+      agent.select_next_step()
+    for _ in range(self.cfg["max_depth"]):
+      valid = [a for a in agents if a.should_generate_next() and not a.has_expanded()]
+      expanded = [a for a in agents if a.should_generate_next() and a.has_expanded()]
+      invalid = [a for a in agents if not a.should_generate_next()]
+      if not valid and not expanded:
+        break
+      prompts = [a.create_prompt() for a in valid]
+      outputs = self.llm_generate([p for ps in prompts for p in ps])
+      start = 0
+      for agent, ps in zip(valid, prompts):
+        agent.generate_next_step(outputs[start:start + len(ps)])
+        start += len(ps)
+      for agent in valid:
+        values = self.rm_generate(agent.create_prompt(is_value_only=True)) if self.cfg["need_value_func"] else None
+        agent.select_next_step(values)
+      for agent in expanded:
+        agent.select_next_step(None)
+      agents = valid + invalid + expanded
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The comparison.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _official_reason(node: OfficialNode) -> str | None:
+  if not node.is_terminal:
+    return None
+  return {NO_VALID_CHILD: "unparsable", TOO_MANY_CODE_ERRORS: "too_many_errors",
+          TOO_MANY_STEPS: "max_depth"}.get(node.state["final_answer"], "answer")
+
+
+def _official_nodes(agent: OfficialBS, ground_truth: str) -> dict[str, dict]:
+  out, queue = {}, [agent.root]
+  while queue:  # breadth first, as `return_states`
+    node = queue.pop(0)
+    reason = _official_reason(node)
+    answer = node.state["final_answer"] if reason == "answer" else None
+    out[node.tag] = {
+        "parent": None if node.parent is None else node.parent.tag, "depth": node.depth,
+        "text": node.state["text"], "code": node.program, "observation": node.state.get("observation", ""),
+        "final_answer": answer, "terminal_reason": reason,
+        "correct": None if answer is None else is_equiv(ground_truth, answer),
+        "ppm_value": None if node.parent is None else node.value}
+    queue.extend(node.children)
+  return out
+
+
+def _our_nodes(record: dict) -> dict[str, dict]:
+  tags = {n["id"]: n["tag"] for n in record["nodes"]}
+  fields = ("depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct", "ppm_value",
+            "visits", "value_sum")
+  return {n["tag"]: {"parent": tags.get(n["parent"]), **{f: n[f] for f in fields}} for n in record["nodes"]}
+
+
+def _our_solutions(record: dict) -> list[dict]:
+  """Our answers as the official `get_steps` lists them: by PPM value, best first, ties in the order found."""
+  nodes = record["nodes"]
+
+  def solution(n):
+    path = []
+    while n["parent"] != -1:
+      path.append(n["text"])
+      n = nodes[n["parent"]]
+    return "".join(reversed(path))
+
+  answers = sorted((n for n in nodes if n["terminal_reason"] == "answer"), key=lambda n: -n["ppm_value"])
+  return [{"value": n["ppm_value"], "final_answer": n["final_answer"], "tag": n["tag"], "solution": solution(n)}
+          for n in answers]
+
+
+def test_beams_match_the_official_step_beam_search():
+  problems = [Problem(f"p{i:02d}", f"problem {i:02d}", str(i % 4)) for i in range(NUM_PROBLEMS)]
+
+  ours_policy = ScriptedPolicy(script)
+  config = BeamConfig(beam_width=BEAM_WIDTH, samples_per_step=SAMPLES_PER_STEP, max_depth=MAX_DEPTH,
+                      errors_threshold=OFFICIAL_CONFIG["errors_threshold"], first_answer_only=True,
+                      stop=OFFICIAL_CONFIG["stop"])
+  records = beam_search(problems, ours_policy, FakeExecutor(), FunctionScorer(ppm), config, prompt_fn=PROMPT.format,
+                        grader=ExactGrader())
+
+  agents = [OfficialBS(OFFICIAL_CONFIG, p.question, FakeExecutor()) for p in problems]
+  solver = OfficialSolver(OFFICIAL_CONFIG, ScriptedPolicy(script), lambda texts: [ppm(t) for t in texts])
+  solver.solve(agents)
+
+  # The beams: the same number of lockstep policy calls, each with the same prompts in the same order.
+  ours_calls = [prompts for prompts, _ in ours_policy.calls]
+  assert len(ours_calls) == len(solver.generate_calls), "a different number of steps"
+  for step, (got, want) in enumerate(zip(ours_calls, solver.generate_calls)):
+    assert got == want, f"step {step}: other beams ({len(got)} prompts here, {len(want)} there)"
+
+  reasons: dict[str | None, int] = {}
+  for problem, record, agent in zip(problems, records, agents):
+    ours, theirs = _our_nodes(record), _official_nodes(agent, problem.ground_truth)
+    assert sorted(ours) == sorted(theirs), f"{problem.problem_id}: the trees have different nodes"
+    for tag, want in theirs.items():
+      got = ours[tag]
+      where = f"{problem.problem_id} node {tag}"
+      for field in ("parent", "depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct"):
+        assert got[field] == want[field], f"{where}: {field}"
+      assert (got["visits"], got["value_sum"]) == (0, 0.0), where
+      if want["terminal_reason"] in ("too_many_errors", "unparsable", "max_depth") or tag == "0":
+        assert got["ppm_value"] is None, f"{where}: ppm_value"  # not scored by ours (see the module docstring)
+      else:
+        assert got["ppm_value"] == want["ppm_value"], f"{where}: ppm_value"  # the same float32 value
+      reasons[want["terminal_reason"]] = reasons.get(want["terminal_reason"], 0) + 1
+    solutions = agent.get_steps()
+    ours_solutions = _our_solutions(record)
+    assert [s["tag"] for s in ours_solutions] == [s["tag"] for s in solutions], f"{problem.problem_id}: answers"
+    assert ours_solutions == solutions, f"{problem.problem_id}: answers"
+    assert best_answer(record) == (solutions[0]["final_answer"] if solutions else None), problem.problem_id
+
+  # The trees exercise every rule compared above.
+  assert sum(reasons.values()) > 15 * NUM_PROBLEMS, reasons
+  for reason in ("answer", "too_many_errors", "unparsable", None):
+    assert reasons.get(reason, 0) >= 10, (reason, reasons)
+  assert len(solver.generate_calls) == MAX_DEPTH  # some problem ran every step ...
+  depths = [max(n["depth"] for n in record["nodes"]) for record in records]
+  assert sum(d < MAX_DEPTH for d in depths) >= 5, depths  # ... and others stopped early,
+  assert sum(a.current_top_num == 0 for a in agents) >= 5  # most of them when answers used up their width.
+  # More unfinished children in a step than beam slots (the PPM ranking decides), and more answers in one step than
+  # the width left (the official count would pass 0).
+  crowded = sum(sum(not n["terminal"] for n in record["nodes"] if n["depth"] == d) > BEAM_WIDTH
+                for record in records for d in range(1, MAX_DEPTH + 1))
+  assert crowded >= 20, crowded
+  assert sum(a.passed_zero for a in agents) >= 2
