@@ -114,7 +114,12 @@ def tokenize_sft(records: Sequence[SftRecord], tokenizer: TextTokenizer, config:
 
 
 def tokenize_ppm(pairs: Sequence[PpmPair], tokenizer: TextTokenizer, config: PipelineConfig) -> TokenizedSet:
-  """`prompt + pos` and `prompt + neg`, each tokenized as one text (exactly what the PPM scores at search)."""
+  """`prompt + pos` and `prompt + neg`, each tokenized as one text (exactly what the PPM scores at search).
+
+  A pair longer than `max_len` is dropped (`overlong="drop"`) or cut to its first `max_len` tokens; a pair the cut
+  leaves identical on both sides (its prompt alone fills `max_len`) is dropped either way and counted in
+  `num_dropped`: it would add a constant log 2 to the loss and count as a pair without teaching anything.
+  """
   if config.overlong not in OVERLONG:
     raise ValueError(f"overlong must be one of {OVERLONG}, got {config.overlong!r}")
   pos = _encode_all(tokenizer, [p.prompt + p.pos for p in pairs])
@@ -131,6 +136,9 @@ def tokenize_ppm(pairs: Sequence[PpmPair], tokenizer: TextTokenizer, config: Pip
       # Keep the head, as the official trainer (right-side truncation) and our search-time PPMScorer do, so
       # training scores exactly what search scores.
       p_ids, n_ids = p_ids[:config.max_len], n_ids[:config.max_len]
+      if p_ids == n_ids:  # the cut left only the shared prompt: a pair with no signal (loss log 2, no gradient)
+        dropped += 1
+        continue
     arrays.append({"pos": np.asarray(p_ids, np.int32), "neg": np.asarray(n_ids, np.int32),
                    "weight": np.asarray(pair.weight, np.float32)})
     lengths.append(max(len(p_ids), len(n_ids)))

@@ -103,5 +103,9 @@ def sft_config(**changes) -> TrainConfig:
 
 
 def ppm_config(**changes) -> TrainConfig:
-  """PPM training: the SFT optimizer settings, 2 epochs of pairs, 128 pairs per batch, raw-linear head."""
+  """PPM training: the SFT optimizer settings, 2 epochs of pairs, 128 pairs per batch, raw-linear head.
+
+  Longer pairs are cut to `data.max_len` (2048) tokens; the search's `PPMScorer` cuts a text to its `max_tokens`
+  (by default `max_position_embeddings - 1`). Set the two equal for training to score exactly what search scores.
+  """
   return TrainConfig(**changes)

@@ -111,10 +111,14 @@ def test_ppm_batches(rstar_pairs, qwen_tokenizer):
 
 
 def test_ppm_overlong_keeps_the_head_like_the_scorer(rstar_pairs, qwen_tokenizer):
-  config = pipeline.PipelineConfig(max_len=64, batch_size=5, num_epochs=1, shuffle=False)
-  batch = next(pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, config).iterator())
+  # 150 tokens: past where pos and neg part in the first four published pairs (72-140), not in the fifth (316),
+  # which the cut leaves the same on both sides, so it is dropped.
+  config = pipeline.PipelineConfig(max_len=150, batch_size=5, num_epochs=1, shuffle=False)
+  pipe = pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, config)
+  assert (pipe.num_examples, pipe.num_dropped) == (4, 1)
+  batch = next(pipe.iterator())
   full = qwen_tokenizer.encode(rstar_pairs[0].prompt + rstar_pairs[0].pos)
-  np.testing.assert_array_equal(batch["pos_tokens"][0], full[:64])
+  np.testing.assert_array_equal(batch["pos_tokens"][0], full[:150])
   lengths = sorted(max(len(qwen_tokenizer.encode(p.prompt + p.pos)), len(qwen_tokenizer.encode(p.prompt + p.neg)))
                    for p in rstar_pairs)
   drop = dataclass_replace(config, max_len=lengths[2], overlong="drop")
@@ -122,6 +126,15 @@ def test_ppm_overlong_keeps_the_head_like_the_scorer(rstar_pairs, qwen_tokenizer
   assert (dropped.num_examples, dropped.num_dropped) == (3, 2)
   with pytest.raises(ValueError, match="no training examples left"):
     pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, dataclass_replace(drop, max_len=8))
+
+
+def test_ppm_pair_whose_prompt_fills_max_len_is_dropped():
+  pairs = [formats.PpmPair("p" * 10, "good step", "bad step!", 1, 1), formats.PpmPair("ab", "good", "bad", 1, 2)]
+  config = pipeline.PipelineConfig(max_len=8, batch_size=2, num_epochs=1, shuffle=False)
+  data = pipeline.tokenize_ppm(pairs, CharTokenizer(), config)
+  # Cut to 8 tokens, the first pair is its prompt on both sides: it used to stay, adding log 2 and no gradient.
+  assert (len(data.arrays), data.num_dropped) == (1, 1)
+  assert data.arrays[0]["pos"].tolist() == CharTokenizer().encode("abgood")
 
 
 class CharTokenizer:
