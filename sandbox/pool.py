@@ -270,7 +270,12 @@ class SandboxPool:
   # -- public API ---------------------------------------------------------------------------------------------------
 
   def submit(self, programs: Sequence[str]) -> list[concurrent.futures.Future]:
-    """Queues programs; returns one Future[SandboxResult] per program, in input order."""
+    """Queues programs; returns one Future[SandboxResult] per program, in input order.
+
+    Done-callbacks run on the pool's worker threads (as with `concurrent.futures.ThreadPoolExecutor`): a callback
+    may `submit` more programs, but must not wait for results (`run`, `Future.result`), which can deadlock a pool
+    whose workers are all busy running callbacks.
+    """
     if isinstance(programs, str):
       raise TypeError("programs must be a sequence of str, not a single str")
     tasks = []
