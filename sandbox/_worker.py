@@ -509,6 +509,11 @@ class Zygote:
     duration = time.monotonic() - start
     if frame is None or bad:
       status = self.kill(ex)
+      if not garbled and frame is None and _cpu_limit_death(status):
+        # A program whose threads run on several cores reaches the CPU backstop (`_set_task_cpu_limit`) before
+        # the wall clock: it is a timeout like any other, not a crash.
+        err = f"TimeoutError: execution exceeded {cfg['timeout_s']}s"
+        return {**base, "observation": err, "error": err, "timed_out": True, "duration_s": duration}
       return {**base, **_death_result(status, garbled or frame is not None), "duration_s": duration}
     recycle = last or bool(frame.get("recycle")) or ex.uses >= cfg["reuse_limit"]
     if recycle:
@@ -555,6 +560,12 @@ class Zygote:
           os.rmdir(self.cfg["workdir"])
         except OSError:
           pass
+
+
+def _cpu_limit_death(status: int | None) -> bool:
+  """Whether an executor died of its CPU-time limit (SIGXCPU at the soft limit; the kernel's SIGKILL at the hard
+  one is not told apart from other kills, so only SIGXCPU counts)."""
+  return status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU
 
 
 def _death_result(status: int | None, garbled: bool) -> dict:

@@ -77,6 +77,11 @@ HOSTILE = [
     # Hangs.
     ("busy_loop", "while True:\n    pass", _timeout),
     ("sleep", "import time\ntime.sleep(100)", _timeout),
+    # Threads that release the GIL use every core, so the CPU-time backstop can fire before the wall clock: still a
+    # timeout (it was reported as "killed by signal SIGXCPU").
+    ("threads_on_all_cores", "import hashlib, threading\ndata = b'x' * 10_000_000\ndef burn():\n"
+     "    while True:\n        hashlib.sha256(data).digest()\n"
+     "for _ in range(3):\n    threading.Thread(target=burn, daemon=True).start()\nburn()", _timeout),
     ("swallow_signals",
      "import signal, time\n"
      "for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGXCPU, signal.SIGHUP):\n"
@@ -108,6 +113,9 @@ HOSTILE = [
     ("kill_process_group", "import os, signal\nos.killpg(0, signal.SIGKILL)", _error("PermissionError")),
     ("kill_everything", "import os, signal\nos.kill(-1, signal.SIGKILL)", _error("PermissionError")),
     ("kill_self", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", _signal(9)),
+    # What the CPU-time backstop delivers (threads_on_all_cores above reaches it only when it gets several cores):
+    # reported as the timeout it stands for.
+    ("cpu_limit_signal", "import os, signal\nos.kill(os.getpid(), signal.SIGXCPU)", _timeout),
     ("abort", "import os\nos.abort()", _signal(6)),
     ("os_exit", "import os\nos._exit(0)",
      lambda r: r.error == "SystemExit: process exited with status 0" and r.observation == r.error),
