@@ -31,7 +31,8 @@ import numpy as np
 from rstar_jax import grading
 from rstar_jax.search.driver import Problem, PromptFn
 from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
-from rstar_jax.search.interfaces import CodeExecutor, Policy, Scorer, checked_scores
+from rstar_jax.search.interfaces import (CodeExecutor, Policy, Scorer, checked_candidates, checked_results,
+                                         checked_scores)
 from rstar_jax.search.step import (STOP_STRINGS, StepConfig, dedupe_candidates, finish_child,
                                    plan_child)
 from rstar_jax.search.tree import ROOT_INDEX, Reason
@@ -83,14 +84,16 @@ def beam_search(problems: Sequence[Problem], policy: Policy, executor: CodeExecu
     rows = [(b, v) for b, nodes in enumerate(beams) for v in nodes]
     prompts = [hosts[b].policy_prompt(v) for b, v in rows]
     policy_seeds = [expansion_seed(seeds[b], step, v) for b, v in rows]
-    candidates = policy.generate(prompts, n=config.samples_per_step, seeds=policy_seeds,
-                                 stop=list(config.stop))
+    candidates = checked_candidates(policy.generate(prompts, n=config.samples_per_step, seeds=policy_seeds,
+                                                    stop=list(config.stop)),
+                                    len(prompts), config.samples_per_step, config.stop)
     parents = [hosts[b].parent_state(v) for b, v in rows]
     planned = [[plan_child(c, parent) for c in dedupe_candidates(cands, config.first_answer_only)]
                for cands, parent in zip(candidates, parents)]
     jobs = [(r, j) for r, plans in enumerate(planned) for j, p in enumerate(plans)
             if p.program is not None]
-    results = dict(zip(jobs, executor.run([planned[r][j].program for r, j in jobs]))) if jobs else {}
+    programs = [planned[r][j].program for r, j in jobs]
+    results = dict(zip(jobs, checked_results(executor.run(programs), len(jobs)))) if jobs else {}
     new_ids = []  # (problem, node id, row, child)
     for r, ((b, v), plans) in enumerate(zip(rows, planned)):
       for j, p in enumerate(plans):

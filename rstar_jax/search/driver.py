@@ -42,7 +42,8 @@ import numpy as np
 from rstar_jax import grading
 from rstar_jax.search import kernels, records, rules
 from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
-from rstar_jax.search.interfaces import CodeExecutor, Policy, Scorer, checked_scores
+from rstar_jax.search.interfaces import (CodeExecutor, Policy, Scorer, checked_candidates, checked_results,
+                                         checked_scores)
 from rstar_jax.search.step import STOP_STRINGS, StepConfig, dedupe_candidates, finish_child, plan_child
 from rstar_jax.search.tree import NO_NODE, Reason, init_tree
 
@@ -317,14 +318,11 @@ class MCTS:
     candidates = self.policy.generate(prompts, n=a, seeds=policy_seeds, stop=list(cfg.stop))
     t2 = time.perf_counter()
     self.stats.generate_s += t2 - t1
-    if len(candidates) != len(rows):
-      raise ValueError(f"policy returned {len(candidates)} candidate lists for {len(rows)} prompts")
+    candidates = checked_candidates(candidates, len(rows), a, cfg.stop)
 
     parents = {b: hosts[b].parent_state(int(nodes[b])) for b in rows}
     planned = {}
     for b, cands in zip(rows, candidates):
-      if len(cands) != a:
-        raise ValueError(f"policy returned {len(cands)} candidates, expected n={a}")
       kept = dedupe_candidates(cands, cfg.first_answer_only)
       planned[b] = [plan_child(c, parents[b]) for c in kept]
     jobs = [(b, j) for b in rows for j, p in enumerate(planned[b]) if p.program is not None]
@@ -332,8 +330,7 @@ class MCTS:
     results = list(self.executor.run([planned[b][j].program for b, j in jobs])) if jobs else []
     t4 = time.perf_counter()
     self.stats.sandbox_s += t4 - t3
-    if len(results) != len(jobs):
-      raise ValueError(f"executor returned {len(results)} results for {len(jobs)} programs")
+    results = checked_results(results, len(jobs))
     result_of = dict(zip(jobs, results))
     children = {b: [finish_child(p, result_of.get((b, j)), parents[b], step_cfg)
                     for j, p in enumerate(planned[b])] for b in rows}

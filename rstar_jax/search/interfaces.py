@@ -87,6 +87,53 @@ def checked_scores(values, texts: Sequence[str]) -> np.ndarray:
   return values
 
 
+def checked_candidates(candidates, num_prompts: int, n: int, stop: Sequence[str]) -> list[list[StepCandidate]]:
+  """A policy's output for `num_prompts` prompts, checked as the search reads it.
+
+  Raises:
+    ValueError: naming the prompt (and candidate) when the output is not `[num_prompts][n]` `StepCandidate`s, a
+      text is not a str, or a `stop_reason` is none of `stop`, "eos" and "length" (any other value would be
+      appended to the step's text as if it were the matched stop string).
+  """
+  candidates = list(candidates)
+  if len(candidates) != num_prompts:
+    raise ValueError(f"policy returned {len(candidates)} candidate lists for {num_prompts} prompts")
+  allowed = (*stop, STOP_EOS, STOP_LENGTH)
+  out = []
+  for i, cands in enumerate(candidates):
+    cands = list(cands)
+    if len(cands) != n:
+      raise ValueError(f"policy returned {len(cands)} candidates for prompt {i}, expected n={n}")
+    for j, c in enumerate(cands):
+      where = f"policy candidate {j} of prompt {i}"
+      if not isinstance(c, StepCandidate):
+        raise ValueError(f"{where} is a {type(c).__name__}, not a StepCandidate")
+      if not isinstance(c.text, str):
+        raise ValueError(f"{where}: text is a {type(c.text).__name__}, not a str")
+      if c.stop_reason not in allowed:
+        raise ValueError(f"{where}: stop_reason {c.stop_reason!r} is none of the stop strings {list(stop)}, "
+                         f"{STOP_EOS!r} or {STOP_LENGTH!r}")
+    out.append(cands)
+  return out
+
+
+def checked_results(results, num_programs: int) -> list:
+  """An executor's output for `num_programs` programs, checked as the search reads it.
+
+  Raises:
+    ValueError: a wrong number of results, or one without a str `observation`, naming the program.
+  """
+  results = list(results)
+  if len(results) != num_programs:
+    raise ValueError(f"executor returned {len(results)} results for {num_programs} programs")
+  for i, r in enumerate(results):
+    observation = getattr(r, "observation", None)
+    if not isinstance(observation, str):
+      raise ValueError(f"executor result {i} (of {num_programs}) has no str observation: got {type(r).__name__} "
+                       f"with observation {observation!r}")
+  return results
+
+
 class ExecutionResult(Protocol):
   """What the search reads from one program run (`sandbox.SandboxResult` has it)."""
   observation: str

@@ -9,7 +9,8 @@ import pytest
 from rstar_jax.grading import Grader
 from rstar_jax.search import (MCTS, BeamConfig, Problem, SearchConfig, beam_search, best_answer,
                               read_trees, run_search, validate_tree)
-from rstar_jax.search.scripted import FunctionScorer, InProcessExecutor, ScriptedPolicy
+from rstar_jax.search.interfaces import StepCandidate
+from rstar_jax.search.scripted import FakeResult, FunctionScorer, InProcessExecutor, ScriptedPolicy
 
 PROMPT = "Q: {}\n"
 
@@ -236,3 +237,61 @@ def test_beam_search(grader):
       best = max(answers, key=lambda n: n["ppm_value"])
       assert best_answer(record) == best["final_answer"]
       assert all(n["correct"] is not None for n in answers)
+
+
+class _FixedPolicy:
+  """Returns `make(prompt index, candidate index)` for every candidate; `lists` overrides the output's shape."""
+
+  def __init__(self, make, lists=None):
+    self.make, self.lists = make, lists
+
+  def generate(self, prompts, *, n, seeds, stop):
+    del seeds, stop
+    out = [[self.make(i, j) for j in range(n)] for i in range(len(prompts))]
+    return out if self.lists is None else self.lists(out)
+
+
+class _FixedExecutor:
+  def __init__(self, results):
+    self.results = results
+
+  def run(self, programs):
+    return self.results(programs)
+
+
+_CODE = lambda i, j: StepCandidate(f"x = {j}\n", "<end_of_step>")
+
+
+@pytest.mark.parametrize("policy,executor,message", [
+    # A stop_reason that is no stop string would be appended to the step text as if it were one.
+    (_FixedPolicy(lambda i, j: StepCandidate(f"x = {j}\n", "stop")), None,
+     r"policy candidate 0 of prompt 0: stop_reason 'stop' is none of the stop strings"),
+    (_FixedPolicy(lambda i, j: StepCandidate(f"x = {j}\n", None)), None, r"stop_reason None is none of"),
+    (_FixedPolicy(lambda i, j: StepCandidate(7, "<end_of_step>")), None,
+     r"policy candidate 0 of prompt 0: text is a int, not a str"),
+    (_FixedPolicy(lambda i, j: f"x = {j}\n<end_of_step>"), None, r"policy candidate 0 of prompt 0 is a str, not a "
+                                                                  r"StepCandidate"),
+    (_FixedPolicy(_CODE, lists=lambda out: out[:-1]), None, r"policy returned 1 candidate lists for 2 prompts"),
+    (_FixedPolicy(_CODE, lists=lambda out: [c[:1] for c in out]), None,
+     r"policy returned 1 candidates for prompt 0, expected n=2"),
+    (_FixedPolicy(_CODE, lists=lambda out: [c * 2 for c in out]), None,
+     r"policy returned 4 candidates for prompt 0, expected n=2"),
+    (None, _FixedExecutor(lambda programs: [FakeResult("1")] * (len(programs) + 1)),
+     r"executor returned 5 results for 4 programs"),
+    (None, _FixedExecutor(lambda programs: [FakeResult(None)] * len(programs)),
+     r"executor result 0 \(of 4\) has no str observation"),
+    (None, _FixedExecutor(lambda programs: ["1"] * len(programs)),
+     r"executor result 0 \(of 4\) has no str observation"),
+])
+def test_misbehaving_policy_or_executor_is_named(grader, policy, executor, message):
+  # MCTS and beam search check what comes back the same way: beam search used to drop a problem whose candidate
+  # list was missing, take any number of candidates, ignore extra sandbox results and write an unknown
+  # stop_reason into the step text.
+  policy = policy or _FixedPolicy(_CODE)
+  executor = executor or InProcessExecutor()
+  with pytest.raises(ValueError, match=message):
+    run_search(PROBLEMS[:2], policy, executor, SearchConfig(num_rollouts=1, num_candidates=2, max_depth=2),
+               prompt_fn=PROMPT.format, grader=grader, progress=False)
+  with pytest.raises(ValueError, match=message):
+    beam_search(PROBLEMS[:2], policy, executor, FunctionScorer(random_ppm),
+                BeamConfig(beam_width=2, samples_per_step=2, max_depth=2), prompt_fn=PROMPT.format, grader=grader)
