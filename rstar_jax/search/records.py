@@ -92,7 +92,7 @@ def validate_tree(record: Any, where: str = "<tree>") -> dict[str, Any]:
   nodes = record["nodes"]
   if not nodes:
     raise TreeRecordError(f"{where}: field 'nodes' is empty (a tree has at least its root)")
-  for i, node in enumerate(nodes):
+  for i, node in enumerate(nodes):  # every node's own fields first: the link checks below read other nodes
     nwhere = f"{where}: nodes[{i}]"
     if not isinstance(node, dict):
       raise TreeRecordError(f"{nwhere}: expected a JSON object")
@@ -100,6 +100,13 @@ def validate_tree(record: Any, where: str = "<tree>") -> dict[str, Any]:
       if field not in node:
         raise TreeRecordError(f"{nwhere}: missing field {field!r}")
       _check(node[field], types, f"{nwhere}.{field}")
+    for field in ("value_sum", "q", "ppm_value"):  # Python's json reads NaN and Infinity; the writer refuses them
+      if node[field] is not None and not math.isfinite(node[field]):
+        raise TreeRecordError(f"{nwhere}.{field}: must be finite, got {node[field]}")
+    if node["visits"] < 0:
+      raise TreeRecordError(f"{nwhere}.visits: must be >= 0, got {node['visits']}")
+  for i, node in enumerate(nodes):
+    nwhere = f"{where}: nodes[{i}]"
     if node["id"] != i:
       raise TreeRecordError(f"{nwhere}.id: must equal its position {i}, got {node['id']}")
     if node["terminal_reason"] not in TERMINAL_REASONS:

@@ -54,6 +54,14 @@ def test_consumer_reader_accepts_our_records(tmp_path):
     (lambda t: t["nodes"][2].update(terminal=False), r"nodes\[2\].terminal"),
     (lambda t: t["nodes"][0].update(children=[1, 5]), "invalid child id 5"),
     (lambda t: t["nodes"][1].update(id=4), r"nodes\[1\].id"),
+    # q = value_sum / visits holds for each of these, so only their own checks catch them.
+    (lambda t: t["nodes"][1].update(visits=-1, value_sum=1.0, q=-1.0), r"nodes\[1\].visits: must be >= 0, got -1"),
+    (lambda t: t["nodes"][1].update(ppm_value=float("nan")), r"nodes\[1\].ppm_value: must be finite, got nan"),
+    (lambda t: t["nodes"][1].update(ppm_value=float("-inf")), r"nodes\[1\].ppm_value: must be finite"),
+    (lambda t: t["nodes"][0].update(value_sum=float("inf"), q=float("inf")), r"nodes\[0\].value_sum: must be finite"),
+    (lambda t: t["nodes"][1].update(value_sum=float("nan"), q=float("nan")), r"nodes\[1\].value_sum: must be finite"),
+    # A node that is no object, listed as a child of an earlier node.
+    (lambda t: t["nodes"].__setitem__(2, [0]), r"nodes\[2\]: expected a JSON object"),
 ])
 def test_invalid_records_name_the_field(mutate, message, tmp_path):
   bad = _tree()
@@ -70,6 +78,11 @@ def test_reader_names_file_and_line(tmp_path):
   path = tmp_path / "x.jsonl"
   path.write_text(json.dumps(_tree()) + "\n\n{not json\n")
   with pytest.raises(records.TreeRecordError, match=r"x.jsonl:3: invalid JSON"):
+    records.read_trees(path)
+  nan = _tree()
+  nan["nodes"][1]["ppm_value"] = float("nan")  # json.dumps writes NaN, json.loads reads it back
+  path.write_text(json.dumps(_tree()) + "\n" + json.dumps(nan) + "\n")
+  with pytest.raises(records.TreeRecordError, match=r"x.jsonl:2: nodes\[1\].ppm_value: must be finite"):
     records.read_trees(path)
   good = _tree()
   del good["nodes"][1]["code"]
