@@ -52,10 +52,23 @@ _LOG = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-  """One search problem; `ground_truth` may be None only in inference mode."""
+  """One search problem; `ground_truth` may be None only in inference mode.
+
+  Raises:
+    TypeError: a field of another type (the tree record stores them as strings; an int answer read from JSON
+      would otherwise only fail when the batch's shard is written, after its whole search).
+  """
   problem_id: str
   question: str
   ground_truth: str | None = None
+
+  def __post_init__(self):
+    for field, value in (("problem_id", self.problem_id), ("question", self.question)):
+      if not isinstance(value, str):
+        raise TypeError(f"Problem.{field} must be a str, got {type(value).__name__} {_clip(value)}")
+    if self.ground_truth is not None and not isinstance(self.ground_truth, str):
+      raise TypeError(f"Problem {self.problem_id!r}: ground_truth must be a str or None, got "
+                      f"{type(self.ground_truth).__name__} {_clip(self.ground_truth)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +166,8 @@ class _NoBar:
     pass
 
 
-def _clip(text: str | None, width: int = 60) -> str:
-  return repr(text) if text is None or len(text) <= width else repr(text[:width]) + "..."
+def _clip(text, width: int = 60) -> str:
+  return repr(text) if not isinstance(text, str) or len(text) <= width else repr(text[:width]) + "..."
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):

@@ -295,3 +295,15 @@ def test_misbehaving_policy_or_executor_is_named(grader, policy, executor, messa
   with pytest.raises(ValueError, match=message):
     beam_search(PROBLEMS[:2], policy, executor, FunctionScorer(random_ppm),
                 BeamConfig(beam_width=2, samples_per_step=2, max_depth=2), prompt_fn=PROMPT.format, grader=grader)
+
+
+@pytest.mark.parametrize("fields,message", [
+    (("p", "q", 42), r"Problem 'p': ground_truth must be a str or None, got int 42"),
+    ((7, "q", "1"), r"Problem.problem_id must be a str, got int 7"),
+    (("p", None, "1"), r"Problem.question must be a str, got NoneType None"),
+])
+def test_problem_fields_are_checked_before_any_search(fields, message):
+  # They used to be searched and fail only when the shard was written (losing the batch's search), or come back
+  # in records that read_trees refuses.
+  with pytest.raises(TypeError, match=message):
+    Problem(*fields)
