@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from typing import Callable, Sequence
@@ -115,6 +116,14 @@ class SearchConfig:
     StepConfig(self.errors_threshold, self.max_depth, self.first_answer_only)
     if self.num_candidates < 1:
       raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
+    if self.batch_size is not None and self.batch_size < 1:
+      raise ValueError(f"batch_size must be None (all problems in one batch) or >= 1, got {self.batch_size}")
+    if self.max_nodes is not None and self.max_nodes < 1 + self.num_candidates:
+      raise ValueError(f"max_nodes must be None or >= 1 + num_candidates = {1 + self.num_candidates} (the root and "
+                       f"one expansion), got {self.max_nodes}")
+    for field in ("c", "positive_reward", "negative_reward"):
+      if not math.isfinite(getattr(self, field)):
+        raise ValueError(f"{field} must be finite, got {getattr(self, field)}")
 
   @property
   def rule(self) -> kernels.SelectionRule:

@@ -157,6 +157,15 @@ def test_bad_inputs_are_rejected(grader):
     SearchConfig(mode="bogus")
   with pytest.raises(ValueError, match="preset"):
     SearchConfig(preset="bogus")
+  # A negative batch size used to search nothing and return no trees; 0 silently meant "all in one batch".
+  for batch_size in (-1, 0):
+    with pytest.raises(ValueError, match=rf"batch_size must be None \(all problems in one batch\) or >= 1, got "
+                                         rf"{batch_size}"):
+      SearchConfig(batch_size=batch_size)
+  with pytest.raises(ValueError, match=r"max_nodes must be None or >= 1 \+ num_candidates = 5 .*got 4"):
+    SearchConfig(num_candidates=4, max_nodes=4)
+  with pytest.raises(ValueError, match="c must be finite, got nan"):
+    SearchConfig(c=float("nan"))
   short = ScriptedPolicy(lambda prompt, n, seed: random_script(prompt, n, seed)[:1] * n)
   config = SearchConfig(num_rollouts=1, num_candidates=2, max_nodes=16)
 
