@@ -8,8 +8,12 @@ Keys are per sample, never per batch: sample `j` of a request with seed `s` draw
 on its row, or on how many samples the request asked for.
 
 Order of the filters is Hugging Face's (`TemperatureLogitsWarper`, `TopKLogitsWarper`, `TopPLogitsWarper`) and vLLM's:
-logits / temperature, then keep the `top_k` largest, then the smallest set of the most likely remaining tokens whose
-probability reaches `top_p`.
+logits / temperature, then keep the `top_k` largest (and any token tied with the `top_k`-th, as HF and vLLM do), then
+the smallest set of the most likely remaining tokens whose probability reaches `top_p`.
+
+The Gumbel noise of a draw is indexed by token id, so a draw depends on the logits only through the noisy scores'
+argmax: logits that differ by a rounding error (the same row in another batch shape or on another mesh computes its
+logits with a different reduction order) give the same token unless the two best noisy scores are within that error.
 """
 
 from __future__ import annotations
@@ -71,38 +75,49 @@ class Sampling:
     if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
       raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
 
-  def candidates(self, logits: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """The filtered scaled logits and, when filtering sorted them, the token ids of their columns.
+  def candidates(self, logits: jax.Array) -> jax.Array:
+    """The filtered scaled logits, in token order.
+
+    Top-k keeps every token scoring at least the `top_k`-th largest score (ties at the boundary included, as
+    `TopKLogitsWarper`); top-p then keeps every token scoring at least the last token of the smallest most-likely
+    prefix whose probability (over what top-k kept) reaches `top_p` (a tie at that boundary keeps all tied tokens).
 
     Args:
       logits: `[B, V]` float32.
 
     Returns:
-      `(scores [B, C], ids [B, C] int32 or None)`: scores are logits / temperature, `-inf` where filtered out; `ids`
-      maps column c to its token id (None when no filter applies: then C = V and column c is token c).
+      `[B, V]` float32: logits / temperature, `-inf` where filtered out; column c is token c.
     """
     scores = logits.astype(jnp.float32) / jnp.float32(self.temperature)
     vocab = scores.shape[-1]
     top_k = self.top_k if 0 < self.top_k < vocab else 0
     if top_k == 0 and self.top_p >= 1:
-      return scores, None
-    # `lax.top_k` sorts descending (stable: lower ids first on ties); with k = V it is a full sort, needed by top-p.
-    scores, ids = jax.lax.top_k(scores, top_k or vocab)
+      return scores
+    # `lax.top_k` sorts descending; with k = V it is a full sort, needed by top-p. Only the sorted values are used:
+    # the filter becomes a score threshold, so which tokens survive does not depend on how ties were sorted.
+    ranked, _ = jax.lax.top_k(scores, top_k or vocab)  # [B, C]
+    cutoff = ranked[:, -1:]  # [B, 1]
     if self.top_p < 1:
-      probs = jax.nn.softmax(scores, axis=-1)
-      mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the strictly more likely tokens
-      # Keeps the smallest prefix whose mass reaches top_p (the first token always: its mass_before is 0).
-      scores = jnp.where(mass_before < self.top_p, scores, -jnp.inf)
-    return scores, ids.astype(jnp.int32)
+      best = ranked[:, :1]
+      weights = jnp.exp(ranked - best)  # [B, C]
+      total = jnp.sum(weights, axis=-1, keepdims=True)
+      if top_k:  # tokens tied with the k-th beyond the k columns were kept by top-k: they count in the mass
+        extra = jnp.sum(scores >= cutoff, axis=-1, keepdims=True) - top_k
+        total = total + extra.astype(jnp.float32) * jnp.exp(cutoff - best)
+      probs = weights / total
+      # Probability of the strictly more likely columns (an exclusive cumsum: non-decreasing, 0 first).
+      mass_before = jnp.concatenate([jnp.zeros_like(probs[:, :1]), jnp.cumsum(probs, axis=-1)[:, :-1]], axis=-1)
+      kept = jnp.sum(mass_before < self.top_p, axis=-1, keepdims=True)  # [B, 1], >= 1: a prefix of the columns
+      cutoff = jnp.take_along_axis(ranked, kept - 1, axis=-1)
+    return jnp.where(scores >= cutoff, scores, -jnp.inf)
 
   def __call__(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
-    scores, ids = self.candidates(logits)
-    # The Gumbel-max draw `jax.random.categorical` makes, with the argmax as two plain reductions.
+    scores = self.candidates(logits)
+    # The Gumbel-max draw `jax.random.categorical` makes, with the argmax as two plain reductions. The noise is
+    # indexed by token id (never by rank), so logits that move by a rounding error (another batch shape, another
+    # mesh) change the draw only when its two best noisy scores are that close, not whenever two tokens swap ranks.
     gumbel = jax.vmap(lambda key, row: jax.random.gumbel(key, row.shape, jnp.float32))(keys, scores)
-    choice = first_argmax(scores + gumbel)  # [B]
-    if ids is None:
-      return choice
-    return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+    return first_argmax(scores + gumbel)
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:

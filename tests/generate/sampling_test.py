@@ -1,18 +1,21 @@
-"""Sampling: filters equal HF's warpers; empirical next-token frequencies match softmax(logits / T) after top-k /
-top-p (logits from the `transformers` model); seeds make samples reproducible and batch-independent; an `n`-way
-fork equals `n` copies of the prompt with the same seeds."""
+"""Sampling: filters equal HF's warpers (ties at the top-k boundary included); empirical next-token frequencies match
+softmax(logits / T) after top-k / top-p (logits from the `transformers` model); a rounding error in the logits does not
+reshuffle draws; seeds make samples reproducible and batch-independent (across buckets, prefix sharing, `max_rows`,
+precompile and the policy); an `n`-way fork equals `n` copies of the prompt with the same seeds."""
 
 import dataclasses
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from generate_helpers import TEST_BUCKETS, VOCAB, hf_next_token_logits, load_tiny, random_prompts
+from generate_helpers import TEST_BUCKETS, VOCAB, hf_next_token_logits, load_tiny, random_prompts, tiny_tokenizer
 from transformers.generation import logits_process
 
-from rstar_jax.generate import Engine, Request, Sampling
+from rstar_jax.generate import Buckets, Engine, EnginePolicy, Request, Sampling
+from rstar_jax.generate.sampling import sample_keys
 
 PROMPTS = random_prompts(seed=2, count=6, low=5, high=40)
 
@@ -46,17 +49,57 @@ METHOD = METHODS[1]
 def test_filtered_distribution_equals_transformers_warpers(method):
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(6, VOCAB)).astype(np.float32) * np.array([0.5, 1, 2, 3, 4, 6], np.float32)[:, None]
-  scores, ids = method.candidates(jnp.asarray(logits))
-  probs = np.array(jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True)))
-  probs /= probs.sum(-1, keepdims=True)
-  ours = np.zeros_like(logits)
-  if ids is None:
-    ours = probs
-  else:
-    np.put_along_axis(ours, np.asarray(ids), probs, axis=-1)
+  ours = filtered_probs(logits, method)
   ref = reference_probs(logits, method)
   np.testing.assert_array_equal(ours > 0, ref > 0)
   np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def filtered_probs(logits: np.ndarray, method: Sampling) -> np.ndarray:
+  """softmax of `method.candidates(logits)` `[B, V]` (column c is token c)."""
+  scores = np.asarray(method.candidates(jnp.asarray(logits)), np.float64)
+  assert scores.shape == logits.shape
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  return probs / probs.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("method", [Sampling(1.0, top_k=5), Sampling(0.8, top_k=40), Sampling(1.0, top_k=3, top_p=0.9),
+                                    Sampling(1.0, top_k=200)], ids=str)
+def test_ties_at_the_top_k_boundary_are_kept_as_by_transformers(method):
+  """`TopKLogitsWarper` keeps every token tied with the k-th score (so does vLLM): logits rounded to quarters tie."""
+  rng = np.random.default_rng(1)
+  logits = (np.round(rng.normal(size=(8, VOCAB)) * 8) / 4).astype(np.float32)
+  logits[:, 7:12] = 9.0  # a 5-way tie at the top, across the k = 3 boundary
+  logits[:, 12] = 10.0
+  ours, ref = filtered_probs(logits, method), reference_probs(logits, method)
+  kept = (ref > 0).sum(-1)
+  if method.top_k < 200:
+    assert (kept > method.top_k).any()  # the ties bite
+  np.testing.assert_array_equal(ours > 0, ref > 0)
+  np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_filters_that_keep_everything_are_off():
+  logits = np.random.default_rng(2).normal(size=(2, VOCAB)).astype(np.float32)
+  for method in [Sampling(0.5), Sampling(0.5, top_k=VOCAB), Sampling(0.5, top_k=VOCAB + 7), Sampling(0.5, top_p=1.0)]:
+    np.testing.assert_array_equal(np.asarray(method.candidates(jnp.asarray(logits))), logits / np.float32(0.5))
+
+
+@pytest.mark.parametrize("method", [Sampling(1.0, top_p=0.9), Sampling(0.7, top_k=50),
+                                    Sampling(0.7, top_k=50, top_p=0.95), Sampling(1.0)], ids=str)
+def test_a_rounding_error_in_the_logits_does_not_reshuffle_the_draws(method):
+  """The same row in another batch shape (or on a mesh) gets logits that differ in the last bits; its draws must not.
+
+  bfloat16-rounded logits tie often; nudging them by 1e-3 reorders the tied tokens. With noise indexed by rank (the
+  old filtered draw) 2-8% of 2000 draws changed; with noise indexed by token id a draw changes only when its two best
+  noisy scores are within 2e-3 / temperature of each other, which none of these draws is.
+  """
+  rng = np.random.default_rng(0)
+  logits = (rng.normal(size=(1, VOCAB)) * 3).astype(jnp.bfloat16).astype(np.float32)
+  nudged = logits + rng.uniform(-1e-3, 1e-3, size=logits.shape).astype(np.float32)
+  keys = sample_keys([5] * 2000, range(2000))
+  draw = jax.jit(lambda x: method(jnp.broadcast_to(x, (2000, VOCAB)), keys))
+  np.testing.assert_array_equal(np.asarray(draw(logits)), np.asarray(draw(nudged)))
 
 
 @pytest.mark.parametrize("method", [METHOD, Sampling(1.3, top_p=0.6)], ids=str)
@@ -139,3 +182,39 @@ def test_bad_sampling_settings_are_refused_up_front(kwargs, message):
   with pytest.raises(ValueError, match=message):
     Sampling(**kwargs)
   assert Sampling(top_k=np.int64(3)).top_k == 3
+
+
+def test_same_samples_in_any_batch_shape_precompiled_or_not_and_through_the_policy():
+  """In float32 a request's samples are the same, token for token, alone and in batches that change every padded
+  shape (row bucket 4 -> 16, length bucket 16 -> 96, shared-prefix groups on / off, `max_rows` chunks), after
+  `precompile`, and through `EnginePolicy`. (The logits differ in their last bits between these shapes: the draws
+  agree because none of them is within a rounding error of a tie; see the test above.)"""
+  tok = tiny_tokenizer()
+  model = load_tiny()
+  text = "Question: what is 6 * 7?\n"
+  target = Request(tok.encode(text), n=3, seed=11)
+  long_prompt, other = random_prompts(seed=3, count=2, low=90, high=90)[0], PROMPTS[5]
+  batch = [Request(long_prompt, n=6, seed=1), Request(target.prompt[:4], n=2, seed=2), target, Request(other, seed=3)]
+  run = lambda e, reqs, i: [r.token_ids for r in e.generate(reqs, METHOD, max_new_tokens=12)[i]]
+  shared = Engine(model, tokenizer=tok)
+  alone = run(shared, [target], 0)
+  (small,) = shared.stats["batches"]
+  assert len(set(alone)) == 3
+  assert run(shared, batch, 2) == alone
+  (big,) = shared.stats["batches"]
+  assert (small["row_level"][0], big["row_level"][0]) == (4, 16)
+  assert small["cache_len"] < big["cache_len"]  # longer prompt levels: a bigger length bucket
+  unshared = Engine(model, tokenizer=tok, share_prefixes=False)
+  assert run(unshared, [target], 0) == run(unshared, batch, 2) == alone
+  chunked = Engine(model, tokenizer=tok, max_rows=2)
+  assert run(chunked, batch, 2) == alone
+  precompiled = Engine(model, tokenizer=tok, buckets=Buckets(min_length=32, min_rows=2))
+  precompiled.precompile(batch, METHOD, max_new_tokens=12)
+  assert run(precompiled, batch, 2) == alone
+  policy = EnginePolicy(shared, temperature=METHOD.temperature, top_p=METHOD.top_p, top_k=METHOD.top_k,
+                        max_new_tokens=12)
+  texts = [r.text for r in shared.generate([target], METHOD, max_new_tokens=12)[0]]
+  assert [c.text for c in policy.generate([text], n=3, seeds=[11], stop=[])[0]] == texts
+  long_text = tok.decode(long_prompt)
+  assert len(tok.encode(long_text)) > 64
+  assert [c.text for c in policy.generate([long_text, text], n=3, seeds=[4, 11], stop=[])[1]] == texts
