@@ -4,6 +4,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 from generate_helpers import TEST_BUCKETS, load_tiny, random_prompts, tiny_tokenizer
 
 from rstar_jax import sharding
@@ -49,4 +50,16 @@ def test_forked_sampling_same_on_8_devices_as_on_1():
   single, sharded = engines()
   method = Sampling(0.7, top_k=30, top_p=0.85)
   requests = [Request(PROMPTS[0], n=8, seed=3), Request(PROMPTS[1], n=4, seed=4)]
+  _same(single.generate(requests, method, max_new_tokens=16), sharded.generate(requests, method, max_new_tokens=16))
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (2, 1, 4)], ids=str)
+def test_filtered_sampling_same_on_other_mesh_shapes_as_on_1_device(shape):
+  """float32: sampled tokens are identical on 1 device and on a data / fsdp / tensor mesh (the tiny model's 2 kv
+  heads replicate over tensor 4); the log-probs agree to rounding."""
+  single, _ = engines()
+  sharded = Engine(load_tiny(), tokenizer=tiny_tokenizer(), eos_ids=(), buckets=TEST_BUCKETS,
+                   mesh=sharding.make_mesh(*shape))
+  method = Sampling(0.9, top_k=40, top_p=0.9)
+  requests = [Request(PROMPTS[2], n=3, seed=5), Request(PROMPTS[3], n=2, seed=6), Request(PROMPTS[4], seed=7)]
   _same(single.generate(requests, method, max_new_tokens=16), sharded.generate(requests, method, max_new_tokens=16))
