@@ -7,8 +7,9 @@ Policy:
   `generate(prompts, *, n, seeds, stop)` returns, for every prompt, `n` candidate next steps
   (`[len(prompts)][n]` `StepCandidate`s). `seeds[i]` seeds prompt `i`'s samples; the same prompt, seed
   and `n` must give the same candidates whatever else is in the batch (that is what makes a tree
-  replayable). Sampling settings (temperature, top_p, top_k, max_new_tokens) are fixed when the
-  policy object is built.
+  replayable; an LLM policy keeps it up to floating-point rounding of the logits, see `EnginePolicy`).
+  Sampling settings (temperature, top_p, top_k, max_new_tokens) are fixed when the policy object is
+  built.
 
 Scorer:
   `score(texts)` returns one float32 value per text (`[len(texts)]`). The search passes exactly the
