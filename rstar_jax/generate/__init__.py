@@ -3,7 +3,7 @@
 Public API:
   Engine(model, tokenizer=, mesh=)   .generate(requests, sampler, max_new_tokens=, stop=) -> [R][n] Result
                                      .values(token_ids) (a PPM) / .loglikelihood(contexts, continuations)
-  Request(prompt_ids, n, seed)       one prompt, `n` samples
+  Request(prompt, n, seed)           one prompt (token ids), `n` samples
   Result(text, stop_reason, token_ids, logprob)
   Greedy(), Sampling(temperature, top_p, top_k)
   EnginePolicy, PPMScorer            the search's Policy / Scorer (`rstar_jax.search.interfaces`)

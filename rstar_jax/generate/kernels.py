@@ -2,10 +2,10 @@
 
 Letters: B rows, G shared-prefix groups, T level length, S cache slots, M max new tokens, V vocab, E eos slots.
 
-Kernels are built once per (model graph, mesh, rules, pad id) and shared by every `Engine` with those, so two
-engines over models of one shape (e.g. a policy reloaded after training) reuse the compiled programs: the weights
-are an argument, never a constant. Static settings (cache length, M, the sampling method) are static jit arguments;
-EOS ids and the decode budget are dynamic inputs, so changing them never recompiles.
+Kernels are built once per (model graph, mesh, rules, pad id, tokenizer vocab limit) and shared by every `Engine`
+with those, so two engines over models of one shape (e.g. a policy reloaded after training) reuse the compiled
+programs: the weights are an argument, never a constant. Static settings (cache length, M, the sampling method) are
+static jit arguments; EOS ids and the decode budget are dynamic inputs, so changing them never recompiles.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Letters: `B` trees, `N` nodes per tree (the node budget), `A` children per node (the number of
 candidates sampled per expansion). Node 0 is the root; new nodes take the next free ids, so node ids
 are allocation order and children of one expansion are contiguous. Node text, code and observations
-live host-side in lists indexed by the same ids (see `driver.py`).
+live host-side in lists indexed by the same ids (`host.HostTree`).
 
 Per-node fields are stored as rows of two arrays, `node_info [B, N, 4]` int32 (parent, depth, terminal
 reason, consecutive errors) and `node_stats [B, N, 2]` float32 (visits, value sum), plus `ppm_value
