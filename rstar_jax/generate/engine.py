@@ -104,7 +104,8 @@ class Engine:
     Args:
       model: a `Qwen2` (generate, loglikelihood) or a `PPM` (values). With a mesh, the parameters the engine runs
         are placed on the mesh in place (`rstar_jax.sharding.shard_model`).
-      tokenizer: decodes text (results' `text`, stop strings); optional for token-only use.
+      tokenizer: decodes text (results' `text`, stop strings); optional for token-only use. When it has a length,
+        only ids below it are generated (a checkpoint's spare embedding rows, as Qwen2.5's, are never sampled).
       eos_ids: token ids that end a row; None takes the tokenizer's EOS id (if any).
       mesh: a `(data, fsdp, tensor)` mesh, or None for the default device.
       rules: logical-axis rules for the mesh.
