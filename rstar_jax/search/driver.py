@@ -324,7 +324,8 @@ class MCTS:
     return [
         to_record(problem_id=p.problem_id, question=p.question, ground_truth=p.ground_truth,
                   prompt=hosts[b].prompt, seed=int(seeds[b]), mode=cfg.mode, preset=cfg.preset,
-                  host=hosts[b], visits=visits[b], value_sum=value_sum[b], terminal_reason=reason[b])
+                  host=hosts[b], visits=visits[b], value_sum=value_sum[b], terminal_reason=reason[b],
+                  out_of_nodes=bool(final.out_of_nodes[b]))
         for b, p in enumerate(problems)]
 
   def _expand_rows(self, problems, hosts, seeds, rows, nodes, rollouts, batch_size

@@ -92,10 +92,11 @@ def expansion_seed(seed_of_tree: int, rollout: int, node: int) -> int:
 
 def to_record(*, problem_id: str, question: str, ground_truth: str | None, prompt: str, seed: int,
               mode: str, preset: str, host: HostTree, visits: np.ndarray, value_sum: np.ndarray,
-              terminal_reason: np.ndarray) -> dict:
+              terminal_reason: np.ndarray, out_of_nodes: bool = False) -> dict:
   """The JSONL record of one finished tree.
 
   Args:
+    out_of_nodes: the search stopped this tree early because its node budget filled (the record says so).
     visits, value_sum, terminal_reason: this tree's `[N]` device arrays (only the first
       `len(host)` entries are used); the device's terminal reasons include the
       `all_children_terminal` marks made during selection.
@@ -119,5 +120,5 @@ def to_record(*, problem_id: str, question: str, ground_truth: str | None, promp
   return {
       "schema": records.SCHEMA, "problem_id": problem_id, "question": question,
       "ground_truth": ground_truth, "prompt": prompt, "seed": int(seed), "mode": mode,
-      "preset": preset, "nodes": nodes,
+      "preset": preset, "out_of_nodes": bool(out_of_nodes), "nodes": nodes,
   }

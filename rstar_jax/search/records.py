@@ -83,6 +83,8 @@ def validate_tree(record: Any, where: str = "<tree>") -> dict[str, Any]:
     if field not in record:
       raise TreeRecordError(f"{where}: missing field {field!r}")
     _check(record[field], types, f"{where}: field {field!r}")
+  if "out_of_nodes" in record:  # optional: shards written before it existed lack it (read as false)
+    _check(record["out_of_nodes"], (bool,), f"{where}: field 'out_of_nodes'")
   if record["schema"] != SCHEMA:
     raise TreeRecordError(f"{where}: field 'schema' must be {SCHEMA!r}, got {record['schema']!r}")
   if record["mode"] not in MODES:

@@ -316,3 +316,21 @@ def test_problem_fields_are_checked_before_any_search(fields, message):
   # in records that read_trees refuses.
   with pytest.raises(TypeError, match=message):
     Problem(*fields)
+
+
+def test_a_tree_whose_node_budget_fills_says_so_in_its_record(grader, tmp_path):
+  # Code steps only, so no tree ends early: 9 slots hold the root and two expansions of 4, not a third.
+  policy = ScriptedPolicy(lambda prompt, n, seed: [f"x = {seed % 97 + i}\n<end_of_step>" for i in range(n)])
+  small = SearchConfig(num_rollouts=4, num_candidates=4, max_depth=4, max_nodes=9)
+  records = run_search(PROBLEMS[:2], policy, InProcessExecutor(), small, prompt_fn=PROMPT.format, grader=grader,
+                       progress=False, output_dir=str(tmp_path))
+  assert [r["out_of_nodes"] for r in records] == [True, True] and all(len(r["nodes"]) == 9 for r in records)
+  assert [r["out_of_nodes"] for r in read_trees(str(tmp_path / "trees-00000.jsonl"))] == [True, True]
+  roomy = run_search(PROBLEMS[:1], policy, InProcessExecutor(), SearchConfig(num_rollouts=1, num_candidates=2,
+                     max_depth=2), prompt_fn=PROMPT.format, grader=grader, progress=False)
+  assert roomy[0]["out_of_nodes"] is False
+  with pytest.raises(ValueError, match="field 'out_of_nodes': expected bool"):
+    validate_tree(dict(roomy[0], out_of_nodes=1))
+  legacy = dict(roomy[0])
+  del legacy["out_of_nodes"]  # shards written before the field existed still read
+  assert validate_tree(legacy) is legacy
