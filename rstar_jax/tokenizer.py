@@ -7,7 +7,14 @@ Two backends sit behind the `Tokenizer` interface:
   batch calls go through the Rust batch encoder.
 - `SentencePieceTokenizer`: a bare sentencepiece `tokenizer.model` (Llama-2 / Phi-3 style directories without a
   `tokenizer.json`). Added tokens become real sentencepiece pieces of type USER_DEFINED, so sentencepiece itself
-  matches them in text and they always encode as one id.
+  matches them in text and they always encode as one id. Ids and texts follow transformers' `LlamaTokenizer` on the
+  same directory: text is split at special strings (added tokens, and the BOS/EOS/pad/unk piece strings), the dummy
+  prefix "▁" goes only on a segment that starts the text (on every segment with `"legacy": true`), so a text that
+  starts with a tag gets no lone "▁" before it; decode writes BOS/EOS/unk as their strings unless
+  `skip_special_tokens`. Known differences, inherent to transformers v5 (which converts the model to a `tokenizers`
+  Metaspace pre-tokenizer): (1) a segment that already starts with a space gets no extra "▁" there (" hi" is
+  "▁" "hi" in transformers v5, "▁▁hi"-style in sentencepiece, transformers v4 and here); (2) decoding stops inside
+  a byte-fallback character gives one U+FFFD per byte there, one here (whole texts decode the same).
 
 rStar-Math adds its step tags as special tokens before SFT (DESIGN §1.1): `add_rstar_tokens(tok)` does the same,
 after which every step stop string (`STEP_STOP_STRINGS`) encodes as a single token. The model's embedding table (and
@@ -27,6 +34,7 @@ import abc
 from collections.abc import Iterable, Sequence
 import json
 import os
+import re
 import struct
 from typing import Any, Literal
 
@@ -318,14 +326,19 @@ class SentencePieceTokenizer(Tokenizer):
   # sentencepiece.ModelProto.SentencePiece.Type.USER_DEFINED
   _USER_DEFINED = 4
 
-  def __init__(self, model_proto: bytes, *, add_bos: bool, add_eos: bool, **kwargs: Any):
+  def __init__(self, model_proto: bytes, *, add_bos: bool, add_eos: bool, legacy: bool = False, **kwargs: Any):
     """Wraps a serialised sentencepiece `ModelProto`; use `load_tokenizer` to build one from files."""
     super().__init__(**kwargs)
     self._proto = model_proto
     self._sp = _load_sentencepiece(model_proto, self.source)
     self._add_bos = add_bos
     self._add_eos = add_eos
+    self._legacy = legacy
     self._special_ids: set[int] = set()
+    self._base_size = self._sp.get_piece_size()  # pieces of the model as loaded; later ones are added tokens
+    self._pattern: Any = None
+    self._pattern_key: tuple[int, int] | None = None
+    self._sp_no_prefix: Any = None  # the model without its dummy prefix (built on first use)
 
   @property
   def processor(self) -> Any:
@@ -341,9 +354,55 @@ class SentencePieceTokenizer(Tokenizer):
     return self.encode_batch([text], add_special_tokens)[0]
 
   def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
-    add = add_special_tokens
-    return self._sp.encode(list(texts), out_type=int, add_bos=add and self._add_bos and self._sp.bos_id() >= 0,
-                           add_eos=add and self._add_eos and self._sp.eos_id() >= 0)
+    texts = list(texts)
+    out = self._sp.encode(texts, out_type=int)
+    pattern = self._special_pattern()
+    for i, text in enumerate(texts):
+      if pattern is not None and pattern.search(text):
+        out[i] = self._encode_split(text, pattern)
+    if add_special_tokens:
+      bos = [self._sp.bos_id()] if self._add_bos and self._sp.bos_id() >= 0 else []
+      eos = [self._sp.eos_id()] if self._add_eos and self._sp.eos_id() >= 0 else []
+      out = [bos + ids + eos for ids in out]
+    return out
+
+  def _special_pattern(self) -> Any:
+    """A regex of the special strings matched in text as transformers does (longest first), or None."""
+    if self._pattern_key != (len(self), len(self._special_ids)):
+      sp = self._sp
+      ids = set(self._special_ids) | {i for i in range(len(self)) if sp.is_control(i) or sp.is_unknown(i)}
+      ids |= set(range(self._base_size, len(self)))  # added pieces (USER_DEFINED)
+      pieces = sorted({sp.id_to_piece(i) for i in ids} - {""}, key=len, reverse=True)
+      self._pattern = re.compile("|".join(map(re.escape, pieces))) if pieces else None
+      self._pattern_key = (len(self), len(self._special_ids))
+    return self._pattern
+
+  def _encode_split(self, text: str, pattern: Any) -> list[int]:
+    """Encodes text around its special strings: each segment alone, the dummy prefix only on a leading segment
+    (legacy: on every segment), so a special string at the start of the text gets no "▁" before it."""
+    ids: list[int] = []
+    pos = 0
+    for match in pattern.finditer(text):
+      ids += self._encode_segment(text[pos:match.start()], first=pos == 0)
+      ids.append(self.token_to_id(match.group()))
+      pos = match.end()
+    return ids + self._encode_segment(text[pos:], first=pos == 0)
+
+  def _encode_segment(self, segment: str, *, first: bool) -> list[int]:
+    if not segment:
+      return []
+    if first or self._legacy:
+      return self._sp.encode(segment, out_type=int)
+    return self._no_prefix().encode(segment, out_type=int)
+
+  def _no_prefix(self) -> Any:
+    """The processor with the model's dummy prefix switched off (no "▁" added in front, none removed in decode)."""
+    if self._sp_no_prefix is None:
+      # NormalizerSpec (ModelProto field 3) is a singular message: a second occurrence merges into the first, so
+      # appending {3: add_dummy_prefix = false} switches the dummy prefix off.
+      self._sp_no_prefix = _load_sentencepiece(self._proto + _proto_field(3, _varint(3 << 3 | 0) + _varint(0)),
+                                               self.source)
+    return self._sp_no_prefix
 
   def _is_skipped(self, token_id: int) -> bool:
     # transformers' skip_special_tokens drops all special tokens: bos/eos/pad/unk and the added special ones.
@@ -352,7 +411,24 @@ class SentencePieceTokenizer(Tokenizer):
   def _decode_raw(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
     if skip_special_tokens:
       ids = [i for i in ids if not self._is_skipped(i)]
-    return self._sp.decode(list(ids))
+    ids = list(ids)
+    sp = self._sp
+    if not any(sp.is_control(i) or sp.is_unknown(i) for i in ids):
+      return sp.decode(ids)
+    # sentencepiece writes control pieces (BOS/EOS/pad) as "" and unk as " ⁇ "; transformers writes their text, and
+    # drops the dummy-prefix space only at the start of the whole text (not after such a token).
+    parts: list[str] = []
+    run: list[int] = []
+    for i in ids + [None]:
+      if i is not None and not (sp.is_control(i) or sp.is_unknown(i)):
+        run.append(i)
+        continue
+      if run:
+        parts.append((sp if not parts else self._no_prefix()).decode(run))
+        run = []
+      if i is not None:
+        parts.append(sp.id_to_piece(i))
+    return "".join(parts)
 
   def __len__(self) -> int:
     return self._sp.get_piece_size()
@@ -376,7 +452,7 @@ class SentencePieceTokenizer(Tokenizer):
     added = {i: _added_token_entry(self._sp.id_to_piece(i), True) for i in sorted(self._special_ids)
              if not self._sp.is_control(i)}
     cfg = self._updated_config(added)
-    cfg.update(add_bos_token=self._add_bos, add_eos_token=self._add_eos)
+    cfg.update(add_bos_token=self._add_bos, add_eos_token=self._add_eos, legacy=self._legacy)
     files.atomic_write(os.path.join(directory, TOKENIZER_CONFIG), json.dumps(cfg, indent=2, ensure_ascii=False))
 
   def add_special_tokens(self, tokens: Iterable[str]) -> int:
@@ -402,6 +478,7 @@ class SentencePieceTokenizer(Tokenizer):
     # ModelProto) to the serialised model adds pieces at the end of the vocabulary, without a protobuf dependency.
     self._proto = self._proto + extra
     self._sp = _load_sentencepiece(self._proto, self.source)
+    self._sp_no_prefix = None
     ids = [self._sp.piece_to_id(t) for t in new]
     if ids != list(range(first, first + len(new))):
       raise RuntimeError(f"sentencepiece gave added tokens {new} ids {ids}, expected {first}.. ({self.source})")
@@ -459,8 +536,7 @@ def add_rstar_tokens(tokenizer: Tokenizer, which: Literal["policy", "ppm"] = "po
       the PPM trainer).
 
   Returns:
-    How many tokens were added (0 when already present). Afterwards each of `STEP_STOP_STRINGS` is one id inside a
-    text (a sentencepiece tokenizer encoding one alone may put its word-start piece before it).
+    How many tokens were added (0 when already present). Afterwards each of `STEP_STOP_STRINGS` encodes as one id.
   """
   if which == "policy":
     tokens = RSTAR_SPECIAL_TOKENS
@@ -557,8 +633,8 @@ def _load_sentencepiece_dir(file: str, directory: str | None) -> SentencePieceTo
   cfg = _read_config(directory)
   kwargs = _special_kwargs(cfg)
   tok = SentencePieceTokenizer(proto, add_bos=bool(cfg.get("add_bos_token", True)),
-                               add_eos=bool(cfg.get("add_eos_token", False)), source=file, config=cfg,
-                               **kwargs)
+                               add_eos=bool(cfg.get("add_eos_token", False)), legacy=cfg.get("legacy") is True,
+                               source=file, config=cfg, **kwargs)
   # Fill in the special tokens sentencepiece itself knows when the config does not name them.
   sp = tok.processor
   if kwargs["eos_token"] is None and sp.eos_id() >= 0:

@@ -315,12 +315,16 @@ def test_sentencepiece_special_tokens(sp_dir):
   assert tk.add_rstar_tokens(tok) == 15 and tk.add_rstar_tokens(tok) == 0
   assert len(tok) == ref.get_piece_size() == 315
   assert [tok.token_to_id(t) for t in tk.RSTAR_SPECIAL_TOKENS] == list(range(300, 315))
+  # As transformers, a text that starts with a tag gets no lone dummy-prefix "▁" before it (sentencepiece adds one).
+  lone = ref.piece_to_id("\u2581")
   expected = [ref.encode(t) for t in TEXTS]
+  expected = [ids[1:] if t.startswith(tk.RSTAR_SPECIAL_TOKENS) and ids[0] == lone else ids
+              for t, ids in zip(TEXTS, expected)]
   assert [tok.encode(t) for t in TEXTS] == expected
   assert tok.encode_batch(TEXTS) == expected
   assert [tok.decode(ids) for ids in expected] == [ref.decode(ids) for ids in expected]
   for stop in tk.STEP_STOP_STRINGS:
-    assert tok.encode(stop)[-1] == tok.token_to_id(stop)
+    assert tok.encode(stop) == [tok.token_to_id(stop)]
     ids = tok.encode(f"x = 1{stop}y")
     assert ids.count(tok.token_to_id(stop)) == 1 and tok.decode(ids) == f"x = 1{stop}y"
     assert tok.decode(ids, skip_special_tokens=True) == "x = 1y"
@@ -328,7 +332,8 @@ def test_sentencepiece_special_tokens(sp_dir):
   # The extended model round-trips through its bytes.
   again = tk.SentencePieceTokenizer(tok.model_proto, add_bos=True, add_eos=False, eos_token="</s>", pad_token=None,
                                     bos_token="<s>", clean_up_tokenization_spaces=False, source="bytes")
-  assert [again.encode(t) for t in TEXTS] == expected
+  # (Bare bytes carry no record of which pieces were added: sentencepiece's own encoding, "▁" before a leading tag.)
+  assert [again.encode(t) for t in TEXTS] == [ref.encode(t) for t in TEXTS]
   with pytest.raises(ValueError, match="out of range"):
     tok.decode([len(tok)])
 
@@ -349,6 +354,70 @@ def test_sentencepiece_dir_with_saved_added_tokens(sp_dir, tmp_path):
   (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
   with pytest.raises(ValueError, match="consecutive"):
     tk.load_tokenizer(tmp_path)
+
+
+def _llama_dir(sp_dir: pathlib.Path, root: pathlib.Path, legacy: bool | None) -> pathlib.Path:
+  """A Llama-2 style directory: tokenizer.model + tokenizer_config.json, no tokenizer.json."""
+  root.mkdir()
+  shutil.copy(sp_dir / "tokenizer.model", root / "tokenizer.model")
+  cfg = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
+         "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None, "clean_up_tokenization_spaces": False}
+  if legacy is not None:
+    cfg["legacy"] = legacy
+  (root / "tokenizer_config.json").write_text(json.dumps(cfg))
+  return root
+
+
+# Texts on which transformers' Llama tokenizer and sentencepiece agree about spaces (neither starts a segment between
+# special tokens with a space: there transformers v5 omits the dummy prefix, see the module docstring).
+LLAMA_TEXTS = [t for t in TEXTS if t != " " and " <end_of_step>" not in t and "> " not in t] + [
+    "<|user|>:\nWhat is 1+1?\n<|assistant|>: x", "<end_of_step>", "<code>x", "\n<|assistant|>x", "x<end_of_step>y",
+    "x <end_of_step>y", "a\tb\n\n c  d", "</s>x<s>", "x</s>", "\u6570\u5b66 \U0001F600 e\u0301", "<unk>x"]
+
+
+@pytest.mark.parametrize("legacy", [None, False, True])
+def test_sentencepiece_matches_transformers_llama(sp_dir, tmp_path, legacy):
+  """Ids and texts as transformers' LlamaTokenizer on the same directory, before and after the rStar tags."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  directory = _llama_dir(sp_dir, tmp_path / "llama", legacy)
+  hf = transformers.AutoTokenizer.from_pretrained(str(directory))
+  tok = tk.load_tokenizer(directory)
+  for step in ("plain", "tagged"):
+    if step == "tagged":
+      hf.add_special_tokens({"additional_special_tokens": list(tk.RSTAR_SPECIAL_TOKENS)})
+      tk.add_rstar_tokens(tok)
+    assert len(tok) == len(hf)
+    for add in (False, True):
+      want = [hf.encode(t, add_special_tokens=add) for t in LLAMA_TEXTS]
+      assert tok.encode_batch(LLAMA_TEXTS, add_special_tokens=add) == want
+      for ids in want:
+        for skip in (False, True):
+          assert tok.decode(ids, skip_special_tokens=skip) == hf.decode(ids, skip_special_tokens=skip), ids
+  # Saved with the tags, the directory loads in transformers with the same ids.
+  tok.save(tmp_path / "saved")
+  again = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
+  assert len(again) == len(tok)
+  assert [again.encode(t, add_special_tokens=True) for t in LLAMA_TEXTS] == tok.encode_batch(LLAMA_TEXTS, True)
+  assert tk.load_tokenizer(tmp_path / "saved").encode_batch(LLAMA_TEXTS) == tok.encode_batch(LLAMA_TEXTS)
+
+
+def test_sentencepiece_incremental_decode_as_full_decode(sp_dir, tmp_path):
+  """stops.RowText (a few prompt tokens decoded in front) gives the text transformers' full decode gives."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  from rstar_jax.generate import stops  # pylint: disable=g-import-not-at-top
+
+  directory = _llama_dir(sp_dir, tmp_path / "llama", False)
+  hf = transformers.AutoTokenizer.from_pretrained(str(directory))
+  hf.add_special_tokens({"additional_special_tokens": list(tk.RSTAR_SPECIAL_TOKENS)})
+  tok = tk.load_tokenizer(directory)
+  tk.add_rstar_tokens(tok)
+  ids = tok.encode("<|user|>:\nx = 2 * 21\n<|assistant|>: print(x)<end_of_step> 42 caf\u00e9", True)
+  for k in range(1, len(ids)):
+    full, prompt = hf.decode(ids), hf.decode(ids[:k])
+    if prompt.endswith("\ufffd"):  # the prompt ends inside a byte-fallback character
+      continue
+    assert stops.RowText(tok, ids[:k]).of(ids[k:]) == full[len(prompt):], k
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------
