@@ -292,7 +292,9 @@ def load_ppm(ppm_dir: str | os.PathLike, config: ModelConfig | None = None, *, m
              scan_layers: bool = True, **config_overrides) -> PPM:
   """Loads the official PPM layout: HF backbone dir + `value_head.bin` (or `value_head.safetensors`).
 
-  `scan_layers` as in `load_qwen2`.
+  `scan_layers` as in `load_qwen2`. The value head stays float32 whatever the backbone's `param_dtype`: the official
+  `rm_engine` loads `value_head.bin` into a float32 `ValueHead`, so rounding it to a bfloat16 checkpoint's dtype
+  would change every PPM value.
   """
   config = config or ModelConfig.from_hf_config(ppm_dir, **config_overrides)
   model, abstract, shardings = _abstract_and_shardings(
@@ -307,7 +309,7 @@ def load_ppm(ppm_dir: str | os.PathLike, config: ModelConfig | None = None, *, m
   if weight.shape != (1, config.hidden_size) or bias.shape != (1,):
     raise ValueError(f"{ppm_dir}: value head has weight {weight.shape} / bias {bias.shape}, expected "
                      f"(1, {config.hidden_size}) / (1,)")
-  dtype = abstract["value_head"]["kernel"].dtype
+  dtype = jnp.float32
   params["value_head"] = {"kernel": _place(weight.T, None if shardings is None else
                                            shardings["value_head"]["kernel"], dtype),
                           "bias": _place(bias, None if shardings is None else shardings["value_head"]["bias"], dtype)}

@@ -45,6 +45,27 @@ def test_ppm_scorer_values_with_transform():
   np.testing.assert_allclose(values, np.tanh(hf_values(tok.encode_batch(TEXTS)) / 5), atol=1e-4)
 
 
+def test_ppm_scorer_keeps_a_bfloat16_checkpoints_value_head_in_float32(tmp_path):
+  # The official rm_engine loads value_head.bin into a float32 ValueHead whatever the backbone dtype: a bf16 PPM
+  # checkpoint's head must not be rounded to bf16 (that shifted every value by ~0.4% of the head's weights).
+  import shutil  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  src, weight, bias = tiny_ppm_dir()
+  transformers.Qwen2ForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(tmp_path)
+  shutil.copy(src / "value_head.bin", tmp_path / "value_head.bin")
+  ppm = convert.load_ppm(tmp_path, scan_layers=False)
+  assert ppm.config.param_dtype == "bfloat16"
+  np.testing.assert_array_equal(np.asarray(ppm.value_head.kernel[...]), weight.T)
+  np.testing.assert_array_equal(np.asarray(ppm.value_head.bias[...]), bias)
+  tok = tiny_tokenizer()
+  scorer = PPMScorer(Engine(ppm, tokenizer=tok, buckets=TEST_BUCKETS), transform="raw")
+  ids = tok.encode_batch(TEXTS)
+  hidden = [np.asarray(ppm.model(np.asarray([i]), np.arange(len(i))[None], np.ones([1, len(i)], bool))[0][0, -1],
+                       np.float32) for i in ids]
+  np.testing.assert_allclose(scorer.score(TEXTS), [h @ weight[0] + bias[0] for h in hidden], rtol=1e-5, atol=1e-5)
+
+
 def test_texts_past_the_model_context_are_cut_as_the_official_search():
   # The tiny model has 1024 positions: the policy never goes past them (a prompt that fills them gets an empty
   # "length" step), and the PPM scores a text's first 1023 tokens (the official scorer: context length minus one).
