@@ -37,9 +37,10 @@ class ValueHead(nnx.Module):
   """`v_head.summary`: Linear(D -> 1) in float32, initialised near zero."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, init_std: float = 1e-3):
+    # float32 whatever `param_dtype` (as the official ValueHead): D + 1 numbers, and every PPM value goes through them.
     kernel = init_std * jax.random.normal(rngs.params(), (config.hidden_size, 1), jnp.float32)
-    self.kernel = nnx.Param(kernel.astype(config.weight_dtype), logical_axes=("embed", None))
-    self.bias = nnx.Param(jnp.zeros((1,), config.weight_dtype), logical_axes=(None,))
+    self.kernel = nnx.Param(kernel, logical_axes=("embed", None))
+    self.bias = nnx.Param(jnp.zeros((1,), jnp.float32), logical_axes=(None,))
 
   def __call__(self, hidden: jax.Array) -> jax.Array:
     """`hidden [..., D]` -> `[...]` float32."""
