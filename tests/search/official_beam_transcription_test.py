@@ -16,12 +16,12 @@ extraction, `llms/llms.py` for the candidate filter of `llm_generate` and the va
 - the answers: the official `get_steps` solution list (answer nodes by PPM value, best first: tag, value, answer,
   solution text) against ours, and its first answer against `best_answer` of our record.
 
-Why it is independent. The transcription imports nothing of the search but the shared world both sides are driven by:
-the same prompt-keyed scripted policy (`ScriptedPolicy(script)`), the same fake sandbox, the same PPM function and
-the same answer check (all defined here). It follows the official control flow (the agent's `candidate_nodes` /
-`current_nodes` / `final_answer_nodes` lists, `current_top_num` counting down, one sort of all new children per step,
-children created and classified one by one, `BaseNode` objects) rather than ours (node ids in a `HostTree`, planned
-children run as one sandbox batch, a per-problem width list).
+Why it is independent. The transcription imports nothing of the search but the shared world both sides are driven
+by: the same prompt-keyed scripted policy (`ScriptedPolicy(script)`), the same fake sandbox, the same PPM function
+and the same answer check (all in `official_rstar.py`). It follows the official control flow (the agent's
+`candidate_nodes` / `current_nodes` / `final_answer_nodes` lists, `current_top_num` counting down, one sort of all
+new children per step, children created and classified one by one, `BaseNode` objects) rather than ours (node ids in
+a `HostTree`, planned children run as one sandbox batch, a per-problem width list).
 
 Documented deviations of ours, and how each is handled here:
 - The beam (beam.py): the official next beam is the top `current_top_num` of *all* new children by value, finished ones
@@ -46,94 +46,31 @@ Documented deviations of ours, and how each is handled here:
   never apply: no scripted answer step has them. Empty boxes (a non-terminal node there) are never scripted.
 """
 
-import zlib
-
-import numpy as np
-
 from rstar_jax.search import BeamConfig, Problem, beam_search, best_answer
-from rstar_jax.search.scripted import FakeResult, FunctionScorer, ScriptedPolicy
+from rstar_jax.search.scripted import FunctionScorer, ScriptedPolicy
+
+from official_rstar import (ANSWER_END, CODE_END, INVALID_ANSWERS, NO_VALID_CHILD, OUTPUT, OUTPUT_END, PROMPT,
+                            STEP_DELIM, STEP_END, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, ExactGrader, FakeExecutor,
+                            OfficialTree, is_equiv, llm_generate, make_script, ppm, rm_generate, step_unwrap)
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The shared world: policy, sandbox, PPM and answer check, all deterministic and called by both sides.
+# The shared world (`official_rstar.py`: sandbox, PPM and answer check, called by both sides), sized for this test.
 # ---------------------------------------------------------------------------------------------------------------------
 
-PROMPT = "Question: {}\n"
 NUM_PROBLEMS = 24
 BEAM_WIDTH = 3
 SAMPLES_PER_STEP = 4
 MAX_DEPTH = 6
 
-
-def script(prompt: str, n: int, seed: int) -> list[str]:
-  """`n` candidate steps drawn from the prompt alone (the seed is ignored, so neither side needs our seeding)."""
-  del seed
-  rng = np.random.default_rng(zlib.crc32(prompt.encode()))
-  steps_so_far = prompt.count("<end_of_step>") + prompt.count("<end_of_code>")
-  answer_weight = 0.005 + 0.015 * steps_so_far  # answers get likelier deeper down
-  out = []
-  for _ in range(n):
-    k = int(rng.integers(0, 4))
-    kinds = [
-        (0.18, f"<code>\nx = {k}\n<end_of_step>"),                     # opens a code block
-        (0.18, f"y = x + {k}\n<end_of_step>"),                          # continues it
-        (0.14, f"print(y * {k})\n<end_of_code>"),                       # closes it: output block appended
-        (0.03, f"z = {k} / 0\n<end_of_step>"),                          # a code error
-        (0.02, f"print({k} / 0)\n<end_of_code>"),                       # an error that closes the block
-        (answer_weight / 2, f"<answer>The answer is \\boxed{{{k}}}<end_of_answer>"),  # the first-answer rule
-        (answer_weight, f"# so it is \\boxed{{{k}}}\n<end_of_step>"),  # an answer by its box, not its stop
-        (0.01, f"\\boxed{{{k + 1}}} or \\boxed{{{k}}}<end_of_answer>"),  # two boxes: the last one counts
-        (0.01, f"The answer is {k}<end_of_answer>"),                    # stopped at <end_of_answer>, no box: code
-        (0.02, f"Thus \\boxed{{{k}}}"),                                 # eos, but boxed: an answer
-        (0.02, f"junk {k}"),                                            # eos: unparsable (ours)
-        (0.01, "  \n<end_of_step>"),                                    # blank: unparsable (ours)
-    ]
-    weights = np.asarray([w for w, _ in kinds])
-    out.append(kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))][1])
-  return out
-
-
-def observe(program: str) -> str:
-  """The fake sandbox: an error for a division by zero or a stray sentence, a number when something prints."""
-  if "/ 0" in program:
-    return "ZeroDivisionError: division by zero\n"
-  if "answer is" in program:
-    return "SyntaxError: invalid syntax"
-  if "print" not in program:
-    return ""
-  return f" {zlib.crc32(program.encode()) % 7}\n"
-
-
-class FakeExecutor:
-  def run(self, programs):
-    return [FakeResult(observe(p)) for p in programs]
-
-
-def ppm(text: str) -> float:
-  """The fake PPM: a value in (-1, 1) keyed by the scored text (the scorer hands it on as float32)."""
-  return float(np.tanh(np.random.default_rng(zlib.crc32(text.encode())).uniform(-5, 5) / 5))
-
-
-def is_equiv(ground_truth: str, answer: str) -> bool:
-  return str(ground_truth).strip() == str(answer).strip()
-
-
-class ExactGrader:
-  """Our side's grader, on the same `is_equiv`."""
-
-  def equivalent_batch(self, pairs):
-    return [is_equiv(gold, pred) for pred, gold in pairs]
+# The step script (`official_rstar.make_script`): the SFT stop strings, so no `<output>` stop.
+script = make_script({"open": 0.18, "continue": 0.18, "close": 0.14, "error": 0.03, "error_close": 0.02,
+                      "answer_tag": None, "answer_box": None, "two_boxes": 0.01, "no_box": 0.01, "eos_boxed": 0.02,
+                      "junk": 0.02, "blank": 0.01}, answer_base=0.005, answer_slope=0.015)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The official step beam search, transcribed (plain objects; names follow the released code).
 # ---------------------------------------------------------------------------------------------------------------------
-
-# Sentinel final answers of invalid terminals (official constants.py; only their identity matters here).
-TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, NO_VALID_CHILD = "<too many code errors>", "<too many steps>", "<no valid child>"
-INVALID_ANSWERS = (TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, NO_VALID_CHILD)
-CODE, CODE_END, STEP_END = "<code>", "<end_of_code>", "<end_of_step>"
-OUTPUT, OUTPUT_END, ANSWER_END = "<output>", "<end_of_output>", "<end_of_answer>"
-STEP_DELIM = "\n"
 
 # config/sft_eval_bs.yaml, with the budget shrunk to test size (official: width 8, 8 samples, depth 16).
 OFFICIAL_CONFIG = dict(step_beam_width=BEAM_WIDTH, n_generate_sample=SAMPLES_PER_STEP, max_depth=MAX_DEPTH,
@@ -154,53 +91,7 @@ class OfficialNode:
     self.program = ""  # not an official field: the program `code_execution` ran, kept for the comparison
 
 
-def extract_program(text: str) -> str:
-  """`agents/tree.py extract_program`: lines inside `<code>` ... `<end_of_code>`, blocks separated by a marker."""
-  text = text.replace(STEP_END, "")
-  program, inside = "", False
-  for line in text.split("\n"):
-    if CODE in line:
-      program, inside = program + "\n# ========\n", True
-    elif CODE_END in line:
-      inside = False
-    elif inside:
-      program += line + "\n"
-  return (program or text).strip()
-
-
-def extract_math_answer(text: str) -> str:
-  """`agents/utils.py extract_math_answer`: cut at the first '.\\n', drop a final '.', take the last box."""
-  head = text.split(".\n")[0].strip()
-  head = head[:-1].strip() if head.endswith(".") else head
-  start = head.rfind("\\boxed{")
-  if start < 0:
-    return head
-  depth, open_at = 0, None
-  for i in range(start, len(head)):
-    if head[i] == "{":
-      depth += 1
-      open_at = i if open_at is None else open_at
-    elif head[i] == "}":
-      depth -= 1
-      if depth == 0:
-        return head[open_at + 1:i]
-  return head[open_at + 1:]  # unclosed (never scripted)
-
-
-def step_unwrap(text: str, stop_reason: str | None) -> dict | None:
-  """`rstar_step_result_unwrap`: a boxed step is an answer, anything else a python action.
-
-  Our documented deviation: a blank step, or one that ended without a stop string, is unparsable (None here, the
-  official `NO_VALID_CHILD` branch of `create_child`), where the official parser would run it as code.
-  """
-  if "boxed" in text:
-    return {"action": "", "action_input": "", "final_answer": extract_math_answer(text)}
-  if stop_reason is None or not text[:len(text) - len(stop_reason)].strip():
-    return None
-  return {"action": "python_interpreter", "action_input": text, "final_answer": ""}
-
-
-class OfficialBS:
+class OfficialBS(OfficialTree):
   """One problem's `BS` agent (agents/beam_search.py) with the `BaseTree` parts it uses."""
 
   def __init__(self, cfg: dict, question: str, executor: FakeExecutor):
@@ -213,29 +104,6 @@ class OfficialBS:
     self.final_answer_nodes: list[OfficialNode] = []
     self.current_top_num = cfg["step_beam_width"]
     self.passed_zero = False  # not official: whether the count of answers ever passed the width (coverage check)
-
-  def collect_partial_solution(self, node: OfficialNode) -> str:
-    texts = []
-    while node is not None:
-      texts.append(node.state["text"])
-      node = node.parent
-    return "".join(reversed(texts))
-
-  def prompt_wrap(self, node: OfficialNode) -> str:
-    return PROMPT.format(self.question) + self.collect_partial_solution(node)
-
-  def is_ignored_node(self, node: OfficialNode) -> bool:
-    return node.is_terminal or node.depth > self.cfg["max_depth"]
-
-  def should_generate_next(self) -> bool:
-    return any(not self.is_ignored_node(n) for n in self.current_nodes)
-
-  def has_expanded(self) -> bool:
-    return bool(self.current_nodes) and bool(self.current_nodes[0].children)
-
-  def create_prompt(self, is_value_only: bool = False) -> list[str]:
-    nodes = self.candidate_nodes if is_value_only else self.current_nodes
-    return [self.prompt_wrap(n) for n in nodes if is_value_only or not self.is_ignored_node(n)]
 
   @staticmethod
   def is_valid_final_answer_node(node: OfficialNode) -> bool:
@@ -266,16 +134,6 @@ class OfficialBS:
         step_result = text + (stop_reason or "")
         self.create_child(step_result, step_unwrap(step_result, stop_reason), node)
       self.candidate_nodes.extend(node.children)
-
-  def code_execution(self, node: OfficialNode, action_input: str) -> tuple[str, str]:
-    """Runs the code since the last finished block (`collect_action_inputs`) plus this step; (program, output)."""
-    history = []  # (the official also skips an input whose output timed out; the fake sandbox never times out)
-    while node is not None and OUTPUT_END not in node.state["text"] and CODE_END not in node.state["text"]:
-      if node.state["action"] == "python_interpreter" and node.state["action_input"]:
-        history.append(node.state["action_input"])
-      node = node.parent
-    program = extract_program("".join(reversed(history)) + action_input)
-    return program, str(self.executor.run([program])[0].observation).strip()
 
   def create_child(self, step_result: str, parser_result: dict | None, node: OfficialNode) -> None:
     new = OfficialNode(parent=node)
@@ -336,26 +194,9 @@ class OfficialSolver:
     self.generate_calls: list[list[str]] = []  # for the comparison: every `llm_generate` call's prompts
 
   def llm_generate(self, prompts: list[str]) -> list[list[tuple[str, str | None]]]:
-    """Samples, then drops repeated texts; if one stopped at `<end_of_answer>`, keeps only the first such one."""
+    """`official_rstar.llm_generate`, recording every call's prompts."""
     self.generate_calls.append(list(prompts))
-    out = []
-    cands = self.policy.generate(prompts, n=self.cfg["n_generate_sample"], seeds=[0] * len(prompts),
-                                 stop=list(self.cfg["stop"])) if prompts else []
-    for per_prompt in cands:
-      # vLLM reports the matched stop string, or None when generation ended otherwise.
-      outs = [(c.text, c.stop_reason if c.stop_reason in self.cfg["stop"] else None) for c in per_prompt]
-      seen, kept = set(), []
-      for text, stop in outs:
-        if text not in seen:
-          seen.add(text)
-          kept.append((text, stop))
-      answers = [o for o in kept if o[1] == ANSWER_END]
-      out.append(answers[:1] if answers else kept)
-    return out
-
-  def rm_generate(self, texts: list[str]) -> list[float]:
-    # The official value comes out of a float32 torch tensor (tanh(r / 5) belongs to our `ppm`).
-    return [float(np.float32(v)) for v in self.scorer(texts)] if texts else []
+    return llm_generate(self.policy, self.cfg, prompts)
 
   def solve(self, agents: list[OfficialBS]) -> None:
     # Mode "bs" is neither "sbs" nor "mcts" in `Solver.__init__`, so `max_agent_steps` keeps its default 1: one pass
@@ -375,7 +216,9 @@ class OfficialSolver:
         agent.generate_next_step(outputs[start:start + len(ps)])
         start += len(ps)
       for agent in valid:
-        values = self.rm_generate(agent.create_prompt(is_value_only=True)) if self.cfg["need_value_func"] else None
+        values = None
+        if self.cfg["need_value_func"]:
+          values = rm_generate(self.scorer, agent.create_prompt(is_value_only=True))
         agent.select_next_step(values)
       for agent in expanded:
         agent.select_next_step(None)
