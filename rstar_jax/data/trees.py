@@ -45,7 +45,11 @@ class Node:
 
 @dataclasses.dataclass(frozen=True)
 class Tree:
-  """One problem's Q-annotated tree; `nodes[i].id == i` and `nodes[0]` is the root."""
+  """One problem's Q-annotated tree; `nodes[i].id == i` and `nodes[0]` is the root.
+
+  `out_of_nodes`: the search stopped this tree early because its node budget filled (false for shards written
+  before the record field existed).
+  """
   problem_id: str
   question: str
   ground_truth: str | None
@@ -54,6 +58,7 @@ class Tree:
   mode: str | None
   preset: str | None
   nodes: tuple[Node, ...]
+  out_of_nodes: bool = False
 
   @property
   def root(self) -> Node:
@@ -90,7 +95,7 @@ def _tree(record: dict[str, Any]) -> Tree:
       ppm_value=None if raw["ppm_value"] is None else float(raw["ppm_value"])) for raw in record["nodes"])
   return Tree(problem_id=record["problem_id"], question=record["question"], ground_truth=record["ground_truth"],
               prompt=record["prompt"], seed=record["seed"], mode=record["mode"], preset=record["preset"],
-              nodes=nodes)
+              nodes=nodes, out_of_nodes=record.get("out_of_nodes", False))
 
 
 def iter_trees(path: str | os.PathLike[str]) -> Iterator[Tree]:

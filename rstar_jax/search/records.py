@@ -9,6 +9,8 @@ Record:
   seed          int, the tree's seed (a search with the same seed replays the tree exactly)
   mode          "terminal_guided" | "ppm_augmented" | "inference"
   preset        "official" | "paper"
+  out_of_nodes  bool, optional: true when the tree's node budget (`max_nodes`) filled and its search stopped
+                early; shards written before the field existed lack it (read as false)
   nodes         list, node i has "id": i; node 0 is the root:
     id, parent (-1 for the root), children (ids, in creation order), depth (root 0)
     tag             rStar style: root "0", its children "0.1", "0.2", ..., then "0.1.1", ... (1-based)

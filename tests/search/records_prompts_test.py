@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -72,6 +73,17 @@ def test_invalid_records_name_the_field(mutate, message, tmp_path):
   with pytest.raises(records.TreeRecordError, match="record 1"):
     records.write_trees(path, [_tree(), bad])
   assert not path.exists() and not list(tmp_path.iterdir())  # nothing written, nothing left over
+
+
+def test_schema_docstring_and_typed_view_carry_every_field():
+  # The module docstring is the schema's written form (data.trees calls records its owner); README lists the same
+  # fields. `out_of_nodes` was written by the search and listed in README, but missing from both.
+  from rstar_jax.data import trees  # pylint: disable=import-outside-toplevel
+  record = _tree(out_of_nodes=True)
+  missing = [f for f in [*record, *record["nodes"][0]] if not re.search(rf"\b{f}\b", records.__doc__)]
+  assert not missing, f"fields not in the records docstring: {missing}"
+  assert trees.tree_from_dict(record).out_of_nodes is True
+  assert trees.tree_from_dict(_tree()).out_of_nodes is False  # a shard written before the field existed
 
 
 def test_reader_names_file_and_line(tmp_path):
