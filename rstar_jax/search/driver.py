@@ -350,10 +350,10 @@ class MCTS:
       planned[b] = [plan_child(c, parents[b]) for c in kept]
     jobs = [(b, j) for b in rows for j, p in enumerate(planned[b]) if p.program is not None]
     t3 = time.perf_counter()
-    results = list(self.executor.run([planned[b][j].program for b, j in jobs])) if jobs else []
+    # Checked inside the sandbox's time: the check reads a lazy result iterator to its end.
+    results = checked_results(self.executor.run([planned[b][j].program for b, j in jobs]) if jobs else [], len(jobs))
     t4 = time.perf_counter()
     self.stats.sandbox_s += t4 - t3
-    results = checked_results(results, len(jobs))
     result_of = dict(zip(jobs, results))
     children = {b: [finish_child(p, result_of.get((b, j)), parents[b], step_cfg)
                     for j, p in enumerate(planned[b])] for b in rows}

@@ -70,14 +70,36 @@ class Scorer(Protocol):
     ...
 
 
+def _as_list(value, what: str, expected: str) -> list:
+  """`list(value)`; a ValueError naming `what` when it is no sequence (e.g. None from a forgotten `return`, or a
+  flat list of candidates where a list per prompt was due), not Python's bare "object is not iterable"."""
+  try:
+    items = iter(value) if not isinstance(value, (str, bytes)) else None
+  except TypeError:
+    items = None
+  if items is None:
+    raise ValueError(f"{what} is a {type(value).__name__}, not {expected}")
+  return list(items)  # outside the `try`: a TypeError raised while a lazy output runs is the caller's own
+
+
 def checked_scores(values, texts: Sequence[str]) -> np.ndarray:
   """A scorer's output for `texts` as `[len(texts)]` float32, checked as the search reads it.
 
   Raises:
-    ValueError: a wrong number of values, or a NaN / infinite one (it would win or lose every comparison of the
-      search's selection and ranking arbitrarily), naming the text.
+    ValueError: no numbers (None reads as one NaN, strings fail the float conversion), a wrong number of values, or
+      a NaN / infinite one (it would win or lose every comparison of the search's selection and ranking
+      arbitrarily), naming the text.
   """
-  values = np.asarray(values, np.float32).reshape(-1)
+  raw = np.asarray(values)
+  numbers = raw.dtype.kind not in "USO"  # bfloat16 (kind "V") converts
+  if raw.dtype.kind == "O" and not any(v is None for v in raw.reshape(-1)):
+    try:
+      raw, numbers = raw.astype(np.float32), True
+    except (TypeError, ValueError):
+      pass
+  if not numbers:
+    raise ValueError(f"scorer returned a {type(values).__name__} for {len(texts)} texts, not numbers: {values!r:.80}")
+  values = raw.astype(np.float32).reshape(-1)
   if values.shape != (len(texts),):
     raise ValueError(f"scorer returned {values.shape[0]} values for {len(texts)} texts")
   bad = np.flatnonzero(~np.isfinite(values))
@@ -96,13 +118,13 @@ def checked_candidates(candidates, num_prompts: int, n: int, stop: Sequence[str]
       text is not a str, or a `stop_reason` is none of `stop`, "eos" and "length" (any other value would be
       appended to the step's text as if it were the matched stop string).
   """
-  candidates = list(candidates)
+  candidates = _as_list(candidates, "policy output", f"a list of {num_prompts} candidate lists")
   if len(candidates) != num_prompts:
     raise ValueError(f"policy returned {len(candidates)} candidate lists for {num_prompts} prompts")
   allowed = (*stop, STOP_EOS, STOP_LENGTH)
   out = []
   for i, cands in enumerate(candidates):
-    cands = list(cands)
+    cands = _as_list(cands, f"policy output for prompt {i}", f"a list of {n} candidates")
     if len(cands) != n:
       raise ValueError(f"policy returned {len(cands)} candidates for prompt {i}, expected n={n}")
     for j, c in enumerate(cands):
@@ -124,7 +146,7 @@ def checked_results(results, num_programs: int) -> list:
   Raises:
     ValueError: a wrong number of results, or one without a str `observation`, naming the program.
   """
-  results = list(results)
+  results = _as_list(results, "executor output", f"a list of {num_programs} results")
   if len(results) != num_programs:
     raise ValueError(f"executor returned {len(results)} results for {num_programs} programs")
   for i, r in enumerate(results):

@@ -191,6 +191,10 @@ def test_beam_search_runs_max_depth_steps(grader):
 @pytest.mark.parametrize("scores,message", [
     (lambda texts: [float("nan")] * len(texts), r"scorer returned nan for text 0 .*values must be finite"),
     (lambda texts: [0.5] * (len(texts) + 1), r"scorer returned \d+ values for \d+ texts"),
+    # No numbers: None read as one NaN ("1 values for N texts"), a None among floats as NaN, text failed in numpy.
+    (lambda texts: None, r"scorer returned a NoneType for \d+ texts, not numbers"),
+    (lambda texts: [None] + [0.5] * (len(texts) - 1), r"scorer returned a list for \d+ texts, not numbers: \[None"),
+    (lambda texts: ["high"] * len(texts), r"scorer returned a list for \d+ texts, not numbers"),
 ])
 def test_bad_scorer_output_is_rejected_where_it_arrives(grader, scores, message):
   # A NaN value would win (MCTS selection) or land anywhere (beam ranking) without a word; a wrong count would
@@ -285,6 +289,13 @@ _CODE = lambda i, j: StepCandidate(f"x = {j}\n", "<end_of_step>")
      r"policy returned 1 candidates for prompt 0, expected n=2"),
     (_FixedPolicy(_CODE, lists=lambda out: [c * 2 for c in out]), None,
      r"policy returned 4 candidates for prompt 0, expected n=2"),
+    # A forgotten `return`, or one flat list of candidates instead of one list per prompt: Python's bare "'NoneType'
+    # object is not iterable" / "'StepCandidate' object is not iterable" named neither the policy nor the shape.
+    (_FixedPolicy(_CODE, lists=lambda out: None), None,
+     r"policy output is a NoneType, not a list of 2 candidate lists"),
+    (_FixedPolicy(_CODE, lists=lambda out: out[0]), None,
+     r"policy output for prompt 0 is a StepCandidate, not a list of 2 candidates"),
+    (None, _FixedExecutor(lambda programs: None), r"executor output is a NoneType, not a list of 4 results"),
     (None, _FixedExecutor(lambda programs: [FakeResult("1")] * (len(programs) + 1)),
      r"executor returned 5 results for 4 programs"),
     (None, _FixedExecutor(lambda programs: [FakeResult(None)] * len(programs)),
