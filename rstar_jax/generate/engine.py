@@ -113,7 +113,8 @@ class Engine:
       share_prefixes: prefill shared prompt prefixes (and the `n` samples of a prompt) once; False prefills every
         row in full (the reference the fork is tested against).
       stop_check_interval: decode steps between host checks for stop strings.
-      max_rows: the most rows one device batch holds; bigger calls run in several batches (memory bound).
+      max_rows: the most rows one device batch holds (>= 1; None: no limit); bigger calls run in several batches
+        (memory bound).
       pad_id: the token written at padded and finished positions.
       scan_layers: False (default) runs the layers as a list (`rstar_jax.models.unstack_layers`): a stacked model's
         layer weights are copied once into per-layer buffers, which a decode step reads in place (about 2x faster
@@ -141,6 +142,8 @@ class Engine:
     if stop_check_interval < 1:
       raise ValueError(f"stop_check_interval must be >= 1, got {stop_check_interval}")
     self.stop_check_interval = stop_check_interval
+    if max_rows is not None and max_rows < 1:
+      raise ValueError(f"max_rows must be >= 1 (None: no limit), got {max_rows}")
     self.max_rows = max_rows
     self.pad_id = pad_id
     graphdef, self._params = nnx.split(model)

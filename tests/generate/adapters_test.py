@@ -152,5 +152,6 @@ def test_command_line_prompts_file_encoding_and_flags(tmp_path, capsys):
       (["--prompts", str(boolean)], r"error: .*boolean.jsonl:1: 'n' must be an int"),
       (["--prompts", str(good), "--n", "-1"], r"error: --n must be >= 0"),
       (["--prompts", str(good), "--max-new-tokens", "0"], r"error: --max-new-tokens must be >= 1"),
+      (["--prompts", str(good), "--max-rows", "0"], r"error: --max-rows must be >= 1"),
   ]:
     _assert_usage_error(capsys, ["--hf-dir", str(tmp_path)] + argv, message)
