@@ -246,13 +246,13 @@ class Engine:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     rows: list[_Row] = []
     for r, req in enumerate(requests):
-      prompt = np.asarray(req.prompt, np.int32).reshape(-1)
+      prompt = _token_ids(req.prompt, f"request {r}", self.config.vocab_size)
       if prompt.size == 0:
         raise ValueError(f"request {r}: empty prompt")
       if req.n < 0:
         raise ValueError(f"request {r}: n must be >= 0, got {req.n}")
-      if (prompt < 0).any() or (prompt >= self.config.vocab_size).any():
-        raise ValueError(f"request {r}: prompt token ids outside [0, {self.config.vocab_size})")
+      if req.first_sample < 0:
+        raise ValueError(f"request {r}: first_sample must be >= 0, got {req.first_sample}")
       limit = max_new_tokens if max_context is None else min(max_new_tokens, max_context - prompt.size)
       rows.extend(_Row(r, req.first_sample + j, prompt, limit) for j in range(req.n))
     results: list[list[Result | None]] = [[None] * req.n for req in requests]
@@ -438,11 +438,26 @@ class Engine:
     return out
 
   def _token_arrays(self, sequences: Sequence[Sequence[int]], what: str) -> list[np.ndarray]:
-    arrays = [np.asarray(p, np.int32).reshape(-1) for p in sequences]
-    for i, a in enumerate(arrays):
-      if a.size and ((a < 0).any() or (a >= self.config.vocab_size).any()):
-        raise ValueError(f"{what} {i}: token ids outside [0, {self.config.vocab_size})")
-    return arrays
+    return [_token_ids(p, f"{what} {i}", self.config.vocab_size) for i, p in enumerate(sequences)]
+
+
+def _token_ids(ids: Sequence[int], where: str, vocab_size: int) -> np.ndarray:
+  """A flat sequence of token ids -> `[T]` int32, refusing what `np.asarray` would misread.
+
+  A string is refused (its digits would be read as one id: "42" is not the token ids of the text "42"), as are
+  non-integers (cut towards zero), nested sequences (flattened into one prompt) and ids outside the vocabulary.
+  """
+  if isinstance(ids, (str, bytes)):
+    raise TypeError(f"{where}: expected token ids, got the text {ids[:40]!r} (encode it with the tokenizer first)")
+  array = np.asarray(ids)
+  if array.size == 0:
+    return np.zeros(0, np.int32)
+  if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+    raise TypeError(f"{where}: expected a flat sequence of integer token ids, got {array.dtype} of shape "
+                    f"{array.shape}")
+  if (array < 0).any() or (array >= vocab_size).any():
+    raise ValueError(f"{where}: token ids outside [0, {vocab_size})")
+  return array.astype(np.int32)
 
 
 class _NoBar:

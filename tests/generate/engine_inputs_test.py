@@ -19,3 +19,31 @@ def test_max_rows_of_one_runs_every_row():
   assert [len(row) for row in results] == [2, 1]
   assert all(len(r.token_ids) == 2 for row in results for r in row)
   assert len(engine.stats["batches"]) == 3
+
+
+@pytest.mark.parametrize("prompt,error,message", [
+    ("42", TypeError, r"request 1: expected token ids, got the text '42'"),  # was read as the one token 42
+    ("What is 6 * 7?", TypeError, r"request 1: expected token ids, got the text"),  # was "invalid literal for int()"
+    ([1.7, 2.2], TypeError, r"request 1: expected a flat sequence of integer token ids, got float64"),  # cut to [1, 2]
+    ([[1, 2], [3, 4]], TypeError, r"request 1: .* of shape \(2, 2\)"),  # was flattened into one prompt
+])
+def test_a_prompt_that_is_not_token_ids_is_refused(prompt, error, message):
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
+  with pytest.raises(error, match=message):
+    engine.generate([Request([5, 6]), Request(prompt)], Greedy(), max_new_tokens=2)
+
+
+def test_texts_given_to_scoring_are_refused():
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
+  # The tiny tokenizer encodes "7" as token 22, not 7: reading the digits as an id scored the wrong continuation.
+  with pytest.raises(TypeError, match=r"continuation 0: expected token ids, got the text '7'"):
+    engine.loglikelihood([[5, 6]], ["7"])
+  with pytest.raises(TypeError, match=r"context 1: expected token ids"):
+    engine.loglikelihood([[5, 6], "hi"], [[7], [8]])
+
+
+def test_a_negative_first_sample_is_refused():
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
+  # Was an OverflowError from numpy ("Python integer -1 out of bounds for uint32") while building the keys.
+  with pytest.raises(ValueError, match="request 0: first_sample must be >= 0, got -1"):
+    engine.generate([Request([5, 6], first_sample=-1)], Greedy(), max_new_tokens=2)
