@@ -155,3 +155,14 @@ def test_command_line_prompts_file_encoding_and_flags(tmp_path, capsys):
       (["--prompts", str(good), "--max-rows", "0"], r"error: --max-rows must be >= 1"),
   ]:
     _assert_usage_error(capsys, ["--hf-dir", str(tmp_path)] + argv, message)
+
+
+def test_command_line_names_the_line_of_a_prompt_that_encodes_to_nothing(tmp_path, capsys):
+  # The message named "prompt 1" (0-based, blank lines skipped), not the line (3) the module docstring promises.
+  from generate_helpers import tiny_hf  # pylint: disable=g-import-not-at-top
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('"fine"\n\n{"prompt": ""}\n')
+  model_dir = tiny_hf()[0]
+  capsys.readouterr()  # the first build of the tiny model writes a progress line to stderr
+  _assert_usage_error(capsys, ["--hf-dir", str(model_dir), "--tokenizer", str(tiny_tokenizer_dir()), "--prompts",
+                               str(prompts)], r"error: .*prompts.jsonl:3: the prompt encodes to no tokens")
