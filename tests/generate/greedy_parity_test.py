@@ -1,14 +1,15 @@
 """Greedy generation equals `transformers` `generate(do_sample=False)` token for token (tiny random fp32 Qwen2).
 
 One padded batch of 24 prompts of mixed lengths (3..60 tokens): plain, with an EOS id, with stop strings (checked
-against HF's own `StopStringCriteria`), with both, with a context limit; plus a stop string spanning three tokens.
+against HF's own `StopStringCriteria`), with both, with a context limit; plus a stop string spanning three tokens, a
+multi-byte character split over two tokens as a stop, and a stop that only occurs across the prompt boundary.
 Every call has the same shapes, so the whole file compiles one set of programs.
 """
 
 import functools
 
 import numpy as np
-from generate_helpers import TEST_BUCKETS, hf_generate, load_tiny, random_prompts, tiny_tokenizer
+from generate_helpers import TEST_BUCKETS, hf_generate, hf_tiny_tokenizer, load_tiny, random_prompts, tiny_tokenizer
 
 from rstar_jax.generate import Engine, Greedy, Request
 
@@ -171,3 +172,47 @@ def test_stacked_layers_engine_matches_transformers():
   results = stacked.generate([Request(p) for p in PROMPTS], Greedy(), max_new_tokens=MAX_NEW)
   for i, (res,) in enumerate(results):
     assert res.token_ids == tuple(ref[i].tolist()), f"row {i}"
+
+
+def _split_character(plain):
+  """(row, j, char): the first non-ASCII character of a greedy text whose UTF-8 bytes start before token j and
+  end in token j (decoded with `transformers`' tokenizer: the text up to token j - 1 ends in a replacement char)."""
+  tok = hf_tiny_tokenizer()
+  for i in range(len(PROMPTS)):
+    row = plain[i].tolist()
+    for j in range(1, MAX_NEW):
+      before, after = tok.decode(row[:j]), tok.decode(row[:j + 1])
+      if before.endswith("\ufffd") and len(after) >= len(before):
+        char = after[len(before) - 1]
+        if not char.isascii() and char != "\ufffd" and char not in before:
+          return i, j, char
+  raise AssertionError("no split multi-byte character in the greedy texts")
+
+
+def test_multi_byte_stop_strings_and_the_prompt_boundary():
+  """A stop string whose UTF-8 bytes are split over two tokens is caught on the token that completes it, and text
+  from the prompt never completes a stop (vLLM's rule: only generated text is searched). Coverage for both was
+  ASCII-only. Reference: `transformers`' tokenizer decoding the continuation after the prompt text."""
+  plain = reference()
+  i, j, char = _split_character(plain)
+  row = plain[i].tolist()
+  hf_tok = hf_tiny_tokenizer()
+  # The stop's bytes start in token j - 1 (its text alone ends in a replacement character); cut the prompt there.
+  cut = j - 1
+  prompt = PROMPTS[i] + row[:cut]
+  prompt_text = hf_tok.decode(prompt)
+  assert not prompt_text.endswith("\ufffd")
+  spanning = prompt_text[-1] + char  # the prompt's last character and the split one: spans the boundary
+  requests = [Request(p) for p in PROMPTS]
+  results = engine().generate(requests, Greedy(), max_new_tokens=MAX_NEW, stop=[char])
+  (res,) = results[i]
+  text = hf_tok.decode(row[:j + 1])
+  assert (res.text, res.stop_reason, res.token_ids) == (text[:text.find(char)], char, tuple(row[:j + 1]))
+  requests[i] = Request(prompt)
+  results = engine().generate(requests, Greedy(), max_new_tokens=MAX_NEW, stop=[spanning])
+  (res,) = results[i]
+  assert res.stop_reason == "length" and res.token_ids[:MAX_NEW - cut] == tuple(row[cut:])  # the same greedy text
+  assert spanning not in hf_tok.decode(prompt + list(res.token_ids))[len(prompt_text):]  # only across the boundary
+  results = engine().generate(requests, Greedy(), max_new_tokens=MAX_NEW, stop=[spanning, char])
+  (res,) = results[i]
+  assert (res.text, res.stop_reason, res.token_ids) == ("", char, tuple(row[cut:j + 1]))
