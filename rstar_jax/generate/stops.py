@@ -6,7 +6,9 @@ string; the result text is everything before that occurrence, the stop reason is
 discarded. When that token completes several stop strings, the one that starts first in the text wins, ties to the
 longer one (vLLM instead takes the first of its `stop` list that occurs; e.g. with "step" and "<end_of_step>", a
 single "<end_of_step>" token stops here on the whole tag whatever the list order). Only generated text is searched: a
-stop string spanning the prompt/continuation boundary does not count.
+stop string spanning the prompt/continuation boundary does not count. Reasons on one token rank as vLLM 0.6's
+`StopChecker` (the version the official rStar-Math search ran): an EOS token gives "eos" (its text is never searched),
+then a completed stop string, then "length": a stop completed by the last allowed token reports the stop string.
 
 Text is decoded with a few prompt tokens in front and their text removed (as vLLM's incremental detokenizer), so
 tokenizers that render a token differently at the start of a text (sentencepiece's leading space) give the same

@@ -216,3 +216,33 @@ def test_multi_byte_stop_strings_and_the_prompt_boundary():
   results = engine().generate(requests, Greedy(), max_new_tokens=MAX_NEW, stop=[spanning, char])
   (res,) = results[i]
   assert (res.text, res.stop_reason, res.token_ids) == ("", char, tuple(row[cut:j + 1]))
+
+
+def test_the_last_allowed_token_reports_a_stop_or_eos_before_length():
+  """vLLM 0.6's StopChecker ranks EOS, then stop strings, then the length limit: a row whose MAX_NEW-th token
+  completes a stop string (or is an EOS id) reports that, not "length". Coverage: no test ended on the last token."""
+  plain = reference()
+  tok = tiny_tokenizer()
+  rows = []
+  for i in range(len(PROMPTS)):
+    row = plain[i].tolist()
+    last, before = tok.decode(row[-1:]), tok.decode(row[:-1])
+    if last.isascii() and last.isprintable() and last.strip() and last not in before:
+      rows.append((i, last))
+  assert len(rows) >= 2
+  stops = [last for _, last in rows]
+  results = engine().generate([Request(p) for p in PROMPTS], Greedy(), max_new_tokens=MAX_NEW, stop=stops)
+  checked = 0
+  for i, last in rows:
+    (res,) = results[i]
+    text = tok.decode(plain[i].tolist())
+    if any(s in text[:len(text) - len(last)] for s in stops):
+      continue  # another row's stop occurs earlier in this text
+    assert (res.stop_reason, res.token_ids) == (last, tuple(plain[i].tolist())), f"row {i}"
+    checked += 1
+  assert checked >= 1
+  i = next(i for i in range(len(PROMPTS)) if plain[i, -1] not in plain[i, :-1])
+  results = engine().generate([Request(p) for p in PROMPTS], Greedy(), max_new_tokens=MAX_NEW,
+                              eos_ids=[int(plain[i, -1])])
+  (res,) = results[i]
+  assert (res.stop_reason, res.token_ids) == ("eos", tuple(plain[i].tolist()))
