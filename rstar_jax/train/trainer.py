@@ -343,9 +343,15 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
 def evaluate_ppm(ppm: PPM, pairs: Sequence[formats.PpmPair], tokenizer: Any, *,
                  data: pipeline_lib.PipelineConfig | None = None, head: str = "raw",
                  mesh_shape: tuple[int, int, int] = (1, -1, 1)) -> dict[str, float]:
-  """Pair accuracy and mean weighted loss of `ppm` on `pairs` (one pass, no shuffling)."""
-  data = dataclasses.replace(data or pipeline_lib.PipelineConfig(batch_size=32), num_epochs=1, shuffle=False)
+  """Pair accuracy and mean weighted loss of `ppm` on `pairs` (one pass, no shuffling).
+
+  The batch size (default 32) is rounded up to a multiple of the mesh's `data x fsdp` devices, which every batch's
+  rows are split over; the extra rows are padding, so the results do not depend on it.
+  """
+  data = data or pipeline_lib.PipelineConfig(batch_size=32)
   mesh = sharding_lib.make_mesh(*mesh_shape)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  data = dataclasses.replace(data, num_epochs=1, shuffle=False, batch_size=-(-data.batch_size // shards) * shards)
   graphdef, params = state_lib.split_params(ppm)
   eval_step = jax.jit(steps_lib.make_eval_step(steps_lib.ppm_loss_fn(graphdef, head), mesh))
   sums = None

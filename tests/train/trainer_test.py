@@ -92,3 +92,38 @@ def test_ppm_learns_separable_pairs_and_exports_value_head(base, tmp_path):
   held_out = trainer.evaluate_ppm(ppm, _pairs(64, 2), tok, data=pipeline.PipelineConfig(max_len=64, batch_size=32))
   assert held_out["num_pairs"] == 64
   assert held_out["pair_accuracy"] > 0.9, held_out
+
+
+def test_evaluate_ppm_batch_that_does_not_split_over_the_devices():
+  # evaluate_ppm's default mesh takes every device; its batch (default 32, here 3) was put on it as is, so a batch
+  # that the device count does not divide (3 on these 8 CPU devices; 32 on a 64-chip slice) raised IndivisibleError.
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models import PPM, ModelConfig, default_positions  # pylint: disable=g-import-not-at-top
+
+  class CharTokenizer:
+    eos_id, pad_id = 1, 0
+
+    def encode(self, text):
+      return [3 + ord(c) % 200 for c in text]
+
+  tok = CharTokenizer()
+  pairs = [formats.PpmPair(prompt="q" * i + "?", pos="a" * (i % 3 + 1), neg="b" * (i % 4 + 2), pos_count=1,
+                           neg_count=1 + i % 2) for i in range(7)]
+  ppm = PPM(ModelConfig.tiny(), rngs=nnx.Rngs(0))
+  ppm.value_head.kernel[...] = ppm.value_head.kernel[...] * 300.0  # scores that differ visibly between sides
+  got = trainer.evaluate_ppm(ppm, pairs, tok, data=pipeline.PipelineConfig(max_len=64, batch_size=3))
+
+  # Reference: each text scored alone (one row, right-padded to 64), then the Bradley-Terry formula by hand.
+  forward = nnx.jit(lambda model, ids, mask: model(ids, default_positions(mask), mask))
+
+  def score(text):
+    ids = tok.encode(text)
+    mask = jnp.arange(64)[None] < len(ids)
+    return float(forward(ppm, jnp.asarray([ids + [0] * (64 - len(ids))], jnp.int32), mask)[0])
+
+  margins = np.array([score(p.prompt + p.pos) - score(p.prompt + p.neg) for p in pairs])
+  weights = np.array([p.weight for p in pairs])
+  assert got["num_pairs"] == 7
+  np.testing.assert_allclose(got["loss"], np.mean(weights * np.log1p(np.exp(-margins))), rtol=1e-4)
+  assert got["pair_accuracy"] == np.mean(margins > 0)
