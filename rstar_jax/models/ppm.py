@@ -4,6 +4,11 @@ The official rStar reward model (`RewardModelWithValueHead`) runs the causal LM,
 the final norm) and applies `v_head.summary`, a `Linear(D, 1)`; the score of a sequence is that value at its last
 non-padding token. The raw linear output is what the official code trains; it squashes with `tanh(r / 5)` at search
 time, while the paper puts a tanh in the head: `value_transform` below offers both.
+
+The official head also applies `nn.Dropout(0.1)` to the hidden states before the linear layer (`summary_dropout_prob`,
+unset in Qwen2 configs, defaults to 0.1); the Trainer runs it in train mode, so the released PPMs were trained with
+it, and search (`rm_engine`, `v_head.eval()`) scores without it. `PPM.__call__` takes the same dropout as an option
+(`dropout_rate` with one PRNG key per row); training turns it on with `TrainConfig.value_head_dropout`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ def last_token_index(input_mask: jax.Array) -> jax.Array:
   """`input_mask [B, T] bool` -> `[B]` index of each row's last real token (left or right padding)."""
   t = input_mask.shape[-1]
   return t - 1 - jnp.argmax(input_mask[:, ::-1], axis=-1)
+
+
+def dropout_keep_mask(keys: jax.Array, rate: float, size: int) -> jax.Array:
+  """`keys [B]` (one PRNG key per row) -> `[B, size]` bool, each element kept with probability `1 - rate`."""
+  return jax.vmap(lambda key: jax.random.bernoulli(key, 1.0 - rate, (size,)))(keys)
 
 
 def value_transform(raw: jax.Array, kind: str = "raw") -> jax.Array:
@@ -56,9 +66,21 @@ class PPM(nnx.Module):
     self.model = Qwen2Model(config, rngs=rngs, remat=remat, scan_layers=scan_layers)
     self.value_head = ValueHead(config, rngs=rngs)
 
-  def __call__(self, tokens: jax.Array, positions: jax.Array, input_mask: jax.Array) -> jax.Array:
+  def __call__(self, tokens: jax.Array, positions: jax.Array, input_mask: jax.Array, *, dropout_rate: float = 0.0,
+               dropout_keys: jax.Array | None = None) -> jax.Array:
+    """`tokens, positions [B, T]`, `input_mask [B, T]` -> `[B]` float32.
+
+    `dropout_rate > 0` drops elements of the hidden state read by the head (the official training-time
+    `v_head.dropout`, kept ones scaled by `1 / (1 - rate)`), with the mask drawn from `dropout_keys [B]`, one key per
+    row; the official head drops at every position, but only the last real token's value is read.
+    """
     hidden, _ = self.model(tokens, positions, input_mask)  # [B, T, D]
     last = jnp.take_along_axis(hidden, last_token_index(input_mask)[:, None, None], axis=1)[:, 0]  # [B, D]
+    if dropout_rate > 0.0:
+      if dropout_keys is None:
+        raise ValueError("PPM dropout_rate > 0 needs dropout_keys, one PRNG key per row")
+      keep = dropout_keep_mask(dropout_keys, dropout_rate, last.shape[-1])
+      last = jnp.where(keep, last.astype(jnp.float32) / (1.0 - dropout_rate), 0.0)
     return self.value_head(last)
 
   def token_values(self, tokens: jax.Array, positions: jax.Array, input_mask: jax.Array) -> jax.Array:

@@ -33,6 +33,10 @@ class TrainConfig:
     log_every: fetch and log metrics every this many steps (a non-finite loss is caught at these steps).
     seed: initialisation seed of the PPM value head.
     ppm_head: "raw" (official: Bradley-Terry on the linear output) or "tanh" (the paper's head).
+    value_head_dropout: PPM only: dropout on the hidden state the value head reads, in training (evaluation and
+      search never drop). 0 (default) keeps the head deterministic; the official trainer's head drops with 0.1
+      (`summary_dropout_prob`'s default, in train mode), so 0.1 trains as the released PPMs were. Masks come from
+      `seed`, the step and the row (`train.steps`).
     export_dtype: dtype of the exported HF weights; None = that of the input checkpoint.
     max_steps: stop after this many updates (None = all epochs); the schedule spans the steps run.
     progress: show a tqdm progress bar.
@@ -50,6 +54,7 @@ class TrainConfig:
   log_every: int = 1
   seed: int = 0
   ppm_head: str = "raw"
+  value_head_dropout: float = 0.0
   export_dtype: str | None = None
   max_steps: int | None = None
   progress: bool = True
@@ -66,6 +71,10 @@ class TrainConfig:
     mesh = tuple(self.mesh)
     if len(mesh) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or (s < 1 and s != -1) for s in mesh):
       raise ValueError(f"TrainConfig.mesh must be three sizes (data, fsdp, tensor), each >= 1 or -1, got {self.mesh!r}")
+    rate = self.value_head_dropout
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+      raise ValueError(f"TrainConfig.value_head_dropout must be a number in [0, 1), got {rate!r}")
+    object.__setattr__(self, "value_head_dropout", float(rate))
     if self.ppm_head not in PPM_HEADS:
       raise ValueError(f"TrainConfig.ppm_head must be one of {PPM_HEADS}, got {self.ppm_head!r}")
     object.__setattr__(self, "mesh", mesh)

@@ -125,8 +125,8 @@ def _run_identity(config: TrainConfig, pipe: pipeline_lib.Pipeline) -> dict[str,
   (the config less `_RESUMABLE_CHANGES`, plus the fingerprint of the tokenized data and its batch plan)."""
   identity: dict[str, Any] = {}
   for key, value in json.loads(json.dumps(dataclasses.asdict(config))).items():
-    if key in _RESUMABLE_CHANGES:
-      continue
+    if key in _RESUMABLE_CHANGES or (key == "value_head_dropout" and value == 0.0):
+      continue  # (a run without dropout has the run.json written before the option existed)
     if isinstance(value, dict):
       identity.update({f"{key}.{name}": v for name, v in value.items()})
     else:
@@ -157,11 +157,13 @@ def _check_resume(workdir: str, step: int, identity: dict[str, Any]) -> None:
 
 def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Callable, count_key: str,
          pipe: pipeline_lib.Pipeline, workdir: str, config: TrainConfig,
-         step_callback: StepCallback | None) -> tuple[nnx.Module, int, dict[str, float]]:
+         step_callback: StepCallback | None,
+         dropout_seed: int | None = None) -> tuple[nnx.Module, int, dict[str, float]]:
   """The loop shared by both trainers; returns the trained model, the step count and the last metrics.
 
   `model` may be None when `workdir` holds a checkpoint (everything is restored from it); otherwise it is
-  the placed initial model. `abstract_model` gives shapes and the module structure.
+  the placed initial model. `abstract_model` gives shapes and the module structure. `dropout_seed`: the train step
+  hands each micro-batch its dropout key and row ids (`steps.make_train_step`).
   """
   mesh = sharding_lib.make_mesh(*config.mesh)
   rows_per_micro, remainder = divmod(config.data.batch_size, config.accum_steps)
@@ -200,7 +202,7 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
 
   train_step = steps_lib.jit_train_step(
       steps_lib.make_train_step(loss_fn_of(graphdef), tx, mesh, accum_steps=config.accum_steps,
-                                count_key=count_key, schedule=schedule), shardings, mesh)
+                                count_key=count_key, schedule=schedule, dropout_seed=dropout_seed), shardings, mesh)
   is_main = jax.process_index() == 0
   log = MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_main)
   start = int(jax.device_get(state.step))
@@ -310,7 +312,8 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
       `value_head.bin` to continue from.
     pairs_file: rStar PPM pair file(s) (`prompt`/`pos`/`neg`/`pos_count`/`neg_count`).
     workdir: checkpoints and `metrics.jsonl`; re-running on the same workdir resumes.
-    config: see `TrainConfig` (default: `ppm_config()`); `config.ppm_head` picks raw or tanh scores.
+    config: see `TrainConfig` (default: `ppm_config()`); `config.ppm_head` picks raw or tanh scores,
+      `config.value_head_dropout` the official head's training-time dropout (0.1 there; off by default).
     export_dir: where the PPM goes (default `<workdir>/export`): HF backbone dir + `value_head.bin`.
     tokenizer: a tokenizer dir (default: `init_checkpoint`) or a loaded tokenizer; the rStar PPM tags are
       added, and the export holds this tokenizer, tags included.
@@ -331,9 +334,11 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   abstract = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0), remat=config.remat))
   model = None if resuming else _initial_ppm(init_checkpoint, model_config, config)
   trained, steps, metrics = _run(model=model, abstract_model=abstract,
-                                 loss_fn_of=lambda g: steps_lib.ppm_loss_fn(g, config.ppm_head),
+                                 loss_fn_of=lambda g: steps_lib.ppm_loss_fn(g, config.ppm_head,
+                                                                            config.value_head_dropout),
                                  count_key="num_pairs", pipe=pipe, workdir=workdir, config=config,
-                                 step_callback=step_callback)
+                                 step_callback=step_callback,
+                                 dropout_seed=config.seed if config.value_head_dropout > 0 else None)
   export_dir = os.fspath(export_dir or os.path.join(workdir, "export"))
   convert.save_ppm(trained, export_dir, dtype=config.export_dtype or original_dtype)
   _export_tokenizer(tokenizer, tokenizer_dir, export_dir)

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 import rstar_train_testlib as testlib
 from rstar_jax import tokenizer as tokenizer_lib
 from rstar_jax.data import formats, pipeline
-from rstar_jax.models import ModelConfig, PPM, ValueHead, convert
+from rstar_jax.models import ModelConfig, PPM, ValueHead, convert, dropout_keep_mask
 from rstar_jax.train import state as state_lib
 from rstar_jax.train import steps
 
@@ -124,3 +124,55 @@ def test_bf16_compute_keeps_fp32_master_weights(tied_checkpoint):
     losses[dtype] = float(loss_sum / metrics["num_tokens"])
   assert losses["bfloat16"] != losses["float32"]  # bf16 matmuls really ran
   np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=2e-2)
+
+
+def test_ppm_value_head_dropout_matches_the_official_head_in_train_mode(tied_checkpoint):
+  # The official ValueHead runs nn.Dropout(0.1) on hidden_states[-1] before its Linear, active under the Trainer's
+  # train mode. Reference: that head in torch on the HF model's hidden states, with torch's dropout mask replaced by
+  # ours at the positions the loss reads; loss and gradients must agree.
+  path, _, tok, config, records = tied_checkpoint
+  pairs = [formats.PpmPair(prompt=formats.sft_prompt(r.query), pos=r.response[:20 + 3 * i], neg=r.response[-25:],
+                           pos_count=1 + i % 2, neg_count=1 + i % 3) for i, r in enumerate(records[:5])]
+  batch = next(pipeline.ppm_pipeline(pairs, tok, pipeline.PipelineConfig(
+      max_len=96, batch_size=6, num_epochs=1, shuffle=False)).iterator())
+  policy = convert.load_qwen2(path, config)
+  ppm = nnx.eval_shape(lambda: PPM(config, rngs=nnx.Rngs(0)))
+  ppm.model = policy.model
+  ppm.value_head = ValueHead(config, rngs=nnx.Rngs(1), init_std=0.5)
+  graphdef, params = state_lib.split_params(ppm)
+  rate, key, rows = 0.1, steps.step_key(7, 3), jnp.arange(6, dtype=jnp.int32)
+  keyed = dict(jax.tree.map(jnp.asarray, batch), dropout_key=key, row=rows)
+
+  def mean_loss(p, rate):
+    loss_sum, metrics = steps.ppm_loss_fn(graphdef, "raw", rate)(p, keyed)
+    return loss_sum / metrics["num_pairs"]
+
+  loss, grads = jax.value_and_grad(mean_loss)(params, rate)
+  keep = np.asarray(dropout_keep_mask(steps.dropout_keys(key, rows), rate, config.hidden_size))  # [2P, D]
+  assert 0.8 < keep.mean() < 0.97 and (keep[:6] != keep[6:]).any()  # ~10% dropped; pos and neg masks differ
+
+  hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
+  summary = torch.nn.Linear(config.hidden_size, 1)
+  with torch.no_grad():
+    summary.weight.copy_(torch.tensor(np.asarray(ppm.value_head.kernel[...]).T))
+    summary.bias.copy_(torch.tensor(np.asarray(ppm.value_head.bias[...])))
+  torch.manual_seed(0)
+  scores = []
+  for s, side in enumerate(("pos", "neg")):
+    ids = torch.tensor(batch[f"{side}_tokens"], dtype=torch.long)
+    mask = torch.tensor(batch[f"{side}_mask"], dtype=torch.long)
+    hidden = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]  # [P, T, D]
+    last = (mask.sum(-1) - 1).clamp(min=0)  # the official read position (right padding); row 6 is batch padding
+    drop = torch.bernoulli(torch.full(hidden.shape, 1 - rate))
+    drop[torch.arange(6), last] = torch.tensor(keep[6 * s:6 * (s + 1)], dtype=torch.float32)
+    values = summary(hidden * drop / (1 - rate)).squeeze(-1)  # nn.Dropout: input * mask / (1 - p)
+    scores.append(values.gather(-1, last[:, None])[:, 0])
+  real = torch.tensor(batch["pair_mask"] > 0)
+  ref = (-torch.nn.functional.logsigmoid(scores[0] - scores[1]) * torch.tensor(batch["weights"]))[real].mean()
+  ref.backward()
+  np.testing.assert_allclose(float(loss), ref.item(), rtol=1e-5)
+  assert abs(float(loss) - float(mean_loss(params, 0.0))) > 1e-3  # the dropout did change the loss
+  np.testing.assert_allclose(np.asarray(grads["value_head"]["kernel"][...]).T, summary.weight.grad.numpy(),
+                             rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(grads["model"]["norm"]["weight"][...]), hf.model.norm.weight.grad.numpy(),
+                             rtol=1e-4, atol=1e-7)

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -93,3 +94,23 @@ def test_sharded_ppm_step_equals_single_device():
   one = _run(make, loss_fn_of, "num_pairs", batch, sharding.make_mesh(1, 1, 1, jax.devices()[:1]), 1)
   eight = _run(make, loss_fn_of, "num_pairs", batch, sharding.make_mesh(2, 2, 2), 2)
   _compare(one, eight)
+
+
+def test_ppm_dropout_masks_follow_the_row_not_the_micro_batch_split():
+  # With value-head dropout each pair's masks come from (seed, step, row of the global batch): a 2-micro-batch step
+  # must see exactly the masks (and so the loss and gradient) of the whole-batch loss with those keys.
+  config = ModelConfig.tiny()
+  model = PPM(config, rngs=nnx.Rngs(0))
+  model.value_head.kernel[...] = model.value_head.kernel[...] * 300.0  # a head whose dropped inputs move the loss
+  mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
+  graphdef, params = state_lib.split_params(model)
+  batch = jax.tree.map(jax.numpy.asarray, _ppm_batch())
+  loss_fn = steps.ppm_loss_fn(graphdef, "raw", 0.1)
+  keyed = dict(batch, dropout_key=steps.step_key(5, 0), row=jax.numpy.arange(8))
+  (loss_sum, sums), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, keyed)
+
+  tx = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=LR), 4)
+  step = jax.jit(steps.make_train_step(loss_fn, tx, mesh, accum_steps=2, count_key="num_pairs", dropout_seed=5))
+  _, metrics = step(state_lib.create_state(params, tx, mesh), steps.put_batch(jax.tree.map(np.asarray, batch), mesh))
+  np.testing.assert_allclose(float(metrics["loss"]), float(loss_sum / sums["num_pairs"]), rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["grad_norm"]), float(optax.global_norm(grads)) / 7, rtol=1e-5)

@@ -43,6 +43,8 @@ def test_unknown_keys_raise():
     ({"mesh": (2, 2)}, r"mesh must be three sizes \(data, fsdp, tensor\), each >= 1 or -1, got \(2, 2\)"),
     ({"mesh": (1, 0, 1)}, r"mesh must be three sizes"),
     ({"ppm_head": "sigmoid"}, r"ppm_head must be one of \('raw', 'tanh'\), got 'sigmoid'"),
+    ({"value_head_dropout": 1.0}, r"value_head_dropout must be a number in \[0, 1\), got 1.0"),
+    ({"value_head_dropout": -0.1}, r"value_head_dropout must be a number in \[0, 1\), got -0.1"),
     ({"compute_dtype": "fp8"}, r"unknown dtype 'fp8'"),
     ({"export_dtype": "half"}, r"unknown dtype 'half'"),
 ])
