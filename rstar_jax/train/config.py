@@ -107,12 +107,24 @@ def _build(kind, values: Mapping[str, Any], where: str):
 
 def sft_config(**changes) -> TrainConfig:
   """Policy SFT as in the paper: AdamW lr 7e-6, weight decay 0.1, linear decay, no warm-up, 2 epochs,
-  global batch 128, length 2048 (the official code; the paper says 4096)."""
+  global batch 128, length 2048 (the official code; the paper says 4096).
+
+  The loss is the token mean over the whole global batch. The official run (transformers 4.45.2, 8 GPUs x 4 rows x
+  4 accumulation steps) averaged the 32 micro-batches' own token means instead, which weighs a token by its
+  micro-batch's size; later transformers versions normalise by the batch's token count, as here.
+  """
   return TrainConfig(**changes)
 
 
 def ppm_config(**changes) -> TrainConfig:
   """PPM training: the SFT optimizer settings, 2 epochs of pairs, 128 pairs per batch, raw-linear head.
+
+  The official RM script (README, `train_RM.py`) differs: 512 pairs per update (8 GPUs x 16 x 4 accumulation
+  steps), no weight decay (it leaves the Trainer's default 0), value-head dropout 0.1, and a loss that *sums* the
+  weighted pair losses of each 16-pair micro-batch (averaged over GPUs and accumulation steps), so its gradient is
+  16 times the per-pair mean used here and its clipping at norm 1 acts as `max_grad_norm=1/16` does here (Adam is
+  otherwise blind to the scale). `ppm_config(data=PipelineConfig(batch_size=512), value_head_dropout=0.1,
+  optimizer=OptimizerConfig(weight_decay=0.0, max_grad_norm=1 / 16))` follows that script.
 
   Longer pairs are cut to `data.max_len` (2048) tokens; the search's `PPMScorer` cuts a text to its `max_tokens`
   (by default `max_position_embeddings - 1`). Set the two equal for training to score exactly what search scores.
