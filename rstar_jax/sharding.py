@@ -49,6 +49,10 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[j
   """A `(data, fsdp, tensor)` mesh; one of the sizes may be -1 to take the remaining devices."""
   devices = list(jax.devices() if devices is None else devices)
   sizes = [data, fsdp, tensor]
+  for axis, size in zip(MESH_AXES, sizes):
+    # numpy's reshape would take 0 (an empty mesh) or another negative size (it fills -2 in like -1) without a word.
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or (size < 1 and size != -1):
+      raise ValueError(f"mesh axis {axis} must be an integer >= 1 or -1 (the remaining devices), got {size!r}")
   if sizes.count(-1) > 1:
     raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
   if -1 in sizes:

@@ -83,3 +83,10 @@ def test_unstacked_load_places_each_layer_and_matches_single_device(hf_qwen2_fac
 
   expected = convert.load_qwen2(path)(*args).logits
   np.testing.assert_allclose(np.asarray(forward(state, *args))[mask], np.asarray(expected)[mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sizes", [(0, 1, 1), (-2, 1, 1), (-1, 0, 1), (2.0, 1, 1)], ids=str)
+def test_make_mesh_refuses_sizes_that_are_not_positive_or_minus_one(sizes):
+  # (0, 1, 1) built an empty mesh, (-2, 1, 1) a 6-device one (numpy fills -2 in), (-1, 0, 1) divided by zero.
+  with pytest.raises(ValueError, match=r"mesh axis (data|fsdp) must be an integer >= 1 or -1"):
+    sharding.make_mesh(*sizes)
