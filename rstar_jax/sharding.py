@@ -71,12 +71,31 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[j
   return Mesh(grid, MESH_AXES)
 
 
+def _check_rules(table: Mapping[str, Sequence[str]], mesh: Mesh) -> None:
+  """Raises for a rule that names no mesh axis this module or `mesh` knows, or names one twice.
+
+  Without the check such a rule (a typo, or a bare string such as `("vocab", "tensor")`, whose letters would be read
+  as axis names) silently replicates every dim it maps, as if the axis had size 1.
+  """
+  known = tuple(dict.fromkeys(MESH_AXES + tuple(mesh.axis_names)))
+  for name, mesh_axes in table.items():
+    if isinstance(mesh_axes, str):
+      raise ValueError(f"rule for logical axis {name!r}: expected a sequence of mesh axis names, got the string "
+                       f"{mesh_axes!r} (write ({mesh_axes!r},))")
+    unknown = [a for a in mesh_axes if a not in known]
+    if unknown:
+      raise ValueError(f"rule for logical axis {name!r} names unknown mesh axes {unknown}; known: {list(known)}")
+    if len(set(mesh_axes)) != len(tuple(mesh_axes)):
+      raise ValueError(f"rule for logical axis {name!r} names a mesh axis twice: {tuple(mesh_axes)}")
+
+
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules = DEFAULT_RULES,
                     strict: bool = False, what: str = "array") -> PartitionSpec:
   """Maps logical `names` of an array of `shape` to a `PartitionSpec` on `mesh` (see the module docstring)."""
   if len(names) != len(shape):
     raise ValueError(f"{what}: logical axes {tuple(names)} do not match shape {tuple(shape)}")
   table: Mapping[str, Sequence[str]] = dict(rules)
+  _check_rules(table, mesh)
   used: set[str] = set()
   spec: list[str | tuple[str, ...] | None] = []
   for name, size in zip(names, shape):

@@ -90,3 +90,17 @@ def test_make_mesh_refuses_sizes_that_are_not_positive_or_minus_one(sizes):
   # (0, 1, 1) built an empty mesh, (-2, 1, 1) a 6-device one (numpy fills -2 in), (-1, 0, 1) divided by zero.
   with pytest.raises(ValueError, match=r"mesh axis (data|fsdp) must be an integer >= 1 or -1"):
     sharding.make_mesh(*sizes)
+
+
+@pytest.mark.parametrize("vocab_rule, message", [
+    (("tensr",), r"logical axis 'vocab' names unknown mesh axes \['tensr'\]"),
+    ("tensor", r"logical axis 'vocab': expected a sequence of mesh axis names, got the string 'tensor'"),
+    (("fsdp", "fsdp"), r"logical axis 'vocab' names a mesh axis twice"),
+], ids=("typo", "bare_string", "twice"))
+def test_bad_rule_override_raises_naming_the_rule(vocab_rule, message):
+  # Each of these used to map `vocab` silently to no mesh axis (or to an invalid spec), replicating the embedding.
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  rules = tuple((name, vocab_rule if name == "vocab" else axes) for name, axes in sharding.DEFAULT_RULES)
+  assert sharding.logical_to_spec(("vocab", "embed"), (512, 64), mesh) == P("tensor", "fsdp")
+  with pytest.raises(ValueError, match=message):
+    sharding.logical_to_spec(("vocab", "embed"), (512, 64), mesh, rules)
