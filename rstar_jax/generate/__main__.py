@@ -143,17 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_paths(args)
     if args.dtype is not None:
       dtype_name(args.dtype)  # an unknown name raises, naming the known ones
+    mesh = None
+    if args.mesh:
+      sizes = args.mesh.split(",")
+      if len(sizes) != 3 or not all(x.strip().lstrip("-").isdigit() for x in sizes):
+        raise ValueError(f"--mesh must be three comma-separated ints data,fsdp,tensor; got {args.mesh!r}")
+      mesh = sharding.make_mesh(*[int(x) for x in sizes])  # more devices than there are, a 0 size: ValueError
   except (OSError, ValueError) as e:
     parser.error(str(e))
   tok = tokenizer_lib.load_tokenizer(args.tokenizer or model_dir)
   if args.add_rstar_tokens:
     tokenizer_lib.add_rstar_tokens(tok, "ppm" if args.ppm_dir else "policy")
-  mesh = None
-  if args.mesh:
-    sizes = args.mesh.split(",")
-    if len(sizes) != 3 or not all(x.strip().lstrip("-").isdigit() for x in sizes):
-      parser.error(f"--mesh must be three comma-separated ints data,fsdp,tensor; got {args.mesh!r}")
-    mesh = sharding.make_mesh(*[int(x) for x in sizes])
   overrides = {} if args.dtype is None else {"dtype": args.dtype}
   ids = tok.encode_batch([p["prompt"] for p in prompts])
   for p, prompt_ids in zip(prompts, ids):
