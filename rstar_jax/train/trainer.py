@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -350,17 +351,22 @@ def evaluate_ppm(ppm: PPM, pairs: Sequence[formats.PpmPair], tokenizer: Any, *,
                  mesh_shape: tuple[int, int, int] = (1, -1, 1)) -> dict[str, float]:
   """Pair accuracy and mean weighted loss of `ppm` on `pairs` (one pass, no shuffling).
 
-  The batch size (default 32) is rounded up to a multiple of the mesh's `data x fsdp` devices, which every batch's
-  rows are split over; the extra rows are padding, so the results do not depend on it.
+  The PPM's parameters are placed on the `mesh_shape` mesh by the logical rules, wherever they were (e.g. a model
+  loaded or trained on another mesh), and each batch gets masked padding pairs up to a multiple of data x fsdp, so
+  any `data.batch_size` runs on any mesh.
   """
-  data = data or pipeline_lib.PipelineConfig(batch_size=32)
+  data = dataclasses.replace(data or pipeline_lib.PipelineConfig(batch_size=32), num_epochs=1, shuffle=False)
   mesh = sharding_lib.make_mesh(*mesh_shape)
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  data = dataclasses.replace(data, num_epochs=1, shuffle=False, batch_size=-(-data.batch_size // shards) * shards)
   graphdef, params = state_lib.split_params(ppm)
+  params = jax.device_put(params, state_lib.tree_shardings(params, mesh))
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  # This process's rows, times the process count, must divide over data x fsdp.
+  multiple = shards // math.gcd(shards, jax.process_count())
   eval_step = jax.jit(steps_lib.make_eval_step(steps_lib.ppm_loss_fn(graphdef, head), mesh))
   sums = None
   for batch in pipeline_lib.ppm_pipeline(pairs, tokenizer, data).iterator():
+    pad = -len(batch["pair_mask"]) % multiple  # all-zero rows: pair_mask 0, so they never count
+    batch = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
     out = jax.device_get(eval_step(params, steps_lib.put_batch(batch, mesh)))
     sums = out if sums is None else {k: sums[k] + out[k] for k in out}
   count = max(float(sums["num_pairs"]), 1.0)

@@ -114,3 +114,40 @@ def test_ppm_dropout_masks_follow_the_row_not_the_micro_batch_split():
   _, metrics = step(state_lib.create_state(params, tx, mesh), steps.put_batch(jax.tree.map(np.asarray, batch), mesh))
   np.testing.assert_allclose(float(metrics["loss"]), float(loss_sum / sums["num_pairs"]), rtol=1e-6)
   np.testing.assert_allclose(float(metrics["grad_norm"]), float(optax.global_norm(grads)) / 7, rtol=1e-5)
+
+
+def test_evaluate_ppm_on_any_mesh_and_batch_size_equals_per_pair_reference(tmp_path):
+  """evaluate_ppm crashed on a batch size that data x fsdp does not divide (12 pairs over fsdp 8), and on a PPM
+  whose parameters sit on other devices (here a 2-device mesh, as a (1, 2, 1) run or `load_ppm(mesh=...)` leaves
+  them)."""
+  import math
+  import rstar_train_testlib as testlib
+  from rstar_jax import tokenizer as tokenizer_lib
+  from rstar_jax.data import formats, pipeline
+  from rstar_jax.train import trainer
+
+  rng = np.random.default_rng(0)
+  pairs = [formats.PpmPair(prompt=f"q {a} + {b} =", pos=f" {a + b} ok", neg=f" {a * b + 1} no", pos_count=1,
+                           neg_count=int(rng.integers(1, 4))) for a, b in rng.integers(1, 9, (12, 2)).tolist()]
+  testlib.tiny_tokenizer(tmp_path, [p.prompt + p.pos + p.neg for p in pairs])
+  tok = tokenizer_lib.load_tokenizer(tmp_path)
+  ppm = PPM(ModelConfig.tiny(), rngs=nnx.Rngs(0))
+  # Reference: every text in one plain forward on the default device, the loss in numpy.
+  texts = [p.prompt + side for p in pairs for side in (p.pos, p.neg)]
+  tokens, mask = np.zeros((len(texts), 32), np.int32), np.zeros((len(texts), 32), bool)
+  for row, text in enumerate(texts):
+    ids = tok.encode(text)
+    tokens[row, :len(ids)], mask[row, :len(ids)] = ids, True
+  values = np.asarray(jax.jit(lambda x, m: ppm(x, jax.numpy.cumsum(m, 1) - 1, m))(tokens, mask)).reshape(-1, 2)
+  margins = values[:, 0] - values[:, 1]
+  losses = [p.weight * math.log1p(math.exp(-m)) for p, m in zip(pairs, margins)]
+  correct = margins > 0
+  data = pipeline.PipelineConfig(max_len=32, batch_size=12)
+  params = {"tokenizer": tok, "data": data}
+  results = [trainer.evaluate_ppm(ppm, pairs, mesh_shape=(1, -1, 1), **params)]  # 12 rows over fsdp 8
+  sharding.shard_model(ppm, sharding.make_mesh(1, 2, 1))  # in place: now committed to devices 0 and 1
+  results.append(trainer.evaluate_ppm(ppm, pairs, mesh_shape=(2, 2, 2), **params))
+  for got in results:
+    assert got["num_pairs"] == 12
+    np.testing.assert_allclose(got["loss"], np.mean(losses), rtol=1e-5)
+    assert got["pair_accuracy"] == np.mean(correct)
