@@ -43,14 +43,17 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: sharding_lib.Rules = sharding_l
   """
   replicated = NamedSharding(mesh, PartitionSpec())
 
-  def leaf_sharding(x):
+  def leaf_sharding(path, x):
     if isinstance(x, nnx.Variable):
       names = x.get_metadata().get("logical_axes")
       shape = x.get_value().shape
-      return x.replace(replicated if names is None else sharding_lib.named_sharding(names, shape, mesh, rules))
+      # The path (e.g. `opt_state.0.1.mu.model.layers.self_attn.k_proj.kernel`) names the array in a warning.
+      what = jax.tree_util.keystr(path, simple=True, separator=".")
+      return x.replace(replicated if names is None else
+                       sharding_lib.named_sharding(names, shape, mesh, rules, what=what))
     return replicated
 
-  return jax.tree.map(leaf_sharding, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return jax.tree.map_with_path(leaf_sharding, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def abstract_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState:

@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from rstar_jax import sharding
 from rstar_jax.models import PPM, ModelConfig, Qwen2
@@ -151,3 +152,17 @@ def test_evaluate_ppm_on_any_mesh_and_batch_size_equals_per_pair_reference(tmp_p
     assert got["num_pairs"] == 12
     np.testing.assert_allclose(got["loss"], np.mean(losses), rtol=1e-5)
     assert got["pair_accuracy"] == np.mean(correct)
+
+
+def test_train_state_replication_warnings_name_the_array(caplog):
+  # The 2 kv heads cannot split over tensor 4 (replicated, as the sharding module documents); the warnings named
+  # every parameter and optimizer moment "array".
+  abstract = nnx.eval_shape(lambda: Qwen2(ModelConfig.tiny(), rngs=nnx.Rngs(0)))
+  _, params = state_lib.split_params(abstract)
+  tx = optimizer.make_optimizer(optimizer.OptimizerConfig(), 4)
+  shardings = state_lib.state_shardings(params, tx, sharding.make_mesh(2, 1, 4))
+  assert shardings.params["model"]["layers"]["self_attn"]["k_proj"]["kernel"].get_value().spec == P(None, None, None, None)
+  warned = {r.getMessage().split(":")[0] for r in caplog.records if "cannot split" in r.getMessage()}
+  assert {"params.model.layers.self_attn.k_proj.kernel", "opt_state.1.0.mu.model.layers.self_attn.v_proj.bias",
+          "opt_state.1.0.nu.model.layers.self_attn.k_proj.kernel"} <= warned, warned
+  assert "array" not in warned
