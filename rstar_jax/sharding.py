@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical axis -> mesh axes (in order of preference). The one table; override per run through the config.
+# logical axis -> mesh axes (in order of preference). The one table; a caller overrides it with the `rules` argument
+# (load_qwen2 / load_ppm / load_model, Engine, state_shardings, make_train_step); the trainers always use this one.
 DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("batch", ("data", "fsdp")),
     ("length", ()),
