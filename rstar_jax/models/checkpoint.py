@@ -33,8 +33,8 @@ def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
 
 def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, rules=None,
                **config_overrides) -> Qwen2 | PPM:
-  """Restores a model saved by `save_model` (placed with the mesh shardings when `mesh` is given), in the layer
-  layout it was saved in.
+  """Restores a model saved by `save_model` (placed with the mesh shardings when `mesh` is given, else on the default
+  device, whatever mesh it was saved from), in the layer layout it was saved in.
 
   `config_overrides` go to `ModelConfig.from_hf_config`, as in `convert.load_qwen2`: e.g. `dtype="bfloat16"` for
   bf16 matmuls (the compute dtype is not saved; the default is float32).
@@ -58,7 +58,10 @@ def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, ru
                                                                rules or sharding_lib.DEFAULT_RULES))
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   else:
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+    # The default device, as an unplaced model's: without a target sharding orbax restores the sharding it saved,
+    # which fails on a host with another device count ("Topology mismatch") for a model saved from a mesh.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
   params_dir = os.path.join(directory, "params")
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"{directory}: no orbax 'params' checkpoint inside")

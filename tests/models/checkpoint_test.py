@@ -38,3 +38,41 @@ def test_load_takes_config_overrides_such_as_the_compute_dtype(tmp_path):
   want, got = nnx.to_pure_dict(nnx.state(model)), nnx.to_pure_dict(nnx.state(loaded))
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):  # the weights are restored as saved
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_model_saved_from_a_mesh_loads_on_a_host_with_another_device_count(tmp_path):
+  # Orbax restored the saved 8-device sharding when no mesh was given: "Topology mismatch" on a 1-device host (the
+  # `convert export` CLI), and on this host the model came back spread over the 8 devices instead of on device 0.
+  import os
+  import subprocess
+  import sys
+  from jax.sharding import PartitionSpec as P
+  from rstar_jax import sharding
+
+  model = PPM(ModelConfig.tiny(num_layers=1), rngs=nnx.Rngs(2))
+  want = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model))}
+  sharding.shard_model(model, sharding.make_mesh(2, 2, 2))
+  checkpoint.save_model(model, tmp_path / "ckpt")
+  np.savez(tmp_path / "want.npz", **{".".join(map(str, k)): v for k, v in want.items()})
+  loaded = checkpoint.load_model(tmp_path / "ckpt", ppm=True)
+  on_mesh = checkpoint.load_model(tmp_path / "ckpt", ppm=True, mesh=sharding.make_mesh(1, 1, 4, jax.devices()[4:]))
+  for k, v in nnx.to_flat_state(nnx.state(loaded)):
+    assert v.get_value().sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0]), k
+    np.testing.assert_array_equal(np.asarray(v.get_value()), want[k])
+  for k, v in nnx.to_flat_state(nnx.state(on_mesh)):
+    np.testing.assert_array_equal(np.asarray(v.get_value()), want[k])
+  assert nnx.state(on_mesh)["model"]["embed_tokens"]["embedding"][...].sharding.spec == P("tensor", None)
+  script = (
+      "import sys, numpy as np\n"
+      "from flax import nnx\n"
+      "from rstar_jax.models import checkpoint\n"
+      "want = np.load(sys.argv[2])\n"
+      "got = {'.'.join(map(str, k)): np.asarray(v.get_value())\n"
+      "       for k, v in nnx.to_flat_state(nnx.state(checkpoint.load_model(sys.argv[1], ppm=True)))}\n"
+      "assert sorted(got) == sorted(want.files)\n"
+      "assert all(np.array_equal(got[k], want[k]) for k in want.files)\n"
+      "print('OK')\n")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ckpt"), str(tmp_path / "want.npz")],
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stderr[-3000:]
