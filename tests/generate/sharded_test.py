@@ -5,10 +5,12 @@ import functools
 import jax
 import numpy as np
 import pytest
-from generate_helpers import TEST_BUCKETS, load_tiny, random_prompts, tiny_tokenizer
+from generate_helpers import (TEST_BUCKETS, hf_token_logprobs, hf_values, load_tiny, random_prompts,
+                              tiny_ppm_dir, tiny_tokenizer)
 
 from rstar_jax import sharding
 from rstar_jax.generate import Engine, Greedy, Request, Sampling
+from rstar_jax.models import convert
 
 PROMPTS = random_prompts(seed=1, count=24, low=3, high=60)  # the greedy-parity batch (shared compiled programs)
 STOPS = (" the", "in", "ore")
@@ -63,3 +65,18 @@ def test_filtered_sampling_same_on_other_mesh_shapes_as_on_1_device(shape):
   method = Sampling(0.9, top_k=40, top_p=0.9)
   requests = [Request(PROMPTS[2], n=3, seed=5), Request(PROMPTS[3], n=2, seed=6), Request(PROMPTS[4], seed=7)]
   _same(single.generate(requests, method, max_new_tokens=16), sharded.generate(requests, method, max_new_tokens=16))
+
+
+def test_ppm_values_and_loglikelihood_on_8_devices_equal_transformers():
+  """Scoring on the mesh (coverage: only generation was compared there): 6 prompts, one sharing prompt 0's prefix, in
+  rows padded to 8 over data x fsdp = 4; the padding rows must not shift any real row's value or log-probs."""
+  _, sharded = engines()
+  prompts = random_prompts(seed=3, count=5, low=3, high=40)
+  prompts.append(prompts[0] + [7, 8, 9])  # shares its prefix with prompt 0
+  ppm = Engine(convert.load_ppm(tiny_ppm_dir()[0]), buckets=TEST_BUCKETS, mesh=sharding.make_mesh(2, 2, 2))
+  kernel = ppm._params["model"]["layers"][0]["mlp"]["up_proj"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  np.testing.assert_allclose(ppm.values(prompts), hf_values(prompts), atol=1e-4)
+  contexts, continuations = prompts[:3], [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
+  for got, c, x in zip(sharded.loglikelihood(contexts, continuations), contexts, continuations):
+    np.testing.assert_allclose(got, hf_token_logprobs(c, x), atol=1e-4)
