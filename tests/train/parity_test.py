@@ -77,16 +77,22 @@ def test_sft_loss_and_grads_match_transformers(checkpoint, tmp_path):
     np.testing.assert_allclose(ours[name], param.grad.numpy(), rtol=2e-4, atol=2e-7, err_msg=name)
 
 
-def test_ppm_loss_matches_torch(checkpoint):
-  path, _, tok, config, records = checkpoint
+def _ppm_batch_and_model(path, tok, config, records):
+  """A 6-row PPM batch (5 pairs and a padding row) and a PPM on the checkpoint's backbone with a head large enough
+  to move the loss."""
   pairs = [formats.PpmPair(prompt=formats.sft_prompt(r.query), pos=r.response[:20 + 3 * i], neg=r.response[-25:],
                            pos_count=1 + i % 2, neg_count=1 + i % 3) for i, r in enumerate(records[:5])]
   batch = next(pipeline.ppm_pipeline(pairs, tok, pipeline.PipelineConfig(
       max_len=96, batch_size=6, num_epochs=1, shuffle=False)).iterator())
-  policy = convert.load_qwen2(path, config)
   ppm = nnx.eval_shape(lambda: PPM(config, rngs=nnx.Rngs(0)))
-  ppm.model = policy.model
-  ppm.value_head = ValueHead(config, rngs=nnx.Rngs(1), init_std=0.5)  # large enough to move the loss
+  ppm.model = convert.load_qwen2(path, config).model
+  ppm.value_head = ValueHead(config, rngs=nnx.Rngs(1), init_std=0.5)
+  return batch, ppm
+
+
+def test_ppm_loss_matches_torch(checkpoint):
+  path, _, tok, config, records = checkpoint
+  batch, ppm = _ppm_batch_and_model(path, tok, config, records)
   graphdef, params = state_lib.split_params(ppm)
   for head in ("raw", "tanh"):
     loss_sum, metrics = steps.ppm_loss_fn(graphdef, head)(params, jax.tree.map(jnp.asarray, batch))
@@ -131,14 +137,7 @@ def test_ppm_value_head_dropout_matches_the_official_head_in_train_mode(tied_che
   # train mode. Reference: that head in torch on the HF model's hidden states, with torch's dropout mask replaced by
   # ours at the positions the loss reads; loss and gradients must agree.
   path, _, tok, config, records = tied_checkpoint
-  pairs = [formats.PpmPair(prompt=formats.sft_prompt(r.query), pos=r.response[:20 + 3 * i], neg=r.response[-25:],
-                           pos_count=1 + i % 2, neg_count=1 + i % 3) for i, r in enumerate(records[:5])]
-  batch = next(pipeline.ppm_pipeline(pairs, tok, pipeline.PipelineConfig(
-      max_len=96, batch_size=6, num_epochs=1, shuffle=False)).iterator())
-  policy = convert.load_qwen2(path, config)
-  ppm = nnx.eval_shape(lambda: PPM(config, rngs=nnx.Rngs(0)))
-  ppm.model = policy.model
-  ppm.value_head = ValueHead(config, rngs=nnx.Rngs(1), init_std=0.5)
+  batch, ppm = _ppm_batch_and_model(path, tok, config, records)
   graphdef, params = state_lib.split_params(ppm)
   rate, key, rows = 0.1, steps.step_key(7, 3), jnp.arange(6, dtype=jnp.int32)
   keyed = dict(jax.tree.map(jnp.asarray, batch), dropout_key=key, row=rows)
