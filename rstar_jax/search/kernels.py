@@ -30,7 +30,8 @@ The two presets differ only in how a child is scored and how ties break:
 | terminal children        | skipped                                | skipped                                     |
 
 Scores are float32 (the official `puct` computes in float64): two children whose scores differ only past float32's
-precision tie here and the first one is taken (seen with parent visits >= ~59; rare).
+precision tie here and the preset's tie rule picks one: `official` the first child, `paper` a random one (rare: e.g.
+N(parent) = 59 with children at (N, value sum) = (5, -3) and (47, 29), 3.5e-8 apart in float64).
 
 Backup (`expand_and_backup`): every new child may carry a value with one of two scopes, decided on
 the host by `rules.leaf_update` from the search mode and preset: `self` (visits +1 and value_sum +v
