@@ -164,9 +164,20 @@ def init_tree(batch_size: int, num_slots: int, num_actions: int, rollout_budget:
     max_depth: the deepest node that may be expanded (the step protocol's max_depth: deeper nodes
       are terminal); sets `L = max_depth + 1`. Selection never enters a node deeper than that.
     seeds: `[B]` per-tree seeds (uint32); zeros when None.
+
+  Raises:
+    ValueError: a negative max_depth, num_actions < 1, a node budget without room for one expansion, a rollout
+      budget below 0 or of another shape than `[B]`, or seeds not shaped `[B]`.
   """
   if max_depth < 0:
     raise ValueError(f"max_depth must be >= 0, got {max_depth}")
+  if num_actions < 1:  # `select` reads every node's first child slot
+    raise ValueError(f"num_actions must be >= 1, got {num_actions}")
+  budget = np.asarray(rollout_budget)
+  if budget.ndim != 0 and budget.shape != (batch_size,):
+    raise ValueError(f"rollout_budget must be a scalar or have shape [{batch_size}], got shape {budget.shape}")
+  if np.any(budget < 0):
+    raise ValueError(f"rollout_budget must be >= 0 (0 leaves a tree idle), got {budget}")
   if num_slots < 1 + num_actions:
     raise ValueError(f"num_slots={num_slots} cannot hold the root and one expansion of {num_actions}")
   b, n, a = batch_size, num_slots, num_actions
@@ -181,7 +192,7 @@ def init_tree(batch_size: int, num_slots: int, num_actions: int, rollout_budget:
       num_nodes=jnp.ones([b], jnp.int32),
       cursor=jnp.full([b], NO_NODE, jnp.int32),
       rollouts=jnp.zeros([b], jnp.int32),
-      rollout_budget=jnp.broadcast_to(jnp.asarray(rollout_budget, jnp.int32), [b]),
+      rollout_budget=jnp.broadcast_to(jnp.asarray(budget, jnp.int32), [b]),
       path=jnp.zeros([b, max_depth + 1], jnp.int32),
       out_of_nodes=jnp.zeros([b], jnp.bool_),
       seed=jnp.asarray(seeds, jnp.uint32),

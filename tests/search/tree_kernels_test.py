@@ -281,3 +281,14 @@ def test_node_fields_read_through_properties():
     np.testing.assert_array_equal(t.value_sum[0, :4], [-1.0, 0.25, -1.0, 0.0])
     np.testing.assert_array_equal(np.isnan(t.ppm_value[0, :4]), [True, False, True, True])
     np.testing.assert_allclose(np.asarray(t.q())[0, :4], [-1.0, 0.25, -1.0, 0.0])
+
+
+def test_init_tree_refuses_shapes_the_kernels_cannot_run():
+  # No child slot: `select` reads a node's first child (it failed there with an IndexError about axis 1).
+  with pytest.raises(ValueError, match=r"num_actions must be >= 1, got 0"):
+    init_tree(2, 9, 0, 2, MAX_DEPTH)
+  # A negative budget has no meaning (it ran as 0); a budget per tree must have one entry per tree.
+  with pytest.raises(ValueError, match=r"rollout_budget must be >= 0 .*got \[ 2 -1\]"):
+    init_tree(2, 9, 2, np.array([2, -1]), MAX_DEPTH)
+  with pytest.raises(ValueError, match=r"rollout_budget must be a scalar or have shape \[2\], got shape \(3,\)"):
+    init_tree(2, 9, 2, np.array([1, 2, 3]), MAX_DEPTH)
