@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -66,6 +67,8 @@ class SelectionRule:
   def __post_init__(self):
     if self.preset not in PRESETS:
       raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+    if not math.isfinite(self.c):  # a NaN score ties with nothing; `paper` would then pick slot 0, even a terminal
+      raise ValueError(f"c must be finite, got {self.c}")
 
 
 class SelectOutput(NamedTuple):

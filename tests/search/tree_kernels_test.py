@@ -292,3 +292,11 @@ def test_init_tree_refuses_shapes_the_kernels_cannot_run():
     init_tree(2, 9, 2, np.array([2, -1]), MAX_DEPTH)
   with pytest.raises(ValueError, match=r"rollout_budget must be a scalar or have shape \[2\], got shape \(3,\)"):
     init_tree(2, 9, 2, np.array([1, 2, 3]), MAX_DEPTH)
+
+
+@pytest.mark.parametrize("c", [float("nan"), float("inf"), -float("inf")])
+def test_selection_rule_refuses_a_non_finite_c(c):
+  # A NaN score ties with nothing: the paper preset's pick then fell back to child slot 0 even when that child was
+  # terminal (c = inf gives NaN too, as inf * sqrt(ln 1)); SearchConfig already refused these, the rule did not.
+  with pytest.raises(ValueError, match=r"c must be finite"):
+    SelectionRule("paper", c)
