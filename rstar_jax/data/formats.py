@@ -73,8 +73,13 @@ def sft_prompt(query: str, template: str | None = None) -> str:
 def _load_objects(path: str | os.PathLike[str]) -> list[tuple[str, Any]]:
   """Returns (location, decoded object) for each record of a JSON-list or JSONL file."""
   path = os.fspath(path)
-  with open(path, encoding="utf-8") as f:
-    content = f.read()
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    content = data.decode("utf-8")
+  except UnicodeDecodeError as e:  # its message names neither the file nor the line
+    line = data.count(b"\n", 0, e.start) + 1
+    raise DataFormatError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
   stripped = content.lstrip()
   if stripped.startswith("["):
     try:

@@ -203,11 +203,15 @@ def check_run_config(path: str | os.PathLike[str], config: dict[str, Any]) -> bo
 def iter_trees(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
   """Yields the validated records of one shard (blank lines skipped)."""
   path = os.fspath(path)
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      where = f"{path}:{lineno}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:  # its message names neither the file nor the line
+        raise TreeRecordError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
       if not line.strip():
         continue
-      where = f"{path}:{lineno}"
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:

@@ -267,6 +267,11 @@ def test_tree_reader_errors_name_file_line_field(tmp_path):
   path.write_text("{not json\n")
   with pytest.raises(trees.TreeFormatError, match="bad.jsonl:1: invalid JSON"):
     trees.read_trees(path)
+  # A Latin-1 byte on line 2 (the bare UnicodeDecodeError named neither the file nor the line).
+  record, _ = build_tree(TREE1, question="caf\u00e9?")
+  path.write_bytes(b"\n" + json.dumps(record, ensure_ascii=False).encode("latin-1") + b"\n")
+  with pytest.raises(trees.TreeFormatError, match="bad.jsonl:2: not valid UTF-8"):
+    trees.read_trees(path)
 
 
 def test_extract_files_writes_rstar_files(tmp_path):

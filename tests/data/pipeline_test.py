@@ -64,6 +64,18 @@ def test_format_errors_name_file_and_field(tmp_path):
     formats.read_ppm_pairs(path)
 
 
+@pytest.mark.parametrize("name, line", [("sft.jsonl", 2), ("sft.json", 3)])
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, name, line):
+  # A Latin-1 "é" (0xE9) in the second record: the bare UnicodeDecodeError named neither the file nor the line.
+  records = [{"query": "q", "response": "r"}, {"query": "caf\u00e9", "response": "r"}]
+  text = "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n"
+  if name.endswith(".json"):
+    text = "[\n" + text.replace("}\n{", "},\n{") + "]\n"
+  (tmp_path / name).write_bytes(text.encode("latin-1"))
+  with pytest.raises(formats.DataFormatError, match=rf"{name}:{line}: not valid UTF-8"):
+    formats.read_sft_records(tmp_path / name)
+
+
 @pytest.mark.parametrize("count", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_pair_counts_name_file_line_and_field(tmp_path, count):
   # Python's json reads (and writes) these; int() of them raised OverflowError/ValueError naming nothing.
