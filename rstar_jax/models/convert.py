@@ -425,7 +425,9 @@ def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shar
 
 def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_format: str = "bin",
              max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes the official PPM layout: backbone HF dir + `value_head.bin` (float32).
+  """Writes the official PPM layout: backbone HF dir + `value_head.bin` (float32; or `value_head.safetensors`).
+
+  Into a folder holding an earlier export, the stale weight files and value head (of either format) are removed.
 
   The PPM has no LM head. Tied configs export as `Qwen2ForCausalLM` (the head is the embedding); untied configs
   export the backbone as `Qwen2Model` (`AutoModel` loads it; the value head is all the PPM needs).
@@ -443,10 +445,13 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
           VALUE_HEAD_KEYS[1]: _host_array(state["value_head"]["bias"]).astype(np.float32)}
   if jax.process_index() == 0:
     _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes)
-    if value_head_format == "bin":
-      write_torch_bin(os.path.join(out_dir, "value_head.bin"), head)
-    else:
-      write_safetensors(os.path.join(out_dir, "value_head.safetensors"), head)
+    written, stale = (("value_head.bin", "value_head.safetensors") if value_head_format == "bin" else
+                      ("value_head.safetensors", "value_head.bin"))
+    (write_torch_bin if value_head_format == "bin" else write_safetensors)(os.path.join(out_dir, written), head)
+    # An earlier export's head in the other format goes: `read_value_head` prefers value_head.safetensors, the
+    # official engine reads value_head.bin, so one of them would score with the old head.
+    if os.path.exists(os.path.join(out_dir, stale)):
+      os.remove(os.path.join(out_dir, stale))
   else:
     for _ in tensors:
       pass

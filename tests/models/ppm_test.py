@@ -63,6 +63,29 @@ def test_value_head_safetensors_accepted_and_missing_head_named(hf_qwen2_factory
   np.testing.assert_array_equal(np.asarray(ppm.value_head.kernel[...]).T, w)
 
 
+@pytest.mark.parametrize("first, second", [("safetensors", "bin"), ("bin", "safetensors")])
+def test_export_over_an_earlier_one_in_the_other_format_reads_back_the_new_head(hf_qwen2_factory, tmp_path, first,
+                                                                                 second):
+  path, hf = hf_qwen2_factory()
+  torch.save({"v_head.summary.weight": torch.randn(1, hf.config.hidden_size), "v_head.summary.bias": torch.randn(1)},
+             path / "value_head.bin")
+  ppm = convert.load_ppm(path)
+  convert.save_ppm(ppm, tmp_path / "out", value_head_format=first)
+  new_weight = np.random.default_rng(3).normal(size=(1, hf.config.hidden_size)).astype(np.float32)
+  ppm.value_head.kernel[...] = jnp.asarray(new_weight.T)
+  convert.save_ppm(ppm, tmp_path / "out", value_head_format=second)
+  # The file just written, read by its own reader (torch for the official value_head.bin), holds the new head; an
+  # earlier export's head in the other format stayed beside it and load_ppm read that one (it prefers safetensors).
+  if second == "bin":
+    written = torch.load(tmp_path / "out" / "value_head.bin", weights_only=True)["v_head.summary.weight"].numpy()
+  else:
+    from safetensors.numpy import load_file
+    written = load_file(tmp_path / "out" / "value_head.safetensors")["v_head.summary.weight"]
+  np.testing.assert_array_equal(written, new_weight)
+  np.testing.assert_array_equal(np.asarray(convert.load_ppm(tmp_path / "out").value_head.kernel[...]).T, new_weight)
+  assert not (tmp_path / "out" / f"value_head.{first}").exists()
+
+
 def test_last_token_index_and_transforms():
   mask = jnp.array([[0, 0, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]], bool)
   np.testing.assert_array_equal(np.asarray(last_token_index(mask)), [3, 2, 0])
