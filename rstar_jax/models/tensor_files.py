@@ -295,12 +295,18 @@ def write_torch_bin(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]) 
     if array.dtype not in _STORAGE_NAMES:
       raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {array.dtype}")
   prefix = "archive"
+
+  def entry(name: str) -> zipfile.ZipInfo:
+    # torch.save's fixed timestamp: a name alone would stamp the current time, and the same tensors written twice
+    # would differ in bytes (a rebuilt or resumed run's value_head.bin would not equal the first).
+    return zipfile.ZipInfo(f"{prefix}/{name}", date_time=(1980, 0, 0, 0, 0, 0))
+
   with files.atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
-    archive.writestr(f"{prefix}/data.pkl", _pickle_state_dict(tensors))
-    archive.writestr(f"{prefix}/byteorder", "little")
+    archive.writestr(entry("data.pkl"), _pickle_state_dict(tensors))
+    archive.writestr(entry("byteorder"), "little")
     for key, array in enumerate(tensors.values()):
-      archive.writestr(f"{prefix}/data/{key}", array.tobytes())
-    archive.writestr(f"{prefix}/version", "3\n")
+      archive.writestr(entry(f"data/{key}"), array.tobytes())
+    archive.writestr(entry("version"), "3\n")
 
 
 def iter_tensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
