@@ -136,6 +136,20 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
     _assert_usage_error(capsys, ["--prompts", str(good)] + argv, message)
 
 
+def test_command_line_max_rows_splits_batches_and_refuses_a_count_below_one(tmp_path, capsys):
+  prompts = tmp_path / "texts.jsonl"
+  prompts.write_text("".join(json.dumps(t) + "\n" for t in TEXTS))
+  argv = ["--ppm-dir", str(tiny_ppm_dir()[0]), "--tokenizer", str(tiny_tokenizer_dir()), "--prompts", str(prompts)]
+  assert main(argv + ["--max-rows", "1"]) == 0
+  values = [json.loads(line)["value"] for line in capsys.readouterr().out.splitlines()]
+  np.testing.assert_allclose(values, hf_values(tiny_tokenizer().encode_batch(TEXTS)), atol=1e-4)
+  # -1 cut no batch: every value printed was 0.0 (and generation crashed on results it never filled).
+  for rows in ("0", "-1"):
+    _assert_usage_error(capsys, argv + ["--max-rows", rows], rf"error: --max-rows must be >= 1, got {rows}")
+  with pytest.raises(ValueError, match="max_rows must be >= 1"):
+    Engine(convert.load_ppm(tiny_ppm_dir()[0]), max_rows=-1)
+
+
 def test_command_line_prompts_file_encoding_and_flags(tmp_path, capsys):
   """A byte order mark is not part of the first prompt; bad bytes, a boolean `n` and bad flags are named."""
   from rstar_jax.generate.__main__ import read_prompts  # pylint: disable=g-import-not-at-top
