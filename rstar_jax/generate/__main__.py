@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str, Any]]:
-  """Reads the prompts file -> `[{"prompt", "n", "seed", "line"}]` (`line`: 1-based); errors name the file and line.
+  """Reads the prompts file -> `[{"prompt", "n", "seed"}]`; errors name the file and line.
 
   The file is UTF-8 (a leading byte order mark is dropped, as Windows editors write one); lines end with LF, CRLF
   or CR.
@@ -70,7 +70,7 @@ def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str,
     if not line.strip():
       continue
     if not is_json:
-      out.append(dict(prompt=line, n=default_n, seed=default_seed + len(out), line=line_no))
+      out.append(dict(prompt=line, n=default_n, seed=default_seed + len(out)))
       continue
     try:
       item = json.loads(line)
@@ -83,7 +83,7 @@ def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str,
     n, seed = item.get("n", default_n), item.get("seed", default_seed + len(out))
     if not _is_int(n) or n < 0 or not _is_int(seed):
       raise ValueError(f"{path}:{line_no}: 'n' must be an int >= 0 and 'seed' an int, got n={n!r} seed={seed!r}")
-    out.append(dict(prompt=item["prompt"], n=n, seed=seed, line=line_no))
+    out.append(dict(prompt=item["prompt"], n=n, seed=seed))
   return out
 
 
@@ -132,10 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.n < 0:
       raise ValueError(f"--n must be >= 0, got {args.n}")
-    if args.max_rows is not None and args.max_rows < 1:
-      raise ValueError(f"--max-rows must be >= 1, got {args.max_rows}")
     if args.hf_dir and args.max_new_tokens < 1:
       raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.max_rows is not None and args.max_rows < 1:
+      raise ValueError(f"--max-rows must be >= 1, got {args.max_rows}")
     prompts = read_prompts(args.prompts, args.n, args.seed)
     sampler = Greedy() if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.top_k)
     if not all(args.stop):
@@ -145,20 +145,24 @@ def main(argv: Sequence[str] | None = None) -> int:
       dtype_name(args.dtype)  # an unknown name raises, naming the known ones
     mesh = None
     if args.mesh:
-      sizes = args.mesh.split(",")
-      if len(sizes) != 3 or not all(x.strip().lstrip("-").isdigit() for x in sizes):
-        raise ValueError(f"--mesh must be three comma-separated ints data,fsdp,tensor; got {args.mesh!r}")
-      mesh = sharding.make_mesh(*[int(x) for x in sizes])  # more devices than there are, a 0 size: ValueError
+      sizes = [x.strip() for x in args.mesh.split(",")]
+      if len(sizes) != 3 or not all(x == "-1" or (x.isdigit() and int(x) >= 1) for x in sizes):
+        raise ValueError(f"--mesh must be three comma-separated sizes data,fsdp,tensor (>= 1, or one -1); "
+                         f"got {args.mesh!r}")
+      try:
+        mesh = sharding.make_mesh(*[int(x) for x in sizes])
+      except ValueError as e:  # more devices than there are, say
+        raise ValueError(f"--mesh {args.mesh}: {e}") from None
+    tok = tokenizer_lib.load_tokenizer(args.tokenizer or model_dir)  # a folder without one names what it holds
   except (OSError, ValueError) as e:
     parser.error(str(e))
-  tok = tokenizer_lib.load_tokenizer(args.tokenizer or model_dir)
   if args.add_rstar_tokens:
     tokenizer_lib.add_rstar_tokens(tok, "ppm" if args.ppm_dir else "policy")
   overrides = {} if args.dtype is None else {"dtype": args.dtype}
   ids = tok.encode_batch([p["prompt"] for p in prompts])
-  for p, prompt_ids in zip(prompts, ids):
+  for i, prompt_ids in enumerate(ids):
     if not prompt_ids:
-      parser.error(f"{args.prompts}:{p['line']}: the prompt encodes to no tokens")
+      parser.error(f"{args.prompts}: prompt {i} encodes to no tokens")
 
   if args.ppm_dir:
     ppm = convert.load_ppm(args.ppm_dir, mesh=mesh, scan_layers=False, **overrides)
