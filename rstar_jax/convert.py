@@ -92,8 +92,14 @@ def main(argv=None) -> int:
 
 
 def _input_problem(args) -> str | None:
-  """What is wrong with the command's input paths and dtype (a user's mistake, reported without a traceback)."""
+  """What is wrong with the command's input paths, --out, dtype or verify batch (a user's mistake, reported without a
+  traceback, before any model loads)."""
   from rstar_jax.models.config import dtype_name  # pylint: disable=import-outside-toplevel
+  if args.command == "verify":
+    # A batch of 0 failed inside transformers; a padded row (rows 1..) of length 1 would be all padding.
+    if args.batch < 1 or args.length < 1 or (args.batch > 1 and args.length < 2):
+      return (f"--batch must be >= 1 and --length >= 1 (>= 2 when --batch > 1: rows after the first are "
+              f"left-padded); got --batch {args.batch} --length {args.length}")
   flag, path = ("--ckpt", args.ckpt) if args.command == "export" else ("--hf-dir", args.hf_dir)
   config_file = os.path.join(path, "config.json")
   if not os.path.isdir(path):
@@ -118,6 +124,13 @@ def _input_problem(args) -> str | None:
         dtype_name(args.dtype)
       except ValueError as e:
         return f"--dtype {args.dtype!r}: {e}"
+  if args.command in ("import", "export"):
+    # Found now, not by a traceback once the model is loaded: --out (or a folder above it) is a file.
+    out = os.path.abspath(args.out)
+    while not os.path.exists(out):
+      out = os.path.dirname(out)
+    if not os.path.isdir(out):
+      return f"--out {args.out}: {'is' if out == os.path.abspath(args.out) else out + ' is'} a file, not a folder"
   return None
 
 

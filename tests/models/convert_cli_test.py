@@ -33,13 +33,15 @@ def test_verify_import_export(hf_qwen2_factory, tmp_path):
     np.testing.assert_array_equal(original[name], again[name], err_msg=name)
 
 
-def test_input_mistakes_end_with_a_usage_error_naming_the_path(tmp_path, capsys):
+def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory, tmp_path, capsys):
   from flax import nnx
 
   from rstar_jax import convert
   from rstar_jax.models import PPM, ModelConfig, checkpoint
   checkpoint.save_model(PPM(ModelConfig.tiny(num_layers=1), rngs=nnx.Rngs(0)), tmp_path / "ppm ckpt")
   (tmp_path / "empty").mkdir()
+  (tmp_path / "a_file").write_text("")
+  hf_dir, _ = hf_qwen2_factory()
   for args, message in [
       (["verify", "--hf-dir", str(tmp_path / "missing")], f"--hf-dir {tmp_path / 'missing'}: no such directory"),
       (["import", "--hf-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], "no config.json in it"),
@@ -48,6 +50,13 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(tmp_path, capsys)
        "holds a ppm checkpoint: add --ppm"),
       (["export", "--ckpt", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "o"), "--ppm", "--dtype", "fp99"],
        "--dtype 'fp99': unknown dtype 'fp99'; expected one of"),
+      # These were tracebacks (verify's from numpy or transformers, export's FileExistsError after loading).
+      (["verify", "--hf-dir", str(hf_dir), "--length", "1"], "--length >= 1 (>= 2 when --batch > 1"),
+      (["verify", "--hf-dir", str(hf_dir), "--batch", "0"], "got --batch 0 --length 32"),
+      (["export", "--ckpt", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "a_file"), "--ppm"],
+       f"--out {tmp_path / 'a_file'}: is a file, not a folder"),
+      (["import", "--hf-dir", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "a_file" / "ckpt")],
+       f"--out {tmp_path / 'a_file' / 'ckpt'}: {tmp_path / 'a_file'} is a file, not a folder"),
   ]:
     with pytest.raises(SystemExit) as exit_info:
       convert.main(args)
