@@ -183,6 +183,10 @@ def main(argv=None) -> int:
     if isinstance(stored, dict) and stored.get("problems") != args.problems:
       parser.error(f"--problems {args.problems}, but {workdir} holds a run with --problems {stored.get('problems')}: "
                    "run with that to resume it, add --fresh to start over, or pick another --workdir")
+  try:  # now, not by a traceback once jax is imported
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    parser.error(f"--workdir {workdir}: cannot create it ({e.strerror})")
 
   import jax
   from flax import nnx
@@ -196,9 +200,8 @@ def main(argv=None) -> int:
   from rstar_jax.train import OptimizerConfig, ppm_config, sft_config, train_policy, train_ppm
   from sandbox import SandboxPool
 
-  if args.fresh and os.path.isdir(workdir):
+  if args.fresh:
     _empty(workdir)
-  os.makedirs(workdir, exist_ok=True)
   files.atomic_write(settings_file, json.dumps(settings) + "\n")
   records = available[:args.problems]
   problems = [Problem(f"GSM8K_test/{r['index']}", r["question"], str(r["answer"])) for r in records]

@@ -41,6 +41,7 @@ def test_bad_arguments_stop_before_any_work(tmp_path):
       (["--problems", "0"], "--problems must be in [1, "),
       (["--problems", "-1"], "--problems must be in [1, "),
       (["--workdir", str(tmp_path / "a_file")], "is a file"),
+      (["--workdir", str(tmp_path / "a_file" / "run")], "/a_file/run: cannot create it (Not a directory)"),
       # --fresh deletes only a workdir the demo wrote: never someone's folder given by mistake.
       (["--workdir", str(tmp_path), "--fresh"], "holds files the demo does not write (a_file, precious)"),
   ]:
