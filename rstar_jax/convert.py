@@ -94,7 +94,7 @@ def main(argv=None) -> int:
 def _input_problem(args) -> str | None:
   """What is wrong with the command's input paths, --out, dtype or verify batch (a user's mistake, reported without a
   traceback, before any model loads)."""
-  from rstar_jax.models.config import dtype_name  # pylint: disable=import-outside-toplevel
+  from rstar_jax.models.config import ModelConfig, dtype_name  # pylint: disable=import-outside-toplevel
   if args.command == "verify":
     # A batch of 0 failed inside transformers; a padded row (rows 1..) of length 1 would be all padding.
     if args.batch < 1 or args.length < 1 or (args.batch > 1 and args.length < 2):
@@ -106,6 +106,10 @@ def _input_problem(args) -> str | None:
     return f"{flag} {path}: no such directory"
   if not os.path.isfile(config_file):
     return f"{flag} {path}: no config.json in it"
+  try:  # a broken config.json (its message names the file and field), found before any weights load
+    ModelConfig.from_hf_config(config_file)
+  except (ValueError, KeyError) as e:
+    return str(e.args[0])
   if args.command == "import" and args.ppm and not any(
       os.path.isfile(os.path.join(path, f)) for f in ("value_head.bin", "value_head.safetensors")):
     return f"--hf-dir {path}: no value_head.bin or value_head.safetensors in it (a PPM dir has one)"

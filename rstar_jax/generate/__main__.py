@@ -92,10 +92,15 @@ def _is_int(x: Any) -> bool:
 
 
 def _check_paths(args: argparse.Namespace) -> None:
-  """The model dir holds a config.json (and a PPM dir its value head), and the tokenizer path exists."""
+  """The model dir holds a readable config.json (and a PPM dir its value head), and the tokenizer path exists."""
   flag, path = ("--hf-dir", args.hf_dir) if args.hf_dir else ("--ppm-dir", args.ppm_dir)
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise FileNotFoundError(f"{flag} {path}: {'no config.json in it' if os.path.isdir(path) else 'no such directory'}")
+  from rstar_jax.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  try:  # a broken config.json (its message names the file and field)
+    ModelConfig.from_hf_config(path)
+  except KeyError as e:
+    raise ValueError(e.args[0]) from None
   if args.ppm_dir and not any(os.path.isfile(os.path.join(path, f)) for f in ("value_head.bin",
                                                                                "value_head.safetensors")):
     raise FileNotFoundError(f"--ppm-dir {path}: no value_head.bin or value_head.safetensors in it")

@@ -108,6 +108,10 @@ class ModelConfig:
           source = json.load(f)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+      except UnicodeDecodeError as e:  # its message names no file
+        raise ValueError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if not isinstance(source, Mapping):
+      raise ValueError(f"{where}: expected a JSON object, got {type(source).__name__}")
     hf = dict(source)
     archs = hf.get("architectures") or []
     model_type = hf.get("model_type")
@@ -119,6 +123,14 @@ class ModelConfig:
       if key not in hf:
         raise KeyError(f"{where}: missing field {key!r}")
       return hf[key]
+
+    # A string, float or null size loaded here and failed later, far from the file (or built a wrong model).
+    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    for key in required + ("num_key_value_heads", "head_dim", "max_position_embeddings"):
+      value = need(key) if key in required else hf.get(key)
+      if (value is not None or key in required) and (isinstance(value, bool) or not isinstance(value, int)
+                                                     or value < 1):
+        raise ValueError(f"{where}: field {key!r} must be an integer >= 1, got {value!r}")
 
     rope_theta = hf.get("rope_theta")
     rope_params = hf.get("rope_parameters") or {}

@@ -122,7 +122,10 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
     _assert_usage_error(capsys, ["--hf-dir", str(tmp_path)] + argv, message)  # no model is loaded first
   model = tmp_path / "model"
   model.mkdir()
-  (model / "config.json").write_text("{}")
+  from generate_helpers import tiny_hf  # pylint: disable=g-import-not-at-top
+  config = json.loads((tiny_hf()[0] / "config.json").read_text())
+  (model / "config.json").write_text(json.dumps(config))
+  capsys.readouterr()  # transformers' progress bars, if tiny_hf() wrote the model just now
   for argv, message in [
       (["--hf-dir", str(tmp_path / "missing")], r"error: --hf-dir .*missing: no such directory"),
       (["--ppm-dir", str(model)], r"error: --ppm-dir .*model: no value_head.bin or value_head.safetensors"),
@@ -135,6 +138,14 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
       (["--hf-dir", str(model), "--tokenizer", str(model)], r"error: no tokenizer in .*model"),
   ]:
     _assert_usage_error(capsys, ["--prompts", str(good)] + argv, message)
+  # A broken config.json was a traceback (a TypeError naming no file for a non-object) once loading began.
+  for content, message in [("[]", r"config.json: expected a JSON object, got list"),
+                           (json.dumps(dict(config, hidden_size="64")),
+                            r"config.json: field 'hidden_size' must be an integer >= 1, got '64'"),
+                           (json.dumps({k: v for k, v in config.items() if k != "vocab_size"}),
+                            r"config.json: missing field 'vocab_size'")]:
+    (model / "config.json").write_text(content)
+    _assert_usage_error(capsys, ["--prompts", str(good), "--hf-dir", str(model)], message)
 
 
 def test_command_line_max_rows_splits_batches_and_refuses_a_count_below_one(tmp_path, capsys):

@@ -41,6 +41,8 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
   checkpoint.save_model(PPM(ModelConfig.tiny(num_layers=1), rngs=nnx.Rngs(0)), tmp_path / "ppm ckpt")
   (tmp_path / "empty").mkdir()
   (tmp_path / "a_file").write_text("")
+  (tmp_path / "bad config").mkdir()
+  (tmp_path / "bad config" / "config.json").write_text("[]")
   hf_dir, _ = hf_qwen2_factory()
   for args, message in [
       (["verify", "--hf-dir", str(tmp_path / "missing")], f"--hf-dir {tmp_path / 'missing'}: no such directory"),
@@ -57,6 +59,8 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
        f"--out {tmp_path / 'a_file'}: is a file, not a folder"),
       (["import", "--hf-dir", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "a_file" / "ckpt")],
        f"--out {tmp_path / 'a_file' / 'ckpt'}: {tmp_path / 'a_file'} is a file, not a folder"),
+
+      (["verify", "--hf-dir", str(tmp_path / "bad config")], "config.json: expected a JSON object, got list"),
   ]:
     with pytest.raises(SystemExit) as exit_info:
       convert.main(args)

@@ -1,5 +1,7 @@
 """Qwen2 parity with `transformers` (logits, hidden states), cached decode, config and presets."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,6 +132,31 @@ def test_config_from_hf_json_top_level_and_rope_parameters(tmp_path):
     ModelConfig.from_hf_config({k: v for k, v in base.items() if k != "hidden_size"})
   (tmp_path / "config.json").write_text("{not json")
   with pytest.raises(ValueError, match="config.json"):
+    ModelConfig.from_hf_config(tmp_path)
+
+
+
+@pytest.mark.parametrize("field, value", [("hidden_size", "8"), ("num_hidden_layers", 1.5), ("num_hidden_layers", None),
+                                          ("vocab_size", True), ("num_key_value_heads", 0)])
+def test_config_fields_of_the_wrong_type_are_named(tmp_path, field, value):
+  # transformers' Qwen2Config refuses these; we loaded them and failed far from the file (or built a wrong model).
+  from transformers import Qwen2Config  # pylint: disable=import-outside-toplevel
+  base = {"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+          "num_attention_heads": 2, "num_key_value_heads": 1}
+  if value != 0:  # transformers checks types, not ranges
+    with pytest.raises(Exception, match=field):
+      Qwen2Config(**dict(base, **{field: value}))
+  (tmp_path / "config.json").write_text(json.dumps(dict(base, **{field: value})))
+  with pytest.raises(ValueError, match=rf"config.json: field '{field}' must be an integer >= 1, got {value!r}"):
+    ModelConfig.from_hf_config(tmp_path)
+
+
+def test_a_config_json_that_is_not_an_object_or_not_utf8_is_named(tmp_path):
+  (tmp_path / "config.json").write_text("[1]")  # dict([1]) raised a TypeError naming nothing
+  with pytest.raises(ValueError, match=r"config.json: expected a JSON object, got list"):
+    ModelConfig.from_hf_config(tmp_path)
+  (tmp_path / "config.json").write_bytes(b'{"model_type": "qwen2", "note": "caf\xe9"}')
+  with pytest.raises(ValueError, match=r"config.json: not valid UTF-8"):
     ModelConfig.from_hf_config(tmp_path)
 
 
