@@ -109,14 +109,29 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def _eos_ids(args: argparse.Namespace, tokenizer, model_dir: str) -> list[int]:
+  """`--eos-id`, else the tokenizer's EOS id and generation_config.json's `eos_token_id` (an int or a list).
+
+  Raises:
+    ValueError: naming generation_config.json when it is not a JSON object or its `eos_token_id` is not ints.
+  """
   if args.eos_id is not None:
     return list(args.eos_id)
   ids = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
   gen_config = os.path.join(model_dir, "generation_config.json")
   if os.path.isfile(gen_config):
-    with open(gen_config, encoding="utf-8") as f:
-      eos = json.load(f).get("eos_token_id")
-    ids += eos if isinstance(eos, list) else [] if eos is None else [eos]
+    try:
+      with open(gen_config, encoding="utf-8") as f:
+        config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{gen_config}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+      raise ValueError(f"{gen_config}: expected a JSON object, got {type(config).__name__}")
+    eos = config.get("eos_token_id")
+    eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
+    if not all(_is_int(i) and i >= 0 for i in eos):
+      raise ValueError(f"{gen_config}: eos_token_id must be a token id or a list of them, got "
+                       f"{config['eos_token_id']!r}")
+    ids += eos
   return sorted(set(ids))
 
 
@@ -159,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       except ValueError as e:  # more devices than there are, say
         raise ValueError(f"--mesh {args.mesh}: {e}") from None
     tok = tokenizer_lib.load_tokenizer(args.tokenizer or model_dir)  # a folder without one names what it holds
+    eos_ids = None if args.ppm_dir else _eos_ids(args, tok, model_dir)
   except (OSError, ValueError) as e:
     parser.error(str(e))
   if args.add_rstar_tokens:
@@ -178,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
   model = convert.load_qwen2(args.hf_dir, mesh=mesh, scan_layers=False, **overrides)
-  engine = Engine(model, tokenizer=tok, eos_ids=_eos_ids(args, tok, model_dir), mesh=mesh, max_rows=args.max_rows)
+  engine = Engine(model, tokenizer=tok, eos_ids=eos_ids, mesh=mesh, max_rows=args.max_rows)
   stop = list(args.stop) + (list(tokenizer_lib.STEP_STOP_STRINGS) if args.rstar_stops else [])
   results = engine.generate([Request(i, n=p["n"], seed=p["seed"]) for i, p in zip(ids, prompts)], sampler,
                             max_new_tokens=args.max_new_tokens, stop=list(dict.fromkeys(stop)),

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -146,6 +147,16 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
                             r"config.json: missing field 'vocab_size'")]:
     (model / "config.json").write_text(content)
     _assert_usage_error(capsys, ["--prompts", str(good), "--hf-dir", str(model)], message)
+  # So was a broken generation_config.json (a JSONDecodeError or AttributeError), after the model had loaded.
+  hf_dir = tmp_path / "hf"
+  shutil.copytree(tiny_hf()[0], hf_dir)
+  capsys.readouterr()
+  for content, message in [("{", r"generation_config.json: not valid JSON"),
+                           ("[2]", r"generation_config.json: expected a JSON object, got list"),
+                           ('{"eos_token_id": "2"}', r"generation_config.json: eos_token_id must be a token id")]:
+    (hf_dir / "generation_config.json").write_text(content)
+    _assert_usage_error(capsys, ["--prompts", str(good), "--hf-dir", str(hf_dir), "--tokenizer",
+                                 str(tiny_tokenizer_dir())], message)
 
 
 def test_command_line_max_rows_splits_batches_and_refuses_a_count_below_one(tmp_path, capsys):
