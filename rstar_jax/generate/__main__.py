@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str, Any]]:
-  """Reads the prompts file -> `[{"prompt", "n", "seed"}]`; errors name the file and line.
+  """Reads the prompts file -> `[{"prompt", "n", "seed", "line"}]` (`line`: 1-based); errors name the file and line.
 
   The file is UTF-8 (a leading byte order mark is dropped, as Windows editors write one); lines end with LF, CRLF
   or CR.
@@ -70,7 +70,7 @@ def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str,
     if not line.strip():
       continue
     if not is_json:
-      out.append(dict(prompt=line, n=default_n, seed=default_seed + len(out)))
+      out.append(dict(prompt=line, n=default_n, seed=default_seed + len(out), line=line_no))
       continue
     try:
       item = json.loads(line)
@@ -83,7 +83,7 @@ def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str,
     n, seed = item.get("n", default_n), item.get("seed", default_seed + len(out))
     if not _is_int(n) or n < 0 or not _is_int(seed):
       raise ValueError(f"{path}:{line_no}: 'n' must be an int >= 0 and 'seed' an int, got n={n!r} seed={seed!r}")
-    out.append(dict(prompt=item["prompt"], n=n, seed=seed))
+    out.append(dict(prompt=item["prompt"], n=n, seed=seed, line=line_no))
   return out
 
 
@@ -181,9 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokenizer_lib.add_rstar_tokens(tok, "ppm" if args.ppm_dir else "policy")
   overrides = {} if args.dtype is None else {"dtype": args.dtype}
   ids = tok.encode_batch([p["prompt"] for p in prompts])
-  for i, prompt_ids in enumerate(ids):
+  for p, prompt_ids in zip(prompts, ids):
     if not prompt_ids:
-      parser.error(f"{args.prompts}: prompt {i} encodes to no tokens")
+      parser.error(f"{args.prompts}:{p['line']}: the prompt encodes to no tokens")
 
   if args.ppm_dir:
     ppm = convert.load_ppm(args.ppm_dir, mesh=mesh, scan_layers=False, **overrides)
