@@ -142,10 +142,12 @@ class ModelConfig:
       rope_theta = v5_theta
     rope_scaling = hf.get("rope_scaling") or {}
     # Older configs name the scaling `type` (the YaRN snippet of the Qwen2.5 model cards: {"type": "yarn", ...}).
-    rope_type = ((rope_params or {}).get("rope_type") or rope_scaling.get("rope_type") or rope_scaling.get("type")
-                 or "default")
-    if rope_type != "default":
-      raise ValueError(f"{where}: rope_type={rope_type!r} is not supported (only default RoPE)")
+    # Both dicts are read: v4 runs `rope_scaling` only, and v5 runs a `rope_scaling` it finds in place of
+    # `rope_parameters` (that snippet added to a config v5 wrote), so a scaled type in either one would run.
+    for rope_dict in (rope_params, rope_scaling):
+      rope_type = (rope_dict or {}).get("rope_type") or (rope_dict or {}).get("type") or "default"
+      if rope_type != "default":
+        raise ValueError(f"{where}: rope_type={rope_type!r} is not supported (only default RoPE)")
     # What the model does not implement must not load as if it did (the logits would silently differ from HF's).
     if hf.get("hidden_act", "silu") != "silu":
       raise ValueError(f"{where}: hidden_act={hf['hidden_act']!r} is not supported (Qwen2's MLP is SwiGLU with silu)")

@@ -201,3 +201,23 @@ def test_unstacked_remat_gradients_equal_stacked():
   for l in range(2):
     np.testing.assert_allclose(grads_flat["model"]["layers"][l]["mlp"]["up_proj"]["kernel"][...],
                                grads_stacked["model"]["layers"]["mlp"]["up_proj"]["kernel"][...][l], atol=1e-8)
+
+
+def test_rope_scaling_added_to_a_v5_config_is_refused():
+  # The Qwen2.5 model cards' YaRN snippet added to a config.json that transformers v5 wrote (rope_parameters with
+  # rope_type default): transformers replaces rope_parameters with rope_scaling and runs YaRN, so loading it as
+  # default RoPE would silently give other logits.
+  from transformers import Qwen2Config  # pylint: disable=import-outside-toplevel
+  shape = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+               num_key_value_heads=1)
+  yarn = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+  config = dict(Qwen2Config(**shape).to_dict(), rope_scaling=yarn)
+  assert config["rope_parameters"]["rope_type"] == "default"
+  assert Qwen2Config.from_dict(dict(config, rope_scaling=dict(yarn))).rope_parameters["rope_type"] == "yarn"
+  with pytest.raises(ValueError, match="rope_type='yarn' is not supported"):
+    ModelConfig.from_hf_config(config)
+  # A default-type rope_scaling is plain RoPE for transformers too, and loads.
+  default = dict(config, rope_scaling={"rope_type": "default"})
+  reference = Qwen2Config.from_dict(dict(default, rope_scaling={"rope_type": "default"}))
+  assert reference.rope_parameters["rope_type"] == "default"
+  assert ModelConfig.from_hf_config(default).rope_theta == 1e4
