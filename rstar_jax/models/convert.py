@@ -26,7 +26,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from rstar_jax import files
-from rstar_jax.models.config import ModelConfig
+from rstar_jax.models.config import ModelConfig, dtype_name
 from rstar_jax.models.ppm import PPM
 from rstar_jax.models.qwen2 import Qwen2
 from rstar_jax.models.tensor_files import SafetensorsFile, read_torch_bin, write_safetensors, write_torch_bin
@@ -403,14 +403,20 @@ def _write_json(path: str, obj) -> None:
   files.atomic_write(path, json.dumps(obj, indent=2))
 
 
+def _export_dtype(dtype, config: ModelConfig) -> np.dtype:
+  """`dtype` as numpy's dtype, through `dtype_name` so the short names the CLI accepts ("bf16") work."""
+  return np.dtype(config.weight_dtype if dtype is None else dtype_name(dtype))
+
+
 def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes `model` as an HF dir (`config.json` + safetensors) in `dtype` (default: the parameter dtype).
+  """Writes `model` as an HF dir (`config.json` + safetensors) in `dtype` (a name `dtype_name` takes or a dtype;
+  default: the parameter dtype).
 
   Only process 0 writes; in a multi-host run every process must call it (the gathers are collective), and it returns
   once the files are written.
   """
   config = model.config
-  dtype = np.dtype(dtype or config.weight_dtype)
+  dtype = _export_dtype(dtype, config)
   entries = name_table(config) + ([] if config.tie_word_embeddings else [lm_head_entry()])
   state = nnx.to_pure_dict(nnx.state(model))
   hf_config = dict(config.to_hf_config(), torch_dtype=np.dtype(dtype).name)
@@ -433,7 +439,7 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
   export the backbone as `Qwen2Model` (`AutoModel` loads it; the value head is all the PPM needs).
   """
   config = ppm.config
-  dtype = np.dtype(dtype or config.weight_dtype)
+  dtype = _export_dtype(dtype, config)
   state = nnx.to_pure_dict(nnx.state(ppm))
   hf_config = dict(config.to_hf_config(), torch_dtype=np.dtype(dtype).name)
   if not config.tie_word_embeddings:

@@ -186,3 +186,18 @@ def test_unknown_architecture_is_refused(hf_qwen2_factory):
   (path / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match=r"config\.json.*unsupported architecture"):
     convert.load_qwen2(path)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "bfloat16", "fp16"])
+def test_export_dtype_takes_the_short_names_the_cli_accepts(hf_qwen2_factory, tmp_path, dtype):
+  # `convert export --dtype bf16` passed the CLI's check (dtype_name) and then failed in np.dtype('bf16').
+  path, hf = hf_qwen2_factory(tie_word_embeddings=False)
+  torch_dtype = torch.bfloat16 if dtype.startswith("bf") else torch.float16
+  convert.save_qwen2(convert.load_qwen2(path), tmp_path / "out", dtype=dtype)
+  head = {"v_head.summary.weight": torch.randn(1, hf.config.hidden_size), "v_head.summary.bias": torch.randn(1)}
+  torch.save(head, path / "value_head.bin")
+  convert.save_ppm(convert.load_ppm(path), tmp_path / "ppm", dtype=dtype)
+  for out in ("out", "ppm"):
+    reloaded = transformers.AutoModel.from_pretrained(tmp_path / out, dtype=torch_dtype)
+    for name, value in hf.model.state_dict().items():  # transformers' own rounding of the float32 weights
+      assert torch.equal(reloaded.state_dict()[name], value.to(torch_dtype)), (out, name)
