@@ -281,11 +281,29 @@ def load_qwen2(hf_dir: str | os.PathLike, config: ModelConfig | None = None, *, 
     entries.append(lm_head_entry())
   ckpt = HFCheckpoint(hf_dir)
   try:
+    if config.tie_word_embeddings:
+      _check_tied_head(ckpt)
     params = _load_entries(ckpt, entries, abstract, shardings, config)
   finally:
     ckpt.close()
   nnx.update(model, params)
   return model
+
+
+def _check_tied_head(ckpt: HFCheckpoint) -> None:
+  """Refuses a tied config whose checkpoint holds an `lm_head.weight` unlike the embedding.
+
+  transformers v5 then unties and runs the file's head, vLLM skips the tensor: which head was meant is unknowable.
+  An equal copy (some exports write both) loads.
+  """
+  name, embed = lm_head_entry().hf_name, "model.embed_tokens.weight"
+  if name not in ckpt or embed not in ckpt:
+    return
+  head, table = ckpt.get(name), ckpt.get(embed)
+  if head.shape != table.shape or not np.array_equal(head, table):
+    raise ValueError(f"{ckpt.dir}: config.json sets tie_word_embeddings but the checkpoint's {name} differs from "
+                     f"{embed} (transformers would run the former, vLLM the latter); set tie_word_embeddings to "
+                     f"false to load the lm_head, or drop the tensor to tie")
 
 
 def load_ppm(ppm_dir: str | os.PathLike, config: ModelConfig | None = None, *, mesh=None, rules=None,

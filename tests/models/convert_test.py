@@ -201,3 +201,24 @@ def test_export_dtype_takes_the_short_names_the_cli_accepts(hf_qwen2_factory, tm
     reloaded = transformers.AutoModel.from_pretrained(tmp_path / out, dtype=torch_dtype)
     for name, value in hf.model.state_dict().items():  # transformers' own rounding of the float32 weights
       assert torch.equal(reloaded.state_dict()[name], value.to(torch_dtype)), (out, name)
+
+
+def test_a_tied_config_with_a_different_lm_head_in_the_checkpoint_is_refused(hf_qwen2_factory, tmp_path):
+  # transformers v5 does not tie such a checkpoint and runs its lm_head.weight; vLLM skips that tensor for a tied
+  # config. Loading it tied gave logits ~30 away from transformers' here; an lm_head equal to the embedding loads.
+  path, _ = hf_qwen2_factory(tie_word_embeddings=True)
+  tensors = _all_tensors(path)
+  assert "lm_head.weight" not in tensors
+  same = tmp_path / "same"
+  shutil.copytree(path, same)
+  write_safetensors(same / "model.safetensors", {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]})
+  tokens, mask = random_padded_batch(np.random.default_rng(6), 300, batch=2, length=8)
+  args = (jnp.asarray(tokens), default_positions(jnp.asarray(mask)), jnp.asarray(mask))
+  np.testing.assert_array_equal(np.asarray(convert.load_qwen2(same)(*args).logits),
+                                np.asarray(convert.load_qwen2(path)(*args).logits))
+  head = np.random.default_rng(0).normal(size=tensors["model.embed_tokens.weight"].shape).astype(np.float32)
+  write_safetensors(path / "model.safetensors", {**tensors, "lm_head.weight": head})
+  reference = transformers.AutoModelForCausalLM.from_pretrained(path)
+  assert np.array_equal(reference.lm_head.weight.detach().numpy(), head)  # transformers runs the file's head
+  with pytest.raises(ValueError, match=r"tie_word_embeddings.*lm_head\.weight.*differs"):
+    convert.load_qwen2(path)
