@@ -149,7 +149,7 @@ class ModelConfig:
       if rope_type != "default":
         raise ValueError(f"{where}: rope_type={rope_type!r} is not supported (only default RoPE)")
     # What the model does not implement must not load as if it did (the logits would silently differ from HF's).
-    if hf.get("hidden_act", "silu") != "silu":
+    if hf.get("hidden_act", "silu") not in ("silu", "swish"):  # transformers' ACT2FN: both names are SiLU
       raise ValueError(f"{where}: hidden_act={hf['hidden_act']!r} is not supported (Qwen2's MLP is SwiGLU with silu)")
     layer_types = hf.get("layer_types") or []
     # transformers' defaults: a config that turns the window on without naming it gets sliding_window=4096.

@@ -221,3 +221,18 @@ def test_rope_scaling_added_to_a_v5_config_is_refused():
   reference = Qwen2Config.from_dict(dict(default, rope_scaling={"rope_type": "default"}))
   assert reference.rope_parameters["rope_type"] == "default"
   assert ModelConfig.from_hf_config(default).rope_theta == 1e4
+
+
+def test_swish_is_silu(tmp_path):
+  # transformers' ACT2FN maps "swish" to SiLU as "silu": such a config is the same model and must load.
+  import transformers  # pylint: disable=import-outside-toplevel
+  config = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                    num_attention_heads=4, num_key_value_heads=2, hidden_act="swish")
+  torch.manual_seed(0)
+  hf = transformers.Qwen2ForCausalLM(config).eval()
+  hf.save_pretrained(tmp_path)
+  tokens, mask = random_padded_batch(np.random.default_rng(0), 64, batch=2, length=6)
+  ref_logits, _ = _reference(hf, tokens, mask)
+  logits = convert.load_qwen2(tmp_path)(jnp.asarray(tokens), default_positions(jnp.asarray(mask)),
+                                        jnp.asarray(mask)).logits
+  np.testing.assert_allclose(np.asarray(logits)[mask], ref_logits[mask], atol=1e-5, rtol=0)
