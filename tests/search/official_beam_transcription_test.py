@@ -51,7 +51,8 @@ from rstar_jax.search.scripted import FunctionScorer, ScriptedPolicy
 
 from official_rstar import (ANSWER_END, CODE_END, INVALID_ANSWERS, NO_VALID_CHILD, OUTPUT, OUTPUT_END, PROMPT,
                             STEP_DELIM, STEP_END, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, ExactGrader, FakeExecutor,
-                            OfficialTree, is_equiv, llm_generate, make_script, ppm, rm_generate, step_unwrap)
+                            OfficialTree, is_equiv, llm_generate, make_script, our_nodes, ppm, rm_generate,
+                            step_unwrap)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The shared world (`official_rstar.py`: sandbox, PPM and answer check, called by both sides), sized for this test.
@@ -252,13 +253,6 @@ def _official_nodes(agent: OfficialBS, ground_truth: str) -> dict[str, dict]:
   return out
 
 
-def _our_nodes(record: dict) -> dict[str, dict]:
-  tags = {n["id"]: n["tag"] for n in record["nodes"]}
-  fields = ("depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct", "ppm_value",
-            "visits", "value_sum")
-  return {n["tag"]: {"parent": tags.get(n["parent"]), **{f: n[f] for f in fields}} for n in record["nodes"]}
-
-
 def _our_solutions(record: dict) -> list[dict]:
   """Our answers as the official `get_steps` lists them: by PPM value, best first, ties in the order found."""
   nodes = record["nodes"]
@@ -297,7 +291,7 @@ def test_beams_match_the_official_step_beam_search():
 
   reasons: dict[str | None, int] = {}
   for problem, record, agent in zip(problems, records, agents):
-    ours, theirs = _our_nodes(record), _official_nodes(agent, problem.ground_truth)
+    ours, theirs = our_nodes(record), _official_nodes(agent, problem.ground_truth)
     assert sorted(ours) == sorted(theirs), f"{problem.problem_id}: the trees have different nodes"
     for tag, want in theirs.items():
       got = ours[tag]

@@ -15,6 +15,7 @@ import zlib
 from typing import Callable, Mapping
 
 import numpy as np
+import pytest
 
 from rstar_jax.search.scripted import FakeResult, ScriptedPolicy
 
@@ -222,3 +223,34 @@ def rm_generate(scorer: Callable[[list[str]], list[float]], texts: list[str]) ->
   """`llms/llms.py rm_generate`: the official value comes out of a float32 torch tensor (tanh(r / 5) belongs to
   the fake `ppm`)."""
   return [float(np.float32(v)) for v in scorer(texts)] if texts else []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Comparing our tree records with a reference search's nodes.
+# ---------------------------------------------------------------------------------------------------------------------
+
+NODE_FIELDS = ("parent", "depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct",
+               "visits", "value_sum", "q", "ppm_value")
+
+
+class NearTie(Exception):
+  """Two children's (float64) scores differ by less than float32, the kernels' precision, can tell apart."""
+
+
+def our_nodes(record: dict) -> dict[str, dict]:
+  """tag -> the `NODE_FIELDS` of one node of our tree record (`parent` as the parent's tag)."""
+  tags = {n["id"]: n["tag"] for n in record["nodes"]}
+  return {n["tag"]: {"parent": tags.get(n["parent"]), **{f: n[f] for f in NODE_FIELDS[1:]}} for n in record["nodes"]}
+
+
+def assert_same_mcts_nodes(ours: Mapping[str, dict], theirs: Mapping[str, dict], where: str) -> list[str | None]:
+  """Asserts the two trees hold the same nodes, field by field (values to 1e-5); returns the terminal reasons."""
+  assert sorted(ours) == sorted(theirs), f"{where}: the trees have different nodes"
+  for tag, want in theirs.items():
+    got = ours[tag]
+    for field in NODE_FIELDS:
+      if field in ("value_sum", "q", "ppm_value"):
+        assert got[field] == pytest.approx(want[field], abs=1e-5), f"{where} node {tag}: {field}"
+      else:
+        assert got[field] == want[field], f"{where} node {tag}: {field}"
+  return [want["terminal_reason"] for want in theirs.values()]

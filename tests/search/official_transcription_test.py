@@ -47,7 +47,8 @@ from rstar_jax.search.scripted import FunctionScorer, ScriptedPolicy
 
 from official_rstar import (ANSWER_END, CODE_END, INVALID_ANSWERS, NO_VALID_CHILD, OUTPUT, OUTPUT_END, PROMPT,
                             STEP_DELIM, STEP_END, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, ExactGrader, FakeExecutor,
-                            OfficialTree, is_equiv, llm_generate, make_script, ppm, rm_generate, step_unwrap)
+                            NearTie, OfficialTree, assert_same_mcts_nodes, is_equiv, llm_generate, make_script,
+                            our_nodes, ppm, rm_generate, step_unwrap)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The shared world (`official_rstar.py`: sandbox, PPM and grader, called by both sides), sized for this test.
@@ -83,9 +84,6 @@ OFFICIAL_CONFIGS = {
                       update_leaf_value=True, terminal_sample=False),
 }
 
-
-class NearTie(Exception):
-  """Two children's official (float64) UCT scores differ by less than float32 can tell apart."""
 
 
 class OfficialNode:
@@ -321,13 +319,6 @@ def _official_nodes(agent: OfficialAgent) -> dict[str, dict]:
   return out
 
 
-def _our_nodes(record: dict) -> dict[str, dict]:
-  tags = {n["id"]: n["tag"] for n in record["nodes"]}
-  fields = ("depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct", "visits",
-            "value_sum", "q", "ppm_value")
-  return {n["tag"]: {"parent": tags.get(n["parent"]), **{f: n[f] for f in fields}} for n in record["nodes"]}
-
-
 def _problems(mode: str) -> list[Problem]:
   truth = (lambda i: None) if mode == "inference" else (lambda i: str(i % 4))
   return [Problem(f"p{i:02d}", f"problem {i:02d}", truth(i)) for i in range(NUM_PROBLEMS)]
@@ -352,17 +343,8 @@ def test_trees_match_the_official_search(mode):
 
   reasons: dict[str | None, int] = {}
   for problem, record, agent in zip(problems, records, agents):
-    ours, theirs = _our_nodes(record), _official_nodes(agent)
-    assert sorted(ours) == sorted(theirs), f"{problem.problem_id}: the trees have different nodes"
-    for tag, want in theirs.items():
-      got = ours[tag]
-      where = f"{mode} {problem.problem_id} node {tag}"
-      for field in ("parent", "depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct",
-                    "visits"):
-        assert got[field] == want[field], f"{where}: {field}"
-      for field in ("value_sum", "q", "ppm_value"):
-        assert got[field] == pytest.approx(want[field], abs=1e-5), f"{where}: {field}"
-      reasons[want["terminal_reason"]] = reasons.get(want["terminal_reason"], 0) + 1
+    for reason in assert_same_mcts_nodes(our_nodes(record), _official_nodes(agent), f"{mode} {problem.problem_id}"):
+      reasons[reason] = reasons.get(reason, 0) + 1
     prompt = PROMPT.format(problem.question)
     asked = [p for prompts, _ in ours_policy.calls for p in prompts if p.startswith(prompt)]
     assert asked == agent.expanded_prompts, f"{problem.problem_id}: expansions in another order"

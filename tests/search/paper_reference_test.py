@@ -34,8 +34,9 @@ from rstar_jax.search import Problem, SearchConfig, run_search
 from rstar_jax.search.host import tree_seed
 from rstar_jax.search.scripted import FunctionScorer, ScriptedPolicy
 
-from official_rstar import (CODE_END, OUTPUT, OUTPUT_END, PROMPT, STEP_DELIM, ExactGrader, FakeExecutor, OfficialTree,
-                            is_equiv, llm_generate, make_script, ppm, step_unwrap)
+from official_rstar import (CODE_END, OUTPUT, OUTPUT_END, PROMPT, STEP_DELIM, ExactGrader, FakeExecutor, NearTie,
+                            OfficialTree, assert_same_mcts_nodes, is_equiv, llm_generate, make_script, our_nodes, ppm,
+                            step_unwrap)
 
 NUM_PROBLEMS = 16
 NUM_ROLLOUTS = 6
@@ -48,9 +49,6 @@ script = make_script({"open": 0.16, "continue": 0.16, "close": 0.14, "error": 0.
 dense_script = make_script({"open": 0.2, "close": 0.1, "error": 0.1, "answer_tag": None, "answer_box": None,
                             "blank": 0.05}, answer_base=0.1, answer_slope=0.1)
 
-
-class NearTie(Exception):
-  """Two children's scores differ by less than float32 (the kernels' precision) can tell apart."""
 
 
 class PaperNode:
@@ -195,13 +193,6 @@ class PaperTree(OfficialTree):
         node = child
 
 
-def _our_nodes(record: dict) -> dict[str, dict]:
-  tags = {n["id"]: n["tag"] for n in record["nodes"]}
-  fields = ("depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct", "visits",
-            "value_sum", "q", "ppm_value")
-  return {n["tag"]: {"parent": tags.get(n["parent"]), **{f: n[f] for f in fields}} for n in record["nodes"]}
-
-
 def _reference_nodes(tree: PaperTree) -> dict[str, dict]:
   return {n.tag: {"parent": None if n.parent is None else n.parent.tag, "depth": n.depth, "text": n.state["text"],
                   "code": n.program, "observation": n.observation,
@@ -228,17 +219,8 @@ def _compare(mode: str, step_script, num_candidates: int, max_nodes: int | None,
   for problem, record in zip(problems, records):
     tree = PaperTree(cfg, problem, tree_seed(seed, problem.problem_id), ScriptedPolicy(step_script))
     tree.search()
-    ours, theirs = _our_nodes(record), _reference_nodes(tree)
-    assert sorted(ours) == sorted(theirs), f"{mode} {problem.problem_id}: the trees have different nodes"
-    for tag, want in theirs.items():
-      got = ours[tag]
-      where = f"{mode} {problem.problem_id} node {tag}"
-      for field in ("parent", "depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct",
-                    "visits"):
-        assert got[field] == want[field], f"{where}: {field}"
-      for field in ("value_sum", "q", "ppm_value"):
-        assert got[field] == pytest.approx(want[field], abs=1e-5), f"{where}: {field}"
-      seen[want["terminal_reason"]] = seen.get(want["terminal_reason"], 0) + 1
+    for reason in assert_same_mcts_nodes(our_nodes(record), _reference_nodes(tree), f"{mode} {problem.problem_id}"):
+      seen[reason] = seen.get(reason, 0) + 1
     prompt = PROMPT.format(problem.question)
     asked = [p for prompts, _ in policy.calls for p in prompts if p.startswith(prompt)]
     assert asked == tree.expanded_prompts, f"{mode} {problem.problem_id}: expansions in another order"
