@@ -9,8 +9,6 @@ independent check of the rstar output mode.
 import json
 import re
 
-import pytest
-
 from rstar_jax.search.step import extract_program
 from sandbox import SandboxPool
 
