@@ -161,7 +161,8 @@ def test_train_state_replication_warnings_name_the_array(caplog):
   _, params = state_lib.split_params(abstract)
   tx = optimizer.make_optimizer(optimizer.OptimizerConfig(), 4)
   shardings = state_lib.state_shardings(params, tx, sharding.make_mesh(2, 1, 4))
-  assert shardings.params["model"]["layers"]["self_attn"]["k_proj"]["kernel"].get_value().spec == P(None, None, None, None)
+  k_proj = shardings.params["model"]["layers"]["self_attn"]["k_proj"]["kernel"]
+  assert k_proj.get_value().spec == P(None, None, None, None)
   warned = {r.getMessage().split(":")[0] for r in caplog.records if "cannot split" in r.getMessage()}
   assert {"params.model.layers.self_attn.k_proj.kernel", "opt_state.1.0.mu.model.layers.self_attn.v_proj.bias",
           "opt_state.1.0.nu.model.layers.self_attn.k_proj.kernel"} <= warned, warned
