@@ -109,30 +109,9 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def _eos_ids(args: argparse.Namespace, tokenizer, model_dir: str) -> list[int]:
-  """`--eos-id`, else the tokenizer's EOS id and generation_config.json's `eos_token_id` (an int or a list).
-
-  Raises:
-    ValueError: naming generation_config.json when it is not a JSON object or its `eos_token_id` is not ints.
-  """
-  if args.eos_id is not None:
-    return list(args.eos_id)
-  ids = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-  gen_config = os.path.join(model_dir, "generation_config.json")
-  if os.path.isfile(gen_config):
-    try:
-      with open(gen_config, encoding="utf-8") as f:
-        config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise ValueError(f"{gen_config}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-      raise ValueError(f"{gen_config}: expected a JSON object, got {type(config).__name__}")
-    eos = config.get("eos_token_id")
-    eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
-    if not all(_is_int(i) and i >= 0 for i in eos):
-      raise ValueError(f"{gen_config}: eos_token_id must be a token id or a list of them, got "
-                       f"{config['eos_token_id']!r}")
-    ids += eos
-  return sorted(set(ids))
+  """`--eos-id`, else the tokenizer's EOS id and generation_config.json's `eos_token_id` (an int or a list)."""
+  from rstar_jax.generate.adapters import checkpoint_eos_ids  # pylint: disable=g-import-not-at-top
+  return list(args.eos_id) if args.eos_id is not None else checkpoint_eos_ids(model_dir, tokenizer)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+import os
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -95,3 +97,38 @@ class PPMScorer:
         raise ValueError(f"text {i} encodes to no tokens: {texts[i]!r}")
     raw = self.engine.values(ids)
     return np.asarray(value_transform(raw, self.transform), np.float32)
+
+
+def checkpoint_eos_ids(model_dir: str | os.PathLike[str], tokenizer: Any = None) -> list[int]:
+  """The ids that end a row for a checkpoint, as vLLM takes them: the tokenizer's EOS plus `generation_config.json`'s.
+
+  Instruct checkpoints end a turn with a token other than the tokenizer's EOS (Qwen2.5-Math-Instruct: `<|im_end|>`
+  and `<|endoftext|>`), listed only in `generation_config.json`. Pass the result as `Engine(..., eos_ids=)`.
+
+  Args:
+    model_dir: a Hugging Face checkpoint dir; without a `generation_config.json` only the tokenizer's EOS counts.
+    tokenizer: a loaded tokenizer (its `eos_id`, if any, is included), or None.
+
+  Returns:
+    The sorted, distinct ids.
+
+  Raises:
+    ValueError: naming `generation_config.json` when it is not a JSON object or its `eos_token_id` is not token ids.
+  """
+  eos_id = getattr(tokenizer, "eos_id", None)
+  ids = [] if eos_id is None else [eos_id]
+  path = os.path.join(os.fspath(model_dir), "generation_config.json")
+  if os.path.isfile(path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+      raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    eos = config.get("eos_token_id")
+    eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in eos):
+      raise ValueError(f"{path}: eos_token_id must be a token id or a list of them, got {config['eos_token_id']!r}")
+    ids += eos
+  return sorted(set(ids))

@@ -106,7 +106,8 @@ class Engine:
         are placed on the mesh in place (`rstar_jax.sharding.shard_model`).
       tokenizer: decodes text (results' `text`, stop strings); optional for token-only use. When it has a length,
         only ids below it are generated (a checkpoint's spare embedding rows, as Qwen2.5's, are never sampled).
-      eos_ids: token ids that end a row; None takes the tokenizer's EOS id (if any).
+      eos_ids: token ids that end a row; None takes the tokenizer's EOS id (if any). A checkpoint's
+        `generation_config.json` may list more (instruct models): `checkpoint_eos_ids` gives both, as vLLM uses.
       mesh: a `(data, fsdp, tensor)` mesh, or None for the default device.
       rules: logical-axis rules for the mesh.
       buckets: shape buckets (their `batch_split` is set from the mesh).

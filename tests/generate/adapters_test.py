@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from generate_helpers import TEST_BUCKETS, hf_values, load_tiny, tiny_ppm_dir, tiny_tokenizer, tiny_tokenizer_dir
 
-from rstar_jax.generate import Engine, EnginePolicy, Greedy, PPMScorer, Request, Sampling
+from rstar_jax.generate import Engine, EnginePolicy, Greedy, PPMScorer, Request, Sampling, checkpoint_eos_ids
 from rstar_jax.generate.__main__ import main
 from rstar_jax.models import convert
 from rstar_jax.search.interfaces import Policy, Scorer, StepCandidate
@@ -34,6 +34,22 @@ def test_engine_policy_returns_step_candidates_matching_the_engine():
   assert any(c.stopped_at_string for row in out for c in row)
   with pytest.raises(ValueError, match="seeds"):
     policy.generate(TEXTS, n=1, seeds=[1], stop=stop)
+
+
+def test_checkpoint_eos_ids_are_the_tokenizer_eos_and_what_transformers_reads_from_generation_config(tmp_path):
+  """An instruct checkpoint ends turns with ids listed only in generation_config.json (vLLM stops on those too)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  tok = tiny_tokenizer()
+  assert tok.eos_id is not None
+  assert checkpoint_eos_ids(tmp_path, tok) == [tok.eos_id]  # no generation_config.json
+  assert checkpoint_eos_ids(tmp_path) == []
+  for eos in (7, [9, 7, tok.eos_id]):
+    transformers.GenerationConfig(eos_token_id=eos).save_pretrained(tmp_path)
+    theirs = transformers.GenerationConfig.from_pretrained(tmp_path).eos_token_id
+    assert checkpoint_eos_ids(tmp_path, tok) == sorted({tok.eos_id, *np.atleast_1d(theirs).tolist()})
+  (tmp_path / "generation_config.json").write_text('{"eos_token_id": [1, true]}')
+  with pytest.raises(ValueError, match=r"generation_config.json: eos_token_id must be a token id"):
+    checkpoint_eos_ids(tmp_path, tok)
 
 
 def test_ppm_scorer_values_with_transform():
