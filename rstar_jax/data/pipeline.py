@@ -152,7 +152,7 @@ def batch_plan(lengths: np.ndarray, config: PipelineConfig) -> np.ndarray:
   """
   n = len(lengths)
   if n == 0:
-    raise ValueError("no training examples left after tokenization")
+    raise ValueError("no training examples")
   order = []
   for epoch in range(config.num_epochs):
     perm = (np.random.default_rng([config.seed, epoch]).permutation(n) if config.shuffle
@@ -285,6 +285,10 @@ def data_fingerprint(data: TokenizedSet, plan: np.ndarray) -> str:
 
 
 def _pipeline(data: TokenizedSet, collate, config: PipelineConfig) -> Pipeline:
+  if not data.arrays:
+    raise ValueError("no training examples" + (
+        f": tokenization dropped all {data.num_dropped} (longer than max_len={config.max_len} with "
+        f"overlong={config.overlong!r}, or nothing left to train on)" if data.num_dropped else ""))
   plan = batch_plan(data.lengths, config)
   dataset = grain.MapDataset.source(list(plan)).map(collate)
   return Pipeline(dataset, len(plan), len(data.arrays), data.num_dropped, data_fingerprint(data, plan))

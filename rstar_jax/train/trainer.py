@@ -74,6 +74,21 @@ def _as_paths(files: PathLike | Sequence[PathLike]) -> list[PathLike]:
   return [files] if isinstance(files, (str, os.PathLike)) else list(files)
 
 
+def _training_pipeline(files: PathLike | Sequence[PathLike], read, build, tokenizer: Any,
+                       data: pipeline_lib.PipelineConfig) -> pipeline_lib.Pipeline:
+  """Reads every file's examples and builds the pipeline; a set with nothing to train on names the files."""
+  paths = _as_paths(files)
+  examples = [e for path in paths for e in read(path)]
+  if not examples:
+    raise ValueError(f"{', '.join(map(os.fspath, paths)) or 'no files given'}: no training examples")
+  try:
+    return build(examples, tokenizer, data)
+  except ValueError as e:
+    if str(e).startswith("no training examples"):
+      raise ValueError(f"{', '.join(map(os.fspath, paths))}: {e}") from None
+    raise
+
+
 def _load_tokenizer(tokenizer: Any, default_dir: PathLike, which: str):
   """(tokenizer with the rStar tags of `which`, the directory it was loaded from or None)."""
   if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
@@ -268,8 +283,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
   model_config, original_dtype = _model_config(base_checkpoint, config)
   _check_vocab(tokenizer, model_config, base_checkpoint)
-  records = [r for path in _as_paths(sft_file) for r in formats.read_sft_records(path)]
-  pipe = pipeline_lib.sft_pipeline(records, tokenizer, config.data)
+  pipe = _training_pipeline(sft_file, formats.read_sft_records, pipeline_lib.sft_pipeline, tokenizer, config.data)
 
   resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
   abstract = nnx.eval_shape(lambda: Qwen2(model_config, rngs=nnx.Rngs(0), remat=config.remat))
@@ -328,8 +342,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
   model_config, original_dtype = _model_config(init_checkpoint, config)
   _check_vocab(tokenizer, model_config, init_checkpoint)
-  pairs = [p for path in _as_paths(pairs_file) for p in formats.read_ppm_pairs(path)]
-  pipe = pipeline_lib.ppm_pipeline(pairs, tokenizer, config.data)
+  pipe = _training_pipeline(pairs_file, formats.read_ppm_pairs, pipeline_lib.ppm_pipeline, tokenizer, config.data)
 
   resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
   abstract = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0), remat=config.remat))

@@ -136,7 +136,7 @@ def test_ppm_overlong_keeps_the_head_like_the_scorer(rstar_pairs, qwen_tokenizer
   drop = dataclass_replace(config, max_len=lengths[2], overlong="drop")
   dropped = pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, drop)
   assert (dropped.num_examples, dropped.num_dropped) == (3, 2)
-  with pytest.raises(ValueError, match="no training examples left"):
+  with pytest.raises(ValueError, match=r"no training examples: tokenization dropped all 5 \(longer than max_len=8"):
     pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, dataclass_replace(drop, max_len=8))
 
 

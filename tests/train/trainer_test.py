@@ -94,6 +94,20 @@ def test_ppm_learns_separable_pairs_and_exports_value_head(base, tmp_path):
   assert held_out["pair_accuracy"] > 0.9, held_out
 
 
+def test_a_data_file_with_nothing_to_train_on_is_named(base, tmp_path):
+  # Both used to end in "no training examples left after tokenization", naming no file.
+  path, records = base
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  with pytest.raises(ValueError, match=rf"^{empty}: no training examples$"):
+    trainer.train_policy(path, empty, tmp_path / "work")
+  sft_file = testlib.write_json(tmp_path / "sft.json", records[:3])
+  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=4, overlong="drop"))
+  with pytest.raises(ValueError, match=rf"^{sft_file}: no training examples: tokenization dropped all 3 "):
+    trainer.train_policy(path, sft_file, tmp_path / "work", config=config)
+  assert not os.path.exists(tmp_path / "work" / "checkpoints")
+
+
 def test_evaluate_ppm_batch_that_does_not_split_over_the_devices():
   # evaluate_ppm's default mesh takes every device; its batch (default 32, here 3) was put on it as is, so a batch
   # that the device count does not divide (3 on these 8 CPU devices; 32 on a 64-chip slice) raised IndivisibleError.
