@@ -119,8 +119,10 @@ class HFCheckpoint:
       try:
         with open(index, encoding="utf-8") as f:
           weight_map = json.load(f)["weight_map"]
-      except (json.JSONDecodeError, KeyError) as e:
-        raise ValueError(f"{index}: not a valid safetensors index ({e!r})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+          raise ValueError("weight_map is not an object of tensor name -> shard file")
+      except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
       self.weight_map = {name: os.path.join(self.dir, file) for name, file in weight_map.items()}
       for file in sorted(set(self.weight_map.values())):
         if not os.path.exists(file):
@@ -335,11 +337,14 @@ def load_ppm(ppm_dir: str | os.PathLike, config: ModelConfig | None = None, *, m
   return model
 
 
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  with SafetensorsFile(path) as f:
+    return {k: np.array(f.get(k)) for k in f.keys()}
+
+
 def read_value_head(ppm_dir: str | os.PathLike) -> dict[str, np.ndarray]:
   ppm_dir = os.fspath(ppm_dir)
-  for name, reader in (("value_head.safetensors", lambda p: {k: np.array(SafetensorsFile(p).get(k))
-                                                             for k in VALUE_HEAD_KEYS}),
-                       ("value_head.bin", read_torch_bin)):
+  for name, reader in (("value_head.safetensors", _read_safetensors), ("value_head.bin", read_torch_bin)):
     path = os.path.join(ppm_dir, name)
     if os.path.exists(path):
       tensors = reader(path)

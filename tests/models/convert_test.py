@@ -179,6 +179,18 @@ def test_a_dir_with_both_a_single_file_and_a_sharded_index_is_refused(hf_qwen2_f
   with pytest.raises(ValueError, match=r"both model\.safetensors and model\.safetensors\.index\.json"):
     convert.load_qwen2(path)
 
+
+@pytest.mark.parametrize("index", [[], {"weight_map": ["model.safetensors"]}, {"weight_map": {"lm_head.weight": 1}},
+                                   {"metadata": {}}])
+def test_a_malformed_shard_index_is_named(hf_qwen2_factory, tmp_path, index):
+  # A list, or a weight_map that is not name -> file, raised a bare TypeError or AttributeError.
+  path, _ = hf_qwen2_factory()
+  os.rename(path / "model.safetensors", path / "model-00001-of-00001.safetensors")
+  (path / "model.safetensors.index.json").write_text(json.dumps(index))
+  with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json: not a valid safetensors index"):
+    convert.load_qwen2(path)
+
+
 def test_unknown_architecture_is_refused(hf_qwen2_factory):
   path, _ = hf_qwen2_factory()
   config = json.loads((path / "config.json").read_text())

@@ -61,6 +61,10 @@ def test_value_head_safetensors_accepted_and_missing_head_named(hf_qwen2_factory
                                                       "v_head.summary.bias": np.zeros(1, np.float32)})
   ppm = convert.load_ppm(path)
   np.testing.assert_array_equal(np.asarray(ppm.value_head.kernel[...]).T, w)
+  # A head file without the bias is named as one (it was the file reader's bare "no tensor named").
+  write_safetensors(path / "value_head.safetensors", {"v_head.summary.weight": w})
+  with pytest.raises(KeyError, match=r"value_head\.safetensors: missing value-head tensors \[.v_head\.summary\.bias.\]"):
+    convert.load_ppm(path)
 
 
 @pytest.mark.parametrize("first, second", [("safetensors", "bin"), ("bin", "safetensors")])
