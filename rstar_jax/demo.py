@@ -180,7 +180,10 @@ def main(argv=None) -> int:
         stored = json.load(f)
     except (OSError, ValueError) as e:
       parser.error(f"{settings_file}: unreadable ({e}); delete it, or start over with --fresh")
-    if isinstance(stored, dict) and stored.get("problems") != args.problems:
+    if not isinstance(stored, dict):
+      parser.error(f"{settings_file}: expected a JSON object, got {type(stored).__name__}; delete it, or start over "
+                   "with --fresh")
+    if stored.get("problems") != args.problems:
       parser.error(f"--problems {args.problems}, but {workdir} holds a run with --problems {stored.get('problems')}: "
                    "run with that to resume it, add --fresh to start over, or pick another --workdir")
   try:  # now, not by a traceback once jax is imported

@@ -60,6 +60,13 @@ def test_another_problem_count_in_a_used_workdir_stops_before_rebuilding_anythin
   assert exit_info.value.code == 2
   assert "--problems 4, but" in capsys.readouterr().err
   assert not list((tmp_path / "tokenizer").iterdir()) and sorted(os.listdir(tmp_path)) == ["demo.json", "tokenizer"]
+  # A demo.json that is not an object (hand-edited, say) slipped past this check.
+  (tmp_path / "demo.json").write_text('[16]\n')
+  with pytest.raises(SystemExit) as exit_info:
+    demo.main(["--workdir", str(tmp_path), "--problems", "4"])
+  assert exit_info.value.code == 2
+  assert "demo.json: expected a JSON object, got list" in capsys.readouterr().err
+  assert not list((tmp_path / "tokenizer").iterdir())
 
 
 def test_fresh_empties_a_workdir_given_as_a_symbolic_link(tmp_path):
