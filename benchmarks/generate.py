@@ -137,8 +137,11 @@ def time_ours(engine: Engine, requests: list[Request], new_tokens: int) -> dict:
   t = time.perf_counter()
   results = engine.generate(requests, Greedy(), max_new_tokens=new_tokens)
   wall = time.perf_counter() - t
+  # The first token comes from the prefill: a call with one new token has no decode step (NaN per step).
+  steps = new_tokens - 1
   return dict(wall_s=wall, prefill_s=engine.stats["prefill_s"],
-              decode_step_s=engine.stats["decode_s"] / (new_tokens - 1), tok_s=len(requests) * new_tokens / wall,
+              decode_step_s=engine.stats["decode_s"] / steps if steps else float("nan"),
+              tok_s=len(requests) * new_tokens / wall,
               tokens=np.array([r[0].token_ids for r in results]))
 
 
@@ -168,6 +171,10 @@ def main(argv=None) -> int:
                  help="skip HF on the 0.5B shape above this batch (one HF batch-64 call takes many minutes here)")
   p.add_argument("--json", default=None, help="also write the results here")
   args = p.parse_args(argv)
+  for flag, value in (("--new-tokens", args.new_tokens), ("--prompt-len", args.prompt_len),
+                      ("--repeats", args.repeats), ("--repeats-0p5b", args.repeats_0p5b)):
+    if value < 1:
+      p.error(f"{flag} must be >= 1, got {value}")
   torch.manual_seed(0)
   env = dict(jax=jax.__version__, torch=torch.__version__, transformers=transformers.__version__,
              cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
