@@ -160,6 +160,10 @@ def main(argv=None):
   parser.add_argument("--remat", action="store_true")
   parser.add_argument("--no-torch", action="store_true", help="skip the torch side (e.g. on TPU)")
   args = parser.parse_args(argv)
+  for flag, value, least in (("--batch", args.batch, 1), ("--seq", args.seq, 2), ("--steps", args.steps, 1),
+                             ("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0)):
+    if value < least:
+      parser.error(f"{flag} must be >= {least}, got {value}")
 
   import jax
   shape = SHAPES[args.shape]
@@ -176,9 +180,10 @@ def main(argv=None):
       run_torch, torch_loss = torch_runner(hf_model, batch)
     # Warm up, then alternate timed rounds so both sides see the same background load; keep each side's best.
     jax_times, torch_times = [], []
-    run_jax(args.warmup)
-    if run_torch:
-      run_torch(args.warmup)
+    if args.warmup:  # run(0) would divide by zero steps
+      run_jax(args.warmup)
+      if run_torch:
+        run_torch(args.warmup)
     for _ in range(args.rounds):
       jax_times.append(run_jax(args.steps))
       if run_torch:
