@@ -150,11 +150,16 @@ _FREE_OPS = ("parameter", "get-tuple-element", "constant", "bitcast", "tuple")
 
 
 def compiled_op_counts(trees, nodes, actions, rollouts, spec):
-  """Operations XLA runs in one `expand_and_select` call: `(outside the select loop, per loop step)`
-  (instructions of the compiled entry and while-body computations, minus free ones such as bitcasts)."""
+  """Operations XLA runs in one `expand_and_select` call: `(outside the select loop, per loop step)`."""
   rule = SelectionRule("official", 2.0)
   tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
-  text = expand_and_select.lower(tree, _expansion(np.asarray(out.node), spec), rule).compile().as_text()
+  return hlo_op_counts(expand_and_select.lower(tree, _expansion(np.asarray(out.node), spec), rule).compile().as_text())
+
+
+def hlo_op_counts(text):
+  """`(outside the select loop, per loop step)` operations of a compiled module's text: the non-free instructions
+  (not bitcasts, tuples, ...) of the entry computation, and of its while loops' bodies and conditions. A condition
+  runs once per step and once more to end the loop; that last run counts outside the loop."""
   computations = {}
   for block in re.split(r"\n\s*\n", text):
     head = block.strip().split("\n", 1)[0]
@@ -162,12 +167,19 @@ def compiled_op_counts(trees, nodes, actions, rollouts, spec):
     if name:
       computations["ENTRY" if head.startswith("ENTRY") else name.group(1)] = block
 
-  def count(block):
-    ops = re.findall(r"= \S+ ([a-z][\w\-]*)\(", block)
-    return sum(op not in _FREE_OPS for op in ops)
+  def ops(block):
+    # The opcode is the first ` name(` after ` = `: a tuple-typed result (a while, a multi-output fusion) has spaces
+    # in its type, which holds no such token (shapes read `s32[4]{0}`).
+    return re.findall(r"^\s*(?:ROOT )?%\S+ = .*? ([a-z][\w\-]*)\(", block, re.MULTILINE)
 
-  bodies = re.findall(r"while\(.*?body=%([\w.\-]+)", computations["ENTRY"])
-  return count(computations["ENTRY"]) - len(bodies), sum(count(computations[b]) for b in bodies)
+  def count(block):
+    return sum(op not in _FREE_OPS for op in ops(block))
+
+  entry = computations["ENTRY"]
+  loops = re.findall(r" while\(.*?condition=%([\w.\-]+), body=%([\w.\-]+)", entry)
+  conditions = sum(count(computations[c]) for c, _ in loops)
+  outside = count(entry) - ops(entry).count("while") + conditions
+  return outside, sum(count(computations[b]) for _, b in loops) + conditions
 
 
 def loop_step_floor(trees, nodes, repeats=50):

@@ -1,0 +1,62 @@
+"""The benchmarks' counting helpers against hand counts (the figures in benchmarks/RESULTS.md come from them)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+_BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def search_bench():
+  spec = importlib.util.spec_from_file_location("search_benchmark", _BENCHMARKS / "search.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# A compiled module in XLA's text form, cut down: a while loop whose state is a tuple (its type holds spaces and an
+# `/*index=5*/` comment), a condition with two operations, and a body with a multi-output fusion (tuple-typed too).
+_HLO = """HloModule jit_f, entry_computation_layout={(s32[4]{0})->s32[4]{0}}
+
+%fused_a (p: s32[4]) -> s32[4] {
+  %p = s32[4]{0} parameter(0)
+  ROOT %n = s32[4]{0} negate(%p)
+}
+
+%cond (arg_tuple.1: (s32[], s32[4])) -> pred[] {
+  %arg_tuple.1 = (s32[], s32[4]{0}) parameter(0)
+  %get-tuple-element.1 = s32[] get-tuple-element(%arg_tuple.1), index=0
+  %constant.1 = s32[] constant(3)
+  %compare_fusion = pred[] fusion(%get-tuple-element.1, %constant.1), kind=kLoop, calls=%fused_a
+  ROOT %and_fusion = pred[] fusion(%compare_fusion), kind=kLoop, calls=%fused_a
+}
+
+%body (arg_tuple.2: (s32[], s32[4])) -> (s32[], s32[4]) {
+  %arg_tuple.2 = (s32[], s32[4]{0}) parameter(0)
+  %get-tuple-element.2 = s32[] get-tuple-element(%arg_tuple.2), index=0
+  %get-tuple-element.3 = s32[4]{0} get-tuple-element(%arg_tuple.2), index=1
+  %iota_reduce_fusion = (f32[4]{0}, s32[4]{0}) fusion(%get-tuple-element.3), kind=kLoop, calls=%fused_a
+  %get-tuple-element.4 = s32[4]{0} get-tuple-element(%iota_reduce_fusion), index=1
+  %add_fusion = s32[] fusion(%get-tuple-element.2), kind=kLoop, calls=%fused_a
+  %copy.1 = s32[4]{0} copy(%get-tuple-element.4)
+  ROOT %tuple.2 = (s32[], s32[4]{0}) tuple(%add_fusion, %copy.1)
+}
+
+ENTRY %main.9 (x.1: s32[4]) -> s32[4] {
+  %x.1 = s32[4]{0} parameter(0)
+  %negate_fusion = s32[4]{0} fusion(%x.1), kind=kLoop, calls=%fused_a, metadata={op_name="jit(f)/neg"}
+  %constant.2 = s32[] constant(0)
+  %tuple.1 = (s32[], s32[4]{0}) tuple(%constant.2, %negate_fusion)
+  %while.1 = (s32[], /*index=1*/s32[4]{0}) while(%tuple.1), condition=%cond, body=%body
+  %get-tuple-element.5 = s32[4]{0} get-tuple-element(%while.1), index=1
+  ROOT %copy.2 = s32[4]{0} copy(%get-tuple-element.5)
+}
+"""
+
+
+def test_hlo_op_counts_by_hand(search_bench):
+  # By hand. Outside the loop: negate_fusion and copy.2, plus the condition's last run (2 fusions) that ends the
+  # loop: 4. Per step: the body's iota_reduce_fusion, add_fusion and copy.1, and the condition's 2 fusions: 5.
+  assert search_bench.hlo_op_counts(_HLO) == (4, 5)
