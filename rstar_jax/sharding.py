@@ -20,6 +20,7 @@ from typing import Iterable, Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rstar_jax.models import axes as logical_axes
@@ -167,6 +168,19 @@ def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
 def cache_sharding(mesh: Mesh, cache_shape: Sequence[int], rules: Rules = DEFAULT_RULES) -> NamedSharding:
   """Sharding of one layer's `KVCache.k` / `.v` buffer `[B, K, S, H]`."""
   return named_sharding(("batch", "kv_heads", "kv_length", "head_dim"), cache_shape, mesh, rules, what="kv cache")
+
+
+def host_value(tree):
+  """`tree`'s arrays as numpy, whole, on this host (`jax.device_get` where a mesh spans several processes).
+
+  An array split over other processes' devices is gathered (`process_allgather`): a collective, so in a multi-process
+  run every process must make the same calls in the same order, as it does for the jitted programs themselves.
+  """
+  def whole(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      return multihost_utils.process_allgather(x, tiled=True)
+    return x
+  return jax.device_get(jax.tree.map(whole, tree))
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,

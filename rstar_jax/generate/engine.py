@@ -23,7 +23,9 @@ Shapes are bucketed (`buckets.py`): rows to powers of two, prompt levels to a le
 `prompt_slots + M`; a run compiles one `shared`/`start`/`decode` program per bucket combination it meets.
 Sharding: with a mesh, parameters are placed by their logical axes, the batch dimension of every input and of the
 cache is split over `data` x `fsdp`, kv heads over `tensor` (`rstar_jax.sharding`), and activations are constrained
-at trace time; the same code runs unsharded without a mesh.
+at trace time; the same code runs unsharded without a mesh. A mesh may span several processes (multi-host): each call
+is then one global program, so every process makes the same calls with the same arguments (all the requests, not a
+share of them), and every process gets all the results.
 """
 
 from __future__ import annotations
@@ -305,7 +307,7 @@ class Engine:
       generated: list[list[int]] = [[] for _ in range(num)]
       stopped = np.zeros(batch, bool)
       start = 0
-      window, done, step, counts = jax.device_get(k.peek(state, np.int32(start), width=width))
+      window, done, step, counts = sharding_lib.host_value(k.peek(state, np.int32(start), width=width))
       t1 = time.perf_counter()
       bar = _progress_bar(max_new, progress)
       bar.update(int(step))
@@ -318,11 +320,11 @@ class Engine:
         stop_at = min(step + interval, max_new)
         state = k.decode(self._params, state, np.int32(stop_at), k.put(stopped), eos, sampler=sampler)
         start = max(0, min(step, max_new - width))
-        window, done, new_step, counts = jax.device_get(k.peek(state, np.int32(start), width=width))
+        window, done, new_step, counts = sharding_lib.host_value(k.peek(state, np.int32(start), width=width))
         bar.update(int(new_step) - step)
         step = new_step
       bar.close()
-      tokens, logprobs, num_tokens = jax.device_get((state.tokens, state.logprobs, state.num_tokens))
+      tokens, logprobs, num_tokens = sharding_lib.host_value((state.tokens, state.logprobs, state.num_tokens))
     t2 = time.perf_counter()
     self.stats["prefill_s"] += t1 - t0
     self.stats["decode_s"] += t2 - t1
@@ -394,7 +396,7 @@ class Engine:
         cache, row_group = self._shared_cache(plan, plan.prompt_slots)
         values = self._k.values(self._params, cache, row_group, *self._level_args(plan.rows),
                                 cache_len=plan.prompt_slots)
-      out[chunk] = np.asarray(jax.device_get(values))[:len(chunk)]
+      out[chunk] = np.asarray(sharding_lib.host_value(values))[:len(chunk)]
     return out
 
   def loglikelihood(self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
@@ -428,7 +430,7 @@ class Engine:
         cache, row_group = self._shared_cache(plan, plan.prompt_slots)
         logp = self._k.logprobs(self._params, cache, row_group, *self._level_args(plan.rows),
                                 cache_len=plan.prompt_slots)
-      logp = np.asarray(jax.device_get(logp))
+      logp = np.asarray(sharding_lib.host_value(logp))
       width = plan.rows.shape[1]
       for k, i in enumerate(chunk):
         # The token at prompt index t sits in row-level column width - (length - t); column c - 1 predicts it

@@ -1,5 +1,6 @@
 """Two cooperating processes (`jax.distributed` on localhost, 2 CPU devices each) against one process with the same
-4 devices: the global batch, the tensor-only mesh check, and a sharded SFT run whose export is gathered by process 0.
+4 devices: the global batch, the tensor-only mesh check, and a sharded SFT run whose export is gathered by process 0;
+and cases (`multihost_cases_worker.py`) that compare a two-process call with a plain forward on one device.
 """
 
 import os
@@ -14,17 +15,19 @@ from safetensors.numpy import load_file
 import rstar_train_testlib as testlib
 from rstar_jax.data import formats
 
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "multihost_worker.py")
+CASES_WORKER = os.path.join(HERE, "multihost_cases_worker.py")
 
 
-def _run(nproc, ndev, base, out):
+def _run(nproc, ndev, base, out, worker=WORKER, timeout=600):
   port = str(20000 + random.randrange(20000))
-  procs = [subprocess.Popen([sys.executable, WORKER, str(i), str(nproc), port, str(ndev), str(base), str(out)],
+  procs = [subprocess.Popen([sys.executable, worker, str(i), str(nproc), port, str(ndev), str(base), str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
   outputs = []
   for p in procs:
     try:
-      text = p.communicate(timeout=600)[0]
+      text = p.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:  # a missing peer hangs the others: never let it hang the suite
       for q in procs:
         q.kill()
@@ -56,3 +59,17 @@ def test_two_processes_train_and_export_like_one(tmp_path):
   assert sorted(ours) == sorted(ref)
   for name in ref:
     np.testing.assert_allclose(ours[name], ref[name], atol=1e-5, rtol=0, err_msg=name)
+
+
+def _case(name, out):
+  """Runs a case of `multihost_cases_worker.py` on two processes of 2 devices; each process's RESULT lines."""
+  return _run(2, 2, name, out, worker=CASES_WORKER, timeout=240)
+
+
+@pytest.mark.multiprocess
+def test_two_process_engine_equals_a_plain_forward(tmp_path):
+  # Every read of the engine's device results (the decode loop's done flags, tokens, values, log-probs) raised
+  # "Fetching value for `jax.Array` that spans non-addressable devices" once the mesh spanned two processes.
+  for lines in _case("engine", tmp_path):
+    assert [line.split()[:2] for line in lines] == [["generate", "True"], ["loglikelihood", "True"],
+                                                    ["values", "True"]], lines
