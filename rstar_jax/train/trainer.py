@@ -136,6 +136,15 @@ def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str
     multihost_utils.sync_global_devices("rstar_jax.export_tokenizer")
 
 
+def _check_rows_split(mesh_shape: tuple[int, int, int], shards: int) -> None:
+  """Each process feeds its own contiguous rows of a batch (`put_batch`), so the batch axis (data x fsdp = `shards`
+  devices) must be split across the processes; over a tensor-only mesh every process would take its rows for the
+  whole batch."""
+  if shards % jax.process_count():
+    raise ValueError(f"mesh {mesh_shape}: data x fsdp = {shards} must be a multiple of the {jax.process_count()} "
+                     "processes (each process feeds its own rows of a batch)")
+
+
 def _run_identity(config: TrainConfig, pipe: pipeline_lib.Pipeline) -> dict[str, Any]:
   """`{"optimizer.learning_rate": ..., "data.batch_size": ..., ...}`: what a checkpoint may only be resumed with
   (the config less `_RESUMABLE_CHANGES`, plus the fingerprint of the tokenized data and its batch plan)."""
@@ -187,11 +196,7 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
   if remainder or rows_per_micro % shards:
     raise ValueError(f"global batch {config.data.batch_size} must split into accum_steps={config.accum_steps} "
                      f"micro-batches whose rows divide over data x fsdp = {shards} devices")
-  if shards % jax.process_count():
-    # Each process feeds its own contiguous rows of a batch (`put_batch`), so the batch axis must be split across
-    # the processes; over a tensor-only mesh every process would take its rows for the whole batch.
-    raise ValueError(f"mesh {config.mesh}: data x fsdp = {shards} must be a multiple of the {jax.process_count()} "
-                     "processes (each process feeds its own rows of a batch)")
+  _check_rows_split(config.mesh, shards)
   total_steps = pipe.num_batches if config.max_steps is None else min(pipe.num_batches, config.max_steps)
   tx = optimizer_lib.make_optimizer(config.optimizer, total_steps)
   schedule = optimizer_lib.learning_rate_schedule(config.optimizer, total_steps)
@@ -366,15 +371,21 @@ def evaluate_ppm(ppm: PPM, pairs: Sequence[formats.PpmPair], tokenizer: Any, *,
 
   The PPM's parameters are placed on the `mesh_shape` mesh by the logical rules, wherever they were (e.g. a model
   loaded or trained on another mesh), and each batch gets masked padding pairs up to a multiple of data x fsdp, so
-  any `data.batch_size` runs on any mesh.
+  any `data.batch_size` runs on any mesh. In a multi-process run every process passes all the pairs and gets the
+  result over all of them; each feeds its share of every batch (the batch size is rounded up to a multiple of the
+  process count), so data x fsdp must be a multiple of the process count, as in training.
   """
-  data = dataclasses.replace(data or pipeline_lib.PipelineConfig(batch_size=32), num_epochs=1, shuffle=False)
+  count = jax.process_count()
+  data = data or pipeline_lib.PipelineConfig(batch_size=32)
+  # Padding pairs are masked, so a bigger batch only regroups the same sums.
+  data = dataclasses.replace(data, num_epochs=1, shuffle=False, batch_size=-(-data.batch_size // count) * count)
   mesh = sharding_lib.make_mesh(*mesh_shape)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  _check_rows_split(mesh_shape, shards)
   graphdef, params = state_lib.split_params(ppm)
   params = jax.device_put(params, state_lib.tree_shardings(params, mesh))
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
   # This process's rows, times the process count, must divide over data x fsdp.
-  multiple = shards // math.gcd(shards, jax.process_count())
+  multiple = shards // count
   eval_step = jax.jit(steps_lib.make_eval_step(steps_lib.ppm_loss_fn(graphdef, head), mesh))
   sums = None
   for batch in pipeline_lib.ppm_pipeline(pairs, tokenizer, data).iterator():

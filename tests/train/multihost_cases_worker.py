@@ -74,5 +74,37 @@ def engine_case():
   result("values", bool(np.allclose(got, want, atol=1e-5)), got.tolist(), want.tolist())
 
 
-CASES = {"engine": engine_case}
+def evaluate_ppm_case():
+  """evaluate_ppm over both processes with a batch size the process count does not divide, and on a tensor-only
+  mesh; the reference scores each pair's two texts alone and applies the Bradley-Terry loss by hand."""
+  from rstar_jax.data import formats, pipeline  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train import trainer  # pylint: disable=g-import-not-at-top
+
+  class CharTokenizer:
+    eos_id, pad_id = 1, 0
+
+    def encode(self, text):
+      return [3 + ord(c) % 200 for c in text]
+
+  tok = CharTokenizer()
+  sides = [("a" * (i % 3 + 1), "b" * (i % 4 + 2)) for i in range(7)]
+  pairs = [formats.PpmPair(prompt="q" * i + "?", pos=s[i % 2], neg=s[1 - i % 2], pos_count=1, neg_count=1 + i % 3)
+           for i, s in enumerate(sides)]
+  ppm = PPM(ModelConfig.tiny(), rngs=nnx.Rngs(0))
+  ppm.value_head.kernel[...] = ppm.value_head.kernel[...] * 300.0  # scores that differ visibly between sides
+  scores = local_forward(ppm, [tok.encode(p.prompt + side) for p in pairs for side in (p.pos, p.neg)])
+  margins = np.asarray([scores[2 * i][0] - scores[2 * i + 1][0] for i in range(len(pairs))])
+  loss = sum(p.weight * math.log1p(math.exp(-m)) for p, m in zip(pairs, margins)) / len(pairs)
+  got = trainer.evaluate_ppm(ppm, pairs, tok, data=pipeline.PipelineConfig(max_len=64, batch_size=3))
+  result("batch3", got["num_pairs"] == 7 and math.isclose(got["loss"], loss, rel_tol=1e-5)
+         and got["pair_accuracy"] == np.mean(margins > 0), got, loss)
+  try:
+    got = trainer.evaluate_ppm(ppm, pairs, tok, data=pipeline.PipelineConfig(max_len=64, batch_size=4),
+                               mesh_shape=(1, 1, -1))
+    result("tensor_only", got)
+  except ValueError as e:
+    result("tensor_only", str(e))
+
+
+CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case}
 CASES[case]()

@@ -73,3 +73,13 @@ def test_two_process_engine_equals_a_plain_forward(tmp_path):
   for lines in _case("engine", tmp_path):
     assert [line.split()[:2] for line in lines] == [["generate", "True"], ["loglikelihood", "True"],
                                                     ["values", "True"]], lines
+
+
+@pytest.mark.multiprocess
+def test_two_process_evaluate_ppm_equals_hand_computed_loss(tmp_path):
+  # A batch size the process count does not divide (3 over 2 processes) raised "global batch 3 does not divide over
+  # 2 processes", though any batch size runs on any mesh; a tensor-only mesh raised jax's "Invalid host data".
+  for lines in _case("evaluate_ppm", tmp_path):
+    assert lines[0].startswith("batch3 True "), lines
+    assert lines[1] == ("tensor_only mesh (1, 1, -1): data x fsdp = 1 must be a multiple of the 2 processes (each "
+                        "process feeds its own rows of a batch)"), lines
