@@ -12,6 +12,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from rstar_jax import files
 from rstar_jax.models.config import ModelConfig
@@ -20,6 +21,7 @@ from rstar_jax.models.qwen2 import Qwen2
 
 
 def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
+  """Writes `model` to `directory`; in a multi-process run every process calls it, and it returns once all is written."""
   directory = os.path.abspath(os.fspath(directory))
   os.makedirs(directory, exist_ok=True)
   # The layer layout is recorded too: a model with its layers as a list (`unstack_layers`) has another params tree.
@@ -29,6 +31,8 @@ def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
     ckptr.save(os.path.join(directory, "params"), nnx.to_pure_dict(nnx.state(model)), force=True)
   if jax.process_index() == 0:
     files.atomic_write(os.path.join(directory, "config.json"), json.dumps(config, indent=2))
+  if jax.process_count() > 1:  # no process returns (and may load the model) before config.json is written
+    multihost_utils.sync_global_devices("rstar_jax.save_model")
 
 
 def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, rules=None,

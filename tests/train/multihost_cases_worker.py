@@ -106,5 +106,20 @@ def evaluate_ppm_case():
     result("tensor_only", str(e))
 
 
-CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case}
+def save_model_case():
+  """save_model from a mesh over both processes, then load_model on every process at once: the same weights."""
+  import time  # pylint: disable=g-import-not-at-top
+  from rstar_jax import files  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models import checkpoint  # pylint: disable=g-import-not-at-top
+  if pid == 0:  # a slow shared file system: process 0's config.json lands late
+    write = files.atomic_write
+    files.atomic_write = lambda *args, **kwargs: (time.sleep(3), write(*args, **kwargs))[1]
+  want = jax.tree.leaves(nnx.state(Qwen2(ModelConfig.tiny(), rngs=nnx.Rngs(0))))
+  model = sharding.shard_model(Qwen2(ModelConfig.tiny(), rngs=nnx.Rngs(0)), sharding.make_mesh(1, -1, 1))
+  checkpoint.save_model(model, os.path.join(out, "saved"))
+  got = jax.tree.leaves(nnx.state(checkpoint.load_model(os.path.join(out, "saved"))))
+  result("save_model", len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want)))
+
+
+CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model": save_model_case}
 CASES[case]()

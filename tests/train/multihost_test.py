@@ -83,3 +83,11 @@ def test_two_process_evaluate_ppm_equals_hand_computed_loss(tmp_path):
     assert lines[0].startswith("batch3 True "), lines
     assert lines[1] == ("tensor_only mesh (1, 1, -1): data x fsdp = 1 must be a multiple of the 2 processes (each "
                         "process feeds its own rows of a batch)"), lines
+
+
+@pytest.mark.multiprocess
+def test_two_process_save_model_then_load_model(tmp_path):
+  # save_model returned on process 1 before process 0 had written config.json: loading right after raised
+  # "no config.json found" there (and left process 0 waiting for it).
+  for lines in _case("save_model", tmp_path):
+    assert lines == ["save_model True"], lines
