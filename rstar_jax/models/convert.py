@@ -370,6 +370,25 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def _make_out_dir(out_dir: str) -> None:
+  """Process 0 creates the export folder before any gather; a failure is raised on every process.
+
+  Otherwise process 0 would raise while the other processes wait in the first collective gather for it.
+  """
+  error = None
+  if jax.process_index() == 0:
+    try:
+      os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+      error = e
+  if jax.process_count() > 1:
+    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if failed and error is None:
+      raise OSError(f"{out_dir}: process 0 could not create the export folder (its error names the cause)")
+  if error is not None:
+    raise error
+
+
 def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dtype
                      ) -> Iterator[tuple[str, np.ndarray]]:
   for entry in entries:
@@ -443,6 +462,7 @@ def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shar
   entries = name_table(config) + ([] if config.tie_word_embeddings else [lm_head_entry()])
   state = nnx.to_pure_dict(nnx.state(model))
   hf_config = dict(config.to_hf_config(), torch_dtype=np.dtype(dtype).name)
+  _make_out_dir(os.fspath(out_dir))
   tensors = _iter_hf_tensors(state, config, entries, dtype)
   if jax.process_index() == 0:
     _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes)
@@ -470,6 +490,7 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
   tensors = _iter_hf_tensors(state, config, name_table(config), dtype)
   if value_head_format not in ("bin", "safetensors"):
     raise ValueError(f"value_head_format must be 'bin' or 'safetensors', got {value_head_format!r}")
+  _make_out_dir(os.fspath(out_dir))
   head = {VALUE_HEAD_KEYS[0]: _host_array(state["value_head"]["kernel"]).astype(np.float32).T.copy(),
           VALUE_HEAD_KEYS[1]: _host_array(state["value_head"]["bias"]).astype(np.float32)}
   if jax.process_index() == 0:

@@ -121,5 +121,22 @@ def save_model_case():
   result("save_model", len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want)))
 
 
-CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model": save_model_case}
+def export_error_case():
+  """save_qwen2 of a model split over both processes into a folder under a file: every process raises."""
+  from rstar_jax.models import convert  # pylint: disable=g-import-not-at-top
+  model = sharding.shard_model(Qwen2(ModelConfig.tiny(), rngs=nnx.Rngs(0)), sharding.make_mesh(1, -1, 1))
+  blocker = os.path.join(out, "a_file")
+  if pid == 0:
+    os.makedirs(out, exist_ok=True)
+    with open(blocker, "w", encoding="utf-8") as f:
+      f.write("not a folder")
+  try:
+    convert.save_qwen2(model, os.path.join(blocker, "export"))
+    result("export_error none")
+  except OSError as e:
+    result("export_error", type(e).__name__, str(e).replace(out, "OUT"))
+
+
+CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model": save_model_case,
+         "export_error": export_error_case}
 CASES[case]()

@@ -91,3 +91,13 @@ def test_two_process_save_model_then_load_model(tmp_path):
   # "no config.json found" there (and left process 0 waiting for it).
   for lines in _case("save_model", tmp_path):
     assert lines == ["save_model True"], lines
+
+
+@pytest.mark.multiprocess
+def test_two_process_export_into_an_unwritable_folder_raises_everywhere(tmp_path):
+  # Process 0 raised NotADirectoryError while process 1 waited in the first gather of the weights for it (a hang
+  # until the collective's deadline; 30 s on CPU).
+  zero, one = _case("export_error", tmp_path)
+  assert zero == ["export_error NotADirectoryError [Errno 20] Not a directory: 'OUT/a_file/export'"], zero
+  assert one == ["export_error OSError OUT/a_file/export: process 0 could not create the export folder (its error "
+                 "names the cause)"], one
