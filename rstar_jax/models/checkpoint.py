@@ -21,7 +21,8 @@ from rstar_jax.models.qwen2 import Qwen2
 
 
 def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
-  """Writes `model` to `directory`; in a multi-process run every process calls it, and it returns once all is written."""
+  """Writes `model` to `directory`; in a multi-process run every process calls it, and it returns once all is
+  written."""
   directory = os.path.abspath(os.fspath(directory))
   os.makedirs(directory, exist_ok=True)
   # The layer layout is recorded too: a model with its layers as a list (`unstack_layers`) has another params tree.
