@@ -161,6 +161,12 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--markdown", default=None, help="write the table to this file")
   args = parser.parse_args()
+  # Timeouts are measured a batch of `workers` busy loops at a time.
+  for flag, value, least in (("--workers", args.workers, 1), ("--n", args.n, 1),
+                             ("--subprocess-n", args.subprocess_n, 1),
+                             ("--timeout-samples", args.timeout_samples, args.workers)):
+    if value < least:
+      parser.error(f"{flag} must be >= {least}, got {value}")
   if args.quick:
     args.n, args.subprocess_n, args.timeout_samples = 200, 6, 6
   loads = workloads(args.n)

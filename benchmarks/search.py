@@ -247,6 +247,11 @@ def main(argv=None) -> int:
                       help="MCTS rollouts of the full-iteration run (3: N=256 never runs out)")
   parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
   args = parser.parse_args(argv)
+  for flag, value in (("--trees", args.trees), ("--nodes", args.nodes), ("--actions", args.actions),
+                      ("--iters", args.iters), ("--rollouts", args.rollouts),
+                      ("--driver-rollouts", args.driver_rollouts)):
+    if value < 1:
+      parser.error(f"{flag} must be >= 1, got {value}")
 
   workload = make_workload(0, args.trees, args.actions, args.iters)
   k_times, o_times, agree, k_tree, steps = bench_tree_ops(workload, args.trees, args.nodes, args.actions,
