@@ -1,6 +1,6 @@
 """The embedded CPU demo: every stage of one rStar round, end to end, on tiny random models and bundled data.
 
-  python -m rstar_jax.demo [--workdir runs/demo] [--problems 16]
+  python -m rstar_jax.demo [--workdir runs/demo] [--problems 16] [--fresh]
 
 What it runs (all on the CPU, 1-2 minutes on 2 cores), writing every artifact under `--workdir`:
   1. a byte-level BPE tokenizer trained on the bundled rStar prompts and problems, with the rStar step tags added;
@@ -10,7 +10,8 @@ What it runs (all on the CPU, 1-2 minutes on 2 cores), writing every artifact un
      (the text is garbage: this exercises the machinery);
   4. terminal-guided MCTS with a scripted bootstrap teacher (a stand-in for the paper's strong round-1 policy; it
      writes code that sometimes computes the right number and sometimes a wrong one, and boxes what the sandbox
-     printed) on 16 bundled GSM8K problems, graded against their answers, giving Q-annotated trees;
+     printed) on the first `--problems` (16) bundled GSM8K problems, graded against their answers, giving
+     Q-annotated trees;
   5. extraction of rStar-format SFT records and PPM pairs from those trees;
   6. a few steps of policy SFT from the base model and of PPM training from the SFT policy, then exports.
 

@@ -1,7 +1,8 @@
 """Generation engine: batched, sharded sampling with a KV cache, stop strings, `n` samples, prefix sharing, scoring.
 
 Public API:
-  Engine(model, tokenizer=, mesh=)   .generate(requests, sampler, max_new_tokens=, stop=) -> [R][n] Result
+  Engine(model, tokenizer=, eos_ids=, mesh=)
+                                     .generate(requests, sampler, max_new_tokens=, stop=) -> [R][n] Result
                                      .values(token_ids) (a PPM) / .loglikelihood(contexts, continuations)
   Request(prompt, n, seed)           one prompt (token ids), `n` samples
   Result(text, stop_reason, token_ids, logprob)

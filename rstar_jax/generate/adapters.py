@@ -1,4 +1,7 @@
-"""The search's `Policy` and `Scorer` (`rstar_jax.search.interfaces`) over an `Engine`: text in, text / values out."""
+"""The search's `Policy` and `Scorer` (`rstar_jax.search.interfaces`) over an `Engine`: text in, text / values out.
+
+`checkpoint_eos_ids` gives the EOS ids a checkpoint's rows end on, as vLLM takes them, for `Engine(eos_ids=)`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The two objects the search drives: a step `Policy` and a step `Scorer`.
+"""The objects the search drives: a step `Policy`, a step `Scorer` and a `CodeExecutor` (the sandbox).
 
 Any object with these methods works (structural typing, `typing.Protocol`): our generation engine
 (`rstar_jax.generate.EnginePolicy`, `PPMScorer`), scripted test policies, or a bootstrap teacher.
@@ -16,6 +16,10 @@ Scorer:
   text the policy would be prompted with at the scored node: prompt + the path's step texts up to
   and including the scored step. Value transforms (e.g. the official `tanh(r / 5)`) belong to the
   scorer.
+
+CodeExecutor:
+  `run(programs)` returns one result per program, in input order, each with a str `observation`
+  (`sandbox.SandboxPool` is one).
 """
 
 from __future__ import annotations
@@ -144,7 +148,8 @@ def checked_results(results, num_programs: int) -> list:
   """An executor's output for `num_programs` programs, checked as the search reads it.
 
   Raises:
-    ValueError: a wrong number of results, or one without a str `observation`, naming the program.
+    ValueError: no sequence of results at all, a wrong number of them, or one without a str `observation`, naming
+      the program.
   """
   results = _as_list(results, "executor output", f"a list of {num_programs} results")
   if len(results) != num_programs:

@@ -31,7 +31,7 @@ class TrainConfig:
     keep_checkpoints: how many recent checkpoints to keep.
     async_checkpoint: write checkpoints in the background.
     log_every: fetch and log metrics every this many steps (a non-finite loss is caught at these steps).
-    seed: initialisation seed of the PPM value head.
+    seed: initialisation seed of the PPM value head, and of its dropout masks (`value_head_dropout`).
     ppm_head: "raw" (official: Bradley-Terry on the linear output) or "tanh" (the paper's head).
     value_head_dropout: PPM only: dropout on the hidden state the value head reads, in training (evaluation and
       search never drop). 0 (default) keeps the head deterministic; the official trainer's head drops with 0.1
