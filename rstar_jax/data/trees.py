@@ -15,7 +15,8 @@ from rstar_jax.search import records
 SCHEMA = records.SCHEMA
 ROOT_INDEX = 0
 NO_PARENT = -1
-# Terminals that end a trajectory without a graded answer (DESIGN §1.1: reward -1, no backup).
+# Terminals that end a trajectory without a graded answer (DESIGN §1.1: value -1; the official preset updates only
+# the node itself, the paper preset backs it up to the root).
 INVALID_TERMINAL_REASONS = ("too_many_errors", "max_depth", "unparsable")
 
 # The schema has one owner, its writer (`rstar_jax.search.records`); this module is its typed, read-only view.

@@ -375,6 +375,8 @@ def evaluate_ppm(ppm: PPM, pairs: Sequence[formats.PpmPair], tokenizer: Any, *,
   result over all of them; each feeds its share of every batch (the batch size is rounded up to a multiple of the
   process count), so data x fsdp must be a multiple of the process count, as in training.
   """
+  if not pairs:
+    raise ValueError("evaluate_ppm: no pairs to evaluate")
   count = jax.process_count()
   data = data or pipeline_lib.PipelineConfig(batch_size=32)
   # Padding pairs are masked, so a bigger batch only regroups the same sums.
@@ -388,7 +390,13 @@ def evaluate_ppm(ppm: PPM, pairs: Sequence[formats.PpmPair], tokenizer: Any, *,
   multiple = shards // count
   eval_step = jax.jit(steps_lib.make_eval_step(steps_lib.ppm_loss_fn(graphdef, head), mesh))
   sums = None
-  for batch in pipeline_lib.ppm_pipeline(pairs, tokenizer, data).iterator():
+  try:
+    pipe = pipeline_lib.ppm_pipeline(pairs, tokenizer, data)
+  except ValueError as e:
+    if str(e).startswith("no training examples"):  # every pair dropped by the max_len cut
+      raise ValueError(f"evaluate_ppm: no pairs left to evaluate ({e})") from None
+    raise
+  for batch in pipe.iterator():
     pad = -len(batch["pair_mask"]) % multiple  # all-zero rows: pair_mask 0, so they never count
     batch = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
     out = jax.device_get(eval_step(params, steps_lib.put_batch(batch, mesh)))

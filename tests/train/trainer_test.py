@@ -102,7 +102,7 @@ def test_a_data_file_with_nothing_to_train_on_is_named(base, tmp_path):
   with pytest.raises(ValueError, match=rf"^{empty}: no training examples$"):
     trainer.train_policy(path, empty, tmp_path / "work")
   sft_file = testlib.write_json(tmp_path / "sft.json", records[:3])
-  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=4, overlong="drop"))
+  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=1, overlong="drop"))
   with pytest.raises(ValueError, match=rf"^{sft_file}: no training examples: tokenization dropped all 3 "):
     trainer.train_policy(path, sft_file, tmp_path / "work", config=config)
   assert not os.path.exists(tmp_path / "work" / "checkpoints")
@@ -141,3 +141,8 @@ def test_evaluate_ppm_batch_that_does_not_split_over_the_devices():
   assert got["num_pairs"] == 7
   np.testing.assert_allclose(got["loss"], np.mean(weights * np.log1p(np.exp(-margins))), rtol=1e-4)
   assert got["pair_accuracy"] == np.mean(margins > 0)
+  # No pairs, or none left after the max_len cut, is said as such (it was the pipeline's "no training examples").
+  with pytest.raises(ValueError, match=r"^evaluate_ppm: no pairs to evaluate$"):
+    trainer.evaluate_ppm(ppm, [], tok)
+  with pytest.raises(ValueError, match=r"^evaluate_ppm: no pairs left to evaluate \(.*dropped all 7"):
+    trainer.evaluate_ppm(ppm, pairs, tok, data=pipeline.PipelineConfig(max_len=1, overlong="drop"))
