@@ -63,7 +63,8 @@ def test_value_head_safetensors_accepted_and_missing_head_named(hf_qwen2_factory
   np.testing.assert_array_equal(np.asarray(ppm.value_head.kernel[...]).T, w)
   # A head file without the bias is named as one (it was the file reader's bare "no tensor named").
   write_safetensors(path / "value_head.safetensors", {"v_head.summary.weight": w})
-  with pytest.raises(KeyError, match=r"value_head\.safetensors: missing value-head tensors \[.v_head\.summary\.bias.\]"):
+  missing = r"value_head\.safetensors: missing value-head tensors \[.v_head\.summary\.bias.\]"
+  with pytest.raises(KeyError, match=missing):
     convert.load_ppm(path)
 
 

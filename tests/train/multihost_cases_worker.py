@@ -5,21 +5,14 @@ Each case computes its reference on this process's own first device (a plain for
 `RESULT ...` lines comparing with the multi-process call, for the parent to read.
 """
 
+import math
 import os
-import sys
 
-pid, nproc, port, ndev = (int(v) for v in sys.argv[1:5])
-case, out = sys.argv[5], sys.argv[6]
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ndev}"
-os.environ["JAX_PLATFORMS"] = "cpu"
+from multihost_boot import start
+
+pid, nproc, (case, out) = start()
 
 import jax  # pylint: disable=wrong-import-position
-
-if nproc > 1:
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
-
-import math  # pylint: disable=wrong-import-position
-
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position

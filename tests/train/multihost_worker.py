@@ -4,18 +4,12 @@ Prints `RESULT ...` lines for the parent to read. With NUM_PROCESSES = 1 it is t
 """
 
 import os
-import sys
 
-pid, nproc, port, ndev = (int(v) for v in sys.argv[1:5])
-base, out = sys.argv[5], sys.argv[6]
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ndev}"
-os.environ["JAX_PLATFORMS"] = "cpu"
+from multihost_boot import start
+
+pid, nproc, (base, out) = start()
 
 import jax  # pylint: disable=wrong-import-position
-
-if nproc > 1:
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
-
 import numpy as np  # pylint: disable=wrong-import-position
 
 from rstar_jax import sharding  # pylint: disable=wrong-import-position
