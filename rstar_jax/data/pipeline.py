@@ -31,6 +31,10 @@ from rstar_jax.data.formats import PpmPair, SftRecord, sft_prompt
 OVERLONG = ("truncate", "drop")
 
 
+class NoExamplesError(ValueError):
+  """A pipeline with nothing to batch: no examples, or tokenization dropped them all."""
+
+
 class TextTokenizer(Protocol):
   """What the pipelines need from `rstar_jax.tokenizer.Tokenizer`."""
 
@@ -152,7 +156,7 @@ def batch_plan(lengths: np.ndarray, config: PipelineConfig) -> np.ndarray:
   """
   n = len(lengths)
   if n == 0:
-    raise ValueError("no training examples")
+    raise NoExamplesError("no training examples")
   order = []
   for epoch in range(config.num_epochs):
     perm = (np.random.default_rng([config.seed, epoch]).permutation(n) if config.shuffle
@@ -286,7 +290,7 @@ def data_fingerprint(data: TokenizedSet, plan: np.ndarray) -> str:
 
 def _pipeline(data: TokenizedSet, collate, config: PipelineConfig) -> Pipeline:
   if not data.arrays:
-    raise ValueError("no training examples" + (
+    raise NoExamplesError("no training examples" + (
         f": tokenization dropped all {data.num_dropped} (longer than max_len={config.max_len} with "
         f"overlong={config.overlong!r}, or nothing left to train on)" if data.num_dropped else ""))
   plan = batch_plan(data.lengths, config)

@@ -80,13 +80,12 @@ def _training_pipeline(files: PathLike | Sequence[PathLike], read, build, tokeni
   paths = _as_paths(files)
   examples = [e for path in paths for e in read(path)]
   if not examples:
-    raise ValueError(f"{', '.join(map(os.fspath, paths)) or 'no files given'}: no training examples")
+    names = ", ".join(map(os.fspath, paths)) or "no files given"
+    raise pipeline_lib.NoExamplesError(f"{names}: no training examples")
   try:
     return build(examples, tokenizer, data)
-  except ValueError as e:
-    if str(e).startswith("no training examples"):
-      raise ValueError(f"{', '.join(map(os.fspath, paths))}: {e}") from None
-    raise
+  except pipeline_lib.NoExamplesError as e:
+    raise pipeline_lib.NoExamplesError(f"{', '.join(map(os.fspath, paths))}: {e}") from None
 
 
 def _load_tokenizer(tokenizer: Any, default_dir: PathLike, which: str):
@@ -377,25 +376,24 @@ def evaluate_ppm(ppm: PPM, pairs: Sequence[formats.PpmPair], tokenizer: Any, *,
   """
   if not pairs:
     raise ValueError("evaluate_ppm: no pairs to evaluate")
-  count = jax.process_count()
+  processes = jax.process_count()
   data = data or pipeline_lib.PipelineConfig(batch_size=32)
   # Padding pairs are masked, so a bigger batch only regroups the same sums.
-  data = dataclasses.replace(data, num_epochs=1, shuffle=False, batch_size=-(-data.batch_size // count) * count)
+  data = dataclasses.replace(data, num_epochs=1, shuffle=False,
+                             batch_size=-(-data.batch_size // processes) * processes)
   mesh = sharding_lib.make_mesh(*mesh_shape)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   _check_rows_split(mesh_shape, shards)
   graphdef, params = state_lib.split_params(ppm)
   params = jax.device_put(params, state_lib.tree_shardings(params, mesh))
   # This process's rows, times the process count, must divide over data x fsdp.
-  multiple = shards // count
+  multiple = shards // processes
   eval_step = jax.jit(steps_lib.make_eval_step(steps_lib.ppm_loss_fn(graphdef, head), mesh))
   sums = None
   try:
     pipe = pipeline_lib.ppm_pipeline(pairs, tokenizer, data)
-  except ValueError as e:
-    if str(e).startswith("no training examples"):  # every pair dropped by the max_len cut
-      raise ValueError(f"evaluate_ppm: no pairs left to evaluate ({e})") from None
-    raise
+  except pipeline_lib.NoExamplesError as e:  # every pair dropped by the max_len cut
+    raise pipeline_lib.NoExamplesError(f"evaluate_ppm: no pairs left to evaluate ({e})") from None
   for batch in pipe.iterator():
     pad = -len(batch["pair_mask"]) % multiple  # all-zero rows: pair_mask 0, so they never count
     batch = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
