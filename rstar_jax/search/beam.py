@@ -94,12 +94,14 @@ def beam_search(problems: Sequence[Problem], policy: Policy, executor: CodeExecu
             if p.program is not None]
     programs = [planned[r][j].program for r, j in jobs]
     results = dict(zip(jobs, checked_results(executor.run(programs), len(jobs)))) if jobs else {}
-    new_ids = []  # (problem, node id, row, child)
+    # Each problem's new children, in creation order: grouped as they are made, so ranking them below costs one pass
+    # over the step's children, not one per problem.
+    fresh: list[list[int]] = [[] for _ in problems]
     for r, ((b, v), plans) in enumerate(zip(rows, planned)):
       for j, p in enumerate(plans):
         child = finish_child(p, results.get((r, j)), parents[r], step_cfg)
-        new_ids.append((b, hosts[b].add_child(v, child)))
-    to_score = [(b, c) for b, c in new_ids
+        fresh[b].append(hosts[b].add_child(v, child))
+    to_score = [(b, c) for b, children in enumerate(fresh) for c in children
                 if hosts[b].nodes[c].reason in (Reason.NONE, Reason.ANSWER)]
     if to_score:
       texts = [hosts[b].policy_prompt(c) for b, c in to_score]
@@ -107,10 +109,9 @@ def beam_search(problems: Sequence[Problem], policy: Policy, executor: CodeExecu
       for (b, c), value in zip(to_score, values.tolist()):
         hosts[b].nodes[c].ppm_value = value
     next_beams: list[list[int]] = [[] for _ in problems]
-    for b in range(len(problems)):
-      fresh = [c for bb, c in new_ids if bb == b]
-      width[b] = max(0, width[b] - sum(hosts[b].nodes[c].reason == Reason.ANSWER for c in fresh))
-      alive = [c for c in fresh if hosts[b].nodes[c].reason == Reason.NONE]
+    for b, children in enumerate(fresh):
+      width[b] = max(0, width[b] - sum(hosts[b].nodes[c].reason == Reason.ANSWER for c in children))
+      alive = [c for c in children if hosts[b].nodes[c].reason == Reason.NONE]
       alive.sort(key=lambda c: -hosts[b].nodes[c].ppm_value)  # stable: ties keep creation order
       next_beams[b] = alive[:width[b]]
     beams = next_beams
