@@ -406,6 +406,13 @@ def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dt
 _WEIGHT_FILE_RE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
 
 
+def _remove_files(out_dir: str, names) -> None:
+  """Deletes those of `names` that exist in `out_dir`."""
+  for name in names:
+    if os.path.exists(os.path.join(out_dir, name)):
+      os.remove(os.path.join(out_dir, name))
+
+
 def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_config: dict,
                   max_shard_bytes: int) -> None:
   os.makedirs(out_dir, exist_ok=True)
@@ -417,28 +424,25 @@ def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_co
       size = 0
     shards[-1][name] = array
     size += array.nbytes
-  written = set()
+  # The weight files of an earlier export into the same folder go before anything is written: left there, loaders
+  # that prefer a different file (transformers `model.safetensors`, vLLM the index) would load other weights, and an
+  # export failing half-way (a full disk, a kill) would leave the earlier index over some new and some old shards,
+  # which loads without an error. The config goes first and the single file or the index last, so until the export
+  # is complete the folder holds no weights a loader opens.
+  _remove_files(out_dir, [name for name in os.listdir(out_dir) if _WEIGHT_FILE_RE.fullmatch(name)])
+  _write_json(os.path.join(out_dir, "config.json"), hf_config)
   if len(shards) == 1:
     write_safetensors(os.path.join(out_dir, "model.safetensors"), shards[0])
-    written.add("model.safetensors")
   else:
     weight_map = {}
     total = 0
     for i, shard in enumerate(shards):
       file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
       write_safetensors(os.path.join(out_dir, file), shard)
-      written.add(file)
       weight_map.update({name: file for name in shard})
       total += sum(a.nbytes for a in shard.values())
     _write_json(os.path.join(out_dir, "model.safetensors.index.json"),
                 {"metadata": {"total_size": total}, "weight_map": weight_map})
-    written.add("model.safetensors.index.json")
-  # Weight files of an earlier export into the same folder go: left there, loaders that prefer a different file
-  # (transformers `model.safetensors`, vLLM the index; `HFCheckpoint` refuses such a dir) would load other weights.
-  for name in os.listdir(out_dir):
-    if _WEIGHT_FILE_RE.fullmatch(name) and name not in written:
-      os.remove(os.path.join(out_dir, name))
-  _write_json(os.path.join(out_dir, "config.json"), hf_config)
 
 
 def _write_json(path: str, obj) -> None:
@@ -494,14 +498,13 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
   head = {VALUE_HEAD_KEYS[0]: _host_array(state["value_head"]["kernel"]).astype(np.float32).T.copy(),
           VALUE_HEAD_KEYS[1]: _host_array(state["value_head"]["bias"]).astype(np.float32)}
   if jax.process_index() == 0:
+    # An earlier export's head goes first, in either format: `read_value_head` prefers value_head.safetensors, the
+    # official engine reads value_head.bin, so one left beside the new head would score with the old one; and an
+    # export failing before its head is written would leave the new backbone with the old head.
+    _remove_files(os.fspath(out_dir), ("value_head.bin", "value_head.safetensors"))
     _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes)
-    written, stale = (("value_head.bin", "value_head.safetensors") if value_head_format == "bin" else
-                      ("value_head.safetensors", "value_head.bin"))
-    (write_torch_bin if value_head_format == "bin" else write_safetensors)(os.path.join(out_dir, written), head)
-    # An earlier export's head in the other format goes: `read_value_head` prefers value_head.safetensors, the
-    # official engine reads value_head.bin, so one of them would score with the old head.
-    if os.path.exists(os.path.join(out_dir, stale)):
-      os.remove(os.path.join(out_dir, stale))
+    (write_torch_bin if value_head_format == "bin" else write_safetensors)(
+        os.path.join(out_dir, f"value_head.{value_head_format}"), head)
   else:
     for _ in tensors:
       pass

@@ -1,5 +1,6 @@
 """HF <-> Flax conversion: bit-exact round trips, sharded checkpoints, transformers loading our export, bad input."""
 
+import errno
 import json
 import os
 import re
@@ -79,6 +80,41 @@ def test_export_over_an_earlier_export_leaves_only_the_new_weights(hf_qwen2_fact
   ours = convert.load_qwen2(out)(jnp.asarray(tokens), default_positions(jnp.asarray(mask)), jnp.asarray(mask)).logits
   np.testing.assert_allclose(theirs[mask], want[mask], atol=1e-5, rtol=0)
   np.testing.assert_allclose(np.asarray(ours)[mask], want[mask], atol=1e-4, rtol=0)
+
+
+def test_an_export_failing_half_way_over_an_earlier_one_does_not_load_as_a_mix(hf_qwen2_factory, tmp_path,
+                                                                              monkeypatch):
+  # A full disk while writing shard 2 of 4 left the earlier export's index over a new shard 1 and old shards 2..4:
+  # transformers and our loader both loaded that folder, without an error, as part one model and part the other.
+  out = tmp_path / "out"
+  path_a, hf_a = hf_qwen2_factory("a", seed=0)
+  path_b, hf_b = hf_qwen2_factory("b", seed=1)
+  convert.save_qwen2(convert.load_qwen2(path_a), out, max_shard_bytes=100_000)
+  real, calls = convert.write_safetensors, []
+
+  def disk_full_on_the_second_shard(path, tensors, *args):
+    calls.append(path)
+    if len(calls) == 2:
+      raise OSError(errno.ENOSPC, "No space left on device", path)
+    real(path, tensors, *args)
+
+  monkeypatch.setattr(convert, "write_safetensors", disk_full_on_the_second_shard)
+  with pytest.raises(OSError, match="No space left"):
+    convert.save_qwen2(convert.load_qwen2(path_b), out, max_shard_bytes=100_000)
+  monkeypatch.undo()
+  try:
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+  except OSError:  # no weights a loader opens: what a failed export may leave
+    loaded = None
+  if loaded is not None:
+    assert any(all(torch.equal(t, hf.state_dict()[k]) for k, t in loaded.items()) for hf in (hf_a, hf_b))
+  try:
+    ours = convert.HFCheckpoint(out)
+  except FileNotFoundError:
+    ours = None
+  if ours is not None:
+    assert any(all(np.array_equal(ours.get(k), t) for k, t in _all_tensors(p).items()) for p in (path_a, path_b))
+    ours.close()
 
 
 def test_bf16_checkpoint_round_trip(hf_qwen2_factory, tmp_path):

@@ -1,10 +1,13 @@
 """PPM: value equals the official `RewardModelWithValueHead` math in torch; `value_head.bin` round-trips."""
 
+import errno
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from conftest import random_padded_batch
+from safetensors.numpy import load_file
 
 from rstar_jax.models import convert, default_positions, last_token_index, value_transform
 
@@ -84,11 +87,38 @@ def test_export_over_an_earlier_one_in_the_other_format_reads_back_the_new_head(
   if second == "bin":
     written = torch.load(tmp_path / "out" / "value_head.bin", weights_only=True)["v_head.summary.weight"].numpy()
   else:
-    from safetensors.numpy import load_file
     written = load_file(tmp_path / "out" / "value_head.safetensors")["v_head.summary.weight"]
   np.testing.assert_array_equal(written, new_weight)
   np.testing.assert_array_equal(np.asarray(convert.load_ppm(tmp_path / "out").value_head.kernel[...]).T, new_weight)
   assert not (tmp_path / "out" / f"value_head.{first}").exists()
+
+
+def test_an_export_failing_before_its_value_head_leaves_no_earlier_head_beside_the_new_backbone(
+    hf_qwen2_factory, tmp_path, monkeypatch):
+  # A full disk while writing value_head.bin left the earlier export's head beside the new backbone: the official
+  # rm_engine (torch.load of value_head.bin, the backbone from the dir) scored with a head trained for another model.
+  out, heads, embeds = tmp_path / "out", [], []
+  for seed in (0, 1):
+    path, hf = hf_qwen2_factory(f"ppm{seed}", seed=seed)
+    heads.append({"v_head.summary.weight": torch.randn(1, hf.config.hidden_size),
+                  "v_head.summary.bias": torch.randn(1)})
+    torch.save(heads[-1], path / "value_head.bin")
+    embeds.append(hf.model.embed_tokens.weight.detach().numpy())
+  convert.save_ppm(convert.load_ppm(tmp_path / "ppm0"), out)
+
+  def disk_full(path, tensors):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+
+  monkeypatch.setattr(convert, "write_torch_bin", disk_full)
+  with pytest.raises(OSError, match="No space left"):
+    convert.save_ppm(convert.load_ppm(tmp_path / "ppm1"), out)
+  backbone = load_file(out / "model.safetensors")["model.embed_tokens.weight"]
+  which = [i for i, embed in enumerate(embeds) if np.array_equal(backbone, embed)]
+  assert which, "the backbone written is neither model's"
+  if (out / "value_head.bin").exists():  # a head beside the backbone must be that model's
+    head = torch.load(out / "value_head.bin", weights_only=True)
+    for key, value in heads[which[0]].items():
+      assert torch.equal(head[key], value), key
 
 
 def test_last_token_index_and_transforms():
