@@ -406,15 +406,10 @@ def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dt
 _WEIGHT_FILE_RE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
 
 
-def _remove_files(out_dir: str, names) -> None:
-  """Deletes those of `names` that exist in `out_dir`."""
-  for name in names:
-    if os.path.exists(os.path.join(out_dir, name)):
-      os.remove(os.path.join(out_dir, name))
-
-
 def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_config: dict,
-                  max_shard_bytes: int) -> None:
+                  max_shard_bytes: int, stale: tuple[str, ...] = ()) -> None:
+  """Gathers `tensors` (collective in a multi-host run), then replaces the weights, the config and the `stale`
+  files of an earlier export in `out_dir`."""
   os.makedirs(out_dir, exist_ok=True)
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
@@ -429,7 +424,9 @@ def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_co
   # export failing half-way (a full disk, a kill) would leave the earlier index over some new and some old shards,
   # which loads without an error. The config goes first and the single file or the index last, so until the export
   # is complete the folder holds no weights a loader opens.
-  _remove_files(out_dir, [name for name in os.listdir(out_dir) if _WEIGHT_FILE_RE.fullmatch(name)])
+  for name in os.listdir(out_dir):
+    if _WEIGHT_FILE_RE.fullmatch(name) or name in stale:
+      os.remove(os.path.join(out_dir, name))
   _write_json(os.path.join(out_dir, "config.json"), hf_config)
   if len(shards) == 1:
     write_safetensors(os.path.join(out_dir, "model.safetensors"), shards[0])
@@ -498,11 +495,12 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
   head = {VALUE_HEAD_KEYS[0]: _host_array(state["value_head"]["kernel"]).astype(np.float32).T.copy(),
           VALUE_HEAD_KEYS[1]: _host_array(state["value_head"]["bias"]).astype(np.float32)}
   if jax.process_index() == 0:
-    # An earlier export's head goes first, in either format: `read_value_head` prefers value_head.safetensors, the
-    # official engine reads value_head.bin, so one left beside the new head would score with the old one; and an
-    # export failing before its head is written would leave the new backbone with the old head.
-    _remove_files(os.fspath(out_dir), ("value_head.bin", "value_head.safetensors"))
-    _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes)
+    # An earlier export's head goes with its weights, in either format: `read_value_head` prefers
+    # value_head.safetensors, the official engine reads value_head.bin, so one left beside the new head would score
+    # with the old one; and an export failing before its head is written would leave the new backbone with the old
+    # head.
+    _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes,
+                  stale=("value_head.bin", "value_head.safetensors"))
     (write_torch_bin if value_head_format == "bin" else write_safetensors)(
         os.path.join(out_dir, f"value_head.{value_head_format}"), head)
   else:
