@@ -102,6 +102,22 @@ def test_corrupt_safetensors_header_names_the_file_and_tensor(tmp_path, header, 
         f.get(name)
 
 
+def test_a_truncated_torch_bin_is_called_truncated_and_a_legacy_one_legacy(tmp_path):
+  # A zip cut short (its directory at the end gone) was reported as a legacy pickle-only file; `torch.load` tells the
+  # two apart by the zip magic, and fails on the first as a zip archive.
+  path, legacy = tmp_path / "value_head.bin", tmp_path / "legacy.bin"
+  torch.save({"v_head.summary.weight": torch.ones(1, 64)}, path)
+  path.write_bytes(path.read_bytes()[:-100])
+  with pytest.raises(RuntimeError, match="zip archive"):
+    torch.load(path, weights_only=True)
+  with pytest.raises(ValueError, match=r"value_head\.bin: truncated or corrupt torch checkpoint"):
+    read_torch_bin(path)
+  torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+  assert torch.equal(torch.load(legacy, weights_only=True)["w"], torch.ones(2))
+  with pytest.raises(ValueError, match=r"legacy\.bin: not a torch zip checkpoint \(legacy pickle-only"):
+    read_torch_bin(legacy)
+
+
 def test_a_corrupt_safetensors_file_is_not_left_open(tmp_path):
   path = tmp_path / "bad.safetensors"
   blob = b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}}'
