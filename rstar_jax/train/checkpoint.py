@@ -24,9 +24,14 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike[str], *, every: int, keep: int = 2, async_save: bool = True):
     self.directory = os.path.abspath(os.fspath(directory))
+    # orbax's default policy less its `InitialSavePolicy`, which also saved step 1 of every fresh run: a whole extra
+    # checkpoint (optimizer state included) that the trainer's non-finite loss check before each due save missed.
+    policies = ocp.checkpoint_managers
+    policy = policies.AnySavePolicy([policies.FixedIntervalPolicy(max(1, every)),
+                                     policies.PreemptionCheckpointingPolicy()])
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(save_interval_steps=max(1, every), max_to_keep=keep,
+        options=ocp.CheckpointManagerOptions(save_decision_policy=policy, max_to_keep=keep,
                                              enable_async_checkpointing=async_save, create=True))
 
   def latest_step(self) -> int | None:

@@ -121,3 +121,17 @@ def test_resume_with_other_settings_or_data_is_refused(inputs, tmp_path):
   result = trainer.train_policy(path / "base", sft_file, tmp_path / "work",
                                 config=config.replace(accum_steps=2, log_every=5))
   assert result.steps == 5
+
+
+def test_checkpoints_are_saved_every_n_steps_and_at_the_last_only(tmp_path):
+  # TrainConfig.checkpoint_every: "save every this many steps (the last step is always saved)". orbax's default
+  # policy also saved step 1 of a fresh run: a whole extra checkpoint (optimizer state included) that the trainer's
+  # non-finite loss check, made before each due save, did not cover.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  checkpointer = Checkpointer(tmp_path / "checkpoints", every=3, keep=10, async_save=False)
+  saved = [step for step in range(1, 8)
+           if checkpointer.save(step, {"w": jnp.full(2, float(step))}, {"next_index": step}, force=step == 7)]
+  checkpointer.close()
+  assert saved == [3, 6, 7]
+  assert sorted(int(name) for name in os.listdir(tmp_path / "checkpoints") if name.isdigit()) == [3, 6, 7]
