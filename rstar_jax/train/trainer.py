@@ -6,7 +6,8 @@
 The loop reads: data -> shapes -> shardings -> state (fresh or restored) -> jit -> for each step: batch,
 update, log, checkpoint -> export. Re-running the same call on the same `workdir` resumes from its last
 checkpoint (weights, optimizer and data position), so a killed run continues with the same loss curve. A re-run
-with other training settings or data than the run started with (`<workdir>/run.json`) is refused instead.
+with other training settings, data or initial weights than the run started with (`<workdir>/run.json`) is refused
+instead.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 _FILES_BESIDE_A_SAVED_TOKENIZER = ("generation_config.json",)
 # `<workdir>/run.json`: the settings and data a run started with; a resumed run must match them (`_check_resume`).
 RUN_FILE = "run.json"
+# run.json's key for the sha256 of the initial weights: a re-run from another base model must not resume this run.
+_WEIGHTS_KEY = "model.weights_sha256"
 # Settings a resumed run may change: they alter neither the updates nor the batches (a mesh or micro-batch split
 # only reorders the same sums), so e.g. a run can continue on another slice or with less memory per step.
 _RESUMABLE_CHANGES = ("mesh", "accum_steps", "remat", "checkpoint_every", "keep_checkpoints", "async_checkpoint",
@@ -144,10 +147,11 @@ def _check_rows_split(mesh_shape: tuple[int, int, int], shards: int) -> None:
                      "processes (each process feeds its own rows of a batch)")
 
 
-def _run_identity(config: TrainConfig, pipe: pipeline_lib.Pipeline) -> dict[str, Any]:
+def _run_identity(config: TrainConfig, pipe: pipeline_lib.Pipeline, initial_checkpoint: PathLike) -> dict[str, Any]:
   """`{"optimizer.learning_rate": ..., "data.batch_size": ..., ...}`: what a checkpoint may only be resumed with
-  (the config less `_RESUMABLE_CHANGES`, plus the fingerprint of the tokenized data and its batch plan)."""
-  identity: dict[str, Any] = {}
+  (the config less `_RESUMABLE_CHANGES`, the fingerprint of the tokenized data and its batch plan, and that of the
+  weights the run started from)."""
+  identity: dict[str, Any] = {_WEIGHTS_KEY: convert.weights_fingerprint(initial_checkpoint)}
   for key, value in json.loads(json.dumps(dataclasses.asdict(config))).items():
     if key in _RESUMABLE_CHANGES or (key == "value_head_dropout" and value == 0.0):
       continue  # (a run without dropout has the run.json written before the option existed)
@@ -170,23 +174,26 @@ def _check_resume(workdir: str, step: int, identity: dict[str, Any]) -> None:
     return
   with open(path, encoding="utf-8") as f:
     started = json.load(f)
-  changed = sorted(k for k in set(started) | set(identity) if started.get(k) != identity.get(k))
+  changed = sorted(k for k in set(started) | set(identity) if started.get(k) != identity.get(k)
+                   and not (k == _WEIGHTS_KEY and k not in started))  # (a run.json written before the key existed)
   if changed:
     lines = "".join(f"\n  {k}: {started.get(k)!r} in the checkpointed run, {identity.get(k)!r} now" for k in changed)
-    hint = (" (data.fingerprint covers the data files, the tokenizer, the prompt template and the batching)"
-            if "data.fingerprint" in changed else "")
+    hint = "".join(f" ({key} covers {what})" for key, what in (
+        ("data.fingerprint", "the data files, the tokenizer, the prompt template and the batching"),
+        (_WEIGHTS_KEY, "the weight files of the checkpoint the run started from")) if key in changed)
     raise ValueError(f"{workdir}: cannot resume the checkpoint at step {step} with other settings or data than its "
                      f"run started with{hint}:{lines}\nRestore those settings, or train in a new workdir.")
 
 
 def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Callable, count_key: str,
-         pipe: pipeline_lib.Pipeline, workdir: str, config: TrainConfig,
+         pipe: pipeline_lib.Pipeline, workdir: str, config: TrainConfig, initial_checkpoint: PathLike,
          step_callback: StepCallback | None,
          dropout_seed: int | None = None) -> tuple[nnx.Module, int, dict[str, float]]:
   """The loop shared by both trainers; returns the trained model, the step count and the last metrics.
 
   `model` may be None when `workdir` holds a checkpoint (everything is restored from it); otherwise it is
-  the placed initial model. `abstract_model` gives shapes and the module structure. `dropout_seed`: the train step
+  the placed initial model, read from `initial_checkpoint` (whose weights a resumed run must still start from).
+  `abstract_model` gives shapes and the module structure. `dropout_seed`: the train step
   hands each micro-batch its dropout key and row ids (`steps.make_train_step`).
   """
   mesh = sharding_lib.make_mesh(*config.mesh)
@@ -206,7 +213,7 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
                               keep=config.keep_checkpoints, async_save=config.async_checkpoint)
   data_iter = pipe.iterator()
   latest = checkpointer.latest_step()
-  identity = _run_identity(config, pipe)
+  identity = _run_identity(config, pipe, initial_checkpoint)
   if latest is None:
     if model is None:
       raise ValueError(f"{workdir}: no checkpoint to resume from and no initial model")
@@ -297,6 +304,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
     model.model.remat = config.remat
   trained, steps, metrics = _run(model=model, abstract_model=abstract, loss_fn_of=steps_lib.sft_loss_fn,
                                  count_key="num_tokens", pipe=pipe, workdir=workdir, config=config,
+                                 initial_checkpoint=base_checkpoint,
                                  step_callback=step_callback)
   export_dir = os.fspath(export_dir or os.path.join(workdir, "export"))
   convert.save_qwen2(trained, export_dir, dtype=config.export_dtype or original_dtype)
@@ -355,6 +363,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
                                  loss_fn_of=lambda g: steps_lib.ppm_loss_fn(g, config.ppm_head,
                                                                             config.value_head_dropout),
                                  count_key="num_pairs", pipe=pipe, workdir=workdir, config=config,
+                                 initial_checkpoint=init_checkpoint,
                                  step_callback=step_callback,
                                  dropout_seed=config.seed if config.value_head_dropout > 0 else None)
   export_dir = os.fspath(export_dir or os.path.join(workdir, "export"))

@@ -1,6 +1,8 @@
 """Kill-and-resume: a run SIGKILLed mid-way and restarted reproduces the uninterrupted loss curve."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import pytest
 
 import rstar_train_testlib as testlib
 from rstar_jax.data import formats, pipeline
+from rstar_jax.models import convert
 from rstar_jax.train import config as config_lib
 from rstar_jax.train import metrics_log, trainer
 
@@ -105,20 +108,37 @@ def test_resume_with_other_settings_or_data_is_refused(inputs, tmp_path):
   with pytest.raises(_Stop):  # stopped in step 3, before its checkpoint: steps 1 and 2 are saved
     trainer.train_policy(path / "base", sft_file, tmp_path / "work", config=config, step_callback=_stop_at(3))
   other_data = testlib.write_json(tmp_path / "other.json", testlib.arithmetic_sft_records(20, seed=6))
+  # Another base model of the same shape, at another path (its own random weights, the same tokenizer files).
+  testlib.tiny_hf_model(tmp_path / "other_base", seed=2)
+  testlib.tiny_tokenizer(tmp_path / "other_base", [formats.sft_prompt(r["query"]) + r["response"]
+                                                   for r in testlib.arithmetic_sft_records(20, seed=5)])
+  base = path / "base"
   refused = [
-      (config.replace(optimizer=config_lib.OptimizerConfig(learning_rate=1e-3)), sft_file,
+      (config.replace(optimizer=config_lib.OptimizerConfig(learning_rate=1e-3)), base, sft_file,
        r"optimizer.learning_rate: 7e-06 in the checkpointed run, 0.001 now"),
-      (config.replace(data=pipeline.PipelineConfig(max_len=96, batch_size=2, num_epochs=1, seed=3)), sft_file,
+      (config.replace(data=pipeline.PipelineConfig(max_len=96, batch_size=2, num_epochs=1, seed=3)), base, sft_file,
        r"data.batch_size: 4 in the checkpointed run, 2 now"),
-      (config.replace(max_steps=3), sft_file, r"max_steps: None in the checkpointed run, 3 now"),
-      (config, other_data, r"data.fingerprint covers the data files"),
+      (config.replace(max_steps=3), base, sft_file, r"max_steps: None in the checkpointed run, 3 now"),
+      (config, base, other_data, r"data.fingerprint covers the data files"),
+      # It used to resume silently and export a model trained from the first base.
+      (config, tmp_path / "other_base", sft_file,
+       r"model.weights_sha256 covers the weight files(.|\n)*model.weights_sha256: '[0-9a-f]{64}' in the checkpointed "
+       r"run, '[0-9a-f]{64}' now"),
   ]
-  for changed, data_file, message in refused:
+  for changed, base_dir, data_file, message in refused:
     with pytest.raises(ValueError, match=r"cannot resume the checkpoint at step 2 with other settings(.|\n)*" +
                        message):
-      trainer.train_policy(path / "base", data_file, tmp_path / "work", config=changed)
+      trainer.train_policy(base_dir, data_file, tmp_path / "work", config=changed)
+  # The same weights at another path are the same run (a base copied to local disk, say).
+  shutil.copytree(base, tmp_path / "base_copy")
+  run_file = tmp_path / "work" / trainer.RUN_FILE
+  started = json.loads(run_file.read_text())
+  assert started["model.weights_sha256"] == convert.weights_fingerprint(tmp_path / "base_copy")
+  # A run.json written before the weights were fingerprinted resumes as before.
+  del started["model.weights_sha256"]
+  run_file.write_text(json.dumps(started))
   # Settings that leave the updates and the batches as they were may change: here the micro-batch split and logging.
-  result = trainer.train_policy(path / "base", sft_file, tmp_path / "work",
+  result = trainer.train_policy(tmp_path / "base_copy", sft_file, tmp_path / "work",
                                 config=config.replace(accum_steps=2, log_every=5))
   assert result.steps == 5
 
