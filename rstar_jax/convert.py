@@ -135,6 +135,10 @@ def _input_problem(args) -> str | None:
       out = os.path.dirname(out)
     if not os.path.isdir(out):
       return f"--out {args.out}: {'is' if out == os.path.abspath(args.out) else out + ' is'} a file, not a folder"
+    # Both write a config.json: over the input's own, it would lose fields the other format needs (the HF
+    # config's eos_token_id and generation fields on import; the rstar_jax_* layout keys load_model reads on export).
+    if os.path.realpath(args.out) == os.path.realpath(path):
+      return f"--out {args.out} is the input folder ({flag} {path}): write to another folder"
   return None
 
 

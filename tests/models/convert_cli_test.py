@@ -59,7 +59,11 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
        f"--out {tmp_path / 'a_file'}: is a file, not a folder"),
       (["import", "--hf-dir", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "a_file" / "ckpt")],
        f"--out {tmp_path / 'a_file' / 'ckpt'}: {tmp_path / 'a_file'} is a file, not a folder"),
-
+      # Each overwrote the input's config.json with its own (the HF dir lost eos_token_id; the checkpoint its layout).
+      (["import", "--hf-dir", str(hf_dir), "--out", str(hf_dir) + "/"],
+       f"--out {hf_dir}/ is the input folder (--hf-dir {hf_dir}): write to another folder"),
+      (["export", "--ckpt", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "ppm ckpt"), "--ppm"],
+       "is the input folder (--ckpt"),
       (["verify", "--hf-dir", str(tmp_path / "bad config")], "config.json: expected a JSON object, got list"),
   ]:
     with pytest.raises(SystemExit) as exit_info:
