@@ -57,8 +57,11 @@ class BeamConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if self.beam_width < 1 or self.samples_per_step < 1:
-      raise ValueError("beam_width and samples_per_step must be >= 1")
+    for field in ("beam_width", "samples_per_step"):
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"BeamConfig.{field} must be an integer >= 1, got {value!r}")
+    StepConfig(self.errors_threshold, self.max_depth, self.first_answer_only)  # checks those two now, not mid-run
 
 
 def best_answer(record: dict) -> str | None:
@@ -75,6 +78,9 @@ def beam_search(problems: Sequence[Problem], policy: Policy, executor: CodeExecu
                 grader: grading.Grader | None = None) -> list[dict]:
   """Runs step-level beam search on every problem (all in lockstep); returns tree records."""
   step_cfg = StepConfig(config.errors_threshold, config.max_depth, config.first_answer_only)
+  ids = [p.problem_id for p in problems]
+  if len(set(ids)) != len(ids):  # as `MCTS.run`: two problems would share a seed and their records an id
+    raise ValueError("problem ids must be unique (they seed the trees)")
   seeds = [tree_seed(config.seed, p.problem_id) for p in problems]
   hosts = [HostTree(prompt_fn(p.question)) for p in problems]
   beams = [[ROOT_INDEX] for _ in problems]

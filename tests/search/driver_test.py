@@ -188,6 +188,25 @@ def test_beam_search_runs_max_depth_steps(grader):
   assert max(n["depth"] for n in record["nodes"]) == 3
 
 
+@pytest.mark.parametrize("settings,message", [
+    (dict(beam_width=2.5), r"BeamConfig.beam_width must be an integer >= 1, got 2.5"),  # was a slice error mid-run
+    (dict(samples_per_step=0), r"BeamConfig.samples_per_step must be an integer >= 1, got 0"),
+    (dict(max_depth=0), r"max_depth must be >= 1, got 0"),  # these two were found only once the search started
+    (dict(errors_threshold=0), r"errors_threshold must be >= 1, got 0"),
+])
+def test_a_bad_beam_config_is_refused_on_construction(settings, message):
+  with pytest.raises(ValueError, match=message):
+    BeamConfig(**settings)
+
+
+def test_beam_search_refuses_duplicate_problem_ids(grader):
+  # As MCTS.run: the two trees would share a seed and their records a problem_id.
+  with pytest.raises(ValueError, match="problem ids must be unique"):
+    beam_search([PROBLEMS[0], PROBLEMS[0]], ScriptedPolicy(random_script), InProcessExecutor(),
+                FunctionScorer(random_ppm), BeamConfig(beam_width=2, samples_per_step=2, max_depth=2),
+                prompt_fn=PROMPT.format, grader=grader)
+
+
 @pytest.mark.parametrize("scores,message", [
     (lambda texts: [float("nan")] * len(texts), r"scorer returned nan for text 0 .*values must be finite"),
     (lambda texts: [0.5] * (len(texts) + 1), r"scorer returned \d+ values for \d+ texts"),
