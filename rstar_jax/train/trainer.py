@@ -131,9 +131,12 @@ def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str
       copy = _FILES_BESIDE_A_SAVED_TOKENIZER
     if tokenizer_dir is not None and os.path.isdir(tokenizer_dir):
       for name in copy:
-        src = os.path.join(tokenizer_dir, name)
-        if os.path.isfile(src) and not os.path.exists(os.path.join(export_dir, name)):
-          shutil.copyfile(src, os.path.join(export_dir, name))
+        src, dst = os.path.join(tokenizer_dir, name), os.path.join(export_dir, name)
+        if os.path.isfile(src):
+          if not (os.path.exists(dst) and os.path.samefile(src, dst)):
+            shutil.copyfile(src, dst)
+        elif os.path.exists(dst):  # an earlier export's into the same folder: it is not this tokenizer's
+          os.remove(dst)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("rstar_jax.export_tokenizer")
 

@@ -146,3 +146,21 @@ def test_evaluate_ppm_batch_that_does_not_split_over_the_devices():
     trainer.evaluate_ppm(ppm, [], tok)
   with pytest.raises(ValueError, match=r"^evaluate_ppm: no pairs left to evaluate \(.*dropped all 7"):
     trainer.evaluate_ppm(ppm, pairs, tok, data=pipeline.PipelineConfig(max_len=1, overlong="drop"))
+
+
+def test_a_re_export_into_the_same_folder_replaces_the_earlier_tokenizer_files(tmp_path):
+  # The weights of an earlier export into the folder are replaced (convert._write_hf_dir); its tokenizer files were
+  # kept (copied only where none existed), so the new weights came with the old tokenizer and generation config.
+  old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "export"
+  for folder in (old, new, out):
+    folder.mkdir()
+  (old / "tokenizer.json").write_text("old")
+  (old / "generation_config.json").write_text('{"eos_token_id": 1}')
+  (new / "tokenizer.json").write_text("new")
+  tokenizer = object()  # no `save`: the source folder's files are copied
+  trainer._export_tokenizer(tokenizer, str(old), str(out))
+  trainer._export_tokenizer(tokenizer, str(new), str(out))
+  assert (out / "tokenizer.json").read_text() == "new"
+  assert not (out / "generation_config.json").exists()
+  trainer._export_tokenizer(tokenizer, str(out), str(out))  # the export's own folder as the source: left as it is
+  assert (out / "tokenizer.json").read_text() == "new"
