@@ -225,8 +225,11 @@ def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
     # As `torch.load`, the zip magic tells a damaged zip checkpoint (e.g. cut short by a full disk: its directory at
     # the end is gone) from the legacy pickle-only format.
     with open(path, "rb") as f:
-      if f.read(4) == b"PK\x03\x04":
-        raise ValueError(f"{path}: truncated or corrupt torch checkpoint (its zip directory is unreadable)") from None
+      magic = f.read(4)
+    if not magic:
+      raise ValueError(f"{path}: empty file (a torch checkpoint whose writing never started or was cut off)") from None
+    if magic == b"PK\x03\x04":
+      raise ValueError(f"{path}: truncated or corrupt torch checkpoint (its zip directory is unreadable)") from None
     raise ValueError(f"{path}: not a torch zip checkpoint (legacy pickle-only .bin files are not supported)") from None
   with archive:
     pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]

@@ -116,6 +116,9 @@ def test_a_truncated_torch_bin_is_called_truncated_and_a_legacy_one_legacy(tmp_p
   assert torch.equal(torch.load(legacy, weights_only=True)["w"], torch.ones(2))
   with pytest.raises(ValueError, match=r"legacy\.bin: not a torch zip checkpoint \(legacy pickle-only"):
     read_torch_bin(legacy)
+  legacy.write_bytes(b"")  # was called a legacy file too
+  with pytest.raises(ValueError, match=r"legacy\.bin: empty file"):
+    read_torch_bin(legacy)
 
 
 def test_a_corrupt_safetensors_file_is_not_left_open(tmp_path):
