@@ -7,7 +7,8 @@
 Prompts file: JSON lines, each a string or an object `{"prompt": str, "n": int?, "seed": int?}` (defaults from the
 flags; without a seed, prompt i gets `--seed + i`); a file not ending in .json/.jsonl holds one prompt per line.
 Generation prints `{"prompt_index", "sample", "text", "stop_reason", "token_ids", "logprob"}` per sample, scoring
-`{"prompt_index", "value"}` per prompt.
+`{"prompt_index", "value"}` per prompt (as `PPMScorer` scores it: a text past the model's context is cut to its first
+`max_position_embeddings - 1` tokens).
 """
 
 from __future__ import annotations
@@ -120,9 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   # Imports after parsing: `--help` stays instant.
   from rstar_jax import sharding  # pylint: disable=g-import-not-at-top
   from rstar_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from rstar_jax.generate.adapters import PPMScorer  # pylint: disable=g-import-not-at-top
   from rstar_jax.generate.engine import Engine, Request  # pylint: disable=g-import-not-at-top
   from rstar_jax.generate.sampling import Greedy, Sampling  # pylint: disable=g-import-not-at-top
-  from rstar_jax.models import convert, value_transform  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models import convert  # pylint: disable=g-import-not-at-top
   from rstar_jax.models.config import dtype_name  # pylint: disable=g-import-not-at-top
 
   model_dir = args.hf_dir or args.ppm_dir
@@ -166,8 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   if args.ppm_dir:
     ppm = convert.load_ppm(args.ppm_dir, mesh=mesh, scan_layers=False, **overrides)
-    engine = Engine(ppm, tokenizer=tok, mesh=mesh, max_rows=args.max_rows)
-    values = value_transform(engine.values(ids), args.transform)
+    # Through the search's scorer, so a text is cut to the model's context as the search (and official) cut it.
+    scorer = PPMScorer(Engine(ppm, tokenizer=tok, mesh=mesh, max_rows=args.max_rows), transform=args.transform)
+    values = scorer.score([p["prompt"] for p in prompts])
     for i, value in enumerate(values.tolist()):
       print(json.dumps({"prompt_index": i, "value": value}), flush=True)
     return 0

@@ -223,3 +223,18 @@ def test_command_line_names_the_line_of_a_prompt_that_encodes_to_nothing(tmp_pat
   capsys.readouterr()  # the first build of the tiny model writes a progress line to stderr
   _assert_usage_error(capsys, ["--hf-dir", str(model_dir), "--tokenizer", str(tiny_tokenizer_dir()), "--prompts",
                                str(prompts)], r"error: .*prompts.jsonl:3: the prompt encodes to no tokens")
+
+
+def test_command_line_scores_a_text_past_the_model_context_as_the_search_scorer(tmp_path, capsys):
+  # `--ppm-dir` printed the value at the text's last token even past the model's 1024 positions (RoPE beyond what it
+  # was trained on); the search's PPMScorer, and the official rm_generate, score the first 1023 tokens.
+  tok = tiny_tokenizer()
+  long_text = " ".join(f"word{i} = {i * 7}" for i in range(600))
+  ids = tok.encode(long_text)
+  assert len(ids) > 1100
+  prompts = tmp_path / "texts.jsonl"
+  prompts.write_text(json.dumps(long_text) + "\n" + json.dumps(TEXTS[0]) + "\n")
+  assert main(["--ppm-dir", str(tiny_ppm_dir()[0]), "--tokenizer", str(tiny_tokenizer_dir()), "--prompts",
+               str(prompts), "--transform", "tanh5"]) == 0
+  values = [json.loads(line)["value"] for line in capsys.readouterr().out.splitlines()]
+  np.testing.assert_allclose(values, np.tanh(hf_values([ids[:1023], tok.encode(TEXTS[0])]) / 5), atol=1e-4)
