@@ -86,6 +86,9 @@ class PPMScorer:
     if not engine.is_ppm:
       raise TypeError("PPMScorer needs an Engine built from a PPM")
     value_transform(np.zeros(1, np.float32), transform)  # validates the name
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+      # A negative count would cut every text's last tokens (`ids[:-1]`) and score what is left.
+      raise ValueError(f"max_tokens must be an integer >= 1 (None: the model's context minus one), got {max_tokens!r}")
     self.engine = engine
     self.transform = transform
     self.max_tokens = engine.config.max_position_embeddings - 1 if max_tokens is None else max_tokens

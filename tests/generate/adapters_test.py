@@ -238,3 +238,12 @@ def test_command_line_scores_a_text_past_the_model_context_as_the_search_scorer(
                str(prompts), "--transform", "tanh5"]) == 0
   values = [json.loads(line)["value"] for line in capsys.readouterr().out.splitlines()]
   np.testing.assert_allclose(values, np.tanh(hf_values([ids[:1023], tok.encode(TEXTS[0])]) / 5), atol=1e-4)
+
+
+@pytest.mark.parametrize("max_tokens", [0, -1, 2.5, True])
+def test_ppm_scorer_refuses_a_max_tokens_that_is_no_positive_count(max_tokens):
+  # -1 cut every text's last token (`ids[:-1]`) and scored the token before it; 0 blamed every text for encoding
+  # to no tokens.
+  engine = Engine(convert.load_ppm(tiny_ppm_dir()[0]), tokenizer=tiny_tokenizer(), buckets=TEST_BUCKETS)
+  with pytest.raises(ValueError, match=rf"max_tokens must be an integer >= 1 \(None: .*\), got {max_tokens!r}"):
+    PPMScorer(engine, max_tokens=max_tokens)
