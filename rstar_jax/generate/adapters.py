@@ -77,7 +77,8 @@ class PPMScorer:
     Args:
       engine: the engine.
       transform: "raw" (the linear head, as trained), "tanh" (the paper's head) or "tanh5" (`tanh(r / 5)`, the
-        official search-time value).
+        official search-time value). The PPM does not record how it was trained: one trained with
+        `TrainConfig.ppm_head="tanh"` is scored as trained with "tanh"; "tanh5" goes with the default "raw".
       max_tokens: a text is cut to its first `max_tokens` tokens. None: the model's `max_position_embeddings` minus
         one, as the official scorer cuts at the context length minus one.
     """

@@ -43,14 +43,20 @@ def value_transform(raw: jax.Array, kind: str = "raw") -> jax.Array:
   raise ValueError(f"unknown value transform {kind!r}; expected 'raw', 'tanh' or 'tanh5'")
 
 
+# The official ValueHead's initialisation (rStar-Math train/rm.py: normal(mean=5e-7, std=1e-6), bias 1e-6), which
+# a trained PPM starts from (`train.train_ppm`). The default below is larger so a random PPM's scores tell texts apart.
+OFFICIAL_VALUE_HEAD_INIT = {"init_mean": 5e-7, "init_std": 1e-6, "init_bias": 1e-6}
+
+
 class ValueHead(nnx.Module):
   """`v_head.summary`: Linear(D -> 1) in float32, initialised near zero."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, init_std: float = 1e-3):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, init_std: float = 1e-3, init_mean: float = 0.0,
+               init_bias: float = 0.0):
     # float32 whatever `param_dtype` (as the official ValueHead): D + 1 numbers, and every PPM value goes through them.
-    kernel = init_std * jax.random.normal(rngs.params(), (config.hidden_size, 1), jnp.float32)
+    kernel = init_mean + init_std * jax.random.normal(rngs.params(), (config.hidden_size, 1), jnp.float32)
     self.kernel = nnx.Param(kernel, logical_axes=("embed", None))
-    self.bias = nnx.Param(jnp.zeros((1,), jnp.float32), logical_axes=(None,))
+    self.bias = nnx.Param(jnp.full((1,), init_bias, jnp.float32), logical_axes=(None,))
 
   def __call__(self, hidden: jax.Array) -> jax.Array:
     """`hidden [..., D]` -> `[...]` float32."""

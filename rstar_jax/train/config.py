@@ -32,7 +32,8 @@ class TrainConfig:
     async_checkpoint: write checkpoints in the background.
     log_every: fetch and log metrics every this many steps (a non-finite loss is caught at these steps).
     seed: initialisation seed of the PPM value head, and of its dropout masks (`value_head_dropout`).
-    ppm_head: "raw" (official: Bradley-Terry on the linear output) or "tanh" (the paper's head).
+    ppm_head: "raw" (official: Bradley-Terry on the linear output) or "tanh" (the paper's head). Score the trained
+      PPM to match: `PPMScorer(transform="tanh")` after "tanh"; the default "tanh5" follows the official "raw".
     value_head_dropout: PPM only: dropout on the hidden state the value head reads, in training (evaluation and
       search never drop). 0 (default) keeps the head deterministic; the official trainer's head drops with 0.1
       (`summary_dropout_prob`'s default, in train mode), so 0.1 trains as the released PPMs were. Masks come from

@@ -33,6 +33,7 @@ from rstar_jax import tokenizer as tokenizer_lib
 from rstar_jax.data import formats, pipeline as pipeline_lib
 from rstar_jax.models import PPM, ModelConfig, Qwen2, ValueHead
 from rstar_jax.models import convert
+from rstar_jax.models.ppm import OFFICIAL_VALUE_HEAD_INIT
 from rstar_jax.train import optimizer as optimizer_lib
 from rstar_jax.train import state as state_lib
 from rstar_jax.train import steps as steps_lib
@@ -326,7 +327,7 @@ def _initial_ppm(init_checkpoint: PathLike, model_config: ModelConfig, config: T
     policy = convert.load_qwen2(init_checkpoint, model_config, mesh=mesh)
     ppm = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0)))
     ppm.model = policy.model  # the LM head (if untied) is dropped: the PPM reads the value head only
-    ppm.value_head = ValueHead(model_config, rngs=nnx.Rngs(config.seed))
+    ppm.value_head = ValueHead(model_config, rngs=nnx.Rngs(config.seed), **OFFICIAL_VALUE_HEAD_INIT)
     sharding_lib.shard_model(ppm, mesh)
   ppm.model.remat = config.remat
   return ppm

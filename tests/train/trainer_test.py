@@ -94,6 +94,27 @@ def test_ppm_learns_separable_pairs_and_exports_value_head(base, tmp_path):
   assert held_out["pair_accuracy"] > 0.9, held_out
 
 
+def test_a_fresh_value_head_starts_as_the_official_one(base):
+  # rStar-Math train/rm.py: nn.init.normal_(summary.weight, mean=5e-7, std=1e-6) and constant_(summary.bias, 1e-6).
+  # Ours started at std 1e-3 and bias 0: at the official learning rate (7e-6) the random head outweighed what was
+  # learned for about the first hundred steps.
+  path, _ = base
+  config = config_lib.ppm_config(mesh=(1, 1, 1))
+  model_config, _ = trainer._model_config(path, config)
+  head = trainer._initial_ppm(path, model_config, config).value_head
+  torch.manual_seed(0)
+  reference = torch.nn.Linear(model_config.hidden_size, 1)
+  torch.nn.init.normal_(reference.weight, mean=5e-7, std=1e-6)
+  torch.nn.init.constant_(reference.bias, 1e-6)
+  assert np.asarray(head.bias[...]).tolist() == reference.bias.detach().numpy().tolist()
+  size = model_config.hidden_size
+  for kernel in (np.asarray(head.kernel[...])[:, 0], reference.weight.detach().numpy()[0]):
+    assert kernel.shape == (size,)
+    # 5 standard errors of the sample mean; the sample std within 40% (D = 64 draws).
+    assert abs(kernel.mean() - 5e-7) < 5 * 1e-6 / np.sqrt(size), kernel.mean()
+    assert 0.6e-6 < kernel.std() < 1.4e-6, kernel.std()
+
+
 def test_a_data_file_with_nothing_to_train_on_is_named(base, tmp_path):
   # Both used to end in "no training examples left after tokenization", naming no file.
   path, records = base
