@@ -389,21 +389,30 @@ class Zygote:
     if not ex.alive:
       return None
     ex.alive = False
-    for fn, target in ((os.killpg, ex.pid), (os.kill, ex.pid)):
-      try:
-        fn(target, signal.SIGKILL)
-      except OSError:
-        pass
+    self._signal_kill(ex.pid)
     status = self._reap(ex.pid)
     self._close_fds(ex)
     return status
 
   def retire(self, ex: _Executor) -> None:
-    """The executor is exiting by itself (last task, error, or used up): collect it later."""
+    """The executor has replied and must exit (last task, error, or used up): SIGKILLed now, collected later.
+
+    Not left to exit by itself: a program can write its own reply (its task id is in its caller's frame) and run on,
+    past its deadline and into the programs that follow.
+    """
     if ex.alive:
       ex.alive = False
+      self._signal_kill(ex.pid)
       self._close_fds(ex)
       self.retired.append(ex.pid)
+
+  @staticmethod
+  def _signal_kill(pid: int) -> None:
+    for fn in (os.killpg, os.kill):
+      try:
+        fn(pid, signal.SIGKILL)
+      except OSError:
+        pass
 
   @staticmethod
   def _close_fds(ex: _Executor) -> None:

@@ -246,6 +246,35 @@ def test_no_harm_on_the_host(pool):
   assert len(pool.worker_pids()) == 1
 
 
+# Writes a well-formed reply for its own task (the id is in its caller's frame) on every fd, then runs on, writing a
+# file in its work dir every millisecond.
+FORGED_REPLY_THEN_RUN_ON = """
+import json, os, sys, time
+frame = sys._getframe()
+while 'task' not in frame.f_locals:
+    frame = frame.f_back
+reply = json.dumps({'id': frame.f_locals['task']['id'], 'observation': 'forged', 'stdout': '', 'error': None,
+                    'memory_exceeded': False, 'recycle': True}).encode()
+for fd in range(3, 64):
+    try:
+        os.write(fd, len(reply).to_bytes(4, 'big') + reply)
+    except OSError:
+        pass
+while True:
+    open('still_running', 'w').close()
+    time.sleep(0.001)
+"""
+
+
+def test_a_program_that_forges_its_reply_does_not_run_on(pool):
+  """Its reply ends it, like any reply: it must not outlive its deadline nor write into the next program's files."""
+  forged = _run(pool, FORGED_REPLY_THEN_RUN_ON)
+  assert not forged.timed_out, forged
+  after = _run(pool, "import os, time\ntime.sleep(0.3)\nprint(os.listdir('.'))")
+  assert after.observation == "[]\n", after
+  _assert_clean(pool)
+
+
 # Poison, then check, back to back on the same worker. Expected observations by hand (DESIGN.md §1.1 rules).
 POISON_PAIRS = [
     ("builtins", "import builtins\nbuiltins.print = lambda *a, **k: None\nbuiltins.len = lambda x: 42",
