@@ -8,10 +8,11 @@ Denied with `EPERM`: process creation (`fork`, `vfork`, `clone` without `CLONE_T
 signals to anything but the executor itself (`kill`, `tgkill` to another pid, `tkill`, sigqueue, pidfd), tracing
 and cross-process memory (`ptrace`, `process_vm_*`, `kcmp`, `move_pages`, `migrate_pages`), every socket
 (`socket`, `socketpair`: no network, no DNS, not even loopback), namespace/mount/kernel-admin calls, `bpf`,
-`perf_event_open`, `userfaultfd`, io_uring, `prlimit64` on another pid, and closing or overwriting the executor's
-two protocol pipes (`close`, `dup2`, `dup3` on those fds). `clone3` and `close_range` answer `ENOSYS` so that glibc
-and CPython fall back to `clone` (threads still work) and to per-fd `close` (which the filter checks). Syscalls of a
-foreign ABI (x32, or i386 on x86-64) kill the process.
+`perf_event_open`, `userfaultfd`, io_uring, `prlimit64` on another pid, `prctl(PR_SET_PDEATHSIG)` (the death signal
+the executor armed is what kills it when its zygote is SIGKILLed at the "rlimits-only" level, where no PID namespace
+does), and closing or overwriting the executor's two protocol pipes (`close`, `dup2`, `dup3` on those fds). `clone3`
+and `close_range` answer `ENOSYS` so that glibc and CPython fall back to `clone` (threads still work) and to per-fd
+`close` (which the filter checks). Syscalls of a foreign ABI (x32, or i386 on x86-64) kill the process.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def _arg_lo(i: int) -> int:
 
 
 _CLONE_THREAD = 0x00010000
+_PR_SET_PDEATHSIG = 1
 _X32_SYSCALL_BIT = 0x40000000
 _AUDIT_ARCH_X86_64 = 0xC000003E
 
@@ -54,7 +56,8 @@ _AUDIT_ARCH_X86_64 = 0xC000003E
 _X86_64 = {
     "close": 3, "dup2": 33, "socket": 41, "socketpair": 53, "clone": 56, "fork": 57, "vfork": 58, "execve": 59,
     "kill": 62, "ptrace": 101, "syslog": 103, "rt_sigqueueinfo": 129, "personality": 135, "pivot_root": 155,
-    "chroot": 161, "acct": 163, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169,
+    "prctl": 157, "chroot": 161, "acct": 163, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168,
+    "reboot": 169,
     "init_module": 175, "delete_module": 176, "quotactl": 179, "tkill": 200, "tgkill": 234, "kexec_load": 246,
     "add_key": 248, "request_key": 249, "keyctl": 250, "migrate_pages": 256, "unshare": 272, "move_pages": 279,
     "dup3": 292, "rt_tgsigqueueinfo": 297, "perf_event_open": 298, "prlimit64": 302, "setns": 308,
@@ -139,6 +142,7 @@ def build_filter(own_pid: int, protected_fds: Sequence[int]) -> bytes:
   a.jump(_JEQ_K, nr["kill"], "self_arg0", 0)
   a.jump(_JEQ_K, nr["tgkill"], "self_arg0", 0)
   a.jump(_JEQ_K, nr["prlimit64"], "prlimit", 0)
+  a.jump(_JEQ_K, nr["prctl"], "prctl", 0)
   a.jump(_JEQ_K, nr["close"], "fd_arg0", 0)
   a.jump(_JEQ_K, nr["dup2"], "fd_arg1", 0)
   a.jump(_JEQ_K, nr["dup3"], "fd_arg1", 0)
@@ -154,6 +158,9 @@ def build_filter(own_pid: int, protected_fds: Sequence[int]) -> bytes:
   a.ld(_arg_lo(0))
   a.jump(_JEQ_K, 0, "allow", 0)
   a.jump(_JEQ_K, own_pid, "allow", "eperm")
+  a.label("prctl")
+  a.ld(_arg_lo(0))
+  a.jump(_JEQ_K, _PR_SET_PDEATHSIG, "eperm", "allow")
   for arg, name in ((0, "fd_arg0"), (1, "fd_arg1")):
     a.label(name)
     a.ld(_arg_lo(arg))

@@ -21,8 +21,9 @@ OWNER = textwrap.dedent("""
     from sandbox import SandboxPool
     pool = SandboxPool(num_workers=2, timeout_s=60.0, isolation={level!r}, preload=("math",), warmup="")
     assert pool.run(["print(1)", "import os\\nprint(2)"])[1].observation == "2\\n"
-    # One program stays running (a reused executor), the other worker idles with its spare executor forked.
-    pool.submit(["import time\\ntime.sleep(50)"])
+    # One program stays running (by default in a reused executor), the other worker idles with its spare executor
+    # forked.
+    pool.submit([{program!r}])
     time.sleep(0.5)
     print("READY", flush=True)
     if sys.stdin.readline().strip() == "close":
@@ -67,9 +68,14 @@ def _alive(pids):
   return out
 
 
-def _start_owner(level):
-  owner = subprocess.Popen([sys.executable, "-c", OWNER.format(repo=REPO, level=level)], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True)
+SLEEPER = "import time\ntime.sleep(50)"
+# Clears the death signal its executor armed (prctl(PR_SET_PDEATHSIG, 0)) before it sleeps.
+DEATH_SIGNAL_CLEARED = "import ctypes, time\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\ntime.sleep(50)"
+
+
+def _start_owner(level, program=SLEEPER):
+  owner = subprocess.Popen([sys.executable, "-c", OWNER.format(repo=REPO, level=level, program=program)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
   line = owner.stdout.readline()
   assert line.strip() == "READY", line
   pids = _descendants(owner.pid)
@@ -89,9 +95,10 @@ def _levels():
   return [level for level in isolation.LEVELS if isolation.probe(level) is None]
 
 
+@pytest.mark.parametrize("program", [SLEEPER, DEATH_SIGNAL_CLEARED], ids=["sleeper", "death_signal_cleared"])
 @pytest.mark.parametrize("level", _levels())
-def test_nothing_left_after_close(level):
-  owner, pids = _start_owner(level)
+def test_nothing_left_after_close(level, program):
+  owner, pids = _start_owner(level, program)
   try:
     owner.stdin.write("close\n")
     owner.stdin.flush()
