@@ -529,9 +529,15 @@ class Zygote:
       self.retire(ex)
       if ex is self.current:
         self.current = None
-    return {**base, "observation": str(frame.get("observation", "")), "stdout": str(frame.get("stdout", "")),
-            "error": None if frame.get("error") is None else str(frame["error"]),
-            "memory_exceeded": bool(frame.get("memory_exceeded")), "duration_s": duration}
+    reply = {**base, "observation": str(frame.get("observation", "")), "stdout": str(frame.get("stdout", "")),
+             "error": None if frame.get("error") is None else str(frame["error"]),
+             "memory_exceeded": bool(frame.get("memory_exceeded")), "duration_s": duration}
+    if len(_protocol.encode(reply)) > self.max_result_frame:
+      # Only a frame the program wrote itself grows past the host's limit (the same as ours) when re-encoded: its raw
+      # UTF-8 becomes \u escapes, up to 3 times longer. Sent on, the host would refuse it and restart this worker.
+      self.kill(ex)
+      return {**base, **_death_result(None, garbled=True), "duration_s": duration}
+    return reply
 
   def serve(self) -> None:
     first = self.take_spare()

@@ -148,6 +148,13 @@ HOSTILE = [
      "import os, json\np = json.dumps({'id': -7}).encode()\nfor fd in range(3, 64):\n    try:\n"
      "        os.write(fd, len(p).to_bytes(4, 'big') + p)\n    except OSError:\n        pass\nprint('done')",
      lambda r: r.observation == r.error == CORRUPTED),
+    # A reply for its own task (the id is in its caller's frame) that fits the executor's frame limit as raw UTF-8 but
+    # not the host's once re-encoded with escapes: the program's failure, not a dead worker.
+    ("forged_frame_too_big_to_forward",
+     "import os, sys, json\nf = sys._getframe()\nwhile 'task' not in f.f_locals:\n    f = f.f_back\n"
+     "p = json.dumps({'id': f.f_locals['task']['id'], 'observation': '\\U0001F600' * 300000}, ensure_ascii=False)\n"
+     "p = p.encode()\nfor fd in range(3, 64):\n    try:\n        os.write(fd, len(p).to_bytes(4, 'big') + p)\n"
+     "    except OSError:\n        pass", lambda r: r.observation == r.error == CORRUPTED),
     ("big_print", "print('y' * 10 ** 8)",
      lambda r: r.ok and r.observation == "y" * 512 + "..." + "y" * 511 + "\n" and len(r.stdout) == 1027),
     ("stderr_flood", "import sys\nfor _ in range(2000):\n    sys.stderr.write('e' * 100000)\nprint('done')",
