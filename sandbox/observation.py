@@ -219,12 +219,15 @@ class _Tee(_TextSink):
 
 
 def format_exception(exc: BaseException, max_chars: int) -> str:
-  """`"{ExceptionType}: {message}"` (the message bounded before it is built)."""
+  """`"{ExceptionType}: {message}"`, each part cut at `max_chars` (a class made with `type(...)` may have any name).
+
+  Cutting the parts keeps the head and tail of the whole text that rule 7's cut of the observation shows.
+  """
   try:
     message = str(exc)
   except BaseException:  # a snippet-defined __str__ may raise anything
     message = "<unprintable message>"
-  return clean_text(f"{type(exc).__name__}: {truncate(message, max_chars)}")
+  return clean_text(f"{truncate(type(exc).__name__, max_chars)}: {truncate(message, max_chars)}")
 
 
 def _is_print_call(stmt: ast.stmt) -> bool:

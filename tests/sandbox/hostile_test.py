@@ -196,6 +196,9 @@ HOSTILE = [
     ("code_700kb_statements", "x = 0\n" + "x += 1\n" * 100000 + "print(x)",
      lambda r: r.observation == "100000\n" or r.timed_out),
     ("code_too_long", "#" * 2_000_001, _error("ValueError: program too long")),
+    # The official `f"{type(e).__name__}: {e}"`, cut by rule 7 like any long error (it read as a corrupted channel).
+    ("huge_exception_name", "raise type('E' * 2_000_000, (Exception,), {})('boom')",
+     lambda r: r.observation == "E" * 512 + "..." + "E" * 506 + ": boom" and r.error.endswith("E: boom")),
     ("deeply_nested", "x = " + "(" * 300 + ")" * 300, _error("SyntaxError: too many nested parentheses")),
 ]
 
