@@ -25,6 +25,7 @@ import ctypes.util
 import errno
 import gc
 import importlib
+import itertools
 import json
 import math
 import os
@@ -56,6 +57,8 @@ _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 
 _HELLO_TIMEOUT_S = 30.0
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -136,26 +139,64 @@ def _vm_size_bytes() -> int:
   return 0
 
 
-def _wipe_dir(path: str) -> None:
-  """Removes everything inside `path` (entries are owned by this uid; modes may have been locked)."""
+def wipe_dir(path: str) -> None:
+  """Removes everything inside `path` (entries are owned by this uid; modes may have been locked).
+
+  A program can nest directories past the recursion limit and PATH_MAX, so nothing here recurses or builds paths:
+  each directory met in `path` has its own subdirectories moved up into `path` (renamed, relative to directory fds
+  opened without following symlinks), its files removed, and is removed itself; what moved up is met later.
+  """
   try:
-    entries = list(os.scandir(path))
+    top = os.open(path, _DIR_FLAGS)
   except OSError:
     return
-  for entry in entries:
-    full = entry.path
-    try:
-      if entry.is_dir(follow_symlinks=False):
+  moved = itertools.count()
+  failed: set[str] = set()  # entries that could not be removed: skipped from then on, so this ends
+  try:
+    while True:
+      with os.scandir(top) as it:
+        names = [(e.name, e.is_dir(follow_symlinks=False)) for e in it if e.name not in failed]
+      if not names:
+        return
+      for name, is_dir in names:
         try:
-          os.chmod(full, stat.S_IRWXU)
+          if is_dir:
+            _flatten(top, name, moved)
+            os.rmdir(name, dir_fd=top)
+          else:
+            os.unlink(name, dir_fd=top)
         except OSError:
-          pass
-        _wipe_dir(full)
-        os.rmdir(full)
-      else:
-        os.unlink(full)
-    except OSError:
-      pass
+          failed.add(name)
+  finally:
+    os.close(top)
+
+
+def _flatten(top: int, name: str, moved) -> None:
+  """Moves the subdirectories of `top`/`name` up into `top` (under fresh names) and removes its other entries."""
+  try:
+    os.chmod(name, stat.S_IRWXU, dir_fd=top)
+  except OSError:
+    pass
+  fd = os.open(name, _DIR_FLAGS, dir_fd=top)
+  try:
+    with os.scandir(fd) as it:
+      entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    for entry, is_dir in entries:
+      try:
+        if not is_dir:
+          os.unlink(entry, dir_fd=fd)
+          continue
+        while True:
+          try:
+            os.rename(entry, f".wipe-{next(moved)}", src_dir_fd=fd, dst_dir_fd=top)
+            break
+          except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+              raise  # a name the program left in `top` is tried no more than once each
+      except OSError:
+        pass
+  finally:
+    os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -552,7 +593,7 @@ class Zygote:
         task = self.tasks.popleft()
         result = self.run_task(task)
         for path in self.cfg["wipe_dirs"]:
-          _wipe_dir(path)
+          wipe_dir(path)
         self.reap_retired()
         self.send_host(result)
     except (_Shutdown, BrokenPipeError):
@@ -570,7 +611,7 @@ class Zygote:
         self._reap(pid)
       if self.cfg.get("remove_workdir"):  # rlimits-only: the host may be gone (SIGKILL) and cannot clean up
         for path in self.cfg["wipe_dirs"]:
-          _wipe_dir(path)
+          wipe_dir(path)
         try:
           os.rmdir(self.cfg["workdir"])
         except OSError:

@@ -26,6 +26,7 @@ import warnings
 from typing import Any, Sequence
 
 from sandbox import _protocol
+from sandbox import _worker
 from sandbox import isolation as isolation_lib
 from sandbox import observation
 from sandbox.result import SandboxResult
@@ -162,7 +163,11 @@ class _WorkerProcess:
       except OSError:
         pass
     for d in self.cleanup_dirs:
-      shutil.rmtree(d, ignore_errors=True)
+      _worker.wipe_dir(d)  # not shutil.rmtree, which recurses: a program can nest directories past the limit
+      try:
+        os.rmdir(d)
+      except OSError:
+        pass
 
 
 class SandboxPool:

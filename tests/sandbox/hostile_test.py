@@ -180,6 +180,9 @@ HOSTILE = [
      _error("OSError: [Errno 30] Read-only file system")),
     ("leave_files", "open('/tmp/leftover', 'w').write('x')\nopen('/dev/shm/leftover', 'w').write('x')\n"
      "import os\nos.makedirs('/tmp/d/e')\nos.chmod('/tmp/d', 0)\nprint('left')", _observed("left\n")),
+    # Deeper than the recursion limit and PATH_MAX: the wipe after it killed the worker (RecursionError).
+    ("deep_directories", "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('deep')",
+     _observed("deep\n")),
     ("fill_tmp", "with open('/tmp/big', 'wb') as f:\n    f.write(b'0' * (200 * 2 ** 20))",
      lambda r: not r.ok),
     ("fd_exhaustion", "fs = [open('/dev/null') for _ in range(100000)]", _error("OSError: [Errno 24]")),

@@ -3,7 +3,9 @@
 import concurrent.futures
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -106,6 +108,42 @@ def test_hung_worker_is_killed_by_the_host_watchdog():
         pass
     assert r.timed_out and r.observation == "TimeoutError: execution exceeded 0.5s"
     assert p.run(["print(2)"])[0].observation == "2\n"
+
+
+def test_close_removes_a_work_dir_nested_past_the_recursion_limit(monkeypatch):
+  """At the rlimits-only level the host removes the work dir of a worker it killed: however deep the program nested
+  directories there (shutil.rmtree recursed, failed and killed the pool's worker thread, leaving the tree behind)."""
+  base = tempfile.mkdtemp(prefix="rstar_pool_test_")
+  os.chmod(base, 0o755)  # the worker's unprivileged uid must reach its work dir inside
+  monkeypatch.setattr(tempfile, "tempdir", base)
+  try:
+    p = SandboxPool(num_workers=1, timeout_s=30.0, isolation="rlimits-only", **LIGHT)
+    (work_dir,) = os.listdir(base)
+    p.submit(["import os, time\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\ntime.sleep(25)"])
+    deadline = time.monotonic() + 20
+    while _depth_below(os.path.join(base, work_dir), 3000) < 3000 and time.monotonic() < deadline:
+      time.sleep(0.05)
+    p.close()  # kills the running program's zygote; the host removes the work dir
+    assert os.listdir(base) == []
+  finally:
+    subprocess.run(["rm", "-rf", base], check=False)  # whatever depth a failure left
+
+
+def _depth_below(path, limit):
+  """How many nested subdirectories `d` are below `path`, up to `limit` (opened by relative name: past PATH_MAX)."""
+  depth = 0
+  fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    while depth < limit:
+      try:
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+      except OSError:
+        break
+      os.close(fd)
+      fd, depth = child, depth + 1
+  finally:
+    os.close(fd)
+  return depth
 
 
 def test_closed_pool_refuses_work():
