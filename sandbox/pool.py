@@ -16,6 +16,7 @@ import concurrent.futures
 import itertools
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -126,8 +127,27 @@ class _WorkerProcess:
     self.pending: list = []
     self.info: dict = {}
 
-  def send(self, obj: dict) -> None:
-    _protocol.write_all(self.popen.stdin.fileno(), _protocol.encode(obj))
+  def send(self, obj: dict, deadline: float) -> None:
+    """Writes a frame while taking in the worker's replies (into `pending`, for `recv`).
+
+    A blocking write could wait forever: the zygote reads no new tasks while it writes a reply larger than the pipe,
+    and it would be waiting for us to read. Raises TimeoutError at `deadline` (a hung worker), OSError when the
+    worker is gone, `ProtocolError` for a bad reply.
+    """
+    data = memoryview(_protocol.encode(obj))
+    out_fd, in_fd = self.popen.stdin.fileno(), self.popen.stdout.fileno()
+    while data:
+      left = deadline - time.monotonic()
+      if left <= 0:
+        raise TimeoutError
+      readable, writable, _ = select.select([in_fd], [out_fd], [], left)
+      if readable:
+        chunk = os.read(in_fd, 1 << 16)
+        if not chunk:
+          raise BrokenPipeError("the worker closed its pipe")
+        self.pending.extend(self.reader.feed(chunk))
+      if writable:  # a pipe that polls writable takes PIPE_BUF bytes without blocking
+        data = data[os.write(out_fd, data[:select.PIPE_BUF]):]
 
   def recv(self, deadline: float | None) -> Any:
     return _protocol.read_frame(self.popen.stdout.fileno(), self.reader, self.pending, deadline)
@@ -476,8 +496,11 @@ class SandboxPool:
             head_since = time.monotonic()
           inflight.append(task)
           try:
-            proc.send({"id": task.id, "code": task.code})
-          except OSError:  # the worker died: this task never reached it (recv blames the head, if any)
+            proc.send({"id": task.id, "code": task.code}, head_since + self.timeout_s + self._grace)
+          except TimeoutError:  # hung: recv below times out at once and blames the head, as for any hung worker
+            break
+          except (OSError, _protocol.ProtocolError):
+            # The worker died or sent nonsense: this task never reached it (recv blames the head, if any).
             inflight.pop()
             self._queue.put_front([task])
             proc.signal_kill()

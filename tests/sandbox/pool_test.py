@@ -146,6 +146,40 @@ def _depth_below(path, limit):
   return depth
 
 
+def test_a_large_reply_while_a_large_program_is_sent_does_not_hang():
+  """The worker's reply to the first program (16 print points of 1000 CJK characters: ~97 KB as escaped JSON) and
+  the second program (5.4 MB) both exceed the pipes: the host sent while the worker replied, neither read, and
+  the slot hung for good (no deadline covered the send)."""
+  piece = "print('\u4e00' * 1000)\n"
+  big_program = "s = '" + "\u4e00" * 900_000 + "'\nprint(len(s))"
+  with SandboxPool(num_workers=1, timeout_s=5.0, **LIGHT) as p:
+    futures = p.submit([piece * 16, big_program])
+    done, _ = concurrent.futures.wait(futures, timeout=60)
+    assert len(done) == 2, "the pool hung"
+    # Rule 5 by hand: label `'\u4e00' * 1000:`, a space and the piece's output, for each of the 16 print points.
+    assert futures[0].result().observation == ("'\u4e00' * 1000: " + "\u4e00" * 1000 + "\n") * 16
+    assert futures[1].result().observation == "900000\n"
+
+
+def test_hung_worker_is_killed_by_the_host_watchdog_while_a_large_program_is_sent():
+  """A program larger than the pipe: the host's blocking write to a stopped worker had no deadline and hung."""
+  with SandboxPool(num_workers=1, timeout_s=0.5, host_grace_s=0.5, isolation="rlimits-only", **LIGHT) as p:
+    (pid,) = p.worker_pids()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+      (future,) = p.submit(["s = '" + "x" * 900_000 + "'\nprint(len(s))"])
+      done, _ = concurrent.futures.wait([future], timeout=30)
+    finally:
+      try:
+        os.kill(pid, signal.SIGCONT)
+      except ProcessLookupError:
+        pass
+    assert done, "the pool hung"
+    r = future.result()
+    assert r.timed_out and r.observation == "TimeoutError: execution exceeded 0.5s"
+    assert p.run(["print(2)"])[0].observation == "2\n"
+
+
 def test_closed_pool_refuses_work():
   p = SandboxPool(num_workers=1, **LIGHT)
   p.close()
