@@ -30,7 +30,9 @@ search; see `strip_program` for the clean-up applied here):
    bound the official code does not have.
 6. Any exception (parse, compile or run time; `SystemExit` and `KeyboardInterrupt` included) replaces the whole
    observation with `f"{type(e).__name__}: {e}"`. Syntax errors name the file `<unknown>`, as the official `ast.parse`
-   does (`IndentationError: unexpected indent (<unknown>, line 20)` in rStar's published data).
+   does (`IndentationError: unexpected indent (<unknown>, line 20)` in rStar's published data); an error the parser
+   lets through and the compiler finds (`'return' outside function`) names `<string>` and its line in the text of
+   `ast.unparse` of the piece's statements (all but the last, or the last alone), which the official code `exec`s.
 7. Post-processing (`postprocess`) of a piece's result: printed text, or an echoed value that is a `str` (the official
    `truncate_string` rounds any `str`), that parses as a Python float becomes `str(round(value, 4)) + "\n"` when that
    is shorter (`8.94427190999916\n` -> `8.9443\n`; `5\n` stays; the echo of `math.sqrt(2)`, a float, stays
@@ -300,6 +302,20 @@ def _compile_stmts(stmts: list[ast.stmt], filename: str):
   return compile(ast.Module(body=stmts, type_ignores=[]), filename, "exec")
 
 
+def _compile_piece(stmts: list[ast.stmt], filename: str):
+  """`_compile_stmts` for a piece of rule 4, whose compile errors read as the official ones (rule 6).
+
+  The official `_sub_run` `exec`s the text of `ast.unparse(statements)`: an error the parser lets through and the
+  compiler finds (`'return' outside function`) names `<string>` and its line in that text. On such an error that
+  text is compiled, to raise it.
+  """
+  try:
+    return _compile_stmts(stmts, filename)
+  except SyntaxError:
+    compile(ast.unparse(ast.Module(body=stmts, type_ignores=[])), "<string>", "exec")
+    raise
+
+
 def run_program(code: str, namespace: dict, *, mode: str = "rstar", max_chars: int = 1024,
                 filename: str | None = None) -> Outcome:
   """Runs `code` in `namespace` under `mode` with `sys.stdout` captured; never raises `Exception`s of the code.
@@ -375,15 +391,21 @@ def _run_piece(body, namespace, tee: _Tee, obs: BoundedText, filename: str, max_
   if not body:
     return "", True
   tee.recording = False
-  exec(_compile_stmts(body[:-1], filename), namespace)  # pylint: disable=exec-used
+  exec(_compile_piece(body[:-1], filename), namespace)  # pylint: disable=exec-used
   tee.recording = True
   last = body[-1]
+  expression = None
   if isinstance(last, ast.Expr):
-    value = eval(compile(ast.Expression(body=last.value), filename, "eval"), namespace)  # pylint: disable=eval-used
+    try:
+      expression = compile(ast.Expression(body=last.value), filename, "eval")
+    except SyntaxError:  # `await x`: the official `eval` fails too, and it `exec`s the statement instead
+      pass
+  if expression is not None:
+    value = eval(expression, namespace)  # pylint: disable=eval-used
     if value is not None:
       return str(value), isinstance(value, str)  # the official `truncate_string` rounds any str it gets
   else:
-    exec(_compile_stmts([last], filename), namespace)  # pylint: disable=exec-used
+    exec(_compile_piece([last], filename), namespace)  # pylint: disable=exec-used
   return _printed(obs, obs.keep, max_chars), True
 
 

@@ -58,6 +58,14 @@ CASES = [
     ("print('before')\nraise ValueError('bad value')", "ValueError: bad value", "ValueError: bad value"),
     ("raise KeyError('k')", "KeyError: 'k'", "KeyError: 'k'"),
     ("x = ", "SyntaxError: invalid syntax (<unknown>, line 1)", "SyntaxError: invalid syntax (<string>, line 1)"),
+    # Errors the parser lets through and the compiler finds: the official code `exec`s the text of `ast.unparse` of
+    # a piece's statements, all but the last (blank lines and comments gone), then the last alone.
+    ("x = 1\n\n# note\nbreak\ny = 2", "SyntaxError: 'break' outside loop (<string>, line 2)",
+     "SyntaxError: 'break' outside loop (<string>, line 4)"),
+    ("x = 1\nreturn x", "SyntaxError: 'return' outside function (<string>, line 1)",
+     "SyntaxError: 'return' outside function (<string>, line 2)"),
+    ("x = 1\nawait x", "SyntaxError: 'await' outside function (<string>, line 1)",
+     "SyntaxError: 'await' outside function (<string>, line 2)"),
     ("undefined_name", "NameError: name 'undefined_name' is not defined",
      "NameError: name 'undefined_name' is not defined"),
     # Float rounding: printed text that parses as a float, when the rounded form is shorter.
