@@ -7,12 +7,13 @@ sockets, `fork`/`exec` and signals to other processes).
 Denied with `EPERM`: process creation (`fork`, `vfork`, `clone` without `CLONE_THREAD`, `execve`, `execveat`),
 signals to anything but the executor itself (`kill`, `tgkill` to another pid, `tkill`, sigqueue, pidfd), tracing
 and cross-process memory (`ptrace`, `process_vm_*`, `kcmp`, `move_pages`, `migrate_pages`), every socket
-(`socket`, `socketpair`: no network, no DNS, not even loopback), namespace/mount/kernel-admin calls, `bpf`,
-`perf_event_open`, `userfaultfd`, io_uring, `prlimit64` on another pid, `prctl(PR_SET_PDEATHSIG)` (the death signal
-the executor armed is what kills it when its zygote is SIGKILLed at the "rlimits-only" level, where no PID namespace
-does), and closing or overwriting the executor's two protocol pipes (`close`, `dup2`, `dup3` on those fds). `clone3`
-and `close_range` answer `ENOSYS` so that glibc and CPython fall back to `clone` (threads still work) and to per-fd
-`close` (which the filter checks). Syscalls of a foreign ABI (x32, or i386 on x86-64) kill the process.
+(`socket`, `socketpair`: no network, no DNS, not even loopback), System V IPC (`shmget`, `semget`, `msgget` and
+their operations), namespace/mount/kernel-admin calls, `bpf`, `perf_event_open`, `userfaultfd`, io_uring,
+`prlimit64` on another pid, `prctl(PR_SET_PDEATHSIG)` (the death signal the executor armed is what kills it when its
+zygote is SIGKILLed at the "rlimits-only" level, where no PID namespace does), and closing or overwriting the
+executor's two protocol pipes (`close`, `dup2`, `dup3` on those fds). `clone3` and `close_range` answer `ENOSYS` so
+that glibc and CPython fall back to `clone` (threads still work) and to per-fd `close` (which the filter checks).
+Syscalls of a foreign ABI (x32, or i386 on x86-64) kill the process.
 """
 
 from __future__ import annotations
@@ -54,18 +55,19 @@ _AUDIT_ARCH_X86_64 = 0xC000003E
 
 # x86-64 syscall numbers (asm/unistd_64.h).
 _X86_64 = {
-    "close": 3, "dup2": 33, "socket": 41, "socketpair": 53, "clone": 56, "fork": 57, "vfork": 58, "execve": 59,
-    "kill": 62, "ptrace": 101, "syslog": 103, "rt_sigqueueinfo": 129, "personality": 135, "pivot_root": 155,
-    "prctl": 157, "chroot": 161, "acct": 163, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168,
-    "reboot": 169,
-    "init_module": 175, "delete_module": 176, "quotactl": 179, "tkill": 200, "tgkill": 234, "kexec_load": 246,
-    "add_key": 248, "request_key": 249, "keyctl": 250, "migrate_pages": 256, "unshare": 272, "move_pages": 279,
-    "dup3": 292, "rt_tgsigqueueinfo": 297, "perf_event_open": 298, "prlimit64": 302, "setns": 308,
-    "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "finit_module": 313, "kexec_file_load": 320,
-    "bpf": 321, "execveat": 322, "userfaultfd": 323, "pidfd_send_signal": 424, "io_uring_setup": 425,
-    "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430,
-    "fsconfig": 431, "fsmount": 432, "fspick": 433, "pidfd_open": 434, "clone3": 435, "close_range": 436,
-    "pidfd_getfd": 438, "process_madvise": 440, "mount_setattr": 442,
+    "close": 3, "shmget": 29, "shmat": 30, "shmctl": 31, "dup2": 33, "socket": 41, "socketpair": 53, "clone": 56,
+    "fork": 57, "vfork": 58, "execve": 59, "kill": 62, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
+    "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "ptrace": 101, "syslog": 103, "rt_sigqueueinfo": 129,
+    "personality": 135, "pivot_root": 155, "prctl": 157, "chroot": 161, "acct": 163, "mount": 165, "umount2": 166,
+    "swapon": 167, "swapoff": 168, "reboot": 169, "init_module": 175, "delete_module": 176, "quotactl": 179,
+    "tkill": 200, "semtimedop": 220, "tgkill": 234, "kexec_load": 246, "add_key": 248, "request_key": 249,
+    "keyctl": 250, "migrate_pages": 256, "unshare": 272, "move_pages": 279, "dup3": 292, "rt_tgsigqueueinfo": 297,
+    "perf_event_open": 298, "prlimit64": 302, "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311,
+    "kcmp": 312, "finit_module": 313, "kexec_file_load": 320, "bpf": 321, "execveat": 322, "userfaultfd": 323,
+    "pidfd_send_signal": 424, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+    "pidfd_open": 434, "clone3": 435, "close_range": 436, "pidfd_getfd": 438, "process_madvise": 440,
+    "mount_setattr": 442,
 }
 
 _DENY_EPERM = (
@@ -76,6 +78,10 @@ _DENY_EPERM = (
     "quotactl", "kexec_load", "kexec_file_load", "add_key", "request_key", "keyctl", "unshare", "setns",
     "perf_event_open", "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "open_tree",
     "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    # System V IPC: its objects outlive the program (in the worker's IPC namespace, or the host's at the rlimits-only
+    # level, even after the pool), readable by the programs that follow, and their memory is outside RLIMIT_AS.
+    "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semtimedop", "semctl", "msgget", "msgsnd", "msgrcv",
+    "msgctl",
 )
 _DENY_ENOSYS = ("clone3", "close_range")
 

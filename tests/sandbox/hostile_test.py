@@ -288,6 +288,18 @@ def test_a_program_that_forges_its_reply_does_not_run_on(pool):
   _assert_clean(pool)
 
 
+def test_no_shared_memory_segment_outlives_its_program(pool):
+  """A System V segment (kept by the worker's IPC namespace, or the host's at the rlimits-only level, after the
+  program and even the pool) is neither left for the next program to read nor memory outside the limit."""
+  libc = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
+  leave = libc + ("sid = libc.shmget(0x5EC0, 1 << 20, 0o1600)\nif sid >= 0:\n    addr = libc.shmat(sid, None, 0)\n"
+                  "    ctypes.memset(addr, 7, 1 << 20)\n    libc.shmdt(ctypes.c_void_p(addr))\nprint(sid)")
+  _run(pool, leave)
+  found = _run(pool, libc + "print(libc.shmget(0x5EC0, 0, 0))")
+  assert found.observation == "-1\n", found
+  _assert_clean(pool)
+
+
 # Poison, then check, back to back on the same worker. Expected observations by hand (DESIGN.md §1.1 rules).
 POISON_PAIRS = [
     ("builtins", "import builtins\nbuiltins.print = lambda *a, **k: None\nbuiltins.len = lambda x: 42",
