@@ -5,10 +5,10 @@ every snippet executor right after `fork`, so it holds at every isolation level 
 sockets, `fork`/`exec` and signals to other processes).
 
 Denied with `EPERM`: process creation (`fork`, `vfork`, `clone` without `CLONE_THREAD`, `execve`, `execveat`),
-signals to anything but the executor itself (`kill`, `tgkill` to another pid, `tkill`, sigqueue, pidfd), tracing
-and cross-process memory (`ptrace`, `process_vm_*`, `kcmp`, `move_pages`, `migrate_pages`), every socket
-(`socket`, `socketpair`: no network, no DNS, not even loopback), System V IPC (`shmget`, `semget`, `msgget` and
-their operations), namespace/mount/kernel-admin calls, `bpf`, `perf_event_open`, `userfaultfd`, io_uring,
+signals to anything but the executor itself (`kill`, `tgkill` to another pid, `tkill`, sigqueue, pidfd), tracing and
+cross-process memory (`ptrace`, `process_vm_*`, `kcmp`, `move_pages`, `migrate_pages`), every socket (`socket`,
+`socketpair`: no network, no DNS, not even loopback), System V IPC (`shmget`, `semget`, `msgget` and their
+operations), `memfd_create`, namespace/mount/kernel-admin calls, `bpf`, `perf_event_open`, `userfaultfd`, io_uring,
 `prlimit64` on another pid, `prctl(PR_SET_PDEATHSIG)` (the death signal the executor armed is what kills it when its
 zygote is SIGKILLed at the "rlimits-only" level, where no PID namespace does), and closing or overwriting the
 executor's two protocol pipes (`close`, `dup2`, `dup3` on those fds). `clone3` and `close_range` answer `ENOSYS` so
@@ -63,10 +63,10 @@ _X86_64 = {
     "tkill": 200, "semtimedop": 220, "tgkill": 234, "kexec_load": 246, "add_key": 248, "request_key": 249,
     "keyctl": 250, "migrate_pages": 256, "unshare": 272, "move_pages": 279, "dup3": 292, "rt_tgsigqueueinfo": 297,
     "perf_event_open": 298, "prlimit64": 302, "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311,
-    "kcmp": 312, "finit_module": 313, "kexec_file_load": 320, "bpf": 321, "execveat": 322, "userfaultfd": 323,
-    "pidfd_send_signal": 424, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-    "pidfd_open": 434, "clone3": 435, "close_range": 436, "pidfd_getfd": 438, "process_madvise": 440,
+    "kcmp": 312, "finit_module": 313, "memfd_create": 319, "kexec_file_load": 320, "bpf": 321, "execveat": 322,
+    "userfaultfd": 323, "pidfd_send_signal": 424, "io_uring_setup": 425, "io_uring_enter": 426,
+    "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+    "fspick": 433, "pidfd_open": 434, "clone3": 435, "close_range": 436, "pidfd_getfd": 438, "process_madvise": 440,
     "mount_setattr": 442,
 }
 
@@ -82,6 +82,8 @@ _DENY_EPERM = (
     # level, even after the pool), readable by the programs that follow, and their memory is outside RLIMIT_AS.
     "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semtimedop", "semctl", "msgget", "msgsnd", "msgrcv",
     "msgctl",
+    # Its pages (up to RLIMIT_FSIZE a file, RLIMIT_NOFILE files: 4 GB) are memory outside RLIMIT_AS.
+    "memfd_create",
 )
 _DENY_ENOSYS = ("clone3", "close_range")
 

@@ -99,6 +99,10 @@ HOSTILE = [
     ("growing_bomb", "chunks = []\nwhile True:\n    chunks.append(bytearray(2 ** 27))", _memory),
     ("numpy_bomb", "import numpy as np\nx = np.ones((10 ** 5, 10 ** 5))", _memory),
     ("mmap_bomb", "import mmap\nm = mmap.mmap(-1, 10 ** 11)", _memory),
+    # 640 MB (over the 512 MB limit) written into memory files, whose pages no address-space limit counts.
+    ("memfd_bomb", "import os\nfds = []\nfor _ in range(40):\n    fds.append(os.memfd_create('m'))\n"
+     "    for _ in range(16):\n        os.write(fds[-1], b'1' * 2 ** 20)\nprint(len(fds) * 16)",
+     _error("PermissionError: [Errno 1]")),
     ("int_str_limit", "print(len(str(10 ** 100000)))", _error("ValueError: Exceeds the limit")),
     # Processes and signals.
     ("fork_bomb", "import os\nwhile True:\n    os.fork()", _error("PermissionError: [Errno 1]")),
