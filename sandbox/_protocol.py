@@ -7,6 +7,7 @@ fail, but cannot run code. `ensure_ascii` keeps lone surrogates encodable. Every
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import struct
@@ -59,6 +60,23 @@ class FrameReader:
     return frames
 
 
+_READY_IN = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
+_READY_OUT = select.POLLOUT | select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+
+def wait(readable: list[int], writable: list[int], timeout: float) -> tuple[list[int], list[int]]:
+  """`select.select(readable, writable, [], timeout)` for fds of any number (`select` refuses fds from 1024 on,
+  which a host process may well hold). An fd at EOF or in error counts as ready, as with `select`."""
+  poller = select.poll()
+  for fd in readable:
+    poller.register(fd, select.POLLIN)
+  for fd in writable:
+    poller.register(fd, select.POLLOUT)
+  events = dict(poller.poll(math.ceil(max(timeout, 0.0) * 1000)))
+  return ([fd for fd in readable if events.get(fd, 0) & _READY_IN],
+          [fd for fd in writable if events.get(fd, 0) & _READY_OUT])
+
+
 def read_frame(fd: int, reader: FrameReader, pending: list, deadline: float | None) -> Any:
   """Returns the next frame from `fd`, None at EOF; raises TimeoutError at `deadline` (time.monotonic()).
 
@@ -69,7 +87,7 @@ def read_frame(fd: int, reader: FrameReader, pending: list, deadline: float | No
       left = deadline - time.monotonic()
       if left <= 0:
         raise TimeoutError
-      ready, _, _ = select.select([fd], [], [], left)
+      ready, _ = wait([fd], [], left)
       if not ready:
         continue
     data = os.read(fd, 1 << 16)

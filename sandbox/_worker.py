@@ -30,7 +30,6 @@ import json
 import math
 import os
 import resource
-import select
 import signal
 import stat
 import sys
@@ -499,7 +498,7 @@ class Zygote:
       left = deadline - time.monotonic()
       if left <= 0:
         raise TimeoutError
-      ready, _, _ = select.select([ex.result_fd, self.host_in], [], [], left)
+      ready, _ = _protocol.wait([ex.result_fd, self.host_in], [], left)
       if self.host_in in ready:
         self._pump_host()
       if ex.result_fd in ready:

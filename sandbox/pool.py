@@ -140,7 +140,7 @@ class _WorkerProcess:
       left = deadline - time.monotonic()
       if left <= 0:
         raise TimeoutError
-      readable, writable, _ = select.select([in_fd], [out_fd], [], left)
+      readable, writable = _protocol.wait([in_fd], [out_fd], left)
       if readable:
         chunk = os.read(in_fd, 1 << 16)
         if not chunk:

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -178,6 +179,25 @@ def test_hung_worker_is_killed_by_the_host_watchdog_while_a_large_program_is_sen
     r = future.result()
     assert r.timed_out and r.observation == "TimeoutError: execution exceeded 0.5s"
     assert p.run(["print(2)"])[0].observation == "2\n"
+
+
+def test_a_host_holding_fds_past_1024_runs_programs():
+  """The pipes to the workers then get fd numbers past 1024, which `select.select` refused ('filedescriptor out of
+  range in select()'): the pool did not start, and a worker thread that met one later died."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  if hard != resource.RLIM_INFINITY and hard < 1200:
+    pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+  resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+  held = []
+  try:
+    while not held or held[-1] < 1100:
+      held.append(os.open(os.devnull, os.O_RDONLY))
+    with SandboxPool(num_workers=1, timeout_s=2.0, **LIGHT) as p:
+      assert [r.observation for r in p.run(["print(1)", "import time\ntime.sleep(0.1)\nprint(2)"])] == ["1\n", "2\n"]
+  finally:
+    for fd in held:
+      os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_closed_pool_refuses_work():
