@@ -52,10 +52,40 @@ str(np.arange(10).mean()); np.linalg.norm(np.ones(3)); np.linalg.solve(np.eye(2)
 """
 
 # Unprivileged uids for jailed workers: far above login users and the usual subuid ranges. Every worker started by
-# this process gets the next of 64 uids (so RLIMIT_NPROC budgets are per worker, also across pools).
+# this process takes the next of `_UID_SLOTS` uids that no live worker holds (`_UidLease`).
 _UID_BASE = 3_900_000_000
-_UID_SLOTS = 64
-_uid_counter = itertools.count()
+_UID_SLOTS = 1024
+
+
+class _UidLease:
+  """A worker uid that no other live worker of this process holds, until `release`.
+
+  Workers never share a uid: at the rlimits-only level it is all that keeps one worker's programs out of another's
+  work dir, and RLIMIT_NPROC budgets count per uid (also across pools).
+  """
+
+  _lock = threading.Lock()
+  _in_use: set[int] = set()
+  _next = itertools.count()  # taken in turn, so a uid just released is the last to come back
+
+  def __init__(self):
+    with self._lock:
+      for _ in range(_UID_SLOTS):
+        slot = next(self._next) % _UID_SLOTS
+        if slot not in self._in_use:
+          break
+      else:
+        raise RuntimeError(f"more than {_UID_SLOTS} sandbox workers at once in one process")
+      self._in_use.add(slot)
+    self.slot = slot
+    self._held = True
+
+  def release(self) -> None:
+    """Idempotent."""
+    with self._lock:
+      if self._held:
+        self._held = False
+        self._in_use.discard(self.slot)
 
 
 class _Task:
@@ -119,10 +149,12 @@ class _TaskQueue:
 class _WorkerProcess:
   """One jailed zygote as seen from the host."""
 
-  def __init__(self, popen: subprocess.Popen, stderr_file, cleanup_dirs: list[str], max_frame: int):
+  def __init__(self, popen: subprocess.Popen, stderr_file, cleanup_dirs: list[str], max_frame: int,
+               uid_lease: _UidLease | None):
     self.popen = popen
     self.stderr_file = stderr_file
     self.cleanup_dirs = cleanup_dirs
+    self.uid_lease = uid_lease
     self.reader = _protocol.FrameReader(max_frame)
     self.pending: list = []
     self.info: dict = {}
@@ -188,6 +220,8 @@ class _WorkerProcess:
         os.rmdir(d)
       except OSError:
         pass
+    if self.uid_lease is not None:  # after the wait: none of the worker's processes runs under the uid any more
+      self.uid_lease.release()
 
 
 class SandboxPool:
@@ -360,9 +394,18 @@ class SandboxPool:
     return bool(getattr(proc, "inflight", None))
 
   def _spawn(self, slot: int) -> _WorkerProcess:
+    uid_lease = _UidLease() if self._as_root else None
+    try:
+      return self._start_worker(uid_lease)
+    except BaseException:
+      if uid_lease is not None:
+        uid_lease.release()
+      raise
+
+  def _start_worker(self, uid_lease: _UidLease | None) -> _WorkerProcess:
     cfg = dict(self._worker_cfg)
     cleanup: list[str] = []
-    uid = self._uid_base + next(_uid_counter) % _UID_SLOTS if self._as_root else None
+    uid = None if uid_lease is None else self._uid_base + uid_lease.slot
     cfg.update(uid=uid, gid=uid)
     env = dict(isolation_lib.JAIL_ENV)
     if self.isolation_level == "bwrap":
@@ -401,7 +444,7 @@ class SandboxPool:
       for d in cleanup:
         shutil.rmtree(d, ignore_errors=True)
       raise
-    proc = _WorkerProcess(popen, stderr_file, cleanup, 256 * self.max_output_chars + (1 << 20))
+    proc = _WorkerProcess(popen, stderr_file, cleanup, 256 * self.max_output_chars + (1 << 20), uid_lease)
     try:
       frame = proc.recv(time.monotonic() + self._startup_timeout)
     except (TimeoutError, _protocol.ProtocolError) as e:

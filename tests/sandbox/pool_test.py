@@ -200,6 +200,28 @@ def test_a_host_holding_fds_past_1024_runs_programs():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def _uid_of(pid):
+  with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="workers take uids of their own only when the host is root")
+def test_live_workers_never_share_a_uid(monkeypatch):
+  """At the rlimits-only level a uid is what keeps one worker's programs out of another's work dir. Uids were
+  handed out in turn whatever was still alive: the 64th respawn since a worker started took that worker's uid."""
+  monkeypatch.setattr(pool_lib, "_UID_SLOTS", 4)  # a few respawns stand for the 64
+  with SandboxPool(num_workers=2, timeout_s=2.0, isolation="rlimits-only", **LIGHT) as p:
+    survivor = p.worker_pids()[0]  # at this level the worker process is the zygote, which runs as the worker uid
+    for _ in range(5):
+      (victim,) = [pid for pid in p.worker_pids() if pid != survivor]
+      os.kill(victim, signal.SIGKILL)
+      deadline = time.monotonic() + 30
+      while (victim in p.worker_pids() or len(p.worker_pids()) < 2) and time.monotonic() < deadline:
+        p.run(["print(1)"] * 2)  # a dead worker is replaced when its slot takes a program
+      (new,) = [pid for pid in p.worker_pids() if pid != survivor]
+      assert _uid_of(new) != _uid_of(survivor)
+
+
 def test_closed_pool_refuses_work():
   p = SandboxPool(num_workers=1, **LIGHT)
   p.close()
