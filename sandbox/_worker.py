@@ -380,6 +380,8 @@ class Zygote:
     self.as_base = _vm_size_bytes()
     self.rng_states: list = []
     self.seccomp_on = False
+    # Modes the private dirs had at start: a program may lock its work dir (0) or open it to other workers (0o777).
+    self.wipe_modes = {path: stat.S_IMODE(os.stat(path).st_mode) for path in cfg["wipe_dirs"]}
 
   # -- executors --------------------------------------------------------------------------------------------------
 
@@ -579,6 +581,16 @@ class Zygote:
       return {**base, **_death_result(None, garbled=True), "duration_s": duration}
     return reply
 
+  def wipe(self) -> None:
+    """Empties the private dirs after giving them back their modes (at the rlimits-only level the work dir is this
+    uid's; bwrap's and unshare's tmpfs roots are root's, which no program could change either)."""
+    for path, mode in self.wipe_modes.items():
+      try:
+        os.chmod(path, mode)
+      except OSError:
+        pass
+      wipe_dir(path)
+
   def serve(self) -> None:
     first = self.take_spare()
     self.spare = first
@@ -591,8 +603,7 @@ class Zygote:
           self._pump_host()
         task = self.tasks.popleft()
         result = self.run_task(task)
-        for path in self.cfg["wipe_dirs"]:
-          wipe_dir(path)
+        self.wipe()
         self.reap_retired()
         self.send_host(result)
     except (_Shutdown, BrokenPipeError):
@@ -609,8 +620,7 @@ class Zygote:
           pass
         self._reap(pid)
       if self.cfg.get("remove_workdir"):  # rlimits-only: the host may be gone (SIGKILL) and cannot clean up
-        for path in self.cfg["wipe_dirs"]:
-          wipe_dir(path)
+        self.wipe()
         try:
           os.rmdir(self.cfg["workdir"])
         except OSError:

@@ -310,6 +310,8 @@ ISOLATION_CHECKS = [
     ("import os\nos.fork()", "PermissionError: [Errno 1] Operation not permitted"),
     ("while True:\n    pass", "TimeoutError: execution exceeded 1.0s"),
     ("x = [0] * 10 ** 10", "MemoryError: execution exceeded the memory limit (1024 MB)"),
+    # Where the work dir is the worker uid's own (rlimits-only), locking it broke every later program of the worker.
+    ("import os\ntry:\n    os.chmod('.', 0)\nexcept OSError:\n    pass\nprint(2)", "2\n"),
     ("open('leftover', 'w').write('1')\nprint(1)", "1\n"),
     ("import os\nprint(os.listdir('.'))", "[]\n"),
 ]
