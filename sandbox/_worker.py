@@ -624,7 +624,7 @@ class Zygote:
         try:
           os.rmdir(self.cfg["workdir"])
         except OSError:
-          pass
+          pass  # a root host owns the entry (`SandboxPool`): after its SIGKILL the empty dir stays
 
 
 def _cpu_limit_death(status: int | None) -> bool:

@@ -430,8 +430,13 @@ class SandboxPool:
       workdir = tempfile.mkdtemp(prefix="rstar_sandbox_")
       cleanup.append(workdir)
       if uid is not None:
-        os.chown(workdir, uid, uid)
-      os.chmod(workdir, 0o700)
+        # Root keeps the entry and the worker's group gets the use of it: in the sticky /tmp only the owner may
+        # rename or remove it (a program moved it, and the next program saw its files; or removed it, and no later
+        # program could write a file), or change its mode.
+        os.chown(workdir, 0, uid)
+        os.chmod(workdir, 0o770)
+      else:
+        os.chmod(workdir, 0o700)
       cfg.update(workdir=workdir, wipe_dirs=[workdir], host_pid=os.getpid(), remove_workdir=True)
       argv = isolation_lib.worker_argv(json.dumps(cfg), os.path.dirname(isolation_lib.PACKAGE_DIR))
       env.update(HOME=workdir, TMPDIR=workdir)

@@ -312,6 +312,10 @@ ISOLATION_CHECKS = [
     ("x = [0] * 10 ** 10", "MemoryError: execution exceeded the memory limit (1024 MB)"),
     # Where the work dir is the worker uid's own (rlimits-only), locking it broke every later program of the worker.
     ("import os\ntry:\n    os.chmod('.', 0)\nexcept OSError:\n    pass\nprint(2)", "2\n"),
+    # Moving it away took its files along to the next program, removing it left no place to write a file.
+    ("import os\nopen('x', 'w').close()\ntry:\n    os.rename(os.getcwd(), os.getcwd() + '_moved')\nexcept OSError:\n"
+     "    pass\nprint(3)", "3\n"),
+    ("import os\ntry:\n    os.rmdir(os.getcwd())\nexcept OSError:\n    pass\nprint(4)", "4\n"),
     ("open('leftover', 'w').write('1')\nprint(1)", "1\n"),
     ("import os\nprint(os.listdir('.'))", "[]\n"),
 ]
