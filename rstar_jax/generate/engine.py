@@ -45,7 +45,7 @@ from rstar_jax import sharding as sharding_lib
 from rstar_jax.generate import kernels as kernels_lib
 from rstar_jax.generate import stops as stops_lib
 from rstar_jax.generate.buckets import Buckets
-from rstar_jax.generate.prefill import Level, PrefillPlan, plan_prefill
+from rstar_jax.generate.prefill import Level, PrefillPlan, plan_prefill, token_order
 from rstar_jax.generate.sampling import Greedy, SamplingMethod, sample_keys
 from rstar_jax.models import PPM, KVCache, Qwen2, unstack_layers
 
@@ -207,7 +207,7 @@ class Engine:
       raise ValueError("stop strings need a tokenizer: Engine(model, tokenizer=...)")
     rows, keys, results = self._rows(requests, max_new_tokens, max_context)
     self.stats = dict(prefill_s=0.0, decode_s=0.0, steps=0, batches=[])
-    for chunk in self._row_chunks(sorted(range(len(rows)), key=lambda i: rows[i].prompt.tolist())):
+    for chunk in self._row_chunks(token_order([row.prompt for row in rows])):
       outs = self._generate_batch([rows[i] for i in chunk], keys[chunk], sampler, max_new_tokens, stop, eos_ids,
                                   progress)
       for i, out in zip(chunk, outs):
@@ -225,7 +225,7 @@ class Engine:
     if self.is_ppm:
       raise TypeError("this Engine wraps a PPM: nothing to precompile for generate()")
     rows, keys, _ = self._rows(requests, max_new_tokens, max_context)
-    for chunk in self._row_chunks(sorted(range(len(rows)), key=lambda i: rows[i].prompt.tolist())):
+    for chunk in self._row_chunks(token_order([row.prompt for row in rows])):
       plan, args, statics = self._batch_inputs([rows[i] for i in chunk], keys[chunk], sampler, max_new_tokens, ())
       k = self._k
       with k.context():
@@ -387,7 +387,7 @@ class Engine:
     out = np.zeros(len(arrays), np.float32)
     if not arrays:
       return out
-    order = sorted(range(len(arrays)), key=lambda i: arrays[i].tolist())
+    order = token_order(arrays)
     self.stats = dict(batches=[])
     for chunk in self._row_chunks(order):
       plan = self._plan([arrays[i] for i in chunk])
@@ -421,7 +421,7 @@ class Engine:
         raise ValueError(f"context {i} is empty (the first continuation token needs a context)")
     full = [np.concatenate([a, b]) for a, b in zip(ctx, cont)]
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(full)
-    order = sorted(range(len(full)), key=lambda i: full[i].tolist())
+    order = token_order(full)
     self.stats = dict(batches=[])
     for chunk in self._row_chunks(order):
       plan = self._plan([full[i] for i in chunk], max_prefix=[len(ctx[i]) - 1 for i in chunk])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rstar_jax.generate import Buckets
-from rstar_jax.generate.prefill import plan_prefill
+from rstar_jax.generate.prefill import plan_prefill, token_order
 
 
 def _rebuild(plan, row):
@@ -33,6 +33,19 @@ def test_bucket_ladders():
   assert [b.rows(n) for n in (1, 3, 8, 9)] == [1, 4, 8, 16]
   split = Buckets(batch_split=6)
   assert [split.rows(n) for n in (1, 6, 7, 13)] == [6, 6, 12, 24]
+
+
+def test_token_order_is_the_order_of_the_token_lists():
+  # Python's own list order (what the engine and the planner sorted rows by) is the reference: prefixes first,
+  # duplicates in input order, and byte-order traps (255/256, 65535/65536, negative and extreme int32 ids).
+  rng = np.random.default_rng(0)
+  alphabet = np.asarray([0, 1, 255, 256, 65535, 65536, 151643, 2**31 - 1, -1, -256, -2**31], np.int32)
+  seqs = [alphabet[rng.integers(0, len(alphabet), rng.integers(0, 5))] for _ in range(400)]
+  seqs += [seqs[7][:1], seqs[7], np.zeros(0, np.int32), np.arange(300, dtype=np.int32)[::3]]  # a strided view
+  expected = sorted(range(len(seqs)), key=lambda i: [int(t) for t in seqs[i]])
+  assert token_order(seqs) == expected
+  assert token_order([[5, 3], [5], [4, 9]]) == [2, 1, 0]  # plain lists too
+  assert token_order([]) == []
 
 
 def test_n_samples_of_one_prompt_are_prefilled_once_and_forked():
