@@ -131,8 +131,8 @@ _SHORT_FRAC_RE = re.compile(r"^([-+]?)\\frac(\d)(\d)$")
 _SLASH_FRAC_RE = re.compile(r"^([-+]?[\d.]+)/([\d.]+)$")
 # `x = 3`, `x_1 = 3`, `x_{12} = 3`; not `\sum_{i=1}^n` (the `=` inside braces).
 _ASSIGNMENT_RE = re.compile(r"^(\\?[a-zA-Z]+(_\{\w+\}|_\w)?)\s*=\s*(?!.*=)")
-# A unit written as text after a number: `5 \text{ cm}`, `15\mbox{ cm}^3` (only words of `_UNIT_WORDS`).
-_TEXT_UNIT_RE = re.compile(r"^([-+]?[\d.,/]+)\s*\\(?:text|mbox|mathrm)\{\s*([a-zA-Z ]+?)\s*\}(\^\{?\d\}?)?$")
+# A unit written as text after a number: `5 \text{ cm}`, `15\mbox{ cm}^3` (the text is checked by `_text_unit_number`).
+_TEXT_UNIT_RE = re.compile(r"^([-+]?[\d.,/]+)\s*\\(?:text|mbox|mathrm)\{([^{}]*)\}(\^\{?\d\}?)?$")
 
 
 _SMALL_NUMBER_WORDS = (
@@ -200,9 +200,9 @@ def _normalize(answer: str | None) -> tuple[str | None, str, str]:
   s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\circ", "")
   s = s.replace("\\%", "").replace("%", "").replace("\\$", "")
   # Units written as text after a number: "5 \text{ cm}" -> "5" (not "5\text{ or }7", "5\text{ million}").
-  match = _TEXT_UNIT_RE.match(s)
-  if match and all(w.lower() in _UNIT_WORDS for w in match.group(2).split()):
-    s = match.group(1)
+  number = _text_unit_number(s)
+  if number is not None:
+    s = number
   s = _unwrap_text_commands(s)
   s = s.strip()
   # A bare unit word after a number: "5 cm" -> "5".
@@ -220,6 +220,23 @@ def _normalize(answer: str | None) -> tuple[str | None, str, str]:
   if _THOUSANDS_RE.match(s):
     s = s.replace(",", "")
   return variable, _finish(s), as_list
+
+
+def _text_unit_number(s: str) -> str | None:
+  """The number of `5 \\text{ cm}`-like answers (`_TEXT_UNIT_RE`) whose text is words of `_UNIT_WORDS`; else None.
+
+  The text must read as `\\s*[a-zA-Z ]+?\\s*` (letters and spaces, any whitespace around them). It is checked here,
+  not inside the regex: that pattern's overlapping runs of spaces backtracked in cubic time on a long run of spaces
+  that does not end the answer (a degenerate model answer stalled the search for minutes, outside any deadline).
+  """
+  match = _TEXT_UNIT_RE.match(s)
+  if not match:
+    return None
+  text = match.group(2)
+  core = text.strip()  # str.strip and the regex `\\s` strip the same (Unicode) whitespace
+  if not (core or " " in text) or not re.fullmatch(r"[a-zA-Z ]*", core):
+    return None
+  return match.group(1) if all(w.lower() in _UNIT_WORDS for w in core.split()) else None
 
 
 def _finish(s: str) -> str:

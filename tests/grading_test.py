@@ -3,6 +3,7 @@
 import json
 import pathlib
 import random
+import re
 import threading
 import time
 from fractions import Fraction
@@ -170,6 +171,28 @@ def test_number_parsing():
   assert parse_number("\\sqrt{2}") is None
   assert parse_number("x") is None
   assert normalize_answer("$x = \\dfrac{1}{2}$.") == "\\frac{1}{2}"
+
+
+def test_text_units_after_a_number_read_as_the_former_regex_without_its_backtracking():
+  # The reference is the pattern the check used to be (cubic backtracking on a long run of spaces): same verdicts on
+  # every short string over an alphabet of its edge cases (whitespace kinds, letters, braces, exponents).
+  former = re.compile(r"^([-+]?[\d.,/]+)\s*\\(?:text|mbox|mathrm)\{\s*([a-zA-Z ]+?)\s*\}(\^\{?\d\}?)?$")
+
+  def reference(s):
+    match = former.match(s)
+    return match.group(1) if match and all(w.lower() in grading._UNIT_WORDS for w in match.group(2).split()) else None
+
+  rng = random.Random(0)
+  pieces = [" ", "  ", "\t", "\n", "\u00a0", "cm", "CM", "m", "or", "x", "1", "{", "}", "-"]
+  for _ in range(4000):
+    inner = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+    s = rng.choice(["5", "-1.5", "3/4"]) + rng.choice(["", " "]) + rng.choice(["\\text{", "\\mbox{"]) + inner + "}"
+    s += rng.choice(["", "^2", "^{3}", "x", " "])
+    assert grading._text_unit_number(s) == reference(s), repr(s)
+  assert normalize_answer("15\\mbox{ cm}^2") == "15"
+  long = "5\\text{" + " " * 5000 + "}x"  # the former pattern's worst case: not a unit
+  assert grading._text_unit_number(long) is None
+  assert normalize_answer(long) == "5x"  # unwrapped as any \\text{}, then its spaces dropped
 
 
 def test_hanging_comparison_is_cut_off_and_the_grader_recovers():
