@@ -133,6 +133,10 @@ _SLASH_FRAC_RE = re.compile(r"^([-+]?[\d.]+)/([\d.]+)$")
 _ASSIGNMENT_RE = re.compile(r"^(\\?[a-zA-Z]+(_\{\w+\}|_\w)?)\s*=\s*(?!.*=)")
 # A unit written as text after a number: `5 \text{ cm}`, `15\mbox{ cm}^3` (the text is checked by `_text_unit_number`).
 _TEXT_UNIT_RE = re.compile(r"^([-+]?[\d.,/]+)\s*\\(?:text|mbox|mathrm)\{([^{}]*)\}(\^\{?\d\}?)?$")
+# A unit word after a number: `5 cm`. The words start at a letter, so `\s+` and the words never compete for a run of
+# spaces (`\s+([a-zA-Z ]+)$` backtracked over such a run in quadratic time: minutes for a model's answer padded with
+# spaces, which Qwen2.5 writes 128 to a token).
+_BARE_UNIT_RE = re.compile(r"^([-+]?[\d.,]+)\s+([a-zA-Z][a-zA-Z ]*)$")
 
 
 _SMALL_NUMBER_WORDS = (
@@ -206,7 +210,7 @@ def _normalize(answer: str | None) -> tuple[str | None, str, str]:
   s = _unwrap_text_commands(s)
   s = s.strip()
   # A bare unit word after a number: "5 cm" -> "5".
-  match = re.match(r"^([-+]?[\d.,]+)\s+([a-zA-Z ]+)$", s)
+  match = _BARE_UNIT_RE.match(s)
   if match and all(w.lower() in _UNIT_WORDS for w in match.group(2).split()):
     s = match.group(1)
   # A single assignment "x = 3" -> "3" (not for equations with several "="); the variable is returned beside it.

@@ -195,6 +195,24 @@ def test_text_units_after_a_number_read_as_the_former_regex_without_its_backtrac
   assert normalize_answer(long) == "5x"  # unwrapped as any \\text{}, then its spaces dropped
 
 
+def test_unit_words_after_a_number_read_as_the_former_regex_without_its_backtracking():
+  # The reference is the former pattern (quadratic backtracking over a long run of spaces), on stripped answers as
+  # `_normalize` applies it: the same matches, numbers and words.
+  former = re.compile(r"^([-+]?[\d.,]+)\s+([a-zA-Z ]+)$")
+  rng = random.Random(1)
+  pieces = [" ", "  ", "\t", "\n", "\u00a0", "cm", "m", "Feet", "x", "1", ".", ",", "!", "-"]
+  for _ in range(4000):
+    s = rng.choice(["5", "-1.5", "1,234", "x"]) + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 7)))
+    s = s.strip()
+    got, want = grading._BARE_UNIT_RE.match(s), former.match(s)
+    assert (got is None) == (want is None), repr(s)
+    if got:
+      assert (got.group(1), got.group(2).split()) == (want.group(1), want.group(2).split()), repr(s)
+  assert normalize_answer("12 square feet") == "12"
+  padded = "5" + " " * 100_000 + "!"  # the former pattern's worst case (a model pads an answer 128 spaces a token)
+  assert normalize_answer(padded) == "5!"
+
+
 def test_hanging_comparison_is_cut_off_and_the_grader_recovers():
   # A long startup allowance: were it (and not `timeout_s`) the deadline of the replacement worker's first
   # comparison, the second hanging answer below would take two minutes.
