@@ -47,6 +47,7 @@ Results are cached per (prediction, gold) pair: a search grades the same few ans
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures
 import json
 import logging
@@ -494,18 +495,24 @@ class Grader:
     timeout_s: deadline of one math-verify comparison; an overrun counts as "not equal".
     startup_timeout_s: how long a fresh worker may take to import math-verify and get ready (before the
       deadline of its first comparison starts); a worker that does not get ready counts as an overrun.
+    cache_size: verdicts kept for repeated (pred, gold) pairs, least recently used dropped first (a round grades
+      millions of answers in one process; kept without a bound they would fill its memory).
   """
 
-  def __init__(self, num_workers: int = 1, timeout_s: float = 5.0, startup_timeout_s: float = 60.0):
+  def __init__(self, num_workers: int = 1, timeout_s: float = 5.0, startup_timeout_s: float = 60.0,
+               cache_size: int = 1 << 16):
     if num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if cache_size < 0:
+      raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+    self.cache_size = cache_size
     self.timeout_s = float(timeout_s)
     self.startup_timeout_s = float(startup_timeout_s)
     self._workers = [_Worker() for _ in range(num_workers)]
     self._idle: queue.Queue[_Worker] = queue.Queue()
     for w in self._workers:
       self._idle.put(w)
-    self._cache: dict[tuple[str, str], bool] = {}
+    self._cache: collections.OrderedDict[tuple[str, str], bool] = collections.OrderedDict()
     self._lock = threading.Lock()
     self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="grader")
     self._closed = False
@@ -557,10 +564,13 @@ class Grader:
     key = (pred, gold)
     with self._lock:
       if key in self._cache:
+        self._cache.move_to_end(key)
         return self._cache[key]
     result = self._equivalent_uncached(pred, gold)
     with self._lock:
       self._cache[key] = result
+      while len(self._cache) > self.cache_size:
+        self._cache.popitem(last=False)
     return result
 
   def _equivalent_uncached(self, pred: str, gold: str) -> bool:

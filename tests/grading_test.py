@@ -308,3 +308,18 @@ def test_benchmark_answers_equal_themselves_full(shared_data):
 def test_default_grader_is_shared():
   assert grading.default_grader() is grading.default_grader()
   assert grading.is_equivalent("\\frac{2}{4}", "0.5")
+
+
+def test_the_verdict_cache_keeps_the_most_recently_used_pairs_only():
+  # It kept every pair ever graded: a round grades millions of answers in one process.
+  pairs = [(str(i), str(i)) for i in range(5)] + [("\\dfrac{3}{4}", "0.75"), ("1/2", "0.5")]
+  with Grader(num_workers=1, cache_size=3) as small, Grader(num_workers=1, cache_size=0) as none:
+    for _ in range(2):
+      assert [small.equivalent(*p) for p in pairs] == [none.equivalent(*p) for p in pairs] == [True] * 7
+    assert list(small._cache) == pairs[-3:]  # pylint: disable=protected-access
+    assert small.equivalent(*pairs[4])  # a hit moves the pair to the back: the oldest left goes first
+    small.equivalent("7", "8")
+    assert list(small._cache) == [pairs[6], pairs[4], ("7", "8")]  # pylint: disable=protected-access
+    assert not none._cache  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="cache_size must be >= 0, got -1"):
+    Grader(cache_size=-1)
