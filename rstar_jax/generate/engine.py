@@ -107,7 +107,8 @@ class Engine:
       model: a `Qwen2` (generate, loglikelihood) or a `PPM` (values). With a mesh, the parameters the engine runs
         are placed on the mesh in place (`rstar_jax.sharding.shard_model`).
       tokenizer: decodes text (results' `text`, stop strings); optional for token-only use. When it has a length,
-        only ids below it are generated (a checkpoint's spare embedding rows, as Qwen2.5's, are never sampled).
+        only ids below it are generated (a checkpoint's spare embedding rows, as Qwen2.5's, are never sampled); the
+        length is read at each call, so tags added to the tokenizer later are generated too.
       eos_ids: token ids that end a row; None takes the tokenizer's EOS id (if any). A checkpoint's
         `generation_config.json` may list more (instruct models): `checkpoint_eos_ids` gives both, as vLLM uses.
       mesh: a `(data, fsdp, tensor)` mesh, or None for the default device.
@@ -151,8 +152,9 @@ class Engine:
     self.pad_id = pad_id
     graphdef, self._params = nnx.split(model)
     rules = tuple((name, tuple(axes)) for name, axes in rules)
-    vocab_limit = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
-    self._k = kernels_lib.kernels_for(graphdef, self.config, mesh, rules, pad_id, vocab_limit)
+    self._kernel_args = (graphdef, self.config, mesh, rules, pad_id)
+    self._vocab_limit = _vocab_limit(tokenizer)
+    self._k = kernels_lib.kernels_for(*self._kernel_args, self._vocab_limit)
     self.stats: dict[str, Any] = {}
 
   # --- prefill -------------------------------------------------------------------------------------------------------
@@ -205,6 +207,7 @@ class Engine:
     eos_ids = self.eos_ids if eos_ids is None else tuple(sorted({int(i) for i in eos_ids}))
     if stop and self.tokenizer is None:
       raise ValueError("stop strings need a tokenizer: Engine(model, tokenizer=...)")
+    self._follow_tokenizer_length()
     rows, keys, results = self._rows(requests, max_new_tokens, max_context)
     self.stats = dict(prefill_s=0.0, decode_s=0.0, steps=0, batches=[])
     for chunk in self._row_chunks(token_order([row.prompt for row in rows])):
@@ -224,6 +227,7 @@ class Engine:
     """
     if self.is_ppm:
       raise TypeError("this Engine wraps a PPM: nothing to precompile for generate()")
+    self._follow_tokenizer_length()
     rows, keys, _ = self._rows(requests, max_new_tokens, max_context)
     for chunk in self._row_chunks(token_order([row.prompt for row in rows])):
       plan, args, statics = self._batch_inputs([rows[i] for i in chunk], keys[chunk], sampler, max_new_tokens, ())
@@ -241,6 +245,14 @@ class Engine:
         k.decode.lower(self._params, state, np.int32(0), k.put(np.zeros(plan.rows.shape[0], bool)), eos,
                        sampler=sampler).compile()
         k.peek.lower(state, np.int32(0), width=0).compile()
+
+  def _follow_tokenizer_length(self) -> None:
+    """Samples below the tokenizer's current length: tags added to it in place after the engine was built
+    (`add_rstar_tokens`, a trainer given the same tokenizer) would otherwise never be generated."""
+    limit = _vocab_limit(self.tokenizer)
+    if limit != self._vocab_limit:
+      self._vocab_limit = limit
+      self._k = kernels_lib.kernels_for(*self._kernel_args, limit)
 
   def _rows(self, requests: Sequence[Request], max_new_tokens: int, max_context: int | None
             ) -> tuple[list[_Row], np.ndarray, list[list[Result | None]]]:
@@ -442,6 +454,11 @@ class Engine:
 
   def _token_arrays(self, sequences: Sequence[Sequence[int]], what: str) -> list[np.ndarray]:
     return [_token_ids(p, f"{what} {i}", self.config.vocab_size) for i, p in enumerate(sequences)]
+
+
+def _vocab_limit(tokenizer: Any) -> int | None:
+  """The number of ids a tokenizer can decode (the ids sampling may pick), or None without a length."""
+  return len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
 
 
 def _token_ids(ids: Sequence[int], where: str, vocab_size: int) -> np.ndarray:

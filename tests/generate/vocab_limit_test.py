@@ -1,10 +1,13 @@
 """Ids past the tokenizer's length (spare embedding rows, as Qwen2.5's 152064 vs 151665 + tags) are never sampled."""
 
+import json
+
 import numpy as np
 import pytest
-from generate_helpers import TEST_BUCKETS, load_tiny, tiny_tokenizer
+from generate_helpers import SPECIAL_TOKENS, TEST_BUCKETS, VOCAB, load_tiny, tiny_tokenizer, tiny_tokenizer_dir
 
 from rstar_jax.generate import Engine, Request, Sampling
+from rstar_jax.tokenizer import load_tokenizer
 
 
 class _Truncated:
@@ -24,8 +27,8 @@ class _Truncated:
     return self._tokenizer.decode_batch(batch, skip_special_tokens)
 
 
-def _sampled_ids(tokenizer):
-  engine = Engine(load_tiny(), tokenizer=tokenizer, eos_ids=(), buckets=TEST_BUCKETS)
+def _sampled_ids(tokenizer, engine=None):
+  engine = engine or Engine(load_tiny(), tokenizer=tokenizer, eos_ids=(), buckets=TEST_BUCKETS)
   results = engine.generate([Request([1, 2, 3, 4], n=16, seed=0)], Sampling(temperature=3.0), max_new_tokens=16)
   return np.concatenate([r.token_ids for r in results[0]])
 
@@ -48,3 +51,20 @@ def test_logprob_is_the_raw_model_log_prob_under_a_vocab_limit():
   # Control: the ids past the limit carry real mass here, so a renormalised log-prob would differ.
   spare = np.concatenate(engine.loglikelihood([prompt] * 256, [[i] for i in range(256, 512)]))
   assert np.exp(spare).sum() > 0.1
+
+
+def test_ids_a_tokenizer_gains_after_the_engine_is_built_are_sampled(tmp_path):
+  """Tags added in place after `Engine(...)` (`add_rstar_tokens`, or a trainer given the same tokenizer object) are
+  generated: the limit is the tokenizer's length at each call, as the Engine documents, not at construction."""
+  data = json.loads((tiny_tokenizer_dir() / "tokenizer.json").read_text())
+  data["added_tokens"] = []  # the tiny tokenizer without its 10 special tokens: ids < 502
+  (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+  tok = load_tokenizer(tmp_path)
+  base = VOCAB - len(SPECIAL_TOKENS)
+  assert len(tok) == base
+  engine = Engine(load_tiny(), tokenizer=tok, eos_ids=(), buckets=TEST_BUCKETS)
+  assert _sampled_ids(tok, engine).max() < base
+  assert tok.add_special_tokens(SPECIAL_TOKENS) == len(SPECIAL_TOKENS)  # ids 502..511, as the tiny tokenizer's
+  grown = _sampled_ids(tok, engine)
+  np.testing.assert_array_equal(grown, _sampled_ids(tiny_tokenizer()))  # an engine built with all 512 ids
+  assert grown.max() >= base  # control: the new ids are drawn
