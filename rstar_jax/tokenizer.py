@@ -265,13 +265,21 @@ class HFTokenizer(Tokenizer):
     return self._tok
 
   def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+    try:
+      return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+    except TypeError:
+      _check_texts([text])
+      raise
 
   def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
     texts = list(texts)
     # encode_batch_fast skips offset tracking (tokenizers >= 0.20.2); ids are the same.
     encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-    return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
+    try:
+      return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
+    except TypeError:
+      _check_texts(texts)
+      raise
 
   def _clean_up_applies(self) -> bool:
     # transformers (v5) ignores clean_up_tokenization_spaces for BPE models (Qwen2, Llama-3, ...: Llama-3's config
@@ -740,6 +748,20 @@ def _check_tokens(tokens: Iterable[str]) -> list[str]:
     if not isinstance(t, str) or not t:
       raise ValueError(f"special tokens must be non-empty strings, got {t!r}")
   return tokens
+
+
+def _check_texts(texts: Sequence[Any]) -> None:
+  """Names the text the Rust tokenizer refused with a bare TypeError ("TextInputSequence must be str", said even of
+  a str): one that is not a str, or a str holding a lone surrogate (no UTF-8 for it; json.loads gives one for a
+  "\\ud83d" escape, as in a truncated emoji)."""
+  for i, text in enumerate(texts):
+    if not isinstance(text, str):
+      raise TypeError(f"text {i} must be a str, got {type(text).__name__}")
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise ValueError(f"text {i} holds a lone surrogate {text[e.start]!r} at position {e.start}, which is not "
+                       f"valid Unicode (no UTF-8 for it): replace it (e.g. by U+FFFD) before tokenizing") from None
 
 
 def _as_int_list(ids: Sequence[int] | np.ndarray) -> list[int]:

@@ -423,6 +423,26 @@ def test_sentencepiece_incremental_decode_as_full_decode(sp_dir, tmp_path):
 # --- bad input ----------------------------------------------------------------------------------------------------
 
 
+def test_texts_the_tokenizer_cannot_take_are_named(qwen_dir, hf_refs):
+  """A lone surrogate (json.loads of a "\\ud83d" escape, e.g. a truncated emoji in a problem) has no UTF-8: the
+  Rust tokenizer refuses it with "TextInputSequence must be str", naming neither the text nor the character."""
+  plain, _ = hf_refs
+  tok = tk.load_tokenizer(qwen_dir)
+  bad = json.loads('"x = 1\\ud83d"')
+  assert bad == "x = 1\ud83d"
+  with pytest.raises(UnicodeEncodeError):  # the reference: Python's UTF-8 codec, position 5
+    bad.encode("utf-8")
+  with pytest.raises(TypeError):  # transformers refuses it too
+    plain.encode(bad)
+  with pytest.raises(ValueError, match=r"text 1 holds a lone surrogate '\\ud83d' at position 5"):
+    tok.encode_batch(["ok", bad])
+  with pytest.raises(ValueError, match=r"text 0 holds a lone surrogate '\\ud83d' at position 5"):
+    tok.encode(bad)
+  with pytest.raises(TypeError, match="text 1 must be a str, got int"):
+    tok.encode_batch(["ok", 3])
+  assert tok.encode_batch(["x = 1\U0001F600"]) == [plain.encode("x = 1\U0001F600")]  # a whole emoji is fine
+
+
 def test_bad_paths(tmp_path):
   missing = tmp_path / "no_such_dir"
   with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
