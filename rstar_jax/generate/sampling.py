@@ -61,7 +61,7 @@ class Sampling:
   Attributes:
     temperature: > 0. (Use `Greedy` for temperature 0.)
     top_p: in (0, 1]; 1 disables nucleus filtering.
-    top_k: >= 0; 0 disables top-k filtering.
+    top_k: >= 0; 0 disables top-k filtering, and so does -1 (vLLM's spelling, which the official rStar configs use).
   """
   temperature: float = 1.0
   top_p: float = 1.0
@@ -72,8 +72,8 @@ class Sampling:
       raise ValueError(f"temperature must be > 0 (use Greedy() for greedy decoding), got {self.temperature}")
     if not 0 < self.top_p <= 1:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-    if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
-      raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
+    if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < -1:
+      raise ValueError(f"top_k must be a non-negative integer (or -1 for off, as in vLLM), got {self.top_k!r}")
 
   def candidates(self, logits: jax.Array) -> jax.Array:
     """The filtered scaled logits, in token order.

@@ -81,7 +81,9 @@ def test_ties_at_the_top_k_boundary_are_kept_as_by_transformers(method):
 
 def test_filters_that_keep_everything_are_off():
   logits = np.random.default_rng(2).normal(size=(2, VOCAB)).astype(np.float32)
-  for method in [Sampling(0.5), Sampling(0.5, top_k=VOCAB), Sampling(0.5, top_k=VOCAB + 7), Sampling(0.5, top_p=1.0)]:
+  # top_k=-1 is vLLM's "off", as the official rStar configs write it (it was refused).
+  for method in [Sampling(0.5), Sampling(0.5, top_k=VOCAB), Sampling(0.5, top_k=VOCAB + 7), Sampling(0.5, top_p=1.0),
+                 Sampling(0.5, top_k=-1)]:
     np.testing.assert_array_equal(np.asarray(method.candidates(jnp.asarray(logits))), logits / np.float32(0.5))
 
 
@@ -174,8 +176,8 @@ def test_max_rows_splits_a_call_without_changing_results():
     (dict(temperature=0.0), "temperature must be > 0"),
     (dict(top_p=0.0), "top_p must be in"),
     (dict(top_p=1.5), "top_p must be in"),
-    (dict(top_k=-1), "top_k must be a non-negative integer"),
-    (dict(top_k=2.0), "top_k must be a non-negative integer, got 2.0"),  # would fail later, inside jax's top_k
+    (dict(top_k=-2), r"top_k must be a non-negative integer \(or -1 for off, as in vLLM\), got -2"),
+    (dict(top_k=2.0), r"top_k must be a non-negative integer .*, got 2.0"),  # would fail later, inside jax's top_k
     (dict(top_k=True), "top_k must be a non-negative integer"),
 ])
 def test_bad_sampling_settings_are_refused_up_front(kwargs, message):
