@@ -1,7 +1,10 @@
 """Atomic writes (`rstar_jax.files`) and the project's writers that use them."""
 
+import errno
 import os
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ from rstar_jax import files
 from rstar_jax.data import formats
 from rstar_jax.models import tensor_files
 from rstar_jax.search import records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -65,3 +70,23 @@ def test_every_writer_gives_readable_files(tmp_path, umask_027):
     np.testing.assert_array_equal(f.get("w"), tensors["w"])
   np.testing.assert_array_equal(tensor_files.read_torch_bin(tmp_path / "m.bin")["w"], tensors["w"])
   assert formats.read_sft_records(tmp_path / "sft.jsonl") == [formats.SftRecord(query="q", response="r")]
+
+
+def test_a_full_disk_names_the_file_it_was_writing(tmp_path):
+  # A real failed write, no root needed: past RLIMIT_FSIZE (SIGXFSZ ignored) write(2) fails with EFBIG, as a full
+  # disk fails with ENOSPC. Python's OSError from a write names no file (unlike open's), so the run stopped with
+  # "[Errno 28] No space left on device" and nothing said which of the phase's files it was writing.
+  target = tmp_path / "trees-00000.jsonl"
+  code = ("import resource, signal, sys\n"
+          "from rstar_jax import files\n"
+          "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+          "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+          "try:\n"
+          "  files.atomic_write(sys.argv[1], 'x' * 100000)\n"
+          "except OSError as e:\n"
+          "  print(e.errno, e)\n")
+  proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=60,
+                        cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.startswith(f"{errno.EFBIG} ") and str(target) in proc.stdout, proc.stdout
+  assert os.listdir(tmp_path) == []  # no temporary left, no target
