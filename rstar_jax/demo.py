@@ -47,6 +47,7 @@ def build_tokenizer(out_dir: str, corpus: list[str], vocab_size: int):
   """Trains a byte-level BPE on `corpus`, adds the rStar tags, saves to `out_dir` and returns our Tokenizer."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+  from rstar_jax import files
   from rstar_jax.tokenizer import add_rstar_tokens, load_tokenizer
   bpe = Tokenizer(models.BPE())
   bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -54,11 +55,12 @@ def build_tokenizer(out_dir: str, corpus: list[str], vocab_size: int):
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[STOP_TAG], show_progress=False,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   bpe.train_from_iterator(corpus, trainer)
-  os.makedirs(out_dir, exist_ok=True)
-  bpe.save(os.path.join(out_dir, "tokenizer.json"))
-  with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-    json.dump({"eos_token": STOP_TAG, "pad_token": STOP_TAG, "model_max_length": 4096,
-               "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+  # Through atomic_write, not `bpe.save`: on a full disk that raised "No space left on device (os error 28)",
+  # naming no file.
+  files.atomic_write(os.path.join(out_dir, "tokenizer.json"), bpe.to_str())
+  files.atomic_write(os.path.join(out_dir, "tokenizer_config.json"),
+                     json.dumps({"eos_token": STOP_TAG, "pad_token": STOP_TAG, "model_max_length": 4096,
+                                 "tokenizer_class": "PreTrainedTokenizerFast"}))
   tokenizer = load_tokenizer(out_dir)
   add_rstar_tokens(tokenizer, "policy")
   tokenizer.save(out_dir)

@@ -80,3 +80,21 @@ def test_fresh_empties_a_workdir_given_as_a_symbolic_link(tmp_path):
   (tmp_path / "link").symlink_to(target)
   demo._empty(str(tmp_path / "link"))  # shutil.rmtree raised on the link: "Cannot call rmtree on a symbolic link"
   assert (tmp_path / "link").is_symlink() and os.listdir(target) == [] and (tmp_path / "elsewhere").is_dir()
+
+
+def test_a_full_disk_while_writing_the_tokenizer_names_the_file(tmp_path):
+  # A real failed write, no root needed: past RLIMIT_FSIZE (SIGXFSZ ignored) write(2) fails as on a full disk.
+  # `tokenizers`' own save raised "Exception: File too large (os error 27)", naming no file.
+  code = ("import resource, signal, sys\n"
+          "from rstar_jax import demo\n"
+          "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+          "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+          "try:\n"
+          "  demo.build_tokenizer(sys.argv[1], ['the bpe learns these words and numbers 1 2 3'] * 10, 400)\n"
+          "except OSError as e:\n"
+          "  print(e)\n")
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tokenizer")], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "File too large" in proc.stdout and str(tmp_path / "tokenizer" / "tokenizer.json") in proc.stdout, proc.stdout
