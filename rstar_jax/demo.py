@@ -136,7 +136,7 @@ _DEMO_ENTRIES = frozenset({"demo.json", "tokenizer", "policy_r0", "ppm_r0", "pol
 
 
 def _written_by_demo(name: str) -> bool:
-  # An interrupted atomic write leaves `NAME.<random>.tmp` (or `NAME.tmp<pid>`) behind.
+  # An interrupted atomic write leaves `NAME.<host>.<pid>.<random>.tmp` (or `NAME.tmp<pid>`) behind.
   return name in _DEMO_ENTRIES or (".tmp" in name and any(name.startswith(e + ".") for e in _DEMO_ENTRIES))
 
 

@@ -2,13 +2,15 @@
 
 Every file the project writes that a later phase (or a resumed run) reads goes through `atomic_open`: the data goes
 to a temporary file in the target's folder, is flushed to disk, and is renamed over the target. A crash or an
-exception mid-write leaves the old file (or none) and no temporary behind.
+exception mid-write leaves the old file (or none) and no temporary behind. A killed process (SIGKILL, a preemption)
+cannot remove its temporary: the next write of the same target on the same host removes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
 from typing import IO, Iterator
 
@@ -27,6 +29,33 @@ def _umask() -> int:
   return mask
 
 
+def _host_prefix(path: str) -> str:
+  """`NAME.HOST.`: temporaries are named `NAME.HOST.PID.RANDOM.tmp`, so a later write can tell a dead writer's."""
+  return f"{os.path.basename(path)}.{socket.gethostname()}."
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    pass
+  return True
+
+
+def _remove_stale_temporaries(path: str, folder: str) -> None:
+  """Removes the temporaries of `path` whose writer on this host is gone: a SIGKILL skips `atomic_open`'s cleanup,
+  and each killed write would otherwise leave a copy of the file (a whole checkpoint export) there for good."""
+  prefix = _host_prefix(path)
+  for name in os.listdir(folder):
+    if name.startswith(prefix) and name.endswith(".tmp"):
+      pid = name[len(prefix):].split(".", 1)[0]
+      if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        with contextlib.suppress(FileNotFoundError):  # another writer of the same target removed it first
+          os.unlink(os.path.join(folder, name))
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
   """Opens a temporary file beside `path` for writing; on a clean exit, syncs it and renames it over `path`.
@@ -43,7 +72,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+  _remove_stale_temporaries(path, folder)
+  fd, tmp = tempfile.mkstemp(prefix=f"{_host_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=folder)
   try:
     with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
       yield f

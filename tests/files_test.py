@@ -2,6 +2,7 @@
 
 import errno
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -90,3 +91,34 @@ def test_a_full_disk_names_the_file_it_was_writing(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.startswith(f"{errno.EFBIG} ") and str(target) in proc.stdout, proc.stdout
   assert os.listdir(tmp_path) == []  # no temporary left, no target
+
+
+def _writer(target, then: str) -> subprocess.Popen:
+  """A process inside `atomic_open(target)`, half-way through writing; `then` runs there once it says so."""
+  code = ("import os, signal, sys\n"
+          "from rstar_jax import files\n"
+          "with files.atomic_open(sys.argv[1]) as f:\n"
+          "  f.write('half of the new'); f.flush()\n"
+          "  print('writing', flush=True)\n"
+          f"  {then}\n")
+  proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline() == "writing\n"
+  return proc
+
+
+def test_a_write_after_a_killed_one_removes_its_temporary_and_keeps_a_live_writers(tmp_path):
+  # SIGKILL skips atomic_open's cleanup: the temporary (a whole checkpoint export, in a real run) stayed beside the
+  # target for good, every kill adding one, though the module promises no temporary behind.
+  target = tmp_path / "model.safetensors"
+  killed = _writer(target, "os.kill(os.getpid(), signal.SIGKILL)")
+  assert killed.wait(timeout=60) == -signal.SIGKILL
+  assert len(os.listdir(tmp_path)) == 1  # its temporary
+  live = _writer(target, "sys.stdin.readline()")  # still writing: its temporary must survive another write
+  try:
+    files.atomic_write(target, b"new")
+    assert target.read_bytes() == b"new" and len(os.listdir(tmp_path)) == 2, os.listdir(tmp_path)
+  finally:
+    live.communicate("go\n", timeout=60)
+  assert live.returncode == 0 and target.read_text() == "half of the new"
+  assert os.listdir(tmp_path) == ["model.safetensors"]
