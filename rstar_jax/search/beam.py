@@ -33,7 +33,7 @@ from rstar_jax.search.driver import Problem, PromptFn
 from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
 from rstar_jax.search.interfaces import (CodeExecutor, Policy, Scorer, checked_candidates, checked_results,
                                          checked_scores)
-from rstar_jax.search.step import (STOP_STRINGS, StepConfig, dedupe_candidates, finish_child,
+from rstar_jax.search.step import (STOP_STRINGS, StepConfig, checked_stop, dedupe_candidates, finish_child,
                                    plan_child)
 from rstar_jax.search.tree import ROOT_INDEX, Reason
 
@@ -62,6 +62,9 @@ class BeamConfig:
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"BeamConfig.{field} must be an integer >= 1, got {value!r}")
     StepConfig(self.errors_threshold, self.max_depth, self.first_answer_only)  # checks those two now, not mid-run
+    object.__setattr__(self, "stop", checked_stop(self.stop))
+    if isinstance(self.seed, bool) or not isinstance(self.seed, int):  # 1.5 would seed as 1, None fail mid-run
+      raise ValueError(f"BeamConfig.seed must be an integer, got {self.seed!r}")
 
 
 def best_answer(record: dict) -> str | None:

@@ -45,7 +45,8 @@ from rstar_jax.search import kernels, records, rules
 from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
 from rstar_jax.search.interfaces import (CodeExecutor, Policy, Scorer, checked_candidates, checked_results,
                                          checked_scores)
-from rstar_jax.search.step import STOP_STRINGS, StepConfig, dedupe_candidates, finish_child, plan_child
+from rstar_jax.search.step import (STOP_STRINGS, StepConfig, checked_stop, dedupe_candidates, finish_child,
+                                   plan_child)
 from rstar_jax.search.tree import NO_NODE, Reason, init_tree
 
 _LOG = logging.getLogger(__name__)
@@ -110,10 +111,22 @@ class SearchConfig:
 
   def __post_init__(self):
     rules.check_mode(self.mode)
+    # Counts and seeds must be ints: a fraction reached the tree kernels as a shape (a jax error once the search
+    # started) or ran silently as another count (seed 1.5 was seed 1).
+    for field in ("num_rollouts", "num_candidates", "max_nodes", "batch_size", "seed"):
+      value = getattr(self, field)
+      if (value is not None or field not in ("max_nodes", "batch_size")) and (
+          isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"SearchConfig.{field} must be an integer, got {value!r}")
+    for field in ("c", "positive_reward", "negative_reward"):
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"SearchConfig.{field} must be a number, got {value!r}")
     kernels.SelectionRule(self.preset, self.c)  # validates
     if self.num_rollouts < 1:
       raise ValueError(f"num_rollouts must be >= 1, got {self.num_rollouts}")
     StepConfig(self.errors_threshold, self.max_depth, self.first_answer_only)
+    object.__setattr__(self, "stop", checked_stop(self.stop))
     if self.num_candidates < 1:
       raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
     if self.batch_size is not None and self.batch_size < 1:

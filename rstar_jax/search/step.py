@@ -69,10 +69,27 @@ class StepConfig:
   first_answer_only: bool = True
 
   def __post_init__(self):
-    if self.errors_threshold < 1:
-      raise ValueError(f"errors_threshold must be >= 1, got {self.errors_threshold}")
-    if self.max_depth < 1:
-      raise ValueError(f"max_depth must be >= 1, got {self.max_depth}")
+    for field in ("errors_threshold", "max_depth"):
+      # A fraction would compare as a looser bound (1.5 errors end a path at 2) or reach the tree kernels as a shape.
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+
+
+def checked_stop(stop: Sequence[str]) -> tuple[str, ...]:
+  """A search config's stop strings as a tuple, refusing a single string (it would be iterated character by
+  character: the policy would end a step at every `<`, `e`, ...) and anything but non-empty strings.
+
+  Raises:
+    TypeError: `stop` is a string or not a sequence.
+    ValueError: an entry is not a non-empty string.
+  """
+  if isinstance(stop, str) or not isinstance(stop, Sequence):
+    raise TypeError(f"stop must be a sequence of stop strings (e.g. a tuple), got {type(stop).__name__} {stop!r}")
+  for s in stop:
+    if not isinstance(s, str) or not s:
+      raise ValueError(f"stop strings must be non-empty strings, got {s!r} in {list(stop)!r}")
+  return tuple(stop)
 
 
 def _is_answer_candidate(c: StepCandidate) -> bool:

@@ -191,12 +191,45 @@ def test_beam_search_runs_max_depth_steps(grader):
 @pytest.mark.parametrize("settings,message", [
     (dict(beam_width=2.5), r"BeamConfig.beam_width must be an integer >= 1, got 2.5"),  # was a slice error mid-run
     (dict(samples_per_step=0), r"BeamConfig.samples_per_step must be an integer >= 1, got 0"),
-    (dict(max_depth=0), r"max_depth must be >= 1, got 0"),  # these two were found only once the search started
-    (dict(errors_threshold=0), r"errors_threshold must be >= 1, got 0"),
+    (dict(max_depth=0), r"max_depth must be an integer >= 1, got 0"),  # these two were found only once the search
+    (dict(errors_threshold=0), r"errors_threshold must be an integer >= 1, got 0"),  # started
+    (dict(max_depth=2.5), r"max_depth must be an integer >= 1, got 2.5"),  # ran 3 steps
+    (dict(seed=1.5), r"BeamConfig.seed must be an integer, got 1.5"),  # seeded as seed 1
 ])
 def test_a_bad_beam_config_is_refused_on_construction(settings, message):
   with pytest.raises(ValueError, match=message):
     BeamConfig(**settings)
+
+
+@pytest.mark.parametrize("make", [SearchConfig, BeamConfig])
+def test_a_single_stop_string_is_refused_not_split_into_characters(make):
+  # `stop="<end_of_step>"` was passed on as list("<end_of_step>"): the policy ended a step at its first "<", "e", "n",
+  # ... and the search ran on as if nothing were wrong (the candidates' stop reasons were all among those characters).
+  with pytest.raises(TypeError, match=r"stop must be a sequence of stop strings .*got str '<end_of_step>'"):
+    make(stop="<end_of_step>")
+  with pytest.raises(ValueError, match=r"stop strings must be non-empty strings, got ''"):
+    make(stop=("<end_of_step>", ""))  # a policy would stop at once on the empty string
+  assert make(stop=["<end_of_step>", "<end_of_answer>"]).stop == ("<end_of_step>", "<end_of_answer>")
+
+
+@pytest.mark.parametrize("settings,message", [
+    # Each failed only after the search started (a jax shape error in init_tree, range() of a float) or ran as
+    # another setting: errors_threshold 1.5 ended a path at 2 errors, seed 1.5 was seed 1.
+    (dict(num_rollouts=2.5), r"SearchConfig.num_rollouts must be an integer, got 2.5"),
+    (dict(num_candidates=2.5), r"SearchConfig.num_candidates must be an integer, got 2.5"),
+    (dict(num_candidates=True), r"SearchConfig.num_candidates must be an integer, got True"),
+    (dict(max_nodes=40.5), r"SearchConfig.max_nodes must be an integer, got 40.5"),
+    (dict(batch_size=2.5), r"SearchConfig.batch_size must be an integer, got 2.5"),
+    (dict(seed=None), r"SearchConfig.seed must be an integer, got None"),
+    (dict(num_rollouts="16"), r"SearchConfig.num_rollouts must be an integer, got '16'"),  # was '<' not supported
+    (dict(max_depth=2.5), r"max_depth must be an integer >= 1, got 2.5"),
+    (dict(errors_threshold=1.5), r"errors_threshold must be an integer >= 1, got 1.5"),
+    (dict(c="2"), r"SearchConfig.c must be a number, got '2'"),  # was math.isfinite's 'must be real number'
+    (dict(positive_reward=None), r"SearchConfig.positive_reward must be a number, got None"),
+])
+def test_a_bad_search_config_is_refused_on_construction(settings, message):
+  with pytest.raises(ValueError, match=message):
+    SearchConfig(**settings)
 
 
 def test_beam_search_refuses_duplicate_problem_ids(grader):
