@@ -132,8 +132,9 @@ class Engine:
     self.tokenizer = tokenizer
     if eos_ids is None:
       eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None
-      eos_ids = () if eos is None else (eos,)
-    self.eos_ids = tuple(sorted({int(i) for i in eos_ids}))
+      self.eos_ids = () if eos is None else (int(eos),)
+    else:
+      self.eos_ids = _eos_ids(eos_ids, self.config.vocab_size)
     self.mesh, self.rules = mesh, rules
     if not scan_layers:
       model = unstack_layers(model)
@@ -204,7 +205,7 @@ class Engine:
     if self.is_ppm:
       raise TypeError("this Engine wraps a PPM (no LM head): use values(), or build the Engine from a Qwen2")
     stop = stops_lib.validate_stops(stop)
-    eos_ids = self.eos_ids if eos_ids is None else tuple(sorted({int(i) for i in eos_ids}))
+    eos_ids = self.eos_ids if eos_ids is None else _eos_ids(eos_ids, self.config.vocab_size)
     if stop and self.tokenizer is None:
       raise ValueError("stop strings need a tokenizer: Engine(model, tokenizer=...)")
     self._follow_tokenizer_length()
@@ -478,6 +479,12 @@ def _token_ids(ids: Sequence[int], where: str, vocab_size: int) -> np.ndarray:
   if (array < 0).any() or (array >= vocab_size).any():
     raise ValueError(f"{where}: token ids outside [0, {vocab_size})")
   return array.astype(np.int32)
+
+
+def _eos_ids(ids: Sequence[int], vocab_size: int) -> tuple[int, ...]:
+  """Sorted distinct EOS ids, checked as token ids: a string's characters were read as ids ("151643" -> 1, 3, 4, 5,
+  6) and an id outside the vocabulary can never be generated (its rows would silently never end at EOS)."""
+  return tuple(sorted(set(_token_ids(ids, "eos_ids", vocab_size).tolist())))
 
 
 class _NoBar:

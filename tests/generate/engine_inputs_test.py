@@ -47,3 +47,22 @@ def test_a_negative_first_sample_is_refused():
   # Was an OverflowError from numpy ("Python integer -1 out of bounds for uint32") while building the keys.
   with pytest.raises(ValueError, match="request 0: first_sample must be >= 0, got -1"):
     engine.generate([Request([5, 6], first_sample=-1)], Greedy(), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("eos_ids,error,message", [
+    ("502", TypeError, r"eos_ids: expected token ids, got the text '502'"),  # rows ended at tokens 0, 2 and 5
+    (502, TypeError, r"eos_ids: expected a flat sequence of integer token ids"),  # was "'int' object is not iterable"
+    ([502, None], TypeError, r"eos_ids: expected a flat sequence of integer token ids"),  # was int()'s NoneType error
+    ([-1], ValueError, r"eos_ids: token ids outside \[0, 512\)"),  # no row could ever end at EOS
+    ([100000], ValueError, r"eos_ids: token ids outside \[0, 512\)"),
+])
+def test_eos_ids_that_are_not_token_ids_are_refused(eos_ids, error, message):
+  with pytest.raises(error, match=message):
+    Engine(load_tiny(), eos_ids=eos_ids, buckets=TEST_BUCKETS)
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
+  with pytest.raises(error, match=message):  # the per-call override too
+    engine.generate([Request([5, 6])], Greedy(), max_new_tokens=2, eos_ids=eos_ids)
+
+
+def test_eos_ids_are_kept_sorted_and_distinct():
+  assert Engine(load_tiny(), eos_ids=[7, 3, 7], buckets=TEST_BUCKETS).eos_ids == (3, 7)
