@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rstar_jax.generate.engine import Engine, Request
+from rstar_jax.generate.engine import Engine, Request, check_limits
 from rstar_jax.generate.sampling import Greedy, Sampling, SamplingMethod
 from rstar_jax.models import value_transform
 
@@ -44,6 +44,7 @@ class EnginePolicy:
       raise ValueError("EnginePolicy needs an Engine with a tokenizer")
     if engine.is_ppm:
       raise TypeError("EnginePolicy needs an Engine built from a Qwen2, not a PPM")
+    check_limits(max_new_tokens, max_context)  # now, not at the search's first expansion
     self.engine = engine
     self.sampler: SamplingMethod = Greedy() if temperature == 0 else Sampling(temperature, top_p, top_k)
     self.max_new_tokens = max_new_tokens

@@ -258,13 +258,16 @@ class Engine:
   def _rows(self, requests: Sequence[Request], max_new_tokens: int, max_context: int | None
             ) -> tuple[list[_Row], np.ndarray, list[list[Result | None]]]:
     """Requests -> rows (one per sample) with their keys; results pre-filled for rows with no room to generate."""
-    if max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_limits(max_new_tokens, max_context)
     rows: list[_Row] = []
     for r, req in enumerate(requests):
       prompt = _token_ids(req.prompt, f"request {r}", self.config.vocab_size)
       if prompt.size == 0:
         raise ValueError(f"request {r}: empty prompt")
+      for field in ("n", "first_sample", "seed"):  # a float or None failed in range() or int() naming nothing
+        value = getattr(req, field)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+          raise TypeError(f"request {r}: {field} must be an integer, got {value!r}")
       if req.n < 0:
         raise ValueError(f"request {r}: n must be >= 0, got {req.n}")
       if req.first_sample < 0:
@@ -479,6 +482,19 @@ def _token_ids(ids: Sequence[int], where: str, vocab_size: int) -> np.ndarray:
   if (array < 0).any() or (array >= vocab_size).any():
     raise ValueError(f"{where}: token ids outside [0, {vocab_size})")
   return array.astype(np.int32)
+
+
+def check_limits(max_new_tokens: int, max_context: int | None) -> None:
+  """Refuses generation limits that are not integers >= 1 (`max_context` may be None: no limit).
+
+  `max_new_tokens` is a static shape (a float failed as a jax shape error after the prefill was planned), and a
+  `max_context` below 1 leaves no row any room: every sample came back empty ("length") without an error.
+  """
+  for name, value in (("max_new_tokens", max_new_tokens), ("max_context", max_context)):
+    if value is None and name == "max_context":
+      continue
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _eos_ids(ids: Sequence[int], vocab_size: int) -> tuple[int, ...]:

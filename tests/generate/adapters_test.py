@@ -210,6 +210,8 @@ def test_command_line_prompts_file_encoding_and_flags(tmp_path, capsys):
       (["--prompts", str(good), "--n", "-1"], r"error: --n must be >= 0"),
       (["--prompts", str(good), "--max-new-tokens", "0"], r"error: --max-new-tokens must be >= 1"),
       (["--prompts", str(good), "--max-rows", "0"], r"error: --max-rows must be >= 1"),
+      # Every row came back "" with stop reason "length" (no room under the context limit), exit 0.
+      (["--prompts", str(good), "--max-context", "0"], r"error: --max-context must be >= 1, got 0"),
   ]:
     _assert_usage_error(capsys, ["--hf-dir", str(tmp_path)] + argv, message)
 
@@ -247,3 +249,23 @@ def test_ppm_scorer_refuses_a_max_tokens_that_is_no_positive_count(max_tokens):
   engine = Engine(convert.load_ppm(tiny_ppm_dir()[0]), tokenizer=tiny_tokenizer(), buckets=TEST_BUCKETS)
   with pytest.raises(ValueError, match=rf"max_tokens must be an integer >= 1 \(None: .*\), got {max_tokens!r}"):
     PPMScorer(engine, max_tokens=max_tokens)
+
+
+@pytest.mark.parametrize("settings,message", [
+    # A float step length reached the decode kernels as a shape (a jax error at the search's first expansion).
+    (dict(max_new_tokens=16.0), r"max_new_tokens must be an integer >= 1, got 16.0"),
+    (dict(max_new_tokens=None), r"max_new_tokens must be an integer >= 1, got None"),
+    (dict(max_new_tokens=0), r"max_new_tokens must be an integer >= 1, got 0"),  # was found only in generate()
+    # No room for any token: every candidate was ("", "length"), an unparsable terminal, and the search ran on.
+    (dict(max_context=0), r"max_context must be an integer >= 1, got 0"),
+    (dict(max_context=-5), r"max_context must be an integer >= 1, got -5"),
+    (dict(max_context=64.5), r"max_context must be an integer >= 1, got 64.5"),
+])
+def test_engine_policy_refuses_step_limits_that_are_not_counts_when_built(settings, message):
+  engine = Engine(load_tiny(), tokenizer=tiny_tokenizer(), buckets=TEST_BUCKETS)
+  with pytest.raises(ValueError, match=message):
+    EnginePolicy(engine, **settings)
+  limits = dict(max_new_tokens=4) | settings
+  with pytest.raises(ValueError, match=message):  # the engine's own call too
+    engine.generate([Request([5, 6])], Greedy(), **limits)
+

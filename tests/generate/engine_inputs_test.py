@@ -66,3 +66,12 @@ def test_eos_ids_that_are_not_token_ids_are_refused(eos_ids, error, message):
 
 def test_eos_ids_are_kept_sorted_and_distinct():
   assert Engine(load_tiny(), eos_ids=[7, 3, 7], buckets=TEST_BUCKETS).eos_ids == (3, 7)
+
+
+@pytest.mark.parametrize("field,value", [("n", 2.0), ("n", None), ("seed", None), ("seed", 1.5), ("first_sample", 0.5)])
+def test_a_request_count_or_seed_that_is_not_an_integer_is_named(field, value):
+  # Was "'float' object cannot be interpreted as an integer" or int()'s NoneType error, naming neither request nor
+  # field; a fractional seed was cut to an integer without a word.
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
+  with pytest.raises(TypeError, match=rf"request 1: {field} must be an integer, got {value!r}"):
+    engine.generate([Request([5, 6]), Request([7, 8], **{field: value})], Greedy(), max_new_tokens=2)
