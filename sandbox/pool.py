@@ -268,10 +268,17 @@ class SandboxPool:
       ValueError: a bad argument (named).
       RuntimeError: the requested isolation is unavailable, or workers failed to start.
     """
+    for name, value in (("num_workers", num_workers), ("memory_mb", memory_mb), ("max_output_chars", max_output_chars),
+                        ("reuse_limit", reuse_limit), ("pipeline_depth", pipeline_depth)):
+      if isinstance(value, bool) or not isinstance(value, int):  # 1.5 workers failed in range(), a NaN in int()
+        raise ValueError(f"{name} must be an integer, got {value!r}")
     if num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if not timeout_s > 0:
-      raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if not 0 < timeout_s < float("inf"):  # an infinite deadline made every executor die at start-up
+      raise ValueError(f"timeout_s must be > 0 and finite, got {timeout_s}")
+    if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
+      # A string was iterated letter by letter: modules "s", "y", ... are missing, skipped, and nothing preloaded.
+      raise TypeError(f"preload must be a sequence of module names, got {preload!r}")
     if memory_mb < 16:
       raise ValueError(f"memory_mb must be >= 16, got {memory_mb}")
     if max_output_chars < 2:

@@ -60,6 +60,20 @@ def test_bad_input_is_named():
     SandboxPool(output_mode="official")
   with pytest.raises(ValueError, match="timeout_s"):
     SandboxPool(timeout_s=0)
+  # Each of these started workers: an infinite deadline failed as "executors keep dying at start-up" (a worker
+  # traceback), 1.5 workers as range()'s "'float' object cannot be interpreted as an integer", a NaN memory limit
+  # as int()'s "cannot convert float NaN to integer".
+  with pytest.raises(ValueError, match=r"timeout_s must be > 0 and finite, got inf"):
+    SandboxPool(timeout_s=float("inf"))
+  with pytest.raises(ValueError, match=r"num_workers must be an integer, got 1.5"):
+    SandboxPool(num_workers=1.5)
+  with pytest.raises(ValueError, match=r"memory_mb must be an integer, got nan"):
+    SandboxPool(memory_mb=float("nan"))
+  with pytest.raises(ValueError, match=r"pipeline_depth must be an integer, got 1.5"):
+    SandboxPool(pipeline_depth=1.5)
+  # A single module name was preloaded letter by letter ("s", "y", "m", ...: all missing, all skipped), silently.
+  with pytest.raises(TypeError, match=r"preload must be a sequence of module names, got 'sympy'"):
+    SandboxPool(preload="sympy")
   with pytest.raises(RuntimeError, match="isolation level 'nsjail'|unknown isolation"):
     try:
       SandboxPool(isolation="nsjail")
