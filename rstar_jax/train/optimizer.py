@@ -34,11 +34,29 @@ class OptimizerConfig:
   max_grad_norm: float | None = 1.0  # None or <= 0: no clipping
   decay_norms_and_biases: bool = False  # the Trainer never decays them
 
+  def __post_init__(self):
+    # Checked here, before the trainer tokenizes the data and loads the model: the optimizer is built only after
+    # both, and a NaN or negative setting trains on (NaN weights from the first update, a negative warm-up counted as
+    # none) until the loss check stops the run.
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"OptimizerConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+    for name, low, high, what in (("learning_rate", 0, math.inf, "a finite number >= 0"),
+                                  ("weight_decay", 0, math.inf, "a finite number >= 0"),
+                                  ("eps", 0, math.inf, "a finite number >= 0"),
+                                  ("b1", 0, 1, "a number in [0, 1)"), ("b2", 0, 1, "a number in [0, 1)"),
+                                  ("max_grad_norm", -math.inf, math.inf, "None or a finite number")):
+      value = getattr(self, name)
+      if value is None and name == "max_grad_norm":
+        continue
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+        raise ValueError(f"OptimizerConfig.{name} must be {what}, got {value!r}")
+    warmup = self.warmup_steps
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+      raise ValueError(f"OptimizerConfig.warmup_steps must be an integer >= 0, got {warmup!r}")
+
 
 def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> Callable[[jax.Array], jax.Array]:
   """`step -> learning rate` (`step` = updates applied so far), warm-up then the chosen decay to 0."""
-  if config.schedule not in SCHEDULES:
-    raise ValueError(f"unknown schedule {config.schedule!r}; expected one of {SCHEDULES}")
   if total_steps < 1:
     raise ValueError(f"total_steps must be >= 1, got {total_steps}")
   lr, warmup = config.learning_rate, config.warmup_steps

@@ -55,6 +55,33 @@ def test_bad_values_raise_before_training(changes, message):
     config_lib.sft_config(**changes)
 
 
+@pytest.mark.parametrize("values, message", [
+    # The schedule was checked only when the trainer built the optimizer, after tokenizing the data and loading the
+    # model; the others trained on: a NaN rate or decay made every weight NaN at the first update (the run stopped
+    # at the loss check), a negative warm-up counted as none, b1 = 1.5 is no moving average, a string rate failed
+    # inside jit.
+    ({"schedule": "cosin"}, r"OptimizerConfig.schedule must be one of \('linear', 'cosine', 'constant'\), got 'cosin'"),
+    ({"learning_rate": "7e-6"}, r"OptimizerConfig.learning_rate must be a finite number >= 0, got '7e-6'"),
+    ({"learning_rate": float("nan")}, r"OptimizerConfig.learning_rate must be a finite number >= 0, got nan"),
+    ({"weight_decay": None}, r"OptimizerConfig.weight_decay must be a finite number >= 0, got None"),
+    ({"b1": 1.5}, r"OptimizerConfig.b1 must be a number in \[0, 1\), got 1.5"),
+    ({"eps": -1.0}, r"OptimizerConfig.eps must be a finite number >= 0, got -1.0"),
+    ({"warmup_steps": -5}, r"OptimizerConfig.warmup_steps must be an integer >= 0, got -5"),
+    ({"warmup_steps": 2.5}, r"OptimizerConfig.warmup_steps must be an integer >= 0, got 2.5"),
+    ({"max_grad_norm": float("inf")}, r"OptimizerConfig.max_grad_norm must be None or a finite number, got inf"),
+])
+def test_bad_optimizer_values_raise_when_the_config_is_read(values, message):
+  with pytest.raises(ValueError, match=message):
+    config_lib.TrainConfig.from_dict({"optimizer": values})
+
+
+def test_optimizer_values_that_turn_features_off_are_kept():
+  # Documented: max_grad_norm None or <= 0 means no clipping; 0 decay and 0 warm-up are the official RM settings.
+  for values in ({"max_grad_norm": None}, {"max_grad_norm": 0.0}, {"max_grad_norm": -1}, {"weight_decay": 0.0},
+                 {"warmup_steps": 0, "learning_rate": 0}):
+    assert config_lib.TrainConfig.from_dict({"optimizer": values}).optimizer == OptimizerConfig(**values)
+
+
 def test_dtype_aliases_are_normalised():
   config = config_lib.TrainConfig.from_dict({"compute_dtype": "bf16", "export_dtype": "fp16", "mesh": [1, -1, 1]})
   assert (config.compute_dtype, config.export_dtype, config.mesh) == ("bfloat16", "float16", (1, -1, 1))
