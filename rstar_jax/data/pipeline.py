@@ -61,12 +61,19 @@ class PipelineConfig:
   prompt_template: str | None = None  # SFT only: None = the search's SFT prompt, else `{input}` -> query
 
   def __post_init__(self):
-    for name, least in (("max_len", 1), ("batch_size", 1), ("num_epochs", 1), ("length_window", 0)):
+    # The seed seeds numpy's shuffles (a negative or fractional one failed there, naming nothing), and the buckets
+    # were checked only after the whole data set was tokenized: both are checked here.
+    for name, least in (("max_len", 1), ("batch_size", 1), ("num_epochs", 1), ("length_window", 0), ("seed", 0)):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"PipelineConfig.{name} must be an integer >= {least}, got {value!r}")
     if self.overlong not in OVERLONG:
       raise ValueError(f"PipelineConfig.overlong must be one of {OVERLONG}, got {self.overlong!r}")
+    if (isinstance(self.buckets, str) or not isinstance(self.buckets, (tuple, list))
+        or any(isinstance(b, bool) or not isinstance(b, int) for b in self.buckets)):
+      raise ValueError(f"PipelineConfig.buckets must be a tuple of integer row lengths, got {self.buckets!r}")
+    object.__setattr__(self, "buckets", tuple(self.buckets))  # frozen configs are hashed (jit statics, run.json)
+    self.bucket_lengths()
 
   def bucket_lengths(self) -> tuple[int, ...]:
     buckets = tuple(sorted(set(self.buckets) | {self.max_len}))

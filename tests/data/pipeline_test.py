@@ -267,6 +267,26 @@ def test_invalid_pipeline_config_names_the_field(field, value):
     pipeline.batch_plan(np.array([3, 4, 5]), pipeline.PipelineConfig(**{field: value}))
 
 
+@pytest.mark.parametrize("field,value,message", [
+    # numpy's "expected non-negative integer" / "seed must be integer" from the first shuffle, naming nothing.
+    ("seed", -1, r"PipelineConfig.seed must be an integer >= 0, got -1"),
+    ("seed", 1.5, r"PipelineConfig.seed must be an integer >= 0, got 1.5"),
+    ("buckets", (300.5,), r"PipelineConfig.buckets must be a tuple of integer row lengths, got \(300.5,\)"),
+    ("buckets", 256, r"PipelineConfig.buckets must be a tuple of integer row lengths, got 256"),  # 'int' not iterable
+    ("buckets", (1024,), r"buckets must lie in \[1, max_len=512\], got \(1024,\)"),
+])
+def test_a_bad_seed_or_bucket_is_refused_before_anything_is_tokenized(field, value, message):
+  # Each failed only once sft_pipeline / ppm_pipeline had tokenized the whole data set (minutes at rStar's scale).
+  with pytest.raises(ValueError, match=message):
+    pipeline.PipelineConfig(max_len=512, **{field: value})
+
+
+def test_bucket_lists_from_config_files_are_kept_as_tuples():
+  config = pipeline.PipelineConfig(max_len=512, buckets=[256, 128])
+  assert config.buckets == (256, 128) and config.bucket_lengths() == (128, 256, 512)
+  hash(config)
+
+
 def test_prompt_template_without_input_is_refused(rstar_sft, qwen_tokenizer):
   # The official trainer's template names the field {instruction}; with it every row silently lost its question.
   official = "<|user|>:\n{instruction}\n<|assistant|>: Let's think step by step and solve the problem with code."
