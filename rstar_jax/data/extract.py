@@ -29,6 +29,12 @@ class SftConfig:
   # official sampler: the text holds every code block's `<output>`, where the interpreter reports "{Type}Error: ...".
   error_marker: str = "error"
 
+  def __post_init__(self):
+    _check_counts(self, ("per_problem",))
+    if not isinstance(self.error_marker, str) or not self.error_marker:
+      # Every text contains "": an empty marker (meant as "no filter") dropped every trajectory, writing no records.
+      raise ValueError(f"SftConfig.error_marker must be a non-empty string, got {self.error_marker!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class PairConfig:
@@ -39,6 +45,22 @@ class PairConfig:
   min_edit_distance: int = 20    # and the character edit distance of the two steps >= this
   invalid_as_wrong: bool = False  # count code-error / too-deep / unparsable terminals as wrong outcomes
   final_answer_pairs: bool = False  # also emit whole-trajectory pairs with the bare prompt
+
+  def __post_init__(self):
+    # A negative count sliced from the end (per_side=-1, read as "no limit", kept all candidates but the last) and a
+    # NaN margin compared false (no pair at all), both without an error.
+    _check_counts(self, ("per_side", "per_side_vs_single", "min_edit_distance"))
+    margin = self.min_q_margin
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+      raise ValueError(f"PairConfig.min_q_margin must be a finite number, got {margin!r}")
+
+
+def _check_counts(config, names: Sequence[str]) -> None:
+  """Refuses a field of `config` that is not an integer >= 0 (0 selects nothing), naming it."""
+  for name in names:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f"{type(config).__name__}.{name} must be an integer >= 0, got {value!r}")
 
 
 def edit_distance(a: str, b: str, limit: int | None = None) -> int:

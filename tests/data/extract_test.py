@@ -116,6 +116,24 @@ def test_sft_per_problem_zero_keeps_none(tree1):
   assert len(extract.sft_records([tree], extract.SftConfig(per_problem=1))) == 1
 
 
+@pytest.mark.parametrize("make,settings,message", [
+    # An empty marker, meant as "no error filter", is in every text: every trajectory was dropped, no record written.
+    (extract.SftConfig, dict(error_marker=""), r"SftConfig.error_marker must be a non-empty string, got ''"),
+    (extract.SftConfig, dict(error_marker=None), r"SftConfig.error_marker must be a non-empty string, got None"),
+    (extract.SftConfig, dict(per_problem=2.5), r"SftConfig.per_problem must be an integer >= 0, got 2.5"),  # kept 3
+    # per_side=-1 ("no limit") sliced pos[:-1]: every candidate but the last, without an error.
+    (extract.PairConfig, dict(per_side=-1), r"PairConfig.per_side must be an integer >= 0, got -1"),
+    (extract.PairConfig, dict(per_side_vs_single=-1), r"PairConfig.per_side_vs_single must be an integer >= 0"),
+    (extract.PairConfig, dict(per_side=2.5), r"PairConfig.per_side must be an integer >= 0, got 2.5"),  # slice error
+    (extract.PairConfig, dict(min_edit_distance=None), r"PairConfig.min_edit_distance must be an integer >= 0"),
+    # A NaN margin compares false: no pair passed the filter and the pairs file came out empty.
+    (extract.PairConfig, dict(min_q_margin=float("nan")), r"PairConfig.min_q_margin must be a finite number, got nan"),
+])
+def test_a_bad_extraction_setting_is_refused_on_construction(make, settings, message):
+  with pytest.raises(ValueError, match=message):
+    make(**settings)
+
+
 def test_sft_pools_trees_of_one_problem_and_dedups():
   rec1, _ = build_tree(("root", 0.0, None, [("X", 0.2, None, [("X1", 0.2, "correct", [])])]))
   rec2, _ = build_tree(("root", 0.0, None, [("X", 0.2, None, [("X1", 0.2, "correct", [])]),
