@@ -501,10 +501,18 @@ class Grader:
 
   def __init__(self, num_workers: int = 1, timeout_s: float = 5.0, startup_timeout_s: float = 60.0,
                cache_size: int = 1 << 16):
+    for name, value in (("num_workers", num_workers), ("cache_size", cache_size)):
+      if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
     if num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if cache_size < 0:
       raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+    for name, value in (("timeout_s", timeout_s), ("startup_timeout_s", startup_timeout_s)):
+      # A deadline of 0, below 0 or NaN is over before math-verify answers: every pair that reaches it (e.g.
+      # (x+1)^2 vs x^2+2x+1) was graded "not equal", a warning each, and the search backed up -1 for right answers.
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
     self.cache_size = cache_size
     self.timeout_s = float(timeout_s)
     self.startup_timeout_s = float(startup_timeout_s)

@@ -323,3 +323,20 @@ def test_the_verdict_cache_keeps_the_most_recently_used_pairs_only():
     assert not none._cache  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="cache_size must be >= 0, got -1"):
     Grader(cache_size=-1)
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(timeout_s=0), r"timeout_s must be a finite number of seconds > 0, got 0"),
+    (dict(timeout_s=-1.0), r"timeout_s must be a finite number of seconds > 0, got -1.0"),
+    (dict(timeout_s=float("nan")), r"timeout_s must be a finite number of seconds > 0, got nan"),
+    (dict(startup_timeout_s=0), r"startup_timeout_s must be a finite number of seconds > 0, got 0"),
+    (dict(num_workers=1.5), r"num_workers must be an integer, got 1.5"),  # was range()'s 'float' object error
+    (dict(cache_size=2.5), r"cache_size must be an integer, got 2.5"),
+])
+def test_a_deadline_that_is_over_at_once_is_refused(settings, message):
+  # math-verify's own verdict: these are equal. A Grader with a 0, negative or NaN deadline (or no time to start its
+  # worker) answered "not equal" for both (one warning each), so the search scored right answers -1.
+  from math_verify import parse, verify  # pylint: disable=g-import-not-at-top
+  assert verify(parse("$x^2+2x+1$"), parse("$(x+1)^2$")) and verify(parse("$2\\sqrt{2}$"), parse("$\\sqrt{8}$"))
+  with pytest.raises(ValueError, match=message):
+    Grader(**settings)
