@@ -69,6 +69,8 @@ class TrainConfig:
       if not (value is None and name == "max_steps") and (isinstance(value, bool) or not isinstance(value, int)
                                                            or value < 1):
         raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {value!r}")
+    if isinstance(self.seed, bool) or not isinstance(self.seed, int):  # 1.5 failed in the value head's init, late
+      raise ValueError(f"TrainConfig.seed must be an integer, got {self.seed!r}")
     mesh = tuple(self.mesh)
     if len(mesh) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or (s < 1 and s != -1) for s in mesh):
       raise ValueError(f"TrainConfig.mesh must be three sizes (data, fsdp, tensor), each >= 1 or -1, got {self.mesh!r}")

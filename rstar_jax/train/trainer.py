@@ -92,6 +92,17 @@ def _training_pipeline(files: PathLike | Sequence[PathLike], read, build, tokeni
     raise pipeline_lib.NoExamplesError(f"{', '.join(map(os.fspath, paths))}: {e}") from None
 
 
+def _train_config(config: Any, default: Callable[[], TrainConfig]) -> TrainConfig:
+  """`config`, or `default()` for None; a mapping (a config file's dict) is refused by name: it failed as an
+  AttributeError on its first field once the tokenizer had loaded."""
+  if config is None:
+    return default()
+  if not isinstance(config, TrainConfig):
+    raise TypeError(f"config must be a TrainConfig (TrainConfig.from_dict builds one from a mapping), got "
+                    f"{type(config).__name__}")
+  return config
+
+
 def _load_tokenizer(tokenizer: Any, default_dir: PathLike, which: str):
   """(tokenizer with the rStar tags of `which`, the directory it was loaded from or None)."""
   if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
@@ -293,7 +304,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   Returns:
     `TrainResult` with the exported HF dir (weights, config.json, tokenizer files).
   """
-  config = config or sft_config()
+  config = _train_config(config, sft_config)
   workdir = os.path.abspath(os.fspath(workdir))
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
   model_config, original_dtype = _model_config(base_checkpoint, config)
@@ -353,7 +364,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   Returns:
     `TrainResult`; its `metrics["accuracy"]` is the pair accuracy of the last logged batch.
   """
-  config = config or ppm_config()
+  config = _train_config(config, ppm_config)
   workdir = os.path.abspath(os.fspath(workdir))
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
   model_config, original_dtype = _model_config(init_checkpoint, config)

@@ -47,6 +47,8 @@ def test_unknown_keys_raise():
     ({"value_head_dropout": -0.1}, r"value_head_dropout must be a number in \[0, 1\), got -0.1"),
     ({"compute_dtype": "fp8"}, r"unknown dtype 'fp8'"),
     ({"export_dtype": "half"}, r"unknown dtype 'half'"),
+    ({"seed": 1.5}, r"TrainConfig.seed must be an integer, got 1.5"),  # was jax's "Invalid rng value" after tokenizing
+    ({"seed": None}, r"TrainConfig.seed must be an integer, got None"),
 ])
 def test_bad_values_raise_before_training(changes, message):
   # Before, these surfaced as a ZeroDivisionError after the first step (accum_steps, log_every), a run that kept no

@@ -129,6 +129,17 @@ def test_a_data_file_with_nothing_to_train_on_is_named(base, tmp_path):
   assert not os.path.exists(tmp_path / "work" / "checkpoints")
 
 
+@pytest.mark.parametrize("train", [trainer.train_policy, trainer.train_ppm])
+def test_a_config_that_is_not_a_train_config_is_named(base, tmp_path, train):
+  # A config file's dict (what TrainConfig.from_dict takes) failed as "'dict' object has no attribute
+  # 'compute_dtype'" once the tokenizer had loaded.
+  path, _ = base
+  with pytest.raises(TypeError, match=r"config must be a TrainConfig \(TrainConfig.from_dict builds one from a "
+                                      r"mapping\), got dict"):
+    train(path, tmp_path / "data.json", tmp_path / "work", config={"mesh": [1, 1, 1]})
+  assert not os.path.exists(tmp_path / "work")
+
+
 def test_evaluate_ppm_batch_that_does_not_split_over_the_devices():
   # evaluate_ppm's default mesh takes every device; its batch (default 32, here 3) was put on it as is, so a batch
   # that the device count does not divide (3 on these 8 CPU devices; 32 on a 64-chip slice) raised IndivisibleError.
