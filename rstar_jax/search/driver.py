@@ -180,6 +180,29 @@ class SearchStats:
 PromptFn = Callable[[str], str]
 
 
+def check_inputs(problems: Sequence[Problem], prompt_fn: PromptFn) -> None:
+  """Refuses, before any search work, what a search run would otherwise trip over later.
+
+  Raises:
+    TypeError: `problems` is one `Problem` or holds something else (records read from JSON fail as
+      "'dict' object has no attribute ..."; build them with `Problem(**record)`), or `prompt_fn` is not callable
+      (a template string: pass its `.format`).
+    ValueError: two problems share an id (they seed the trees).
+  """
+  if isinstance(problems, (Problem, str, dict)):
+    raise TypeError(f"problems must be a sequence of Problem, got one {type(problems).__name__}")
+  for i, p in enumerate(problems):
+    if not isinstance(p, Problem):
+      raise TypeError(f"problems[{i}] must be a Problem (Problem(**record) for a JSON record), got "
+                      f"{type(p).__name__}")
+  if not callable(prompt_fn):
+    raise TypeError(f"prompt_fn must be a callable question -> prompt (for a template string, its .format), got "
+                    f"{type(prompt_fn).__name__} {_clip(prompt_fn)}")
+  ids = [p.problem_id for p in problems]
+  if len(set(ids)) != len(ids):
+    raise ValueError("problem ids must be unique (they seed the trees)")
+
+
 class _NoBar:
   def update(self, n: int) -> None:
     del n
@@ -242,13 +265,11 @@ class MCTS:
     overwritten). Resuming assumes the same policy, scorer and executor (they cannot be checked).
     """
     cfg = self.config
+    check_inputs(problems, self.prompt_fn)
     if cfg.mode != "inference":
       missing = [p.problem_id for p in problems if p.ground_truth is None]
       if missing:
         raise ValueError(f"mode {cfg.mode!r} needs ground truths; missing for {missing[:5]}")
-    ids = [p.problem_id for p in problems]
-    if len(set(ids)) != len(ids):
-      raise ValueError("problem ids must be unique (they seed the trees)")
     batch = cfg.batch_size or max(1, len(problems))
     config_record = dataclasses.asdict(cfg)
     config_path = None if output_dir is None else os.path.join(os.fspath(output_dir), f"{shard_prefix}.config.json")

@@ -232,6 +232,25 @@ def test_a_bad_search_config_is_refused_on_construction(settings, message):
     SearchConfig(**settings)
 
 
+@pytest.mark.parametrize("problems,prompt_fn,message", [
+    # Problems read from JSON: "'dict' object has no attribute 'ground_truth'" (MCTS) / "... 'problem_id'" (beam).
+    ([{"problem_id": "p0", "question": "q", "ground_truth": "1"}], PROMPT.format,
+     r"problems\[0\] must be a Problem \(Problem\(\*\*record\) for a JSON record\), got dict"),
+    (PROBLEMS[0], PROMPT.format, r"problems must be a sequence of Problem, got one Problem"),  # 'not iterable'
+    # The template itself instead of its .format: "'str' object is not callable".
+    (PROBLEMS[:1], PROMPT, r"prompt_fn must be a callable question -> prompt \(for a template string, its .format\)"),
+])
+def test_problems_and_prompt_fn_of_the_wrong_kind_are_named(grader, problems, prompt_fn, message):
+  policy = ScriptedPolicy(random_script)
+  with pytest.raises(TypeError, match=message):
+    run_search(problems, policy, InProcessExecutor(), SearchConfig(num_rollouts=1, num_candidates=2),
+               prompt_fn=prompt_fn, grader=grader, progress=False)
+  with pytest.raises(TypeError, match=message):
+    beam_search(problems, policy, InProcessExecutor(), FunctionScorer(random_ppm),
+                BeamConfig(beam_width=1, samples_per_step=1, max_depth=1), prompt_fn=prompt_fn, grader=grader)
+  assert not policy.calls
+
+
 def test_beam_search_refuses_duplicate_problem_ids(grader):
   # As MCTS.run: the two trees would share a seed and their records a problem_id.
   with pytest.raises(ValueError, match="problem ids must be unique"):
