@@ -92,14 +92,18 @@ def _is_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _check_paths(args: argparse.Namespace) -> None:
-  """The model dir holds a readable config.json (and a PPM dir its value head), and the tokenizer path exists."""
+def _check_paths(args: argparse.Namespace):
+  """The model dir holds a readable config.json (and a PPM dir its value head), and the tokenizer path exists.
+
+  Returns:
+    The model's `ModelConfig`.
+  """
   flag, path = ("--hf-dir", args.hf_dir) if args.hf_dir else ("--ppm-dir", args.ppm_dir)
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise FileNotFoundError(f"{flag} {path}: {'no config.json in it' if os.path.isdir(path) else 'no such directory'}")
   from rstar_jax.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
   try:  # a broken config.json (its message names the file and field)
-    ModelConfig.from_hf_config(path)
+    config = ModelConfig.from_hf_config(path)
   except KeyError as e:
     raise ValueError(e.args[0]) from None
   if args.ppm_dir and not any(os.path.isfile(os.path.join(path, f)) for f in ("value_head.bin",
@@ -107,6 +111,10 @@ def _check_paths(args: argparse.Namespace) -> None:
     raise FileNotFoundError(f"--ppm-dir {path}: no value_head.bin or value_head.safetensors in it")
   if args.tokenizer and not os.path.exists(args.tokenizer):
     raise FileNotFoundError(f"--tokenizer {args.tokenizer}: no such file or directory")
+  bad_eos = [i for i in args.eos_id or () if not 0 <= i < config.vocab_size]
+  if bad_eos:  # the Engine refuses them too, but only once the weights have loaded
+    raise ValueError(f"--eos-id {bad_eos[0]}: not a token id of the model (vocab_size {config.vocab_size})")
+  return config
 
 
 def _eos_ids(args: argparse.Namespace, tokenizer, model_dir: str) -> list[int]:

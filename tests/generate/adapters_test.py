@@ -214,6 +214,14 @@ def test_command_line_prompts_file_encoding_and_flags(tmp_path, capsys):
       (["--prompts", str(good), "--max-context", "0"], r"error: --max-context must be >= 1, got 0"),
   ]:
     _assert_usage_error(capsys, ["--hf-dir", str(tmp_path)] + argv, message)
+  # An --eos-id no row can generate ended no row (they all ran to --max-new-tokens); the model has 512 ids.
+  from generate_helpers import tiny_hf  # pylint: disable=g-import-not-at-top
+  model_dir = str(tiny_hf()[0])
+  capsys.readouterr()  # the first build of the tiny model writes a progress line to stderr
+  for eos in ("512", "-1"):
+    _assert_usage_error(capsys, ["--hf-dir", model_dir, "--tokenizer", str(tiny_tokenizer_dir()), "--prompts",
+                                 str(good), "--eos-id", "502", "--eos-id", eos],
+                        rf"error: --eos-id {eos}: not a token id of the model \(vocab_size 512\)")
 
 
 def test_command_line_names_the_line_of_a_prompt_that_encodes_to_nothing(tmp_path, capsys):
