@@ -129,6 +129,11 @@ class Engine:
     self.is_ppm = isinstance(model, PPM)
     if not isinstance(model, (Qwen2, PPM)):
       raise TypeError(f"Engine needs a Qwen2 or a PPM, got {type(model).__name__}")
+    if tokenizer is not None and not all(hasattr(tokenizer, m) for m in ("decode", "decode_batch")):
+      # A tokenizer's path was taken as one: its length capped the sampled ids (a 20-character path: ids < 20), and
+      # the error came only when the first result was decoded, after the whole generation.
+      raise TypeError(f"tokenizer must be a loaded tokenizer with decode / decode_batch "
+                      f"(rstar_jax.tokenizer.load_tokenizer(path)), got {type(tokenizer).__name__} {tokenizer!r:.80}")
     self.tokenizer = tokenizer
     if eos_ids is None:
       eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None

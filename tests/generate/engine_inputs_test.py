@@ -75,3 +75,11 @@ def test_a_request_count_or_seed_that_is_not_an_integer_is_named(field, value):
   engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
   with pytest.raises(TypeError, match=rf"request 1: {field} must be an integer, got {value!r}"):
     engine.generate([Request([5, 6]), Request([7, 8], **{field: value})], Greedy(), max_new_tokens=2)
+
+
+def test_a_tokenizer_path_instead_of_a_tokenizer_is_refused():
+  # The path was used as the tokenizer: len(path) capped the sampled ids (ids < 8 here), and the AttributeError
+  # ('str' object has no attribute 'decode') came only after the whole generation, when the results were decoded.
+  with pytest.raises(TypeError, match=r"tokenizer must be a loaded tokenizer .*load_tokenizer\(path\)\), got str "
+                                      r"'tok/dir/'"):
+    Engine(load_tiny(), tokenizer="tok/dir/", eos_ids=(), buckets=TEST_BUCKETS)
