@@ -272,7 +272,7 @@ class HFTokenizer(Tokenizer):
       raise
 
   def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
-    texts = list(texts)
+    texts = _text_list(texts)
     # encode_batch_fast skips offset tracking (tokenizers >= 0.20.2); ids are the same.
     encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
     try:
@@ -362,7 +362,7 @@ class SentencePieceTokenizer(Tokenizer):
     return self.encode_batch([text], add_special_tokens)[0]
 
   def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
-    texts = list(texts)
+    texts = _text_list(texts)
     out = self._sp.encode(texts, out_type=int)
     pattern = self._special_pattern()
     for i, text in enumerate(texts):
@@ -762,6 +762,18 @@ def _check_texts(texts: Sequence[Any]) -> None:
     except UnicodeEncodeError as e:
       raise ValueError(f"text {i} holds a lone surrogate {text[e.start]!r} at position {e.start}, which is not "
                        f"valid Unicode (no UTF-8 for it): replace it (e.g. by U+FFFD) before tokenizing") from None
+
+
+def _text_list(texts: Sequence[str]) -> list[str]:
+  """`encode_batch`'s texts as a list; one string is refused (it was encoded character by character, one row each)
+  as is a non-string entry (the HF backend's "TextEncodeInput must be Union[...]" named no entry)."""
+  if isinstance(texts, str):
+    raise TypeError(f"encode_batch takes a sequence of texts, got one string {texts[:40]!r} (use encode for one text)")
+  texts = list(texts)
+  for i, text in enumerate(texts):
+    if not isinstance(text, str):
+      raise TypeError(f"encode_batch: text {i} must be a str, got {type(text).__name__}")
+  return texts
 
 
 def _as_int_list(ids: Sequence[int] | np.ndarray) -> list[int]:

@@ -463,6 +463,19 @@ def test_bad_paths(tmp_path):
     tk.load_tokenizer(other / "vocab.txt")
 
 
+@pytest.mark.parametrize("backend", ["hf", "sentencepiece"])
+def test_encode_batch_refuses_one_string_and_non_strings(qwen_dir, sp_dir, hf_refs, backend):
+  tok = tk.load_tokenizer(qwen_dir if backend == "hf" else sp_dir)
+  if backend == "hf":  # the reference: transformers encodes a list of texts, one row per text
+    assert tok.encode_batch(["x = 12", "print(x)"]) == hf_refs[0](["x = 12", "print(x)"])["input_ids"]
+  # One string was encoded character by character (6 rows for "x = 12"), without an error.
+  with pytest.raises(TypeError, match=r"encode_batch takes a sequence of texts, got one string 'x = 12'"):
+    tok.encode_batch("x = 12")
+  # HF: "TextEncodeInput must be Union[TextInputSequence, ...]"; sentencepiece: "List elements must be str or bytes".
+  with pytest.raises(TypeError, match=r"encode_batch: text 1 must be a str, got NoneType"):
+    tok.encode_batch(["x = 12", None])
+
+
 def test_corrupt_files(tmp_path, qwen_dir):
   (tmp_path / "a").mkdir()
   (tmp_path / "a" / "tokenizer.json").write_text('{"model": ')
