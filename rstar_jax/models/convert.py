@@ -475,6 +475,8 @@ def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shar
   Only process 0 writes; in a multi-host run every process must call it (the gathers are collective), and it returns
   once the files are written.
   """
+  if not isinstance(model, Qwen2):  # a PPM has no LM head: KeyError 'lm_head' (untied) or a policy without one
+    raise TypeError(f"save_qwen2 writes a Qwen2 policy, got {type(model).__name__} (save_ppm writes a PPM)")
   config = model.config
   dtype = _export_dtype(dtype, config)
   entries = name_table(config) + ([] if config.tie_word_embeddings else [lm_head_entry()])
@@ -499,6 +501,8 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
   The PPM has no LM head. Tied configs export as `Qwen2ForCausalLM` (the head is the embedding); untied configs
   export the backbone as `Qwen2Model` (`AutoModel` loads it; the value head is all the PPM needs).
   """
+  if not isinstance(ppm, PPM):  # a policy has no value head: it failed as KeyError 'value_head'
+    raise TypeError(f"save_ppm writes a PPM, got {type(ppm).__name__} (save_qwen2 writes a Qwen2 policy)")
   config = ppm.config
   dtype = _export_dtype(dtype, config)
   state = nnx.to_pure_dict(nnx.state(ppm))

@@ -129,3 +129,19 @@ def test_last_token_index_and_transforms():
                              rtol=1e-6)
   with pytest.raises(ValueError):
     value_transform(raw, "sigmoid")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_saving_a_model_with_the_other_kinds_writer_is_named(hf_qwen2_factory, tmp_path, tied):
+  # save_ppm(policy) failed as KeyError 'value_head'; save_qwen2(ppm) as KeyError 'lm_head' (untied), or, tied, wrote
+  # the PPM's backbone as a policy without its value head and without an error.
+  path, _ = hf_qwen2_factory(tie_word_embeddings=tied)
+  policy = convert.load_qwen2(path)
+  torch.save({"v_head.summary.weight": torch.randn(1, policy.config.hidden_size), "v_head.summary.bias": torch.randn(1)},
+             path / "value_head.bin")
+  ppm = convert.load_ppm(path)
+  with pytest.raises(TypeError, match=r"save_ppm writes a PPM, got Qwen2 \(save_qwen2 writes a Qwen2 policy\)"):
+    convert.save_ppm(policy, tmp_path / "ppm")
+  with pytest.raises(TypeError, match=r"save_qwen2 writes a Qwen2 policy, got PPM \(save_ppm writes a PPM\)"):
+    convert.save_qwen2(ppm, tmp_path / "policy")
+  assert not (tmp_path / "policy" / "config.json").exists()
