@@ -211,6 +211,17 @@ class _NoBar:
     pass
 
 
+def _check_output_dir(path: str) -> None:
+  """Creates the shard folder, or says why it cannot hold shards, before any search: a batch's shard is written only
+  once its whole search has run (with `batch_size=None`, every problem's), and that work was lost to the error."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"output_dir {path}: cannot create it ({e.strerror})") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f"output_dir {path}: not writable")
+
+
 def _clip(text, width: int = 60) -> str:
   return repr(text) if not isinstance(text, str) or len(text) <= width else repr(text[:width]) + "..."
 
@@ -271,6 +282,8 @@ class MCTS:
       if missing:
         raise ValueError(f"mode {cfg.mode!r} needs ground truths; missing for {missing[:5]}")
     batch = cfg.batch_size or max(1, len(problems))
+    if output_dir is not None:
+      _check_output_dir(os.fspath(output_dir))
     config_record = dataclasses.asdict(cfg)
     config_path = None if output_dir is None else os.path.join(os.fspath(output_dir), f"{shard_prefix}.config.json")
     config_written = config_path is not None and records.check_run_config(config_path, config_record)

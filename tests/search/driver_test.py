@@ -251,6 +251,19 @@ def test_problems_and_prompt_fn_of_the_wrong_kind_are_named(grader, problems, pr
   assert not policy.calls
 
 
+def test_an_output_dir_that_cannot_hold_shards_is_refused_before_searching(grader, tmp_path):
+  # The folder was first created when the first shard was written, after that batch's whole search (here: every
+  # problem's), so a path under a file ended in FileExistsError with all the trees lost.
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  policy = ScriptedPolicy(random_script)
+  for out in (blocker, blocker / "trees"):
+    with pytest.raises(ValueError, match=rf"output_dir {out}: cannot create it"):
+      run_search(PROBLEMS, policy, InProcessExecutor(), SearchConfig(num_rollouts=2, num_candidates=2),
+                 prompt_fn=PROMPT.format, grader=grader, progress=False, output_dir=out)
+  assert not policy.calls
+
+
 def test_beam_search_refuses_duplicate_problem_ids(grader):
   # As MCTS.run: the two trees would share a seed and their records a problem_id.
   with pytest.raises(ValueError, match="problem ids must be unique"):
