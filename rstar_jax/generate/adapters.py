@@ -122,7 +122,12 @@ def checkpoint_eos_ids(model_dir: str | os.PathLike[str], tokenizer: Any = None)
 
   Raises:
     ValueError: naming `generation_config.json` when it is not a JSON object or its `eos_token_id` is not token ids.
+    TypeError: `tokenizer` is not a loaded tokenizer (e.g. its path).
   """
+  if tokenizer is not None and not hasattr(tokenizer, "eos_id"):
+    # A tokenizer's path in its place was read as "no EOS": the rows would end only at generation_config.json's ids.
+    raise TypeError(f"tokenizer must be a loaded tokenizer (rstar_jax.tokenizer.load_tokenizer(path)) or None, got "
+                    f"{type(tokenizer).__name__} {tokenizer!r:.80}")
   eos_id = getattr(tokenizer, "eos_id", None)
   ids = [] if eos_id is None else [eos_id]
   path = os.path.join(os.fspath(model_dir), "generation_config.json")

@@ -50,6 +50,9 @@ def test_checkpoint_eos_ids_are_the_tokenizer_eos_and_what_transformers_reads_fr
   (tmp_path / "generation_config.json").write_text('{"eos_token_id": [1, true]}')
   with pytest.raises(ValueError, match=r"generation_config.json: eos_token_id must be a token id"):
     checkpoint_eos_ids(tmp_path, tok)
+  # The tokenizer's folder in place of the tokenizer was read as one without an EOS: its id was silently left out.
+  with pytest.raises(TypeError, match=r"tokenizer must be a loaded tokenizer .* or None, got str"):
+    checkpoint_eos_ids(tmp_path, str(tiny_tokenizer_dir()))
 
 
 def test_ppm_scorer_values_with_transform():
