@@ -39,6 +39,7 @@ from rstar_jax.train import state as state_lib
 from rstar_jax.train import steps as steps_lib
 from rstar_jax.train.checkpoint import Checkpointer, latest_step
 from rstar_jax.train.config import TrainConfig, ppm_config, sft_config
+from rstar_jax.train.losses import PPM_HEADS
 from rstar_jax.train import metrics_log
 from rstar_jax.train.metrics_log import MetricsLog
 
@@ -398,6 +399,14 @@ def evaluate_ppm(ppm: PPM, pairs: Sequence[formats.PpmPair], tokenizer: Any, *,
   result over all of them; each feeds its share of every batch (the batch size is rounded up to a multiple of the
   process count), so data x fsdp must be a multiple of the process count, as in training.
   """
+  # Checked before the parameters are placed and the pairs tokenized: a pairs file's path (what train_ppm takes) was
+  # read character by character ("'str' object has no attribute 'prompt'"), and the scorer's "tanh5" failed inside
+  # the first jitted step.
+  if isinstance(pairs, (str, os.PathLike)) or not all(isinstance(p, formats.PpmPair) for p in pairs):
+    raise TypeError("evaluate_ppm: pairs must be a sequence of PpmPair (formats.read_ppm_pairs(path) reads a file), "
+                    f"got {type(pairs).__name__}")
+  if head not in PPM_HEADS:
+    raise ValueError(f"evaluate_ppm: head must be one of {PPM_HEADS} (how the PPM was trained), got {head!r}")
   if not pairs:
     raise ValueError("evaluate_ppm: no pairs to evaluate")
   processes = jax.process_count()

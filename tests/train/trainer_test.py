@@ -180,6 +180,23 @@ def test_evaluate_ppm_batch_that_does_not_split_over_the_devices():
     trainer.evaluate_ppm(ppm, pairs, tok, data=pipeline.PipelineConfig(max_len=1, overlong="drop"))
 
 
+def test_evaluate_ppm_names_pairs_and_head_of_the_wrong_kind(tmp_path):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models import PPM, ModelConfig  # pylint: disable=g-import-not-at-top
+  ppm = PPM(ModelConfig.tiny(), rngs=nnx.Rngs(0))
+  pairs_file = tmp_path / "pairs.json"
+  pairs = [formats.PpmPair(prompt="q?", pos="a", neg="b", pos_count=1, neg_count=1)]
+  formats.write_ppm_pairs(pairs_file, pairs)
+  # The path train_ppm takes was iterated character by character: "'str' object has no attribute 'prompt'".
+  with pytest.raises(TypeError, match=r"pairs must be a sequence of PpmPair \(formats.read_ppm_pairs\(path\) reads a "
+                                      r"file\), got str"):
+    trainer.evaluate_ppm(ppm, str(pairs_file), None)
+  # The scorer's transform name: "unknown PPM head 'tanh5'" came from inside the first jitted step.
+  with pytest.raises(ValueError, match=r"head must be one of \('raw', 'tanh'\) \(how the PPM was trained\), got "
+                                       r"'tanh5'"):
+    trainer.evaluate_ppm(ppm, formats.read_ppm_pairs(pairs_file), None, head="tanh5")
+
+
 def test_a_re_export_into_the_same_folder_replaces_the_earlier_tokenizer_files(tmp_path):
   # The weights of an earlier export into the folder are replaced (convert._write_hf_dir); its tokenizer files were
   # kept (copied only where none existed), so the new weights came with the old tokenizer and generation config.
