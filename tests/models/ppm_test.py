@@ -137,8 +137,8 @@ def test_saving_a_model_with_the_other_kinds_writer_is_named(hf_qwen2_factory, t
   # the PPM's backbone as a policy without its value head and without an error.
   path, _ = hf_qwen2_factory(tie_word_embeddings=tied)
   policy = convert.load_qwen2(path)
-  torch.save({"v_head.summary.weight": torch.randn(1, policy.config.hidden_size), "v_head.summary.bias": torch.randn(1)},
-             path / "value_head.bin")
+  head = {"v_head.summary.weight": torch.randn(1, policy.config.hidden_size), "v_head.summary.bias": torch.randn(1)}
+  torch.save(head, path / "value_head.bin")
   ppm = convert.load_ppm(path)
   with pytest.raises(TypeError, match=r"save_ppm writes a PPM, got Qwen2 \(save_qwen2 writes a Qwen2 policy\)"):
     convert.save_ppm(policy, tmp_path / "ppm")
