@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Iterable, Sequence
 
 from rstar_jax.data.formats import PpmPair, SftRecord, write_ppm_pairs, write_sft_records
@@ -310,7 +311,19 @@ def extract_files(tree_files: str | Sequence[str], sft_file: str | None, pairs_f
 
   Returns:
     Counts of trees, distinct problems, records and pairs.
+
+  Raises:
+    ValueError: an output file is one of the tree files (it would be replaced: the search's trees lost) or the two
+      outputs are one file (the pairs would replace the SFT records).
   """
+  inputs = [tree_files] if isinstance(tree_files, (str, os.PathLike)) else list(tree_files)
+  seen = {os.path.realpath(p): f"tree file {os.fspath(p)}" for p in inputs}
+  for name, out in (("sft_file", sft_file), ("pairs_file", pairs_file)):
+    if out is not None:
+      real = os.path.realpath(out)
+      if real in seen:
+        raise ValueError(f"extract_files: {name} {os.fspath(out)} is the {seen[real]}: write to another file")
+      seen[real] = f"sft_file {os.fspath(out)}"
   all_trees = read_trees(tree_files)
   records = sft_records(all_trees, sft_config) if sft_file is not None else []
   pairs = ppm_pairs(all_trees, pair_config) if pairs_file is not None else []

@@ -306,6 +306,23 @@ def test_extract_files_writes_rstar_files(tmp_path):
   assert (stats.num_trees, stats.num_problems, stats.num_sft_records, stats.num_pairs) == (2, 2, 3, 4)
 
 
+def test_extract_files_refuses_to_write_over_its_trees_or_its_other_output(tmp_path):
+  rec, _ = build_tree(TREE1)
+  shard = tmp_path / "trees-00000.jsonl"
+  shard.write_text(json.dumps(rec) + "\n")
+  before = shard.read_bytes()
+  # The SFT records replaced the search's tree shard (atomically, so nothing warned); the same file for both outputs
+  # kept only the pairs.
+  with pytest.raises(ValueError, match=rf"sft_file {shard} is the tree file {shard}: write to another file"):
+    extract.extract_files([str(shard)], str(shard), None)
+  with pytest.raises(ValueError, match=rf"pairs_file .*trees-00000.jsonl is the tree file {shard}"):
+    extract.extract_files(str(shard), None, str(tmp_path / "." / "trees-00000.jsonl"))
+  out = tmp_path / "out.jsonl"
+  with pytest.raises(ValueError, match=rf"pairs_file {out} is the sft_file {out}"):
+    extract.extract_files(shard, str(out), str(out))
+  assert shard.read_bytes() == before and not out.exists()
+
+
 def test_continuation_is_greedy_as_the_official_sampler():
   # Official `build_partial_solution`: from pos follow the highest-Q child with a correct leaf below, from neg the
   # lowest-Q child with a wrong leaf below. We used the best mean Q over all leaves below on both sides.
