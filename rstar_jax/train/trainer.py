@@ -104,6 +104,16 @@ def _train_config(config: Any, default: Callable[[], TrainConfig]) -> TrainConfi
   return config
 
 
+def _export_dir(export_dir: PathLike | None, workdir: str, initial_checkpoint: PathLike) -> str:
+  """Where the trained model goes (default `<workdir>/export`); never the folder training starts from: the export
+  removes that folder's weight files and writes its own, so the base model every round starts from (or the SFT policy
+  a PPM starts from) was replaced, found only after the whole run."""
+  out = os.fspath(export_dir or os.path.join(workdir, "export"))
+  if os.path.realpath(out) == os.path.realpath(initial_checkpoint):
+    raise ValueError(f"export_dir {out} is the checkpoint training starts from: export to another folder")
+  return out
+
+
 def _load_tokenizer(tokenizer: Any, default_dir: PathLike, which: str):
   """(tokenizer with the rStar tags of `which`, the directory it was loaded from or None)."""
   if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
@@ -307,6 +317,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   """
   config = _train_config(config, sft_config)
   workdir = os.path.abspath(os.fspath(workdir))
+  export_dir = _export_dir(export_dir, workdir, base_checkpoint)
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
   model_config, original_dtype = _model_config(base_checkpoint, config)
   _check_vocab(tokenizer, model_config, base_checkpoint)
@@ -322,7 +333,6 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
                                  count_key="num_tokens", pipe=pipe, workdir=workdir, config=config,
                                  initial_checkpoint=base_checkpoint,
                                  step_callback=step_callback)
-  export_dir = os.fspath(export_dir or os.path.join(workdir, "export"))
   convert.save_qwen2(trained, export_dir, dtype=config.export_dtype or original_dtype)
   _export_tokenizer(tokenizer, tokenizer_dir, export_dir)
   return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
@@ -367,6 +377,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   """
   config = _train_config(config, ppm_config)
   workdir = os.path.abspath(os.fspath(workdir))
+  export_dir = _export_dir(export_dir, workdir, init_checkpoint)
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
   model_config, original_dtype = _model_config(init_checkpoint, config)
   _check_vocab(tokenizer, model_config, init_checkpoint)
@@ -382,7 +393,6 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
                                  initial_checkpoint=init_checkpoint,
                                  step_callback=step_callback,
                                  dropout_seed=config.seed if config.value_head_dropout > 0 else None)
-  export_dir = os.fspath(export_dir or os.path.join(workdir, "export"))
   convert.save_ppm(trained, export_dir, dtype=config.export_dtype or original_dtype)
   _export_tokenizer(tokenizer, tokenizer_dir, export_dir)
   return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -137,6 +138,25 @@ def test_a_config_that_is_not_a_train_config_is_named(base, tmp_path, train):
   with pytest.raises(TypeError, match=r"config must be a TrainConfig \(TrainConfig.from_dict builds one from a "
                                       r"mapping\), got dict"):
     train(path, tmp_path / "data.json", tmp_path / "work", config={"mesh": [1, 1, 1]})
+  assert not os.path.exists(tmp_path / "work")
+
+
+@pytest.mark.parametrize("train", [trainer.train_policy, trainer.train_ppm])
+def test_an_export_over_the_starting_checkpoint_is_refused_before_training(base, tmp_path, train):
+  # The export removed the starting folder's weights and wrote the trained ones there, after the whole run: the base
+  # model every round's SFT starts from (or the SFT policy the PPM starts from) was gone.
+  path = tmp_path / "start"
+  shutil.copytree(base[0], path)
+  data = (testlib.write_json(tmp_path / "sft.json", base[1][:4]) if train is trainer.train_policy
+          else tmp_path / "pairs.json")
+  if train is trainer.train_ppm:
+    formats.write_ppm_pairs(data, _pairs(4, 0))
+  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
+                                 mesh=(1, 1, 1), max_steps=1, progress=False)
+  before = {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()}
+  with pytest.raises(ValueError, match=rf"export_dir {path}/ is the checkpoint training starts from"):
+    train(path, data, tmp_path / "work", config=config, export_dir=str(path) + "/")
+  assert {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()} == before
   assert not os.path.exists(tmp_path / "work")
 
 
