@@ -318,6 +318,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   config = _train_config(config, sft_config)
   workdir = os.path.abspath(os.fspath(workdir))
   export_dir = _export_dir(export_dir, workdir, base_checkpoint)
+  sharding_lib.make_mesh(*config.mesh)  # a mesh the devices cannot hold fails now, not after tokenizing the data
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
   model_config, original_dtype = _model_config(base_checkpoint, config)
   _check_vocab(tokenizer, model_config, base_checkpoint)
@@ -378,6 +379,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   config = _train_config(config, ppm_config)
   workdir = os.path.abspath(os.fspath(workdir))
   export_dir = _export_dir(export_dir, workdir, init_checkpoint)
+  sharding_lib.make_mesh(*config.mesh)  # a mesh the devices cannot hold fails now, not after tokenizing the data
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
   model_config, original_dtype = _model_config(init_checkpoint, config)
   _check_vocab(tokenizer, model_config, init_checkpoint)

@@ -160,6 +160,22 @@ def test_an_export_over_the_starting_checkpoint_is_refused_before_training(base,
   assert not os.path.exists(tmp_path / "work")
 
 
+@pytest.mark.parametrize("mesh,message", [
+    ((-1, -1, 1), r"at most one mesh axis may be -1"),
+    ((1, 1000, 1), r"mesh data=1 x fsdp=1000 x tensor=1 needs 1000 devices"),
+])
+def test_a_mesh_the_devices_cannot_hold_is_refused_before_the_data_is_tokenized(base, tmp_path, mesh, message,
+                                                                                 monkeypatch):
+  # The mesh was first built to load the model, after the whole SFT / pair file had been tokenized.
+  tokenized = []
+  monkeypatch.setattr(pipeline, "tokenize_sft", lambda *a: tokenized.append(a))
+  path, records = base
+  with pytest.raises(ValueError, match=message):
+    trainer.train_policy(path, testlib.write_json(tmp_path / "sft.json", records[:4]), tmp_path / "work",
+                         config=config_lib.sft_config(mesh=mesh))
+  assert not tokenized
+
+
 def test_evaluate_ppm_batch_that_does_not_split_over_the_devices():
   # evaluate_ppm's default mesh takes every device; its batch (default 32, here 3) was put on it as is, so a batch
   # that the device count does not divide (3 on these 8 CPU devices; 32 on a 64-chip slice) raised IndivisibleError.
