@@ -173,6 +173,21 @@ def _check_rows_split(mesh_shape: tuple[int, int, int], shards: int) -> None:
                      "processes (each process feeds its own rows of a batch)")
 
 
+def _checked_mesh(config: TrainConfig) -> jax.sharding.Mesh:
+  """The training mesh, once the devices can hold it and the global batch splits over it.
+
+  The trainers call it before reading the data (it was first checked after tokenizing it and loading the model).
+  """
+  mesh = sharding_lib.make_mesh(*config.mesh)
+  rows_per_micro, remainder = divmod(config.data.batch_size, config.accum_steps)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if remainder or rows_per_micro % shards:
+    raise ValueError(f"global batch {config.data.batch_size} must split into accum_steps={config.accum_steps} "
+                     f"micro-batches whose rows divide over data x fsdp = {shards} devices")
+  _check_rows_split(config.mesh, shards)
+  return mesh
+
+
 def _run_identity(config: TrainConfig, pipe: pipeline_lib.Pipeline, initial_checkpoint: PathLike) -> dict[str, Any]:
   """`{"optimizer.learning_rate": ..., "data.batch_size": ..., ...}`: what a checkpoint may only be resumed with
   (the config less `_RESUMABLE_CHANGES`, the fingerprint of the tokenized data and its batch plan, and that of the
@@ -222,13 +237,7 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
   `abstract_model` gives shapes and the module structure. `dropout_seed`: the train step
   hands each micro-batch its dropout key and row ids (`steps.make_train_step`).
   """
-  mesh = sharding_lib.make_mesh(*config.mesh)
-  rows_per_micro, remainder = divmod(config.data.batch_size, config.accum_steps)
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if remainder or rows_per_micro % shards:
-    raise ValueError(f"global batch {config.data.batch_size} must split into accum_steps={config.accum_steps} "
-                     f"micro-batches whose rows divide over data x fsdp = {shards} devices")
-  _check_rows_split(config.mesh, shards)
+  mesh = _checked_mesh(config)
   total_steps = pipe.num_batches if config.max_steps is None else min(pipe.num_batches, config.max_steps)
   tx = optimizer_lib.make_optimizer(config.optimizer, total_steps)
   schedule = optimizer_lib.learning_rate_schedule(config.optimizer, total_steps)
@@ -318,7 +327,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   config = _train_config(config, sft_config)
   workdir = os.path.abspath(os.fspath(workdir))
   export_dir = _export_dir(export_dir, workdir, base_checkpoint)
-  sharding_lib.make_mesh(*config.mesh)  # a mesh the devices cannot hold fails now, not after tokenizing the data
+  _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
   model_config, original_dtype = _model_config(base_checkpoint, config)
   _check_vocab(tokenizer, model_config, base_checkpoint)
@@ -379,7 +388,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   config = _train_config(config, ppm_config)
   workdir = os.path.abspath(os.fspath(workdir))
   export_dir = _export_dir(export_dir, workdir, init_checkpoint)
-  sharding_lib.make_mesh(*config.mesh)  # a mesh the devices cannot hold fails now, not after tokenizing the data
+  _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
   model_config, original_dtype = _model_config(init_checkpoint, config)
   _check_vocab(tokenizer, model_config, init_checkpoint)

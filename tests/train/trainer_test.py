@@ -160,19 +160,21 @@ def test_an_export_over_the_starting_checkpoint_is_refused_before_training(base,
   assert not os.path.exists(tmp_path / "work")
 
 
-@pytest.mark.parametrize("mesh,message", [
-    ((-1, -1, 1), r"at most one mesh axis may be -1"),
-    ((1, 1000, 1), r"mesh data=1 x fsdp=1000 x tensor=1 needs 1000 devices"),
+@pytest.mark.parametrize("changes,message", [
+    (dict(mesh=(-1, -1, 1)), r"at most one mesh axis may be -1"),
+    (dict(mesh=(1, 1000, 1)), r"mesh data=1 x fsdp=1000 x tensor=1 needs 1000 devices"),
+    (dict(mesh=(1, 1, 1), accum_steps=3), r"global batch 128 must split into accum_steps=3 micro-batches"),
 ])
-def test_a_mesh_the_devices_cannot_hold_is_refused_before_the_data_is_tokenized(base, tmp_path, mesh, message,
-                                                                                 monkeypatch):
-  # The mesh was first built to load the model, after the whole SFT / pair file had been tokenized.
+def test_a_mesh_or_batch_split_that_cannot_work_is_refused_before_the_data_is_tokenized(base, tmp_path, changes,
+                                                                                        message, monkeypatch):
+  # The mesh was first built to load the model, and the batch split checked after that, once the whole SFT / pair
+  # file had been tokenized (and, for the split, the weights loaded).
   tokenized = []
   monkeypatch.setattr(pipeline, "tokenize_sft", lambda *a: tokenized.append(a))
   path, records = base
   with pytest.raises(ValueError, match=message):
     trainer.train_policy(path, testlib.write_json(tmp_path / "sft.json", records[:4]), tmp_path / "work",
-                         config=config_lib.sft_config(mesh=mesh))
+                         config=config_lib.sft_config(**changes))
   assert not tokenized
 
 
