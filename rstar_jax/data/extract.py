@@ -323,7 +323,7 @@ def extract_files(tree_files: str | Sequence[str], sft_file: str | None, pairs_f
       real = os.path.realpath(out)
       if real in seen:
         raise ValueError(f"extract_files: {name} {os.fspath(out)} is the {seen[real]}: write to another file")
-      seen[real] = f"sft_file {os.fspath(out)}"
+      seen[real] = f"{name} {os.fspath(out)}"
   all_trees = read_trees(tree_files)
   records = sft_records(all_trees, sft_config) if sft_file is not None else []
   pairs = ppm_pairs(all_trees, pair_config) if pairs_file is not None else []
