@@ -79,6 +79,9 @@ def _check_rules(table: Mapping[str, Sequence[str]], mesh: Mesh) -> None:
   Without the check such a rule (a typo, or a bare string such as `("vocab", "tensor")`, whose letters would be read
   as axis names) silently replicates every dim it maps, as if the axis had size 1.
   """
+  if not isinstance(mesh, Mesh):  # sizes as TrainConfig.mesh takes them failed as "no attribute 'axis_names'"
+    raise TypeError(f"mesh must be a jax.sharding.Mesh (make_mesh(data, fsdp, tensor) builds one), got "
+                    f"{type(mesh).__name__} {mesh!r:.60}")
   known = tuple(dict.fromkeys(MESH_AXES + tuple(mesh.axis_names)))
   for name, mesh_axes in table.items():
     if isinstance(mesh_axes, str):

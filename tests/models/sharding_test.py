@@ -104,3 +104,14 @@ def test_bad_rule_override_raises_naming_the_rule(vocab_rule, message):
   assert sharding.logical_to_spec(("vocab", "embed"), (512, 64), mesh) == P("tensor", "fsdp")
   with pytest.raises(ValueError, match=message):
     sharding.logical_to_spec(("vocab", "embed"), (512, 64), mesh, rules)
+
+
+def test_mesh_sizes_in_place_of_a_mesh_are_named(hf_qwen2_factory):
+  # TrainConfig takes the mesh as sizes; given to the loaders (or the Engine) they failed as
+  # "'tuple' object has no attribute 'axis_names'".
+  path, _ = hf_qwen2_factory()
+  with pytest.raises(TypeError, match=r"mesh must be a jax.sharding.Mesh \(make_mesh\(data, fsdp, tensor\) builds "
+                                      r"one\), got tuple \(1, 1, 1\)"):
+    convert.load_qwen2(path, mesh=(1, 1, 1))
+  with pytest.raises(TypeError, match=r"mesh must be a jax.sharding.Mesh"):
+    sharding.logical_to_spec(("vocab", "embed"), (512, 64), (2, 2, 2))
