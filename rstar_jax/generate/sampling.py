@@ -68,6 +68,10 @@ class Sampling:
   top_k: int = 0
 
   def __post_init__(self):
+    for name in ("temperature", "top_p"):  # a string or None (a config file's value) failed in the comparison below
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0 (use Greedy() for greedy decoding), got {self.temperature}")
     if not 0 < self.top_p <= 1:

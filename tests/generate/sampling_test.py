@@ -179,6 +179,10 @@ def test_max_rows_splits_a_call_without_changing_results():
     (dict(top_k=-2), r"top_k must be a non-negative integer \(or -1 for off, as in vLLM\), got -2"),
     (dict(top_k=2.0), r"top_k must be a non-negative integer .*, got 2.0"),  # would fail later, inside jax's top_k
     (dict(top_k=True), "top_k must be a non-negative integer"),
+    # Were "'>' not supported between instances of 'str' and 'int'", naming neither setting.
+    (dict(temperature="0.7"), "temperature must be a number, got '0.7'"),
+    (dict(temperature=None), "temperature must be a number, got None"),
+    (dict(top_p="0.95"), "top_p must be a number, got '0.95'"),
 ])
 def test_bad_sampling_settings_are_refused_up_front(kwargs, message):
   with pytest.raises(ValueError, match=message):
