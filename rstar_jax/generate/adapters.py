@@ -54,6 +54,8 @@ class EnginePolicy:
   def generate(self, prompts: Sequence[str], *, n: int, seeds: Sequence[int], stop: Sequence[str]) -> list:
     from rstar_jax.search.interfaces import StepCandidate  # pylint: disable=g-import-not-at-top  (search imports us)
 
+    if isinstance(prompts, str):  # as `PPMScorer.score`: its length would be read as a count of prompts
+      raise TypeError("generate() takes a sequence of prompts, got one string")
     if len(seeds) != len(prompts):
       raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds (one seed per prompt)")
     ids = self.engine.tokenizer.encode_batch(list(prompts))

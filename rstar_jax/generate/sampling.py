@@ -72,8 +72,9 @@ class Sampling:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0 (use Greedy() for greedy decoding), got {self.temperature}")
+    if not 0 < self.temperature < float("inf"):  # an infinite one sampled uniformly over the vocabulary
+      raise ValueError(f"temperature must be > 0 and finite (use Greedy() for greedy decoding), got "
+                       f"{self.temperature}")
     if not 0 < self.top_p <= 1:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
     if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < -1:

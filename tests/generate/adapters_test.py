@@ -34,6 +34,8 @@ def test_engine_policy_returns_step_candidates_matching_the_engine():
   assert any(c.stopped_at_string for row in out for c in row)
   with pytest.raises(ValueError, match="seeds"):
     policy.generate(TEXTS, n=1, seeds=[1], stop=stop)
+  with pytest.raises(TypeError, match="takes a sequence of prompts, got one string"):  # was "5 prompts but 1 seeds"
+    policy.generate("hello", n=1, seeds=[1], stop=stop)
 
 
 def test_checkpoint_eos_ids_are_the_tokenizer_eos_and_what_transformers_reads_from_generation_config(tmp_path):

@@ -174,6 +174,7 @@ def test_max_rows_splits_a_call_without_changing_results():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(temperature=0.0), "temperature must be > 0"),
+    (dict(temperature=float("inf")), "temperature must be > 0 and finite"),  # sampled uniformly, without a word
     (dict(top_p=0.0), "top_p must be in"),
     (dict(top_p=1.5), "top_p must be in"),
     (dict(top_k=-2), r"top_k must be a non-negative integer \(or -1 for off, as in vLLM\), got -2"),
