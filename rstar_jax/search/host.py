@@ -34,6 +34,8 @@ class HostTree:
   """The host half of one tree: node 0 is the root (empty text)."""
 
   def __init__(self, prompt: str):
+    if not isinstance(prompt, str):  # a prompt_fn's result: it failed at the first expansion, naming nothing
+      raise TypeError(f"prompt_fn must return the prompt as a str, got {type(prompt).__name__} {prompt!r:.60}")
     self.prompt = prompt
     self.nodes: list[HostNode] = [HostNode(parent=NO_PARENT, depth=0)]
 

@@ -264,6 +264,18 @@ def test_an_output_dir_that_cannot_hold_shards_is_refused_before_searching(grade
   assert not policy.calls
 
 
+def test_a_prompt_fn_that_returns_no_string_is_named(grader):
+  # It failed at the first expansion as a bare TypeError from string concatenation.
+  as_list = lambda question: [PROMPT.format(question)]
+  with pytest.raises(TypeError, match=r"prompt_fn must return the prompt as a str, got list \['Q: "):
+    run_search(PROBLEMS[:1], ScriptedPolicy(random_script), InProcessExecutor(),
+               SearchConfig(num_rollouts=1, num_candidates=2, max_depth=2, max_nodes=16), prompt_fn=as_list,
+               grader=grader, progress=False)
+  with pytest.raises(TypeError, match="prompt_fn must return the prompt as a str, got list"):
+    beam_search(PROBLEMS[:1], ScriptedPolicy(random_script), InProcessExecutor(), FunctionScorer(random_ppm),
+                BeamConfig(beam_width=2, samples_per_step=2, max_depth=2), prompt_fn=as_list, grader=grader)
+
+
 def test_beam_search_refuses_duplicate_problem_ids(grader):
   # As MCTS.run: the two trees would share a seed and their records a problem_id.
   with pytest.raises(ValueError, match="problem ids must be unique"):
