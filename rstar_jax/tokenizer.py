@@ -754,9 +754,8 @@ def _check_texts(texts: Sequence[Any]) -> None:
   """Names the text the Rust tokenizer refused with a bare TypeError ("TextInputSequence must be str", said even of
   a str): one that is not a str, or a str holding a lone surrogate (no UTF-8 for it; json.loads gives one for a
   "\\ud83d" escape, as in a truncated emoji)."""
+  _check_str_entries(texts, "text")
   for i, text in enumerate(texts):
-    if not isinstance(text, str):
-      raise TypeError(f"text {i} must be a str, got {type(text).__name__}")
     try:
       text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -770,10 +769,14 @@ def _text_list(texts: Sequence[str]) -> list[str]:
   if isinstance(texts, str):
     raise TypeError(f"encode_batch takes a sequence of texts, got one string {texts[:40]!r} (use encode for one text)")
   texts = list(texts)
+  _check_str_entries(texts, "encode_batch: text")
+  return texts
+
+
+def _check_str_entries(texts: Sequence[Any], label: str) -> None:
   for i, text in enumerate(texts):
     if not isinstance(text, str):
-      raise TypeError(f"encode_batch: text {i} must be a str, got {type(text).__name__}")
-  return texts
+      raise TypeError(f"{label} {i} must be a str, got {type(text).__name__}")
 
 
 def _as_int_list(ids: Sequence[int] | np.ndarray) -> list[int]:

@@ -227,17 +227,16 @@ def _check_resume(workdir: str, step: int, identity: dict[str, Any]) -> None:
 
 
 def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Callable, count_key: str,
-         pipe: pipeline_lib.Pipeline, workdir: str, config: TrainConfig, initial_checkpoint: PathLike,
-         step_callback: StepCallback | None,
+         pipe: pipeline_lib.Pipeline, workdir: str, config: TrainConfig, mesh: jax.sharding.Mesh,
+         initial_checkpoint: PathLike, step_callback: StepCallback | None,
          dropout_seed: int | None = None) -> tuple[nnx.Module, int, dict[str, float]]:
   """The loop shared by both trainers; returns the trained model, the step count and the last metrics.
 
   `model` may be None when `workdir` holds a checkpoint (everything is restored from it); otherwise it is
   the placed initial model, read from `initial_checkpoint` (whose weights a resumed run must still start from).
-  `abstract_model` gives shapes and the module structure. `dropout_seed`: the train step
-  hands each micro-batch its dropout key and row ids (`steps.make_train_step`).
+  `abstract_model` gives shapes and the module structure. `mesh`: `_checked_mesh(config)`. `dropout_seed`: the train
+  step hands each micro-batch its dropout key and row ids (`steps.make_train_step`).
   """
-  mesh = _checked_mesh(config)
   total_steps = pipe.num_batches if config.max_steps is None else min(pipe.num_batches, config.max_steps)
   tx = optimizer_lib.make_optimizer(config.optimizer, total_steps)
   schedule = optimizer_lib.learning_rate_schedule(config.optimizer, total_steps)
@@ -327,7 +326,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   config = _train_config(config, sft_config)
   workdir = os.path.abspath(os.fspath(workdir))
   export_dir = _export_dir(export_dir, workdir, base_checkpoint)
-  _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
+  mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
   model_config, original_dtype = _model_config(base_checkpoint, config)
   _check_vocab(tokenizer, model_config, base_checkpoint)
@@ -337,10 +336,10 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   abstract = nnx.eval_shape(lambda: Qwen2(model_config, rngs=nnx.Rngs(0), remat=config.remat))
   model = None
   if not resuming:
-    model = convert.load_qwen2(base_checkpoint, model_config, mesh=sharding_lib.make_mesh(*config.mesh))
+    model = convert.load_qwen2(base_checkpoint, model_config, mesh=mesh)
     model.model.remat = config.remat
   trained, steps, metrics = _run(model=model, abstract_model=abstract, loss_fn_of=steps_lib.sft_loss_fn,
-                                 count_key="num_tokens", pipe=pipe, workdir=workdir, config=config,
+                                 count_key="num_tokens", pipe=pipe, workdir=workdir, config=config, mesh=mesh,
                                  initial_checkpoint=base_checkpoint,
                                  step_callback=step_callback)
   convert.save_qwen2(trained, export_dir, dtype=config.export_dtype or original_dtype)
@@ -348,9 +347,9 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
 
 
-def _initial_ppm(init_checkpoint: PathLike, model_config: ModelConfig, config: TrainConfig) -> PPM:
+def _initial_ppm(init_checkpoint: PathLike, model_config: ModelConfig, config: TrainConfig,
+                 mesh: jax.sharding.Mesh) -> PPM:
   """A PPM from a PPM dir (continue training) or from a policy dir (backbone + fresh near-zero value head)."""
-  mesh = sharding_lib.make_mesh(*config.mesh)
   has_head = any(os.path.exists(os.path.join(init_checkpoint, f))
                  for f in ("value_head.bin", "value_head.safetensors"))
   if has_head:
@@ -388,7 +387,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   config = _train_config(config, ppm_config)
   workdir = os.path.abspath(os.fspath(workdir))
   export_dir = _export_dir(export_dir, workdir, init_checkpoint)
-  _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
+  mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
   tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
   model_config, original_dtype = _model_config(init_checkpoint, config)
   _check_vocab(tokenizer, model_config, init_checkpoint)
@@ -396,11 +395,11 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
 
   resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
   abstract = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0), remat=config.remat))
-  model = None if resuming else _initial_ppm(init_checkpoint, model_config, config)
+  model = None if resuming else _initial_ppm(init_checkpoint, model_config, config, mesh)
   trained, steps, metrics = _run(model=model, abstract_model=abstract,
                                  loss_fn_of=lambda g: steps_lib.ppm_loss_fn(g, config.ppm_head,
                                                                             config.value_head_dropout),
-                                 count_key="num_pairs", pipe=pipe, workdir=workdir, config=config,
+                                 count_key="num_pairs", pipe=pipe, workdir=workdir, config=config, mesh=mesh,
                                  initial_checkpoint=init_checkpoint,
                                  step_callback=step_callback,
                                  dropout_seed=config.seed if config.value_head_dropout > 0 else None)

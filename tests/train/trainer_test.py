@@ -102,7 +102,7 @@ def test_a_fresh_value_head_starts_as_the_official_one(base):
   path, _ = base
   config = config_lib.ppm_config(mesh=(1, 1, 1))
   model_config, _ = trainer._model_config(path, config)
-  head = trainer._initial_ppm(path, model_config, config).value_head
+  head = trainer._initial_ppm(path, model_config, config, trainer._checked_mesh(config)).value_head
   torch.manual_seed(0)
   reference = torch.nn.Linear(model_config.hidden_size, 1)
   torch.nn.init.normal_(reference.weight, mean=5e-7, std=1e-6)
