@@ -59,6 +59,7 @@ class Problem:
   Raises:
     TypeError: a field of another type (the tree record stores them as strings; an int answer read from JSON
       would otherwise only fail when the batch's shard is written, after its whole search).
+    ValueError: a field holds a lone surrogate (it has no UTF-8, so the same would happen).
   """
   problem_id: str
   question: str
@@ -71,6 +72,17 @@ class Problem:
     if self.ground_truth is not None and not isinstance(self.ground_truth, str):
       raise TypeError(f"Problem {self.problem_id!r}: ground_truth must be a str or None, got "
                       f"{type(self.ground_truth).__name__} {_clip(self.ground_truth)}")
+    for field in ("problem_id", "question", "ground_truth"):
+      # json.loads gives a lone surrogate for a "\ud83d" escape (a truncated emoji). UTF-8 has none, so the tree
+      # record could not be written: the batch's whole search ran, then failed naming neither problem nor field.
+      value = getattr(self, field)
+      try:
+        if value is not None:
+          value.encode("utf-8")
+      except UnicodeEncodeError as e:
+        who = "Problem" if field == "problem_id" else f"Problem {self.problem_id!r}:"
+        raise ValueError(f"{who} {field} holds a lone surrogate {value[e.start]!r} at position {e.start}, which is "
+                         "not valid Unicode (no UTF-8 for it): replace it (e.g. by U+FFFD)") from None
 
 
 @dataclasses.dataclass(frozen=True)

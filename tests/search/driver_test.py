@@ -441,3 +441,23 @@ def test_a_tree_whose_node_budget_fills_says_so_in_its_record(grader, tmp_path):
   legacy = dict(roomy[0])
   del legacy["out_of_nodes"]  # shards written before the field existed still read
   assert validate_tree(legacy) is legacy
+
+
+@pytest.mark.parametrize("fields,field", [
+    (("p\ud83d", "q", "1"), "problem_id"),
+    (("p", "half an emoji \ud83d", "1"), "question"),
+    (("p", "q", "1\udc80"), "ground_truth"),
+])
+def test_a_problem_text_with_a_lone_surrogate_is_refused_before_any_search(grader, tmp_path, fields, field):
+  # json.loads gives a lone surrogate for a "\ud83d" escape (a truncated emoji); UTF-8 has no encoding for it, so the
+  # batch's shard could not be written: the search ran to its end and failed with a UnicodeEncodeError naming
+  # neither the problem nor the field, its trees lost.
+  with pytest.raises(UnicodeEncodeError):
+    fields[["problem_id", "question", "ground_truth"].index(field)].encode("utf-8")
+  calls = []
+  policy = ScriptedPolicy(lambda prompt, n, seed: calls.append(prompt) or ["\\boxed{1}<end_of_answer>"] * n)
+  with pytest.raises(ValueError, match=rf"Problem (.p.*: )?{field} holds a lone surrogate '\\ud[0-9a-f]{{3}}' at "
+                                       r"position \d+"):
+    run_search([Problem(*fields)], policy, InProcessExecutor(), SearchConfig(num_rollouts=1, num_candidates=1),
+               prompt_fn=PROMPT.format, grader=grader, progress=False, output_dir=str(tmp_path))
+  assert not calls
