@@ -274,8 +274,19 @@ class SandboxPool:
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if not 0 < timeout_s < float("inf"):  # an infinite deadline made every executor die at start-up
-      raise ValueError(f"timeout_s must be > 0 and finite, got {timeout_s}")
+    # Checked before any comparison: a str or None failed as Python's "'<' not supported between ...", naming nothing.
+    for name, value, low in (("max_code_chars", max_code_chars, 1), ("static_check_max_chars", static_check_max_chars,
+                             0), ("fsize_mb", fsize_mb, 0), ("nofile", nofile, 1), ("nproc", nproc, 1),
+                             ("tmp_mb", tmp_mb, 1)):  # bwrap refuses a tmpfs of 0 bytes, once the worker started
+      if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    # An infinite deadline made every executor die at start-up; a negative grace made the host kill a worker that was
+    # still within its own deadline.
+    for name, value in (("timeout_s", timeout_s), ("startup_timeout_s", startup_timeout_s)):
+      if not _is_number(value) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
+    if host_grace_s is not None and (not _is_number(host_grace_s) or not 0 <= host_grace_s < float("inf")):
+      raise ValueError(f"host_grace_s must be None or >= 0 and finite, got {host_grace_s!r}")
     if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
       # A string was iterated letter by letter: modules "s", "y", ... are missing, skipped, and nothing preloaded.
       raise TypeError(f"preload must be a sequence of module names, got {preload!r}")
@@ -608,6 +619,10 @@ class SandboxPool:
       if task.future.set_running_or_notify_cancel() if not task.started else True:
         task.future.set_result(SandboxResult(observation=err, stdout="", error=err, timed_out=False,
                                              memory_exceeded=False, killed_by_signal=None, duration_s=0.0))
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _abandon(task: _Task) -> None:

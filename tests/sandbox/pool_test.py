@@ -71,6 +71,20 @@ def test_bad_input_is_named():
     SandboxPool(memory_mb=float("nan"))
   with pytest.raises(ValueError, match=r"pipeline_depth must be an integer, got 1.5"):
     SandboxPool(pipeline_depth=1.5)
+  # These failed as Python's bare "'<' not supported between instances of 'int' and 'str'" or int()'s "argument must
+  # be ... not 'NoneType'", naming no argument; a negative grace made the host kill a worker before its own deadline.
+  with pytest.raises(ValueError, match=r"timeout_s must be > 0 and finite, got '5'"):
+    SandboxPool(timeout_s="5")
+  with pytest.raises(ValueError, match=r"host_grace_s must be None or >= 0 and finite, got -1"):
+    SandboxPool(host_grace_s=-1)
+  with pytest.raises(ValueError, match=r"startup_timeout_s must be > 0 and finite, got None"):
+    SandboxPool(startup_timeout_s=None)
+  with pytest.raises(ValueError, match=r"static_check_max_chars must be an integer >= 0, got None"):
+    SandboxPool(static_check_max_chars=None)
+  with pytest.raises(ValueError, match=r"tmp_mb must be an integer >= 1, got 0"):
+    SandboxPool(tmp_mb=0)
+  with pytest.raises(ValueError, match=r"max_code_chars must be an integer >= 1, got 2.5"):
+    SandboxPool(max_code_chars=2.5)
   # A single module name was preloaded letter by letter ("s", "y", "m", ...: all missing, all skipped), silently.
   with pytest.raises(TypeError, match=r"preload must be a sequence of module names, got 'sympy'"):
     SandboxPool(preload="sympy")
