@@ -196,13 +196,16 @@ def check_inputs(problems: Sequence[Problem], prompt_fn: PromptFn) -> None:
   """Refuses, before any search work, what a search run would otherwise trip over later.
 
   Raises:
-    TypeError: `problems` is one `Problem` or holds something else (records read from JSON fail as
-      "'dict' object has no attribute ..."; build them with `Problem(**record)`), or `prompt_fn` is not callable
-      (a template string: pass its `.format`).
+    TypeError: `problems` is one `Problem`, no sequence (a generator), or holds something else (records read from
+      JSON fail as "'dict' object has no attribute ..."; build them with `Problem(**record)`), or `prompt_fn` is not
+      callable (a template string: pass its `.format`).
     ValueError: two problems share an id (they seed the trees).
   """
   if isinstance(problems, (Problem, str, dict)):
     raise TypeError(f"problems must be a sequence of Problem, got one {type(problems).__name__}")
+  if not isinstance(problems, Sequence):  # a generator: this check would consume it, then `len` failed naming nothing
+    raise TypeError(f"problems must be a sequence of Problem (a list), got {type(problems).__name__}: pass "
+                    "list(problems)")
   for i, p in enumerate(problems):
     if not isinstance(p, Problem):
       raise TypeError(f"problems[{i}] must be a Problem (Problem(**record) for a JSON record), got "

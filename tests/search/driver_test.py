@@ -251,6 +251,19 @@ def test_problems_and_prompt_fn_of_the_wrong_kind_are_named(grader, problems, pr
   assert not policy.calls
 
 
+def test_problems_as_a_generator_are_named(grader):
+  # The input check consumed the generator, then `len(problems)` failed as "object of type 'generator' has no len()".
+  policy = ScriptedPolicy(random_script)
+  message = r"problems must be a sequence of Problem \(a list\), got generator: pass list\(problems\)"
+  with pytest.raises(TypeError, match=message):
+    run_search((p for p in PROBLEMS[:2]), policy, InProcessExecutor(), SearchConfig(num_rollouts=1, num_candidates=2),
+               prompt_fn=PROMPT.format, grader=grader, progress=False)
+  with pytest.raises(TypeError, match=message):
+    beam_search((p for p in PROBLEMS[:2]), policy, InProcessExecutor(), FunctionScorer(random_ppm),
+                BeamConfig(beam_width=1, samples_per_step=1, max_depth=1), prompt_fn=PROMPT.format, grader=grader)
+  assert not policy.calls
+
+
 def test_an_output_dir_that_cannot_hold_shards_is_refused_before_searching(grader, tmp_path):
   # The folder was first created when the first shard was written, after that batch's whole search (here: every
   # problem's), so a path under a file ended in FileExistsError with all the trees lost.
