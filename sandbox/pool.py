@@ -268,15 +268,13 @@ class SandboxPool:
       ValueError: a bad argument (named).
       RuntimeError: the requested isolation is unavailable, or workers failed to start.
     """
-    for name, value in (("num_workers", num_workers), ("memory_mb", memory_mb), ("max_output_chars", max_output_chars),
-                        ("reuse_limit", reuse_limit), ("pipeline_depth", pipeline_depth)):
-      if isinstance(value, bool) or not isinstance(value, int):  # 1.5 workers failed in range(), a NaN in int()
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if num_workers < 1:
-      raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    # Checked before any comparison: a str or None failed as Python's "'<' not supported between ...", naming nothing.
-    for name, value, low in (("max_code_chars", max_code_chars, 1), ("static_check_max_chars", static_check_max_chars,
-                             0), ("fsize_mb", fsize_mb, 0), ("nofile", nofile, 1), ("nproc", nproc, 1),
+    # Checked before any comparison: a str or None failed as Python's "'<' not supported between ...", a float in
+    # range() or int(), both naming nothing.
+    for name, value, low in (("num_workers", num_workers, 1), ("memory_mb", memory_mb, 16),
+                             ("max_output_chars", max_output_chars, 2), ("reuse_limit", reuse_limit, 1),
+                             ("pipeline_depth", pipeline_depth, 1), ("max_code_chars", max_code_chars, 1),
+                             ("static_check_max_chars", static_check_max_chars, 0), ("fsize_mb", fsize_mb, 0),
+                             ("nofile", nofile, 1), ("nproc", nproc, 1),
                              ("tmp_mb", tmp_mb, 1)):  # bwrap refuses a tmpfs of 0 bytes, once the worker started
       if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -290,14 +288,8 @@ class SandboxPool:
     if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
       # A string was iterated letter by letter: modules "s", "y", ... are missing, skipped, and nothing preloaded.
       raise TypeError(f"preload must be a sequence of module names, got {preload!r}")
-    if memory_mb < 16:
-      raise ValueError(f"memory_mb must be >= 16, got {memory_mb}")
-    if max_output_chars < 2:
-      raise ValueError(f"max_output_chars must be >= 2, got {max_output_chars}")
     if output_mode not in observation.OUTPUT_MODES:
       raise ValueError(f"output_mode must be one of {observation.OUTPUT_MODES}, got {output_mode!r}")
-    if reuse_limit < 1 or pipeline_depth < 1:
-      raise ValueError(f"reuse_limit and pipeline_depth must be >= 1, got {reuse_limit}, {pipeline_depth}")
     self.num_workers = num_workers
     self.timeout_s = float(timeout_s)
     self.memory_mb = int(memory_mb)

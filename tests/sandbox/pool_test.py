@@ -65,11 +65,11 @@ def test_bad_input_is_named():
   # as int()'s "cannot convert float NaN to integer".
   with pytest.raises(ValueError, match=r"timeout_s must be > 0 and finite, got inf"):
     SandboxPool(timeout_s=float("inf"))
-  with pytest.raises(ValueError, match=r"num_workers must be an integer, got 1.5"):
+  with pytest.raises(ValueError, match=r"num_workers must be an integer >= 1, got 1.5"):
     SandboxPool(num_workers=1.5)
-  with pytest.raises(ValueError, match=r"memory_mb must be an integer, got nan"):
+  with pytest.raises(ValueError, match=r"memory_mb must be an integer >= 16, got nan"):
     SandboxPool(memory_mb=float("nan"))
-  with pytest.raises(ValueError, match=r"pipeline_depth must be an integer, got 1.5"):
+  with pytest.raises(ValueError, match=r"pipeline_depth must be an integer >= 1, got 1.5"):
     SandboxPool(pipeline_depth=1.5)
   # These failed as Python's bare "'<' not supported between instances of 'int' and 'str'" or int()'s "argument must
   # be ... not 'NoneType'", naming no argument; a negative grace made the host kill a worker before its own deadline.
