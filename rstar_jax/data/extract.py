@@ -298,12 +298,13 @@ class ExtractionStats:
   num_pairs: int
 
 
-def extract_files(tree_files: str | Sequence[str], sft_file: str | None, pairs_file: str | None, *,
-                  sft_config: SftConfig = SftConfig(), pair_config: PairConfig = PairConfig()) -> ExtractionStats:
+def extract_files(tree_files: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], sft_file: str | None,
+                  pairs_file: str | None, *, sft_config: SftConfig = SftConfig(),
+                  pair_config: PairConfig = PairConfig()) -> ExtractionStats:
   """Reads Q-annotated tree shards and writes rStar-format SFT records and/or PPM pairs (atomically).
 
   Args:
-    tree_files: one JSONL tree file or several shards (schema `rstar_jax.tree/1`).
+    tree_files: one JSONL tree file or several shards (schema `rstar_jax.tree/1`), e.g. a list or a glob.
     sft_file: where the SFT records go (`.jsonl` -> JSONL, else a JSON list); None to skip.
     pairs_file: where the PPM pairs go; None to skip.
     sft_config: SFT selection.
@@ -316,6 +317,7 @@ def extract_files(tree_files: str | Sequence[str], sft_file: str | None, pairs_f
     ValueError: an output file is one of the tree files (it would be replaced: the search's trees lost) or the two
       outputs are one file (the pairs would replace the SFT records).
   """
+  # One list for the checks and the reading: an iterator (e.g. `Path.glob`) is consumed by the first pass.
   inputs = [tree_files] if isinstance(tree_files, (str, os.PathLike)) else list(tree_files)
   seen = {os.path.realpath(p): f"tree file {os.fspath(p)}" for p in inputs}
   for name, out in (("sft_file", sft_file), ("pairs_file", pairs_file)):
@@ -324,7 +326,7 @@ def extract_files(tree_files: str | Sequence[str], sft_file: str | None, pairs_f
       if real in seen:
         raise ValueError(f"extract_files: {name} {os.fspath(out)} is the {seen[real]}: write to another file")
       seen[real] = f"{name} {os.fspath(out)}"
-  all_trees = read_trees(tree_files)
+  all_trees = read_trees(inputs)
   records = sft_records(all_trees, sft_config) if sft_file is not None else []
   pairs = ppm_pairs(all_trees, pair_config) if pairs_file is not None else []
   if sft_file is not None:

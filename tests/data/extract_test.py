@@ -306,6 +306,18 @@ def test_extract_files_writes_rstar_files(tmp_path):
   assert (stats.num_trees, stats.num_problems, stats.num_sft_records, stats.num_pairs) == (2, 2, 3, 4)
 
 
+def test_extract_files_reads_shards_given_as_a_glob(tmp_path):
+  # `Path.glob` yields the shards once: the output check consumed the generator and the reader got none, so the
+  # files were written empty (0 trees, no error).
+  rec, _ = build_tree(TREE1)
+  (tmp_path / "trees-00000.jsonl").write_text(json.dumps(rec) + "\n")
+  stats = extract.extract_files(tmp_path.glob("trees-*.jsonl"), str(tmp_path / "sft.json"), str(tmp_path / "rm.json"))
+  ts = [trees.tree_from_dict(rec)]
+  assert (stats.num_trees, stats.num_sft_records, stats.num_pairs) == (1, 2, 3)
+  assert formats.read_sft_records(tmp_path / "sft.json") == extract.sft_records(ts)
+  assert formats.read_ppm_pairs(tmp_path / "rm.json") == extract.ppm_pairs(ts)
+
+
 def test_extract_files_refuses_to_write_over_its_trees_or_its_other_output(tmp_path):
   rec, _ = build_tree(TREE1)
   shard = tmp_path / "trees-00000.jsonl"
