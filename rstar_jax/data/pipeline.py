@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import grain
 import numpy as np
@@ -96,7 +96,7 @@ def _encode_all(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
   return [list(tokenizer.encode(t)) for t in texts]
 
 
-def tokenize_sft(records: Sequence[SftRecord], tokenizer: TextTokenizer, config: PipelineConfig) -> TokenizedSet:
+def tokenize_sft(records: Iterable[SftRecord], tokenizer: TextTokenizer, config: PipelineConfig) -> TokenizedSet:
   """`prompt(query)` + `response` + EOS; only response and EOS tokens are targets.
 
   Prompt and response are tokenized separately (as masking needs the boundary) and concatenated.
@@ -105,6 +105,7 @@ def tokenize_sft(records: Sequence[SftRecord], tokenizer: TextTokenizer, config:
     raise ValueError("the tokenizer has no EOS token; SFT appends EOS to every response")
   if config.overlong not in OVERLONG:
     raise ValueError(f"overlong must be one of {OVERLONG}, got {config.overlong!r}")
+  records = list(records)  # read twice below (prompts, responses): an iterator's second pass would be empty
   prompts = _encode_all(tokenizer, [sft_prompt(r.query, config.prompt_template) for r in records])
   responses = _encode_all(tokenizer, [r.response for r in records])
   arrays, lengths, dropped = [], [], 0
@@ -124,7 +125,7 @@ def tokenize_sft(records: Sequence[SftRecord], tokenizer: TextTokenizer, config:
   return TokenizedSet(arrays, np.asarray(lengths, np.int64), dropped)
 
 
-def tokenize_ppm(pairs: Sequence[PpmPair], tokenizer: TextTokenizer, config: PipelineConfig) -> TokenizedSet:
+def tokenize_ppm(pairs: Iterable[PpmPair], tokenizer: TextTokenizer, config: PipelineConfig) -> TokenizedSet:
   """`prompt + pos` and `prompt + neg`, each tokenized as one text (exactly what the PPM scores at search).
 
   A pair longer than `max_len` is dropped (`overlong="drop"`) or cut to its first `max_len` tokens; a pair the cut
@@ -133,6 +134,7 @@ def tokenize_ppm(pairs: Sequence[PpmPair], tokenizer: TextTokenizer, config: Pip
   """
   if config.overlong not in OVERLONG:
     raise ValueError(f"overlong must be one of {OVERLONG}, got {config.overlong!r}")
+  pairs = list(pairs)  # read three times below: an iterator's second pass would be empty
   pos = _encode_all(tokenizer, [p.prompt + p.pos for p in pairs])
   neg = _encode_all(tokenizer, [p.prompt + p.neg for p in pairs])
   arrays, lengths, dropped = [], [], 0
@@ -310,13 +312,13 @@ def _pad_id(tokenizer: TextTokenizer) -> int:
   return 0 if pad is None else int(pad)
 
 
-def sft_pipeline(records: Sequence[SftRecord], tokenizer: TextTokenizer, config: PipelineConfig) -> Pipeline:
+def sft_pipeline(records: Iterable[SftRecord], tokenizer: TextTokenizer, config: PipelineConfig) -> Pipeline:
   """The policy SFT pipeline over rStar SFT records (see the module docstring for the batch layout)."""
   data = tokenize_sft(records, tokenizer, config)
   return _pipeline(data, _SftCollate(data, config.bucket_lengths(), _pad_id(tokenizer)), config)
 
 
-def ppm_pipeline(pairs: Sequence[PpmPair], tokenizer: TextTokenizer, config: PipelineConfig) -> Pipeline:
+def ppm_pipeline(pairs: Iterable[PpmPair], tokenizer: TextTokenizer, config: PipelineConfig) -> Pipeline:
   """The PPM pipeline over rStar pair records (see the module docstring for the batch layout)."""
   data = tokenize_ppm(pairs, tokenizer, config)
   return _pipeline(data, _PpmCollate(data, config.bucket_lengths(), _pad_id(tokenizer)), config)

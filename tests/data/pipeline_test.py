@@ -122,6 +122,23 @@ def test_ppm_batches(rstar_pairs, qwen_tokenizer):
   assert batches[-1]["pair_mask"].tolist() == [1, 0]
 
 
+def test_examples_given_as_an_iterator_are_all_batched(shared_data, rstar_sft, rstar_pairs, qwen_tokenizer):
+  # Prompts and responses (pos and neg texts) were read in two passes: an iterator's second pass was empty, so the 8
+  # published records (5 pairs) came out as "no training examples".
+  raw_sft = json.loads((shared_data / "formats" / "sft_data_examples.json").read_text())
+  raw_rm = json.loads((shared_data / "formats" / "rm_data_examples.json").read_text())
+  config = pipeline.PipelineConfig(max_len=1024, batch_size=4, num_epochs=1, shuffle=False)
+  sft = pipeline.sft_pipeline(iter(rstar_sft), qwen_tokenizer, config)
+  assert (sft.num_examples, sft.num_dropped) == (len(raw_sft), 0)
+  rows = [(t[m > 0], r) for b in sft.iterator() for t, m, r in zip(b["targets"], b["loss_mask"], b["input_mask"])]
+  assert [qwen_tokenizer.decode(t[:-1]) for t, r in rows if r.any()] == [o["response"] for o in raw_sft]
+  ppm = pipeline.ppm_pipeline((p for p in rstar_pairs), qwen_tokenizer, config)
+  assert (ppm.num_examples, ppm.num_dropped) == (len(raw_rm), 0)
+  sides = [(qwen_tokenizer.decode(t[m]), qwen_tokenizer.decode(u[n])) for b in ppm.iterator()
+           for t, m, u, n in zip(b["pos_tokens"], b["pos_mask"], b["neg_tokens"], b["neg_mask"]) if m.any()]
+  assert sides == [(o["prompt"] + o["pos"], o["prompt"] + o["neg"]) for o in raw_rm]
+
+
 def test_ppm_overlong_keeps_the_head_like_the_scorer(rstar_pairs, qwen_tokenizer):
   # 150 tokens: past where pos and neg part in the first four published pairs (72-140), not in the fifth (316),
   # which the cut leaves the same on both sides, so it is dropped.
