@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import numpy as np
@@ -408,7 +408,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
 
 
-def evaluate_ppm(ppm: PPM, pairs: Sequence[formats.PpmPair], tokenizer: Any, *,
+def evaluate_ppm(ppm: PPM, pairs: Iterable[formats.PpmPair], tokenizer: Any, *,
                  data: pipeline_lib.PipelineConfig | None = None, head: str = "raw",
                  mesh_shape: tuple[int, int, int] = (1, -1, 1)) -> dict[str, float]:
   """Pair accuracy and mean weighted loss of `ppm` on `pairs` (one pass, no shuffling).
@@ -422,9 +422,12 @@ def evaluate_ppm(ppm: PPM, pairs: Sequence[formats.PpmPair], tokenizer: Any, *,
   # Checked before the parameters are placed and the pairs tokenized: a pairs file's path (what train_ppm takes) was
   # read character by character ("'str' object has no attribute 'prompt'"), and the scorer's "tanh5" failed inside
   # the first jitted step.
+  kind = type(pairs).__name__
+  if not isinstance(pairs, (str, os.PathLike)):
+    pairs = list(pairs)  # read by the check and by the pipeline: an iterator reached the pipeline empty
   if isinstance(pairs, (str, os.PathLike)) or not all(isinstance(p, formats.PpmPair) for p in pairs):
     raise TypeError("evaluate_ppm: pairs must be a sequence of PpmPair (formats.read_ppm_pairs(path) reads a file), "
-                    f"got {type(pairs).__name__}")
+                    f"got {kind}")
   if head not in PPM_HEADS:
     raise ValueError(f"evaluate_ppm: head must be one of {PPM_HEADS} (how the PPM was trained), got {head!r}")
   if not pairs:

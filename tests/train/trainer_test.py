@@ -211,6 +211,10 @@ def test_evaluate_ppm_batch_that_does_not_split_over_the_devices():
   assert got["num_pairs"] == 7
   np.testing.assert_allclose(got["loss"], np.mean(weights * np.log1p(np.exp(-margins))), rtol=1e-4)
   assert got["pair_accuracy"] == np.mean(margins > 0)
+  # Pairs from an iterator: the type check read them all, so the evaluation found none ("no pairs left to evaluate").
+  from_iterator = trainer.evaluate_ppm(ppm, iter(pairs), tok, data=pipeline.PipelineConfig(max_len=64, batch_size=3))
+  assert from_iterator["num_pairs"] == 7
+  np.testing.assert_allclose(from_iterator["loss"], np.mean(weights * np.log1p(np.exp(-margins))), rtol=1e-4)
   # No pairs, or none left after the max_len cut, is said as such (it was the pipeline's "no training examples").
   with pytest.raises(ValueError, match=r"^evaluate_ppm: no pairs to evaluate$"):
     trainer.evaluate_ppm(ppm, [], tok)
