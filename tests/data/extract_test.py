@@ -318,6 +318,21 @@ def test_extract_files_reads_shards_given_as_a_glob(tmp_path):
   assert formats.read_ppm_pairs(tmp_path / "rm.json") == extract.ppm_pairs(ts)
 
 
+def test_extract_files_without_tree_files_keeps_the_outputs_there(tmp_path):
+  # A glob that matched nothing (a typo in the folder) replaced the SFT and pair files of an earlier extraction with
+  # empty ones, and said only num_trees=0.
+  rec, _ = build_tree(TREE1)
+  (tmp_path / "trees-00000.jsonl").write_text(json.dumps(rec) + "\n")
+  sft, pairs = tmp_path / "sft.jsonl", tmp_path / "pairs.jsonl"
+  extract.extract_files(tmp_path.glob("trees-*.jsonl"), sft, pairs)
+  before = sft.read_bytes(), pairs.read_bytes()
+  assert len(formats.read_sft_records(sft)) == 2 and len(formats.read_ppm_pairs(pairs)) == 3
+  with pytest.raises(ValueError, match=r"^extract_files: no tree files given \(an empty list, or a glob that matched "
+                                       r"nothing\); nothing written$"):
+    extract.extract_files(tmp_path.glob("tree-*.jsonl"), sft, pairs)
+  assert (sft.read_bytes(), pairs.read_bytes()) == before
+
+
 def test_extract_files_refuses_to_write_over_its_trees_or_its_other_output(tmp_path):
   rec, _ = build_tree(TREE1)
   shard = tmp_path / "trees-00000.jsonl"
