@@ -314,16 +314,21 @@ def extract_files(tree_files: str | os.PathLike[str] | Iterable[str | os.PathLik
     Counts of trees, distinct problems, records and pairs.
 
   Raises:
-    ValueError: no tree files are given (the outputs would be replaced by empty files), an output file is one of
-      the tree files (it would be replaced: the search's trees lost) or the two outputs are one file (the pairs
-      would replace the SFT records).
+    ValueError: no tree files are given (the outputs would be replaced by empty files), a tree file is given twice
+      (its pairs would be written twice), an output file is one of the tree files (it would be replaced: the
+      search's trees lost) or the two outputs are one file (the pairs would replace the SFT records).
   """
   # One list for the checks and the reading: an iterator (e.g. `Path.glob`) is consumed by the first pass.
   inputs = [tree_files] if isinstance(tree_files, (str, os.PathLike)) else list(tree_files)
   if not inputs:  # the outputs would be replaced by empty files, e.g. a good earlier extraction's
     raise ValueError("extract_files: no tree files given (an empty list, or a glob that matched nothing); nothing "
                      "written")
-  seen = {os.path.realpath(p): f"tree file {os.fspath(p)}" for p in inputs}
+  seen: dict[str, str] = {}
+  for path in inputs:  # a shard read twice (overlapping globs) would write each of its pairs twice
+    real = os.path.realpath(path)
+    if real in seen:
+      raise ValueError(f"extract_files: tree file {os.fspath(path)} is also given as {seen[real]}: give it once")
+    seen[real] = f"tree file {os.fspath(path)}"
   for name, out in (("sft_file", sft_file), ("pairs_file", pairs_file)):
     if out is not None:
       real = os.path.realpath(out)

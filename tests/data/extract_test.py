@@ -333,6 +333,19 @@ def test_extract_files_without_tree_files_keeps_the_outputs_there(tmp_path):
   assert (sft.read_bytes(), pairs.read_bytes()) == before
 
 
+def test_extract_files_refuses_a_tree_file_given_twice(tmp_path):
+  # Overlapping globs (`*.jsonl` and `trees-*.jsonl`) read a shard twice: each of its pairs was written twice, so
+  # its problems weighed double in the PPM loss.
+  rec, _ = build_tree(TREE1)
+  shard = tmp_path / "trees-00000.jsonl"
+  shard.write_text(json.dumps(rec) + "\n")
+  out = tmp_path / "pairs.jsonl"
+  with pytest.raises(ValueError, match=rf"extract_files: tree file {tmp_path / '.' / shard.name} is also given as "
+                                       rf"tree file {shard}"):
+    extract.extract_files([shard, tmp_path / "." / shard.name], None, out)
+  assert not out.exists()
+
+
 def test_extract_files_refuses_to_write_over_its_trees_or_its_other_output(tmp_path):
   rec, _ = build_tree(TREE1)
   shard = tmp_path / "trees-00000.jsonl"
