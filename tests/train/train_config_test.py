@@ -87,3 +87,20 @@ def test_optimizer_values_that_turn_features_off_are_kept():
 def test_dtype_aliases_are_normalised():
   config = config_lib.TrainConfig.from_dict({"compute_dtype": "bf16", "export_dtype": "fp16", "mesh": [1, -1, 1]})
   assert (config.compute_dtype, config.export_dtype, config.mesh) == ("bfloat16", "float16", (1, -1, 1))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"optimizer": {"learning_rate": 1e-5}},
+     r"TrainConfig.optimizer must be an OptimizerConfig \(TrainConfig.from_dict builds one from a mapping\), got dict"),
+    ({"data": {"batch_size": 64}},
+     r"TrainConfig.data must be a PipelineConfig \(TrainConfig.from_dict builds one from a mapping\), got dict"),
+    ({"optimizer": None}, r"TrainConfig.optimizer must be an OptimizerConfig .*, got NoneType"),
+])
+def test_nested_settings_that_are_not_their_configs_are_named(changes, message):
+  # A dict here was kept: `data` failed as "'dict' object has no attribute 'batch_size'" and `optimizer` only after
+  # the data was tokenized and the model loaded ("'dict' object has no attribute 'max_grad_norm'").
+  with pytest.raises(TypeError, match=message):
+    config_lib.sft_config(**changes)
+  if not isinstance(next(iter(changes.values())), dict):  # from_dict builds the configs from mappings
+    with pytest.raises(TypeError, match=message):
+      config_lib.TrainConfig.from_dict(changes)
