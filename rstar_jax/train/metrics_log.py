@@ -24,17 +24,25 @@ class MetricsLog:
   A resumed run appends after the lines of the interrupted one, so a step may appear twice; readers
   take the last line of each step (see `read_metrics`). A run that died mid-line (a full disk, a crash) leaves a torn
   last line: it is cut off before the first new line is appended, so it never fuses with a new record.
+
+  `fresh=True` (a run that starts at step 0, resuming nothing) first removes the records of an earlier run in
+  `workdir` that left no checkpoint, metrics.jsonl and TensorBoard events alike: the new run replaces it (its
+  settings may differ), and its steps that the new run does not reach or log would read as the new run's.
   """
 
-  def __init__(self, workdir: str | os.PathLike[str], *, tensorboard: bool = True, enabled: bool = True):
+  def __init__(self, workdir: str | os.PathLike[str], *, tensorboard: bool = True, enabled: bool = True,
+               fresh: bool = False):
     self.enabled = enabled
     self.path = os.path.join(os.fspath(workdir), "metrics.jsonl")
     self._tb = None
     if enabled:
       os.makedirs(os.fspath(workdir), exist_ok=True)
+      logdir = os.path.join(os.fspath(workdir), "tensorboard")
+      if fresh:
+        _remove_earlier_run(self.path, logdir)
       _drop_torn_tail(self.path)
       if tensorboard:
-        self._tb = _tensorboard_writer(os.path.join(os.fspath(workdir), "tensorboard"))
+        self._tb = _tensorboard_writer(logdir)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -50,6 +58,16 @@ class MetricsLog:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _remove_earlier_run(path: str, logdir: str) -> None:
+  """Deletes `path` and the TensorBoard event files in `logdir` (only those: the folder may hold other files)."""
+  if os.path.exists(path):
+    os.remove(path)
+  if os.path.isdir(logdir):
+    for name in os.listdir(logdir):
+      if name.startswith("events.out.tfevents."):
+        os.remove(os.path.join(logdir, name))
 
 
 def _drop_torn_tail(path: str) -> None:

@@ -265,7 +265,7 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
       steps_lib.make_train_step(loss_fn_of(graphdef), tx, mesh, accum_steps=config.accum_steps,
                                 count_key=count_key, schedule=schedule, dropout_seed=dropout_seed), shardings, mesh)
   is_main = jax.process_index() == 0
-  log = MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_main)
+  log = MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_main, fresh=latest is None)
   start = int(jax.device_get(state.step))
   last: dict[str, float] = {}
   progress = tqdm.tqdm(total=total_steps, initial=start, disable=not (config.progress and is_main),

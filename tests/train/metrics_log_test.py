@@ -22,3 +22,18 @@ def test_a_bad_record_names_the_file_and_line(tmp_path, line):
   path.write_text(f'{{"step": 1, "loss": 2.0}}\n{line}\n{{"step": 2, "loss": 1.0}}\n')
   with pytest.raises(ValueError, match=f"{path}:2: not a metrics record"):
     metrics_log.read_metrics(path)
+
+
+def test_a_fresh_run_starts_without_the_records_of_an_earlier_one(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n')
+  (tmp_path / "tensorboard").mkdir()
+  (tmp_path / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"old run")
+  (tmp_path / "tensorboard" / "notes.txt").write_text("the user's")
+  log = metrics_log.MetricsLog(tmp_path, tensorboard=False, fresh=True)
+  log.write(1, {"loss": 3.0})
+  log.close()
+  assert metrics_log.read_metrics(tmp_path / "metrics.jsonl") == {1: {"loss": 3.0}}
+  assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ["notes.txt"]
+  # A resumed run (the default) appends, as documented.
+  metrics_log.MetricsLog(tmp_path, tensorboard=False).write(2, {"loss": 2.5})
+  assert metrics_log.read_metrics(tmp_path / "metrics.jsonl") == {1: {"loss": 3.0}, 2: {"loss": 2.5}}

@@ -155,3 +155,27 @@ def test_checkpoints_are_saved_every_n_steps_and_at_the_last_only(tmp_path):
   checkpointer.close()
   assert saved == [3, 6, 7]
   assert sorted(int(name) for name in os.listdir(tmp_path / "checkpoints") if name.isdigit()) == [3, 6, 7]
+
+
+def test_a_fresh_run_does_not_inherit_the_metrics_of_a_run_that_left_no_checkpoint(inputs, tmp_path):
+  # A run that stopped before its first checkpoint (here: stopped at step 4, saving every 100) is not resumed: the
+  # re-run starts at step 1, here with other settings (a lower rate, as the non-finite loss error advises, and 2
+  # steps). Its metrics.jsonl kept the first run's records, so steps 3 and 4 (and the demo's "last" metrics, read at
+  # the highest step) came from a run whose weights were thrown away.
+  path, sft_file = inputs
+  config = config_lib.sft_config(
+      data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1, seed=3), mesh=(1, 1, 1),
+      checkpoint_every=100, progress=False, tensorboard=False)
+  with pytest.raises(_Stop):
+    trainer.train_policy(path / "base", sft_file, tmp_path / "work", config=config, step_callback=_stop_at(4))
+  assert sorted(metrics_log.read_metrics(tmp_path / "work" / "metrics.jsonl")) == [1, 2, 3, 4]
+  rerun = config.replace(optimizer=config_lib.OptimizerConfig(learning_rate=1e-6), max_steps=2)
+  result = trainer.train_policy(path / "base", sft_file, tmp_path / "work", config=rerun)
+  reference = trainer.train_policy(path / "base", sft_file, tmp_path / "clean", config=rerun)
+  got = metrics_log.read_metrics(tmp_path / "work" / "metrics.jsonl")
+  want = metrics_log.read_metrics(tmp_path / "clean" / "metrics.jsonl")
+  assert sorted(got) == sorted(want) == [1, 2]
+  for step in want:
+    for key in ("loss", "learning_rate", "num_tokens"):
+      np.testing.assert_allclose(got[step][key], want[step][key], rtol=1e-6, err_msg=f"step {step} {key}")
+  assert result.metrics["loss"] == reference.metrics["loss"]
