@@ -1,6 +1,6 @@
 """Training configuration: one frozen dataclass per concern, defaults from the rStar paper/code (DESIGN §1.4).
 
-`ml_collections` config files (configs/) build these with `TrainConfig.from_dict(config.to_dict())`; unknown
+`ml_collections` config files (configs/) build these with `TrainConfig.from_dict(config)`; unknown
 keys are an error, so a typo in a config file never silently falls back to a default.
 """
 
@@ -94,12 +94,16 @@ class TrainConfig:
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-    """Builds a config from nested mappings (e.g. `ConfigDict.to_dict()`); unknown keys raise."""
-    values = dict(values)
+    """Builds a config from nested mappings or an `ml_collections.ConfigDict`; unknown keys raise."""
+    # A ConfigDict is no Mapping: its nested ConfigDicts were kept as they were, unbuilt and unchecked.
+    values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
     nested = {"optimizer": OptimizerConfig, "data": PipelineConfig}
     for key, kind in nested.items():
-      if key in values and isinstance(values[key], Mapping):
-        values[key] = _build(kind, values[key], key)
+      value = values.get(key)
+      if hasattr(value, "to_dict"):
+        value = value.to_dict()
+      if isinstance(value, Mapping):
+        values[key] = _build(kind, value, key)
     return _build(cls, values, "config")
 
   def replace(self, **changes) -> "TrainConfig":

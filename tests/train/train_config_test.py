@@ -20,6 +20,18 @@ def test_from_config_dict():
   hash(config)  # frozen all the way down
 
 
+def test_from_a_config_dict_itself():
+  # A config file's ConfigDict is no Mapping: from_dict(cd) kept its nested ConfigDicts unbuilt (no defaults, no
+  # checks; a field the file did not set failed as an AttributeError once the trainer read it).
+  cd = ml_collections.ConfigDict({"optimizer": {"learning_rate": 1e-5}, "data": {"batch_size": 64, "buckets": [512]},
+                                  "mesh": [1, -1, 1]})
+  config = config_lib.TrainConfig.from_dict(cd)
+  assert config.optimizer == OptimizerConfig(learning_rate=1e-5)
+  assert config.data == PipelineConfig(batch_size=64, buckets=(512,))
+  assert config == config_lib.TrainConfig.from_dict(cd.to_dict())
+  assert config == config_lib.TrainConfig.from_dict({"optimizer": cd.optimizer, "data": cd.data, "mesh": cd.mesh})
+
+
 def test_defaults_are_the_paper_sft_settings():
   config = config_lib.sft_config()
   assert (config.optimizer.learning_rate, config.optimizer.weight_decay, config.optimizer.schedule,
