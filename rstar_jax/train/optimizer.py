@@ -42,13 +42,16 @@ class OptimizerConfig:
       raise ValueError(f"OptimizerConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
     for name, low, high, what in (("learning_rate", 0, math.inf, "a finite number >= 0"),
                                   ("weight_decay", 0, math.inf, "a finite number >= 0"),
-                                  ("eps", 0, math.inf, "a finite number >= 0"),
+                                  ("eps", 0, math.inf, "a finite number > 0"),
                                   ("b1", 0, 1, "a number in [0, 1)"), ("b2", 0, 1, "a number in [0, 1)"),
                                   ("max_grad_norm", -math.inf, math.inf, "None or a finite number")):
       value = getattr(self, name)
       if value is None and name == "max_grad_norm":
         continue
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+      # Adam divides by sqrt(v) + eps: eps 0 turns an element whose gradient has been 0 so far (the PPM head's bias,
+      # an embedding row no batch used yet) into 0 / 0 = NaN.
+      if (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high
+          or (name == "eps" and value == 0)):
         raise ValueError(f"OptimizerConfig.{name} must be {what}, got {value!r}")
     warmup = self.warmup_steps
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:

@@ -79,7 +79,11 @@ def test_bad_values_raise_before_training(changes, message):
     ({"learning_rate": float("nan")}, r"OptimizerConfig.learning_rate must be a finite number >= 0, got nan"),
     ({"weight_decay": None}, r"OptimizerConfig.weight_decay must be a finite number >= 0, got None"),
     ({"b1": 1.5}, r"OptimizerConfig.b1 must be a number in \[0, 1\), got 1.5"),
-    ({"eps": -1.0}, r"OptimizerConfig.eps must be a finite number >= 0, got -1.0"),
+    ({"eps": -1.0}, r"OptimizerConfig.eps must be a finite number > 0, got -1.0"),
+    # Adam divides by sqrt(v) + eps: with eps 0 an element whose gradient is 0 so far gets 0 / 0 = NaN (torch's AdamW
+    # too), e.g. the PPM head's bias at the first update (Bradley-Terry sees only r_pos - r_neg) or an embedding row
+    # of a token no batch had yet, and the run stopped at the loss check advising a lower learning rate.
+    ({"eps": 0.0}, r"OptimizerConfig.eps must be a finite number > 0, got 0.0"),
     ({"warmup_steps": -5}, r"OptimizerConfig.warmup_steps must be an integer >= 0, got -5"),
     ({"warmup_steps": 2.5}, r"OptimizerConfig.warmup_steps must be an integer >= 0, got 2.5"),
     ({"max_grad_norm": float("inf")}, r"OptimizerConfig.max_grad_norm must be None or a finite number, got inf"),
