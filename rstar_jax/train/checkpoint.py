@@ -37,6 +37,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def due(self, step: int) -> bool:
+    """Whether the policy saves at `step`: every `every` steps, or at a preemption notice (at any step).
+
+    Asked once per step before `save(..., force=True)`, so the caller can check the state it is about to save.
+    """
+    return self._manager.should_save(step)
+
   def save(self, step: int, state: TrainState, data_state: dict[str, Any], *, force: bool = False) -> bool:
     """Starts saving `state` and the iterator position at `step` when due (or `force`); True if started."""
     return self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

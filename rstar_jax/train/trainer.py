@@ -276,8 +276,10 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
       batch = steps_lib.put_batch(next(data_iter), mesh)
       state, metrics = train_step(state, batch)
       log_now = step % config.log_every == 0 or step == total_steps
-      # Check the loss before every save too, so a non-finite state never becomes the checkpoint to resume.
-      if log_now or step % config.checkpoint_every == 0:
+      # Check the loss before every save too, so a non-finite state never becomes the checkpoint to resume; orbax
+      # also saves at a preemption notice, at any step, so ask its policy rather than test `checkpoint_every` here.
+      save_now = step == total_steps or checkpointer.due(step)
+      if log_now or save_now:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         # The loss is computed before this step's update and the gradient norm drives it: both must be finite.
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
@@ -294,7 +296,8 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
         progress.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
         if step_callback is not None:
           step_callback(step, last)
-      checkpointer.save(step, state, data_iter.get_state(), force=step == total_steps)
+      if save_now:
+        checkpointer.save(step, state, data_iter.get_state(), force=True)
       progress.update(1)
   finally:
     progress.close()

@@ -179,3 +179,19 @@ def test_a_fresh_run_does_not_inherit_the_metrics_of_a_run_that_left_no_checkpoi
     for key in ("loss", "learning_rate", "num_tokens"):
       np.testing.assert_allclose(got[step][key], want[step][key], rtol=1e-6, err_msg=f"step {step} {key}")
   assert result.metrics["loss"] == reference.metrics["loss"]
+
+
+def test_a_preemption_save_is_checked_for_a_non_finite_loss_first(inputs, tmp_path, monkeypatch):
+  # orbax also saves at a preemption notice, at any step; with log_every > 1 the loss of such a step was not checked,
+  # so a non-finite state became the checkpoint to resume (here step 2: rate 1e30 blows the weights up at step 1),
+  # and `keep_checkpoints` could then delete the last good one.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path, sft_file = inputs
+  monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", lambda self, step: step == 2)
+  config = config_lib.sft_config(
+      data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
+      optimizer=config_lib.OptimizerConfig(learning_rate=1e30, max_grad_norm=None),
+      mesh=(1, 1, 1), checkpoint_every=100, log_every=100, progress=False, tensorboard=False)
+  with pytest.raises(trainer.NonFiniteLossError, match=r"at step 2 \(workdir .*\); the last checkpoint is step None"):
+    trainer.train_policy(path / "base", sft_file, tmp_path / "work", config=config)
+  assert not [name for name in os.listdir(tmp_path / "work" / "checkpoints") if name.isdigit()]
