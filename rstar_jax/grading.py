@@ -23,7 +23,8 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
 
 Before the layers, a few other spellings are rewritten: a whole answer that is a number word (`five`,
 `\\text{twenty-one}`) becomes digits and a Python complex literal (`(3+4j)`) takes `i`, as the official grader's
-`strip_string` does; `\\varnothing` becomes `\\emptyset` (the official grader has no rule for it).
+`strip_string` does; Python's `**`, `sqrt(...)` and `pi` become LaTeX (`2**10` -> `2^{10}`), as the official grader's
+sympy `parse_expr` reads them; `\\varnothing` becomes `\\emptyset` (the official grader has no rule for it).
 
 Differences from the official grader (rStar-Math `rstar_deepthink/agents/utils.py` `math_equiv`, which says "equal"
 when any of `utils/math_equal.py`, `math_evaluation.is_equiv` or `utils/checker.py` does, either way round and again
@@ -151,7 +152,7 @@ _PY_COMPLEX_RE = re.compile(r"^\(?([-+]?(?:\d+(?:\.\d+)?[-+])?\d+(?:\.\d+)?)j\)?
 def _respell(answer: str) -> str:
   """Other spellings of one answer, rewritten before any layer (see the module docstring): a whole answer that is a
   number word (`five`, `\\text{twenty-one}`: 0 to 99) becomes its digits, a Python complex literal (`(3+4j)`) is
-  written with `i`, and `\\varnothing` is `\\emptyset`."""
+  written with `i`, another Python expression in LaTeX (`_python_to_latex`), and `\\varnothing` is `\\emptyset`."""
   s = answer.replace("\\varnothing", "\\emptyset")
   bare = _unwrap_text_commands(s).strip().strip("$").strip().rstrip(".").strip().lower()
   words = re.split(r"[- ]+", bare)
@@ -160,7 +161,61 @@ def _respell(answer: str) -> str:
   if 1 <= len(words) <= 2 and words[0] in _TENS_WORDS and (len(words) == 1 or words[1] in _SMALL_NUMBER_WORDS[1:10]):
     return str(20 + 10 * _TENS_WORDS.index(words[0]) + (_SMALL_NUMBER_WORDS.index(words[1]) if len(words) == 2 else 0))
   match = _PY_COMPLEX_RE.match(re.sub(r"\s+", "", s))
-  return match.group(1) + "i" if match else s
+  return match.group(1) + "i" if match else _python_to_latex(s)
+
+
+# Python's spellings of a power, a square root and pi (not `\sqrt(`, `\pi`, `\sqrtx` or `pix`).
+_PY_POWER_RE = re.compile(r"\*\*\s*")
+_PY_SQRT_RE = re.compile(r"(?<![\\a-zA-Z])sqrt\s*\(")
+_PY_PI_RE = re.compile(r"(?<![\\a-zA-Z])pi(?![a-zA-Z])")
+
+
+def _python_to_latex(s: str) -> str:
+  """A Python expression, as a program prints it or a model writes it in its box (`2**10`, `3 + sqrt(2)`, `2*pi`),
+  in LaTeX (`2^{10}`, `3 + \\sqrt{2}`, `2*\\pi`); any other answer unchanged.
+
+  math-verify reads the Python spellings as the number before them: `2**10` as 2, `3 + sqrt(2)` as 3 (so both
+  matched a gold of 2 or 3), `2*pi` as 2ip. The official grader's sympy `parse_expr` reads them as Python.
+  """
+  if "**" not in s and not _PY_SQRT_RE.search(s) and not _PY_PI_RE.search(s):
+    return s
+  out: list[str] = []
+  closers: list[str] = []  # what each open parenthesis becomes when it closes: `)`, `)}` (a power's) or `}` (sqrt's)
+  i = 0
+  while i < len(s):
+    power = _PY_POWER_RE.match(s, i)
+    sqrt = _PY_SQRT_RE.match(s, i) if s.startswith("sqrt", i) else None
+    pi = _PY_PI_RE.match(s, i) if s.startswith("pi", i) else None
+    if power:
+      i = power.end()
+      if s.startswith("(", i):  # `2**(1/2)` -> `2^{(1/2)}`
+        out.append("^{(")
+        closers.append(")}")
+        i += 1
+      else:  # a signed number or name: `2**-1`, `x**n`, `10**3.5`
+        operand = re.match(r"[-+]?[\w.]+", s[i:i + 1000])
+        if operand is None:
+          return s
+        out.append("^{%s}" % operand.group(0))
+        i += operand.end()
+    elif sqrt:
+      out.append("\\sqrt{")
+      closers.append("}")
+      i = sqrt.end()
+    elif pi:
+      out.append("\\pi ")
+      i = pi.end()
+    elif s[i] == "(":
+      out.append("(")
+      closers.append(")")
+      i += 1
+    elif s[i] == ")":  # an interval's `)` may close a `[`: `[0, 2pi)`
+      out.append(closers.pop() if closers else ")")
+      i += 1
+    else:
+      out.append(s[i])
+      i += 1
+  return s if set(closers) - {")"} else "".join(out).strip()  # a power's or sqrt's `(` never closed: not Python
 
 
 def _unwrap_text_commands(s: str) -> str:

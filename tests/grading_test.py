@@ -124,6 +124,20 @@ def test_different_answers_do_not_match(grader, pred, gold):
     ("\\{\\}", "\\varnothing", True),
     ("(3+4j)", "3+4i", True),  # a Python complex number, as a program prints it
     ("3+4j", "4i+3", True),
+    # Python's `**`, `sqrt(...)` and `pi`, read as Python reads them (the official grader's sympy `parse_expr`):
+    # math-verify took the number before them, so `2**10` matched 2 and `3 + sqrt(2)` matched 3.
+    ("2**10", "1024", True),
+    ("2**10", "2", False),
+    ("10**3", "10", False),
+    ("2**(1/2)", "\\sqrt{2}", True),
+    ("(x+1)**2", "x^2+2x+1", True),
+    ("3 + sqrt(2)", "3", False),
+    ("3 + sqrt(2)", "\\sqrt{2}+3", True),
+    ("2 sqrt(3)", "2", False),
+    ("2*sqrt(3)", "\\sqrt{12}", True),
+    ("2*pi", "2\\pi", True),
+    ("pi/2", "\\frac{\\pi}{2}", True),
+    ("[0, 2pi)", "[0, 2\\pi)", True),
     ("four", "5", False),
     ("(3-4j)", "3+4i", False),
     ("\\{1\\}", "\\varnothing", False),
