@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Mapping
 
 import jax.numpy as jnp
+import numpy as np
 
 # Architectures whose weights follow the Qwen2 layout (q/k/v bias, no o bias, SwiGLU, RMSNorm, rotate-half RoPE).
 SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2ForTokenClassification", "Qwen2Model")
@@ -26,6 +28,10 @@ def dtype_name(dtype: Any) -> str:
       raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPE_NAMES)}")
     return _DTYPE_NAMES[dtype]
   return jnp.dtype(dtype).name
+
+
+_SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                "max_position_embeddings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +57,24 @@ class ModelConfig:
   param_dtype: str = "float32"
 
   def __post_init__(self):
+    # A float, bool, string or non-positive size was taken as given and failed far away (a float head count made a
+    # float head_dim, a zero one a bare ZeroDivisionError) or built a wrong model (rope_theta <= 0 gives NaN angles).
+    for name in _SIZE_FIELDS:
+      value = getattr(self, name)
+      if value is None and name == "head_dim":
+        continue
+      if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"ModelConfig.{name} must be an integer >= 1, got {value!r}")
+      object.__setattr__(self, name, int(value))
+    for name, low in (("rope_theta", "> 0"), ("rms_norm_eps", ">= 0"), ("initializer_range", ">= 0")):
+      value = getattr(self, name)
+      if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating))
+          or not math.isfinite(value) or (value <= 0 if low == "> 0" else value < 0)):
+        raise ValueError(f"ModelConfig.{name} must be a finite number {low}, got {value!r}")
+      object.__setattr__(self, name, float(value))
+    if not isinstance(self.tie_word_embeddings, (bool, np.bool_)):
+      raise ValueError(f"ModelConfig.tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
+    object.__setattr__(self, "tie_word_embeddings", bool(self.tie_word_embeddings))
     object.__setattr__(self, "dtype", dtype_name(self.dtype))
     object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype))
     if self.head_dim is None:
@@ -169,7 +193,7 @@ class ModelConfig:
         num_kv_heads=hf.get("num_key_value_heads") or num_heads,
         head_dim=hf.get("head_dim"),
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=float(rope_theta if rope_theta is not None else 10000.0),
+        rope_theta=rope_theta if rope_theta is not None else 10000.0,
         max_position_embeddings=hf.get("max_position_embeddings", 32768),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         initializer_range=hf.get("initializer_range", 0.02),
@@ -178,7 +202,10 @@ class ModelConfig:
     if torch_dtype in _DTYPE_NAMES:
       fields["param_dtype"] = torch_dtype
     fields.update(overrides)
-    return cls(**fields)
+    try:
+      return cls(**fields)
+    except ValueError as e:  # a field checked by the dataclass (`"rms_norm_eps": null`): name the file too
+      raise ValueError(f"{where}: {e}") from None
 
   def to_hf_config(self) -> dict[str, Any]:
     """An HF `config.json` dict that `transformers` loads as `Qwen2ForCausalLM`."""

@@ -1,6 +1,7 @@
 """Qwen2 parity with `transformers` (logits, hidden states), cached decode, config and presets."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -149,6 +150,54 @@ def test_config_fields_of_the_wrong_type_are_named(tmp_path, field, value):
   (tmp_path / "config.json").write_text(json.dumps(dict(base, **{field: value})))
   with pytest.raises(ValueError, match=rf"config.json: field '{field}' must be an integer >= 1, got {value!r}"):
     ModelConfig.from_hf_config(tmp_path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_heads", 4.0, "an integer >= 1"),  # a float head count: head_dim came out 16.0
+    ("num_heads", 0, "an integer >= 1"),  # a bare ZeroDivisionError
+    ("num_kv_heads", 0, "an integer >= 1"),
+    ("num_heads", -4, "an integer >= 1"),  # head_dim -16
+    ("hidden_size", -64, "an integer >= 1"),
+    ("vocab_size", "512", "an integer >= 1"),
+    ("num_layers", True, "an integer >= 1"),
+    ("num_layers", 0, "an integer >= 1"),
+    ("head_dim", 0, "an integer >= 1"),
+    ("max_position_embeddings", 0, "an integer >= 1"),
+    ("rope_theta", 0.0, "a finite number > 0"),  # RoPE angles position / theta**(2i/d): inf and NaN
+    ("rope_theta", -1e4, "a finite number > 0"),
+    ("rope_theta", float("nan"), "a finite number > 0"),
+    ("rms_norm_eps", None, "a finite number >= 0"),
+    ("rms_norm_eps", -1e-6, "a finite number >= 0"),
+    ("tie_word_embeddings", 1, "a bool"),
+])
+def test_config_built_directly_refuses_wrong_types_and_values_naming_the_field(field, value, message):
+  # Each was accepted and failed far away (or built a model of NaNs).
+  with pytest.raises(ValueError, match=rf"ModelConfig\.{field} must be {message}, got {re.escape(repr(value))}"):
+    ModelConfig.tiny(**{field: value})
+
+
+@pytest.mark.parametrize("field, hf_field, value", [("num_heads", "num_attention_heads", 4.0),
+                                                    ("num_layers", "num_hidden_layers", True),
+                                                    ("tie_word_embeddings", "tie_word_embeddings", 1),
+                                                    ("rms_norm_eps", "rms_norm_eps", None)])
+def test_config_refuses_the_types_transformers_refuses(field, hf_field, value):
+  from transformers import Qwen2Config  # pylint: disable=import-outside-toplevel
+  with pytest.raises(Exception, match=hf_field):
+    Qwen2Config(**{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "num_key_value_heads": 1, hf_field: value})
+  with pytest.raises(ValueError, match=rf"ModelConfig\.{field} must be"):
+    ModelConfig.tiny(**{field: value})
+
+
+def test_config_json_values_the_dataclass_refuses_name_the_file(tmp_path):
+  base = {"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+          "num_attention_heads": 2, "num_key_value_heads": 1}
+  for extra, message in [({"rope_theta": 0}, r"ModelConfig.rope_theta must be a finite number > 0, got 0"),
+                         ({"rms_norm_eps": None}, r"ModelConfig.rms_norm_eps must be a finite number >= 0, got None")]:
+    (tmp_path / "config.json").write_text(json.dumps(dict(base, **extra)))
+    with pytest.raises(ValueError, match=r"config.json: " + message):
+      ModelConfig.from_hf_config(tmp_path)
+  assert ModelConfig.tiny(num_layers=np.int64(3), rope_theta=10000).num_layers == 3  # numpy ints and int thetas load
 
 
 def test_a_config_json_that_is_not_an_object_or_not_utf8_is_named(tmp_path):
