@@ -92,6 +92,19 @@ def _is_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _sampler(args: argparse.Namespace, greedy, sampling):
+  """`--temperature 0`: greedy, else `Sampling`; a bad value's message names its flag (not the dataclass field, nor
+  `Greedy()`), and `--top-p` / `--top-k` are checked with greedy too (a `--top-p 5` there was ignored unnoticed)."""
+  try:
+    sampling(1.0 if args.temperature == 0 else args.temperature, args.top_p, args.top_k)
+  except ValueError as e:
+    field = str(e).split(" ", 1)[0]
+    flag = "--" + field.replace("_", "-")
+    message = str(e).replace(" (use Greedy() for greedy decoding)", " (0 for greedy decoding)")
+    raise ValueError(f"{flag}: {message}" if field in ("temperature", "top_p", "top_k") else message) from None
+  return greedy() if args.temperature == 0 else sampling(args.temperature, args.top_p, args.top_k)
+
+
 def _check_paths(args: argparse.Namespace):
   """The model dir holds a readable config.json (and a PPM dir its value head), and the tokenizer path exists.
 
@@ -148,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_rows is not None and args.max_rows < 1:
       raise ValueError(f"--max-rows must be >= 1, got {args.max_rows}")
     prompts = read_prompts(args.prompts, args.n, args.seed)
-    sampler = Greedy() if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.top_k)
+    sampler = _sampler(args, Greedy, Sampling)
     if not all(args.stop):
       raise ValueError("--stop must not be empty")
     _check_paths(args)

@@ -137,7 +137,7 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
   for argv, message in [
       (["--prompts", str(bad)], r"error: .*bad.jsonl:2: expected a JSON string or an object"),
       (["--prompts", str(tmp_path / "missing.jsonl")], r"error: prompts file not found: .*missing.jsonl"),
-      (["--prompts", str(good), "--temperature", "0.7", "--top-p", "0"], r"error: top_p must be in \(0, 1\]"),
+      (["--prompts", str(good), "--temperature", "0.7", "--top-p", "0"], r"error: --top-p: top_p must be in \(0, 1\]"),
       (["--prompts", str(good), "--stop", ""], r"error: --stop must not be empty"),
       (["--prompts", str(good)], r"error: --hf-dir .*: no config.json in it"),
   ]:
@@ -217,6 +217,12 @@ def test_command_line_prompts_file_encoding_and_flags(tmp_path, capsys):
       (["--prompts", str(good), "--max-rows", "0"], r"error: --max-rows must be >= 1"),
       # Every row came back "" with stop reason "length" (no room under the context limit), exit 0.
       (["--prompts", str(good), "--max-context", "0"], r"error: --max-context must be >= 1, got 0"),
+      # The sampling errors named the dataclass field and told a command-line user to "use Greedy()"; with greedy
+      # decoding (the default --temperature 0) a --top-p or --top-k out of range was ignored without a word.
+      (["--prompts", str(good), "--temperature", "-1"],
+       r"error: --temperature: temperature must be > 0 and finite \(0 for greedy decoding\), got -1.0"),
+      (["--prompts", str(good), "--top-p", "5"], r"error: --top-p: top_p must be in \(0, 1\], got 5.0"),
+      (["--prompts", str(good), "--top-k", "-5", "--temperature", "0.7"], r"error: --top-k: top_k must be a non-neg"),
   ]:
     _assert_usage_error(capsys, ["--hf-dir", str(tmp_path)] + argv, message)
   # An --eos-id no row can generate ended no row (they all ran to --max-new-tokens); the model has 512 ids.
