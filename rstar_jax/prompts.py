@@ -72,6 +72,8 @@ def _load_json(path: str):
     raise PromptFileError(f"{path}: file not found") from None
   except json.JSONDecodeError as e:
     raise PromptFileError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+  except UnicodeDecodeError as e:  # its own message names no file
+    raise PromptFileError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 def _load_template_file(path: str) -> tuple[str, str]:
@@ -106,6 +108,8 @@ def load_bootstrap_template(prompts_dir: str | os.PathLike[str], num_few_shots: 
   instructions, suffix = _load_template_file(os.path.join(os.fspath(prompts_dir), BOOTSTRAP_FILE))
   examples = load_few_shots(prompts_dir)
   if num_few_shots is not None:
+    if isinstance(num_few_shots, bool) or not isinstance(num_few_shots, int):  # 1.5 failed as a slice, "1" in `<=`
+      raise ValueError(f"num_few_shots must be an integer, got {num_few_shots!r}")
     if not 0 <= num_few_shots <= len(examples):
       raise ValueError(f"num_few_shots must be in [0, {len(examples)}], got {num_few_shots}")
     examples = examples[1:2] if num_few_shots == 1 and len(examples) > 1 else examples[:num_few_shots]

@@ -168,3 +168,13 @@ def test_prompt_file_errors(tmp_path):
   with pytest.raises(prompts.PromptFileError, match="placeholder"):
     prompts.load_bootstrap_template(tmp_path)
   assert os.path.exists(tmp_path / "mcts_prompt.json")
+  # A Latin-1 file was a bare UnicodeDecodeError naming no file; a fractional or string count failed as a slice or a
+  # comparison, a boolean one loaded as 1 example.
+  (tmp_path / "sft_prompt.json").write_bytes(b'{"pot_format_instructions": "caf\xe9", "pot_suffix": "{input}"}')
+  with pytest.raises(prompts.PromptFileError, match=r"sft_prompt.json: not valid UTF-8 \(invalid continuation byte"):
+    prompts.load_sft_template(tmp_path)
+  (tmp_path / "mcts_prompt.json").write_text(json.dumps({"pot_format_instructions": "", "pot_suffix": "{input}"}))
+  (tmp_path / "few_shots.json").write_text(json.dumps(["a", "b"]))
+  for count in (1.5, "1", True):
+    with pytest.raises(ValueError, match=rf"num_few_shots must be an integer, got {count!r}"):
+      prompts.load_bootstrap_template(tmp_path, num_few_shots=count)
