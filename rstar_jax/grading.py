@@ -14,8 +14,9 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    matches when it is that value rounded or truncated to the places it shows, with at least 6
    significant digits (`0.666667` for `\\frac{2}{3}`; not `0.3333`). Two numbers that differ are *not*
    handed on (that is a fast, certain "no").
-3. math-verify: the bare LaTeX is wrapped in `$...$`, parsed and verified (gold first, as the library
-   expects). math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
+3. math-verify: the bare LaTeX is wrapped in `$...$`, parsed as LaTeX only (not with its fallback that takes a
+   number out of what the LaTeX parser cannot read) and verified (gold first, as the library expects).
+   math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
    we call it with its timeouts disabled inside a separate worker process and enforce our own
    deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal".
    That makes `Grader` safe to use from any thread, and an answer like `10^{10^{10}}` (which sends
@@ -416,9 +417,12 @@ def _wrap_latex(answer: str) -> str:
 
 def math_verify_equal(pred: str, gold: str) -> bool:
   """math-verify's verdict, computed in *this* process without any timeout (workers call this)."""
-  from math_verify import parse, verify  # pylint: disable=import-outside-toplevel
-  gold_parsed = parse(_wrap_latex(gold), parsing_timeout=None)
-  pred_parsed = parse(_wrap_latex(pred), parsing_timeout=None)
+  from math_verify import LatexExtractionConfig, parse, verify  # pylint: disable=import-outside-toplevel
+  # LaTeX only: the default's second extractor (`ExprExtractionConfig`) takes a number out of an answer the LaTeX
+  # parser cannot read, so `(1, n) \text{ for } n \ge 1` was 1 and `t = \max \{ 2q, q - 1 + 2M \}` was 2.
+  config = [LatexExtractionConfig()]
+  gold_parsed = parse(_wrap_latex(gold), extraction_config=config, parsing_timeout=None)
+  pred_parsed = parse(_wrap_latex(pred), extraction_config=config, parsing_timeout=None)
   if not gold_parsed or not pred_parsed:
     return False
   return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))

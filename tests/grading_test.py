@@ -169,6 +169,20 @@ def test_stricter_than_the_official_grader(grader, pred, gold):
   assert not grader.equivalent(gold, pred)
 
 
+def test_an_answer_math_verify_cannot_parse_is_not_the_number_inside_it(grader, shared_data):
+  # math-verify's fallback extractor took one number out of what its LaTeX parser could not read: these Omni-MATH
+  # ground truths (a set of pairs; a condition on k) graded a bare 1 / 2 equal, and a symbolic answer equalled the
+  # 2 it contains. Each pair here differs by hand: (1, n) is a pair, not 1; max{2q, 3} depends on q.
+  omni = {str(d["answer"]) for d in json.loads((shared_data / "benchmarks" / "omni_test.json").read_text())}
+  pairs_gold = "(2, 6), (2^k - 1, 2), (1, n) \\text{ for any } n \\ge 1"
+  condition_gold = next(a for a in omni if a.startswith("\\text{All } k \\text{ such that } v_p(k) \\geq 2018"))
+  assert pairs_gold in omni
+  for pred, gold in [("1", pairs_gold), (pairs_gold, "1"), ("2", condition_gold),
+                     ("t = \\max \\{ 2q, q - 1 + 2M \\}", "2"), ("\\max \\{ 2q, 3 \\}", "3")]:
+    assert not grader.equivalent(pred, gold), (pred, gold)
+  condition_gold = next(a for a in omni if a.startswith("\\text{All } k \\text{ such that } v_p(k) \\geq"))
+
+
 def test_list_ground_truth_accepts_any(grader):
   assert grader.equivalent("(0, 0)", ["(3, -5)", "(0, 0)"])
   assert not grader.equivalent("1", ["2", "3"])
