@@ -92,17 +92,20 @@ def _is_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _sampler(args: argparse.Namespace, greedy, sampling):
-  """`--temperature 0`: greedy, else `Sampling`; a bad value's message names its flag (not the dataclass field, nor
-  `Greedy()`), and `--top-p` / `--top-k` are checked with greedy too (a `--top-p 5` there was ignored unnoticed)."""
+def _sampler(args: argparse.Namespace):
+  """`--temperature 0` is greedy decoding, anything else `Sampling`.
+
+  The flags are checked as `Sampling` checks them (at temperature 1 under greedy decoding, where a `--top-p 5` was
+  otherwise ignored unnoticed), and the message names the flag rather than the dataclass field.
+  """
+  from rstar_jax.generate.sampling import Greedy, Sampling  # pylint: disable=g-import-not-at-top
   try:
-    sampling(1.0 if args.temperature == 0 else args.temperature, args.top_p, args.top_k)
+    sampling = Sampling(args.temperature or 1.0, args.top_p, args.top_k)
   except ValueError as e:
-    field = str(e).split(" ", 1)[0]
-    flag = "--" + field.replace("_", "-")
-    message = str(e).replace(" (use Greedy() for greedy decoding)", " (0 for greedy decoding)")
-    raise ValueError(f"{flag}: {message}" if field in ("temperature", "top_p", "top_k") else message) from None
-  return greedy() if args.temperature == 0 else sampling(args.temperature, args.top_p, args.top_k)
+    field = str(e).split(" ", 1)[0]  # Sampling's messages start with the field's name
+    message = str(e).replace("use Greedy() for greedy decoding", "0 for greedy decoding")
+    raise ValueError(f"--{field.replace('_', '-')}: {message}") from None
+  return Greedy() if args.temperature == 0 else sampling
 
 
 def _check_paths(args: argparse.Namespace):
@@ -144,7 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   from rstar_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from rstar_jax.generate.adapters import PPMScorer  # pylint: disable=g-import-not-at-top
   from rstar_jax.generate.engine import Engine, Request  # pylint: disable=g-import-not-at-top
-  from rstar_jax.generate.sampling import Greedy, Sampling  # pylint: disable=g-import-not-at-top
   from rstar_jax.models import convert  # pylint: disable=g-import-not-at-top
   from rstar_jax.models.config import dtype_name  # pylint: disable=g-import-not-at-top
 
@@ -161,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_rows is not None and args.max_rows < 1:
       raise ValueError(f"--max-rows must be >= 1, got {args.max_rows}")
     prompts = read_prompts(args.prompts, args.n, args.seed)
-    sampler = _sampler(args, Greedy, Sampling)
+    sampler = _sampler(args)
     if not all(args.stop):
       raise ValueError("--stop must not be empty")
     _check_paths(args)
