@@ -103,7 +103,8 @@ class SearchConfig:
     positive_reward: backed-up value of a correct answer.
     negative_reward: value of a wrong answer / invalid terminal.
     max_nodes: `N`, node budget per tree (None: the never-binding bound, see module docstring).
-    batch_size: trees per lockstep batch (None: all problems in one batch).
+    batch_size: trees per lockstep batch (None: all problems in one batch, padded to a power of two so that calls
+      with different problem counts share compiled tree kernels).
     seed: run seed.
   """
   mode: str = "terminal_guided"
@@ -237,6 +238,16 @@ def _check_output_dir(path: str) -> None:
     raise ValueError(f"output_dir {path}: not writable")
 
 
+def _batch_bucket(num_problems: int) -> int:
+  """Trees per batch when `batch_size` is None: the problem count rounded up to a power of two.
+
+  The tree kernels compile once per batch shape, so one batch of exactly `num_problems` trees compiled them anew for
+  every problem count a caller passes. Padding rows run no rollouts and change no tree; they only widen the tree
+  arrays (under 2x the rows; set `batch_size` to bound them).
+  """
+  return 1 << max(num_problems - 1, 0).bit_length()
+
+
 def _clip(text, width: int = 60) -> str:
   return repr(text) if not isinstance(text, str) or len(text) <= width else repr(text[:width]) + "..."
 
@@ -296,7 +307,7 @@ class MCTS:
       missing = [p.problem_id for p in problems if p.ground_truth is None]
       if missing:
         raise ValueError(f"mode {cfg.mode!r} needs ground truths; missing for {missing[:5]}")
-    batch = cfg.batch_size or max(1, len(problems))
+    batch = cfg.batch_size or _batch_bucket(len(problems))
     if output_dir is not None:
       _check_output_dir(os.fspath(output_dir))
     config_record = dataclasses.asdict(cfg)

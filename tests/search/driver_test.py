@@ -474,3 +474,20 @@ def test_a_problem_text_with_a_lone_surrogate_is_refused_before_any_search(grade
     run_search([Problem(*fields)], policy, InProcessExecutor(), SearchConfig(num_rollouts=1, num_candidates=1),
                prompt_fn=PROMPT.format, grader=grader, progress=False, output_dir=str(tmp_path))
   assert not calls
+
+
+def test_tree_kernels_compile_per_batch_bucket_not_per_problem_count(grader):
+  # DESIGN §2.2: tree kernels have fixed shapes. With batch_size=None the batch is all problems; a call per problem
+  # count (1, 3, 4, 5, 7, 8, 9 problems) compiled select and expand_and_select once each (seven compiles per kernel).
+  # Trees are padded to the next power of two, so these counts share the batch shapes 1, 4, 8 and 16: four compiles.
+  from rstar_jax.search import kernels  # pylint: disable=import-outside-toplevel
+  kernels.select._clear_cache()  # pylint: disable=protected-access
+  kernels.expand_and_select._clear_cache()  # pylint: disable=protected-access
+  problems = [Problem(f"b{i}", f"bucket question {i}", str(i % 4)) for i in range(9)]
+  alone = _search(problems[:1], grader)
+  for count in (3, 4, 5, 7, 8, 9):
+    records = _search(problems[:count], grader)
+    assert [r["problem_id"] for r in records] == [p.problem_id for p in problems[:count]]
+    assert json.dumps(records[0]) == json.dumps(alone[0])  # padding rows change no tree
+  assert kernels.select._cache_size() == 4  # pylint: disable=protected-access
+  assert kernels.expand_and_select._cache_size() == 4  # pylint: disable=protected-access
