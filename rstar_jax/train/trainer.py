@@ -13,6 +13,7 @@ instead.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -205,6 +206,38 @@ def _run_identity(config: TrainConfig, pipe: pipeline_lib.Pipeline, initial_chec
   return identity
 
 
+def _check_same_everywhere(where: str, identity: dict[str, Any]) -> None:
+  """Raises on every process when the processes of a multi-process run do not hold the same `identity`.
+
+  Each process reads its own data files, tokenizer and initial weights; a stale copy on one host gave it another
+  step count, and the process that ran out first went on to its checkpoint and export while the others waited in the
+  next step's collectives (a hang). Collective: every process calls it once, at the same point.
+  """
+  if jax.process_count() == 1:
+    return
+  keys = sorted(identity)
+
+  def digest(value: Any) -> np.ndarray:  # [2] int32: 8 bytes of sha256 (no 64-bit ints without jax's x64 mode)
+    text = json.dumps(value, sort_keys=True, default=str).encode()
+    return np.frombuffer(hashlib.sha256(text).digest()[:8], np.int32)
+
+  # The key lists are compared first: a gather of per-key digests needs the same shape on every process.
+  local = np.stack([digest(keys)] + [digest(identity[k]) for k in keys])
+  sizes = multihost_utils.process_allgather(np.int32(len(local)))
+  everyone = multihost_utils.process_allgather(local) if len(set(sizes.tolist())) == 1 else None  # [P, 1 + keys, 2]
+  if everyone is None or (everyone[0, 0] != everyone[:, 0]).any():
+    raise ValueError(f"{where}: the {jax.process_count()} processes differ in which settings they hold (a config "
+                     "option only some of them set); run every process with the same TrainConfig")
+  differ = [k for i, k in enumerate(keys, 1) if (everyone[:, i] != everyone[0, i]).any()]
+  if differ:
+    others = [p for p in range(len(everyone)) if (everyone[p] != everyone[0]).any()]
+    raise ValueError(f"{where}: the {jax.process_count()} processes differ in {', '.join(differ)} (processes "
+                     f"{others} from process 0; this is process {jax.process_index()}, with "
+                     + ", ".join(f"{k}={identity[k]!r:.80}" for k in differ)
+                     + "); every process must read the same data, tokenizer and initial weights with the same "
+                     "settings")
+
+
 def _check_resume(workdir: str, step: int, identity: dict[str, Any]) -> None:
   """Refuses to resume the checkpoint at `step` with other settings or data than its run started with: the
   restored optimizer state, schedule position and data position would silently continue a different run."""
@@ -248,6 +281,7 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
   data_iter = pipe.iterator()
   latest = checkpointer.latest_step()
   identity = _run_identity(config, pipe, initial_checkpoint)
+  _check_same_everywhere(workdir, identity)  # before any collective: the step counts must agree
   if latest is None:
     if model is None:
       raise ValueError(f"{workdir}: no checkpoint to resume from and no initial model")

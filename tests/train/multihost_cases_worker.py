@@ -130,6 +130,25 @@ def export_error_case():
     result("export_error", type(e).__name__, str(e).replace(out, "OUT"))
 
 
+def data_mismatch_case():
+  """train_policy where process 1 reads an SFT file with fewer records than process 0's (a stale copy on its own
+  disk): every process must raise, naming what differs, before any step (a step count that differs left one process
+  in the next step's collectives while the other exported)."""
+  from rstar_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train import config as config_lib, trainer  # pylint: disable=g-import-not-at-top
+  base = os.path.join(out, "base")
+  config = config_lib.sft_config(
+      data=pipeline.PipelineConfig(max_len=96, batch_size=8, num_epochs=1, seed=3),
+      optimizer=config_lib.OptimizerConfig(learning_rate=2e-3), mesh=(1, -1, 1), checkpoint_every=100,
+      progress=False, tensorboard=False)
+  try:
+    trainer.train_policy(base, os.path.join(base, f"sft{pid}.json"), os.path.join(out, "work"), config=config)
+    result("data_mismatch none")
+  except ValueError as e:
+    result("data_mismatch", str(e).replace(out, "OUT"))
+
+
 CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model": save_model_case,
-         "export_error": export_error_case}
+         "export_error": export_error_case,
+         "data_mismatch": data_mismatch_case}
 CASES[case]()

@@ -101,3 +101,18 @@ def test_two_process_export_into_an_unwritable_folder_raises_everywhere(tmp_path
   assert zero == ["export_error NotADirectoryError [Errno 20] Not a directory: 'OUT/a_file/export'"], zero
   assert one == ["export_error OSError OUT/a_file/export: process 0 could not create the export folder (its error "
                  "names the cause)"], one
+
+
+@pytest.mark.multiprocess
+def test_two_process_training_on_different_data_raises_everywhere(tmp_path):
+  # Process 1's SFT file (a stale copy on its own disk) held 16 records, process 0's 24: process 1 ran 2 steps and
+  # went on to the final checkpoint and the export while process 0 waited in its third step's collectives (a hang).
+  base = tmp_path / "base"
+  records = testlib.arithmetic_sft_records(24)
+  testlib.tiny_hf_model(base, seed=0)
+  testlib.tiny_tokenizer(base, [formats.sft_prompt(r["query"]) + r["response"] for r in records])
+  testlib.write_json(base / "sft0.json", records)
+  testlib.write_json(base / "sft1.json", records[:16])
+  for lines in _case("data_mismatch", tmp_path):
+    assert len(lines) == 1 and lines[0].startswith("data_mismatch OUT/work: the 2 processes differ in "), lines
+    assert "data.num_batches" in lines[0] and "data.fingerprint" in lines[0], lines
