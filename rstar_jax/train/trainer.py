@@ -452,9 +452,10 @@ def evaluate_ppm(ppm: PPM, pairs: Iterable[formats.PpmPair], tokenizer: Any, *,
 
   The PPM's parameters are placed on the `mesh_shape` mesh by the logical rules, wherever they were (e.g. a model
   loaded or trained on another mesh), and each batch gets masked padding pairs up to a multiple of data x fsdp, so
-  any `data.batch_size` runs on any mesh. In a multi-process run every process passes all the pairs and gets the
-  result over all of them; each feeds its share of every batch (the batch size is rounded up to a multiple of the
-  process count), so data x fsdp must be a multiple of the process count, as in training.
+  any `data.batch_size` runs on any mesh. In a multi-process run every process passes all the pairs (the same ones:
+  other pairs raise on every process) and gets the result over all of them; each feeds its share of every batch (the
+  batch size is rounded up to a multiple of the process count), so data x fsdp must be a multiple of the process
+  count, as in training.
   """
   # Checked before the parameters are placed and the pairs tokenized: a pairs file's path (what train_ppm takes) was
   # read character by character ("'str' object has no attribute 'prompt'"), and the scorer's "tanh5" failed inside
@@ -487,6 +488,9 @@ def evaluate_ppm(ppm: PPM, pairs: Iterable[formats.PpmPair], tokenizer: Any, *,
     pipe = pipeline_lib.ppm_pipeline(pairs, tokenizer, data)
   except pipeline_lib.NoExamplesError as e:  # every pair dropped by the max_len cut
     raise pipeline_lib.NoExamplesError(f"evaluate_ppm: no pairs left to evaluate ({e})") from None
+  # Every process runs one collective step per batch: other pairs on one process (another batch count) hung the rest.
+  _check_same_everywhere("evaluate_ppm", {"data.num_batches": pipe.num_batches, "data.fingerprint": pipe.fingerprint,
+                                          "head": head, "mesh_shape": list(mesh_shape)})
   for batch in pipe.iterator():
     pad = -len(batch["pair_mask"]) % multiple  # all-zero rows: pair_mask 0, so they never count
     batch = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}

@@ -99,6 +99,29 @@ def evaluate_ppm_case():
     result("tensor_only", str(e))
 
 
+def evaluate_ppm_mismatch_case():
+  """evaluate_ppm where process 1 passes fewer pairs than process 0 (7 pairs are 4 batches of 2, 4 pairs 2): every
+  process must raise, naming what differs (the process with fewer batches returned while the other waited in its next
+  batch's collectives)."""
+  from rstar_jax.data import formats, pipeline  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train import trainer  # pylint: disable=g-import-not-at-top
+
+  class CharTokenizer:
+    eos_id, pad_id = 1, 0
+
+    def encode(self, text):
+      return [3 + ord(c) % 200 for c in text]
+
+  pairs = [formats.PpmPair(prompt="q" * i + "?", pos="a" * (i + 1), neg="b", pos_count=1, neg_count=1)
+           for i in range(7 if pid == 0 else 4)]
+  try:
+    got = trainer.evaluate_ppm(PPM(ModelConfig.tiny(), rngs=nnx.Rngs(0)), pairs, CharTokenizer(),
+                               data=pipeline.PipelineConfig(max_len=64, batch_size=2))
+    result("evaluate_ppm_mismatch none", got)
+  except ValueError as e:
+    result("evaluate_ppm_mismatch", str(e))
+
+
 def save_model_case():
   """save_model from a mesh over both processes, then load_model on every process at once: the same weights."""
   import time  # pylint: disable=g-import-not-at-top
@@ -150,5 +173,6 @@ def data_mismatch_case():
 
 CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model": save_model_case,
          "export_error": export_error_case,
-         "data_mismatch": data_mismatch_case}
+         "data_mismatch": data_mismatch_case,
+         "evaluate_ppm_mismatch": evaluate_ppm_mismatch_case}
 CASES[case]()

@@ -86,6 +86,15 @@ def test_two_process_evaluate_ppm_equals_hand_computed_loss(tmp_path):
 
 
 @pytest.mark.multiprocess
+def test_two_process_evaluate_ppm_on_different_pairs_raises_everywhere(tmp_path):
+  # Process 1 passed 4 pairs (2 batches), process 0 7 (4 batches): process 1 returned its result while process 0
+  # waited in its third batch's collectives (a hang).
+  for lines in _case("evaluate_ppm_mismatch", tmp_path):
+    assert len(lines) == 1 and lines[0].startswith("evaluate_ppm_mismatch evaluate_ppm: the 2 processes differ in "
+                                                   "data.fingerprint, data.num_batches"), lines
+
+
+@pytest.mark.multiprocess
 def test_two_process_save_model_then_load_model(tmp_path):
   # save_model returned on process 1 before process 0 had written config.json: loading right after raised
   # "no config.json found" there (and left process 0 waiting for it).
