@@ -99,6 +99,28 @@ def evaluate_ppm_case():
     result("tensor_only", str(e))
 
 
+def _train(workdir, stop_at=None):
+  """train_policy on OUT/base's sft0.json (3 steps of 8 rows, fsdp over every device), stopped by an exception in
+  the step callback at `stop_at` (steps before it are checkpointed); prints the exported files."""
+  from rstar_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train import config as config_lib, trainer  # pylint: disable=g-import-not-at-top
+  base = os.path.join(out, "base")
+  config = config_lib.sft_config(
+      data=pipeline.PipelineConfig(max_len=96, batch_size=8, num_epochs=1, seed=3),
+      optimizer=config_lib.OptimizerConfig(learning_rate=2e-3), mesh=(1, -1, 1), accum_steps=2, checkpoint_every=1,
+      log_every=1, progress=False, tensorboard=False)
+
+  def callback(step, _):
+    if step == stop_at:
+      raise KeyboardInterrupt(f"stopped at {step}")
+  try:
+    got = trainer.train_policy(base, os.path.join(base, "sft0.json"), os.path.join(out, workdir), config=config,
+                               step_callback=callback)
+    result("train", got.steps, ",".join(sorted(os.listdir(got.export_dir))))
+  except KeyboardInterrupt as e:
+    result("train", str(e))
+
+
 def evaluate_ppm_mismatch_case():
   """evaluate_ppm where process 1 passes fewer pairs than process 0 (7 pairs are 4 batches of 2, 4 pairs 2): every
   process must raise, naming what differs (the process with fewer batches returned while the other waited in its next
@@ -174,5 +196,7 @@ def data_mismatch_case():
 CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model": save_model_case,
          "export_error": export_error_case,
          "data_mismatch": data_mismatch_case,
-         "evaluate_ppm_mismatch": evaluate_ppm_mismatch_case}
+         "evaluate_ppm_mismatch": evaluate_ppm_mismatch_case,
+         "train_stop": lambda: _train("work", stop_at=2), "train_finish": lambda: _train("work"),
+         "train_reference": lambda: _train("reference")}
 CASES[case]()

@@ -18,6 +18,7 @@ from rstar_jax.data import formats
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "multihost_worker.py")
 CASES_WORKER = os.path.join(HERE, "multihost_cases_worker.py")
+FILES = "config.json,generation_config.json,model.safetensors,tokenizer.json,tokenizer_config.json"
 
 
 def _run(nproc, ndev, base, out, worker=WORKER, timeout=600):
@@ -125,3 +126,24 @@ def test_two_process_training_on_different_data_raises_everywhere(tmp_path):
   for lines in _case("data_mismatch", tmp_path):
     assert len(lines) == 1 and lines[0].startswith("data_mismatch OUT/work: the 2 processes differ in "), lines
     assert "data.num_batches" in lines[0] and "data.fingerprint" in lines[0], lines
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)], ids=["2to1", "1to2"])
+def test_a_run_checkpointed_on_some_processes_resumes_on_others_like_an_uninterrupted_run(tmp_path, first, then):
+  """Stopped after step 1's checkpoint on `first` processes (4 devices in all), resumed on `then`: the export equals
+  an uninterrupted single-process run's."""
+  base = tmp_path / "base"
+  records = testlib.arithmetic_sft_records(24)
+  testlib.tiny_hf_model(base, seed=0)
+  testlib.tiny_tokenizer(base, [formats.sft_prompt(r["query"]) + r["response"] for r in records])
+  testlib.write_json(base / "sft0.json", records)
+  run = lambda nproc, case: _run(nproc, 4 // nproc, case, tmp_path, worker=CASES_WORKER, timeout=240)
+  assert run(first, "train_stop") == [["train stopped at 2"]] * first
+  assert run(then, "train_finish") == [[f"train 3 {FILES}"]] * then
+  assert run(1, "train_reference") == [[f"train 3 {FILES}"]]
+  ours = load_file(tmp_path / "work" / "export" / "model.safetensors")
+  ref = load_file(tmp_path / "reference" / "export" / "model.safetensors")
+  assert sorted(ours) == sorted(ref)
+  for name in ref:
+    np.testing.assert_allclose(ours[name], ref[name], atol=1e-5, rtol=0, err_msg=name)
