@@ -121,6 +121,20 @@ def _train(workdir, stop_at=None):
     result("train", str(e))
 
 
+def _train_ppm(workdir):
+  """train_ppm from OUT/base (a policy: a fresh value head is added) on OUT/base/pairs.json, fsdp over every device;
+  prints the exported files."""
+  from rstar_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train import config as config_lib, trainer  # pylint: disable=g-import-not-at-top
+  base = os.path.join(out, "base")
+  config = config_lib.ppm_config(
+      data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1, seed=3),
+      optimizer=config_lib.OptimizerConfig(learning_rate=2e-3), mesh=(1, -1, 1), checkpoint_every=100,
+      progress=False, tensorboard=False)
+  got = trainer.train_ppm(base, os.path.join(base, "pairs.json"), os.path.join(out, workdir), config=config)
+  result("train_ppm", got.steps, ",".join(sorted(os.listdir(got.export_dir))))
+
+
 def evaluate_ppm_mismatch_case():
   """evaluate_ppm where process 1 passes fewer pairs than process 0 (7 pairs are 4 batches of 2, 4 pairs 2): every
   process must raise, naming what differs (the process with fewer batches returned while the other waited in its next
@@ -198,5 +212,5 @@ CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model":
          "data_mismatch": data_mismatch_case,
          "evaluate_ppm_mismatch": evaluate_ppm_mismatch_case,
          "train_stop": lambda: _train("work", stop_at=2), "train_finish": lambda: _train("work"),
-         "train_reference": lambda: _train("reference")}
+         "train_reference": lambda: _train("reference"), "train_ppm": lambda: _train_ppm(f"ppm{nproc}")}
 CASES[case]()
