@@ -381,29 +381,30 @@ def _host_array(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-def _barrier(name: str) -> None:
-  """In a multi-host run, no process returns before process 0 has written the export."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+def _on_process_zero(out_dir: str, what: str, work: Callable[[], None]) -> None:
+  """Runs `work` on process 0; in a multi-host run no process returns before it is done, and its failure is raised
+  on every process.
 
-
-def _make_out_dir(out_dir: str) -> None:
-  """Process 0 creates the export folder before any gather; a failure is raised on every process.
-
-  Otherwise process 0 would raise while the other processes wait in the first collective gather for it.
+  Otherwise a process 0 that failed (a folder it could not create before the gathers, a full disk after them) raised
+  while the others waited for it in the next collective, and it waited for them in the distributed shutdown (a hang).
   """
   error = None
   if jax.process_index() == 0:
     try:
-      os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
+      work()
+    except Exception as e:  # pylint: disable=broad-except  (raised below, once every process knows)
       error = e
   if jax.process_count() > 1:
     failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
     if failed and error is None:
-      raise OSError(f"{out_dir}: process 0 could not create the export folder (its error names the cause)")
+      raise OSError(f"{out_dir}: process 0 could not {what} (its error names the cause)")
   if error is not None:
     raise error
+
+
+def _make_out_dir(out_dir: str) -> None:
+  """Process 0 creates the export folder before any gather; a failure is raised on every process."""
+  _on_process_zero(out_dir, "create the export folder", lambda: os.makedirs(out_dir, exist_ok=True))
 
 
 def _iter_hf_tensors(state: dict, config: ModelConfig, entries: list[_Entry], dtype
@@ -484,12 +485,11 @@ def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shar
   hf_config = dict(config.to_hf_config(), torch_dtype=np.dtype(dtype).name)
   _make_out_dir(os.fspath(out_dir))
   tensors = _iter_hf_tensors(state, config, entries, dtype)
-  if jax.process_index() == 0:
-    _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes)
-  else:
-    for _ in tensors:
+  if jax.process_index() != 0:
+    for _ in tensors:  # the gathers process 0 makes while it writes
       pass
-  _barrier("rstar_jax.save_qwen2")
+  _on_process_zero(os.fspath(out_dir), "write the export",
+                   lambda: _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes))
 
 
 def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_format: str = "bin",
@@ -515,7 +515,11 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
   _make_out_dir(os.fspath(out_dir))
   head = {VALUE_HEAD_KEYS[0]: _host_array(state["value_head"]["kernel"]).astype(np.float32).T.copy(),
           VALUE_HEAD_KEYS[1]: _host_array(state["value_head"]["bias"]).astype(np.float32)}
-  if jax.process_index() == 0:
+  if jax.process_index() != 0:
+    for _ in tensors:  # the gathers process 0 makes while it writes
+      pass
+
+  def write():
     # An earlier export's head goes with its weights, in either format: `read_value_head` prefers
     # value_head.safetensors, the official engine reads value_head.bin, so one left beside the new head would score
     # with the old one; and an export failing before its head is written would leave the new backbone with the old
@@ -524,7 +528,4 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
                   stale=("value_head.bin", "value_head.safetensors"))
     (write_torch_bin if value_head_format == "bin" else write_safetensors)(
         os.path.join(out_dir, f"value_head.{value_head_format}"), head)
-  else:
-    for _ in tensors:
-      pass
-  _barrier("rstar_jax.save_ppm")
+  _on_process_zero(os.fspath(out_dir), "write the export", write)

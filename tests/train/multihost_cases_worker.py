@@ -207,10 +207,27 @@ def data_mismatch_case():
     result("data_mismatch", str(e).replace(out, "OUT"))
 
 
+def export_write_error_case():
+  """save_qwen2 of a model split over both processes where process 0's weight file write fails (a full disk): every
+  process raises."""
+  from rstar_jax.models import convert  # pylint: disable=g-import-not-at-top
+  model = sharding.shard_model(Qwen2(ModelConfig.tiny(), rngs=nnx.Rngs(0)), sharding.make_mesh(1, -1, 1))
+  if pid == 0:
+    def full_disk(path, tensors):
+      raise OSError(28, "No space left on device", path)
+    convert.write_safetensors = full_disk
+  try:
+    convert.save_qwen2(model, os.path.join(out, "export"))
+    result("export_write_error none")
+  except OSError as e:
+    result("export_write_error", type(e).__name__, str(e).replace(out, "OUT"))
+
+
 CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model": save_model_case,
          "export_error": export_error_case,
          "data_mismatch": data_mismatch_case,
          "evaluate_ppm_mismatch": evaluate_ppm_mismatch_case,
          "train_stop": lambda: _train("work", stop_at=2), "train_finish": lambda: _train("work"),
-         "train_reference": lambda: _train("reference"), "train_ppm": lambda: _train_ppm(f"ppm{nproc}")}
+         "train_reference": lambda: _train("reference"), "train_ppm": lambda: _train_ppm(f"ppm{nproc}"),
+         "export_write_error": export_write_error_case}
 CASES[case]()

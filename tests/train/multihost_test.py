@@ -174,3 +174,14 @@ def test_two_processes_train_a_ppm_from_a_policy_like_one(tmp_path):
         # update of it is normalised rounding noise on either side (as in sharded_step_test).
         continue
       np.testing.assert_allclose(ours[key], ref[key], atol=1e-5, rtol=0, err_msg=f"{name} {key}")
+
+
+@pytest.mark.multiprocess
+def test_two_process_export_failing_to_write_raises_everywhere(tmp_path):
+  # Process 0's weight file write failed (a full disk) after the gathers: process 1 waited for it in the closing
+  # barrier, and process 0, once its error was caught (or at exit, in the distributed shutdown), waited for process 1
+  # (a hang).
+  zero, one = _case("export_write_error", tmp_path)
+  assert zero == ["export_write_error OSError [Errno 28] No space left on device: 'OUT/export/model.safetensors'"], zero
+  assert one == ["export_write_error OSError OUT/export: process 0 could not write the export (its error names the "
+                 "cause)"], one
