@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -184,6 +184,28 @@ def host_value(tree):
       return multihost_utils.process_allgather(x, tiled=True)
     return x
   return jax.device_get(jax.tree.map(whole, tree))
+
+
+def on_process_zero(where: str, what: str, work: Callable[[], None]) -> None:
+  """Runs `work` (writing files) on process 0 only; in a multi-process run no process returns before it is done, and
+  its failure is raised on every process (the others raise an OSError naming `where` and `what`).
+
+  Collective: every process calls it at the same point. A plain barrier after the write hung: a process 0 that failed
+  raised while the others waited for it in the barrier (or the next collective), and it waited for them in the
+  distributed shutdown.
+  """
+  error = None
+  if jax.process_index() == 0:
+    try:
+      work()
+    except Exception as e:  # pylint: disable=broad-except  (raised below, once every process knows)
+      error = e
+  if jax.process_count() > 1:
+    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if failed and error is None:
+      raise OSError(f"{where}: process 0 could not {what} (its error names the cause)")
+  if error is not None:
+    raise error
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,

@@ -382,24 +382,8 @@ def _host_array(x) -> np.ndarray:
 
 
 def _on_process_zero(out_dir: str, what: str, work: Callable[[], None]) -> None:
-  """Runs `work` on process 0; in a multi-host run no process returns before it is done, and its failure is raised
-  on every process.
-
-  Otherwise a process 0 that failed (a folder it could not create before the gathers, a full disk after them) raised
-  while the others waited for it in the next collective, and it waited for them in the distributed shutdown (a hang).
-  """
-  error = None
-  if jax.process_index() == 0:
-    try:
-      work()
-    except Exception as e:  # pylint: disable=broad-except  (raised below, once every process knows)
-      error = e
-  if jax.process_count() > 1:
-    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
-    if failed and error is None:
-      raise OSError(f"{out_dir}: process 0 could not {what} (its error names the cause)")
-  if error is not None:
-    raise error
+  from rstar_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top  (local, as in `_load`)
+  sharding_lib.on_process_zero(out_dir, what, work)
 
 
 def _make_out_dir(out_dir: str) -> None:

@@ -142,13 +142,13 @@ def _model_config(checkpoint: PathLike, config: TrainConfig) -> tuple[ModelConfi
 
 def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str) -> None:
   """Process 0 writes the tokenizer beside the exported weights; in a multi-host run no process returns before that
-  is done (the weights' export already waited the same way).
+  is done, and its failure is raised on every process (as the weights' export).
 
   The tokenizer saved is the one trained with, rStar tags included (as the official trainer saves it), so the next
   phase and `transformers` read the tags' ids from the export without adding them again. A tokenizer object without
   `save` is exported by copying its source directory's files.
   """
-  if jax.process_index() == 0:
+  def write():
     copy = TOKENIZER_FILES
     if isinstance(tokenizer, tokenizer_lib.Tokenizer):
       tokenizer.save(export_dir)
@@ -161,8 +161,7 @@ def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str
             shutil.copyfile(src, dst)
         elif os.path.exists(dst):  # an earlier export's into the same folder: it is not this tokenizer's
           os.remove(dst)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("rstar_jax.export_tokenizer")
+  sharding_lib.on_process_zero(export_dir, "write the tokenizer", write)
 
 
 def _check_rows_split(mesh_shape: tuple[int, int, int], shards: int) -> None:
@@ -285,9 +284,10 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
   if latest is None:
     if model is None:
       raise ValueError(f"{workdir}: no checkpoint to resume from and no initial model")
-    if jax.process_index() == 0:
+    def write_run_file():
       os.makedirs(workdir, exist_ok=True)
       files.atomic_write(os.path.join(workdir, RUN_FILE), json.dumps(identity, indent=1) + "\n")
+    sharding_lib.on_process_zero(workdir, f"write {RUN_FILE}", write_run_file)
     state = state_lib.create_state(state_lib.split_params(model)[1], tx, mesh)
   else:
     _check_resume(workdir, latest, identity)

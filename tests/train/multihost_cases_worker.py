@@ -121,6 +121,25 @@ def _train(workdir, stop_at=None):
     result("train", str(e))
 
 
+def trainer_write_error_case():
+  """train_policy where process 0 cannot write run.json, then a run where it cannot write the tokenizer beside the
+  exported weights: every process raises, each time."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from rstar_jax import files  # pylint: disable=g-import-not-at-top
+  original = files.atomic_write
+  for target in ("run.json", "tokenizer.json"):
+    if pid == 0:
+      files.atomic_write = lambda path, *args, **kwargs: (
+          original(path, *args, **kwargs) if not str(path).endswith(target)
+          else (_ for _ in ()).throw(PermissionError(13, "Permission denied", target)))
+    try:
+      _train(f"work_{target}")
+    except OSError as e:
+      result(target, type(e).__name__, str(e).replace(out, "OUT"))
+    files.atomic_write = original
+  shutil.rmtree(os.path.join(out, "work_tokenizer.json"), ignore_errors=True)
+
+
 def _train_ppm(workdir):
   """train_ppm from OUT/base (a policy: a fresh value head is added) on OUT/base/pairs.json, fsdp over every device;
   prints the exported files."""
@@ -229,5 +248,5 @@ CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model":
          "evaluate_ppm_mismatch": evaluate_ppm_mismatch_case,
          "train_stop": lambda: _train("work", stop_at=2), "train_finish": lambda: _train("work"),
          "train_reference": lambda: _train("reference"), "train_ppm": lambda: _train_ppm(f"ppm{nproc}"),
-         "export_write_error": export_write_error_case}
+         "export_write_error": export_write_error_case, "trainer_write_error": trainer_write_error_case}
 CASES[case]()

@@ -185,3 +185,20 @@ def test_two_process_export_failing_to_write_raises_everywhere(tmp_path):
   assert zero == ["export_write_error OSError [Errno 28] No space left on device: 'OUT/export/model.safetensors'"], zero
   assert one == ["export_write_error OSError OUT/export: process 0 could not write the export (its error names the "
                  "cause)"], one
+
+
+@pytest.mark.multiprocess
+def test_two_process_training_whose_process_0_cannot_write_raises_everywhere(tmp_path):
+  # Process 0 raised writing run.json while process 1 went on into the first step, or raised writing the tokenizer
+  # while process 1 waited in the closing barrier; process 0 then waited for process 1 in the shutdown (a hang).
+  base = tmp_path / "base"
+  records = testlib.arithmetic_sft_records(24)
+  testlib.tiny_hf_model(base, seed=0)
+  testlib.tiny_tokenizer(base, [formats.sft_prompt(r["query"]) + r["response"] for r in records])
+  testlib.write_json(base / "sft0.json", records)
+  zero, one = _case("trainer_write_error", tmp_path)
+  assert zero == ["run.json PermissionError [Errno 13] Permission denied: 'run.json'",
+                  "tokenizer.json PermissionError [Errno 13] Permission denied: 'tokenizer.json'"], zero
+  assert one == ["run.json OSError OUT/work_run.json: process 0 could not write run.json (its error names the cause)",
+                 "tokenizer.json OSError OUT/work_tokenizer.json/export: process 0 could not write the tokenizer (its "
+                 "error names the cause)"], one
