@@ -12,7 +12,6 @@ import os
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from rstar_jax import files
 from rstar_jax.models.config import ModelConfig
@@ -30,10 +29,10 @@ def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
                 rstar_jax_scan_layers=bool(model.model.scan_layers))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "params"), nnx.to_pure_dict(nnx.state(model)), force=True)
-  if jax.process_index() == 0:
-    files.atomic_write(os.path.join(directory, "config.json"), json.dumps(config, indent=2))
-  if jax.process_count() > 1:  # no process returns (and may load the model) before config.json is written
-    multihost_utils.sync_global_devices("rstar_jax.save_model")
+  # No process returns (and may load the model) before config.json is written; a failure raises on every process.
+  from rstar_jax import sharding  # pylint: disable=g-import-not-at-top  (local: models never depend on the mesh module)
+  sharding.on_process_zero(directory, "write config.json", lambda: files.atomic_write(
+      os.path.join(directory, "config.json"), json.dumps(config, indent=2)))
 
 
 def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, rules=None,

@@ -192,6 +192,22 @@ def save_model_case():
   result("save_model", len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want)))
 
 
+def save_model_error_case():
+  """save_model from a mesh over both processes where process 0 cannot write config.json: every process raises."""
+  from rstar_jax import files  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models import checkpoint  # pylint: disable=g-import-not-at-top
+  if pid == 0:
+    def fail(path, *args, **kwargs):
+      raise PermissionError(13, "Permission denied", os.path.basename(path))
+    files.atomic_write = fail
+  model = sharding.shard_model(Qwen2(ModelConfig.tiny(), rngs=nnx.Rngs(0)), sharding.make_mesh(1, -1, 1))
+  try:
+    checkpoint.save_model(model, os.path.join(out, "saved"))
+    result("save_model_error none")
+  except OSError as e:
+    result("save_model_error", type(e).__name__, str(e).replace(out, "OUT"))
+
+
 def export_error_case():
   """save_qwen2 of a model split over both processes into a folder under a file: every process raises."""
   from rstar_jax.models import convert  # pylint: disable=g-import-not-at-top
@@ -248,5 +264,6 @@ CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model":
          "evaluate_ppm_mismatch": evaluate_ppm_mismatch_case,
          "train_stop": lambda: _train("work", stop_at=2), "train_finish": lambda: _train("work"),
          "train_reference": lambda: _train("reference"), "train_ppm": lambda: _train_ppm(f"ppm{nproc}"),
-         "export_write_error": export_write_error_case, "trainer_write_error": trainer_write_error_case}
+         "export_write_error": export_write_error_case, "trainer_write_error": trainer_write_error_case,
+         "save_model_error": save_model_error_case}
 CASES[case]()

@@ -202,3 +202,13 @@ def test_two_process_training_whose_process_0_cannot_write_raises_everywhere(tmp
   assert one == ["run.json OSError OUT/work_run.json: process 0 could not write run.json (its error names the cause)",
                  "tokenizer.json OSError OUT/work_tokenizer.json/export: process 0 could not write the tokenizer (its "
                  "error names the cause)"], one
+
+
+@pytest.mark.multiprocess
+def test_two_process_save_model_whose_process_0_cannot_write_raises_everywhere(tmp_path):
+  # Process 0 raised writing config.json while process 1 waited in the closing barrier, and process 0 then waited for
+  # process 1 at shutdown (a hang).
+  zero, one = _case("save_model_error", tmp_path)
+  assert zero == ["save_model_error PermissionError [Errno 13] Permission denied: 'config.json'"], zero
+  assert one == ["save_model_error OSError OUT/saved: process 0 could not write config.json (its error names the "
+                 "cause)"], one
