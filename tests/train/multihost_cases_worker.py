@@ -99,7 +99,17 @@ def evaluate_ppm_case():
     result("tensor_only", str(e))
 
 
-def _train(workdir, stop_at=None):
+def config_mismatch_case():
+  """train_policy where process 1 splits the batch into 1 micro-batch and process 0 into 2 (a setting a resumed run
+  may change, so it is not in run.json): every process must raise, naming it, before any step."""
+  try:
+    _train("work", accum_steps=2 - pid)
+    result("config_mismatch none")
+  except ValueError as e:
+    result("config_mismatch", str(e).replace(out, "OUT").split(" (")[0])
+
+
+def _train(workdir, stop_at=None, accum_steps=2):
   """train_policy on OUT/base's sft0.json (3 steps of 8 rows, fsdp over every device), stopped by an exception in
   the step callback at `stop_at` (steps before it are checkpointed); prints the exported files."""
   from rstar_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -107,8 +117,8 @@ def _train(workdir, stop_at=None):
   base = os.path.join(out, "base")
   config = config_lib.sft_config(
       data=pipeline.PipelineConfig(max_len=96, batch_size=8, num_epochs=1, seed=3),
-      optimizer=config_lib.OptimizerConfig(learning_rate=2e-3), mesh=(1, -1, 1), accum_steps=2, checkpoint_every=1,
-      log_every=1, progress=False, tensorboard=False)
+      optimizer=config_lib.OptimizerConfig(learning_rate=2e-3), mesh=(1, -1, 1), accum_steps=accum_steps,
+      checkpoint_every=1, log_every=1, progress=False, tensorboard=False)
 
   def callback(step, _):
     if step == stop_at:
@@ -265,5 +275,6 @@ CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model":
          "train_stop": lambda: _train("work", stop_at=2), "train_finish": lambda: _train("work"),
          "train_reference": lambda: _train("reference"), "train_ppm": lambda: _train_ppm(f"ppm{nproc}"),
          "export_write_error": export_write_error_case, "trainer_write_error": trainer_write_error_case,
-         "save_model_error": save_model_error_case}
+         "save_model_error": save_model_error_case,
+         "config_mismatch": config_mismatch_case}
 CASES[case]()

@@ -212,3 +212,15 @@ def test_two_process_save_model_whose_process_0_cannot_write_raises_everywhere(t
   assert zero == ["save_model_error PermissionError [Errno 13] Permission denied: 'config.json'"], zero
   assert one == ["save_model_error OSError OUT/saved: process 0 could not write config.json (its error names the "
                  "cause)"], one
+
+
+@pytest.mark.multiprocess
+def test_two_process_training_with_other_micro_batches_raises_everywhere(tmp_path):
+  # accum_steps may change on resume, so run.json (and the processes' comparison of it) left it out: process 0 ran 2
+  # micro-batches per step, process 1 one, so their step programs' collectives did not match.
+  base = tmp_path / "base"
+  records = testlib.arithmetic_sft_records(24)
+  testlib.tiny_hf_model(base, seed=0)
+  testlib.tiny_tokenizer(base, [formats.sft_prompt(r["query"]) + r["response"] for r in records])
+  testlib.write_json(base / "sft0.json", records)
+  assert _case("config_mismatch", tmp_path) == [["config_mismatch OUT/work: the 2 processes differ in accum_steps"]] * 2
