@@ -282,8 +282,7 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
   identity = _run_identity(config, pipe, initial_checkpoint)
   # Before any collective: the step counts must agree, and so must the settings a resume may change (the mesh, the
   # micro-batches, when to save) that shape every process's collectives.
-  _check_same_everywhere(workdir, dict(identity, **{k: v for k, v in json.loads(json.dumps(dataclasses.asdict(
-      config))).items() if k in _RESUMABLE_CHANGES}))
+  _check_same_everywhere(workdir, dict(identity, **{k: getattr(config, k) for k in _RESUMABLE_CHANGES}))
   if latest is None:
     if model is None:
       raise ValueError(f"{workdir}: no checkpoint to resume from and no initial model")
