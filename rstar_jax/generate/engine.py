@@ -119,7 +119,7 @@ class Engine:
       stop_check_interval: decode steps between host checks for stop strings.
       max_rows: the most rows one device batch holds (>= 1; None: no limit); bigger calls run in several batches
         (memory bound).
-      pad_id: the token written at padded and finished positions.
+      pad_id: the token written at padded and finished positions (a token id of the model; never attended to).
       scan_layers: False (default) runs the layers as a list (`rstar_jax.models.unstack_layers`): a stacked model's
         layer weights are copied once into per-layer buffers, which a decode step reads in place (about 2x faster
         at batch 1 on CPU; drop the stacked model afterwards to free its copy; an unstacked model is used as is).
@@ -155,7 +155,12 @@ class Engine:
     if max_rows is not None and max_rows < 1:
       raise ValueError(f"max_rows must be >= 1 (None: no limit), got {max_rows}")
     self.max_rows = max_rows
-    self.pad_id = pad_id
+    if (isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer))
+        or not 0 <= pad_id < self.config.vocab_size):
+      # The embedding looks up an id past the vocabulary as NaN, and NaN keys/values at masked (padded) slots still
+      # reach the live rows through the attention sum (0 * NaN): every padded prompt's tokens silently changed.
+      raise ValueError(f"pad_id must be a token id in [0, {self.config.vocab_size}), got {pad_id!r}")
+    self.pad_id = int(pad_id)
     graphdef, self._params = nnx.split(model)
     rules = tuple((name, tuple(axes)) for name, axes in rules)
     self._kernel_args = (graphdef, self.config, mesh, rules, pad_id)

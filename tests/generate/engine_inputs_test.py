@@ -1,7 +1,7 @@
 """Engine inputs that were answered wrongly or with an unrelated error: each is now refused, naming what is wrong."""
 
 import pytest
-from generate_helpers import TEST_BUCKETS, load_tiny
+from generate_helpers import TEST_BUCKETS, hf_generate, load_tiny
 
 from rstar_jax.generate import Engine, Greedy, Request
 
@@ -83,3 +83,20 @@ def test_a_tokenizer_path_instead_of_a_tokenizer_is_refused():
   with pytest.raises(TypeError, match=r"tokenizer must be a loaded tokenizer .*load_tokenizer\(path\)\), got str "
                                       r"'tok/dir/'"):
     Engine(load_tiny(), tokenizer="tok/dir/", eos_ids=(), buckets=TEST_BUCKETS)
+
+
+@pytest.mark.parametrize("pad_id", [512, 10**6, -1, 1.0, True, None])
+def test_a_pad_id_that_is_not_a_token_id_is_refused(pad_id):
+  # nnx.Embed looks up an id past the vocabulary as NaN: the NaN keys/values written at a row's padded (masked) slots
+  # still reached the live rows (0 * NaN in the attention sum), so pad_id=512 (VOCAB) silently changed the greedy
+  # tokens of every prompt that was padded.
+  with pytest.raises(ValueError, match=rf"pad_id must be a token id in \[0, 512\), got {pad_id!r}"):
+    Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS, pad_id=pad_id)
+
+
+def test_the_last_token_id_as_pad_id_changes_nothing():
+  prompts = [[5, 6, 7, 8, 9], [3]]  # the short one is left-padded
+  expected = hf_generate(prompts, 3)
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS, pad_id=511, share_prefixes=False)
+  results = engine.generate([Request(p) for p in prompts], Greedy(), max_new_tokens=3)
+  assert [row[0].token_ids for row in results] == [tuple(e) for e in expected.tolist()]
