@@ -269,8 +269,12 @@ class Engine:
             ) -> tuple[list[_Row], np.ndarray, list[list[Result | None]]]:
     """Requests -> rows (one per sample) with their keys; results pre-filled for rows with no room to generate."""
     check_limits(max_new_tokens, max_context)
+    if isinstance(requests, Request):  # iterating it failed as "'Request' object is not iterable"
+      raise TypeError("requests must be a sequence of Request, got one Request (wrap it in a list)")
     rows: list[_Row] = []
     for r, req in enumerate(requests):
+      if not isinstance(req, Request):  # bare token ids failed as "'list' object has no attribute 'prompt'"
+        raise TypeError(f"request {r}: expected a Request(prompt, n, seed), got {type(req).__name__} {req!r:.40}")
       prompt = _token_ids(req.prompt, f"request {r}", self.config.vocab_size)
       if prompt.size == 0:
         raise ValueError(f"request {r}: empty prompt")

@@ -100,3 +100,17 @@ def test_the_last_token_id_as_pad_id_changes_nothing():
   engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS, pad_id=511, share_prefixes=False)
   results = engine.generate([Request(p) for p in prompts], Greedy(), max_new_tokens=3)
   assert [row[0].token_ids for row in results] == [tuple(e) for e in expected.tolist()]
+
+
+@pytest.mark.parametrize("requests,message", [
+    ([[1, 2, 3]], r"request 0: expected a Request\(prompt, n, seed\), got list \[1, 2, 3\]"),  # was "'list' object
+    ([Request([1]), (4, 5)], r"request 1: expected a Request\(prompt, n, seed\), got tuple"),  # has no attribute"
+    (Request([1, 2]), r"requests must be a sequence of Request, got one Request"),  # was "not iterable"
+])
+def test_requests_that_are_not_requests_are_named(requests, message):
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
+  with pytest.raises(TypeError, match=message):
+    engine.generate(requests, Greedy(), max_new_tokens=2)
+  with pytest.raises(TypeError, match=message):
+    engine.precompile(requests, Greedy(), max_new_tokens=2)
+
