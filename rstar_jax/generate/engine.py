@@ -214,6 +214,7 @@ class Engine:
     """
     if self.is_ppm:
       raise TypeError("this Engine wraps a PPM (no LM head): use values(), or build the Engine from a Qwen2")
+    _check_sampler(sampler)
     stop = stops_lib.validate_stops(stop)
     eos_ids = self.eos_ids if eos_ids is None else _eos_ids(eos_ids, self.config.vocab_size)
     if stop and self.tokenizer is None:
@@ -238,6 +239,7 @@ class Engine:
     """
     if self.is_ppm:
       raise TypeError("this Engine wraps a PPM: nothing to precompile for generate()")
+    _check_sampler(sampler)
     self._follow_tokenizer_length()
     rows, keys, _ = self._rows(requests, max_new_tokens, max_context)
     for chunk in self._row_chunks(token_order([row.prompt for row in rows])):
@@ -509,6 +511,18 @@ def check_limits(max_new_tokens: int, max_context: int | None) -> None:
       continue
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_sampler(sampler: Any) -> None:
+  """Refuses what is not a sampling method instance before it reaches the jitted kernels, where a temperature in
+  its place failed as "'float' object is not callable" and the class `Sampling` as "temperature must be a number,
+  got JitTracer(...)"."""
+  if isinstance(sampler, type):
+    raise TypeError(f"sampler must be Greedy() or Sampling(temperature, top_p, top_k), got the class "
+                    f"{sampler.__name__} (call it)")
+  if not callable(sampler):
+    raise TypeError(f"sampler must be Greedy() or Sampling(temperature, top_p, top_k), got "
+                    f"{type(sampler).__name__} {sampler!r:.40}")
 
 
 def _eos_ids(ids: Sequence[int], vocab_size: int) -> tuple[int, ...]:

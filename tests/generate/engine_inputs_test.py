@@ -3,7 +3,7 @@
 import pytest
 from generate_helpers import TEST_BUCKETS, hf_generate, load_tiny
 
-from rstar_jax.generate import Engine, Greedy, Request
+from rstar_jax.generate import Engine, Greedy, Request, Sampling
 
 
 @pytest.mark.parametrize("max_rows", [0, -1])
@@ -114,3 +114,15 @@ def test_requests_that_are_not_requests_are_named(requests, message):
   with pytest.raises(TypeError, match=message):
     engine.precompile(requests, Greedy(), max_new_tokens=2)
 
+
+@pytest.mark.parametrize("sampler,shown", [(0.7, "float 0.7"), (Sampling, "the class Sampling"), ("greedy", "str"),
+                                           (None, "NoneType")])
+def test_a_sampler_that_is_not_a_sampling_method_is_named(sampler, shown):
+  # A temperature in its place failed inside the jitted kernel as "'float' object is not callable", and the class
+  # Sampling (not an instance) as "temperature must be a number, got JitTracer(float32[1,512])".
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
+  message = rf"sampler must be Greedy\(\) or Sampling\(temperature, top_p, top_k\), got {shown}"
+  with pytest.raises(TypeError, match=message):
+    engine.generate([Request([1, 2])], sampler, max_new_tokens=2)
+  with pytest.raises(TypeError, match=message):
+    engine.precompile([Request([1, 2])], sampler, max_new_tokens=2)
