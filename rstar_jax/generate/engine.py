@@ -149,12 +149,14 @@ class Engine:
       split = math.prod(mesh.shape[a] for a in dict(rules).get("batch", ()) if a in mesh.shape)
     self.buckets = dataclasses.replace(buckets or Buckets(), batch_split=split)
     self.share_prefixes = share_prefixes
-    if stop_check_interval < 1:
-      raise ValueError(f"stop_check_interval must be >= 1, got {stop_check_interval}")
-    self.stop_check_interval = stop_check_interval
-    if max_rows is not None and max_rows < 1:
-      raise ValueError(f"max_rows must be >= 1 (None: no limit), got {max_rows}")
-    self.max_rows = max_rows
+    # A float failed at the first call as "'float' object cannot be interpreted as an integer" (a chunk size, a
+    # static slice width), naming neither setting.
+    if not _is_int(stop_check_interval) or stop_check_interval < 1:
+      raise ValueError(f"stop_check_interval must be an integer >= 1, got {stop_check_interval!r}")
+    self.stop_check_interval = int(stop_check_interval)
+    if max_rows is not None and (not _is_int(max_rows) or max_rows < 1):
+      raise ValueError(f"max_rows must be an integer >= 1 (None: no limit), got {max_rows!r}")
+    self.max_rows = None if max_rows is None else int(max_rows)
     if (isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer))
         or not 0 <= pad_id < self.config.vocab_size):
       # The embedding looks up an id past the vocabulary as NaN, and NaN keys/values at masked (padded) slots still
@@ -511,6 +513,10 @@ def check_limits(max_new_tokens: int, max_context: int | None) -> None:
       continue
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _check_sampler(sampler: Any) -> None:

@@ -9,8 +9,17 @@ from rstar_jax.generate import Engine, Greedy, Request, Sampling
 @pytest.mark.parametrize("max_rows", [0, -1])
 def test_max_rows_below_one_is_refused(max_rows):
   # A negative max_rows made no batch at all (each request's result was None); 0 silently meant "no limit".
-  with pytest.raises(ValueError, match="max_rows must be >= 1"):
+  with pytest.raises(ValueError, match="max_rows must be an integer >= 1"):
     Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS, max_rows=max_rows)
+
+
+@pytest.mark.parametrize("setting,value", [("max_rows", 2.5), ("max_rows", "4"), ("stop_check_interval", 2.5),
+                                           ("stop_check_interval", None), ("stop_check_interval", True)])
+def test_batch_settings_that_are_not_integers_are_named(setting, value):
+  # 2.5 was accepted and failed at the first call as "'float' object cannot be interpreted as an integer", "4" and
+  # None as "'<' not supported between instances of ...", naming neither setting; True checked every 1 step.
+  with pytest.raises(ValueError, match=rf"{setting} must be an integer >= 1.*, got {value!r}"):
+    Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS, **{setting: value})
 
 
 def test_max_rows_of_one_runs_every_row():
