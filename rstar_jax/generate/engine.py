@@ -198,7 +198,7 @@ class Engine:
   # --- generation ----------------------------------------------------------------------------------------------------
 
   def generate(self, requests: Sequence[Request], sampler: SamplingMethod = Greedy(), *, max_new_tokens: int,
-               stop: Sequence[str] = (), eos_ids: Sequence[int] | None = None, max_context: int | None = None,
+               stop: Sequence[str] | None = (), eos_ids: Sequence[int] | None = None, max_context: int | None = None,
                progress: bool = False) -> list[list[Result]]:
     """Generates `n` samples for each request.
 
@@ -206,7 +206,7 @@ class Engine:
       requests: prompts (token ids), sample counts and seeds.
       sampler: `Greedy()` or `Sampling(temperature, top_p, top_k)`.
       max_new_tokens: M, the most tokens a sample generates (a static shape: keep it fixed across calls).
-      stop: stop strings (need a tokenizer).
+      stop: stop strings (need a tokenizer); None or empty: none.
       eos_ids: overrides the engine's EOS ids for this call.
       max_context: if given, a row also stops ("length") when prompt + generated tokens reach it.
       progress: show a progress bar over decode steps.

@@ -109,7 +109,10 @@ def tail_start(num_old: int, stops: Sequence[str]) -> int:
   return max(0, num_old - 4 * longest - 4)
 
 
-def validate_stops(stops: Sequence[str]) -> tuple[str, ...]:
+def validate_stops(stops: Sequence[str] | None) -> tuple[str, ...]:
+  """The stop strings as a tuple; None is no stop strings (vLLM's `SamplingParams(stop=None)`)."""
+  if stops is None:
+    return ()
   if isinstance(stops, str):
     raise TypeError(f"stop must be a sequence of strings, got the string {stops!r}")
   stops = tuple(stops)

@@ -1,7 +1,7 @@
 """Engine inputs that were answered wrongly or with an unrelated error: each is now refused, naming what is wrong."""
 
 import pytest
-from generate_helpers import TEST_BUCKETS, hf_generate, load_tiny
+from generate_helpers import TEST_BUCKETS, hf_generate, load_tiny, tiny_tokenizer
 
 from rstar_jax.generate import Engine, Greedy, Request, Sampling
 
@@ -135,3 +135,14 @@ def test_a_sampler_that_is_not_a_sampling_method_is_named(sampler, shown):
     engine.generate([Request([1, 2])], sampler, max_new_tokens=2)
   with pytest.raises(TypeError, match=message):
     engine.precompile([Request([1, 2])], sampler, max_new_tokens=2)
+
+
+def test_stop_none_means_no_stop_strings_as_in_vllm():
+  # vLLM's SamplingParams(stop=None) (the official search passes `config.stop`, None when unset) failed here as
+  # "'NoneType' object is not iterable".
+  prompts = [[5, 6, 7, 8, 9], [3]]
+  expected = hf_generate(prompts, 3)
+  engine = Engine(load_tiny(), tokenizer=tiny_tokenizer(), eos_ids=(), buckets=TEST_BUCKETS)
+  results = engine.generate([Request(p) for p in prompts], Greedy(), max_new_tokens=3, stop=None)
+  got = [(row[0].token_ids, row[0].stop_reason) for row in results]
+  assert got == [(tuple(e), "length") for e in expected.tolist()]
