@@ -222,6 +222,7 @@ class Engine:
     if stop and self.tokenizer is None:
       raise ValueError("stop strings need a tokenizer: Engine(model, tokenizer=...)")
     self._follow_tokenizer_length()
+    requests = _request_list(requests)
     rows, keys, results = self._rows(requests, max_new_tokens, max_context)
     self.stats = dict(prefill_s=0.0, decode_s=0.0, steps=0, batches=[])
     for chunk in self._row_chunks(token_order([row.prompt for row in rows])):
@@ -243,7 +244,7 @@ class Engine:
       raise TypeError("this Engine wraps a PPM: nothing to precompile for generate()")
     _check_sampler(sampler)
     self._follow_tokenizer_length()
-    rows, keys, _ = self._rows(requests, max_new_tokens, max_context)
+    rows, keys, _ = self._rows(_request_list(requests), max_new_tokens, max_context)
     for chunk in self._row_chunks(token_order([row.prompt for row in rows])):
       plan, args, statics = self._batch_inputs([rows[i] for i in chunk], keys[chunk], sampler, max_new_tokens, ())
       k = self._k
@@ -273,8 +274,6 @@ class Engine:
             ) -> tuple[list[_Row], np.ndarray, list[list[Result | None]]]:
     """Requests -> rows (one per sample) with their keys; results pre-filled for rows with no room to generate."""
     check_limits(max_new_tokens, max_context)
-    if isinstance(requests, Request):  # iterating it failed as "'Request' object is not iterable"
-      raise TypeError("requests must be a sequence of Request, got one Request (wrap it in a list)")
     rows: list[_Row] = []
     for r, req in enumerate(requests):
       if not isinstance(req, Request):  # bare token ids failed as "'list' object has no attribute 'prompt'"
@@ -513,6 +512,14 @@ def check_limits(max_new_tokens: int, max_context: int | None) -> None:
       continue
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _request_list(requests: Sequence[Request]) -> list[Request]:
+  """The requests as a list: a generator was read twice (rows, then results by index) and failed as "'generator'
+  object is not subscriptable"; one Request, unwrapped, as "'Request' object is not iterable"."""
+  if isinstance(requests, Request):
+    raise TypeError("requests must be a sequence of Request, got one Request (wrap it in a list)")
+  return list(requests)
 
 
 def _is_int(value: Any) -> bool:

@@ -146,3 +146,13 @@ def test_stop_none_means_no_stop_strings_as_in_vllm():
   results = engine.generate([Request(p) for p in prompts], Greedy(), max_new_tokens=3, stop=None)
   got = [(row[0].token_ids, row[0].stop_reason) for row in results]
   assert got == [(tuple(e), "length") for e in expected.tolist()]
+
+
+def test_requests_from_a_generator_give_the_results_of_a_list():
+  # A generator was iterated twice (rows, then results by request index): "'generator' object is not subscriptable".
+  prompts = [[5, 6, 7, 8, 9], [3]]
+  expected = hf_generate(prompts, 3)
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
+  engine.precompile((Request(p) for p in prompts), Greedy(), max_new_tokens=3)
+  results = engine.generate((Request(p, n=2) for p in prompts), Greedy(), max_new_tokens=3)
+  assert [[r.token_ids for r in row] for row in results] == [[tuple(e)] * 2 for e in expected.tolist()]
