@@ -137,6 +137,11 @@ class Engine:
     self.tokenizer = tokenizer
     if eos_ids is None:
       eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None
+      if eos is not None and not self.is_ppm and not 0 <= int(eos) < self.config.vocab_size:
+        # As an explicit one is refused: an id past the model's rows is never generated, so no row would ever end at
+        # EOS (the rows ran to max_new_tokens without a word).
+        raise ValueError(f"the tokenizer's EOS id {int(eos)} is not a token id of the model (vocab_size "
+                         f"{self.config.vocab_size}): is it the model's tokenizer? Pass eos_ids= (() for none)")
       self.eos_ids = () if eos is None else (int(eos),)
     else:
       self.eos_ids = _eos_ids(eos_ids, self.config.vocab_size)

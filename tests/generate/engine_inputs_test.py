@@ -1,9 +1,10 @@
 """Engine inputs that were answered wrongly or with an unrelated error: each is now refused, naming what is wrong."""
 
 import pytest
-from generate_helpers import TEST_BUCKETS, hf_generate, load_tiny, tiny_tokenizer
+from generate_helpers import QWEN_TOKENIZER, TEST_BUCKETS, hf_generate, load_tiny, tiny_tokenizer
 
 from rstar_jax.generate import Engine, Greedy, Request, Sampling
+from rstar_jax.tokenizer import load_tokenizer
 
 
 @pytest.mark.parametrize("max_rows", [0, -1])
@@ -156,3 +157,16 @@ def test_requests_from_a_generator_give_the_results_of_a_list():
   engine.precompile((Request(p) for p in prompts), Greedy(), max_new_tokens=3)
   results = engine.generate((Request(p, n=2) for p in prompts), Greedy(), max_new_tokens=3)
   assert [[r.token_ids for r in row] for row in results] == [[tuple(e)] * 2 for e in expected.tolist()]
+
+
+def test_a_tokenizer_eos_outside_the_model_vocabulary_is_refused():
+  # eos_ids=[151643] is refused for a 512-id model (never generated: rows would silently never end at EOS), but the
+  # same id taken from the tokenizer (the Qwen2.5 tokenizer with a small test model) was accepted without a word.
+  qwen = load_tokenizer(QWEN_TOKENIZER)
+  assert qwen.eos_id == 151643
+  with pytest.raises(ValueError, match=r"the tokenizer's EOS id 151643 is not a token id of the model \(vocab_size "
+                                       r"512\).*eos_ids="):
+    Engine(load_tiny(), tokenizer=qwen, buckets=TEST_BUCKETS)
+  with pytest.raises(ValueError, match=r"eos_ids: token ids outside \[0, 512\)"):
+    Engine(load_tiny(), tokenizer=qwen, eos_ids=[151643], buckets=TEST_BUCKETS)
+  assert Engine(load_tiny(), tokenizer=qwen, eos_ids=(), buckets=TEST_BUCKETS).eos_ids == ()
