@@ -190,7 +190,7 @@ def test_command_line_max_rows_splits_batches_and_refuses_a_count_below_one(tmp_
   # -1 cut no batch: every value printed was 0.0 (and generation crashed on results it never filled).
   for rows in ("0", "-1"):
     _assert_usage_error(capsys, argv + ["--max-rows", rows], rf"error: --max-rows must be >= 1, got {rows}")
-  with pytest.raises(ValueError, match="max_rows must be >= 1"):
+  with pytest.raises(ValueError, match="max_rows must be an integer >= 1"):
     Engine(convert.load_ppm(tiny_ppm_dir()[0]), max_rows=-1)
 
 
