@@ -253,11 +253,16 @@ def main(argv=None) -> int:
     # 3. PPM-augmented MCTS with the random policy (machinery check; the text is noise).
     engine_policy = EnginePolicy(Engine(policy, tokenizer=tokenizer), temperature=1.0, max_new_tokens=24)
     scorer = PPMScorer(Engine(convert.load_ppm(ppm_dir, scan_layers=False), tokenizer=tokenizer))
-    random_cfg = SearchConfig(mode="ppm_augmented", num_rollouts=2, num_candidates=4, max_depth=4, seed=0)
+    # Random text run as code always errors: with the default errors_threshold of 1 every step that ends at a stop
+    # string is terminal, and the rest are truncated (unparsable), so the PPM never scored a node. A second error in
+    # a row ends a path here, so a step whose code failed once stays open and is scored.
+    random_cfg = SearchConfig(mode="ppm_augmented", num_rollouts=2, num_candidates=4, max_depth=4,
+                              errors_threshold=2, seed=0)
     trees = run_search(problems[:8], engine_policy, pool, random_cfg, prompt_fn=prompt_template.format,
                        scorer=scorer, output_dir=os.path.join(workdir, "trees_random_policy"))
     nodes = sum(len(t["nodes"]) for t in trees)
-    _log(f"random-policy MCTS: {len(trees)} trees, {nodes} nodes written")
+    scored = sum(n["ppm_value"] is not None for t in trees for n in t["nodes"])
+    _log(f"random-policy MCTS: {len(trees)} trees, {nodes} nodes written, {scored} scored by the PPM")
 
     # 4. Terminal-guided MCTS with the scripted teacher, graded against the real answers.
     teacher = TeacherPolicy({p.question: p.ground_truth for p in problems})

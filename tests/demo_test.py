@@ -21,9 +21,15 @@ def test_demo_runs_every_stage(tmp_path):
   assert "bit-identical: True" in proc.stdout
   last_diff = [l for l in proc.stdout.splitlines() if l.startswith("max_abs_logit_diff=")]
   assert last_diff and float(last_diff[0].split("=")[1]) <= 1e-4
+  trees = {}
   for shard_dir in ("trees_random_policy", "trees_round1"):
     shards = [f for f in os.listdir(tmp_path / shard_dir) if f.endswith(".jsonl")]
-    assert shards and all(read_trees(str(tmp_path / shard_dir / f)) for f in shards)
+    assert shards
+    trees[shard_dir] = [t for f in shards for t in read_trees(str(tmp_path / shard_dir / f))]
+  # Stage 3 claims to run the PPM scorer: with errors_threshold 1 every random step was terminal (truncated, or code
+  # that errors), so no node was ever scored and the PPM path went unexercised.
+  scored = sum(n["ppm_value"] is not None for t in trees["trees_random_policy"] for n in t["nodes"])
+  assert scored > 0
   sft = [json.loads(l) for l in open(tmp_path / "sft_r1.jsonl", encoding="utf-8")]
   pairs = [json.loads(l) for l in open(tmp_path / "pairs_r1.jsonl", encoding="utf-8")]
   assert sft and {"query", "response"} <= set(sft[0])
