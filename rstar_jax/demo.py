@@ -135,6 +135,21 @@ _DEMO_ENTRIES = frozenset({"demo.json", "tokenizer", "policy_r0", "ppm_r0", "pol
                            "trees_round1", "sft_r1.jsonl", "pairs_r1.jsonl", "train_policy_r1", "train_ppm_r1"})
 
 
+# Everything a run's files depend on besides --problems. Kept in demo.json with the problem count: a workdir written
+# with other settings (by another version of the demo) is refused before anything is rebuilt over it, instead of
+# rebuilding the tokenizer and models and then failing in a stage that checks its own files.
+_SETTINGS = {
+    "tokenizer_vocab_size": 1024,
+    "random_policy": {"temperature": 1.0, "max_new_tokens": 24},
+    "random_search": {"mode": "ppm_augmented", "num_rollouts": 2, "num_candidates": 4, "max_depth": 4,
+                      "errors_threshold": 2, "seed": 0},
+    "teacher_search": {"mode": "terminal_guided", "num_rollouts": 8, "num_candidates": 4, "max_depth": 6,
+                       "errors_threshold": 2, "seed": 0},
+    "train_data": {"max_len": 256, "batch_size": 8, "num_epochs": 4},
+    "learning_rate": 3e-3,
+}
+
+
 def _written_by_demo(name: str) -> bool:
   # An interrupted atomic write leaves `NAME.<host>.<pid>.<random>.tmp` (or `NAME.tmp<pid>`) behind.
   return name in _DEMO_ENTRIES or (".tmp" in name and any(name.startswith(e + ".") for e in _DEMO_ENTRIES))
@@ -176,7 +191,7 @@ def main(argv=None) -> int:
                    f"{', ...' if len(foreign) > 3 else ''}); refusing to delete it")
   # The run's settings, kept in the workdir: every stage resumes from its files, so another problem count must not
   # rebuild the tokenizer and models under trees and checkpoints made from the old ones.
-  settings_file, settings = os.path.join(workdir, "demo.json"), {"problems": args.problems}
+  settings_file, settings = os.path.join(workdir, "demo.json"), {"problems": args.problems, **_SETTINGS}
   if not args.fresh and os.path.isfile(settings_file):
     try:
       with open(settings_file, encoding="utf-8") as f:
@@ -189,6 +204,15 @@ def main(argv=None) -> int:
     if stored.get("problems") != args.problems:
       parser.error(f"--problems {args.problems}, but {workdir} holds a run with --problems {stored.get('problems')}: "
                    "run with that to resume it, add --fresh to start over, or pick another --workdir")
+    differ = sorted(key for key in set(stored) | set(settings) if stored.get(key) != settings.get(key))
+    if differ:
+      parser.error(f"{settings_file}: written by a demo with other settings ({', '.join(differ)} differ): add --fresh "
+                   "to start over, or pick another --workdir")
+  elif not args.fresh and os.path.isdir(workdir):
+    stages = sorted(name for name in os.listdir(workdir) if name in _DEMO_ENTRIES)
+    if stages:  # demo.json is written before any stage's file
+      parser.error(f"--workdir {workdir} holds a run of a demo that kept no demo.json ({', '.join(stages[:3])}"
+                   f"{', ...' if len(stages) > 3 else ''}): add --fresh to start over, or pick another --workdir")
   try:  # now, not by a traceback once jax is imported
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -220,7 +244,7 @@ def main(argv=None) -> int:
     with open(os.path.join(assets, "prompts", name), encoding="utf-8") as f:
       corpus.append(f.read())
   tok_dir = os.path.join(workdir, "tokenizer")
-  tokenizer = build_tokenizer(tok_dir, corpus, vocab_size=1024)
+  tokenizer = build_tokenizer(tok_dir, corpus, vocab_size=_SETTINGS["tokenizer_vocab_size"])
   _log(f"tokenizer: {len(tokenizer)} tokens (byte-level BPE + rStar tags); "
        f"'<end_of_step>' -> {tokenizer.encode('<end_of_step>')}")
 
@@ -251,13 +275,12 @@ def main(argv=None) -> int:
     _log(f"sandbox pool: isolation level {pool.isolation_level!r}")
 
     # 3. PPM-augmented MCTS with the random policy (machinery check; the text is noise).
-    engine_policy = EnginePolicy(Engine(policy, tokenizer=tokenizer), temperature=1.0, max_new_tokens=24)
+    engine_policy = EnginePolicy(Engine(policy, tokenizer=tokenizer), **_SETTINGS["random_policy"])
     scorer = PPMScorer(Engine(convert.load_ppm(ppm_dir, scan_layers=False), tokenizer=tokenizer))
     # Random text run as code always errors: with the default errors_threshold of 1 every step that ends at a stop
     # string is terminal, and the rest are truncated (unparsable), so the PPM never scored a node. A second error in
-    # a row ends a path here, so a step whose code failed once stays open and is scored.
-    random_cfg = SearchConfig(mode="ppm_augmented", num_rollouts=2, num_candidates=4, max_depth=4,
-                              errors_threshold=2, seed=0)
+    # a row ends a path here (_SETTINGS), so a step whose code failed once stays open and is scored.
+    random_cfg = SearchConfig(**_SETTINGS["random_search"])
     trees = run_search(problems[:8], engine_policy, pool, random_cfg, prompt_fn=prompt_template.format,
                        scorer=scorer, output_dir=os.path.join(workdir, "trees_random_policy"))
     nodes = sum(len(t["nodes"]) for t in trees)
@@ -266,8 +289,7 @@ def main(argv=None) -> int:
 
     # 4. Terminal-guided MCTS with the scripted teacher, graded against the real answers.
     teacher = TeacherPolicy({p.question: p.ground_truth for p in problems})
-    teacher_cfg = SearchConfig(mode="terminal_guided", num_rollouts=8, num_candidates=4, max_depth=6,
-                               errors_threshold=2, seed=0)
+    teacher_cfg = SearchConfig(**_SETTINGS["teacher_search"])
     tree_dir = os.path.join(workdir, "trees_round1")
     trees = run_search(problems, teacher, pool, teacher_cfg, prompt_fn=prompt_template.format,
                        output_dir=tree_dir, grader=grading.default_grader())
@@ -283,8 +305,8 @@ def main(argv=None) -> int:
   _log(f"extraction: {stats}")
 
   # 6. Policy SFT from the base model, then the PPM from the SFT policy.
-  data = PipelineConfig(max_len=256, batch_size=8, num_epochs=4)
-  optimizer = OptimizerConfig(learning_rate=3e-3)
+  data = PipelineConfig(**_SETTINGS["train_data"])
+  optimizer = OptimizerConfig(learning_rate=_SETTINGS["learning_rate"])
   sft = train_policy(policy_dir, sft_file, os.path.join(workdir, "train_policy_r1"),
                      config=sft_config(data=data, optimizer=optimizer, mesh=(1, 1, 1), progress=False,
                                        tensorboard=False, async_checkpoint=False),

@@ -104,3 +104,26 @@ def test_a_full_disk_while_writing_the_tokenizer_names_the_file(tmp_path):
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "File too large" in proc.stdout and str(tmp_path / "tokenizer" / "tokenizer.json") in proc.stdout, proc.stdout
+
+
+def test_a_workdir_from_a_demo_with_other_settings_stops_before_rebuilding_anything(tmp_path, capsys):
+  from rstar_jax import demo
+  # A workdir written by an earlier demo (its demo.json held only the problem count; its random-policy search ran with
+  # errors_threshold 1). It rebuilt the tokenizer and models over it, then died with a traceback in the search:
+  # "trees.config.json: ... (errors_threshold: 1 there, 2 now); resume with the same config", advice a demo user
+  # cannot follow.
+  (tmp_path / "demo.json").write_text('{"problems": 16}\n')
+  (tmp_path / "tokenizer").mkdir()
+  with pytest.raises(SystemExit) as exit_info:
+    demo.main(["--workdir", str(tmp_path)])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert f"{tmp_path / 'demo.json'}: written by a demo with other settings (" in err and "--fresh" in err, err
+  assert not list((tmp_path / "tokenizer").iterdir()) and sorted(os.listdir(tmp_path)) == ["demo.json", "tokenizer"]
+  # Stage files without any demo.json: a demo from before demo.json existed.
+  (tmp_path / "demo.json").unlink()
+  with pytest.raises(SystemExit) as exit_info:
+    demo.main(["--workdir", str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert "holds a run of a demo that kept no demo.json" in capsys.readouterr().err
+  assert os.listdir(tmp_path) == ["tokenizer"]
