@@ -32,6 +32,8 @@ from importlib import resources
 
 import numpy as np
 
+from rstar_jax import files  # no jax: the workdir is checked before jax is imported
+
 STOP_TAG = "<|endoftext|>"
 
 
@@ -47,7 +49,6 @@ def build_tokenizer(out_dir: str, corpus: list[str], vocab_size: int):
   """Trains a byte-level BPE on `corpus`, adds the rStar tags, saves to `out_dir` and returns our Tokenizer."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-  from rstar_jax import files
   from rstar_jax.tokenizer import add_rstar_tokens, load_tokenizer
   bpe = Tokenizer(models.BPE())
   bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -217,11 +218,17 @@ def main(argv=None) -> int:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     parser.error(f"--workdir {workdir}: cannot create it ({e.strerror})")
+  try:  # an existing workdir can refuse files too (read-only, full): also a usage error, not a later traceback
+    if args.fresh:
+      _empty(workdir)
+    files.atomic_write(settings_file, json.dumps(settings) + "\n")
+  except OSError as e:
+    parser.error(f"--workdir {workdir}: cannot write in it ({e.strerror})")
 
   import jax
   from flax import nnx
 
-  from rstar_jax import files, grading, prompts
+  from rstar_jax import grading, prompts
   from rstar_jax.data import extract_files
   from rstar_jax.data.pipeline import PipelineConfig
   from rstar_jax.generate import Engine, EnginePolicy, PPMScorer
@@ -230,9 +237,6 @@ def main(argv=None) -> int:
   from rstar_jax.train import OptimizerConfig, ppm_config, sft_config, train_policy, train_ppm
   from sandbox import SandboxPool
 
-  if args.fresh:
-    _empty(workdir)
-  files.atomic_write(settings_file, json.dumps(settings) + "\n")
   records = available[:args.problems]
   problems = [Problem(f"GSM8K_test/{r['index']}", r["question"], str(r["answer"])) for r in records]
   prompt_template = prompts.load_sft_template(os.path.join(assets, "prompts"))

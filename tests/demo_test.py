@@ -127,3 +127,23 @@ def test_a_workdir_from_a_demo_with_other_settings_stops_before_rebuilding_anyth
   assert exit_info.value.code == 2
   assert "holds a run of a demo that kept no demo.json" in capsys.readouterr().err
   assert os.listdir(tmp_path) == ["tokenizer"]
+
+
+def test_a_workdir_the_demo_cannot_write_in_is_a_usage_error_before_jax_is_imported(tmp_path):
+  # A real failed write, no root needed (root writes in a chmod 555 folder): past RLIMIT_FSIZE, write(2) fails as in
+  # a read-only or full workdir. An existing workdir that took no files raised a PermissionError / OSError traceback
+  # after the imports, naming only a temporary file.
+  code = ("import resource, signal, sys\n"
+          "from rstar_jax import demo\n"
+          "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+          "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+          "try:\n"
+          "  demo.main(['--workdir', sys.argv[1]])\n"
+          "except SystemExit as e:\n"
+          "  print('exit', e.code, 'jax imported:', 'jax' in sys.modules)\n")
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert "exit 2 jax imported: False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert f"--workdir {tmp_path}: cannot write in it (File too large)" in proc.stderr, proc.stderr[-2000:]
+  assert os.listdir(tmp_path) == []
