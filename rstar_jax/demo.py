@@ -71,9 +71,9 @@ def build_tokenizer(out_dir: str, corpus: list[str], vocab_size: int):
 class TeacherPolicy:
   """Scripted bootstrap teacher: per step, candidates drawn (seeded) from right, wrong and broken code.
 
-  Depth 0 defines `answer` (the true number, or an off-by-some number, or a NameError); depth 1 prints it and closes
-  the code block; depth 2 boxes whatever the sandbox printed. So correct and wrong answers both occur, Q values
-  spread, and the answer is always what the executed code produced.
+  Depth 0 defines `answer` (the true number, or an off-by-some number, or a NameError; each expansion offers at least
+  one right and one wrong); depth 1 prints it and closes the code block; depth 2 boxes whatever the sandbox printed.
+  So correct and wrong answers both occur, Q values spread, and the answer is always what the executed code produced.
   """
 
   # Different reasoning comments per kind, so sibling steps differ by more than the pair filter's edit distance.
@@ -100,29 +100,35 @@ class TeacherPolicy:
       truth = self._answer_for(prompt)
       solution = prompt.split("<|assistant|>")[-1]
       outputs = re.findall(r"<output>(.*?)<end_of_output>", solution, flags=re.S)
-      candidates = []
-      for _ in range(n):
-        if outputs:  # the code block is closed: box what it printed
-          candidates.append(StepCandidate(f"<answer>The answer is \\boxed{{{outputs[-1].strip()}}}",
-                                          "<end_of_answer>"))
-        elif "<code>" in solution:  # `answer` is defined: print it and close the block
-          candidates.append(StepCandidate("\n# Step 2: report the result\nprint(answer)\n", "<end_of_code>"))
-        else:
-          kind = str(rng.choice(["right", "wrong", "broken"], p=[0.45, 0.45, 0.10]))
-          try:
-            value = float(truth)
-          except ValueError:
-            value = None
-          if kind == "right" or value is None:
-            expr = truth
-          elif kind == "wrong":
-            expr = repr(int(value) + int(rng.integers(1, 9)) if value.is_integer() else value + 1.5)
-          else:
-            expr = "total_from_the_question"
-          step = f"<code>\n# Step 1: {self.REASONING[kind]}\nanswer = {expr}\n"
-          candidates.append(StepCandidate(step, "<end_of_step>"))
+      if outputs:  # the code block is closed: box what it printed
+        candidates = [StepCandidate(f"<answer>The answer is \\boxed{{{outputs[-1].strip()}}}", "<end_of_answer>")] * n
+      elif "<code>" in solution:  # `answer` is defined: print it and close the block
+        candidates = [StepCandidate("\n# Step 2: report the result\nprint(answer)\n", "<end_of_code>")] * n
+      else:
+        kinds = [str(rng.choice(["right", "wrong", "broken"], p=[0.45, 0.45, 0.10])) for _ in range(n)]
+        # Every problem gets a right and a wrong first step: without both, a problem gave no SFT record or no
+        # preference pair, and `--problems 1` stopped in SFT with "no training examples".
+        if n >= 2 and "right" not in kinds:
+          kinds[0] = "right"
+        if n >= 2 and "wrong" not in kinds:
+          kinds[-1] = "wrong"
+        candidates = [StepCandidate(self._first_step(kind, truth, rng), "<end_of_step>") for kind in kinds]
       out.append(candidates)
     return out
+
+  def _first_step(self, kind: str, truth: str, rng: np.random.Generator) -> str:
+    """The step that defines `answer`: the true number, an off-by-some number, or an undefined name."""
+    try:
+      value = float(truth)
+    except ValueError:
+      value = None
+    if kind == "right" or value is None:
+      expr = truth
+    elif kind == "wrong":
+      expr = repr(int(value) + int(rng.integers(1, 9)) if value.is_integer() else value + 1.5)
+    else:
+      expr = "total_from_the_question"
+    return f"<code>\n# Step 1: {self.REASONING[kind]}\nanswer = {expr}\n"
 
 
 def _first_and_last_metrics(train_workdir: str) -> tuple[dict, dict]:

@@ -147,3 +147,19 @@ def test_a_workdir_the_demo_cannot_write_in_is_a_usage_error_before_jax_is_impor
   assert "exit 2 jax imported: False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert f"--workdir {tmp_path}: cannot write in it (File too large)" in proc.stderr, proc.stderr[-2000:]
   assert os.listdir(tmp_path) == []
+
+
+def test_the_teacher_offers_a_right_and_a_wrong_first_step_for_every_problem():
+  # Without both a problem gives no SFT record or no preference pair: `--problems 1` (GSM8K problem 0, whose four
+  # first steps were all wrong or broken) stopped in SFT with "sft_r1.jsonl: no training examples".
+  from rstar_jax import demo
+  with open(os.path.join(REPO, "rstar_jax", "assets", "gsm8k_demo.json"), encoding="utf-8") as f:
+    records = json.load(f)
+  teacher = demo.TeacherPolicy({r["question"]: str(r["answer"]) for r in records})
+  for record in records:
+    prompt = f"<|user|>:\n{record['question']}\n<|assistant|>: Let's think step by step."
+    for seed in range(50):
+      steps = [c.text for c in teacher.generate([prompt], n=4, seeds=[seed], stop=[])[0]]
+      defined = [s.split("answer = ")[1].strip() for s in steps]
+      assert str(record["answer"]) in defined, (record["index"], seed, defined)
+      assert any(d != str(record["answer"]) and d != "total_from_the_question" for d in defined), (seed, defined)
