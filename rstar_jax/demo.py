@@ -6,8 +6,8 @@ What it runs (all on the CPU, 1-2 minutes on 2 cores), writing every artifact un
   1. a byte-level BPE tokenizer trained on the bundled rStar prompts and problems, with the rStar step tags added;
   2. a random-weight tiny Qwen2 policy and PPM, exported as Hugging Face checkpoints (PPM: backbone +
      `value_head.bin`), reloaded bit-exactly, and checked against `transformers` when torch is installed;
-  3. PPM-augmented MCTS with that random policy through the generation engine, the sandbox pool and the PPM scorer
-     (the text is garbage: this exercises the machinery);
+  3. PPM-augmented MCTS with that random policy (on the first 8 bundled problems, whatever `--problems` is) through
+     the generation engine, the sandbox pool and the PPM scorer (the text is garbage: this exercises the machinery);
   4. terminal-guided MCTS with a scripted bootstrap teacher (a stand-in for the paper's strong round-1 policy; it
      writes code that sometimes computes the right number and sometimes a wrong one, and boxes what the sandbox
      printed) on the first `--problems` (16) bundled GSM8K problems, graded against their answers, giving
@@ -148,6 +148,8 @@ _DEMO_ENTRIES = frozenset({"demo.json", "tokenizer", "policy_r0", "ppm_r0", "pol
 _SETTINGS = {
     "tokenizer_vocab_size": 1024,
     "random_policy": {"temperature": 1.0, "max_new_tokens": 24},
+    # Whatever --problems is: a random step the PPM scores is rare (see stage 3), so fewer problems could score none.
+    "random_search_problems": 8,
     "random_search": {"mode": "ppm_augmented", "num_rollouts": 2, "num_candidates": 4, "max_depth": 4,
                       "errors_threshold": 2, "seed": 0},
     "teacher_search": {"mode": "terminal_guided", "num_rollouts": 8, "num_candidates": 4, "max_depth": 6,
@@ -291,7 +293,9 @@ def main(argv=None) -> int:
     # string is terminal, and the rest are truncated (unparsable), so the PPM never scored a node. A second error in
     # a row ends a path here (_SETTINGS), so a step whose code failed once stays open and is scored.
     random_cfg = SearchConfig(**_SETTINGS["random_search"])
-    trees = run_search(problems[:8], engine_policy, pool, random_cfg, prompt_fn=prompt_template.format,
+    random_problems = [Problem(f"GSM8K_test/{r['index']}", r["question"], str(r["answer"]))
+                       for r in available[:_SETTINGS["random_search_problems"]]]
+    trees = run_search(random_problems, engine_policy, pool, random_cfg, prompt_fn=prompt_template.format,
                        scorer=scorer, output_dir=os.path.join(workdir, "trees_random_policy"))
     nodes = sum(len(t["nodes"]) for t in trees)
     scored = sum(n["ppm_value"] is not None for t in trees for n in t["nodes"])

@@ -36,6 +36,17 @@ def test_demo_runs_every_stage(tmp_path):
   assert pairs and {"prompt", "pos", "neg", "pos_count", "neg_count"} <= set(pairs[0])
   assert (tmp_path / "train_policy_r1" / "export" / "model.safetensors").exists()
   assert (tmp_path / "train_ppm_r1" / "export" / "value_head.bin").exists()
+  # The smallest run (`--problems 1`) runs every stage too. It stopped in SFT with "no training examples" (problem 0
+  # had no right first step), and its random-policy search of problems[:1] never called the PPM scorer (only
+  # problems 6 and 7 of the first 8 get a scored node).
+  one = tmp_path / "one"
+  proc = subprocess.run([sys.executable, "-m", "rstar_jax.demo", "--workdir", str(one), "--problems", "1"], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  random_trees = read_trees(str(one / "trees_random_policy" / "trees-00000.jsonl"))
+  assert sum(n["ppm_value"] is not None for t in random_trees for n in t["nodes"]) > 0
+  assert [t["problem_id"] for t in read_trees(str(one / "trees_round1" / "trees-00000.jsonl"))] == ["GSM8K_test/0"]
+  assert (one / "train_ppm_r1" / "export" / "value_head.bin").exists()
 
 
 def test_bad_arguments_stop_before_any_work(tmp_path):
