@@ -147,7 +147,7 @@ _DEMO_ENTRIES = frozenset({"demo.json", "tokenizer", "policy_r0", "ppm_r0", "pol
 # rebuilding the tokenizer and models and then failing in a stage that checks its own files.
 _SETTINGS = {
     "tokenizer_vocab_size": 1024,
-    "random_policy": {"temperature": 1.0, "max_new_tokens": 24},
+    "random_policy": {"temperature": 1.0, "max_new_tokens": 128},
     # Whatever --problems is: a random step the PPM scores is rare (see stage 3), so fewer problems could score none.
     "random_search_problems": 8,
     "random_search": {"mode": "ppm_augmented", "num_rollouts": 2, "num_candidates": 4, "max_depth": 4,
@@ -291,7 +291,9 @@ def main(argv=None) -> int:
     scorer = PPMScorer(Engine(convert.load_ppm(ppm_dir, scan_layers=False), tokenizer=tokenizer))
     # Random text run as code always errors: with the default errors_threshold of 1 every step that ends at a stop
     # string is terminal, and the rest are truncated (unparsable), so the PPM never scored a node. A second error in
-    # a row ends a path here (_SETTINGS), so a step whose code failed once stays open and is scored.
+    # a row ends a path here (_SETTINGS), so a step whose code failed once stays open and is scored. A random policy
+    # samples a stop tag about once in 350 tokens: 128 new tokens (not 24) make a few scored steps near certain on
+    # any machine (with 24, none at all in about one run of ten, had the samples come out otherwise).
     random_cfg = SearchConfig(**_SETTINGS["random_search"])
     random_problems = [Problem(f"GSM8K_test/{r['index']}", r["question"], str(r["answer"]))
                        for r in available[:_SETTINGS["random_search_problems"]]]
