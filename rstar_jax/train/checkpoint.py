@@ -10,6 +10,7 @@ last complete step.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -71,8 +72,22 @@ def latest_step(directory: str | os.PathLike[str]) -> int | None:
   directory = os.path.abspath(os.fspath(directory))
   if not os.path.isdir(directory):
     return None
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  # A read-only manager logs "Given directory is read only=..." and more at WARNING level: a resumed run printed them
+  # as if something were wrong with its workdir. Only this look-up's records are dropped.
+  absl_logger, quiet = logging.getLogger("absl"), _BelowErrors()
+  absl_logger.addFilter(quiet)
   try:
-    return manager.latest_step()
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+      return manager.latest_step()
+    finally:
+      manager.close()
   finally:
-    manager.close()
+    absl_logger.removeFilter(quiet)
+
+
+class _BelowErrors(logging.Filter):
+  """Drops records below ERROR."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR

@@ -157,6 +157,21 @@ def test_checkpoints_are_saved_every_n_steps_and_at_the_last_only(tmp_path):
   assert sorted(int(name) for name in os.listdir(tmp_path / "checkpoints") if name.isdigit()) == [3, 6, 7]
 
 
+def test_looking_up_the_latest_checkpoint_logs_no_warnings(tmp_path, caplog):
+  # A resumed run printed orbax's "Given directory is read only=..." (and more) at WARNING level, from the read-only
+  # look-up of the step to resume, as if something were wrong with its workdir.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train.checkpoint import Checkpointer, latest_step  # pylint: disable=g-import-not-at-top
+  checkpointer = Checkpointer(tmp_path / "checkpoints", every=2, keep=10, async_save=False)
+  for step in (2, 4):
+    checkpointer.save(step, {"w": jnp.full(2, float(step))}, {"next_index": step})
+  checkpointer.close()
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    assert latest_step(tmp_path / "checkpoints") == 4
+  assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
+
+
 def test_a_fresh_run_does_not_inherit_the_metrics_of_a_run_that_left_no_checkpoint(inputs, tmp_path):
   # A run that stopped before its first checkpoint (here: stopped at step 4, saving every 100) is not resumed: the
   # re-run starts at step 1, here with other settings (a lower rate, as the non-finite loss error advises, and 2
