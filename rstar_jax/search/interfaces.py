@@ -119,7 +119,7 @@ def checked_candidates(candidates, num_prompts: int, n: int, stop: Sequence[str]
 
   Raises:
     ValueError: naming the prompt (and candidate) when the output is not `[num_prompts][n]` `StepCandidate`s, a
-      text is not a str, or a `stop_reason` is none of `stop`, "eos" and "length" (any other value would be
+      text is not a str (or holds a lone surrogate), or a `stop_reason` is none of `stop`, "eos" and "length" (any other value would be
       appended to the step's text as if it were the matched stop string).
   """
   candidates = _as_list(candidates, "policy output", f"a list of {num_prompts} candidate lists")
@@ -137,6 +137,11 @@ def checked_candidates(candidates, num_prompts: int, n: int, stop: Sequence[str]
         raise ValueError(f"{where} is a {type(c).__name__}, not a StepCandidate")
       if not isinstance(c.text, str):
         raise ValueError(f"{where}: text is a {type(c.text).__name__}, not a str")
+      try:  # a lone surrogate has no UTF-8: the tree record (or the program sent to the sandbox) failed unnamed
+        c.text.encode("utf-8")
+      except UnicodeEncodeError as e:
+        raise ValueError(f"{where}: text holds a lone surrogate {c.text[e.start]!r} at position {e.start}, which is "
+                         "not valid Unicode (a policy that decodes through a tokenizer never makes one)") from None
       if c.stop_reason not in allowed:
         raise ValueError(f"{where}: stop_reason {c.stop_reason!r} is none of the stop strings {list(stop)}, "
                          f"{STOP_EOS!r} or {STOP_LENGTH!r}")

@@ -391,6 +391,10 @@ _CODE = lambda i, j: StepCandidate(f"x = {j}\n", "<end_of_step>")
     (_FixedPolicy(lambda i, j: StepCandidate(f"x = {j}\n", None)), None, r"stop_reason None is none of"),
     (_FixedPolicy(lambda i, j: StepCandidate(7, "<end_of_step>")), None,
      r"policy candidate 0 of prompt 0: text is a int, not a str"),
+    # Half an emoji (a lone surrogate) has no UTF-8: writing the tree's shard failed after the whole search, naming
+    # neither the policy nor the candidate.
+    (_FixedPolicy(lambda i, j: StepCandidate(f"x = {j}  # \ud83d\n", "<end_of_step>")), None,
+     r"policy candidate 0 of prompt 0: text holds a lone surrogate '\\ud83d' at position 9"),
     (_FixedPolicy(lambda i, j: f"x = {j}\n<end_of_step>"), None, r"policy candidate 0 of prompt 0 is a str, not a "
                                                                   r"StepCandidate"),
     (_FixedPolicy(_CODE, lists=lambda out: out[:-1]), None, r"policy returned 1 candidate lists for 2 prompts"),
