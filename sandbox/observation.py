@@ -46,7 +46,11 @@ re-runs a timed-out last statement with no timer). Sandbox outcomes have fixed t
 `MemoryError: execution exceeded the memory limit ({memory_mb} MB)`, a death by signal is
 `RuntimeError: execution killed by signal {SIGNAME}`, and a process exit (`os._exit`) is
 `SystemExit: process exited with status {code}`. Lone surrogates in any text are replaced by U+FFFD so results
-always encode as UTF-8.
+always encode as UTF-8. A program runs as a script does, with `__name__ == "__main__"` (the official interpreter
+runs it in its own module's globals, where an `if __name__ == "__main__":` block never runs). Output is captured up
+to `max(4 * max_chars, 4096)` characters, so a printed number longer than that is cut (rule 7), where the official
+code, reading all of it, rounds it to `inf` (as any number of over 308 digits: only those of 4,097 to 4,300 digits,
+Python's limit for printing an int, differ).
 
 "plain" mode
 ------------
