@@ -452,6 +452,9 @@ def evaluate_ppm(ppm: PPM, pairs: Iterable[formats.PpmPair], tokenizer: Any, *,
                  mesh_shape: tuple[int, int, int] = (1, -1, 1)) -> dict[str, float]:
   """Pair accuracy and mean weighted loss of `ppm` on `pairs` (one pass, no shuffling).
 
+  `tokenizer` (an object, or a directory to load) gets the PPM trainer's rStar tags added, as `train_ppm` does (a
+  no-op for the tokenizer a PPM export holds).
+
   The PPM's parameters are placed on the `mesh_shape` mesh by the logical rules, wherever they were (e.g. a model
   loaded or trained on another mesh), and each batch gets masked padding pairs up to a multiple of data x fsdp, so
   any `data.batch_size` runs on any mesh. In a multi-process run every process passes all the pairs (the same ones:
@@ -472,6 +475,11 @@ def evaluate_ppm(ppm: PPM, pairs: Iterable[formats.PpmPair], tokenizer: Any, *,
     raise ValueError(f"evaluate_ppm: head must be one of {PPM_HEADS} (how the PPM was trained), got {head!r}")
   if not pairs:
     raise ValueError("evaluate_ppm: no pairs to evaluate")
+  if tokenizer is None:
+    raise TypeError("evaluate_ppm: a tokenizer (or its directory) is needed, e.g. the PPM export's")
+  # With the PPM trainer's rStar tags, as train_ppm tokenizes: the base model's tokenizer split `<end_of_step>` into
+  # pieces the PPM was never trained on, and the scores quietly changed.
+  tokenizer, _ = _load_tokenizer(tokenizer, tokenizer, "ppm")
   processes = jax.process_count()
   data = data or pipeline_lib.PipelineConfig(batch_size=32)
   # Padding pairs are masked, so a bigger batch only regroups the same sums.

@@ -93,6 +93,11 @@ def test_ppm_learns_separable_pairs_and_exports_value_head(base, tmp_path):
   held_out = trainer.evaluate_ppm(ppm, _pairs(64, 2), tok, data=pipeline.PipelineConfig(max_len=64, batch_size=32))
   assert held_out["num_pairs"] == 64
   assert held_out["pair_accuracy"] > 0.9, held_out
+  # The base model's tokenizer (no rStar tags) or a directory: the tags are added as train_ppm adds them. Without
+  # them `<end_of_step>` became several tokens the PPM never saw, and the same pairs scored otherwise.
+  for base_tok in (tokenizer_lib.load_tokenizer(path), path):
+    got = trainer.evaluate_ppm(ppm, _pairs(64, 2), base_tok, data=pipeline.PipelineConfig(max_len=64, batch_size=32))
+    assert got == held_out
 
 
 def test_a_fresh_value_head_starts_as_the_official_one(base):
