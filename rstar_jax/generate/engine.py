@@ -450,10 +450,10 @@ class Engine:
     """
     if self.is_ppm:
       raise TypeError("loglikelihood() needs an Engine built from a Qwen2")
-    if len(contexts) != len(continuations):
-      raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
-    ctx = self._token_arrays(contexts, "context")
+    ctx = self._token_arrays(contexts, "context")  # lists: a generator's len() failed naming nothing
     cont = self._token_arrays(continuations, "continuation")
+    if len(ctx) != len(cont):
+      raise ValueError(f"{len(ctx)} contexts but {len(cont)} continuations")
     for i, c in enumerate(ctx):
       if c.size == 0:
         raise ValueError(f"context {i} is empty (the first continuation token needs a context)")

@@ -46,6 +46,10 @@ def test_policy_loglikelihood_matches_transformers():
   for c, x, lp in zip(contexts, continuations, out):
     assert lp.shape == (len(x),)
     np.testing.assert_allclose(lp, hf_token_logprobs(c, x), atol=1e-4)
+  # Generators (their len() failed as "object of type 'generator' has no len()").
+  again = engine.loglikelihood((c for c in contexts), (x for x in continuations))
+  for lp, want in zip(again, out, strict=True):
+    np.testing.assert_array_equal(lp, want)
 
 
 def test_an_empty_prompt_is_named_by_its_input_index():
