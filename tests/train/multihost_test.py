@@ -39,13 +39,19 @@ def _run(nproc, ndev, base, out, worker=WORKER, timeout=600):
   return outputs
 
 
-@pytest.mark.multiprocess
-def test_two_processes_train_and_export_like_one(tmp_path):
+def _sft_base(tmp_path, sft_name):
+  """A tiny HF policy, its tokenizer and 24 SFT records (also written as `sft_name`) under tmp_path/base."""
   base = tmp_path / "base"
   records = testlib.arithmetic_sft_records(24)
   testlib.tiny_hf_model(base, seed=0)
   testlib.tiny_tokenizer(base, [formats.sft_prompt(r["query"]) + r["response"] for r in records])
-  testlib.write_json(base / "sft.json", records)
+  testlib.write_json(base / sft_name, records)
+  return base, records
+
+
+@pytest.mark.multiprocess
+def test_two_processes_train_and_export_like_one(tmp_path):
+  base, _ = _sft_base(tmp_path, "sft.json")
 
   two = _run(2, 2, base, tmp_path / "two")
   (one,) = _run(1, 4, base, tmp_path / "one")
@@ -118,11 +124,7 @@ def test_two_process_export_into_an_unwritable_folder_raises_everywhere(tmp_path
 def test_two_process_training_on_different_data_raises_everywhere(tmp_path):
   # Process 1's SFT file (a stale copy on its own disk) held 16 records, process 0's 24: process 1 ran 2 steps and
   # went on to the final checkpoint and the export while process 0 waited in its third step's collectives (a hang).
-  base = tmp_path / "base"
-  records = testlib.arithmetic_sft_records(24)
-  testlib.tiny_hf_model(base, seed=0)
-  testlib.tiny_tokenizer(base, [formats.sft_prompt(r["query"]) + r["response"] for r in records])
-  testlib.write_json(base / "sft0.json", records)
+  base, records = _sft_base(tmp_path, "sft0.json")
   testlib.write_json(base / "sft1.json", records[:16])
   for lines in _case("data_mismatch", tmp_path):
     assert len(lines) == 1 and lines[0].startswith("data_mismatch OUT/work: the 2 processes differ in "), lines
@@ -134,11 +136,7 @@ def test_two_process_training_on_different_data_raises_everywhere(tmp_path):
 def test_a_run_checkpointed_on_some_processes_resumes_on_others_like_an_uninterrupted_run(tmp_path, first, then):
   """Stopped after step 1's checkpoint on `first` processes (4 devices in all), resumed on `then`: the export equals
   an uninterrupted single-process run's."""
-  base = tmp_path / "base"
-  records = testlib.arithmetic_sft_records(24)
-  testlib.tiny_hf_model(base, seed=0)
-  testlib.tiny_tokenizer(base, [formats.sft_prompt(r["query"]) + r["response"] for r in records])
-  testlib.write_json(base / "sft0.json", records)
+  _sft_base(tmp_path, "sft0.json")
   run = lambda nproc, case: _run(nproc, 4 // nproc, case, tmp_path, worker=CASES_WORKER, timeout=240)
   assert run(first, "train_stop") == [["train stopped at 2"]] * first
   assert run(then, "train_finish") == [[f"train 3 {FILES}"]] * then
@@ -191,11 +189,7 @@ def test_two_process_export_failing_to_write_raises_everywhere(tmp_path):
 def test_two_process_training_whose_process_0_cannot_write_raises_everywhere(tmp_path):
   # Process 0 raised writing run.json while process 1 went on into the first step, or raised writing the tokenizer
   # while process 1 waited in the closing barrier; process 0 then waited for process 1 in the shutdown (a hang).
-  base = tmp_path / "base"
-  records = testlib.arithmetic_sft_records(24)
-  testlib.tiny_hf_model(base, seed=0)
-  testlib.tiny_tokenizer(base, [formats.sft_prompt(r["query"]) + r["response"] for r in records])
-  testlib.write_json(base / "sft0.json", records)
+  _sft_base(tmp_path, "sft0.json")
   zero, one = _case("trainer_write_error", tmp_path)
   assert zero == ["run.json PermissionError [Errno 13] Permission denied: 'run.json'",
                   "tokenizer.json PermissionError [Errno 13] Permission denied: 'tokenizer.json'"], zero
@@ -218,9 +212,5 @@ def test_two_process_save_model_whose_process_0_cannot_write_raises_everywhere(t
 def test_two_process_training_with_other_micro_batches_raises_everywhere(tmp_path):
   # accum_steps may change on resume, so run.json (and the processes' comparison of it) left it out: process 0 ran 2
   # micro-batches per step, process 1 one, so their step programs' collectives did not match.
-  base = tmp_path / "base"
-  records = testlib.arithmetic_sft_records(24)
-  testlib.tiny_hf_model(base, seed=0)
-  testlib.tiny_tokenizer(base, [formats.sft_prompt(r["query"]) + r["response"] for r in records])
-  testlib.write_json(base / "sft0.json", records)
+  _sft_base(tmp_path, "sft0.json")
   assert _case("config_mismatch", tmp_path) == [["config_mismatch OUT/work: the 2 processes differ in accum_steps"]] * 2
