@@ -23,8 +23,9 @@ Two layer layouts (MaxText's `scan_layers`), the same weights and results:
 Every parameter carries `logical_axes` metadata; `rstar_jax.sharding` maps those names onto the mesh. Numerics:
 matmuls in `config.dtype`; RMSNorm statistics, RoPE, attention softmax and logits in float32.
 
-Padding and caching: a boolean `input_mask` marks real tokens (left or right padding both work). With a `KVCache`,
-the T new tokens are written at slots `[end_index, end_index + T)`; a query at slot q sees the real slots s <= q.
+Padding and caching: a boolean (or 0/1 integer) `input_mask` marks real tokens (left or right padding both work).
+With a `KVCache`, the T new tokens are written at slots `[end_index, end_index + T)`; a query at slot q sees the real
+slots s <= q.
 The caller keeps `end_index + T <= max_len`: under jit the index is traced, and an out-of-range write is clamped by
 `dynamic_update_slice` (it would overwrite the last slots), not refused (the generation engine sizes its caches so).
 The same code is the full forward (no cache), the prefill (cache, T = prompt length) and a decode step (cache, T = 1).
@@ -267,6 +268,19 @@ def _stacked_layers(config: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
   return layers
 
 
+def _bool_mask(input_mask: jax.Array) -> jax.Array:
+  """`input_mask [B, T]` as bool: a tokenizer's 0/1 integer `attention_mask` (what transformers takes) is accepted.
+
+  The attention and the cache's `kv_mask` need bool; an integer mask failed deep inside jax naming no argument.
+  """
+  input_mask = jnp.asarray(input_mask)
+  if input_mask.dtype == jnp.bool_:
+    return input_mask
+  if not jnp.issubdtype(input_mask.dtype, jnp.integer):
+    raise TypeError(f"input_mask must be bool or integer (nonzero = real token), got {input_mask.dtype}")
+  return input_mask != 0
+
+
 class Qwen2Model(nnx.Module):
   """The backbone: token embedding, decoder layers (stacked or a list, see the module doc), final norm (HF
   `Qwen2Model`)."""
@@ -301,6 +315,7 @@ class Qwen2Model(nnx.Module):
     prompt's slots, so it does not score the empty generation slots (a third of a 128 + 64 prefill's attention).
     """
     config = self.config
+    input_mask = _bool_mask(input_mask)
     t = tokens.shape[1]
     x = constrain(self.embed_tokens(tokens).astype(config.compute_dtype), ("batch", "length", "embed"))
     sin, cos = rope_sin_cos(positions, config.head_dim, config.rope_theta)

@@ -285,3 +285,22 @@ def test_swish_is_silu(tmp_path):
   logits = convert.load_qwen2(tmp_path)(jnp.asarray(tokens), default_positions(jnp.asarray(mask)),
                                         jnp.asarray(mask)).logits
   np.testing.assert_allclose(np.asarray(logits)[mask], ref_logits[mask], atol=1e-5, rtol=0)
+
+
+def test_an_integer_mask_as_transformers_takes_gives_its_logits(hf_qwen2_factory):
+  # A tokenizer's 0/1 `attention_mask` (int64), as transformers takes it: the forward failed inside
+  # jax.nn.dot_product_attention ('mask dtype should be bool') and a cached prefill inside dynamic_update_slice
+  # ('requires arguments to have the same dtypes, got bool, int32'), neither naming input_mask.
+  path, hf = hf_qwen2_factory()
+  model = convert.load_qwen2(path)
+  tokens, mask = random_padded_batch(np.random.default_rng(2), hf.config.vocab_size, batch=3, length=9)
+  int_mask = mask.astype(np.int64)
+  ref_logits, _ = _reference(hf, tokens, mask)
+  positions = default_positions(jnp.asarray(int_mask))
+  full = model(jnp.asarray(tokens), positions, jnp.asarray(int_mask)).logits
+  np.testing.assert_allclose(np.asarray(full)[mask], ref_logits[mask], atol=1e-4, rtol=0)
+  cached = model(jnp.asarray(tokens), positions, jnp.asarray(int_mask), cache=KVCache.init(model.config, 3, 12))
+  np.testing.assert_allclose(np.asarray(cached.logits)[mask], ref_logits[mask], atol=1e-4, rtol=0)
+  assert cached.cache.kv_mask.dtype == jnp.bool_
+  with pytest.raises(TypeError, match=r"input_mask must be bool or integer \(nonzero = real token\), got float32"):
+    model(jnp.asarray(tokens), positions, jnp.asarray(mask, jnp.float32))
