@@ -281,6 +281,24 @@ def _bool_mask(input_mask: jax.Array) -> jax.Array:
   return input_mask != 0
 
 
+def _check_shapes(tokens: jax.Array, positions: jax.Array, input_mask: jax.Array, cache: KVCache | None) -> None:
+  """Refuses inputs whose (static) shapes do not fit, naming the argument: jax failed deep inside naming none."""
+  if jnp.ndim(tokens) != 2:
+    raise ValueError(f"tokens must be [B, T] token ids, got shape {jnp.shape(tokens)}")
+  shape = tuple(jnp.shape(tokens))
+  # positions may be one row for every row ([1, T], as transformers' position_ids), which RoPE broadcasts.
+  if jnp.ndim(positions) != 2 or jnp.shape(positions)[1] != shape[1] or jnp.shape(positions)[0] not in (1, shape[0]):
+    raise ValueError(f"positions of shape {jnp.shape(positions)} do not fit tokens of shape {shape} "
+                     "(expected [B, T] or [1, T])")
+  if tuple(jnp.shape(input_mask)) != shape:
+    raise ValueError(f"input_mask of shape {jnp.shape(input_mask)} does not match tokens {shape}")
+  if cache is not None:
+    if cache.kv_mask.shape[0] != shape[0]:
+      raise ValueError(f"the KVCache holds {cache.kv_mask.shape[0]} rows, tokens {shape[0]}")
+    if shape[1] > cache.max_len:
+      raise ValueError(f"{shape[1]} new tokens do not fit a KVCache of {cache.max_len} slots")
+
+
 class Qwen2Model(nnx.Module):
   """The backbone: token embedding, decoder layers (stacked or a list, see the module doc), final norm (HF
   `Qwen2Model`)."""
@@ -315,6 +333,7 @@ class Qwen2Model(nnx.Module):
     prompt's slots, so it does not score the empty generation slots (a third of a 128 + 64 prefill's attention).
     """
     config = self.config
+    _check_shapes(tokens, positions, input_mask, cache)
     input_mask = _bool_mask(input_mask)
     t = tokens.shape[1]
     x = constrain(self.embed_tokens(tokens).astype(config.compute_dtype), ("batch", "length", "embed"))

@@ -304,3 +304,26 @@ def test_an_integer_mask_as_transformers_takes_gives_its_logits(hf_qwen2_factory
   assert cached.cache.kv_mask.dtype == jnp.bool_
   with pytest.raises(TypeError, match=r"input_mask must be bool or integer \(nonzero = real token\), got float32"):
     model(jnp.asarray(tokens), positions, jnp.asarray(mask, jnp.float32))
+
+
+def test_inputs_of_mismatched_shapes_are_named():
+  # Each failed deep inside jax naming no argument: 'Too many indices: array is 2-dimensional, but 3 were indexed',
+  # 'incompatible shapes for broadcasting: (2, 2, 10, 10), (2, 1, 10, 9)', "Size of label 'B' for operand 1 (2)
+  # does not match previous terms (3)", 'dynamic_update_slice update shape must be smaller than operand shape'.
+  config = ModelConfig.tiny(num_layers=1)
+  model = Qwen2(config, rngs=nnx.Rngs(0))
+  tokens = jnp.ones((2, 10), jnp.int32)
+  mask = jnp.ones((2, 10), bool)
+  positions = default_positions(mask)
+  for args, cache, message in [
+      ((tokens, jnp.arange(10), mask), None, r"positions of shape \(10,\) do not fit tokens of shape \(2, 10\)"),
+      ((tokens, positions, mask[:, :9]), None, r"input_mask of shape \(2, 9\) does not match tokens \(2, 10\)"),
+      ((tokens[0], positions[0], mask[0]), None, r"tokens must be \[B, T\] token ids, got shape \(10,\)"),
+      ((tokens, positions, mask), KVCache.init(config, 3, 16), r"the KVCache holds 3 rows, tokens 2"),
+      ((tokens, positions, mask), KVCache.init(config, 2, 8), r"10 new tokens do not fit a KVCache of 8 slots"),
+  ]:
+    with pytest.raises(ValueError, match=message):
+      model(*args, cache=cache)
+  # Positions of one row for every row (as transformers' position_ids [1, T]) broadcast as before.
+  np.testing.assert_array_equal(np.asarray(model(tokens, positions[:1], mask).logits),
+                                np.asarray(model(tokens, positions, mask).logits))
