@@ -82,9 +82,17 @@ class PPM(nnx.Module):
     """
     hidden, _ = self.model(tokens, positions, input_mask)  # [B, T, D]
     last = jnp.take_along_axis(hidden, last_token_index(input_mask)[:, None, None], axis=1)[:, 0]  # [B, D]
+    if not 0.0 <= dropout_rate < 1.0:  # kept units are scaled by 1 / (1 - rate)
+      raise ValueError(f"PPM dropout_rate must be in [0, 1), got {dropout_rate}")
     if dropout_rate > 0.0:
       if dropout_keys is None:
         raise ValueError("PPM dropout_rate > 0 needs dropout_keys, one PRNG key per row")
+      rows = tokens.shape[0]
+      # Typed keys are [B], raw uint32 keys [B, 2]; fewer keys broadcast one mask to every row, unlike nn.Dropout.
+      typed = jnp.issubdtype(jnp.asarray(dropout_keys).dtype, jax.dtypes.prng_key)
+      if jnp.ndim(dropout_keys) != (1 if typed else 2) or jnp.shape(dropout_keys)[0] != rows:
+        raise ValueError(f"PPM dropout_keys must hold one PRNG key per row ({rows}), got shape "
+                         f"{jnp.shape(dropout_keys)}")
       keep = dropout_keep_mask(dropout_keys, dropout_rate, last.shape[-1])
       last = jnp.where(keep, last.astype(jnp.float32) / (1.0 - dropout_rate), 0.0)
     return self.value_head(last)

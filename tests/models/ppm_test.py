@@ -2,14 +2,16 @@
 
 import errno
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from conftest import random_padded_batch
+from flax import nnx
 from safetensors.numpy import load_file
 
-from rstar_jax.models import convert, default_positions, last_token_index, value_transform
+from rstar_jax.models import PPM, ModelConfig, convert, default_positions, last_token_index, value_transform
 
 
 def _official_values(hf, v_head, tokens, mask):
@@ -145,3 +147,22 @@ def test_saving_a_model_with_the_other_kinds_writer_is_named(hf_qwen2_factory, t
   with pytest.raises(TypeError, match=r"save_qwen2 writes a Qwen2 policy, got PPM \(save_ppm writes a PPM\)"):
     convert.save_qwen2(ppm, tmp_path / "policy")
   assert not (tmp_path / "policy" / "config.json").exists()
+
+
+def test_dropout_keys_that_are_not_one_per_row_are_refused():
+  # One key for a batch of 3 broadcast its mask to every row (each row dropped the same hidden units, unlike the
+  # official nn.Dropout's independent elements); a rate outside [0, 1) scaled by 1 / (1 - rate) <= 0 or > 1 silently.
+  ppm = PPM(ModelConfig.tiny(num_layers=1), rngs=nnx.Rngs(0))
+  tokens = jnp.ones((3, 4), jnp.int32)
+  mask = jnp.ones((3, 4), bool)
+  args = (tokens, default_positions(mask), mask)
+  with pytest.raises(ValueError, match=r"dropout_keys must hold one PRNG key per row \(3\), got shape \(1,\)"):
+    ppm(*args, dropout_rate=0.1, dropout_keys=jax.random.split(jax.random.key(0), 1))
+  with pytest.raises(ValueError, match=r"one PRNG key per row \(2\), got shape \(2,\)"):  # one raw uint32 key
+    ppm(tokens[:2], args[1][:2], mask[:2], dropout_rate=0.1, dropout_keys=jax.random.PRNGKey(0))
+  for rate in (1.0, -0.1):
+    with pytest.raises(ValueError, match=rf"dropout_rate must be in \[0, 1\), got {rate}"):
+      ppm(*args, dropout_rate=rate, dropout_keys=jax.random.split(jax.random.key(0), 3))
+  # Independent rows: with keys per row, rows of the same input get different values.
+  values = ppm(*args, dropout_rate=0.5, dropout_keys=jax.random.split(jax.random.key(0), 3))
+  assert len(set(np.asarray(values).tolist())) == 3
