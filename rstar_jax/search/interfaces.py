@@ -119,8 +119,8 @@ def checked_candidates(candidates, num_prompts: int, n: int, stop: Sequence[str]
 
   Raises:
     ValueError: naming the prompt (and candidate) when the output is not `[num_prompts][n]` `StepCandidate`s, a
-      text is not a str (or holds a lone surrogate), or a `stop_reason` is none of `stop`, "eos" and "length" (any other value would be
-      appended to the step's text as if it were the matched stop string).
+      text is not a str (or holds a lone surrogate), or a `stop_reason` is none of `stop`, "eos" and "length" (any
+      other value would be appended to the step's text as if it were the matched stop string).
   """
   candidates = _as_list(candidates, "policy output", f"a list of {num_prompts} candidate lists")
   if len(candidates) != num_prompts:
