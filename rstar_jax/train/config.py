@@ -66,11 +66,11 @@ class TrainConfig:
     # zero `keep_checkpoints` deletes every checkpoint, and a bad export dtype fails only after the whole run.
     # A mapping in place of a nested config was kept: it failed as "'dict' object has no attribute ..." (the
     # optimizer's only after the data was tokenized and the model loaded).
-    for name, kind in (("optimizer", "an OptimizerConfig"), ("data", "a PipelineConfig")):
+    for name, kind, article in (("optimizer", OptimizerConfig, "an"), ("data", PipelineConfig, "a")):
       value = getattr(self, name)
-      if not isinstance(value, OptimizerConfig if name == "optimizer" else PipelineConfig):
-        raise TypeError(f"TrainConfig.{name} must be {kind} (TrainConfig.from_dict builds one from a mapping), got "
-                        f"{type(value).__name__}")
+      if not isinstance(value, kind):
+        raise TypeError(f"TrainConfig.{name} must be {article} {kind.__name__} (TrainConfig.from_dict builds one "
+                        f"from a mapping), got {type(value).__name__}")
     for name in ("accum_steps", "checkpoint_every", "keep_checkpoints", "log_every", "max_steps"):
       value = getattr(self, name)
       if not (value is None and name == "max_steps") and (isinstance(value, bool) or not isinstance(value, int)
