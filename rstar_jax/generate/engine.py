@@ -162,8 +162,7 @@ class Engine:
     if max_rows is not None and (not _is_int(max_rows) or max_rows < 1):
       raise ValueError(f"max_rows must be an integer >= 1 (None: no limit), got {max_rows!r}")
     self.max_rows = None if max_rows is None else int(max_rows)
-    if (isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer))
-        or not 0 <= pad_id < self.config.vocab_size):
+    if not _is_int(pad_id) or not 0 <= pad_id < self.config.vocab_size:
       # The embedding looks up an id past the vocabulary as NaN, and NaN keys/values at masked (padded) slots still
       # reach the live rows through the attention sum (0 * NaN): every padded prompt's tokens silently changed.
       raise ValueError(f"pad_id must be a token id in [0, {self.config.vocab_size}), got {pad_id!r}")
@@ -288,7 +287,7 @@ class Engine:
         raise ValueError(f"request {r}: empty prompt")
       for field in ("n", "first_sample", "seed"):  # a float or None failed in range() or int() naming nothing
         value = getattr(req, field)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not _is_int(value):
           raise TypeError(f"request {r}: {field} must be an integer, got {value!r}")
       if req.n < 0:
         raise ValueError(f"request {r}: n must be >= 0, got {req.n}")
@@ -515,7 +514,7 @@ def check_limits(max_new_tokens: int, max_context: int | None) -> None:
   for name, value in (("max_new_tokens", max_new_tokens), ("max_context", max_context)):
     if value is None and name == "max_context":
       continue
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not _is_int(value) or value < 1:
       raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
