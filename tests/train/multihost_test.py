@@ -175,14 +175,21 @@ def test_two_processes_train_a_ppm_from_a_policy_like_one(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_two_process_export_failing_to_write_raises_everywhere(tmp_path):
-  # Process 0's weight file write failed (a full disk) after the gathers: process 1 waited for it in the closing
-  # barrier, and process 0, once its error was caught (or at exit, in the distributed shutdown), waited for process 1
-  # (a hang).
-  zero, one = _case("export_write_error", tmp_path)
-  assert zero == ["export_write_error OSError [Errno 28] No space left on device: 'OUT/export/model.safetensors'"], zero
-  assert one == ["export_write_error OSError OUT/export: process 0 could not write the export (its error names the "
-                 "cause)"], one
+@pytest.mark.parametrize("case,zero_error,one_error", [
+    # Process 0's weight file write failed (a full disk) after the gathers: process 1 waited for it in the closing
+    # barrier, and process 0, once its error was caught (or at exit, in the distributed shutdown), waited for
+    # process 1 (a hang).
+    ("export_write_error", "OSError [Errno 28] No space left on device: 'OUT/export/model.safetensors'",
+     "OSError OUT/export: process 0 could not write the export (its error names the cause)"),
+    # Process 0 raised writing config.json while process 1 waited in the closing barrier, and process 0 then waited
+    # for process 1 at shutdown (a hang).
+    ("save_model_error", "PermissionError [Errno 13] Permission denied: 'config.json'",
+     "OSError OUT/saved: process 0 could not write config.json (its error names the cause)"),
+])
+def test_two_process_model_write_failing_on_process_0_raises_everywhere(tmp_path, case, zero_error, one_error):
+  zero, one = _case(case, tmp_path)
+  assert zero == [f"{case} {zero_error}"], zero
+  assert one == [f"{case} {one_error}"], one
 
 
 @pytest.mark.multiprocess
@@ -196,16 +203,6 @@ def test_two_process_training_whose_process_0_cannot_write_raises_everywhere(tmp
   assert one == ["run.json OSError OUT/work_run.json: process 0 could not write run.json (its error names the cause)",
                  "tokenizer.json OSError OUT/work_tokenizer.json/export: process 0 could not write the tokenizer (its "
                  "error names the cause)"], one
-
-
-@pytest.mark.multiprocess
-def test_two_process_save_model_whose_process_0_cannot_write_raises_everywhere(tmp_path):
-  # Process 0 raised writing config.json while process 1 waited in the closing barrier, and process 0 then waited for
-  # process 1 at shutdown (a hang).
-  zero, one = _case("save_model_error", tmp_path)
-  assert zero == ["save_model_error PermissionError [Errno 13] Permission denied: 'config.json'"], zero
-  assert one == ["save_model_error OSError OUT/saved: process 0 could not write config.json (its error names the "
-                 "cause)"], one
 
 
 @pytest.mark.multiprocess
