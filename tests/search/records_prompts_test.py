@@ -63,6 +63,11 @@ def test_consumer_reader_accepts_our_records(tmp_path):
     (lambda t: t["nodes"][1].update(value_sum=float("nan"), q=float("nan")), r"nodes\[1\].value_sum: must be finite"),
     # A node that is no object, listed as a child of an earlier node.
     (lambda t: t["nodes"].__setitem__(2, [0]), r"nodes\[2\]: expected a JSON object"),
+    # A lone surrogate (half an emoji, or an undecodable byte read with "surrogateescape") has no UTF-8: the shard's
+    # write failed with a bare UnicodeEncodeError naming neither record nor field.
+    (lambda t: t["nodes"][1].update(observation="caf\udce9"),
+     r"nodes\[1\].observation: holds a lone surrogate '\\udce9' at position 3"),
+    (lambda t: t.update(question="1+1? \ud83d"), r"field 'question': holds a lone surrogate '\\ud83d' at position 5"),
 ])
 def test_invalid_records_name_the_field(mutate, message, tmp_path):
   bad = _tree()
@@ -95,6 +100,13 @@ def test_reader_names_file_and_line(tmp_path):
   nan["nodes"][1]["ppm_value"] = float("nan")  # json.dumps writes NaN, json.loads reads it back
   path.write_text(json.dumps(_tree()) + "\n" + json.dumps(nan) + "\n")
   with pytest.raises(records.TreeRecordError, match=r"x.jsonl:2: nodes\[1\].ppm_value: must be finite"):
+    records.read_trees(path)
+  # The escape of a lone surrogate is valid JSON, and json.loads gives the surrogate back; the tree used to be
+  # accepted and fail later (the SFT file's write, the tokenizer) naming nothing.
+  escaped = _tree()
+  escaped["nodes"][2]["text"] = "\\boxed{2} \ud83d<end_of_answer>"
+  path.write_text(json.dumps(_tree()) + "\n" + json.dumps(escaped) + "\n")
+  with pytest.raises(records.TreeRecordError, match=r"x.jsonl:2: nodes\[2\].text: holds a lone surrogate"):
     records.read_trees(path)
   good = _tree()
   del good["nodes"][1]["code"]
