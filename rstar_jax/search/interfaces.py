@@ -153,8 +153,8 @@ def checked_results(results, num_programs: int) -> list:
   """An executor's output for `num_programs` programs, checked as the search reads it.
 
   Raises:
-    ValueError: no sequence of results at all, a wrong number of them, or one without a str `observation`, naming
-      the program.
+    ValueError: no sequence of results at all, a wrong number of them, or one without a str `observation` (or with
+      a lone surrogate in it), naming the program.
   """
   results = _as_list(results, "executor output", f"a list of {num_programs} results")
   if len(results) != num_programs:
@@ -164,6 +164,12 @@ def checked_results(results, num_programs: int) -> list:
     if not isinstance(observation, str):
       raise ValueError(f"executor result {i} (of {num_programs}) has no str observation: got {type(r).__name__} "
                        f"with observation {observation!r}")
+    try:  # no UTF-8 for it: the tree record failed only when its shard was written, after the batch's search
+      observation.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise ValueError(f"executor result {i} (of {num_programs}): observation holds a lone surrogate "
+                       f"{observation[e.start]!r} at position {e.start}, which is not valid Unicode "
+                       "(sandbox.SandboxPool replaces them by U+FFFD)") from None
   return results
 
 

@@ -415,6 +415,10 @@ _CODE = lambda i, j: StepCandidate(f"x = {j}\n", "<end_of_step>")
      r"executor result 0 \(of 4\) has no str observation"),
     (None, _FixedExecutor(lambda programs: ["1"] * len(programs)),
      r"executor result 0 \(of 4\) has no str observation"),
+    # An executor that decodes its output with "surrogateescape" (sandbox.SandboxPool replaces them by U+FFFD): the
+    # observation has no UTF-8, so the tree failed only when its shard was written, naming neither executor nor result.
+    (None, _FixedExecutor(lambda programs: [FakeResult("caf\udce9")] * len(programs)),
+     r"executor result 0 \(of 4\): observation holds a lone surrogate '\\udce9' at position 3"),
 ])
 def test_misbehaving_policy_or_executor_is_named(grader, policy, executor, message):
   # MCTS and beam search check what comes back the same way: beam search used to drop a problem whose candidate
