@@ -224,6 +224,10 @@ def iter_trees(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         record = json.loads(line)
       except json.JSONDecodeError as e:
         raise TreeRecordError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+      except RecursionError:  # a corrupted line of brackets; the error named neither the file nor the line
+        raise TreeRecordError(f"{where}: invalid JSON (nested too deeply to read)") from None
+      except ValueError as e:  # an integer of more than 4300 digits (int's string conversion limit), likewise
+        raise TreeRecordError(f"{where}: invalid JSON ({e})") from None
       yield validate_tree(record, where)
 
 

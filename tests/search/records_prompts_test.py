@@ -108,6 +108,14 @@ def test_reader_names_file_and_line(tmp_path):
   path.write_text(json.dumps(_tree()) + "\n" + json.dumps(escaped) + "\n")
   with pytest.raises(records.TreeRecordError, match=r"x.jsonl:2: nodes\[2\].text: holds a lone surrogate"):
     records.read_trees(path)
+  # Lines json.loads refuses with other errors than JSONDecodeError (a corrupted shard): a RecursionError and a bare
+  # ValueError, both naming neither the file nor the line.
+  path.write_text(json.dumps(_tree()) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+  with pytest.raises(records.TreeRecordError, match=r"x.jsonl:2: invalid JSON \(nested too deeply"):
+    records.read_trees(path)
+  path.write_text(json.dumps(_tree()).replace('"seed": 7', '"seed": ' + "7" * 5000) + "\n")
+  with pytest.raises(records.TreeRecordError, match=r"x.jsonl:1: invalid JSON \(Exceeds the limit \(4300 digits\)"):
+    records.read_trees(path)
   good = _tree()
   del good["nodes"][1]["code"]
   path.write_text(json.dumps(good) + "\n")
