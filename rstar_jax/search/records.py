@@ -195,7 +195,7 @@ def check_run_config(path: str | os.PathLike[str], config: dict[str, Any]) -> bo
   try:
     with open(path, encoding="utf-8") as f:
       stored = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+  except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, and UnicodeDecodeError for bytes that are no UTF-8
     raise ValueError(f"{path}: unreadable run config ({e})") from None
   if not isinstance(stored, dict):
     raise ValueError(f"{path}: a run config must be a JSON object, got {type(stored).__name__}")

@@ -151,6 +151,10 @@ def test_run_config_guard(tmp_path):
   path.write_text("{not json")
   with pytest.raises(ValueError, match=r"trees\.config\.json: unreadable run config"):
     records.check_run_config(path, config)
+  # Not UTF-8 (a corrupted file): the UnicodeDecodeError named neither the file nor what it was.
+  path.write_bytes(b'{"mode": "terminal_guided\xff"}')
+  with pytest.raises(ValueError, match=r"trees\.config\.json: unreadable run config \('utf-8' codec can't decode"):
+    records.check_run_config(path, config)
 
 
 def test_bootstrap_prompt_matches_the_official_wrap(shared_data):
