@@ -74,6 +74,8 @@ class StepConfig:
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+    if not isinstance(self.first_answer_only, bool):  # a config file's "false" is a non-empty str: it ran as True
+      raise ValueError(f"first_answer_only must be a bool, got {self.first_answer_only!r}")
 
 
 def checked_stop(stop: Sequence[str]) -> tuple[str, ...]:

@@ -195,6 +195,7 @@ def test_beam_search_runs_max_depth_steps(grader):
     (dict(errors_threshold=0), r"errors_threshold must be an integer >= 1, got 0"),  # started
     (dict(max_depth=2.5), r"max_depth must be an integer >= 1, got 2.5"),  # ran 3 steps
     (dict(seed=1.5), r"BeamConfig.seed must be an integer, got 1.5"),  # seeded as seed 1
+    (dict(first_answer_only="false"), r"first_answer_only must be a bool, got 'false'"),  # a non-empty str is true
 ])
 def test_a_bad_beam_config_is_refused_on_construction(settings, message):
   with pytest.raises(ValueError, match=message):
@@ -226,6 +227,8 @@ def test_a_single_stop_string_is_refused_not_split_into_characters(make):
     (dict(errors_threshold=1.5), r"errors_threshold must be an integer >= 1, got 1.5"),
     (dict(c="2"), r"SearchConfig.c must be a number, got '2'"),  # was math.isfinite's 'must be real number'
     (dict(positive_reward=None), r"SearchConfig.positive_reward must be a number, got None"),
+    (dict(first_answer_only="false"), r"first_answer_only must be a bool, got 'false'"),  # ran as True
+    (dict(first_answer_only=0), r"first_answer_only must be a bool, got 0"),
 ])
 def test_a_bad_search_config_is_refused_on_construction(settings, message):
   with pytest.raises(ValueError, match=message):
