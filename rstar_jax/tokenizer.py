@@ -578,7 +578,8 @@ def resize_embedding(table: Any, new_rows: int, *, init: Literal["random", "mean
       i.e. the mean to within ~1e-4 of the old spread.)
     std: standard deviation of the "random" init.
     seed: seed of the "random" init when `rng` is not given.
-    rng: a `np.random.Generator` (numpy tables) or a jax PRNG key (jax tables); overrides `seed`.
+    rng: a `np.random.Generator` (numpy tables) or a jax PRNG key (jax tables); overrides `seed`. Another kind
+      is a TypeError.
     axis: the vocabulary axis of `table`: 0 or 1 (negative values count from the end).
 
   Returns:
@@ -601,8 +602,12 @@ def resize_embedding(table: Any, new_rows: int, *, init: Literal["random", "mean
   n_new = new_rows - old_rows
 
   if isinstance(table, np.ndarray):
+    # Any other kind of rng (a jax key, a legacy RandomState) was ignored: the `seed` rows came back silently.
+    if rng is not None and not isinstance(rng, np.random.Generator):
+      raise TypeError(f"rng for a numpy table must be a np.random.Generator (or None: use `seed`), got "
+                      f"{type(rng).__name__}")
     if init == "random":
-      gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(seed)
+      gen = np.random.default_rng(seed) if rng is None else rng
       block = gen.normal(0.0, std, size=(n_new, dim))
     else:
       block = np.broadcast_to(np.mean(table, axis=axis, dtype=np.float64), (n_new, dim))
@@ -612,6 +617,8 @@ def resize_embedding(table: Any, new_rows: int, *, init: Literal["random", "mean
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
+  if rng is not None and not isinstance(rng, jax.Array):
+    raise TypeError(f"rng for a jax table must be a jax PRNG key (or None: use `seed`), got {type(rng).__name__}")
   if init == "random":
     key = jax.random.PRNGKey(seed) if rng is None else rng
     block = std * jax.random.normal(key, (n_new, dim), jnp.float32)

@@ -186,6 +186,20 @@ def test_resize_random_init_std(backend):
   np.testing.assert_array_equal(grow(1), grow(1))
 
 
+def test_resize_rng_of_the_wrong_kind_is_refused():
+  """`rng` overrides `seed`: one the table's backend cannot draw from (a jax key for a numpy table, a legacy
+  RandomState, an int) gave the `seed` rows silently, so two "different" keys drew the same new rows."""
+  import jax  # pylint: disable=g-import-not-at-top
+  table = _table(6, 4)
+  got = tk.resize_embedding(table, 9, rng=np.random.default_rng(7), std=0.5)
+  np.testing.assert_array_equal(got[6:], np.random.default_rng(7).normal(0.0, 0.5, (3, 4)).astype(np.float32))
+  for rng in (jax.random.PRNGKey(5), np.random.RandomState(5), 5):
+    with pytest.raises(TypeError, match="rng"):
+      tk.resize_embedding(table, 9, rng=rng)
+  with pytest.raises(TypeError, match="rng"):
+    tk.resize_embedding(jax.numpy.asarray(table), 9, rng=np.random.default_rng(5))
+
+
 def test_resize_no_shrink_and_dtype():
   # Qwen2.5 checkpoints carry 152064 rows for 151665 + 15 tokens: nothing to do (scaled down here).
   table = _table(152, 8)
