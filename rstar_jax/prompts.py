@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import string
 
 STEP_DELIM = "\n"
 BOOTSTRAP_FILE = "mcts_prompt.json"
@@ -42,16 +43,22 @@ class PromptTemplate:
 
   Attributes:
     instructions: `pot_format_instructions` ("" for the SFT prompt).
-    suffix: `pot_suffix`, containing `{input}`.
+    suffix: `pot_suffix`, a Python format string with the one field `{input}` (as the official wrap fills it with
+      `str.format`, "{{" and "}}" are literal braces).
     examples: few-shot solutions (empty for the SFT prompt).
   """
   instructions: str
   suffix: str
   examples: tuple[str, ...] = ()
 
+  def __post_init__(self):
+    problem = suffix_problem(self.suffix)
+    if problem is not None:
+      raise ValueError(f"PromptTemplate suffix {self.suffix!r}: {problem}")
+
   def format(self, question: str) -> str:
     """The policy prompt for `question` (the partial solution is appended to it by the search)."""
-    suffix = self.suffix.replace("{input}", question + STEP_DELIM)
+    suffix = self.suffix.format(input=question + STEP_DELIM)
     if len(self.examples) > 1:
       example_prefix = [f"The following are {len(self.examples)} demonstration examples."]
     elif len(self.examples) == 1:
@@ -62,6 +69,22 @@ class PromptTemplate:
     if not head.strip():
       return suffix
     return STEP_DELIM.join([head, suffix])
+
+
+def suffix_problem(suffix: str) -> str | None:
+  """Why `suffix` cannot be filled as the official `rstar_prompt_wrap` fills it (`suffix.format(input=...)`), or
+  None. The official code raises on these (KeyError, IndexError, ValueError) when it builds the first prompt."""
+  try:
+    fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(suffix) if name is not None]
+  except ValueError as e:  # a lone "{" or "}"
+    return f"{e} (a literal brace is written '{{{{' or '}}}}')"
+  for name, spec in fields:
+    if name != "input" or "{" in spec:
+      return (f"field {{{name}{':' + spec if spec else ''}}}: the only field is '{{input}}' (a literal brace is "
+              f"written '{{{{' or '}}}}')")
+  if not fields:
+    return "no '{input}' placeholder"
+  return None
 
 
 def _load_json(path: str):
@@ -83,8 +106,9 @@ def _load_template_file(path: str) -> tuple[str, str]:
   for field in ("pot_format_instructions", "pot_suffix"):
     if not isinstance(record.get(field), str):
       raise PromptFileError(f"{path}: field {field!r} must be a string")
-  if "{input}" not in record["pot_suffix"]:
-    raise PromptFileError(f"{path}: field 'pot_suffix' has no '{{input}}' placeholder")
+  problem = suffix_problem(record["pot_suffix"])
+  if problem is not None:
+    raise PromptFileError(f"{path}: field 'pot_suffix': {problem}")
   return record["pot_format_instructions"], record["pot_suffix"]
 
 

@@ -202,3 +202,18 @@ def test_prompt_file_errors(tmp_path):
   for count in (1.5, "1", True):
     with pytest.raises(ValueError, match=rf"num_few_shots must be an integer, got {count!r}"):
       prompts.load_bootstrap_template(tmp_path, num_few_shots=count)
+
+
+def test_prompt_suffix_is_a_python_format_string(tmp_path):
+  """The official wrap fills `pot_suffix` with `str.format(input=...)`: "{{" / "}}" are literal braces (a suffix
+  asking for "\\boxed{{}}" shows "\\boxed{}"), and any other field is an error there (KeyError), not a silent
+  "{x}" in every prompt."""
+  suffix = "Put the answer in \\boxed{{}}.\nQuestion: {input}"
+  (tmp_path / "sft_prompt.json").write_text(json.dumps({"pot_format_instructions": "", "pot_suffix": suffix}))
+  # rstar_prompt_wrap with no examples and no instructions, written out by hand:
+  assert prompts.sft_prompt("Is {a} < 1?", tmp_path) == "Put the answer in \\boxed{}.\nQuestion: Is {a} < 1?\n"
+  for bad, what in (("{x} Question: {input}", "field {x}"), ("{input} }", "'}'"), ("{input} {", "'{'"),
+                    ("{0}{input}", "field {0}")):
+    (tmp_path / "sft_prompt.json").write_text(json.dumps({"pot_format_instructions": "", "pot_suffix": bad}))
+    with pytest.raises(prompts.PromptFileError, match=rf"sft_prompt.json: field 'pot_suffix'.*{re.escape(what)}"):
+      prompts.load_sft_template(tmp_path)
