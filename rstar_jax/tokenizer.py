@@ -363,7 +363,11 @@ class SentencePieceTokenizer(Tokenizer):
 
   def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
     texts = _text_list(texts)
-    out = self._sp.encode(texts, out_type=int)
+    try:
+      out = self._sp.encode(texts, out_type=int)
+    except TypeError:  # "List elements must be str or bytes", said of a str holding a lone surrogate
+      _check_texts(texts)
+      raise
     pattern = self._special_pattern()
     for i, text in enumerate(texts):
       if pattern is not None and pattern.search(text):
@@ -758,9 +762,10 @@ def _check_tokens(tokens: Iterable[str]) -> list[str]:
 
 
 def _check_texts(texts: Sequence[Any]) -> None:
-  """Names the text the Rust tokenizer refused with a bare TypeError ("TextInputSequence must be str", said even of
-  a str): one that is not a str, or a str holding a lone surrogate (no UTF-8 for it; json.loads gives one for a
-  "\\ud83d" escape, as in a truncated emoji)."""
+  """Names the text a backend refused with a bare TypeError (the Rust tokenizer's "TextInputSequence must be str",
+  sentencepiece's "List elements must be str or bytes", both said even of a str): one that is not a str, or a str
+  holding a lone surrogate (no UTF-8 for it; json.loads gives one for a "\\ud83d" escape, as in a truncated
+  emoji)."""
   _check_str_entries(texts, "text")
   for i, text in enumerate(texts):
     try:

@@ -457,6 +457,22 @@ def test_texts_the_tokenizer_cannot_take_are_named(qwen_dir, hf_refs):
   assert tok.encode_batch(["x = 1\U0001F600"]) == [plain.encode("x = 1\U0001F600")]  # a whole emoji is fine
 
 
+def test_sentencepiece_names_a_text_it_cannot_take(sp_dir):
+  """The sentencepiece backend refused a lone surrogate with "List elements must be str or bytes" (of a str),
+  naming neither the text nor the character; it names them as the HF backend does."""
+  tok = tk.load_tokenizer(sp_dir)
+  bad = json.loads('"x = 1\\ud83d"')
+  with pytest.raises(UnicodeEncodeError):  # the reference: Python's UTF-8 codec, position 5
+    bad.encode("utf-8")
+  with pytest.raises(ValueError, match=r"text 1 holds a lone surrogate '\\ud83d' at position 5"):
+    tok.encode_batch(["ok", bad])
+  with pytest.raises(ValueError, match=r"text 0 holds a lone surrogate '\\ud83d' at position 5"):
+    tok.encode(bad)
+  tk.add_rstar_tokens(tok)  # texts with tags take the split path
+  with pytest.raises(ValueError, match=r"text 0 holds a lone surrogate '\\ud83d' at position 25"):
+    tok.encode("<code>\nx = 1<end_of_step>\ud83d")
+
+
 def test_bad_paths(tmp_path):
   missing = tmp_path / "no_such_dir"
   with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
