@@ -76,6 +76,21 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, name, line):
     formats.read_sft_records(tmp_path / name)
 
 
+def test_a_lone_surrogate_is_named_with_file_line_and_field(tmp_path):
+  # A "\\ud83d" escape (a truncated emoji) is valid JSON but no Unicode text (Python's UTF-8 codec refuses it); the
+  # tokenizer then failed on "text 1 ... at position 22" of the formatted prompt, naming neither file nor field.
+  path = tmp_path / "sft.jsonl"
+  path.write_text('{"query": "q", "response": "r"}\n{"query": "What is 1+1?\\ud83d", "response": "r"}\n')
+  with pytest.raises(UnicodeEncodeError):
+    json.loads('"\\ud83d"').encode("utf-8")
+  with pytest.raises(formats.DataFormatError, match=r"sft.jsonl:2: field 'query' holds a lone surrogate '\\ud83d' "
+                     r"at position 12"):
+    formats.read_sft_records(path)
+  path.write_text(json.dumps([{"prompt": "p", "pos": "a\ud800b", "neg": "b", "pos_count": 1, "neg_count": 1}]))
+  with pytest.raises(formats.DataFormatError, match=r"record 0: field 'pos' holds a lone surrogate '\\ud800'"):
+    formats.read_ppm_pairs(path)
+
+
 @pytest.mark.parametrize("count", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_pair_counts_name_file_line_and_field(tmp_path, count):
   # Python's json reads (and writes) these; int() of them raised OverflowError/ValueError naming nothing.
