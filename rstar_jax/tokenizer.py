@@ -154,11 +154,13 @@ class Tokenizer(abc.ABC):
 
   # --- shared ---------------------------------------------------------------------------------------------------------
 
-  def _updated_config(self, added: dict[int, dict[str, Any]]) -> dict[str, Any]:
+  def _updated_config(self, added: dict[int, dict[str, Any]], loaded: Iterable[int] = ()) -> dict[str, Any]:
     """tokenizer_config.json contents: the loaded config with the current special tokens and added tokens.
 
     Args:
       added: id -> serialised AddedToken ({"content", "special", "lstrip", "rstrip", "normalized", "single_word"}).
+      loaded: ids of the added tokens the tokenizer had when loaded (listed already, or deliberately not, in the
+        config's special-token list even when the config has no `added_tokens_decoder`, as transformers v5 writes).
     """
     cfg = dict(self._config)
     # special_tokens_map.json (merged into the config) holds serialised AddedTokens when transformers v4 wrote it;
@@ -172,15 +174,18 @@ class Tokenizer(abc.ABC):
         cfg[key] = value
     cfg["clean_up_tokenization_spaces"] = self._clean_up_spaces
     decoder = dict(cfg.get("added_tokens_decoder") or {})
-    new_ids = [i for i in sorted(added) if str(i) not in decoder]
+    loaded = set(loaded)
+    new_ids = [i for i in sorted(added) if str(i) not in decoder and i not in loaded]
     for token_id, entry in sorted(added.items()):
       decoder[str(token_id)] = entry
     cfg["added_tokens_decoder"] = decoder
-    # transformers lists user-added special tokens here (v4 name; v5 reads it too).
-    known = [t.get("content") if isinstance(t, dict) else t for t in cfg.get("additional_special_tokens") or []]
+    # transformers lists user-added special tokens here: "additional_special_tokens" (v4), "extra_special_tokens" (v5,
+    # which reads the v4 name only when its own is absent or empty; a dict there holds named tokens instead).
+    key = "extra_special_tokens" if isinstance(cfg.get("extra_special_tokens"), list) else "additional_special_tokens"
+    known = [t.get("content") if isinstance(t, dict) else t for t in cfg.get(key) or []]
     extra = [added[i]["content"] for i in new_ids if added[i]["special"] and added[i]["content"] not in known]
     if known or extra:
-      cfg["additional_special_tokens"] = known + extra
+      cfg[key] = known + extra
     return cfg
 
   def decode(self, ids: Sequence[int] | np.ndarray, skip_special_tokens: bool = False) -> str:
@@ -258,6 +263,7 @@ class HFTokenizer(Tokenizer):
     backend.no_padding()
     backend.no_truncation()
     self._tok = backend
+    self._loaded_added = frozenset(backend.get_added_tokens_decoder())  # see `_updated_config`
 
   @property
   def backend(self) -> Any:
@@ -309,7 +315,7 @@ class HFTokenizer(Tokenizer):
     added = {i: _added_token_entry(t.content, t.special, lstrip=t.lstrip, rstrip=t.rstrip, normalized=t.normalized,
                                    single_word=t.single_word)
              for i, t in self._tok.get_added_tokens_decoder().items()}
-    cfg = self._updated_config(added)
+    cfg = self._updated_config(added, self._loaded_added)
     cfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
     files.atomic_write(os.path.join(directory, TOKENIZER_CONFIG), json.dumps(cfg, indent=2, ensure_ascii=False))
 

@@ -543,6 +543,28 @@ def test_save_reload_and_transformers_load(qwen_dir, hf_refs, tmp_path):
   assert set(tk.RSTAR_SPECIAL_TOKENS) <= set(hf.all_special_tokens)
 
 
+def test_save_over_a_transformers_v5_config(qwen_dir, tmp_path):
+  """A base directory written by transformers v5 lists its special tokens as `extra_special_tokens` (and has no
+  `added_tokens_decoder`); v5 reads `additional_special_tokens` only without it. The tags were written to the
+  latter, with all 22 Qwen tokens, so transformers loaded the export without the tags among its special tokens."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  base = transformers.AutoTokenizer.from_pretrained(str(qwen_dir))
+  base.add_special_tokens({"extra_special_tokens": ["<extra_a>"]})
+  base.save_pretrained(str(tmp_path / "base"))
+  # The reference: transformers itself adding the tags (extending the list, as the official trainer's
+  # `replace_additional_special_tokens=False`).
+  ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "base"))
+  ref.add_special_tokens({"extra_special_tokens": list(tk.RSTAR_SPECIAL_TOKENS)}, replace_extra_special_tokens=False)
+  tok = tk.load_tokenizer(tmp_path / "base")
+  tk.add_rstar_tokens(tok)
+  tok.save(tmp_path / "out")
+  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  assert hf.extra_special_tokens == ref.extra_special_tokens == ["<extra_a>", *tk.RSTAR_SPECIAL_TOKENS]
+  assert hf.all_special_tokens == ref.all_special_tokens
+  assert [hf.encode(t) for t in TEXTS] == [ref.encode(t) for t in TEXTS] == tok.encode_batch(TEXTS)
+
+
 def test_sentencepiece_save_reload(sp_dir, tmp_path):
   tok = tk.load_tokenizer(sp_dir)
   tk.add_rstar_tokens(tok)
