@@ -209,7 +209,16 @@ def test_command_line_prompts_file_encoding_and_flags(tmp_path, capsys):
   boolean.write_text('{"prompt": "x", "n": true}\n')
   good = tmp_path / "good.jsonl"
   good.write_text('"fine"\n')
+  # json reads a "\ud83d" escape (a cut emoji) as a lone surrogate: the tokenizer failed later on "text 1", naming
+  # no file or line; a line nested too deeply was a bare RecursionError.
+  surrogate = tmp_path / "surrogate.jsonl"
+  surrogate.write_text('"fine"\n{"prompt": "cut \\ud83d"}\n')
+  nested = tmp_path / "nested.jsonl"
+  nested.write_text('"fine"\n' + "[" * 100000 + "\n")
   for argv, message in [
+      (["--prompts", str(surrogate)], r"error: .*surrogate.jsonl:2: 'prompt' holds a lone surrogate '\\ud83d' at "
+                                      r"position 4"),
+      (["--prompts", str(nested)], r"error: .*nested.jsonl:2: not valid JSON"),
       (["--prompts", str(latin)], r"error: .*latin.jsonl:2: not valid UTF-8"),
       (["--prompts", str(boolean)], r"error: .*boolean.jsonl:1: 'n' must be an int"),
       (["--prompts", str(good), "--n", "-1"], r"error: --n must be >= 0"),
