@@ -17,6 +17,7 @@ import mmap
 import os
 import pickle
 import struct
+import sys
 import zipfile
 from typing import Iterator, Mapping
 
@@ -194,9 +195,9 @@ class _TorchUnpickler(pickle.Unpickler):
       ("collections", "OrderedDict"): collections.OrderedDict,
   }
 
-  def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, path: str):
+  def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, path: str, swap_bytes: bool):
     super().__init__(io.BytesIO(data))
-    self._archive, self._prefix, self._path = archive, prefix, path
+    self._archive, self._prefix, self._path, self._swap_bytes = archive, prefix, path, swap_bytes
 
   def find_class(self, module, name):
     if (module, name) in self._ALLOWED:
@@ -211,7 +212,8 @@ class _TorchUnpickler(pickle.Unpickler):
       raise pickle.UnpicklingError(f"{self._path}: unsupported persistent id {pid!r}")
     dtype = _TORCH_STORAGES[storage_type.name]
     raw = self._archive.read(f"{self._prefix}/data/{key}")
-    return np.frombuffer(raw, dtype=dtype, count=numel)
+    storage = np.frombuffer(raw, dtype=dtype, count=numel)
+    return storage.byteswap() if self._swap_bytes else storage
 
 
 def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -236,8 +238,16 @@ def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not pkl:
       raise ValueError(f"{path}: no data.pkl inside; not a torch checkpoint")
     prefix = pkl[0][:-len("/data.pkl")]
+    # `torch.save` stores the storages in the writing host's byte order and records it (a file without the record is
+    # little-endian, as `torch.load` takes it): read as they lie, a big-endian host's checkpoint is garbage.
     try:
-      state = _TorchUnpickler(archive.read(pkl[0]), archive, prefix, path).load()
+      byteorder = archive.read(f"{prefix}/byteorder").decode("ascii", "replace")
+    except KeyError:
+      byteorder = "little"
+    if byteorder not in ("little", "big"):
+      raise ValueError(f"{path}: unknown byte order {byteorder!r} in its byteorder record")
+    try:
+      state = _TorchUnpickler(archive.read(pkl[0]), archive, prefix, path, byteorder != sys.byteorder).load()
     except (KeyError, zipfile.BadZipFile, EOFError, ValueError) as e:  # ValueError: a storage or tensor too short
       raise ValueError(f"{path}: truncated or corrupt torch checkpoint ({e})") from None
   if not isinstance(state, Mapping):

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import struct
+import zipfile
 
 import ml_dtypes
 import numpy as np
@@ -58,7 +59,6 @@ def test_torch_bin_written_loads_in_torch_with_shapes_kept(tmp_path, mmap):
 
 def test_torch_bin_bytes_do_not_depend_on_the_time_of_writing(tmp_path, monkeypatch):
   import time
-  import zipfile
   write_torch_bin(tmp_path / "a.bin", _arrays())
   real_time = time.time
   monkeypatch.setattr(time, "time", lambda: real_time() + 86400 * 400)  # zip entries carry a time stamp
@@ -134,3 +134,27 @@ def test_a_corrupt_safetensors_file_is_not_left_open(tmp_path):
     SafetensorsFile(path)
   # The handle used to stay open as long as anything held the exception (its traceback holds the object).
   assert caught.value is not None and open_on_path() == 0
+
+
+def test_torch_bin_saved_on_a_big_endian_host_reads_as_torch_load_reads_it(tmp_path):
+  # `torch.save` records the host's byte order in `byteorder` and stores the storages in it; `torch.load` swaps
+  # big-endian storages on a little-endian host. The file is the one a big-endian host writes: `byteorder` "big" and
+  # every storage byte-swapped.
+  state = {"weight": torch.arange(6, dtype=torch.float32).reshape(2, 3) + 0.5,
+           "bf16": torch.tensor([1.0, -3.140625], dtype=torch.bfloat16), "steps": torch.arange(3)}
+  torch.save(state, tmp_path / "little.bin")
+  storage_dtypes = {"0": np.float32, "1": ml_dtypes.bfloat16, "2": np.int64}  # in the order torch.save writes them
+  with zipfile.ZipFile(tmp_path / "little.bin") as src, zipfile.ZipFile(tmp_path / "big.bin", "w") as dst:
+    for info in src.infolist():
+      data = src.read(info.filename)
+      if info.filename.endswith("/byteorder"):
+        data = b"big"
+      elif "/data/" in info.filename:
+        data = np.frombuffer(data, storage_dtypes[info.filename.rsplit("/", 1)[1]]).byteswap().tobytes()
+      dst.writestr(info, data)
+  reference = torch.load(tmp_path / "big.bin", weights_only=True)
+  ours = read_torch_bin(tmp_path / "big.bin")
+  for name, tensor in state.items():
+    assert torch.equal(reference[name], tensor), name  # the crafted file is what torch reads as `state`
+    assert ours[name].dtype.isnative, name
+    np.testing.assert_array_equal(ours[name].astype(_numpy(tensor).dtype), _numpy(tensor), err_msg=name)
