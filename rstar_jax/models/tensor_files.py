@@ -255,6 +255,16 @@ def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return dict(state)
 
 
+def _c_strides(shape: tuple[int, ...]) -> list[int]:
+  """The element strides of a C-ordered array of `shape` (how `tobytes` lays it out), as torch computes them (a
+  length-0 axis counts as 1)."""
+  strides, step = [], 1
+  for n in reversed(shape):
+    strides.append(step)
+    step *= max(n, 1)
+  return strides[::-1]
+
+
 def _pickle_state_dict(tensors: Mapping[str, np.ndarray]) -> bytes:
   """Protocol-2 pickle of `OrderedDict{name: tensor}` in the form `torch.save` writes, built opcode by opcode
   (torch itself is never imported)."""
@@ -297,7 +307,7 @@ def _pickle_state_dict(tensors: Mapping[str, np.ndarray]) -> bytes:
     w(b"tQ")  # TUPLE, BINPERSID
     integer(0)
     int_tuple(array.shape)
-    int_tuple([int(s // array.itemsize) for s in array.strides])
+    int_tuple(_c_strides(array.shape))  # not `array.strides`: numpy lets a length-1 axis have any stride
     w(b"\x89")  # NEWFALSE (requires_grad)
     ordered_dict()  # backward hooks
     w(b"tR")  # TUPLE, REDUCE

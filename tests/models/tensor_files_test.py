@@ -57,6 +57,18 @@ def test_torch_bin_written_loads_in_torch_with_shapes_kept(tmp_path, mmap):
     np.testing.assert_array_equal(_numpy(state[name]), array.astype(_numpy(state[name]).dtype))
 
 
+def test_torch_bin_of_an_array_with_an_odd_stride_on_a_length_1_axis_reads_back(tmp_path):
+  # numpy calls `[1, 3][::-1]` C-contiguous although its first stride is negative; the bytes written are C order, so
+  # the strides recorded must be those of C order, as `torch.save` writes for the same tensor.
+  arrays = {"flipped": np.arange(3, dtype=np.float32).reshape(1, 3)[::-1],
+            "stacked": np.arange(6, dtype=np.float32).reshape(3, 1, 2)[:, ::-1]}
+  write_torch_bin(tmp_path / "x.bin", arrays)
+  state, ours = torch.load(tmp_path / "x.bin", weights_only=True), read_torch_bin(tmp_path / "x.bin")
+  for name, array in arrays.items():
+    assert state[name].stride() == torch.from_numpy(array.copy()).stride(), name
+    np.testing.assert_array_equal(ours[name], array, err_msg=name)
+
+
 def test_torch_bin_bytes_do_not_depend_on_the_time_of_writing(tmp_path, monkeypatch):
   import time
   write_torch_bin(tmp_path / "a.bin", _arrays())
