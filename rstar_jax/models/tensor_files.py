@@ -187,6 +187,10 @@ def _rebuild_parameter(data, *unused):
   return data
 
 
+class _Refused(pickle.UnpicklingError):
+  """What the restricted unpickler will not build (a global outside its list, a persistent id not a storage)."""
+
+
 class _TorchUnpickler(pickle.Unpickler):
   _ALLOWED = {
       ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
@@ -195,21 +199,21 @@ class _TorchUnpickler(pickle.Unpickler):
       ("collections", "OrderedDict"): collections.OrderedDict,
   }
 
-  def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, path: str, swap_bytes: bool):
+  def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, swap_bytes: bool):
     super().__init__(io.BytesIO(data))
-    self._archive, self._prefix, self._path, self._swap_bytes = archive, prefix, path, swap_bytes
+    self._archive, self._prefix, self._swap_bytes = archive, prefix, swap_bytes
 
   def find_class(self, module, name):
     if (module, name) in self._ALLOWED:
       return self._ALLOWED[(module, name)]
     if module == "torch" and name in _TORCH_STORAGES:
       return _StorageType(name)
-    raise pickle.UnpicklingError(f"{self._path}: refusing to load global {module}.{name}")
+    raise _Refused(f"refusing to load global {module}.{name}")
 
   def persistent_load(self, pid):
     kind, storage_type, key, _location, numel = pid
-    if kind != "storage":
-      raise pickle.UnpicklingError(f"{self._path}: unsupported persistent id {pid!r}")
+    if kind != "storage" or not isinstance(storage_type, _StorageType):
+      raise _Refused(f"unsupported persistent id {pid!r}")
     dtype = _TORCH_STORAGES[storage_type.name]
     raw = self._archive.read(f"{self._prefix}/data/{key}")
     storage = np.frombuffer(raw, dtype=dtype, count=numel)
@@ -247,8 +251,13 @@ def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if byteorder not in ("little", "big"):
       raise ValueError(f"{path}: unknown byte order {byteorder!r} in its byteorder record")
     try:
-      state = _TorchUnpickler(archive.read(pkl[0]), archive, prefix, path, byteorder != sys.byteorder).load()
-    except (KeyError, zipfile.BadZipFile, EOFError, ValueError) as e:  # ValueError: a storage or tensor too short
+      state = _TorchUnpickler(archive.read(pkl[0]), archive, prefix, byteorder != sys.byteorder).load()
+    except _Refused as e:
+      raise ValueError(f"{path}: {e}") from None
+    # A damaged or crafted pickle fails in the unpickler or in what it calls (a storage or tensor too short, a
+    # persistent id or a tensor's arguments of the wrong type): every one names the file.
+    except (KeyError, zipfile.BadZipFile, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            pickle.UnpicklingError) as e:
       raise ValueError(f"{path}: truncated or corrupt torch checkpoint ({e})") from None
   if not isinstance(state, Mapping):
     raise ValueError(f"{path}: expected a dict of tensors, found {type(state).__name__}")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import re
 import struct
 import zipfile
@@ -170,3 +171,38 @@ def test_torch_bin_saved_on_a_big_endian_host_reads_as_torch_load_reads_it(tmp_p
     assert torch.equal(reference[name], tensor), name  # the crafted file is what torch reads as `state`
     assert ours[name].dtype.isnative, name
     np.testing.assert_array_equal(ours[name].astype(_numpy(tensor).dtype), _numpy(tensor), err_msg=name)
+
+
+class _RunsACommand:
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.system, (f"touch {self.marker}",)
+
+
+# data.pkl payloads of a `torch.save` zip: a pickle that would run code, and pickles a damaged or crafted file holds.
+_STORAGE = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQ"
+_BAD_PICKLES = {
+    "runs a command": None,  # built in the test: it names the test's marker file
+    "not a pickle": b"\x80\x02\xff\xfe",
+    "storage type as a string": _STORAGE.replace(b"ctorch\nFloatStorage\n", b"X\x0c\x00\x00\x00FloatStorage"),
+    "persistent id not a tuple": b"K\x01Q",
+    "tensor of an int storage": b"ctorch._utils\n_rebuild_tensor_v2\n(K\x01K\x00K\x01\x85K\x01\x85\x89tR",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_PICKLES))
+def test_a_bin_whose_pickle_is_malicious_or_damaged_is_refused_naming_the_file(tmp_path, case):
+  marker = tmp_path / "ran"
+  value = pickle.dumps(_RunsACommand(marker), protocol=2)[2:-1] if _BAD_PICKLES[case] is None else _BAD_PICKLES[case]
+  path = tmp_path / "value_head.bin"
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("archive/data.pkl", b"\x80\x02}X\x01\x00\x00\x00w" + value + b"s.")
+    archive.writestr("archive/byteorder", "little")
+    archive.writestr("archive/data/0", np.ones(1, np.float32).tobytes())
+  with pytest.raises(Exception):  # torch refuses each one too
+    torch.load(path, weights_only=True)
+  with pytest.raises(ValueError, match=re.escape(str(path)) + ": "):
+    read_torch_bin(path)
+  assert not marker.exists()
