@@ -24,15 +24,23 @@ def save_model(model: Qwen2 | PPM, directory: str | os.PathLike) -> None:
   written."""
   directory = os.path.abspath(os.fspath(directory))
   os.makedirs(directory, exist_ok=True)
+  from rstar_jax import sharding  # pylint: disable=g-import-not-at-top  (local: models never depend on the mesh module)
+  # An earlier save's config.json goes before the new weights are written: left there, a save cut short before the
+  # new config (a kill, a full disk) would load the new weights with the earlier model's numerics, with no error.
+  config_file = os.path.join(directory, "config.json")
+
+  def remove_config():
+    if os.path.lexists(config_file):
+      os.remove(config_file)
+  sharding.on_process_zero(directory, "remove the earlier config.json", remove_config)
   # The layer layout is recorded too: a model with its layers as a list (`unstack_layers`) has another params tree.
   config = dict(model.config.to_hf_config(), rstar_jax_kind="ppm" if isinstance(model, PPM) else "policy",
                 rstar_jax_scan_layers=bool(model.model.scan_layers))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "params"), nnx.to_pure_dict(nnx.state(model)), force=True)
   # No process returns (and may load the model) before config.json is written; a failure raises on every process.
-  from rstar_jax import sharding  # pylint: disable=g-import-not-at-top  (local: models never depend on the mesh module)
   sharding.on_process_zero(directory, "write config.json", lambda: files.atomic_write(
-      os.path.join(directory, "config.json"), json.dumps(config, indent=2)))
+      config_file, json.dumps(config, indent=2)))
 
 
 def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, rules=None,

@@ -76,3 +76,22 @@ def test_a_model_saved_from_a_mesh_loads_on_a_host_with_another_device_count(tmp
   done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ckpt"), str(tmp_path / "want.npz")],
                         env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stderr[-3000:]
+
+
+def test_an_import_over_an_earlier_one_cut_short_before_its_config_does_not_load_with_the_old_config(tmp_path,
+                                                                                                monkeypatch):
+  # `convert import` into a folder holding an earlier import: were it killed (or the disk full) after the new weights
+  # and before the new config.json, the earlier config stayed beside them and the folder loaded as the earlier model's
+  # numerics (here its rope_theta) over the new weights, with no error.
+  first = Qwen2(ModelConfig.tiny(num_layers=1, rope_theta=1e4), rngs=nnx.Rngs(0))
+  checkpoint.save_model(first, tmp_path / "ckpt")
+  second = Qwen2(ModelConfig.tiny(num_layers=1, rope_theta=1e6), rngs=nnx.Rngs(1))
+
+  def cut_short(path, data):
+    raise OSError(28, "No space left on device", path)
+  monkeypatch.setattr(checkpoint.files, "atomic_write", cut_short)
+  with pytest.raises(OSError, match="No space left"):
+    checkpoint.save_model(second, tmp_path / "ckpt")
+  monkeypatch.undo()
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    checkpoint.load_model(tmp_path / "ckpt")
