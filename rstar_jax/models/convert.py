@@ -34,6 +34,7 @@ from rstar_jax.models.tensor_files import SafetensorsFile, read_torch_bin, write
 
 Path = tuple[str, ...]
 VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
+VALUE_HEAD_FILES = ("value_head.bin", "value_head.safetensors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,6 +458,8 @@ def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shar
   """Writes `model` as an HF dir (`config.json` + safetensors) in `dtype` (a name `dtype_name` takes or a dtype;
   default: the parameter dtype).
 
+  Into a folder holding an earlier export, its weight files and any PPM value head are removed.
+
   Only process 0 writes; in a multi-host run every process must call it (the gathers are collective), and it returns
   once the files are written.
   """
@@ -472,8 +475,10 @@ def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shar
   if jax.process_index() != 0:
     for _ in tensors:  # the gathers process 0 makes while it writes
       pass
-  _on_process_zero(os.fspath(out_dir), "write the export",
-                   lambda: _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes))
+  # A PPM export's value head in the folder goes too: beside the new weights it would read as a PPM of this backbone
+  # and the old head (`train_ppm` from this policy would continue from that head instead of a fresh one).
+  _on_process_zero(os.fspath(out_dir), "write the export", lambda: _write_hf_dir(
+      os.fspath(out_dir), tensors, hf_config, max_shard_bytes, stale=VALUE_HEAD_FILES))
 
 
 def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_format: str = "bin",
@@ -508,8 +513,7 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
     # value_head.safetensors, the official engine reads value_head.bin, so one left beside the new head would score
     # with the old one; and an export failing before its head is written would leave the new backbone with the old
     # head.
-    _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes,
-                  stale=("value_head.bin", "value_head.safetensors"))
+    _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes, stale=VALUE_HEAD_FILES)
     (write_torch_bin if value_head_format == "bin" else write_safetensors)(
         os.path.join(out_dir, f"value_head.{value_head_format}"), head)
   _on_process_zero(os.fspath(out_dir), "write the export", write)

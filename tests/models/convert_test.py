@@ -82,6 +82,30 @@ def test_export_over_an_earlier_export_leaves_only_the_new_weights(hf_qwen2_fact
   np.testing.assert_allclose(np.asarray(ours)[mask], want[mask], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("value_head_format", ["bin", "safetensors"])
+def test_a_policy_export_over_an_earlier_ppm_export_leaves_no_value_head(hf_qwen2_factory, tmp_path,
+                                                                         value_head_format):
+  # The PPM's value head stayed beside the new policy's weights: the folder then read as a PPM of the new backbone and
+  # the old head (`train_ppm` from that policy continued from the stale head instead of starting a fresh one).
+  out = tmp_path / "out"
+  ppm = convert.load_ppm(_with_value_head(hf_qwen2_factory("a", seed=0)[0]))
+  convert.save_ppm(ppm, out, value_head_format=value_head_format)
+  assert (out / f"value_head.{value_head_format}").exists()
+  path, _ = hf_qwen2_factory("b", seed=1)
+  convert.save_qwen2(convert.load_qwen2(path), out)
+  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+  with pytest.raises(FileNotFoundError, match="no value_head"):
+    convert.read_value_head(out)
+
+
+def _with_value_head(hf_dir):
+  """`hf_dir` with a `value_head.bin` as the official `save_rm.py` writes it (`torch.save` of the head's tensors)."""
+  head = torch.nn.Linear(64, 1)
+  torch.save({"v_head.summary.weight": head.weight.detach(), "v_head.summary.bias": head.bias.detach()},
+             os.path.join(hf_dir, "value_head.bin"))
+  return hf_dir
+
+
 def test_an_export_failing_half_way_over_an_earlier_one_does_not_load_as_a_mix(hf_qwen2_factory, tmp_path,
                                                                               monkeypatch):
   # A full disk while writing shard 2 of 4 left the earlier export's index over a new shard 1 and old shards 2..4:
