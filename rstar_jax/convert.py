@@ -110,6 +110,12 @@ def _input_problem(args) -> str | None:
     ModelConfig.from_hf_config(config_file)
   except (ValueError, KeyError) as e:
     return str(e.args[0])
+  if args.command in ("verify", "import"):
+    from rstar_jax.models.convert import HFCheckpoint  # pylint: disable=import-outside-toplevel
+    try:  # weights this loader cannot read (a transformers 4 pytorch_model.bin, a missing shard) were a traceback
+      HFCheckpoint(path).close()
+    except (OSError, ValueError) as e:
+      return f"{flag} {e.args[0] if len(e.args) == 1 else e}"  # our messages start with the path
   if args.command == "import" and args.ppm and not any(
       os.path.isfile(os.path.join(path, f)) for f in ("value_head.bin", "value_head.safetensors")):
     return f"--hf-dir {path}: no value_head.bin or value_head.safetensors in it (a PPM dir has one)"

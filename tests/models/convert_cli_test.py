@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,6 +45,10 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
   (tmp_path / "bad config").mkdir()
   (tmp_path / "bad config" / "config.json").write_text("[]")
   hf_dir, _ = hf_qwen2_factory()
+  # A checkpoint saved by transformers 4 with `safe_serialization=False`: pytorch_model.bin, which is not read.
+  bin_dir, _ = hf_qwen2_factory("bin_dir")
+  torch.save(load_file(bin_dir / "model.safetensors"), bin_dir / "pytorch_model.bin")
+  os.remove(bin_dir / "model.safetensors")
   for args, message in [
       (["verify", "--hf-dir", str(tmp_path / "missing")], f"--hf-dir {tmp_path / 'missing'}: no such directory"),
       (["import", "--hf-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], "no config.json in it"),
@@ -57,7 +62,7 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
       (["verify", "--hf-dir", str(hf_dir), "--batch", "0"], "got --batch 0 --length 32"),
       (["export", "--ckpt", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "a_file"), "--ppm"],
        f"--out {tmp_path / 'a_file'}: is a file, not a folder"),
-      (["import", "--hf-dir", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "a_file" / "ckpt")],
+      (["import", "--hf-dir", str(hf_dir), "--out", str(tmp_path / "a_file" / "ckpt")],
        f"--out {tmp_path / 'a_file' / 'ckpt'}: {tmp_path / 'a_file'} is a file, not a folder"),
       # Each overwrote the input's config.json with its own (the HF dir lost eos_token_id; the checkpoint its layout).
       (["import", "--hf-dir", str(hf_dir), "--out", str(hf_dir) + "/"],
@@ -65,6 +70,12 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
       (["export", "--ckpt", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "ppm ckpt"), "--ppm"],
        "is the input folder (--ckpt"),
       (["verify", "--hf-dir", str(tmp_path / "bad config")], "config.json: expected a JSON object, got list"),
+      # These were tracebacks once the model was built: a folder with no weights this loader reads.
+      (["import", "--hf-dir", str(bin_dir), "--out", str(tmp_path / "o")],
+       f"--hf-dir {bin_dir}: no model.safetensors or model.safetensors.index.json (PyTorch .bin"),
+      (["verify", "--hf-dir", str(bin_dir)], f"--hf-dir {bin_dir}: no model.safetensors"),
+      (["import", "--hf-dir", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "o"), "--ppm"],
+       f"--hf-dir {tmp_path / 'ppm ckpt'}: no model.safetensors"),
   ]:
     with pytest.raises(SystemExit) as exit_info:
       convert.main(args)
