@@ -345,7 +345,15 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def read_value_head(ppm_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The value head of a PPM dir as float32 `{v_head.summary.weight: [1, D], v_head.summary.bias: [1]}`, from
+  `value_head.safetensors` or `value_head.bin`.
+
+  A dir holding both with different heads is refused: the official `rm_engine` scores with `value_head.bin`, so
+  preferring the other (e.g. one left by an earlier export when the official `save_rm.py` wrote the .bin) would score
+  with another head. An equal copy in both formats loads.
+  """
   ppm_dir = os.fspath(ppm_dir)
+  heads = {}
   for name, reader in (("value_head.safetensors", _read_safetensors), ("value_head.bin", read_torch_bin)):
     path = os.path.join(ppm_dir, name)
     if os.path.exists(path):
@@ -353,8 +361,15 @@ def read_value_head(ppm_dir: str | os.PathLike) -> dict[str, np.ndarray]:
       missing = [k for k in VALUE_HEAD_KEYS if k not in tensors]
       if missing:
         raise KeyError(f"{path}: missing value-head tensors {missing}")
-      return {k: np.asarray(tensors[k], np.float32) for k in VALUE_HEAD_KEYS}
-  raise FileNotFoundError(f"{ppm_dir}: no value_head.bin or value_head.safetensors")
+      heads[name] = {k: np.asarray(tensors[k], np.float32) for k in VALUE_HEAD_KEYS}
+  if not heads:
+    raise FileNotFoundError(f"{ppm_dir}: no value_head.bin or value_head.safetensors")
+  first, *others = heads.values()
+  for other in others:
+    if any(first[k].shape != other[k].shape or not np.array_equal(first[k], other[k]) for k in VALUE_HEAD_KEYS):
+      raise ValueError(f"{ppm_dir}: value_head.bin and value_head.safetensors hold different heads (the official "
+                       "rm_engine reads value_head.bin); remove the stale one")
+  return first
 
 
 def weights_fingerprint(hf_dir: str | os.PathLike) -> str:

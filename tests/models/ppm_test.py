@@ -166,3 +166,26 @@ def test_dropout_keys_that_are_not_one_per_row_are_refused():
   # Independent rows: with keys per row, rows of the same input get different values.
   values = ppm(*args, dropout_rate=0.5, dropout_keys=jax.random.split(jax.random.key(0), 3))
   assert len(set(np.asarray(values).tolist())) == 3
+
+
+def test_a_dir_with_two_different_value_heads_is_refused_and_two_equal_ones_load(hf_qwen2_factory, tmp_path):
+  # The official `save_rm.py` writing value_head.bin into a folder that held our export's value_head.safetensors:
+  # the official rm_engine scores with value_head.bin, and we read the stale .safetensors head instead.
+  from rstar_jax.models.tensor_files import write_safetensors
+  path, hf = hf_qwen2_factory()
+  rng = np.random.default_rng(0)
+  stale, new = (rng.normal(size=(1, hf.config.hidden_size)).astype(np.float32) for _ in range(2))
+  write_safetensors(path / "value_head.safetensors", {"v_head.summary.weight": stale,
+                                                      "v_head.summary.bias": np.zeros(1, np.float32)})
+  torch.save({"v_head.summary.weight": torch.from_numpy(new), "v_head.summary.bias": torch.zeros(1)},
+             path / "value_head.bin")
+  official = torch.load(path / "value_head.bin", weights_only=True)["v_head.summary.weight"].numpy()
+  try:
+    kernel = np.asarray(convert.load_ppm(path).value_head.kernel[...]).T
+  except ValueError as e:
+    assert "value_head.bin" in str(e) and "value_head.safetensors" in str(e)
+  else:
+    np.testing.assert_array_equal(kernel, official)
+  torch.save({"v_head.summary.weight": torch.from_numpy(stale), "v_head.summary.bias": torch.zeros(1)},
+             path / "value_head.bin")  # the same head in both formats loads
+  np.testing.assert_array_equal(np.asarray(convert.load_ppm(path).value_head.kernel[...]).T, stale)
