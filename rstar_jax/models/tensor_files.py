@@ -196,6 +196,8 @@ class _TorchUnpickler(pickle.Unpickler):
       ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
       ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
       ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+      # A Parameter with Python attributes (`state`, built by this unpickler too): only its data is kept.
+      ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
       ("collections", "OrderedDict"): collections.OrderedDict,
   }
 

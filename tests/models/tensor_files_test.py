@@ -95,6 +95,18 @@ def test_torch_bin_reader_reads_torch_save_of_every_integer_width(tmp_path):
     np.testing.assert_array_equal(ours[name], _numpy(tensor))
 
 
+def test_torch_bin_reader_reads_parameters_with_python_attributes(tmp_path):
+  # `torch.save` of a Parameter carrying attributes (as libraries tag them, e.g. `_is_hf_initialized`) pickles it
+  # through `_rebuild_parameter_with_state`, which `torch.load(weights_only=True)` reads; it was refused as unsafe.
+  weight = torch.nn.Parameter(torch.randn(1, 4))
+  weight._is_hf_initialized = True
+  path = tmp_path / "value_head.bin"
+  torch.save({"v_head.summary.weight": weight, "v_head.summary.bias": torch.nn.Parameter(torch.zeros(1))}, path)
+  reference, ours = torch.load(path, weights_only=True), read_torch_bin(path)
+  for name, tensor in reference.items():
+    np.testing.assert_array_equal(ours[name], tensor.detach().numpy(), err_msg=name)
+
+
 @pytest.mark.parametrize("header, message", [
     ([1, 2], "not an object"),
     ({"a": {"dtype": "F32", "shape": [2]}}, "'a' has a corrupt header entry"),
