@@ -116,9 +116,12 @@ def _input_problem(args) -> str | None:
       HFCheckpoint(path).close()
     except (OSError, ValueError) as e:
       return f"{flag} {e.args[0] if len(e.args) == 1 else e}"  # our messages start with the path
-  if args.command == "import" and args.ppm and not any(
-      os.path.isfile(os.path.join(path, f)) for f in ("value_head.bin", "value_head.safetensors")):
-    return f"--hf-dir {path}: no value_head.bin or value_head.safetensors in it (a PPM dir has one)"
+  if args.command == "import":
+    heads = [f for f in ("value_head.bin", "value_head.safetensors") if os.path.isfile(os.path.join(path, f))]
+    if args.ppm and not heads:
+      return f"--hf-dir {path}: no value_head.bin or value_head.safetensors in it (a PPM dir has one)"
+    if heads and not args.ppm:  # imported as a policy, its value head would be dropped without a word
+      return f"--hf-dir {path} holds a PPM ({heads[0]}): add --ppm"
   if args.command == "export":
     if not os.path.isdir(os.path.join(path, "params")):
       return f"--ckpt {path}: no orbax 'params' folder in it (write one with `convert import`)"

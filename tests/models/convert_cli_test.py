@@ -49,6 +49,9 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
   bin_dir, _ = hf_qwen2_factory("bin_dir")
   torch.save(load_file(bin_dir / "model.safetensors"), bin_dir / "pytorch_model.bin")
   os.remove(bin_dir / "model.safetensors")
+  ppm_dir, _ = hf_qwen2_factory("ppm_dir")  # the official layout: a backbone dir + value_head.bin
+  torch.save({"v_head.summary.weight": torch.zeros(1, 64), "v_head.summary.bias": torch.zeros(1)},
+             ppm_dir / "value_head.bin")
   for args, message in [
       (["verify", "--hf-dir", str(tmp_path / "missing")], f"--hf-dir {tmp_path / 'missing'}: no such directory"),
       (["import", "--hf-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], "no config.json in it"),
@@ -76,6 +79,9 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
       (["verify", "--hf-dir", str(bin_dir)], f"--hf-dir {bin_dir}: no model.safetensors"),
       (["import", "--hf-dir", str(tmp_path / "ppm ckpt"), "--out", str(tmp_path / "o"), "--ppm"],
        f"--hf-dir {tmp_path / 'ppm ckpt'}: no model.safetensors"),
+      # A PPM dir imported without --ppm became a policy checkpoint: its value head was dropped without a word.
+      (["import", "--hf-dir", str(ppm_dir), "--out", str(tmp_path / "o")],
+       f"--hf-dir {ppm_dir} holds a PPM (value_head.bin): add --ppm"),
   ]:
     with pytest.raises(SystemExit) as exit_info:
       convert.main(args)
