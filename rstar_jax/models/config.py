@@ -156,6 +156,13 @@ class ModelConfig:
                                                      or value < 1):
         raise ValueError(f"{where}: field {key!r} must be an integer >= 1, got {value!r}")
 
+    # Fields of another type were a bare AttributeError / TypeError naming no field, or (a "false" string is truthy)
+    # loaded as another model.
+    for key, types, what in (("rope_parameters", Mapping, "an object"), ("rope_scaling", Mapping, "an object"),
+                             ("layer_types", list, "a list"), ("tie_word_embeddings", bool, "true or false")):
+      if hf.get(key) is not None and not isinstance(hf[key], types):
+        raise ValueError(f"{where}: field {key!r} must be {what}, got {hf[key]!r}")
+
     rope_theta = hf.get("rope_theta")
     rope_params = hf.get("rope_parameters") or {}
     v5_theta = rope_params.get("rope_theta") if isinstance(rope_params, Mapping) else None
@@ -177,9 +184,12 @@ class ModelConfig:
       raise ValueError(f"{where}: hidden_act={hf['hidden_act']!r} is not supported (Qwen2's MLP is SwiGLU with silu)")
     layer_types = hf.get("layer_types") or []
     # transformers' defaults: a config that turns the window on without naming it gets sliding_window=4096.
+    window_on = bool(hf.get("use_sliding_window")) and hf.get("sliding_window", 4096) is not None
+    max_window_layers = hf.get("max_window_layers", 28)
+    if window_on and (isinstance(max_window_layers, bool) or not isinstance(max_window_layers, int)):
+      raise ValueError(f"{where}: field 'max_window_layers' must be an integer, got {max_window_layers!r}")
     sliding = any(t != "full_attention" for t in layer_types) or (
-        bool(hf.get("use_sliding_window")) and hf.get("sliding_window", 4096) is not None
-        and hf.get("max_window_layers", 28) < need("num_hidden_layers"))
+        window_on and max_window_layers < need("num_hidden_layers"))
     if sliding:
       raise ValueError(f"{where}: sliding-window attention is not supported (use_sliding_window / layer_types): "
                        "every layer here attends to the whole context")

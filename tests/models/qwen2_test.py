@@ -230,6 +230,15 @@ def test_configs_the_model_does_not_implement_are_refused():
       (dict(Qwen2Config(**shape).to_dict(), rope_parameters=None,
             rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}),
        "rope_type='yarn' is not supported"),  # the older key of the Qwen2.5 model cards' YaRN snippet
+      # Fields of the wrong type were a bare AttributeError / TypeError naming no field (transformers fails on
+      # these too), or loaded as another model: a non-empty string is truthy.
+      (dict(Qwen2Config(**shape).to_dict(), rope_scaling="yarn"), r"field 'rope_scaling' must be an object"),
+      (dict(Qwen2Config(**shape).to_dict(), rope_parameters=["default"]), r"field 'rope_parameters' must be an "),
+      (dict(Qwen2Config(**shape).to_dict(), use_sliding_window=True, sliding_window=8, max_window_layers=None),
+       r"field 'max_window_layers' must be an integer, got None"),
+      (dict(Qwen2Config(**shape).to_dict(), tie_word_embeddings="false"),
+       r"field 'tie_word_embeddings' must be true or false, got 'false'"),
+      (dict(Qwen2Config(**shape).to_dict(), layer_types="full_attention"), r"field 'layer_types' must be a list"),
   ]:
     with pytest.raises(ValueError, match=message):
       ModelConfig.from_hf_config(config)
