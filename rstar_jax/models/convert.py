@@ -35,6 +35,10 @@ from rstar_jax.models.tensor_files import SafetensorsFile, read_torch_bin, write
 Path = tuple[str, ...]
 VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
 VALUE_HEAD_FILES = ("value_head.bin", "value_head.safetensors")
+# The files of an HF checkpoint dir besides its config and weights: the tokenizer and the generation settings
+# (generation_config.json's EOS ids are where generation stops; the exported config.json names none).
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+              "added_tokens.json", "tokenizer.model", "generation_config.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +374,19 @@ def read_value_head(ppm_dir: str | os.PathLike) -> dict[str, np.ndarray]:
       raise ValueError(f"{ppm_dir}: value_head.bin and value_head.safetensors hold different heads (the official "
                        "rm_engine reads value_head.bin); remove the stale one")
   return first
+
+
+def copy_side_files(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, names=SIDE_FILES) -> None:
+  """Copies the files `names` (default: the tokenizer and generation settings) that `src_dir` holds into `dst_dir`;
+  one in `dst_dir` that `src_dir` lacks is removed (an earlier export's, not this model's). Call on one process."""
+  for name in names:
+    src, dst = os.path.join(src_dir, name), os.path.join(dst_dir, name)
+    if os.path.isfile(src):
+      if not (os.path.exists(dst) and os.path.samefile(src, dst)):
+        with open(src, "rb") as f:
+          files.atomic_write(dst, f.read())
+    elif os.path.lexists(dst):
+      os.remove(dst)
 
 
 def weights_fingerprint(hf_dir: str | os.PathLike) -> str:

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -46,10 +45,8 @@ from rstar_jax.train.metrics_log import MetricsLog
 
 StepCallback = Callable[[int, dict[str, float]], None]
 PathLike = str | os.PathLike[str]
-# Files copied next to exported weights so the next phase loads the same tokenizer: all of them for a tokenizer
-# object that cannot save itself; otherwise it saves itself (rStar tags included) and only these are copied.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "added_tokens.json", "tokenizer.model", "generation_config.json")
+# Copied next to exported weights besides a tokenizer that saves itself (rStar tags included); a tokenizer object that
+# cannot save itself is exported by copying all of `convert.SIDE_FILES` from its source directory.
 _FILES_BESIDE_A_SAVED_TOKENIZER = ("generation_config.json",)
 # `<workdir>/run.json`: the settings and data a run started with; a resumed run must match them (`_check_resume`).
 RUN_FILE = "run.json"
@@ -149,18 +146,12 @@ def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str
   `save` is exported by copying its source directory's files.
   """
   def write():
-    copy = TOKENIZER_FILES
+    copy = convert.SIDE_FILES
     if isinstance(tokenizer, tokenizer_lib.Tokenizer):
       tokenizer.save(export_dir)
       copy = _FILES_BESIDE_A_SAVED_TOKENIZER
     if tokenizer_dir is not None and os.path.isdir(tokenizer_dir):
-      for name in copy:
-        src, dst = os.path.join(tokenizer_dir, name), os.path.join(export_dir, name)
-        if os.path.isfile(src):
-          if not (os.path.exists(dst) and os.path.samefile(src, dst)):
-            shutil.copyfile(src, dst)
-        elif os.path.exists(dst):  # an earlier export's into the same folder: it is not this tokenizer's
-          os.remove(dst)
+      convert.copy_side_files(tokenizer_dir, export_dir, copy)
   sharding_lib.on_process_zero(export_dir, "write the tokenizer", write)
 
 

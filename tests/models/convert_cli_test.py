@@ -1,7 +1,9 @@
 """`python -m rstar_jax.convert` verify / import / export, run as a user would (subprocesses)."""
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -21,8 +23,12 @@ def _run(*args):
   return proc.stdout
 
 
-def test_verify_import_export(hf_qwen2_factory, tmp_path):
+def test_verify_import_export(hf_qwen2_factory, tmp_path, shared_data):
   path, _ = hf_qwen2_factory(tie_word_embeddings=False)
+  # A real checkpoint dir also holds its tokenizer and generation_config.json (the EOS ids generation stops at).
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copyfile(shared_data / "qwen2.5-tokenizer" / name, path / name)
+  (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [151645, 151643], "top_p": 0.8}))
   last = _run("verify", "--hf-dir", str(path)).strip().splitlines()[-1]
   match = re.fullmatch(r"max_abs_logit_diff=([0-9.e+-]+)", last)
   assert match and float(match.group(1)) <= 1e-4, last
@@ -32,6 +38,15 @@ def test_verify_import_export(hf_qwen2_factory, tmp_path):
   assert sorted(original) == sorted(again)
   for name in original:
     np.testing.assert_array_equal(original[name], again[name], err_msg=name)
+  # The export is a checkpoint transformers generates with as with the original: import then export kept the
+  # tokenizer and the generation settings (the exported config.json names no EOS: without them HF's generate never
+  # stopped at one).
+  import transformers  # pylint: disable=import-outside-toplevel
+  generation = transformers.GenerationConfig.from_pretrained(tmp_path / "hf_again")
+  assert (generation.eos_token_id, generation.top_p) == ([151645, 151643], 0.8)
+  text = "Solve x^2 = 4.<end_of_step>"
+  assert (transformers.AutoTokenizer.from_pretrained(tmp_path / "hf_again")(text)["input_ids"]
+          == transformers.AutoTokenizer.from_pretrained(shared_data / "qwen2.5-tokenizer")(text)["input_ids"])
 
 
 def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory, tmp_path, capsys):
