@@ -34,10 +34,12 @@ search; see `strip_program` for the clean-up applied here):
    lets through and the compiler finds (`'return' outside function`) names `<string>` and its line in the text of
    `ast.unparse` of the piece's statements (all but the last, or the last alone), which the official code `exec`s.
 7. Post-processing (`postprocess`) of a piece's result: printed text, or an echoed value that is a `str` (the official
-   `truncate_string` rounds any `str`), that parses as a Python float becomes `str(round(value, 4)) + "\n"` when that
-   is shorter (`8.94427190999916\n` -> `8.9443\n`; `5\n` stays; the echo of `math.sqrt(2)`, a float, stays
-   `1.4142135623730951`; the echo of `str(math.sqrt(80))` becomes `8.9443\n`). Then a result longer than `max_chars`
-   (1024 by default) becomes its first `max_chars // 2` characters + `...` + its last `max_chars - max_chars // 2`.
+   `truncate_string` rounds any `str`), that parses as a Python float becomes `str(round(value, 4)) + "\n"` unless the
+   text is shorter (`8.94427190999916\n` -> `8.9443\n`; `5\n` stays; at equal lengths the rounded form wins, as the
+   official test is `len(text) < len(rounded)`: `print(3.14159, end='')` -> `3.1416\n`; the echo of `math.sqrt(2)`,
+   a float, stays `1.4142135623730951`; the echo of `str(math.sqrt(80))` becomes `8.9443\n`). Then a result longer
+   than `max_chars` (1024 by default) becomes its first `max_chars // 2` characters + `...` + its last
+   `max_chars - max_chars // 2`.
 
 Differences from the official interpreter, on purpose: every program gets a fresh namespace (the official one
 shares one across all programs of a process), and the time limit covers the whole program once (the official one
@@ -91,13 +93,13 @@ def truncate(text: str, max_chars: int) -> str:
 
 
 def round_float_text(text: str) -> str:
-  """rStar's float rule for printed text: `round(float(text), 4)` + newline when that is shorter."""
+  """rStar's float rule for printed text: `round(float(text), 4)` + newline unless the text is shorter."""
   try:
     value = float(text)
   except (ValueError, OverflowError):
     return text
   rounded = f"{round(value, 4)}\n"
-  return rounded if len(rounded) < len(text) else text
+  return text if len(text) < len(rounded) else rounded  # a tie goes to the rounded form, as in the official code
 
 
 def observation_limit(max_chars: int, final: bool) -> int:

@@ -76,6 +76,13 @@ CASES = [
     ("print(1e20)", "1e+20\n", "1e+20\n"),
     ("print(' 3.14159265 ')", "3.1416\n", "3.1416\n"),
     ("print('1.23456', '2')", "1.23456 2\n", "1.23456 2\n"),
+    # The official `truncate_string` keeps the text only when it is strictly shorter than the rounded form: at equal
+    # lengths the rounded form wins (a 5-decimal echo or a print without its newline; a padded number).
+    ("'%.5f' % (2 / 3)", "0.6667\n", "0.66667"),
+    ("x = 1 / 3\nf'{x:.5f}'", "0.3333\n", "0.33333"),
+    ("print(3.14159, end='')", "3.1416\n", "3.1416\n"),
+    ("print(1.5, end=' ')", "1.5\n", "1.5\n"),
+    ("print('  2')", "2.0\n", "2.0\n"),
     # Each piece of several print points is post-processed on its own (float rounding, truncation).
     ("print(2 / 3)\nprint(1 / 3)", "2 / 3: 0.6667\n1 / 3: 0.3333\n", "0.6666666666666666\n0.3333333333333333\n"),
     ("import math\narea = math.pi * 25\nprint(area)\nprint('1.5')", "area: 78.5398\n'1.5': 1.5\n",
