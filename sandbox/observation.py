@@ -17,7 +17,8 @@ search; see `strip_program` for the clean-up applied here):
    `__is_print_node` recurses: `for i in r:\n    if c:\n        print(i)` is a print point).
 4. Zero or one print point: the whole program is one piece, run by rStar's `_sub_run`: every statement but the last
    runs with its stdout discarded; then the last statement runs: if it is an expression whose value is not None, the
-   result is that value (the echo); otherwise it is what that last statement printed. So `x = 2; print(x); y = 3`
+   result is that value (the echo: `f"{value}"`, as the official code shows it; `format` differs from `str` for
+   numpy's float32); otherwise it is what that last statement printed. So `x = 2; print(x); y = 3`
    observes "" (a quirk kept in this mode only). The result is post-processed (rule 7).
 5. Several print points: the program is cut after each print point and each piece runs by rule 4 in one namespace
    (so only the print point's own output counts; what earlier statements of the piece print is discarded), is
@@ -408,8 +409,13 @@ def _run_piece(body, namespace, tee: _Tee, obs: BoundedText, filename: str, max_
       pass
   if expression is not None:
     value = eval(expression, namespace)  # pylint: disable=eval-used
+    if isinstance(value, str):
+      return value, True  # the official `truncate_string` rounds any str it gets
     if value is not None:
-      return str(value), isinstance(value, str)  # the official `truncate_string` rounds any str it gets
+      # The official code shows `f"{value}"` of a value its `truncate_string` left whole (`str` not past the cut), and
+      # that cut of `str(value)` otherwise; `format` differs from `str` for numpy's float32 (`0.6666666865348816`).
+      text = str(value)
+      return (format(value, "") if len(text) <= max_chars else text), False
   else:
     exec(_compile_piece([last], filename), namespace)  # pylint: disable=exec-used
   return _printed(obs, obs.keep, max_chars), True

@@ -27,6 +27,8 @@ CASES = [
     ("x = 3\nx * 2", "6", "6"),
     ("'text'", "text", "text"),
     ("None", "", ""),
+    # The official echo is `f"{value}"` (`format`, not `str`): numpy's float32 formats as the Python float it holds.
+    ("import numpy as np\nnp.float32(2) / 3", "0.6666666865348816", "0.6666667"),
     ("x = 5", "", ""),
     ("from sympy import symbols, expand\nx = symbols('x')\nexpand((x + 1)**2)", "x**2 + 2*x + 1",
      "x**2 + 2*x + 1"),
