@@ -527,7 +527,9 @@ class Zygote:
     if len(code) > cfg["max_code_chars"]:
       err = f"ValueError: program too long ({len(code)} characters > {cfg['max_code_chars']})"
       return {**base, "observation": err, "error": err, "duration_s": 0.0}
-    reusable = static_check.is_reusable(code, cfg["static_check_max_chars"])
+    # Judged on the text that runs: a fenced program does not parse as sent, and unparsable text counts as reusable.
+    reusable = static_check.is_reusable(observation.program_text(code, cfg["output_mode"]),
+                                        cfg["static_check_max_chars"])
     cur = self.current
     if reusable and cur is not None and cur.alive and cur.uses < cfg["reuse_limit"]:
       ex = cur

@@ -130,6 +130,15 @@ def strip_program(code: str) -> str:
   return code[:end]
 
 
+def program_text(code: str, mode: str) -> str:
+  """The text `run_program` parses and runs: `strip_program(code)` in rstar mode, `code` itself in plain mode.
+
+  Whatever judges a program before it runs (`static_check.is_reusable`) must judge this text: a ```python fence or
+  leading indentation does not parse as sent, but runs once cleaned up.
+  """
+  return strip_program(code) if mode == "rstar" else code
+
+
 class _TextSink(io.TextIOBase):
   """A writable, non-tty UTF-8 text stream (what `print` and code probing `sys.stdout` expect)."""
 
@@ -347,8 +356,7 @@ def run_program(code: str, namespace: dict, *, mode: str = "rstar", max_chars: i
   saved = sys.stdout, sys.stderr
   sys.stdout, sys.stderr = tee, BoundedText(1)
   try:
-    if mode == "rstar":
-      code = strip_program(code)
+    code = program_text(code, mode)
     tree = ast.parse(code, filename=filename)
     body = tree.body
     out.started = True

@@ -328,6 +328,12 @@ POISON_PAIRS = [
      "import numpy as np\nprint(np.random.rand() == np.random.RandomState(0).rand())", "True\n"),
     ("numpy_printoptions", "import numpy as np\nnp.set_printoptions(precision=1)",
      "import numpy as np\nprint(np.array([1.23456]))", "[1.23456]\n"),
+    # Text the rstar mode cleans up before it runs (a ```python fence, leading indentation: rStar's `sanitize_input`)
+    # does not parse as sent; it ran in the reused executor and its settings stayed for the programs after it.
+    ("fenced_printoptions", "```python\nimport numpy as np\nnp.set_printoptions(precision=1)\n```",
+     "import numpy as np\nprint(np.array([1.23456]))", "[1.23456]\n"),
+    ("indented_math_constant", "  import math\nmath.pi = 3", "import math\nprint(math.pi == 3.141592653589793)",
+     "True\n"),
     ("decimal_context", "import decimal\ndecimal.getcontext().prec = 3",
      "from decimal import Decimal\nprint(repr(Decimal(1) / Decimal(7)))",
      "Decimal('0.1428571428571428571428571429')\n"),
