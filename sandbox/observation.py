@@ -158,6 +158,8 @@ class BoundedText(_TextSink):
 
   Memory stays bounded whatever a snippet prints; `value(max_chars)` gives the text with rStar's truncation applied,
   exactly as if the whole text had been kept (the head holds `keep` characters, enough to parse a long float).
+  The tail is a list of the last pieces (under `3 * keep` characters), cut back to `keep` only when it passes
+  `2 * keep`: rebuilding it on every write cost `keep` characters a `print`.
   """
 
   def __init__(self, keep: int):
@@ -165,7 +167,8 @@ class BoundedText(_TextSink):
     self._keep = max(int(keep), 1)
     self._head: list[str] = []
     self._head_len = 0
-    self._tail = ""
+    self._tail: list[str] = []
+    self._tail_len = 0
     self.total = 0
     self.buffer = _BytesToText(self)
 
@@ -185,7 +188,12 @@ class BoundedText(_TextSink):
       piece = s[:self._keep - self._head_len]
       self._head.append(piece)
       self._head_len += len(piece)
-    self._tail = (self._tail + s[-self._keep:])[-self._keep:]
+    piece = s[-self._keep:]
+    self._tail.append(piece)
+    self._tail_len += len(piece)
+    if self._tail_len > 2 * self._keep:  # amortized: at least `keep` characters came in since the last cut
+      self._tail = ["".join(self._tail)[-self._keep:]]
+      self._tail_len = self._keep
     self.total += n
     return n
 
@@ -195,7 +203,8 @@ class BoundedText(_TextSink):
     if self.total <= self._keep:
       return truncate(head, max_chars)
     half = max_chars // 2
-    return head[:half] + "..." + self._tail[half - max_chars:]
+    tail = "".join(self._tail)[-self._keep:]
+    return head[:half] + "..." + tail[half - max_chars:]
 
   def full_if_short(self, limit: int) -> str | None:
     """The exact text when at most `limit` (<= keep) characters were written, else None."""

@@ -191,3 +191,15 @@ def test_pool_keeps_the_pieces_of_several_print_points():
   piece = "'abcdefghij' * 3: abcde...ghij\n"
   assert many.ok and many.observation == observation.truncate(piece * 40, observation.MULTI_PRINT_LIMIT * 10)
   assert emoji.ok and len(emoji.observation) == observation.MULTI_PRINT_LIMIT * 10 + 3
+
+
+def test_many_small_prints_cost_what_they_print():
+  # The output sinks rebuilt their kept tail (up to 4 * max_output_chars characters) on every write: with a large
+  # limit, 200,000 prints copied ~10^11 characters and timed out, where the official StringIO takes them at once.
+  # Each print is 2 writes (the value, then the newline).
+  n = 200_000
+  whole = "".join(f"{i}\n" for i in range(n))
+  with SandboxPool(num_workers=1, timeout_s=20.0, max_output_chars=1_000_000, preload=(), warmup="") as pool:
+    (r,) = pool.run([f"for i in range({n}):\n    print(i)"])
+  assert r.ok, r
+  assert r.observation == r.stdout == observation.truncate(whole, 1_000_000)
