@@ -12,6 +12,7 @@ SIGKILLed), which takes down its PID namespace (bwrap, unshare) or, via PR_SET_P
 from __future__ import annotations
 
 import collections
+import collections.abc
 import concurrent.futures
 import itertools
 import json
@@ -285,9 +286,14 @@ class SandboxPool:
         raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
     if host_grace_s is not None and (not _is_number(host_grace_s) or not 0 <= host_grace_s < float("inf")):
       raise ValueError(f"host_grace_s must be None or >= 0 and finite, got {host_grace_s!r}")
-    if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
+    if (isinstance(preload, str) or not isinstance(preload, collections.abc.Iterable)
+        or not all(isinstance(m, str) for m in preload)):
       # A string was iterated letter by letter: modules "s", "y", ... are missing, skipped, and nothing preloaded.
       raise TypeError(f"preload must be a sequence of module names, got {preload!r}")
+    if not isinstance(warmup, str):  # anything else was skipped in silence (warm-up failures are ignored)
+      raise TypeError(f'warmup must be a str ("" to skip), got {warmup!r}')
+    if not isinstance(seccomp, bool):  # bool("no") is True
+      raise TypeError(f"seccomp must be a bool, got {seccomp!r}")
     if output_mode not in observation.OUTPUT_MODES:
       raise ValueError(f"output_mode must be one of {observation.OUTPUT_MODES}, got {output_mode!r}")
     self.num_workers = num_workers

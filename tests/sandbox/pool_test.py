@@ -88,6 +88,14 @@ def test_bad_input_is_named():
   # A single module name was preloaded letter by letter ("s", "y", "m", ...: all missing, all skipped), silently.
   with pytest.raises(TypeError, match=r"preload must be a sequence of module names, got 'sympy'"):
     SandboxPool(preload="sympy")
+  # None (for "no preloads") failed as "'NoneType' object is not iterable", naming no argument; a non-str warm-up was
+  # skipped in silence (its failures are ignored, by design) and a str `seccomp` ("no") turned the filter on.
+  with pytest.raises(TypeError, match=r"preload must be a sequence of module names, got None"):
+    SandboxPool(preload=None)
+  with pytest.raises(TypeError, match=r"warmup must be a str \(\"\" to skip\), got None"):
+    SandboxPool(warmup=None)
+  with pytest.raises(TypeError, match=r"seccomp must be a bool, got 'no'"):
+    SandboxPool(seccomp="no")
   with pytest.raises(RuntimeError, match="isolation level 'nsjail'|unknown isolation"):
     try:
       SandboxPool(isolation="nsjail")
