@@ -107,12 +107,13 @@ class _TaskQueue:
     self._cond = threading.Condition()
     self._idle = 0  # worker threads blocked in take(block=True)
     self.closed = False
+    self._closed_because = "SandboxPool is closed"
 
   def put(self, tasks: Sequence[_Task]) -> None:
     """Appends `tasks`; raises RuntimeError once the queue is closed (a put racing `close` must not be lost)."""
     with self._cond:
       if self.closed:
-        raise RuntimeError("SandboxPool is closed")
+        raise RuntimeError(self._closed_because)
       self._items.extend(tasks)
       self._cond.notify_all()
 
@@ -138,8 +139,11 @@ class _TaskQueue:
         return None
       return self._items.popleft()
 
-  def close(self) -> list[_Task]:
+  def close(self, because: str | None = None) -> list[_Task]:
+    """Closes the queue (later `put`s raise RuntimeError(`because`), if given); returns the tasks it held."""
     with self._cond:
+      if because is not None and not self.closed:
+        self._closed_because = because
       self.closed = True
       left = list(self._items)
       self._items.clear()
@@ -608,12 +612,12 @@ class SandboxPool:
           self._procs.pop(slot, None)
 
   def _slot_lost(self, err: str) -> None:
-    """A slot gave up restarting; when none is left, every queued program gets `err`."""
+    """A slot gave up restarting; when none is left, every queued program gets `err` and later `submit`s raise it."""
     with self._lock:
       self._live_slots -= 1
       if self._live_slots > 0:
         return
-    for task in self._queue.close():
+    for task in self._queue.close(because=f"no sandbox worker left: {err}"):
       if task.future.set_running_or_notify_cancel() if not task.started else True:
         task.future.set_result(SandboxResult(observation=err, stdout="", error=err, timed_out=False,
                                              memory_exceeded=False, killed_by_signal=None, duration_s=0.0))

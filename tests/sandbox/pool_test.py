@@ -124,6 +124,24 @@ def test_dead_worker_is_replaced():
     assert p.worker_pids() and p.worker_pids() != [pid]
 
 
+def test_a_pool_whose_workers_cannot_restart_says_why(monkeypatch):
+  with SandboxPool(num_workers=1, timeout_s=2.0, **LIGHT) as p:
+    def cannot_start(uid_lease):
+      raise RuntimeError("worker exited before it was ready (exit 1); stderr: no more processes")
+    monkeypatch.setattr(p, "_start_worker", cannot_start)
+    (pid,) = p.worker_pids()
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+      time.sleep(0.01)
+    (r,) = p.run(["print(1)"])
+    assert r.error == ("RuntimeError: sandbox worker could not be restarted: worker exited before it was ready "
+                       "(exit 1); stderr: no more processes") == r.observation
+    # Later work was refused as "SandboxPool is closed": the pool was never closed, and the cause was lost.
+    with pytest.raises(RuntimeError, match=r"no sandbox worker left: .*could not be restarted.*no more processes"):
+      p.run(["print(2)"])
+
+
 def _running(pid):
   try:
     with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
