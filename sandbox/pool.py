@@ -290,8 +290,9 @@ class SandboxPool:
         raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
     if host_grace_s is not None and (not _is_number(host_grace_s) or not 0 <= host_grace_s < float("inf")):
       raise ValueError(f"host_grace_s must be None or >= 0 and finite, got {host_grace_s!r}")
-    if (isinstance(preload, str) or not isinstance(preload, collections.abc.Iterable)
-        or not all(isinstance(m, str) for m in preload)):
+    if isinstance(preload, collections.abc.Iterable) and not isinstance(preload, str):
+      preload = tuple(preload)  # once: a generator checked below was empty by the time the workers got it
+    if not isinstance(preload, tuple) or not all(isinstance(m, str) for m in preload):
       # A string was iterated letter by letter: modules "s", "y", ... are missing, skipped, and nothing preloaded.
       raise TypeError(f"preload must be a sequence of module names, got {preload!r}")
     if not isinstance(warmup, str):  # anything else was skipped in silence (warm-up failures are ignored)

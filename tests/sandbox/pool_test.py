@@ -103,6 +103,12 @@ def test_bad_input_is_named():
       raise RuntimeError(str(e)) from e
 
 
+def test_preload_may_be_any_iterable_of_names():
+  # A generator was consumed by the names' type check: the workers got an empty list and preloaded nothing, silently.
+  with SandboxPool(num_workers=1, preload=(m for m in ("math", "fractions")), warmup="") as p:
+    assert p.isolation_details["preloaded"] == ["fractions", "math"]
+
+
 def test_bad_programs_are_named(pool):
   with pytest.raises(TypeError, match=r"programs\[1\] must be str"):
     pool.submit(["print(1)", 42])
