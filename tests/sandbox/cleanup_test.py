@@ -104,7 +104,11 @@ def test_nothing_left_after_close(level, program):
     owner.stdin.flush()
     assert owner.stdout.readline().strip() == "CLOSED"
     assert _descendants(owner.pid) == []  # reaped, not even zombies
-    assert _alive(pids) == []
+    # The rest (an executor under its SIGKILLed zygote, a jail's PID namespace) was killed by close() through the
+    # death signal or the namespace's end, which the kernel delivers after the zygote is gone: on a loaded machine
+    # such a process was seen still exiting when close() returned (a flaky failure). It must be gone soon, not
+    # already; a program that outlived its zygote (it sleeps 50 s) still fails here.
+    assert _wait_gone(pids) == []
   finally:
     owner.kill()
     owner.wait()
