@@ -227,13 +227,20 @@ class BoundedText(_TextSink):
 
 
 class _BytesToText:
-  """`sys.stdout.buffer` stand-in: bytes are decoded as UTF-8 (invalid bytes -> U+FFFD), each write on its own."""
+  """`sys.stdout.buffer` stand-in: bytes are decoded as UTF-8 (invalid bytes -> U+FFFD), each write on its own.
+
+  It takes what a real stdout's `BufferedWriter` takes, a bytes-like object: `bytes(b)` would also take an int (that
+  many NUL bytes) or a list of ints.
+  """
 
   def __init__(self, sink: BoundedText | _Tee):
     self._sink = sink
 
   def write(self, b: Any) -> int:
-    data = bytes(b)
+    try:
+      data = memoryview(b).tobytes()
+    except TypeError:
+      raise TypeError(f"a bytes-like object is required, not '{type(b).__name__}'") from None
     self._sink.write(data.decode("utf-8", errors="replace"))
     return len(data)
 

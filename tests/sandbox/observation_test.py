@@ -4,7 +4,9 @@ Most cases run in-process through `run_program` (fast, exact); a second set runs
 pool to show the jailed path gives the same observations.
 """
 
+import array
 import builtins
+import io
 import os
 import random
 import re
@@ -322,3 +324,20 @@ def test_capture_memory_stays_bounded_for_many_small_prints():
   head = "".join(f"{i:099d}\n" for i in range(6))[:512]
   tail = "".join(f"{i:099d}\n" for i in range(10 ** 6 - 6, 10 ** 6))[-512:]
   assert float(grown_mb) < 20 and int(total) == 10 ** 8 and seen.strip() == repr(head + "..." + tail)
+
+
+@pytest.mark.parametrize("expr", ["b'ab\\xe2\\x82\\xac'", "bytearray(b'xy')", "memoryview(b'mv')",
+                                  "array.array('i', [1])", "3", "'text'", "[65, 66]", "None"])
+def test_stdout_buffer_takes_what_a_real_buffer_takes(expr):
+  # `sys.stdout.buffer` stands in for a real stdout's BufferedWriter: bytes-like objects are written (and decoded),
+  # anything else is the TypeError it raises, where `bytes(x)` made 3 NUL characters of `3` and 'AB' of `[65, 66]`.
+  real = io.BufferedWriter(io.BytesIO())
+  try:
+    result = str(real.write(eval(expr, {"array": array})))  # pylint: disable=eval-used
+  except TypeError as e:
+    result = f"TypeError: {e}"
+  real.flush()
+  written = real.raw.getvalue().decode("utf-8", errors="replace")
+  code = (f"import array, sys\ntry:\n    r = sys.stdout.buffer.write({expr})\nexcept TypeError as e:\n"
+          f"    r = f'TypeError: {{e}}'\nprint('|', r, sep='')")
+  assert _observe(code, "plain") == f"{written}|{result}\n"
