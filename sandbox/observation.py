@@ -194,6 +194,8 @@ class BoundedText(_TextSink):
       raise ValueError("I/O operation on closed file.")
     if not isinstance(s, str):
       raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+    if type(s) is not str:
+      s = str.__str__(s)  # its characters, as a real stdout writes them: a subclass's `len` and slices may lie
     n = len(s)
     if not n:
       return 0
@@ -260,7 +262,7 @@ class _Tee(_TextSink):
   to a C-level `io.StringIO`, which is moved into the sinks (`settle`) once over `_PENDING_CHARS` characters wait,
   when `obs` or `recording` changes, on `close`, and before a sink is read: memory stays bounded (under
   `2 * _PENDING_CHARS` characters wait), and the sinks see the same text in larger pieces, which does not change what
-  they give. A longer write, or anything but a `str`, goes to the sinks at once (after the pending text).
+  they give. A longer write, or anything but an exact `str`, goes to the sinks at once (after the pending text).
   """
 
   def __init__(self, raw: BoundedText, obs: BoundedText):
@@ -298,7 +300,7 @@ class _Tee(_TextSink):
     self._recording = on
 
   def write(self, s: str) -> int:
-    if isinstance(s, str):
+    if type(s) is str:  # a subclass goes to the sinks, which take its characters
       n = len(s)
       if n <= _PENDING_CHARS:
         self._pending_write(s)  # `_closed_write` once closed

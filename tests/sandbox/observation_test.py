@@ -341,3 +341,28 @@ def test_stdout_buffer_takes_what_a_real_buffer_takes(expr):
   code = (f"import array, sys\ntry:\n    r = sys.stdout.buffer.write({expr})\nexcept TypeError as e:\n"
           f"    r = f'TypeError: {{e}}'\nprint('|', r, sep='')")
   assert _observe(code, "plain") == f"{written}|{result}\n"
+
+
+class _OddStr(str):
+  """A str subclass whose Python-level length and indexing lie; a real stdout writes its characters."""
+
+  def __getitem__(self, key):
+    return 5
+
+  def __len__(self):
+    return str.__len__(self) + 1
+
+
+@pytest.mark.parametrize("n", [3, 40_000])
+def test_stdout_writes_a_str_subclass_as_a_real_stdout_does(n):
+  # The sinks took its `len` and sliced it with its own `__getitem__`: `write` returned the wrong count, or (a long
+  # one) the run ended in a TypeError and reading the captured stdout raised, which killed the executor
+  # ('SystemExit: process exited with status 71').
+  real = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+  returned = real.write(_OddStr("ab" * n))
+  real.flush()
+  whole = real.buffer.getvalue().decode() + f"|{returned}\n"
+  code = ("import sys\nclass S(str):\n    def __getitem__(self, key):\n        return 5\n    def __len__(self):\n"
+          f"        return str.__len__(self) + 1\nr = sys.stdout.write(S('ab' * {n}))\nprint('|', r, sep='')")
+  out = observation.run_program(code, {"__builtins__": dict(builtins.__dict__)}, mode="plain")
+  assert out.error is None and out.stdout.value(1024) == _model_cut(whole, 1024) == out.observation
