@@ -152,23 +152,38 @@ def _pct(xs: list[float], q: float) -> float:
   return 1e3 * xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def main() -> None:
+# Counts of a full run and of `--quick`; a flag given explicitly wins over either.
+_FULL = dict(n=800, subprocess_n=24, timeout_samples=20)
+_QUICK = dict(n=200, subprocess_n=6, timeout_samples=6)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  """The command line, with `--quick`'s counts filled in before the checks (so they hold for what runs)."""
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workers", type=int, default=2)
-  parser.add_argument("--n", type=int, default=800, help="programs per workload")
-  parser.add_argument("--subprocess-n", type=int, default=24, help="programs per workload for python -c")
-  parser.add_argument("--timeout-samples", type=int, default=20)
-  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--n", type=int, default=None, help=f"programs per workload (default {_FULL['n']})")
+  parser.add_argument("--subprocess-n", type=int, default=None,
+                      help=f"programs per workload for python -c (default {_FULL['subprocess_n']})")
+  parser.add_argument("--timeout-samples", type=int, default=None,
+                      help=f"busy loops timed out (default {_FULL['timeout_samples']}, at least --workers)")
+  parser.add_argument("--quick", action="store_true", help="smaller counts: " +
+                      ", ".join(f"{k} {v}" for k, v in _QUICK.items()))
   parser.add_argument("--markdown", default=None, help="write the table to this file")
-  args = parser.parse_args()
-  # Timeouts are measured a batch of `workers` busy loops at a time.
+  args = parser.parse_args(argv)
+  for name, value in (_QUICK if args.quick else _FULL).items():
+    if getattr(args, name) is None:
+      # Timeouts are measured a batch of `workers` busy loops at a time: a default below that would time none.
+      setattr(args, name, max(value, args.workers) if name == "timeout_samples" else value)
   for flag, value, least in (("--workers", args.workers, 1), ("--n", args.n, 1),
                              ("--subprocess-n", args.subprocess_n, 1),
-                             ("--timeout-samples", args.timeout_samples, args.workers)):
+                             ("--timeout-samples", args.timeout_samples, max(args.workers, 1))):
     if value < least:
       parser.error(f"{flag} must be >= {least}, got {value}")
-  if args.quick:
-    args.n, args.subprocess_n, args.timeout_samples = 200, 6, 6
+  return args
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
   loads = workloads(args.n)
   rows = []
   ctx = multiprocessing.get_context("fork")

@@ -60,3 +60,22 @@ def test_hlo_op_counts_by_hand(search_bench):
   # By hand. Outside the loop: negate_fusion and copy.2, plus the condition's last run (2 fusions) that ends the
   # loop: 4. Per step: the body's iota_reduce_fusion, add_fusion and copy.1, and the condition's 2 fusions: 5.
   assert search_bench.hlo_op_counts(_HLO) == (4, 5)
+
+
+@pytest.fixture(scope="module")
+def sandbox_bench():
+  spec = importlib.util.spec_from_file_location("sandbox_benchmark", _BENCHMARKS / "sandbox.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_sandbox_quick_counts_are_checked_after_they_are_filled_in(sandbox_bench):
+  # `--quick` set 6 busy loops after the checks: with 8 workers, 6 // 8 = 0 batches ran and the run crashed at its
+  # end (IndexError on an empty list). Its default now grows to one batch of workers; explicit counts win.
+  args = sandbox_bench.parse_args(["--quick", "--workers", "8"])
+  assert (args.n, args.subprocess_n, args.timeout_samples) == (200, 6, 8)
+  assert sandbox_bench.parse_args(["--quick", "--n", "50"]).n == 50
+  assert sandbox_bench.parse_args([]).n == 800
+  with pytest.raises(SystemExit):
+    sandbox_bench.parse_args(["--quick", "--workers", "3", "--timeout-samples", "2"])
