@@ -79,3 +79,47 @@ def test_sandbox_quick_counts_are_checked_after_they_are_filled_in(sandbox_bench
   assert sandbox_bench.parse_args([]).n == 800
   with pytest.raises(SystemExit):
     sandbox_bench.parse_args(["--quick", "--workers", "3", "--timeout-samples", "2"])
+
+
+class _Clock:
+  """A clock the fake pool moves on."""
+
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self) -> float:
+    return self.now
+
+
+def test_sandbox_timeout_delay_is_host_result_time_minus_deadline(sandbox_bench):
+  # A fake pool whose busy loops report 10 ms past the deadline in the jail (`duration_s`) and reach the host
+  # 100 ms past it. The delay is the host's: 100 ms for every loop. Before, per batch, the two in-jail figures
+  # (10 ms) and the batch's wall time (100 ms) went into one list: p50 10 ms over 6 "loops" for 4 busy loops.
+  import concurrent.futures
+  import types
+  clock, timeout = _Clock(), 0.5
+
+  class FakePool:
+    def __init__(self, num_workers, timeout_s):
+      self.workers = num_workers
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def run(self, programs):
+      return []
+
+    def submit(self, programs):
+      futures = [concurrent.futures.Future() for _ in programs]
+      clock.now += timeout + 0.1
+      for f in futures:
+        f.set_result(types.SimpleNamespace(timed_out=True, duration_s=timeout + 0.01))
+      return futures
+
+  out = sandbox_bench.bench_timeouts(2, 4, timeout, make_pool=FakePool, clock=clock)
+  assert out["loops"] == 4
+  assert out["p50_ms"] == pytest.approx(100.0) and out["p99_ms"] == pytest.approx(100.0)
+  assert out["max_ms"] == pytest.approx(100.0)
