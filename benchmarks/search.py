@@ -130,12 +130,14 @@ def replay_kernels(workload, trees, nodes, actions, rollouts, *, kernels=search_
   baseline revision's); `between`: called before each timed call (e.g. to thrash the caches).
 
   Returns:
-    `(seconds per simulation [iters], the last selection [B])`.
+    `(seconds per simulation [iters], every simulation's selection [iters, B])`. All of them, not the last: the
+    last expansion's children get the same ids whichever node it expanded, so the last selection alone can agree
+    between two searches that went apart.
   """
   rule = kernels.SelectionRule("official", 2.0)
   tree, out = kernels.select(tree_lib.init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
   picked = np.asarray(out.node)
-  times = []
+  times, selections = [], []
   for spec in workload:
     if between is not None:
       between()
@@ -143,7 +145,8 @@ def replay_kernels(workload, trees, nodes, actions, rollouts, *, kernels=search_
     tree, out = kernels.expand_and_select(tree, make_expansion(picked, spec), rule)
     picked = np.asarray(out.node)
     times.append(time.perf_counter() - start)
-  return times, picked
+    selections.append(picked)
+  return times, np.stack(selections)
 
 
 _FREE_OPS = ("parameter", "get-tuple-element", "constant", "bitcast", "tuple")

@@ -84,11 +84,14 @@ def main(argv=None) -> int:
     for _ in range(args.replays):
       picks = []
       for name, side in sides.items():
-        seconds, picked = search.replay_kernels(workload, *shape, between=thrash if args.thrash else None, **side)
+        seconds, selections = search.replay_kernels(workload, *shape, between=thrash if args.thrash else None,
+                                                    **side)
         times[name].append(statistics.mean(seconds))
-        picks.append(picked)
-      if not np.array_equal(*picks):
-        raise SystemExit("the two versions selected different nodes: not the same search")
+        picks.append(selections)
+      if not np.array_equal(*picks):  # every simulation's `[B]` selection, not only the last
+        sim, tree = np.argwhere(picks[0] != picks[1])[0]
+        raise SystemExit(f"the two versions selected different nodes (first at simulation {sim}, tree {tree}: "
+                         f"{picks[0][sim, tree]} vs {picks[1][sim, tree]}): not the same search")
   base, cur = statistics.median(times["baseline"]), statistics.median(times["current"])
   print(f"B={args.trees} N={args.nodes} A={args.actions}; {args.iters} simulations x {args.replays} alternating "
         f"replays{' with cold caches (--thrash)' if args.thrash else ''}; selections identical")

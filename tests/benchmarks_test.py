@@ -3,6 +3,7 @@
 import importlib.util
 import pathlib
 
+import numpy as np
 import pytest
 
 _BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
@@ -123,3 +124,44 @@ def test_sandbox_timeout_delay_is_host_result_time_minus_deadline(sandbox_bench)
   assert out["loops"] == 4
   assert out["p50_ms"] == pytest.approx(100.0) and out["p99_ms"] == pytest.approx(100.0)
   assert out["max_ms"] == pytest.approx(100.0)
+
+
+def _object_tree_selections(search_bench, workload, trees, actions, rollouts):
+  """Every simulation's `[B]` selection of the plain-Python object tree on the benchmark's workload."""
+  objs = [search_bench.ObjectTree("official", 2.0, rollouts, float32=False, num_actions=actions)
+          for _ in range(trees)]
+  out = []
+  for count, reason, value, scope in workload:
+    picked = []
+    for b, t in enumerate(objs):
+      node = t.select()
+      picked.append(search_bench.NO_NODE if node is None else node.id)
+      if node is not None:
+        t.expand(node, [(int(reason[b, j]), float(value[b, j]), "self" if scope[b, j] == 1 else "path")
+                        for j in range(count[b])])
+    out.append(picked)
+  return np.array(out)
+
+
+def test_replay_returns_every_selection_so_a_diverged_search_is_caught(search_bench):
+  # `search_ab.py` checks that both kernel versions ran the same search by comparing what a replay returns. It
+  # returned the last `[B]` selection only; the last expansion's children get the same ids whichever node it
+  # expanded, so a replay that expanded another node two simulations before the end still returned the same last
+  # selection. A replay now returns every simulation's selection, checked here against the object tree.
+  trees, nodes, actions, rollouts, iters = 16, 64, 8, 4, 8
+  workload = search_bench.make_workload(0, trees, actions, iters)
+  objects = _object_tree_selections(search_bench, workload, trees, actions, rollouts)
+  _, selections = search_bench.replay_kernels(workload, trees, nodes, actions, rollouts)
+  # The object tree's selection i precedes expansion i; the replay's row i follows it (row i - 1 precedes it).
+  np.testing.assert_array_equal(selections[:-1], objects[1:])
+  calls = []
+
+  def expand_a_sibling(picked, spec):
+    calls.append(None)
+    picked = np.array(picked)
+    if len(calls) == iters - 2:
+      picked[0] += 1  # tree 0 expands the next child of the same expansion (ids are consecutive)
+    return search_bench._expansion(picked, spec)  # pylint: disable=protected-access
+
+  _, diverged = search_bench.replay_kernels(workload, trees, nodes, actions, rollouts, make_expansion=expand_a_sibling)
+  assert not np.array_equal(selections, diverged)
