@@ -4,6 +4,7 @@ Both sides start from the same random Hugging Face Qwen2 checkpoint (ours loads 
 train on the same token batch with AdamW (lr 1e-5, weight decay 0.1, clipping 1.0), and are timed in
 alternating rounds after warm-up (the best round of each side is reported, so background load on a shared
 machine hurts both alike). The first-step losses are printed side by side as a sanity check.
+`--compute-dtype bfloat16` runs both sides in bf16 from fp32 weights (torch under `torch.autocast`).
 
 Model FLOPs per step use the usual count: 6 x (non-embedding parameters + LM head) per trained token, plus
 attention scores and values (`12 x layers x heads x head_dim x T` per token, no causal discount). MFU is
@@ -17,6 +18,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -116,9 +118,20 @@ def jax_runner(path: pathlib.Path, batch: dict, compute_dtype: str, remat: bool)
   return run, first_loss, compile_s
 
 
-def torch_runner(model, batch: dict):
-  """Same for torch + transformers: (run(n) -> seconds per step, first-step loss)."""
+def torch_runner(model, batch: dict, compute_dtype: str = "float32"):
+  """Same for torch + transformers: (run(n) -> seconds per step, first-step loss).
+
+  `compute_dtype` as ours: fp32 weights and optimizer state either way; "bfloat16" runs the forward and backward
+  under `torch.autocast` (bf16 matmuls), as our model computes in bf16 from fp32 parameters.
+  """
+  import contextlib
   import torch
+  if compute_dtype == "float32":
+    autocast = contextlib.nullcontext
+  elif compute_dtype == "bfloat16":
+    autocast = functools.partial(torch.autocast, device_type="cpu", dtype=torch.bfloat16)
+  else:
+    raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}")
   model.train()
   decay = [p for n, p in model.named_parameters() if not ("bias" in n or "norm" in n)]
   no_decay = [p for n, p in model.named_parameters() if "bias" in n or "norm" in n]
@@ -130,7 +143,8 @@ def torch_runner(model, batch: dict):
                                         np.where(batch["loss_mask"] > 0, batch["targets"], -100)[:, :seq - 1]], 1))
 
   def one_step() -> float:
-    out = model(input_ids=input_ids, labels=labels)
+    with autocast():
+      out = model(input_ids=input_ids, labels=labels)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
     opt.step()
@@ -177,7 +191,7 @@ def main(argv=None):
     if not args.no_torch:
       import torch
       torch.set_num_threads(os.cpu_count() or 1)
-      run_torch, torch_loss = torch_runner(hf_model, batch)
+      run_torch, torch_loss = torch_runner(hf_model, batch, args.compute_dtype)
     # Warm up, then alternate timed rounds so both sides see the same background load; keep each side's best.
     jax_times, torch_times = [], []
     if args.warmup:  # run(0) would divide by zero steps

@@ -165,3 +165,26 @@ def test_replay_returns_every_selection_so_a_diverged_search_is_caught(search_be
 
   _, diverged = search_bench.replay_kernels(workload, trees, nodes, actions, rollouts, make_expansion=expand_a_sibling)
   assert not np.array_equal(selections, diverged)
+
+
+@pytest.fixture(scope="module")
+def train_bench():
+  spec = importlib.util.spec_from_file_location("train_benchmark", _BENCHMARKS / "train.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_train_torch_side_computes_in_the_asked_dtype(train_bench, tmp_path, compute_dtype):
+  # `--compute-dtype bfloat16` ran our step in bf16 and torch's in fp32, and reported the ratio as the speed-up.
+  # The torch side now runs under bf16 autocast too: its projections' outputs are bf16 (weights stay fp32).
+  import torch
+  shape = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+               num_key_value_heads=2, tie_word_embeddings=True)
+  model = train_bench.make_checkpoint(shape, tmp_path)
+  seen = []
+  model.model.layers[0].mlp.down_proj.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+  train_bench.torch_runner(model, train_bench.make_batch(64, 2, 8), compute_dtype)
+  assert seen == [getattr(torch, compute_dtype)]
+  assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.float32
