@@ -255,6 +255,11 @@ def main(argv=None) -> int:
                       ("--driver-rollouts", args.driver_rollouts)):
     if value < 1:
       parser.error(f"{flag} must be >= 1, got {value}")
+  # Each simulation adds up to A children per tree. A kernel tree that runs out of its N slots drops the expansion
+  # while the object tree (no limit) keeps growing: the two sides would time different searches.
+  if args.nodes < 1 + args.iters * args.actions:
+    parser.error(f"--nodes {args.nodes} can run out: {args.iters} simulations (--iters) of up to {args.actions} "
+                 f"children (--actions) need 1 + {args.iters} x {args.actions} = {1 + args.iters * args.actions}")
 
   workload = make_workload(0, args.trees, args.actions, args.iters)
   k_times, o_times, agree, k_tree, steps = bench_tree_ops(workload, args.trees, args.nodes, args.actions,

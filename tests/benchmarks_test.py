@@ -188,3 +188,11 @@ def test_train_torch_side_computes_in_the_asked_dtype(train_bench, tmp_path, com
   train_bench.torch_runner(model, train_bench.make_batch(64, 2, 8), compute_dtype)
   assert seen == [getattr(torch, compute_dtype)]
   assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.float32
+
+
+def test_search_refuses_a_node_count_the_workload_can_fill(search_bench, capsys):
+  # With N = 16 slots, 6 simulations of up to 8 children filled the kernel trees, which then dropped expansions
+  # while the object trees kept growing: the speed-up compared two different searches (selections agreed 29%).
+  with pytest.raises(SystemExit):
+    search_bench.main(["--trees", "4", "--nodes", "16", "--iters", "6", "--rollouts", "2", "--driver-rollouts", "1"])
+  assert "--nodes 16 can run out" in capsys.readouterr().err
