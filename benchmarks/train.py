@@ -8,7 +8,8 @@ machine hurts both alike). The first-step losses are printed side by side as a s
 
 Model FLOPs per step use the usual count: 6 x (non-embedding parameters + LM head) per trained token, plus
 attention scores and values (`12 x layers x heads x head_dim x T` per token, no causal discount). MFU is
-that rate over the fp32 matmul ceiling measured in the same run (a large square `jnp.dot`).
+that rate over the matmul ceiling measured in the same run (a large square `jnp.dot` in the compute dtype: a
+bf16 step against an fp32 ceiling would overstate its MFU by the bf16/fp32 peak ratio, ~2x on a GPU).
 
 Usage:
   python benchmarks/train.py                      # CPU-sized shape (hidden 256, 4 layers, vocab 8192)
@@ -47,11 +48,11 @@ def model_flops_per_step(shape: dict, batch: int, seq: int) -> float:
   return 6.0 * dense * tokens + 12.0 * layers * heads * head_dim * seq * tokens
 
 
-def matmul_ceiling(n: int = 2048, repeats: int = 5) -> float:
-  """Best observed fp32 FLOP/s of an `n x n` @ `n x n` jnp.dot on the default device."""
+def matmul_ceiling(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+  """Best observed FLOP/s of an `n x n` @ `n x n` jnp.dot in `dtype` on the default device."""
   import jax
   import jax.numpy as jnp
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
   dot = jax.jit(lambda x, y: x @ y)
   dot(a, a).block_until_ready()
   best = float("inf")
@@ -185,7 +186,7 @@ def main(argv=None):
     path = pathlib.Path(tmp)
     hf_model = make_checkpoint(shape, path)
     batch = make_batch(shape["vocab_size"], args.batch, args.seq)
-    ceiling = matmul_ceiling()
+    ceiling = matmul_ceiling(dtype=args.compute_dtype)
     run_jax, jax_loss, compile_s = jax_runner(path, batch, args.compute_dtype, args.remat)
     run_torch = torch_loss = None
     if not args.no_torch:

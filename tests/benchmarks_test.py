@@ -196,3 +196,21 @@ def test_search_refuses_a_node_count_the_workload_can_fill(search_bench, capsys)
   with pytest.raises(SystemExit):
     search_bench.main(["--trees", "4", "--nodes", "16", "--iters", "6", "--rollouts", "2", "--driver-rollouts", "1"])
   assert "--nodes 16 can run out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_train_mfu_ceiling_is_measured_in_the_compute_dtype(train_bench, monkeypatch, compute_dtype):
+  # The MFU's ceiling was an fp32 matmul whatever --compute-dtype said: a bf16 step's MFU came out against the
+  # fp32 peak. The ceiling's operands now take the compute dtype (checked on what reaches the jitted matmul).
+  import jax
+  seen = []
+
+  def spy(fn):
+    def run(*args):
+      seen.append(args[0].dtype)
+      return fn(*args)
+    return run
+
+  monkeypatch.setattr(jax, "jit", spy)
+  train_bench.matmul_ceiling(n=8, repeats=1, dtype=compute_dtype)
+  assert seen and set(seen) == {jax.numpy.dtype(compute_dtype)}
