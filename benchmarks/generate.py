@@ -175,14 +175,25 @@ def main(argv=None) -> int:
                       ("--repeats", args.repeats), ("--repeats-0p5b", args.repeats_0p5b)):
     if value < 1:
       p.error(f"{flag} must be >= 1, got {value}")
+  # Checked before any work: an unknown shape or a bad batch used to fail only when its turn came, after the
+  # shapes before it had run for minutes, and the JSON (written at the end) was lost.
+  names = args.shapes.split(",")
+  unknown = [name for name in names if name not in SHAPES]
+  if unknown:
+    p.error(f"--shapes: unknown {', '.join(map(repr, unknown))} (known: {', '.join(SHAPES)})")
+  try:
+    batches = [int(b) for b in args.batches.split(",")]
+  except ValueError:
+    p.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+  if min(batches) < 1:
+    p.error(f"--batches must be >= 1, got {args.batches!r}")
   torch.manual_seed(0)
   env = dict(jax=jax.__version__, torch=torch.__version__, transformers=transformers.__version__,
              cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
              torch_threads=torch.get_num_threads(), devices=str(jax.devices()), load_at_start=_load())
   print(json.dumps(env), flush=True)
   out = dict(env=env, shapes={})
-  batches = [int(b) for b in args.batches.split(",")]
-  for name in args.shapes.split(","):
+  for name in names:
     shape = SHAPES[name]
     config = transformers.Qwen2Config(**shape, tie_word_embeddings=True, max_position_embeddings=4096,
                                       torch_dtype="float32")

@@ -214,3 +214,23 @@ def test_train_mfu_ceiling_is_measured_in_the_compute_dtype(train_bench, monkeyp
   monkeypatch.setattr(jax, "jit", spy)
   train_bench.matmul_ceiling(n=8, repeats=1, dtype=compute_dtype)
   assert seen and set(seen) == {jax.numpy.dtype(compute_dtype)}
+
+
+@pytest.fixture(scope="module")
+def generate_bench():
+  spec = importlib.util.spec_from_file_location("generate_benchmark", _BENCHMARKS / "generate.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("flags, message", [(["--shapes", "tiny,0.5bb"], "--shapes: unknown '0.5bb'"),
+                                            (["--batches", "1,x"], "--batches must be comma-separated"),
+                                            (["--batches", "1,0"], "--batches must be >= 1")])
+def test_generate_checks_shapes_and_batches_before_running(generate_bench, capsys, flags, message):
+  # `--shapes tiny,0.5bb` ran the tiny shape in full, then failed with KeyError: '0.5bb' and wrote no JSON.
+  small = ["--batches", "1", "--prompt-len", "4", "--new-tokens", "2", "--repeats", "1", "--json", "/dev/null"]
+  with pytest.raises(SystemExit):
+    generate_bench.main(small + flags)
+  err = capsys.readouterr().err
+  assert message in err
