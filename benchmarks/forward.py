@@ -77,13 +77,21 @@ def bench(name: str, batch: int, length: int, repeats: int) -> dict:
               ratio=theirs / ours, max_abs_logit_diff=diff)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--configs", default="60m,0.5b")
+  parser.add_argument("--configs", default="60m,0.5b", help=f"comma-separated, of: {', '.join(CONFIGS)}")
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--length", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=3)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  # Checked before any work: an unknown config failed (KeyError) only after the ones before it had run, and
+  # --repeats 0 printed NaN rates (the median of no runs).
+  unknown = [name for name in args.configs.split(",") if name not in CONFIGS]
+  if unknown:
+    parser.error(f"--configs: unknown {', '.join(map(repr, unknown))} (known: {', '.join(CONFIGS)})")
+  for flag, value in (("--batch", args.batch), ("--length", args.length), ("--repeats", args.repeats)):
+    if value < 1:
+      parser.error(f"{flag} must be >= 1, got {value}")
   import jax
   import torch
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} | torch {torch.__version__} "

@@ -234,3 +234,15 @@ def test_generate_checks_shapes_and_batches_before_running(generate_bench, capsy
     generate_bench.main(small + flags)
   err = capsys.readouterr().err
   assert message in err
+
+
+@pytest.mark.parametrize("flags, message", [(["--configs", "60m,1b"], "--configs: unknown '1b'"),
+                                            (["--repeats", "0"], "--repeats must be >= 1")])
+def test_forward_checks_its_flags_before_running(capsys, flags, message):
+  # `--configs 60m,1b` ran the 60M config, then failed with KeyError: '1b'; `--repeats 0` printed NaN rates.
+  spec = importlib.util.spec_from_file_location("forward_benchmark", _BENCHMARKS / "forward.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with pytest.raises(SystemExit):
+    module.main(["--batch", "1", "--length", "4"] + flags)
+  assert message in capsys.readouterr().err
