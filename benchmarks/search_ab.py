@@ -65,6 +65,11 @@ def main(argv=None) -> int:
   parser.add_argument("--replays", type=int, default=8, help="alternating replays per side (after one warm-up)")
   parser.add_argument("--thrash", action="store_true", help="write 32 MB between calls (cold caches)")
   args = parser.parse_args(argv)
+  # Checked before the baseline is loaded and both sides compiled: --replays 0 or --iters 0 failed after that
+  # with a StatisticsError of an empty list ("no median for empty data"), naming no flag.
+  for flag in ("trees", "nodes", "actions", "iters", "rollouts", "replays"):
+    if getattr(args, flag) < 1:
+      parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
 
   shape = (args.trees, args.nodes, args.actions, args.rollouts)
   workload = search.make_workload(0, args.trees, args.actions, args.iters)

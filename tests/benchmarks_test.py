@@ -246,3 +246,15 @@ def test_forward_checks_its_flags_before_running(capsys, flags, message):
   with pytest.raises(SystemExit):
     module.main(["--batch", "1", "--length", "4"] + flags)
   assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--replays", "--iters"])
+def test_search_ab_checks_its_counts_before_running(search_bench, monkeypatch, capsys, flag):
+  # `--replays 0` compiled both sides, then failed with StatisticsError ("no median for empty data").
+  monkeypatch.setitem(__import__("sys").modules, "search", search_bench)  # search_ab imports its sibling
+  spec = importlib.util.spec_from_file_location("search_ab_benchmark", _BENCHMARKS / "search_ab.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with pytest.raises(SystemExit):
+    module.main(["--baseline", "HEAD", "--trees", "2", "--nodes", "64", "--iters", "2", "--replays", "1", flag, "0"])
+  assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
