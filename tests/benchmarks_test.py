@@ -1,4 +1,5 @@
-"""The benchmarks' counting helpers against hand counts (the figures in benchmarks/RESULTS.md come from them)."""
+"""The benchmarks against independent figures: counting helpers against hand counts (the figures in
+benchmarks/RESULTS.md come from them), selections against the object tree, and the scripts' argument checks."""
 
 import importlib.util
 import pathlib
