@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sandbox import _protocol
 from sandbox import _worker
@@ -100,12 +100,15 @@ class _Task:
 
 
 class _TaskQueue:
-  """FIFO of tasks shared by the worker threads; failed workers push their unstarted tasks back in front."""
+  """FIFO of tasks shared by the worker threads; failed workers push their unstarted tasks back in front.
 
-  def __init__(self):
+  `free_workers()` counts the live workers with nothing in flight; pipelining leaves that many queued tasks to them.
+  """
+
+  def __init__(self, free_workers: Callable[[], int]):
     self._items: collections.deque[_Task] = collections.deque()
     self._cond = threading.Condition()
-    self._idle = 0  # worker threads blocked in take(block=True)
+    self._free_workers = free_workers
     self.closed = False
     self._closed_because = "SandboxPool is closed"
 
@@ -123,18 +126,18 @@ class _TaskQueue:
       self._cond.notify_all()
 
   def take(self, block: bool) -> _Task | None:
-    """Next task. `block=False` is a pipelining request: it yields only tasks no idle worker is waiting for."""
+    """Next task. `block=False` is a pipelining request: it yields only tasks no free worker is there for.
+
+    A free worker is not only one blocked here: counting those alone, a batch submitted on a result (whose worker's
+    thread was not back yet) was pipelined onto the other worker, one program behind another, with a worker free.
+    """
     with self._cond:
       if not block:
-        if self.closed or len(self._items) <= self._idle:
+        if self.closed or len(self._items) <= self._free_workers():
           return None
         return self._items.popleft()
-      self._idle += 1
-      try:
-        while not self._items and not self.closed:
-          self._cond.wait()
-      finally:
-        self._idle -= 1
+      while not self._items and not self.closed:
+        self._cond.wait()
       if self.closed:
         return None
       return self._items.popleft()
@@ -163,6 +166,7 @@ class _WorkerProcess:
     self.reader = _protocol.FrameReader(max_frame)
     self.pending: list = []
     self.info: dict = {}
+    self.inflight: collections.deque[_Task] = collections.deque()  # sent, result not yet back; its thread's deque
 
   def send(self, obj: dict, deadline: float) -> None:
     """Writes a frame while taking in the worker's replies (into `pending`, for `recv`).
@@ -323,7 +327,7 @@ class SandboxPool:
         "warmup": warmup,
     }
     self._tmp_bytes = int(tmp_mb) << 20
-    self._queue = _TaskQueue()
+    self._queue = _TaskQueue(self._free_workers)
     self._ids = itertools.count()
     self._lock = threading.Lock()
     self._procs: dict[int, _WorkerProcess] = {}
@@ -412,7 +416,7 @@ class SandboxPool:
 
   @staticmethod
   def _busy(proc: _WorkerProcess) -> bool:
-    return bool(getattr(proc, "inflight", None))
+    return bool(proc is not None and proc.inflight)
 
   def _spawn(self, slot: int) -> _WorkerProcess:
     uid_lease = _UidLease() if self._as_root else None
@@ -532,7 +536,7 @@ class SandboxPool:
             time.sleep(0.5 * failures)
             continue
           failures = 0
-          proc.inflight = inflight  # type: ignore[attr-defined]
+          proc.inflight = inflight
           with self._lock:
             self._procs[slot] = proc
             if not announced:
@@ -611,6 +615,13 @@ class SandboxPool:
         proc.stop(graceful=True)
         with self._lock:
           self._procs.pop(slot, None)
+
+  def _free_workers(self) -> int:
+    """Live workers with nothing in flight. A worker's in-flight deque empties before its result is published, so a
+    batch submitted on that result finds the worker counted here (taken under the queue's lock; never the other
+    way round)."""
+    with self._lock:
+      return sum(not proc.inflight for proc in self._procs.values())
 
   def _slot_lost(self, err: str) -> None:
     """A slot gave up restarting; when none is left, every queued program gets `err` and later `submit`s raise it."""

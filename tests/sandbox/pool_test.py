@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -43,6 +44,40 @@ def test_work_is_spread_over_workers(pool):
   results = pool.run(["import time\ntime.sleep(0.5)\nprint(1)"] * 4)
   assert all(r.ok for r in results)
   assert time.monotonic() - start < 1.9  # 4 x 0.5 s on 2 workers: ~1 s, not 2 s
+
+
+def test_a_batch_submitted_on_a_result_goes_to_the_free_worker(monkeypatch):
+  # A batch submitted as soon as a result is published (a done callback, or a caller woken by it) found that
+  # worker's thread not yet back in the queue: the other worker took the first program and, seeing no idle thread,
+  # pipelined the second behind it, so two busy loops ran one after the other (the second ended a full timeout
+  # late) while a worker stood free.
+  sent, second_sent = [], threading.Event()
+  send = pool_lib._WorkerProcess.send
+
+  def recording_send(self, obj, deadline):
+    sent.append((id(self), obj["id"]))
+    if len(sent) == 4:
+      second_sent.set()
+    return send(self, obj, deadline)
+
+  monkeypatch.setattr(pool_lib._WorkerProcess, "send", recording_send)
+  with SandboxPool(num_workers=2, timeout_s=5.0, **LIGHT) as pool:
+    pool.run(["print(1)"])  # sends 1; both workers are up (the pool waits for them)
+    second = []
+
+    def submit_next(_):
+      # Runs in the finishing worker's thread, before it goes back to the queue; it waits (0.5 s at most) for the
+      # other worker, busy for 1.5 s with the first program, to pipeline the second, which it must not.
+      second.extend(pool.submit(["import time\ntime.sleep(1.5)\nprint(2)", "print(3)"]))
+      second_sent.wait(0.5)
+
+    # (The program sleeps so that the callback is added before it ends and runs in the worker's thread.)
+    pool.submit(["import time\ntime.sleep(0.2)\nprint(0)"])[0].add_done_callback(submit_next)
+    while len(second) < 2:
+      time.sleep(0.01)
+    assert [f.result(timeout=30).observation for f in second] == ["2\n", "3\n"]
+  workers = [proc for proc, _ in sent[-2:]]
+  assert workers[0] != workers[1], sent
 
 
 def test_cancelled_futures_do_not_run(pool):
