@@ -137,9 +137,9 @@ def bench_timeouts(workers: int, samples: int, timeout_s: float, *, make_pool=Sa
   """Timeout detection delay: per busy loop, the time its result reaches the host minus the deadline.
 
   `samples // workers` batches of `workers` loops. A result's in-jail `duration_s` leaves out the way back to the
-  host, so each future's completion is timed on the host instead. That also counts a loop's wait in a queue: a batch
-  submitted right after the last one's results can find a worker thread not yet back in the pool's queue, and the
-  pool then pipelines two loops onto one worker (the second ends one full timeout late; seen 2026-12-02).
+  host, so each future's completion is timed on the host instead. That also counts a loop's wait in a queue (until
+  commit 3350ffa a batch submitted right after the last one's results could be pipelined onto one worker while the
+  other was free, and its second loop ended one full timeout late).
   `make_pool` / `clock`: the pool class and the clock (tests pass fakes).
   """
   with make_pool(num_workers=workers, timeout_s=timeout_s) as pool:
