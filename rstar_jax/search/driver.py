@@ -199,7 +199,8 @@ def check_inputs(problems: Sequence[Problem], prompt_fn: PromptFn) -> None:
   Raises:
     TypeError: `problems` is one `Problem`, no sequence (a generator), or holds something else (records read from
       JSON fail as "'dict' object has no attribute ..."; build them with `Problem(**record)`), or `prompt_fn` is not
-      callable (a template string: pass its `.format`).
+      callable (an rStar prompts folder: `prompts.load_sft_template(dir).format`; a `{}` template string: its
+      `.format`).
     ValueError: two problems share an id (they seed the trees).
   """
   if isinstance(problems, (Problem, str, dict)):
@@ -212,8 +213,11 @@ def check_inputs(problems: Sequence[Problem], prompt_fn: PromptFn) -> None:
       raise TypeError(f"problems[{i}] must be a Problem (Problem(**record) for a JSON record), got "
                       f"{type(p).__name__}")
   if not callable(prompt_fn):
-    raise TypeError(f"prompt_fn must be a callable question -> prompt (for a template string, its .format), got "
-                    f"{type(prompt_fn).__name__} {_clip(prompt_fn)}")
+    # rStar's template strings fill an `{input}` field (their own `.format(question)` raises KeyError: 'input') and
+    # the official wrap adds a newline after the question: the loader's template does both.
+    raise TypeError(f"prompt_fn must be a callable question -> prompt (an rStar prompts folder: "
+                    f"rstar_jax.prompts.load_sft_template(dir).format; a template string with a {{}} field: its "
+                    f".format), got {type(prompt_fn).__name__} {_clip(prompt_fn)}")
   ids = [p.problem_id for p in problems]
   if len(set(ids)) != len(ids):
     raise ValueError("problem ids must be unique (they seed the trees)")

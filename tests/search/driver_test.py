@@ -241,7 +241,8 @@ def test_a_bad_search_config_is_refused_on_construction(settings, message):
      r"problems\[0\] must be a Problem \(Problem\(\*\*record\) for a JSON record\), got dict"),
     (PROBLEMS[0], PROMPT.format, r"problems must be a sequence of Problem, got one Problem"),  # 'not iterable'
     # The template itself instead of its .format: "'str' object is not callable".
-    (PROBLEMS[:1], PROMPT, r"prompt_fn must be a callable question -> prompt \(for a template string, its .format\)"),
+    (PROBLEMS[:1], PROMPT,
+     r"prompt_fn must be a callable question -> prompt \(.*; a template string with a \{\} field: its .format\)"),
 ])
 def test_problems_and_prompt_fn_of_the_wrong_kind_are_named(grader, problems, prompt_fn, message):
   policy = ScriptedPolicy(random_script)
@@ -251,6 +252,18 @@ def test_problems_and_prompt_fn_of_the_wrong_kind_are_named(grader, problems, pr
   with pytest.raises(TypeError, match=message):
     beam_search(problems, policy, InProcessExecutor(), FunctionScorer(random_ppm),
                 BeamConfig(beam_width=1, samples_per_step=1, max_depth=1), prompt_fn=prompt_fn, grader=grader)
+  assert not policy.calls
+
+
+def test_rstar_s_template_string_as_prompt_fn_is_pointed_at_the_template_loader(grader, shared_data):
+  # The hint said "for a template string, its .format": rStar's templates fill an `{input}` field, so that ran into
+  # KeyError: 'input' (and `.format(input=question)` lacks the newline the official wrap puts after the question).
+  suffix = json.loads((shared_data / "prompts" / "sft_prompt.json").read_text(encoding="utf-8"))["pot_suffix"]
+  assert "{input}" in suffix
+  policy = ScriptedPolicy(random_script)
+  with pytest.raises(TypeError, match=r"rstar_jax\.prompts\.load_sft_template\(dir\)\.format"):
+    run_search(PROBLEMS[:1], policy, InProcessExecutor(), SearchConfig(num_rollouts=1, num_candidates=2),
+               prompt_fn=suffix, grader=grader, progress=False)
   assert not policy.calls
 
 
