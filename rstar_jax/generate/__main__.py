@@ -6,9 +6,10 @@
 
 Prompts file: JSON lines, each a string or an object `{"prompt": str, "n": int?, "seed": int?}` (defaults from the
 flags; without a seed, prompt i gets `--seed + i`); a file not ending in .json/.jsonl holds one prompt per line.
-Generation prints `{"prompt_index", "sample", "text", "stop_reason", "token_ids", "logprob"}` per sample, scoring
-`{"prompt_index", "value"}` per prompt (as `PPMScorer` scores it: a text past the model's context is cut to its first
-`max_position_embeddings - 1` tokens).
+Generation prints `{"prompt_index", "sample", "text", "stop_reason", "token_ids", "logprob"}` per sample; a row stops
+("length") at the model's context, `max_position_embeddings` tokens with the prompt (`--max-context` sets another
+limit), as vLLM and the search's `EnginePolicy` stop it. Scoring prints `{"prompt_index", "value"}` per prompt (as
+`PPMScorer` scores it: a text past the model's context is cut to its first `max_position_embeddings - 1` tokens).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--top-p", type=float, default=1.0)
   p.add_argument("--top-k", type=int, default=0)
   p.add_argument("--max-new-tokens", type=int, default=256)
-  p.add_argument("--max-context", type=int, default=None, help="prompt + generated tokens never exceed this")
+  p.add_argument("--max-context", type=int, default=None,
+                 help="prompt + generated tokens never exceed this (default: the model's max_position_embeddings)")
   p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
   p.add_argument("--rstar-stops", action="store_true", help="stop on rStar's step tags (<end_of_step>, ...)")
   p.add_argument("--eos-id", type=int, action="append", default=None,
@@ -171,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sampler = _sampler(args)
     if not all(args.stop):
       raise ValueError("--stop must not be empty")
-    _check_paths(args)
+    config = _check_paths(args)
     if args.dtype is not None:
       dtype_name(args.dtype)  # an unknown name raises, naming the known ones
     mesh = None
@@ -205,12 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(json.dumps({"prompt_index": i, "value": value}), flush=True)
     return 0
 
+  # The model's context by default, as vLLM's max_model_len and the search's EnginePolicy: positions past it are
+  # ones the model was never trained on.
+  max_context = config.max_position_embeddings if args.max_context is None else args.max_context
   model = convert.load_qwen2(args.hf_dir, mesh=mesh, scan_layers=False, **overrides)
   engine = Engine(model, tokenizer=tok, eos_ids=eos_ids, mesh=mesh, max_rows=args.max_rows)
   stop = list(args.stop) + (list(tokenizer_lib.STEP_STOP_STRINGS) if args.rstar_stops else [])
   results = engine.generate([Request(i, n=p["n"], seed=p["seed"]) for i, p in zip(ids, prompts)], sampler,
                             max_new_tokens=args.max_new_tokens, stop=list(dict.fromkeys(stop)),
-                            max_context=args.max_context, progress=args.progress)
+                            max_context=max_context, progress=args.progress)
   for i, row in enumerate(results):
     for j, r in enumerate(row):
       print(json.dumps({"prompt_index": i, "sample": j, "text": r.text, "stop_reason": r.stop_reason,

@@ -6,7 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-from generate_helpers import TEST_BUCKETS, hf_values, load_tiny, tiny_ppm_dir, tiny_tokenizer, tiny_tokenizer_dir
+from generate_helpers import (TEST_BUCKETS, hf_values, load_tiny, tiny_hf, tiny_ppm_dir, tiny_tokenizer,
+                              tiny_tokenizer_dir)
 
 from rstar_jax.generate import Engine, EnginePolicy, Greedy, PPMScorer, Request, Sampling, checkpoint_eos_ids
 from rstar_jax.generate.__main__ import main
@@ -268,6 +269,29 @@ def test_command_line_scores_a_text_past_the_model_context_as_the_search_scorer(
                str(prompts), "--transform", "tanh5"]) == 0
   values = [json.loads(line)["value"] for line in capsys.readouterr().out.splitlines()]
   np.testing.assert_allclose(values, np.tanh(hf_values([ids[:1023], tok.encode(TEXTS[0])]) / 5), atol=1e-4)
+
+
+def test_command_line_generation_stays_within_the_model_context_by_default(tmp_path, capsys):
+  # Without --max-context a row ran to --max-new-tokens past the model's 1024 positions. vLLM stops a row at
+  # max_model_len (max_position_embeddings by default), as the search's EnginePolicy and --ppm-dir's scoring do.
+  tok = tiny_tokenizer()
+  words = []
+  while len(tok.encode(" ".join(words))) < 1010:
+    words.append(f"x{len(words) % 97}")
+  text = " ".join(words)
+  length = len(tok.encode(text))
+  assert 1024 - 64 < length < 1024
+  prompts = tmp_path / "texts.jsonl"
+  prompts.write_text(json.dumps(text) + "\n")
+  assert main(["--hf-dir", str(tiny_hf()[0]), "--tokenizer", str(tiny_tokenizer_dir()), "--prompts", str(prompts),
+               "--n", "4", "--temperature", "1", "--max-new-tokens", "64"]) == 0
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert len(rows) == 4 and all(length + len(r["token_ids"]) <= 1024 for r in rows)
+  assert any(r["stop_reason"] == "length" and length + len(r["token_ids"]) == 1024 for r in rows)
+  assert main(["--hf-dir", str(tiny_hf()[0]), "--tokenizer", str(tiny_tokenizer_dir()), "--prompts", str(prompts),
+               "--max-new-tokens", "64", "--max-context", str(length + 3)]) == 0
+  (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert len(row["token_ids"]) <= 3
 
 
 @pytest.mark.parametrize("max_tokens", [0, -1, 2.5, True])
