@@ -8,8 +8,9 @@ Prompts file: JSON lines, each a string or an object `{"prompt": str, "n": int?,
 flags; without a seed, prompt i gets `--seed + i`); a file not ending in .json/.jsonl holds one prompt per line.
 Generation prints `{"prompt_index", "sample", "text", "stop_reason", "token_ids", "logprob"}` per sample; a row stops
 ("length") at the model's context, `max_position_embeddings` tokens with the prompt (`--max-context` sets another
-limit), as vLLM and the search's `EnginePolicy` stop it. Scoring prints `{"prompt_index", "value"}` per prompt (as
-`PPMScorer` scores it: a text past the model's context is cut to its first `max_position_embeddings - 1` tokens).
+limit), as vLLM and the search's `EnginePolicy` stop it. Scoring prints `{"prompt_index", "value"}` per prompt: the
+value head's raw output unless `--transform` (the search's `PPMScorer` applies tanh5 by default), of the text cut as
+`PPMScorer` cuts it (past the model's context, to its first `max_position_embeddings - 1` tokens).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--rstar-stops", action="store_true", help="stop on rStar's step tags (<end_of_step>, ...)")
   p.add_argument("--eos-id", type=int, action="append", default=None,
                  help="EOS id (repeatable; default: the tokenizer's and generation_config.json's)")
-  p.add_argument("--transform", default="raw", choices=("raw", "tanh", "tanh5"), help="PPM value transform")
+  p.add_argument("--transform", default="raw", choices=("raw", "tanh", "tanh5"),
+                 help="PPM value transform (default: raw; the search's PPMScorer uses tanh5)")
   p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
   p.add_argument("--mesh", default=None, help="data,fsdp,tensor mesh sizes (one may be -1), e.g. 1,1,8")
   p.add_argument("--max-rows", type=int, default=None, help="most rows per device batch")
