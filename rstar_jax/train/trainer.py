@@ -1,7 +1,7 @@
 """The two training entry points of a round: policy SFT and PPM, one flat loop (big_vision style).
 
-    train_policy(base_checkpoint, sft_file, workdir)   -> policy HF dir        (DESIGN §1.4)
-    train_ppm(init_checkpoint, pairs_file, workdir)    -> PPM HF dir + value_head.bin
+    train_policy(base_checkpoint, sft_file, workdir)   -> TrainResult; .export_dir: the policy HF dir  (DESIGN §1.4)
+    train_ppm(init_checkpoint, pairs_file, workdir)    -> TrainResult; .export_dir: PPM HF dir + value_head.bin
 
 The loop reads: data -> shapes -> shardings -> state (fresh or restored) -> jit -> for each step: batch,
 update, log, checkpoint -> export. Re-running the same call on the same `workdir` resumes from its last
@@ -100,6 +100,14 @@ def _train_config(config: Any, default: Callable[[], TrainConfig]) -> TrainConfi
     raise TypeError(f"config must be a TrainConfig (TrainConfig.from_dict builds one from a mapping), got "
                     f"{type(config).__name__}")
   return config
+
+
+def _checked_checkpoint(checkpoint: Any, name: str) -> None:
+  """Refuses a checkpoint that is no path, naming the argument: another trainer's `TrainResult` (whose `export_dir`
+  is the HF dir to chain) failed as "expected str, bytes or os.PathLike object, not TrainResult"."""
+  if not isinstance(checkpoint, (str, os.PathLike)):
+    hint = ": pass its .export_dir" if isinstance(checkpoint, TrainResult) else ""
+    raise TypeError(f"{name} must be a path (an HF dir), got {type(checkpoint).__name__}{hint}")
 
 
 def _export_dir(export_dir: PathLike | None, workdir: str, initial_checkpoint: PathLike) -> str:
@@ -354,6 +362,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
     `TrainResult` with the exported HF dir (weights, config.json, tokenizer files).
   """
   config = _train_config(config, sft_config)
+  _checked_checkpoint(base_checkpoint, "base_checkpoint")
   workdir = os.path.abspath(os.fspath(workdir))
   export_dir = _export_dir(export_dir, workdir, base_checkpoint)
   mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
@@ -415,6 +424,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
     `TrainResult`; its `metrics["accuracy"]` is the pair accuracy of the last logged batch.
   """
   config = _train_config(config, ppm_config)
+  _checked_checkpoint(init_checkpoint, "init_checkpoint")
   workdir = os.path.abspath(os.fspath(workdir))
   export_dir = _export_dir(export_dir, workdir, init_checkpoint)
   mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data

@@ -146,6 +146,18 @@ def test_a_config_that_is_not_a_train_config_is_named(base, tmp_path, train):
   assert not os.path.exists(tmp_path / "work")
 
 
+@pytest.mark.parametrize("train,name", [(trainer.train_policy, "base_checkpoint"),
+                                        (trainer.train_ppm, "init_checkpoint")])
+def test_a_train_result_in_place_of_the_checkpoint_dir_is_named(base, tmp_path, train, name):
+  # The module docstring showed `train_policy(...) -> policy HF dir`; it returns a TrainResult, and passing that on to
+  # train_ppm failed as "expected str, bytes or os.PathLike object, not TrainResult", naming no argument.
+  path, _ = base
+  result = trainer.TrainResult(str(path), str(tmp_path / "sft"), 1, {}, 4, 0)
+  with pytest.raises(TypeError, match=rf"{name} must be a path \(an HF dir\), got TrainResult: pass its .export_dir"):
+    train(result, tmp_path / "data.json", tmp_path / "work")
+  assert not os.path.exists(tmp_path / "work")
+
+
 @pytest.mark.parametrize("train", [trainer.train_policy, trainer.train_ppm])
 def test_an_export_over_the_starting_checkpoint_is_refused_before_training(base, tmp_path, train):
   # The export removed the starting folder's weights and wrote the trained ones there, after the whole run: the base
