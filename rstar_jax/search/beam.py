@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from rstar_jax import grading
-from rstar_jax.search.driver import Problem, PromptFn, check_inputs
+from rstar_jax.search.driver import Problem, PromptFn, check_config, check_inputs
 from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
 from rstar_jax.search.interfaces import (CodeExecutor, Policy, Scorer, checked_candidates, checked_results,
                                          checked_scores)
@@ -80,6 +80,7 @@ def beam_search(problems: Sequence[Problem], policy: Policy, executor: CodeExecu
                 scorer: Scorer, config: BeamConfig, *, prompt_fn: PromptFn,
                 grader: grading.Grader | None = None) -> list[dict]:
   """Runs step-level beam search on every problem (all in lockstep); returns tree records."""
+  check_config(config, BeamConfig)
   step_cfg = StepConfig(config.errors_threshold, config.max_depth, config.first_answer_only)
   check_inputs(problems, prompt_fn)  # as `MCTS.run`
   seeds = [tree_seed(config.seed, p.problem_id) for p in problems]

@@ -193,6 +193,14 @@ class SearchStats:
 PromptFn = Callable[[str], str]
 
 
+def check_config(config: object, kind: type) -> None:
+  """Refuses a config that is not a `kind` (a mapping read from a file failed as "'dict' object has no attribute
+  'mode'", naming no argument)."""
+  if not isinstance(config, kind):
+    raise TypeError(f"config must be a {kind.__name__} ({kind.__name__}(**mapping) builds one), got "
+                    f"{type(config).__name__}")
+
+
 def check_inputs(problems: Sequence[Problem], prompt_fn: PromptFn) -> None:
   """Refuses, before any search work, what a search run would otherwise trip over later.
 
@@ -279,6 +287,7 @@ class MCTS:
   def __init__(self, policy: Policy, executor: CodeExecutor, config: SearchConfig, *,
                prompt_fn: PromptFn, scorer: Scorer | None = None,
                grader: grading.Grader | None = None, progress: bool = True):
+    check_config(config, SearchConfig)
     if config.mode != "terminal_guided" and scorer is None:
       raise ValueError(f"mode {config.mode!r} needs a scorer (the PPM)")
     self.policy = policy

@@ -267,6 +267,21 @@ def test_rstar_s_template_string_as_prompt_fn_is_pointed_at_the_template_loader(
   assert not policy.calls
 
 
+def test_a_search_config_of_the_wrong_kind_is_named(grader):
+  # A config read from a file (e.g. trees.config.json) passed as the dict failed as "'dict' object has no attribute
+  # 'mode'" (MCTS) / "... 'errors_threshold'" (beam), naming no argument; TrainConfig's trainers name theirs.
+  policy = ScriptedPolicy(random_script)
+  with pytest.raises(TypeError, match=r"config must be a SearchConfig \(SearchConfig\(\*\*mapping\) builds one\), "
+                                      r"got dict"):
+    run_search(PROBLEMS[:1], policy, InProcessExecutor(), {"num_rollouts": 1}, prompt_fn=PROMPT.format,
+               grader=grader, progress=False)
+  with pytest.raises(TypeError, match=r"config must be a BeamConfig \(BeamConfig\(\*\*mapping\) builds one\), got "
+                                      r"SearchConfig"):
+    beam_search(PROBLEMS[:1], policy, InProcessExecutor(), FunctionScorer(random_ppm), SearchConfig(),
+                prompt_fn=PROMPT.format, grader=grader)
+  assert not policy.calls
+
+
 def test_problems_as_a_generator_are_named(grader):
   # The input check consumed the generator, then `len(problems)` failed as "object of type 'generator' has no len()".
   policy = ScriptedPolicy(random_script)
