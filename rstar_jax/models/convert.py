@@ -37,8 +37,11 @@ VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
 VALUE_HEAD_FILES = ("value_head.bin", "value_head.safetensors")
 # The files of an HF checkpoint dir besides its config and weights: the tokenizer and the generation settings
 # (generation_config.json's EOS ids are where generation stops; the exported config.json names none).
+# Chat templates: transformers (4.47 on) saves a tokenizer's as chat_template.jinja (older releases: in
+# tokenizer_config.json; processors: chat_template.json).
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-              "added_tokens.json", "tokenizer.model", "generation_config.json")
+              "added_tokens.json", "tokenizer.model", *CHAT_TEMPLATE_FILES, "generation_config.json")
 
 
 @dataclasses.dataclass(frozen=True)

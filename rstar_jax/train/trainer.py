@@ -47,7 +47,7 @@ StepCallback = Callable[[int, dict[str, float]], None]
 PathLike = str | os.PathLike[str]
 # Copied next to exported weights besides a tokenizer that saves itself (rStar tags included); a tokenizer object that
 # cannot save itself is exported by copying all of `convert.SIDE_FILES` from its source directory.
-_FILES_BESIDE_A_SAVED_TOKENIZER = ("generation_config.json",)
+_FILES_BESIDE_A_SAVED_TOKENIZER = (*convert.CHAT_TEMPLATE_FILES, "generation_config.json")
 # `<workdir>/run.json`: the settings and data a run started with; a resumed run must match them (`_check_resume`).
 RUN_FILE = "run.json"
 # run.json's key for the sha256 of the initial weights: a re-run from another base model must not resume this run.

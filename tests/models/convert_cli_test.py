@@ -49,6 +49,21 @@ def test_verify_import_export(hf_qwen2_factory, tmp_path, shared_data):
           == transformers.AutoTokenizer.from_pretrained(shared_data / "qwen2.5-tokenizer")(text)["input_ids"])
 
 
+def test_import_export_carry_a_chat_template_file(hf_qwen2_factory, tmp_path, shared_data):
+  # transformers (4.47 on, 5.x) saves a tokenizer's chat template as chat_template.jinja, not in tokenizer_config.json;
+  # import and export carried the other tokenizer files only, so the exported instruct model had no chat template.
+  import transformers  # pylint: disable=import-outside-toplevel
+  path, _ = hf_qwen2_factory()
+  template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+  tok = transformers.AutoTokenizer.from_pretrained(shared_data / "qwen2.5-tokenizer")
+  tok.chat_template = template
+  tok.save_pretrained(path)
+  assert (path / "chat_template.jinja").exists()
+  _run("import", "--hf-dir", str(path), "--out", str(tmp_path / "ckpt"))
+  _run("export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf_again"))
+  assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf_again").chat_template == template
+
+
 def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory, tmp_path, capsys):
   from flax import nnx
 

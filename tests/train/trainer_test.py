@@ -146,6 +146,21 @@ def test_a_config_that_is_not_a_train_config_is_named(base, tmp_path, train):
   assert not os.path.exists(tmp_path / "work")
 
 
+def test_the_export_keeps_the_chat_template_file_of_the_starting_checkpoint(base, tmp_path):
+  # transformers (4.47 on, 5.x) saves a chat template as chat_template.jinja; the export wrote our tokenizer's files
+  # and generation_config.json only, so an instruct model's template was lost after SFT.
+  path = tmp_path / "start"
+  shutil.copytree(base[0], path)
+  template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+  (path / "chat_template.jinja").write_text(template)
+  assert transformers.AutoTokenizer.from_pretrained(path).chat_template == template
+  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
+                                 mesh=(1, 1, 1), max_steps=1, progress=False)
+  result = trainer.train_policy(path, testlib.write_json(tmp_path / "sft.json", base[1][:4]), tmp_path / "work",
+                                config=config)
+  assert transformers.AutoTokenizer.from_pretrained(result.export_dir).chat_template == template
+
+
 @pytest.mark.parametrize("train,name", [(trainer.train_policy, "base_checkpoint"),
                                         (trainer.train_ppm, "init_checkpoint")])
 def test_a_train_result_in_place_of_the_checkpoint_dir_is_named(base, tmp_path, train, name):
