@@ -18,7 +18,8 @@ Record:
                     "\\n<output>{observation}<end_of_output>" when the step closed a code block);
                     the policy prompt at node v is prompt + the texts of the path root..v
     code            the program run for this step ("" if none)
-    observation     the sandbox observation of that program ("" if none)
+    observation     the sandbox observation of that program, stripped of surrounding whitespace as the official
+                    `code_execution` strips it ("" if none)
     final_answer    str for answer nodes, else null
     terminal        bool
     terminal_reason null | "answer" | "too_many_errors" | "max_depth" | "unparsable" |
