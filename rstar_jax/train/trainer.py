@@ -47,7 +47,8 @@ StepCallback = Callable[[int, dict[str, float]], None]
 PathLike = str | os.PathLike[str]
 # Copied next to exported weights besides a tokenizer that saves itself (rStar tags included); a tokenizer object that
 # cannot save itself is exported by copying all of `convert.SIDE_FILES` from its source directory.
-_FILES_BESIDE_A_SAVED_TOKENIZER = (*convert.CHAT_TEMPLATE_FILES, "generation_config.json")
+_GENERATION_CONFIG = "generation_config.json"
+_FILES_BESIDE_A_SAVED_TOKENIZER = (*convert.CHAT_TEMPLATE_FILES, _GENERATION_CONFIG)
 # `<workdir>/run.json`: the settings and data a run started with; a resumed run must match them (`_check_resume`).
 RUN_FILE = "run.json"
 # run.json's key for the sha256 of the initial weights: a re-run from another base model must not resume this run.
@@ -145,21 +146,28 @@ def _model_config(checkpoint: PathLike, config: TrainConfig) -> tuple[ModelConfi
   return original.replace(param_dtype="float32", dtype=config.compute_dtype), original.param_dtype
 
 
-def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str) -> None:
+def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str,
+                      checkpoint_dir: PathLike | None = None) -> None:
   """Process 0 writes the tokenizer beside the exported weights; in a multi-host run no process returns before that
   is done, and its failure is raised on every process (as the weights' export).
 
   The tokenizer saved is the one trained with, rStar tags included (as the official trainer saves it), so the next
   phase and `transformers` read the tags' ids from the export without adding them again. A tokenizer object without
-  `save` is exported by copying its source directory's files.
+  `save` is exported by copying its source directory's files. `generation_config.json` (the EOS ids generation stops
+  at) belongs to the model: it comes from `checkpoint_dir`, the checkpoint training started from, when given (with a
+  loaded tokenizer, or one from another folder, it was taken from the tokenizer's folder: none, or another model's).
   """
   def write():
     copy = convert.SIDE_FILES
     if isinstance(tokenizer, tokenizer_lib.Tokenizer):
       tokenizer.save(export_dir)
       copy = _FILES_BESIDE_A_SAVED_TOKENIZER
+    if checkpoint_dir is not None:
+      copy = tuple(name for name in copy if name != _GENERATION_CONFIG)
     if tokenizer_dir is not None and os.path.isdir(tokenizer_dir):
       convert.copy_side_files(tokenizer_dir, export_dir, copy)
+    if checkpoint_dir is not None:
+      convert.copy_side_files(checkpoint_dir, export_dir, (_GENERATION_CONFIG,))
   sharding_lib.on_process_zero(export_dir, "write the tokenizer", write)
 
 
@@ -382,7 +390,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
                                  initial_checkpoint=base_checkpoint,
                                  step_callback=step_callback)
   convert.save_qwen2(trained, export_dir, dtype=config.export_dtype or original_dtype)
-  _export_tokenizer(tokenizer, tokenizer_dir, export_dir)
+  _export_tokenizer(tokenizer, tokenizer_dir, export_dir, base_checkpoint)
   return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
 
 
@@ -444,7 +452,7 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
                                  step_callback=step_callback,
                                  dropout_seed=config.seed if config.value_head_dropout > 0 else None)
   convert.save_ppm(trained, export_dir, dtype=config.export_dtype or original_dtype)
-  _export_tokenizer(tokenizer, tokenizer_dir, export_dir)
+  _export_tokenizer(tokenizer, tokenizer_dir, export_dir, init_checkpoint)
   return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
 
 

@@ -161,6 +161,20 @@ def test_the_export_keeps_the_chat_template_file_of_the_starting_checkpoint(base
   assert transformers.AutoTokenizer.from_pretrained(result.export_dir).chat_template == template
 
 
+def test_the_export_keeps_the_generation_config_of_the_starting_checkpoint_whatever_the_tokenizer(base, tmp_path):
+  # generation_config.json (the EOS ids an instruct model's turns end on) was copied from the tokenizer's folder: with
+  # a loaded tokenizer (or one from another folder) the export had none, so generation ran past the turn's end.
+  path = tmp_path / "start"
+  shutil.copytree(base[0], path)
+  transformers.GenerationConfig(eos_token_id=[2, 1], do_sample=True, top_p=0.8).save_pretrained(path)
+  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
+                                 mesh=(1, 1, 1), max_steps=1, progress=False)
+  result = trainer.train_policy(path, testlib.write_json(tmp_path / "sft.json", base[1][:4]), tmp_path / "work",
+                                config=config, tokenizer=tokenizer_lib.load_tokenizer(path))
+  generation = transformers.GenerationConfig.from_pretrained(result.export_dir)
+  assert (generation.eos_token_id, generation.top_p) == ([2, 1], 0.8)
+
+
 @pytest.mark.parametrize("train,name", [(trainer.train_policy, "base_checkpoint"),
                                         (trainer.train_ppm, "init_checkpoint")])
 def test_a_train_result_in_place_of_the_checkpoint_dir_is_named(base, tmp_path, train, name):
