@@ -45,10 +45,11 @@ from rstar_jax.train.metrics_log import MetricsLog
 
 StepCallback = Callable[[int, dict[str, float]], None]
 PathLike = str | os.PathLike[str]
-# Copied next to exported weights besides a tokenizer that saves itself (rStar tags included); a tokenizer object that
-# cannot save itself is exported by copying all of `convert.SIDE_FILES` from its source directory.
+# The side files that belong to the tokenizer (`generation_config.json` belongs to the model): all are copied from
+# the tokenizer's folder for a tokenizer object that cannot save itself; one that saves itself (rStar tags included)
+# writes all but the chat templates.
 _GENERATION_CONFIG = "generation_config.json"
-_FILES_BESIDE_A_SAVED_TOKENIZER = (*convert.CHAT_TEMPLATE_FILES, _GENERATION_CONFIG)
+_TOKENIZER_SIDE_FILES = tuple(name for name in convert.SIDE_FILES if name != _GENERATION_CONFIG)
 # `<workdir>/run.json`: the settings and data a run started with; a resumed run must match them (`_check_resume`).
 RUN_FILE = "run.json"
 # run.json's key for the sha256 of the initial weights: a re-run from another base model must not resume this run.
@@ -146,28 +147,24 @@ def _model_config(checkpoint: PathLike, config: TrainConfig) -> tuple[ModelConfi
   return original.replace(param_dtype="float32", dtype=config.compute_dtype), original.param_dtype
 
 
-def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str,
-                      checkpoint_dir: PathLike | None = None) -> None:
+def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str, checkpoint_dir: PathLike) -> None:
   """Process 0 writes the tokenizer beside the exported weights; in a multi-host run no process returns before that
   is done, and its failure is raised on every process (as the weights' export).
 
   The tokenizer saved is the one trained with, rStar tags included (as the official trainer saves it), so the next
   phase and `transformers` read the tags' ids from the export without adding them again. A tokenizer object without
   `save` is exported by copying its source directory's files. `generation_config.json` (the EOS ids generation stops
-  at) belongs to the model: it comes from `checkpoint_dir`, the checkpoint training started from, when given (with a
-  loaded tokenizer, or one from another folder, it was taken from the tokenizer's folder: none, or another model's).
+  at) belongs to the model: it comes from `checkpoint_dir`, the checkpoint training started from (with a loaded
+  tokenizer, or one from another folder, it was taken from the tokenizer's folder: none, or another model's).
   """
   def write():
-    copy = convert.SIDE_FILES
+    copy = _TOKENIZER_SIDE_FILES
     if isinstance(tokenizer, tokenizer_lib.Tokenizer):
       tokenizer.save(export_dir)
-      copy = _FILES_BESIDE_A_SAVED_TOKENIZER
-    if checkpoint_dir is not None:
-      copy = tuple(name for name in copy if name != _GENERATION_CONFIG)
+      copy = convert.CHAT_TEMPLATE_FILES
     if tokenizer_dir is not None and os.path.isdir(tokenizer_dir):
       convert.copy_side_files(tokenizer_dir, export_dir, copy)
-    if checkpoint_dir is not None:
-      convert.copy_side_files(checkpoint_dir, export_dir, (_GENERATION_CONFIG,))
+    convert.copy_side_files(checkpoint_dir, export_dir, (_GENERATION_CONFIG,))
   sharding_lib.on_process_zero(export_dir, "write the tokenizer", write)
 
 

@@ -324,9 +324,11 @@ def test_a_re_export_into_the_same_folder_replaces_the_earlier_tokenizer_files(t
   (old / "generation_config.json").write_text('{"eos_token_id": 1}')
   (new / "tokenizer.json").write_text("new")
   tokenizer = object()  # no `save`: the source folder's files are copied
-  trainer._export_tokenizer(tokenizer, str(old), str(out))
-  trainer._export_tokenizer(tokenizer, str(new), str(out))
+  # (The tokenizer's folder doubles as the checkpoint training started from, where generation_config.json comes from.)
+  trainer._export_tokenizer(tokenizer, str(old), str(out), str(old))
+  trainer._export_tokenizer(tokenizer, str(new), str(out), str(new))
   assert (out / "tokenizer.json").read_text() == "new"
   assert not (out / "generation_config.json").exists()
-  trainer._export_tokenizer(tokenizer, str(out), str(out))  # the export's own folder as the source: left as it is
+  # The export's own folder as the source: left as it is.
+  trainer._export_tokenizer(tokenizer, str(out), str(out), str(out))
   assert (out / "tokenizer.json").read_text() == "new"
