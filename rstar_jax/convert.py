@@ -120,8 +120,10 @@ def _input_problem(args) -> str | None:
       HFCheckpoint(path).close()
     except (OSError, ValueError) as e:
       return f"{flag} {e.args[0] if len(e.args) == 1 else e}"  # our messages start with the path
+  heads = [f for f in ("value_head.bin", "value_head.safetensors") if os.path.isfile(os.path.join(path, f))]
+  if args.command == "verify" and heads:  # load_qwen2 refuses a PPM dir (a traceback here)
+    return f"--hf-dir {path} holds a PPM ({heads[0]}): verify compares a policy's logits"
   if args.command == "import":
-    heads = [f for f in ("value_head.bin", "value_head.safetensors") if os.path.isfile(os.path.join(path, f))]
     if args.ppm and not heads:
       return f"--hf-dir {path}: no value_head.bin or value_head.safetensors in it (a PPM dir has one)"
     if heads and not args.ppm:  # imported as a policy, its value head would be dropped without a word

@@ -131,9 +131,11 @@ def _check_paths(args: argparse.Namespace):
     config = ModelConfig.from_hf_config(path)
   except KeyError as e:
     raise ValueError(e.args[0]) from None
-  if args.ppm_dir and not any(os.path.isfile(os.path.join(path, f)) for f in ("value_head.bin",
-                                                                               "value_head.safetensors")):
+  heads = [f for f in ("value_head.bin", "value_head.safetensors") if os.path.isfile(os.path.join(path, f))]
+  if args.ppm_dir and not heads:
     raise FileNotFoundError(f"--ppm-dir {path}: no value_head.bin or value_head.safetensors in it")
+  if args.hf_dir and heads:  # load_qwen2 refuses it too, but only once the prompts are read
+    raise ValueError(f"--hf-dir {path} holds a PPM ({heads[0]}): score with --ppm-dir")
   if args.tokenizer and not os.path.exists(args.tokenizer):
     raise FileNotFoundError(f"--tokenizer {args.tokenizer}: no such file or directory")
   bad_eos = [i for i in args.eos_id or () if not 0 <= i < config.vocab_size]

@@ -283,7 +283,14 @@ def load_qwen2(hf_dir: str | os.PathLike, config: ModelConfig | None = None, *, 
 
   `scan_layers=False` loads the layers as a list of per-layer parameters (the generation engine's layout, so an
   `Engine` built on the model makes no copy of them); the default stacks them (training, export).
+
+  A PPM dir (one with a value head file) is refused: a round's policy and PPM exports look alike, and a tied PPM's
+  backbone loaded as a policy without a word (generation or SFT then ran on the PPM); `load_ppm` loads it.
   """
+  heads = [name for name in VALUE_HEAD_FILES if os.path.isfile(os.path.join(hf_dir, name))]
+  if heads:
+    raise ValueError(f"{os.fspath(hf_dir)} holds a PPM ({heads[0]}): load it with load_ppm; a policy dir has no "
+                     "value head")
   config = config or ModelConfig.from_hf_config(hf_dir, **config_overrides)
   model, abstract, shardings = _abstract_and_shardings(
       lambda: Qwen2(config, rngs=nnx.Rngs(0), scan_layers=scan_layers), mesh, rules)

@@ -161,6 +161,10 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
       (["--hf-dir", str(model), "--tokenizer", str(model)], r"error: no tokenizer in .*model"),
   ]:
     _assert_usage_error(capsys, ["--prompts", str(good)] + argv, message)
+  # A PPM dir given as the policy (load_qwen2 refuses it): a usage error before the model loads.
+  (model / "value_head.bin").write_bytes(b"")
+  _assert_usage_error(capsys, ["--prompts", str(good), "--hf-dir", str(model)],
+                      r"error: --hf-dir .*model holds a PPM \(value_head.bin\): score with --ppm-dir")
   # A broken config.json was a traceback (a TypeError naming no file for a non-object) once loading began.
   for content, message in [("[]", r"config.json: expected a JSON object, got list"),
                            (json.dumps(dict(config, hidden_size="64")),

@@ -112,6 +112,9 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
       # A PPM dir imported without --ppm became a policy checkpoint: its value head was dropped without a word.
       (["import", "--hf-dir", str(ppm_dir), "--out", str(tmp_path / "o")],
        f"--hf-dir {ppm_dir} holds a PPM (value_head.bin): add --ppm"),
+      # load_qwen2 refuses a PPM dir: verify said so by a traceback.
+      (["verify", "--hf-dir", str(ppm_dir)], f"--hf-dir {ppm_dir} holds a PPM (value_head.bin): verify compares a "
+                                             "policy's logits"),
   ]:
     with pytest.raises(SystemExit) as exit_info:
       convert.main(args)

@@ -294,3 +294,20 @@ def test_a_tied_config_with_a_different_lm_head_in_the_checkpoint_is_refused(hf_
   assert np.array_equal(reference.lm_head.weight.detach().numpy(), head)  # transformers runs the file's head
   with pytest.raises(ValueError, match=r"tie_word_embeddings.*lm_head\.weight.*differs"):
     convert.load_qwen2(path)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_ppm_dir_is_not_loaded_as_a_policy(hf_qwen2_factory, tmp_path, tied):
+  # A round's two exports look alike (HF dir + tokenizer; the PPM's adds value_head.bin, as the official save_rm).
+  # Passing the PPM's where the policy goes (EnginePolicy, train_policy's base) loaded its backbone as a policy
+  # without a word when tied (Qwen2.5-Math-1.5B): generation or SFT ran on the PPM's backbone; untied it failed as
+  # "checkpoint has no tensor 'lm_head.weight'", naming no reason.
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models import PPM, ModelConfig  # pylint: disable=g-import-not-at-top
+  path, _ = hf_qwen2_factory(tie_word_embeddings=tied)
+  ppm_dir = tmp_path / "ppm"
+  convert.save_ppm(PPM(ModelConfig.from_hf_config(path), rngs=nnx.Rngs(0)), ppm_dir)
+  with pytest.raises(ValueError, match=re.escape(f"{ppm_dir} holds a PPM (value_head.bin): load it with load_ppm")):
+    convert.load_qwen2(ppm_dir)
+  assert convert.load_ppm(ppm_dir).config.tie_word_embeddings == tied
+  convert.load_qwen2(path)  # the policy dir it came from still loads
