@@ -298,13 +298,25 @@ class ExtractionStats:
   num_pairs: int
 
 
+def _shards(path: str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
+  """`[path]`, or for a directory (`run_search`'s output_dir) its `*.jsonl` shards in name order: beside them it holds
+  `trees.config.json`, which is no tree file."""
+  if not os.path.isdir(path):
+    return [path]
+  shards = sorted(name for name in os.listdir(path) if name.endswith(".jsonl"))
+  if not shards:
+    raise ValueError(f"extract_files: {os.fspath(path)} holds no .jsonl tree shards; nothing written")
+  return [os.path.join(path, name) for name in shards]
+
+
 def extract_files(tree_files: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], sft_file: str | None,
                   pairs_file: str | None, *, sft_config: SftConfig = SftConfig(),
                   pair_config: PairConfig = PairConfig()) -> ExtractionStats:
   """Reads Q-annotated tree shards and writes rStar-format SFT records and/or PPM pairs (atomically).
 
   Args:
-    tree_files: one JSONL tree file or several shards (schema `rstar_jax.tree/1`), e.g. a list or a glob.
+    tree_files: one JSONL tree file or several shards (schema `rstar_jax.tree/1`), e.g. a list or a glob; a
+      directory (a search's `output_dir`) stands for its `*.jsonl` shards in name order.
     sft_file: where the SFT records go (`.jsonl` -> JSONL, else a JSON list); None to skip.
     pairs_file: where the PPM pairs go; None to skip.
     sft_config: SFT selection.
@@ -320,6 +332,7 @@ def extract_files(tree_files: str | os.PathLike[str] | Iterable[str | os.PathLik
   """
   # One list for the checks and the reading: an iterator (e.g. `Path.glob`) is consumed by the first pass.
   inputs = [tree_files] if isinstance(tree_files, (str, os.PathLike)) else list(tree_files)
+  inputs = [shard for path in inputs for shard in _shards(path)]
   if not inputs:  # the outputs would be replaced by empty files, e.g. a good earlier extraction's
     raise ValueError("extract_files: no tree files given (an empty list, or a glob that matched nothing); nothing "
                      "written")

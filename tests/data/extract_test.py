@@ -400,3 +400,24 @@ def test_sft_ties_keep_depth_first_order_not_node_ids():
   assert tree.nodes[3].text == _step("Y1")
   got = extract.sft_records([tree], extract.SftConfig(per_problem=1))
   assert got == [formats.SftRecord("Q?", _step("X") + _step("X1"))]
+
+
+def test_extract_files_reads_a_search_output_dir(tmp_path):
+  # `run_search(output_dir=D)` writes D/trees-00000.jsonl, ... and D/trees.config.json; D itself, the next phase's
+  # natural input, failed as IsADirectoryError, and a glob of D/* read the config as a tree file ("invalid JSON").
+  rec1, _ = build_tree(TREE1)
+  rec2, _ = build_tree(("root", 0.0, None, [("P", 0.8, "correct", []), ("N", -0.9, "wrong", [])]),
+                       problem_id="p/1", question="Other?")
+  out = tmp_path / "trees"
+  out.mkdir()
+  (out / "trees-00001.jsonl").write_text(json.dumps(rec2) + "\n")
+  (out / "trees-00000.jsonl").write_text(json.dumps(rec1) + "\n")
+  (out / "trees.config.json").write_text(json.dumps({"num_rollouts": 2}, indent=1))
+  stats = extract.extract_files(out, str(tmp_path / "sft.json"), str(tmp_path / "rm.jsonl"))
+  assert (stats.num_trees, stats.num_problems, stats.num_sft_records, stats.num_pairs) == (2, 2, 3, 4)
+  ts = [trees.tree_from_dict(rec1), trees.tree_from_dict(rec2)]  # shard order
+  assert formats.read_ppm_pairs(tmp_path / "rm.jsonl") == extract.ppm_pairs(ts)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ValueError, match=rf"extract_files: {empty} holds no \.jsonl tree shards"):
+    extract.extract_files(empty, None, str(tmp_path / "rm2.jsonl"))
