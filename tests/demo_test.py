@@ -174,3 +174,22 @@ def test_the_teacher_offers_a_right_and_a_wrong_first_step_for_every_problem():
       defined = [s.split("answer = ")[1].strip() for s in steps]
       assert str(record["answer"]) in defined, (record["index"], seed, defined)
       assert any(d != str(record["answer"]) and d != "total_from_the_question" for d in defined), (seed, defined)
+
+
+def test_the_demo_tokenizer_reads_back_the_same_in_transformers(tmp_path):
+  # The demo's exports are Qwen2 dirs, and transformers loads a Qwen2 dir's tokenizer as `Qwen2Tokenizer`, which
+  # pre-tokenizes with Qwen2's own regex and NFC: the demo's plain byte-level BPE split "answer = 18" or "(x" otherwise,
+  # so transformers (and vLLM) fed the exported models ids they were never trained on.
+  import transformers  # pylint: disable=import-outside-toplevel
+  from rstar_jax import demo  # pylint: disable=import-outside-toplevel
+  from rstar_jax.models import ModelConfig  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(REPO, "rstar_jax", "assets", "gsm8k_demo.json"), encoding="utf-8") as f:
+    corpus = [r["question"] for r in json.load(f)]
+  texts = corpus[:20] + ["<code>\n# Step 1: add\nanswer = 18 + (x*3)\n<end_of_step>", "print(round(8.94427, 2))\n",
+                         "<|user|>:\nWhat's 12+7?\n\n<|assistant|>: Let's think.\n<output>19<end_of_output>",
+                         "caf\u0065\u0301 costs $1,234.50\t\n\n  done"]
+  tokenizer = demo.build_tokenizer(str(tmp_path), corpus, vocab_size=1024)
+  (tmp_path / "config.json").write_text(json.dumps(ModelConfig.tiny(vocab_size=1088).to_hf_config()))
+  reference = transformers.AutoTokenizer.from_pretrained(tmp_path)
+  for text in texts:
+    assert tokenizer.encode(text) == reference(text, add_special_tokens=False)["input_ids"], text
