@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   # Imports after parsing: `--help` stays instant.
   from rstar_jax import sharding  # pylint: disable=g-import-not-at-top
   from rstar_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from rstar_jax.generate.adapters import PPMScorer  # pylint: disable=g-import-not-at-top
+  from rstar_jax.generate.adapters import STEP_TAGS, PPMScorer  # pylint: disable=g-import-not-at-top
   from rstar_jax.generate.engine import Engine, Request  # pylint: disable=g-import-not-at-top
   from rstar_jax.models import convert  # pylint: disable=g-import-not-at-top
   from rstar_jax.models.config import dtype_name  # pylint: disable=g-import-not-at-top
@@ -196,6 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(str(e))
   if args.add_rstar_tokens:
     tokenizer_lib.add_rstar_tokens(tok, "ppm" if args.ppm_dir else "policy")
+  if args.ppm_dir:  # PPMScorer refuses it too, but only once the model has loaded
+    split = [tag for tag in STEP_TAGS if len(tok.encode(tag)) != 1]
+    if split:
+      parser.error(f"--ppm-dir: the tokenizer splits rStar's step tags ({', '.join(split)}) into several tokens; the "
+                   "PPM was trained with each as one token: use the PPM export's tokenizer, or add --add-rstar-tokens")
   overrides = {} if args.dtype is None else {"dtype": args.dtype}
   ids = tok.encode_batch([p["prompt"] for p in prompts])
   for p, prompt_ids in zip(prompts, ids):

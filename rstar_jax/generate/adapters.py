@@ -15,6 +15,9 @@ from rstar_jax.generate.engine import Engine, Request, check_limits
 from rstar_jax.generate.sampling import Greedy, Sampling, SamplingMethod
 from rstar_jax.models import value_transform
 
+# The tags of every step text the PPM scores (`PPM_SPECIAL_TOKENS` holds them, each one token since training).
+STEP_TAGS = ("<code>", "<end_of_step>", "<end_of_code>", "<output>", "<end_of_output>", "<answer>", "<end_of_answer>")
+
 
 class EnginePolicy:
   """`Policy`: `generate(prompts, n=, seeds=, stop=)` -> `[len(prompts)][n]` `StepCandidate`s.
@@ -90,6 +93,12 @@ class PPMScorer:
     if not engine.is_ppm:
       raise TypeError("PPMScorer needs an Engine built from a PPM")
     value_transform(np.zeros(1, np.float32), transform)  # validates the name
+    split = [tag for tag in STEP_TAGS if len(engine.tokenizer.encode(tag)) != 1]
+    if split:
+      # The base model's tokenizer, say: every value would come from token ids the PPM never saw, without an error.
+      raise ValueError(f"PPMScorer: the tokenizer splits rStar's step tags ({', '.join(split)}) into several tokens; "
+                       "the PPM was trained with each as one token: use the PPM export's tokenizer (or "
+                       "rstar_jax.tokenizer.add_rstar_tokens(tokenizer, 'ppm'))")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
       # A negative count would cut every text's last tokens (`ids[:-1]`) and score what is left.
       raise ValueError(f"max_tokens must be an integer >= 1 (None: the model's context minus one), got {max_tokens!r}")

@@ -325,3 +325,26 @@ def test_engine_policy_refuses_step_limits_that_are_not_counts_when_built(settin
   with pytest.raises(ValueError, match=message):  # the engine's own call too
     engine.generate([Request([5, 6])], Greedy(), **limits)
 
+
+
+def test_ppm_scorer_refuses_a_tokenizer_that_splits_the_step_tags(tmp_path, capsys):
+  # A PPM is trained on text whose step tags are single tokens (train_ppm adds them; so did the official trainer).
+  # Scored through a tokenizer without them (the base model's, as the real Qwen2.5 one: "<end_of_step>" is 6 pieces
+  # there), every value came from token ids the PPM never saw, without an error.
+  from generate_helpers import QWEN_TOKENIZER  # pylint: disable=g-import-not-at-top
+  from rstar_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  base = tokenizer_lib.load_tokenizer(QWEN_TOKENIZER)
+  assert len(base.encode("<end_of_step>")) > 1
+  engine = Engine(convert.load_ppm(tiny_ppm_dir()[0]), tokenizer=base)
+  with pytest.raises(ValueError, match=r"PPMScorer: the tokenizer splits rStar's step tags \(<code>, <end_of_step>, "
+                                       r".*\) into several tokens; the PPM was trained with each as one token: use "
+                                       r"the PPM export's tokenizer"):
+    PPMScorer(engine)
+  tokenizer_lib.add_rstar_tokens(base, "ppm")  # what train_ppm does
+  PPMScorer(engine)
+  # The command line says so before the model loads, naming its flag.
+  prompts = tmp_path / "p.jsonl"
+  prompts.write_text('"<code>\\nx = 1\\n<end_of_step>"\n')
+  _assert_usage_error(capsys, ["--ppm-dir", str(tiny_ppm_dir()[0]), "--tokenizer", str(QWEN_TOKENIZER), "--prompts",
+                               str(prompts)], r"error: --ppm-dir: the tokenizer splits rStar's step tags \(<code>, "
+                                              r".*add --add-rstar-tokens")
