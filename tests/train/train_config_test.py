@@ -105,6 +105,18 @@ def test_dtype_aliases_are_normalised():
   assert (config.compute_dtype, config.export_dtype, config.mesh) == ("bfloat16", "float16", (1, -1, 1))
 
 
+@pytest.mark.parametrize("dtype", ["float16", "fp16"])
+def test_float16_compute_is_refused_naming_the_field(dtype):
+  # Documented choices are float32 and bfloat16 (fp32 master weights, no loss scaling). float16 was taken and trained
+  # silently wrong: at the official PPM head init (std 1e-6) the gradient reaching the backbone is ~1e-9, below
+  # float16's smallest number, so every layer's gradient was exactly 0 (float32 and bfloat16: 8e-8 for a q_proj).
+  with pytest.raises(ValueError, match=r"TrainConfig.compute_dtype .*'float32' or 'bfloat16'.*float16"):
+    config_lib.TrainConfig.from_dict({"compute_dtype": dtype})
+  with pytest.raises(ValueError, match=r"TrainConfig.compute_dtype"):
+    config_lib.sft_config(compute_dtype=dtype)
+  assert config_lib.TrainConfig(export_dtype=dtype).export_dtype == "float16"  # weights may still be saved so
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"optimizer": {"learning_rate": 1e-5}},
      r"TrainConfig.optimizer must be an OptimizerConfig \(TrainConfig.from_dict builds one from a mapping\), got dict"),
