@@ -217,6 +217,12 @@ class Attention(nnx.Module):
       out = cached_attention(q.astype(self.dtype), k_cache[:, :, :window], v_cache[:, :, :window], mask)
       return self.o_proj(out), (k_cache, v_cache)
     k = constrain(k, ("batch", "kv_length", "kv_heads", "head_dim"))
+    if self.dtype == jnp.float16:
+      # jax's attention asks for its float32 scores with the `F16_F16_F32` dot algorithm, which XLA:CPU (and TPU)
+      # refuse when compiling ("not supported by dot_general"), so a float16 forward failed outright; the einsum
+      # chain of the cached path keeps the float32 scores without naming an algorithm.
+      out = cached_attention(q.astype(self.dtype), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask)
+      return self.o_proj(out), None
     # jax's attention groups the N query heads onto the K kv heads itself and keeps scores and softmax in float32
     # (and can dispatch to fused kernels on accelerators); on CPU it gives the same values as the explicit
     # einsum / where / softmax chain, at the same speed within noise (benchmarks/RESULTS.md, model forward).

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
 from conftest import random_padded_batch
 from flax import nnx
 
@@ -107,6 +108,33 @@ def test_bf16_compute_keeps_fp32_logits_close():
   l16 = model16(tokens, pos, mask).logits
   assert l16.dtype == jnp.float32
   assert float(jnp.max(jnp.abs(l32 - l16))) < 0.05 * float(jnp.max(jnp.abs(l32))) + 1e-2
+
+
+@pytest.mark.parametrize("start", [0, 2000])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_logits_are_as_close_to_fp32_as_transformers(hf_qwen2_factory, dtype, start):
+  # A float16 forward failed to compile on CPU (jax's attention asks for an F16_F16_F32 dot). Reference: HF's fp32
+  # logits; the yardstick is HF's own forward in that dtype (RoPE tables, norms and softmax in fp32, cast back).
+  # Factor 2: both round every matmul and residual add to the half dtype, in different orders; at position 2000 a
+  # half-precision RoPE angle would be off by ~8 rad and the logits far off, whatever the factor.
+  path, _ = hf_qwen2_factory(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                             num_kv_heads=2, tie_word_embeddings=False)
+  tokens, mask = random_padded_batch(np.random.default_rng(1), 512, batch=4, length=13)
+  positions = np.asarray(default_positions(jnp.asarray(mask))) + start
+  reference = {}
+  for torch_dtype in (torch.float32, getattr(torch, dtype)):
+    hf = transformers.Qwen2ForCausalLM.from_pretrained(path, dtype=torch_dtype).eval()
+    with torch.no_grad():
+      reference[torch_dtype] = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
+                                  position_ids=torch.tensor(positions)).logits.float().numpy()
+  model = convert.load_qwen2(path, dtype=dtype)
+  logits = jax.jit(lambda t, p, m: model(t, p, m).logits)(jnp.asarray(tokens), jnp.asarray(positions),
+                                                          jnp.asarray(mask))
+  assert logits.dtype == jnp.float32
+  fp32 = reference[torch.float32][mask]
+  ours_error = np.abs(np.asarray(logits)[mask] - fp32).max()
+  hf_error = np.abs(reference[getattr(torch, dtype)][mask] - fp32).max()
+  assert ours_error <= 2 * hf_error, (ours_error, hf_error)
 
 
 @pytest.mark.parametrize("preset", ["qwen2p5_0p5b", "qwen2p5_math_1p5b", "qwen2p5_math_7b"])
