@@ -10,12 +10,17 @@ import pytest
 _BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def search_bench():
-  spec = importlib.util.spec_from_file_location("search_benchmark", _BENCHMARKS / "search.py")
+def _load(script: str):
+  """benchmarks/<script>.py as a module (the scripts are no package)."""
+  spec = importlib.util.spec_from_file_location(f"{script}_benchmark", _BENCHMARKS / f"{script}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+@pytest.fixture(scope="module")
+def search_bench():
+  return _load("search")
 
 
 # A compiled module in XLA's text form, cut down: a while loop whose state is a tuple (its type holds spaces and an
@@ -66,10 +71,7 @@ def test_hlo_op_counts_by_hand(search_bench):
 
 @pytest.fixture(scope="module")
 def sandbox_bench():
-  spec = importlib.util.spec_from_file_location("sandbox_benchmark", _BENCHMARKS / "sandbox.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _load("sandbox")
 
 
 def test_sandbox_quick_counts_are_checked_after_they_are_filled_in(sandbox_bench):
@@ -170,10 +172,7 @@ def test_replay_returns_every_selection_so_a_diverged_search_is_caught(search_be
 
 @pytest.fixture(scope="module")
 def train_bench():
-  spec = importlib.util.spec_from_file_location("train_benchmark", _BENCHMARKS / "train.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _load("train")
 
 
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
@@ -219,10 +218,7 @@ def test_train_mfu_ceiling_is_measured_in_the_compute_dtype(train_bench, monkeyp
 
 @pytest.fixture(scope="module")
 def generate_bench():
-  spec = importlib.util.spec_from_file_location("generate_benchmark", _BENCHMARKS / "generate.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _load("generate")
 
 
 @pytest.mark.parametrize("flags, message", [(["--shapes", "tiny,0.5bb"], "--shapes: unknown '0.5bb'"),
@@ -241,9 +237,7 @@ def test_generate_checks_shapes_and_batches_before_running(generate_bench, capsy
                                             (["--repeats", "0"], "--repeats must be >= 1")])
 def test_forward_checks_its_flags_before_running(capsys, flags, message):
   # `--configs 60m,1b` ran the 60M config, then failed with KeyError: '1b'; `--repeats 0` printed NaN rates.
-  spec = importlib.util.spec_from_file_location("forward_benchmark", _BENCHMARKS / "forward.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = _load("forward")
   with pytest.raises(SystemExit):
     module.main(["--batch", "1", "--length", "4"] + flags)
   assert message in capsys.readouterr().err
@@ -253,9 +247,7 @@ def test_forward_checks_its_flags_before_running(capsys, flags, message):
 def test_search_ab_checks_its_counts_before_running(search_bench, monkeypatch, capsys, flag):
   # `--replays 0` compiled both sides, then failed with StatisticsError ("no median for empty data").
   monkeypatch.setitem(__import__("sys").modules, "search", search_bench)  # search_ab imports its sibling
-  spec = importlib.util.spec_from_file_location("search_ab_benchmark", _BENCHMARKS / "search_ab.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = _load("search_ab")
   with pytest.raises(SystemExit):
     module.main(["--baseline", "HEAD", "--trees", "2", "--nodes", "64", "--iters", "2", "--replays", "1", flag, "0"])
   assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
