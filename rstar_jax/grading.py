@@ -68,19 +68,24 @@ from typing import Sequence
 _LOG = logging.getLogger(__name__)
 
 _BOXED_COMMANDS = ("\\boxed", "\\fbox")
+_BOX_COMMAND_RE = re.compile(r"\\boxed|\\fbox")
+_BRACE_AFTER_RE = re.compile(r"(?:\\boxed|\\fbox) *\{")  # spaces as `_box_at` skips them
 
 
 def extract_boxed(text: str | None) -> str | None:
   """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, braces balanced.
 
-  `\\boxed 5` (no braces) gives "5". Returns None when there is no box or its braces never close.
+  `\\boxed 5` (no braces) gives "5" when no box of `text` has braces: a braced box wins over a later bare `\\boxed`
+  (a word, or a repeat cut off by the token limit), as rStar's `extract_boxed_answer` reads the last `\\boxed{`.
+  Returns None when there is no box or the chosen box's braces never close.
   """
   if not text:
     return None
-  start = max(text.rfind(cmd) for cmd in _BOXED_COMMANDS)
-  if start < 0:
+  starts = [m.start() for m in _BOX_COMMAND_RE.finditer(text)]
+  if not starts:
     return None
-  box = _box_at(text, start)
+  braced = [s for s in starts if _BRACE_AFTER_RE.match(text, s)]
+  box = _box_at(text, (braced or starts)[-1])
   return None if box is None else box[0]
 
 

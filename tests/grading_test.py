@@ -28,6 +28,10 @@ def grader():
     ("cases \\boxed{\\left\\{\\begin{array}{l}a\\end{array}\\right.}",
      "\\left\\{\\begin{array}{l}a\\end{array}\\right."),
     ("no braces \\boxed 42.", "42"),
+    # rStar's `extract_boxed_answer` takes the last `\\boxed{`: a later bare `\\boxed` (a word, or a repeat cut
+    # off by the token limit) does not hide it.
+    ("\\boxed{12} square units; \\boxed marks the answer", "12"),
+    ("So it is \\boxed{5}. So the answer is \\boxed", "5"),
     ("space first \\boxed {1,3}.", "1,3"),
     ("\\fbox{7}", "7"),
     ("never closed \\boxed{3", None),

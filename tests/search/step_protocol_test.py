@@ -52,6 +52,9 @@ def test_code_history_stops_at_the_last_finished_block():
     (StepCandidate("So \\boxed{\\frac{1}{2}} is it.\n", "<end_of_answer>"), "answer", "\\frac{1}{2}"),
     (StepCandidate("\\boxed{3} and \\boxed{4}", "eos"), "answer", "4"),
     (StepCandidate("\\boxed{3", "<end_of_answer>"), "unparsable", None),
+    # Official: "boxed" in the text makes it an answer, and `extract_boxed_answer` reads the last `\\boxed{`, here a
+    # closed one before the bare `\\boxed` the token limit cut off.
+    (StepCandidate("So it is \\boxed{5}. So the answer is \\boxed", "length"), "answer", "5"),
     (StepCandidate("  \n", "<end_of_step>"), "unparsable", None),
     (StepCandidate("x = 1\n", "length"), "unparsable", None),
     (StepCandidate("x = 1\n", "eos"), "unparsable", None),
