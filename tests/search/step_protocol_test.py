@@ -146,3 +146,29 @@ def test_real_sandbox_accumulated_code_errors_and_output(pool):
   assert host.policy_prompt(s3).endswith("x = 3\n<end_of_step>y = x * 2\n<end_of_step>"
                                          "print(math.sqrt(y * 6))\n<end_of_code>\n"
                                          "<output>6.0<end_of_output>")
+
+
+def test_real_sandbox_steps_an_imperfect_policy_writes(pool):
+  """Hand-derived from the official `rstar_step_result_unwrap` + `MCTS.create_child`: without "boxed" a step is
+  code whatever its tags or stop string, so its text runs as Python (here a SyntaxError, an error)."""
+  closed = ParentState(depth=3, consecutive_errors=0, code_history="")  # the parent closed its code block
+  steps = [StepCandidate("<answer>The answer is 5", "<end_of_answer>"),  # no box: not an answer
+           StepCandidate("<answer>The answer is 5\n", "<end_of_step>"),
+           StepCandidate("print(1)\n", "<end_of_code>")]  # closes a block never opened: the whole text is the program
+  planned = [plan_child(c, closed) for c in steps]
+  assert [p.kind for p in planned] == ["code"] * 3
+  assert [p.program for p in planned] == ["<answer>The answer is 5<end_of_answer>", "<answer>The answer is 5",
+                                          "print(1)\n<end_of_code>"]
+  results = pool.run([p.program for p in planned])
+  assert all(r.observation.startswith("SyntaxError: ") for r in results)
+  # errors_threshold 1 (rounds after the bootstrap): the path ends, its text closed with the output block.
+  ends = [finish_child(p, r, closed, StepConfig(errors_threshold=1)) for p, r in zip(planned, results)]
+  assert [c.reason for c in ends] == [Reason.TOO_MANY_ERRORS] * 3
+  assert ends[0].text == (f"<answer>The answer is 5<end_of_answer><end_of_code>\n<output>{results[0].observation}"
+                          "<end_of_output>")
+  assert ends[2].text == f"print(1)\n<end_of_code>\n<output>{results[2].observation}<end_of_output>"
+  # errors_threshold 2 (bootstrap): one error is allowed; only the step that closed a block gets an output block.
+  goes_on = [finish_child(p, r, closed, StepConfig(errors_threshold=2)) for p, r in zip(planned, results)]
+  assert [(c.reason, c.consecutive_errors) for c in goes_on] == [(Reason.NONE, 1)] * 3
+  assert [c.text for c in goes_on[:2]] == [s.step_text for s in steps[:2]]
+  assert goes_on[2].text == ends[2].text
