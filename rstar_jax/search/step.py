@@ -7,8 +7,8 @@ program to run; the caller runs the programs in the sandbox (one batch for all t
 turns the sandbox result into the child's text, observation and terminal state.
 
 Classification of a candidate's step text (candidate text + its stop string):
-- contains `boxed`: a terminal *answer*; the answer is the last `\\boxed{...}`. If no box can be read
-  (braces never close), the step is *unparsable* instead.
+- contains `boxed`: a terminal *answer*; the answer is the last `\\boxed{...}` of the text before the stop
+  string. If no box can be read (braces never close), the step is *unparsable* instead.
 - empty (only whitespace besides the stop string), or generation ended without a stop string
   ("length": truncated, "eos": the model ended the solution without an answer): *unparsable*,
   terminal, reward -1. (The official code would run such text as code; a truncated or answerless
@@ -196,7 +196,8 @@ def plan_child(candidate: StepCandidate, parent: ParentState) -> PlannedChild:
   step_text = candidate.step_text
   depth = parent.depth + 1
   if "boxed" in step_text:
-    answer = grading.extract_boxed(step_text)
+    # Read without the stop string: a box without braces (`\\boxed 3<end_of_answer>`) would take the tag along.
+    answer = grading.extract_boxed(candidate.text)
     if answer is not None:
       return PlannedChild(step_text, "answer", answer, None, depth)
     return PlannedChild(step_text, "unparsable", None, None, depth)

@@ -55,6 +55,8 @@ def test_code_history_stops_at_the_last_finished_block():
     # Official: "boxed" in the text makes it an answer, and `extract_boxed_answer` reads the last `\\boxed{`, here a
     # closed one before the bare `\\boxed` the token limit cut off.
     (StepCandidate("So it is \\boxed{5}. So the answer is \\boxed", "length"), "answer", "5"),
+    # A box without braces (`\\boxed 3`, read as "3") ends at the stop string: that tag is not part of the answer.
+    (StepCandidate("So the answer is \\boxed 3", "<end_of_answer>"), "answer", "3"),
     (StepCandidate("  \n", "<end_of_step>"), "unparsable", None),
     (StepCandidate("x = 1\n", "length"), "unparsable", None),
     (StepCandidate("x = 1\n", "eos"), "unparsable", None),
