@@ -4,6 +4,8 @@ Every file the project writes that a later phase (or a resumed run) reads goes t
 to a temporary file in the target's folder, is flushed to disk, and is renamed over the target. A crash or an
 exception mid-write leaves the old file (or none) and no temporary behind. A killed process (SIGKILL, a preemption)
 cannot remove its temporary: the next write of the same target on the same host removes it.
+
+`lone_surrogate` is the check text read from JSON needs before it is written out again or tokenized.
 """
 
 from __future__ import annotations
@@ -93,3 +95,14 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:
   """Writes `data` (text as UTF-8, or bytes) to `path` atomically (see `atomic_open`)."""
   with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:
     f.write(data)
+
+
+def lone_surrogate(text: str) -> str | None:
+  """None when `text` has a UTF-8 encoding, else what is wrong: "holds a lone surrogate '\\ud83d' at position 4,
+  which is not valid Unicode". json.loads gives one for a "\\ud83d" escape (a cut emoji), a "surrogateescape"
+  decode makes them; writing or tokenizing such a text fails with an error that names no file or field."""
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    return f"holds a lone surrogate {text[e.start]!r} at position {e.start}, which is not valid Unicode"
+  return None

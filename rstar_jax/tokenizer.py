@@ -774,11 +774,9 @@ def _check_texts(texts: Sequence[Any]) -> None:
   emoji)."""
   _check_str_entries(texts, "text")
   for i, text in enumerate(texts):
-    try:
-      text.encode("utf-8")
-    except UnicodeEncodeError as e:
-      raise ValueError(f"text {i} holds a lone surrogate {text[e.start]!r} at position {e.start}, which is not "
-                       f"valid Unicode (no UTF-8 for it): replace it (e.g. by U+FFFD) before tokenizing") from None
+    problem = files.lone_surrogate(text)
+    if problem:
+      raise ValueError(f"text {i} {problem} (no UTF-8 for it): replace it (e.g. by U+FFFD) before tokenizing")
 
 
 def _text_list(texts: Sequence[str]) -> list[str]:

@@ -110,12 +110,9 @@ def _field(obj: Any, name: str, types: tuple[type, ...], where: str) -> Any:
     raise DataFormatError(
         f"{where}: field {name!r} must be {'/'.join(t.__name__ for t in types)}, "
         f"got {type(value).__name__}")
-  if isinstance(value, str):
-    try:
-      value.encode("utf-8")
-    except UnicodeEncodeError as e:  # json reads a "\\ud83d" escape (a cut emoji): no tokenizer can take it
-      raise DataFormatError(f"{where}: field {name!r} holds a lone surrogate {value[e.start]!r} at position "
-                            f"{e.start}, which is not valid Unicode: replace it (e.g. by U+FFFD)") from None
+  problem = files.lone_surrogate(value) if isinstance(value, str) else None  # no tokenizer can take it
+  if problem:
+    raise DataFormatError(f"{where}: field {name!r} {problem}: replace it (e.g. by U+FFFD)")
   return value
 
 

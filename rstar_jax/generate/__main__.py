@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from rstar_jax import files
+
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m rstar_jax.generate", description=__doc__.split("\n\n")[0],
@@ -85,11 +87,9 @@ def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str,
       item = {"prompt": item}
     if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
       raise ValueError(f"{path}:{line_no}: expected a JSON string or an object with a string field 'prompt'")
-    try:  # json reads a "\\ud83d" escape (a cut emoji) as a lone surrogate, which no tokenizer takes
-      item["prompt"].encode("utf-8")
-    except UnicodeEncodeError as e:
-      raise ValueError(f"{path}:{line_no}: 'prompt' holds a lone surrogate {item['prompt'][e.start]!r} at position "
-                       f"{e.start}, which is not valid Unicode") from None
+    problem = files.lone_surrogate(item["prompt"])  # no tokenizer takes it
+    if problem:
+      raise ValueError(f"{path}:{line_no}: 'prompt' {problem}")
     n, seed = item.get("n", default_n), item.get("seed", default_seed + len(out))
     if not _is_int(n) or n < 0 or not _is_int(seed):
       raise ValueError(f"{path}:{line_no}: 'n' must be an int >= 0 and 'seed' an int, got n={n!r} seed={seed!r}")

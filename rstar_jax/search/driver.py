@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from rstar_jax import grading
+from rstar_jax import files, grading
 from rstar_jax.search import kernels, records, rules
 from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
 from rstar_jax.search.interfaces import (CodeExecutor, Policy, Scorer, checked_candidates, checked_results,
@@ -76,13 +76,10 @@ class Problem:
       # json.loads gives a lone surrogate for a "\ud83d" escape (a truncated emoji). UTF-8 has none, so the tree
       # record could not be written: the batch's whole search ran, then failed naming neither problem nor field.
       value = getattr(self, field)
-      try:
-        if value is not None:
-          value.encode("utf-8")
-      except UnicodeEncodeError as e:
+      problem = None if value is None else files.lone_surrogate(value)
+      if problem:
         who = "Problem" if field == "problem_id" else f"Problem {self.problem_id!r}:"
-        raise ValueError(f"{who} {field} holds a lone surrogate {value[e.start]!r} at position {e.start}, which is "
-                         "not valid Unicode (no UTF-8 for it): replace it (e.g. by U+FFFD)") from None
+        raise ValueError(f"{who} {field} {problem} (no UTF-8 for it): replace it (e.g. by U+FFFD)")
 
 
 @dataclasses.dataclass(frozen=True)

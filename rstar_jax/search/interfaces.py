@@ -29,6 +29,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from rstar_jax import files
+
 STOP_EOS = "eos"
 STOP_LENGTH = "length"
 
@@ -137,11 +139,9 @@ def checked_candidates(candidates, num_prompts: int, n: int, stop: Sequence[str]
         raise ValueError(f"{where} is a {type(c).__name__}, not a StepCandidate")
       if not isinstance(c.text, str):
         raise ValueError(f"{where}: text is a {type(c.text).__name__}, not a str")
-      try:  # a lone surrogate has no UTF-8: the tree record (or the program sent to the sandbox) failed unnamed
-        c.text.encode("utf-8")
-      except UnicodeEncodeError as e:
-        raise ValueError(f"{where}: text holds a lone surrogate {c.text[e.start]!r} at position {e.start}, which is "
-                         "not valid Unicode (a policy that decodes through a tokenizer never makes one)") from None
+      problem = files.lone_surrogate(c.text)  # the tree record (or the program sent to the sandbox) failed unnamed
+      if problem:
+        raise ValueError(f"{where}: text {problem} (a policy that decodes through a tokenizer never makes one)")
       if c.stop_reason not in allowed:
         raise ValueError(f"{where}: stop_reason {c.stop_reason!r} is none of the stop strings {list(stop)}, "
                          f"{STOP_EOS!r} or {STOP_LENGTH!r}")
@@ -164,12 +164,10 @@ def checked_results(results, num_programs: int) -> list:
     if not isinstance(observation, str):
       raise ValueError(f"executor result {i} (of {num_programs}) has no str observation: got {type(r).__name__} "
                        f"with observation {observation!r}")
-    try:  # no UTF-8 for it: the tree record failed only when its shard was written, after the batch's search
-      observation.encode("utf-8")
-    except UnicodeEncodeError as e:
-      raise ValueError(f"executor result {i} (of {num_programs}): observation holds a lone surrogate "
-                       f"{observation[e.start]!r} at position {e.start}, which is not valid Unicode "
-                       "(sandbox.SandboxPool replaces them by U+FFFD)") from None
+    problem = files.lone_surrogate(observation)  # the tree record failed only when its shard was written
+    if problem:
+      raise ValueError(f"executor result {i} (of {num_programs}): observation {problem} (sandbox.SandboxPool "
+                       "replaces them by U+FFFD)")
   return results
 
 

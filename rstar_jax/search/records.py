@@ -73,13 +73,10 @@ def _check(value: Any, types: tuple[type, ...], where: str) -> None:
     names = "/".join("null" if t is type(None) else t.__name__ for t in types)
     raise TreeRecordError(f"{where}: expected {names}, got {type(value).__name__}")
   if isinstance(value, str):
-    # A lone surrogate (json.loads gives one for a "\\ud83d" escape; a "surrogateescape" decode makes them) has no
-    # UTF-8: a shard holding one failed to write with a bare UnicodeEncodeError, or was read and failed later.
-    try:
-      value.encode("utf-8")
-    except UnicodeEncodeError as e:
-      raise TreeRecordError(f"{where}: holds a lone surrogate {value[e.start]!r} at position {e.start}, which is not "
-                            "valid Unicode (no UTF-8 for it)") from None
+    # A shard holding one failed to write with a bare UnicodeEncodeError, or was read and failed later.
+    problem = files.lone_surrogate(value)
+    if problem:
+      raise TreeRecordError(f"{where}: {problem} (no UTF-8 for it)")
 
 
 def validate_tree(record: Any, where: str = "<tree>") -> dict[str, Any]:
