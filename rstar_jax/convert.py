@@ -120,7 +120,8 @@ def _input_problem(args) -> str | None:
       HFCheckpoint(path).close()
     except (OSError, ValueError) as e:
       return f"{flag} {e.args[0] if len(e.args) == 1 else e}"  # our messages start with the path
-  heads = [f for f in ("value_head.bin", "value_head.safetensors") if os.path.isfile(os.path.join(path, f))]
+  from rstar_jax.models.convert import value_head_files  # pylint: disable=import-outside-toplevel
+  heads = value_head_files(path)
   if args.command == "verify" and heads:  # load_qwen2 refuses a PPM dir (a traceback here)
     return f"--hf-dir {path} holds a PPM ({heads[0]}): verify compares a policy's logits"
   if args.command == "import":

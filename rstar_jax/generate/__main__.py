@@ -131,7 +131,8 @@ def _check_paths(args: argparse.Namespace):
     config = ModelConfig.from_hf_config(path)
   except KeyError as e:
     raise ValueError(e.args[0]) from None
-  heads = [f for f in ("value_head.bin", "value_head.safetensors") if os.path.isfile(os.path.join(path, f))]
+  from rstar_jax.models.convert import value_head_files  # pylint: disable=g-import-not-at-top
+  heads = value_head_files(path)
   if args.ppm_dir and not heads:
     raise FileNotFoundError(f"--ppm-dir {path}: no value_head.bin or value_head.safetensors in it")
   if args.hf_dir and heads:  # load_qwen2 refuses it too, but only once the prompts are read

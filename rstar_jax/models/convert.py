@@ -277,6 +277,11 @@ def _abstract_and_shardings(build, mesh, rules):
   return abstract_model, abstract, shardings
 
 
+def value_head_files(directory: str | os.PathLike) -> list[str]:
+  """The value head files (`VALUE_HEAD_FILES`) `directory` holds: a PPM dir has one (or both, equal)."""
+  return [name for name in VALUE_HEAD_FILES if os.path.isfile(os.path.join(directory, name))]
+
+
 def load_qwen2(hf_dir: str | os.PathLike, config: ModelConfig | None = None, *, mesh=None, rules=None,
                scan_layers: bool = True, **config_overrides) -> Qwen2:
   """Loads an HF Qwen2 dir as our `Qwen2` (placed on `mesh` with the logical rules when given).
@@ -287,7 +292,7 @@ def load_qwen2(hf_dir: str | os.PathLike, config: ModelConfig | None = None, *, 
   A PPM dir (one with a value head file) is refused: a round's policy and PPM exports look alike, and a tied PPM's
   backbone loaded as a policy without a word (generation or SFT then ran on the PPM); `load_ppm` loads it.
   """
-  heads = [name for name in VALUE_HEAD_FILES if os.path.isfile(os.path.join(hf_dir, name))]
+  heads = value_head_files(hf_dir)
   if heads:
     raise ValueError(f"{os.fspath(hf_dir)} holds a PPM ({heads[0]}): load it with load_ppm; a policy dir has no "
                      "value head")

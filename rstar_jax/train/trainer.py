@@ -394,9 +394,7 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
 def _initial_ppm(init_checkpoint: PathLike, model_config: ModelConfig, config: TrainConfig,
                  mesh: jax.sharding.Mesh) -> PPM:
   """A PPM from a PPM dir (continue training) or from a policy dir (backbone + fresh near-zero value head)."""
-  has_head = any(os.path.exists(os.path.join(init_checkpoint, f))
-                 for f in ("value_head.bin", "value_head.safetensors"))
-  if has_head:
+  if convert.value_head_files(init_checkpoint):
     ppm = convert.load_ppm(init_checkpoint, model_config, mesh=mesh)
   else:
     policy = convert.load_qwen2(init_checkpoint, model_config, mesh=mesh)
