@@ -7,7 +7,8 @@ Levels, strongest first (`SandboxPool(isolation="auto")` takes the first that wo
   directories, a few `/etc` files, the Python prefix and this package; private size-limited tmpfs `/tmp` and
   `/dev/shm`; a minimal `/dev` and a fresh `/proc`; cleared environment; `--die-with-parent`, `--new-session`.
   When the host runs as root, the worker keeps only CAP_SETUID/CAP_SETGID and drops at once to a per-worker
-  unprivileged uid (as non-root, bwrap maps the caller's uid in a user namespace instead).
+  unprivileged uid (as non-root, bwrap maps the caller's uid in a user namespace instead, and the zygote is the
+  jail's pid 1, so no process there that a program could reach runs without the seccomp filter).
 - "unshare": util-linux `unshare` makes the same namespaces and the worker builds the same read-only root itself
   (`mount`, `chroot`), then drops to the unprivileged uid. Needs root.
 - "rlimits-only": no namespaces. The worker still drops to the unprivileged uid when root, and every executor still
@@ -94,7 +95,12 @@ def bwrap_argv(inner: list[str], *, tmp_bytes: int, shm_bytes: int, as_root: boo
   if as_root:
     argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
   else:
-    argv += ["--unshare-user"]
+    # Without --as-pid-1, bwrap's reaper is the jail's pid 1: outside the seccomp filter, under the worker's own uid
+    # and dumpable, so a program could open its /proc/1/mem for writing and run code there (fork, exec, signals).
+    # The zygote (non-dumpable) takes its place. As root the reaper is root in the jail, out of the worker uid's reach,
+    # and stays: it is what SIGKILLs the jail when bwrap dies (bwrap, without CAP_KILL, may not signal the zygote's
+    # uid, so the zygote's own death signal would never come).
+    argv += ["--unshare-user", "--as-pid-1"]
   # bwrap would create missing parents (e.g. /root for a pyenv Python) as 0700: make them traversable.
   targets = [dst for _, dst in binds]
   parents = set()
