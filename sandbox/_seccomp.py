@@ -5,7 +5,8 @@ every snippet executor right after `fork`, so it holds at every isolation level 
 sockets, `fork`/`exec` and signals to other processes).
 
 Denied with `EPERM`: process creation (`fork`, `vfork`, `clone` without `CLONE_THREAD`, `execve`, `execveat`),
-signals to anything but the executor itself (`kill`, `tgkill` to another pid, `tkill`, sigqueue, pidfd), tracing and
+signals to anything but the executor itself (`kill`, `tgkill` to another pid, `tkill`, sigqueue, pidfd, and
+`fcntl` `F_SETOWN` / `F_SETOWN_EX`, whose owner the kernel sends SIGIO, or any signal `F_SETSIG` names), tracing and
 cross-process memory (`ptrace`, `process_vm_*`, `kcmp`, `move_pages`, `migrate_pages`), every socket (`socket`,
 `socketpair`: no network, no DNS, not even loopback), System V IPC (`shmget`, `semget`, `msgget` and their
 operations), `memfd_create`, namespace/mount/kernel-admin calls, `bpf`, `perf_event_open`, `userfaultfd`, io_uring,
@@ -49,6 +50,8 @@ def _arg_lo(i: int) -> int:
 
 
 _CLONE_THREAD = 0x00010000
+_F_SETOWN = 8
+_F_SETOWN_EX = 15
 _PR_SET_PDEATHSIG = 1
 _X32_SYSCALL_BIT = 0x40000000
 _AUDIT_ARCH_X86_64 = 0xC000003E
@@ -57,7 +60,8 @@ _AUDIT_ARCH_X86_64 = 0xC000003E
 _X86_64 = {
     "close": 3, "shmget": 29, "shmat": 30, "shmctl": 31, "dup2": 33, "socket": 41, "socketpair": 53, "clone": 56,
     "fork": 57, "vfork": 58, "execve": 59, "kill": 62, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
-    "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "ptrace": 101, "syslog": 103, "rt_sigqueueinfo": 129,
+    "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "fcntl": 72, "ptrace": 101, "syslog": 103,
+    "rt_sigqueueinfo": 129,
     "personality": 135, "pivot_root": 155, "prctl": 157, "chroot": 161, "acct": 163, "mount": 165, "umount2": 166,
     "swapon": 167, "swapoff": 168, "reboot": 169, "init_module": 175, "delete_module": 176, "quotactl": 179,
     "tkill": 200, "semtimedop": 220, "tgkill": 234, "kexec_load": 246, "add_key": 248, "request_key": 249,
@@ -154,7 +158,14 @@ def build_filter(own_pid: int, protected_fds: Sequence[int]) -> bytes:
   a.jump(_JEQ_K, nr["close"], "fd_arg0", 0)
   a.jump(_JEQ_K, nr["dup2"], "fd_arg1", 0)
   a.jump(_JEQ_K, nr["dup3"], "fd_arg1", 0)
+  a.jump(_JEQ_K, nr["fcntl"], "fcntl", 0)
   a.ret(_RET_ALLOW)
+  # An fd's owner gets a signal on I/O, sent with the program's credentials: its zygote, or the host itself at the
+  # rlimits-only level as non-root, could be SIGKILLed that way.
+  a.label("fcntl")
+  a.ld(_arg_lo(1))
+  a.jump(_JEQ_K, _F_SETOWN, "eperm", 0)
+  a.jump(_JEQ_K, _F_SETOWN_EX, "eperm", "allow")
   # Threads (CLONE_THREAD set) are allowed; anything that makes a new process is not.
   a.label("clone")
   a.ld(_arg_lo(0))

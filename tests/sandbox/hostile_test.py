@@ -116,6 +116,11 @@ HOSTILE = [
     ("kill_parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", _error("PermissionError")),
     ("kill_process_group", "import os, signal\nos.killpg(0, signal.SIGKILL)", _error("PermissionError")),
     ("kill_everything", "import os, signal\nos.kill(-1, signal.SIGKILL)", _error("PermissionError")),
+    # SIGIO to an fd's owner is a signal the kernel sends for the program, to any pid it may signal (its zygote; the
+    # host itself at the rlimits-only level as non-root): killed the zygote ("sandbox worker died unexpectedly").
+    ("sigio_to_parent", "import os, fcntl, signal\nr, w = os.pipe()\nfcntl.fcntl(r, fcntl.F_SETSIG, signal.SIGKILL)\n"
+     "fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC)\nfcntl.fcntl(r, fcntl.F_SETOWN, os.getppid())\nos.write(w, b'x')",
+     _error("PermissionError")),
     ("kill_self", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", _signal(9)),
     # What the CPU-time backstop delivers (threads_on_all_cores above reaches it only when it gets several cores):
     # reported as the timeout it stands for.
