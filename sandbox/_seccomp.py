@@ -6,7 +6,9 @@ sockets, `fork`/`exec` and signals to other processes).
 
 Denied with `EPERM`: process creation (`fork`, `vfork`, `clone` without `CLONE_THREAD`, `execve`, `execveat`),
 signals to anything but the executor itself (`kill`, `tgkill` to another pid, `tkill`, sigqueue, pidfd, and
-`fcntl` `F_SETOWN` / `F_SETOWN_EX`, whose owner the kernel sends SIGIO, or any signal `F_SETSIG` names), tracing and
+`fcntl` `F_SETOWN` / `F_SETOWN_EX`, whose owner the kernel sends SIGIO, or any signal `F_SETSIG` names), scheduling
+settings of another process (`setpriority`, `ioprio_set`, `sched_setaffinity`, `sched_setscheduler`, `sched_setparam`,
+`sched_setattr`: inherited, the zygote's would hold for every later program), tracing and
 cross-process memory (`ptrace`, `process_vm_*`, `kcmp`, `move_pages`, `migrate_pages`), every socket (`socket`,
 `socketpair`: no network, no DNS, not even loopback), System V IPC (`shmget`, `semget`, `msgget` and their
 operations), `memfd_create`, namespace/mount/kernel-admin calls, `bpf`, `perf_event_open`, `userfaultfd`, io_uring,
@@ -52,6 +54,8 @@ def _arg_lo(i: int) -> int:
 _CLONE_THREAD = 0x00010000
 _F_SETOWN = 8
 _F_SETOWN_EX = 15
+_PRIO_PROCESS = 0
+_IOPRIO_WHO_PROCESS = 1
 _PR_SET_PDEATHSIG = 1
 _X32_SYSCALL_BIT = 0x40000000
 _AUDIT_ARCH_X86_64 = 0xC000003E
@@ -61,17 +65,17 @@ _X86_64 = {
     "close": 3, "shmget": 29, "shmat": 30, "shmctl": 31, "dup2": 33, "socket": 41, "socketpair": 53, "clone": 56,
     "fork": 57, "vfork": 58, "execve": 59, "kill": 62, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
     "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "fcntl": 72, "ptrace": 101, "syslog": 103,
-    "rt_sigqueueinfo": 129,
-    "personality": 135, "pivot_root": 155, "prctl": 157, "chroot": 161, "acct": 163, "mount": 165, "umount2": 166,
-    "swapon": 167, "swapoff": 168, "reboot": 169, "init_module": 175, "delete_module": 176, "quotactl": 179,
-    "tkill": 200, "semtimedop": 220, "tgkill": 234, "kexec_load": 246, "add_key": 248, "request_key": 249,
-    "keyctl": 250, "migrate_pages": 256, "unshare": 272, "move_pages": 279, "dup3": 292, "rt_tgsigqueueinfo": 297,
-    "perf_event_open": 298, "prlimit64": 302, "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311,
-    "kcmp": 312, "finit_module": 313, "memfd_create": 319, "kexec_file_load": 320, "bpf": 321, "execveat": 322,
-    "userfaultfd": 323, "pidfd_send_signal": 424, "io_uring_setup": 425, "io_uring_enter": 426,
-    "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
-    "fspick": 433, "pidfd_open": 434, "clone3": 435, "close_range": 436, "pidfd_getfd": 438, "process_madvise": 440,
-    "mount_setattr": 442,
+    "rt_sigqueueinfo": 129, "personality": 135, "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
+    "pivot_root": 155, "prctl": 157, "chroot": 161, "acct": 163, "mount": 165, "umount2": 166, "swapon": 167,
+    "swapoff": 168, "reboot": 169, "init_module": 175, "delete_module": 176, "quotactl": 179, "tkill": 200,
+    "sched_setaffinity": 203, "semtimedop": 220, "tgkill": 234, "kexec_load": 246, "add_key": 248, "request_key": 249,
+    "keyctl": 250, "ioprio_set": 251, "migrate_pages": 256, "unshare": 272, "move_pages": 279, "dup3": 292,
+    "rt_tgsigqueueinfo": 297, "perf_event_open": 298, "prlimit64": 302, "setns": 308, "process_vm_readv": 310,
+    "process_vm_writev": 311, "kcmp": 312, "finit_module": 313, "sched_setattr": 314, "memfd_create": 319,
+    "kexec_file_load": 320, "bpf": 321, "execveat": 322, "userfaultfd": 323, "pidfd_send_signal": 424,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
+    "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "pidfd_open": 434, "clone3": 435, "close_range": 436,
+    "pidfd_getfd": 438, "process_madvise": 440, "mount_setattr": 442,
 }
 
 _DENY_EPERM = (
@@ -153,7 +157,11 @@ def build_filter(own_pid: int, protected_fds: Sequence[int]) -> bytes:
   a.jump(_JEQ_K, nr["clone"], "clone", 0)
   a.jump(_JEQ_K, nr["kill"], "self_arg0", 0)
   a.jump(_JEQ_K, nr["tgkill"], "self_arg0", 0)
-  a.jump(_JEQ_K, nr["prlimit64"], "prlimit", 0)
+  a.jump(_JEQ_K, nr["prlimit64"], "self_or_zero_arg0", 0)
+  for name in ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
+    a.jump(_JEQ_K, nr[name], "self_or_zero_arg0", 0)
+  a.jump(_JEQ_K, nr["setpriority"], "setpriority", 0)
+  a.jump(_JEQ_K, nr["ioprio_set"], "ioprio_set", 0)
   a.jump(_JEQ_K, nr["prctl"], "prctl", 0)
   a.jump(_JEQ_K, nr["close"], "fd_arg0", 0)
   a.jump(_JEQ_K, nr["dup2"], "fd_arg1", 0)
@@ -173,8 +181,19 @@ def build_filter(own_pid: int, protected_fds: Sequence[int]) -> bytes:
   a.label("self_arg0")
   a.ld(_arg_lo(0))
   a.jump(_JEQ_K, own_pid, "allow", "eperm")
-  a.label("prlimit")
+  a.label("self_or_zero_arg0")
   a.ld(_arg_lo(0))
+  a.jump(_JEQ_K, 0, "allow", 0)
+  a.jump(_JEQ_K, own_pid, "allow", "eperm")
+  # (which, who): only the executor itself, not its process group nor every process of its uid.
+  a.label("setpriority")
+  a.ld(_arg_lo(0))
+  a.jump(_JEQ_K, _PRIO_PROCESS, "self_or_zero_arg1", "eperm")
+  a.label("ioprio_set")
+  a.ld(_arg_lo(0))
+  a.jump(_JEQ_K, _IOPRIO_WHO_PROCESS, "self_or_zero_arg1", "eperm")
+  a.label("self_or_zero_arg1")
+  a.ld(_arg_lo(1))
   a.jump(_JEQ_K, 0, "allow", 0)
   a.jump(_JEQ_K, own_pid, "allow", "eperm")
   a.label("prctl")

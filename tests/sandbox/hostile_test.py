@@ -285,6 +285,27 @@ def test_no_other_process_memory_is_writable(pool):
   _assert_clean(pool)
 
 
+SCHEDULING = ("import os\n"
+              "print(sorted(os.sched_getaffinity(0)), os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))")
+
+
+def test_a_program_cannot_slow_down_its_zygote(pool):
+  """Scheduling settings are inherited: set on the zygote (same uid), they held for every later program of the worker
+  (pinned to one CPU, nice 19, SCHED_IDLE: starved into timeouts); at the rlimits-only level as non-root, the host's
+  own. Expected: the host's settings, which the jail inherits."""
+  host = f"{sorted(os.sched_getaffinity(0))} {os.getpriority(os.PRIO_PROCESS, 0)} {os.sched_getscheduler(0)}\n"
+  for poison in ("import os\nos.sched_setaffinity(os.getppid(), {0})",
+                 "import os\nos.setpriority(os.PRIO_PROCESS, os.getppid(), 19)",
+                 "import os\nos.setpriority(os.PRIO_USER, 0, 19)",
+                 "import os\nos.sched_setscheduler(os.getppid(), os.SCHED_IDLE, os.sched_param(0))",
+                 "import os\nos.sched_setparam(os.getppid(), os.sched_param(0))"):
+    result = _run(pool, poison)
+    assert result.error.startswith("PermissionError"), (poison, result)
+    # The spare executor was forked while the poison ran: the one after it is a fresh fork of the zygote.
+    assert [r.observation for r in pool.run([SCHEDULING] * 2)] == [host, host], poison
+  _assert_clean(pool)
+
+
 def test_no_harm_on_the_host(pool):
   """What the suite tried to write never reached the host's file system."""
   for path in ("/tmp/pwned", "/usr/pwned.txt", os.path.join(PACKAGE_DIR, "pwned.txt"), "/tmp/leftover", "/tmp/big"):
