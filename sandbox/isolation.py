@@ -13,7 +13,8 @@ Levels, strongest first (`SandboxPool(isolation="auto")` takes the first that wo
   (`mount`, `chroot`), then drops to the unprivileged uid. Needs root.
 - "rlimits-only": no namespaces. The worker still drops to the unprivileged uid when root, and every executor still
   runs under rlimits and the seccomp filter (which also blocks sockets); files outside the private work dir are
-  protected only by permissions.
+  protected only by permissions. As root, programs can import only what the worker preloaded when the Python
+  installation lies beyond a directory the unprivileged uid cannot enter (`closed_to_others`; the pool warns).
 
 At every level each snippet runs in an executor with rlimits, its own process group, a wall-clock kill and (x86-64)
 the seccomp filter of `_seccomp`.
@@ -25,6 +26,7 @@ import functools
 import os
 import shutil
 import site
+import stat
 import subprocess
 import sys
 from typing import Sequence
@@ -80,6 +82,31 @@ def jail_layout() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
       binds.append(p)
   pairs = [(p, p) for p in binds] + [(PACKAGE_DIR, JAIL_PACKAGE_PARENT + "/sandbox")]
   return pairs, symlinks
+
+
+def closed_to_others() -> tuple[str, str] | None:
+  """(directory, Python path) for the first directory on the way to this Python's installation that users other
+  than its owner and group cannot enter (no o+x), or None when every one is open.
+
+  At the rlimits-only level as root, programs run under an unprivileged uid: beyond such a directory (a pyenv or
+  conda under /root, mode 0700) they can import only what the worker preloaded, as root, before dropping to it.
+  """
+  paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+  try:
+    paths.update(site.getsitepackages())
+  except AttributeError:  # old virtualenv's site module
+    pass
+  for path in sorted({os.path.realpath(p) for p in paths}):
+    parts = path.strip("/").split("/")
+    for i in range(len(parts) + 1):
+      d = "/" + "/".join(parts[:i])
+      try:
+        mode = os.stat(d).st_mode
+      except OSError:
+        break  # a path that does not exist is not imported from
+      if not mode & stat.S_IXOTH:
+        return d, path
+  return None
 
 
 def worker_argv(config_json: str, package_parent: str = JAIL_PACKAGE_PARENT) -> list[str]:

@@ -318,6 +318,12 @@ class SandboxPool:
       warnings.warn(f"sandbox isolation fell back to {level!r}: {skipped}", RuntimeWarning, stacklevel=2)
     self.isolation_level = level
     self._as_root = os.geteuid() == 0
+    closed = isolation_lib.closed_to_others() if level == "rlimits-only" and self._as_root else None
+    if closed is not None:
+      warnings.warn(f"sandbox isolation 'rlimits-only': programs run under an unprivileged uid that cannot enter "
+                    f"{closed[0]} (on the way to {closed[1]}), so importing any module the workers did not preload "
+                    f"fails with ModuleNotFoundError (e.g. scipy.stats); install Python where every user can read "
+                    f"it, or use the bwrap or unshare level", RuntimeWarning, stacklevel=2)
     self._uid_base = _UID_BASE + (os.getpid() % 100_000) * _UID_SLOTS
     self._worker_cfg = {
         "timeout_s": self.timeout_s, "memory_mb": self.memory_mb, "max_output_chars": self.max_output_chars,

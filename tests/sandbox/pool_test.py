@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -452,3 +453,20 @@ def test_a_worker_that_fails_to_start_shows_its_stderr(monkeypatch):
   monkeypatch.setattr(pool_lib.isolation_lib, "worker_argv", lambda *args: failing)
   with pytest.raises(RuntimeError, match="exit 3.*boom-marker"):
     SandboxPool(num_workers=1, isolation="rlimits-only", preload=(), warmup="")
+
+
+def test_rlimits_only_says_when_programs_cannot_import():
+  """As root the rlimits-only worker runs programs under an unprivileged uid: with Python installed where that uid
+  cannot go (a pyenv or conda under /root, mode 0700), every import of a module the worker did not preload failed
+  with ModuleNotFoundError (`scipy.stats`, sympy's `ask`) and nothing said why. The oracle is what a program can
+  import: the pool warns exactly when that fails."""
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with SandboxPool(num_workers=1, timeout_s=2.0, isolation="rlimits-only", **LIGHT) as p:
+      result = p.run(["import colorsys\nprint(colorsys.rgb_to_hsv(1, 0, 0))"])[0]
+  warned = [str(w.message) for w in caught if "ModuleNotFoundError" in str(w.message)]
+  if result.observation == "(0.0, 1.0, 1)\n":
+    assert not warned, warned
+  else:
+    assert result.observation == "ModuleNotFoundError: No module named 'colorsys'", result
+    assert len(warned) == 1 and "cannot enter" in warned[0], [str(w.message) for w in caught]
