@@ -13,8 +13,14 @@ Levels, strongest first (`SandboxPool(isolation="auto")` takes the first that wo
   (`mount`, `chroot`), then drops to the unprivileged uid. Needs root.
 - "rlimits-only": no namespaces. The worker still drops to the unprivileged uid when root, and every executor still
   runs under rlimits and the seccomp filter (which also blocks sockets); files outside the private work dir are
-  protected only by permissions. As root, programs can import only what the worker preloaded when the Python
-  installation lies beyond a directory the unprivileged uid cannot enter (`closed_to_others`; the pool warns).
+  protected only by permissions. So a program sees the host's whole file system and process list, reads what is
+  world-readable (the checkout, data), and writes where anyone may: what it leaves in the host's `/tmp`, `/var/tmp`
+  or `/dev/shm` outlives it, later programs of the same worker see it, and `/dev/shm` is memory outside its rlimits.
+  As non-root there is no other uid: programs run under the host's own, so they can do whatever the host user can
+  to its files, and to its processes through `/proc` (read the host's environment in `/proc/<pid>/environ`, write its
+  memory in `/proc/<pid>/mem` where the kernel lets a process do so to its own uid's): no protection of the host.
+  As root, programs can import only what the worker preloaded when the Python installation lies beyond a directory
+  the unprivileged uid cannot enter (`closed_to_others`; the pool warns).
 
 At every level each snippet runs in an executor with rlimits, its own process group, a wall-clock kill and (x86-64)
 the seccomp filter of `_seccomp`.
