@@ -95,7 +95,10 @@ def _setup_mounts(spec: dict) -> None:
       with open(target, "a", encoding="utf-8"):
         pass
     _mount(path, target, None, _MS_BIND | _MS_REC)
-    _mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+    # A read-only remount holds for one mount only: each mount under the source (a volume under the Python prefix,
+    # /usr/local on its own disk) came along writable, and what a program wrote there stayed on the host.
+    for point in _mount_points_under(target):
+      _mount(None, point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
   for target, link in spec["symlinks"]:
     os.makedirs(os.path.dirname(newroot + link), exist_ok=True)
     os.symlink(target, newroot + link)
@@ -115,6 +118,20 @@ def _setup_mounts(spec: dict) -> None:
   os.chdir(newroot)
   os.chroot(".")
   os.chdir("/")
+
+
+def _mount_points_under(target: str) -> list[str]:
+  """`target` and every mount point below it, from /proc/self/mountinfo (field 5, octal escapes undone)."""
+  points = []
+  with open("/proc/self/mountinfo", "rb") as f:
+    for line in f:
+      point = line.split()[4]
+      for code in (b"\\040", b"\\011", b"\\012", b"\\134"):  # space, tab, newline, backslash
+        point = point.replace(code, bytes([int(code[1:], 8)]))
+      point = os.fsdecode(point)
+      if point == target or point.startswith(target.rstrip("/") + "/"):
+        points.append(point)
+  return points
 
 
 def _drop_privileges(uid: int, gid: int) -> None:

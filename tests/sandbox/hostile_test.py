@@ -7,10 +7,12 @@ executor and in a fresh one). Expected observations are written out by hand from
 import os
 import signal
 import socket
+import subprocess
 
 import pytest
 
 from sandbox import SandboxPool
+from sandbox import isolation
 
 TIMEOUT_S = 2.0  # generous: memory bombs must reach the memory limit first even on a loaded 2-core machine
 SECRET_ENV = "RSTAR_SANDBOX_TEST_SECRET"
@@ -304,6 +306,30 @@ def test_a_program_cannot_slow_down_its_zygote(pool):
     # The spare executor was forked while the poison ran: the one after it is a fresh fork of the zygote.
     assert [r.observation for r in pool.run([SCHEDULING] * 2)] == [host, host], poison
   _assert_clean(pool)
+
+
+def test_a_mount_under_a_bound_directory_is_read_only_too(tmp_path, monkeypatch):
+  """The jail binds directories read-only; a mount below one (a volume under the Python prefix, /usr/local on its own
+  disk) stayed writable at the unshare level, and what a program wrote there was on the host. Here a world-writable
+  tmpfs below a bound test directory (mounted when root; as non-root the plain directory below the bind)."""
+  source = tmp_path / "bound"
+  volume = source / "volume"
+  volume.mkdir(parents=True)
+  mounted = os.geteuid() == 0 and subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs", str(volume)], check=False).returncode == 0
+  volume.chmod(0o1777)
+  layout = isolation.jail_layout
+  monkeypatch.setattr(isolation, "jail_layout",
+                      lambda: (layout()[0] + [(str(source), "/opt/rstar_test_bind")], layout()[1]))
+  try:
+    for level in (lvl for lvl in ("bwrap", "unshare") if isolation.probe(lvl) is None):
+      with SandboxPool(num_workers=1, timeout_s=TIMEOUT_S, isolation=level, preload=(), warmup="") as p:
+        result = p.run(["open('/opt/rstar_test_bind/volume/pwned', 'w').write('x')"])[0]
+      assert result.error.startswith("OSError: [Errno 30] Read-only file system"), (level, result)
+    assert not os.listdir(volume)
+  finally:
+    if mounted:
+      subprocess.run(["umount", str(volume)], check=True)
 
 
 def test_no_harm_on_the_host(pool):
