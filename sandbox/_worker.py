@@ -396,7 +396,7 @@ class Zygote:
     self.pid = os.getpid()
     self.as_base = _vm_size_bytes()
     self.rng_states: list = []
-    self.seccomp_on = False
+    self.seccomp_on: bool | None = None  # the first executor's, which the host reports; None until then
     # Modes the private dirs had at start: a program may lock its work dir (0) or open it to other workers (0o777).
     self.wipe_modes = {path: stat.S_IMODE(os.stat(path).st_mode) for path in cfg["wipe_dirs"]}
 
@@ -428,7 +428,10 @@ class Zygote:
       frame = self._read(ex, time.monotonic() + _HELLO_TIMEOUT_S)
     except (TimeoutError, _protocol.ProtocolError):
       frame = None
-    if not isinstance(frame, dict) or not frame.get("hello"):
+    # An executor whose filter failed to install (ENOMEM, ...) while the first one's holds would run programs
+    # unfiltered, with the host told the filter is on: it is killed like one that died at start-up.
+    if (not isinstance(frame, dict) or not frame.get("hello")
+        or (self.seccomp_on is not None and bool(frame.get("seccomp")) != self.seccomp_on)):
       self.kill(ex)
       return False
     ex.hello = frame

@@ -332,6 +332,35 @@ def test_a_mount_under_a_bound_directory_is_read_only_too(tmp_path, monkeypatch)
       subprocess.run(["umount", str(volume)], check=True)
 
 
+# Trusted warm-up code (it runs in the zygote): every executor after the first fails to install the filter.
+FILTER_FAILS_AFTER_THE_FIRST_EXECUTOR = """
+import sys
+worker, seccomp = sys.modules['sandbox._worker'], sys.modules['sandbox._seccomp']
+forks, fork, install = [0], worker.Zygote.fork_executor, seccomp.install
+def counting_fork(self):
+    forks[0] += 1
+    seccomp.fail = forks[0] > 1
+    return fork(self)
+def failing_install(*args):
+    if seccomp.fail:
+        raise OSError(12, 'injected')
+    return install(*args)
+worker.Zygote.fork_executor = counting_fork
+seccomp.install = failing_install
+"""
+
+
+def test_an_executor_without_the_filter_never_runs_a_program():
+  """The filter's install failing (ENOMEM, ...) let that executor run programs unfiltered, and nothing said so: the
+  pool had reported the first executor's filter. A worker whose filter is on kills such an executor instead."""
+  make_socket = "import socket\nsocket.socket()\nprint('made')"
+  with SandboxPool(num_workers=1, timeout_s=TIMEOUT_S, preload=(), warmup=FILTER_FAILS_AFTER_THE_FIRST_EXECUTOR) as p:
+    assert p.isolation_details["seccomp"] is True
+    first, second = p.run([make_socket, make_socket])
+  assert first.error == "PermissionError: [Errno 1] Operation not permitted", first
+  assert second.error == "RuntimeError: sandbox worker died unexpectedly", second
+
+
 def test_no_harm_on_the_host(pool):
   """What the suite tried to write never reached the host's file system."""
   for path in ("/tmp/pwned", "/usr/pwned.txt", os.path.join(PACKAGE_DIR, "pwned.txt"), "/tmp/leftover", "/tmp/big"):
