@@ -6,7 +6,9 @@ dies or stops answering (its own deadline plus a grace period) is killed, its cu
 programs queued behind it go back to the pool, and a fresh worker takes its slot.
 
 Cleanup holds without the host's help: each zygote exits when its host pipe closes (the host exited or was
-SIGKILLed), which takes down its PID namespace (bwrap, unshare) or, via PR_SET_PDEATHSIG, its executors.
+SIGKILLed), which takes down its PID namespace (bwrap, unshare) or, via PR_SET_PDEATHSIG, its executors. At the
+rlimits-only level without the seccomp filter (which stops `fork`), a process a program forked off has neither: as
+root the host kills every process of the worker's uid when it stops the worker; a host that dies first cannot.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class _WorkerProcess:
     self.stderr_file = stderr_file
     self.cleanup_dirs = cleanup_dirs
     self.uid_lease = uid_lease
+    self.kill_uid: int | None = None  # rlimits-only as root: the worker's uid, whose processes `stop` kills
     self.reader = _protocol.FrameReader(max_frame)
     self.pending: list = []
     self.info: dict = {}
@@ -223,6 +226,9 @@ class _WorkerProcess:
         f.close()
       except OSError:
         pass
+    if self.kill_uid is not None:
+      # Before the wipe, which root runs: no process of the program's may swap a directory for a symlink under it.
+      _kill_uid(self.kill_uid)
     for d in self.cleanup_dirs:
       _worker.wipe_dir(d)  # not shutil.rmtree, which recurses: a program can nest directories past the limit
       try:
@@ -481,6 +487,8 @@ class SandboxPool:
         shutil.rmtree(d, ignore_errors=True)
       raise
     proc = _WorkerProcess(popen, stderr_file, cleanup, 256 * self.max_output_chars + (1 << 20), uid_lease)
+    if self.isolation_level == "rlimits-only":
+      proc.kill_uid = uid  # no PID namespace: a process a program forked off (no filter) is found by its uid
     try:
       frame = proc.recv(time.monotonic() + self._startup_timeout)
     except (TimeoutError, _protocol.ProtocolError) as e:
@@ -639,6 +647,30 @@ class SandboxPool:
       if task.future.set_running_or_notify_cancel() if not task.started else True:
         task.future.set_result(SandboxResult(observation=err, stdout="", error=err, timed_out=False,
                                              memory_exceeded=False, killed_by_signal=None, duration_s=0.0))
+
+
+def _kill_uid(uid: int) -> None:
+  """SIGKILLs every live process whose real uid is `uid` (this process's own worker uid: nothing else runs under it).
+
+  Rounds until one finds none: a process may fork between the listing and the kill (not once SIGKILL is pending).
+  """
+  for _ in range(1000):
+    found = False
+    for name in os.listdir("/proc"):
+      if not name.isdigit():
+        continue
+      try:
+        with open(f"/proc/{name}/status", "rb") as f:
+          fields = dict(line.split(b":\t", 1) for line in f.read().splitlines() if b":\t" in line)
+        if int(fields[b"Uid"].split()[0]) != uid or fields[b"State"].startswith(b"Z"):
+          continue
+        found = True
+        os.kill(int(name), signal.SIGKILL)
+      except (OSError, KeyError, ValueError, IndexError):
+        continue  # gone meanwhile
+    if not found:
+      return
+    time.sleep(0.001)
 
 
 def _is_number(value: Any) -> bool:

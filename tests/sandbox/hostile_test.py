@@ -361,6 +361,48 @@ def test_an_executor_without_the_filter_never_runs_a_program():
   assert second.error == "RuntimeError: sandbox worker died unexpectedly", second
 
 
+# Without the filter (seccomp=False, or no x86-64), a double fork into a new session: the grandchild has no death
+# signal and no PID namespace to die with. Prints its pid.
+OUTLIVE_THE_POOL = """
+import os, time
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+    os.write(w, str(pid).encode())
+    os._exit(0)
+print(int(os.read(r, 16)))
+"""
+
+
+def _uid_alive(pid: int) -> int | None:
+  """The real uid of `pid` if it runs (not a zombie), else None."""
+  try:
+    with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+      fields = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+  except OSError:
+    return None
+  return None if fields["State"].startswith("Z") else int(fields["Uid"].split()[0])
+
+
+def test_no_process_of_a_worker_uid_outlives_its_worker():
+  """At the rlimits-only level without the filter, a program's double-forked process ran on after the pool closed,
+  under a worker uid the next pool hands out again. As root the host now kills every process of the worker's uid
+  when it stops the worker; as non-root there is no uid to tell them apart (see `isolation`)."""
+  with SandboxPool(num_workers=1, timeout_s=TIMEOUT_S, isolation="rlimits-only", seccomp=False, preload=(),
+                   warmup="") as p:
+    uid = p.isolation_details["uid"]
+    pid = int(_run(p, OUTLIVE_THE_POOL).observation)
+    assert _uid_alive(pid) == uid
+  if os.geteuid() == 0:
+    assert _uid_alive(pid) is None
+  else:
+    assert _uid_alive(pid) == uid  # the documented limit of rlimits-only as non-root
+    os.kill(pid, signal.SIGKILL)
+
+
 def test_no_harm_on_the_host(pool):
   """What the suite tried to write never reached the host's file system."""
   for path in ("/tmp/pwned", "/usr/pwned.txt", os.path.join(PACKAGE_DIR, "pwned.txt"), "/tmp/leftover", "/tmp/big"):
