@@ -271,11 +271,29 @@ def _apply_rlimits(cfg: dict, as_base: int) -> None:
       resource.RLIMIT_MSGQUEUE: 0,
   }
   if os.geteuid() != 0:  # RLIMIT_NPROC does not bind root; the seccomp filter is the first line anyway
-    limits[resource.RLIMIT_NPROC] = cfg["nproc"]
+    # It counts every task of the uid in its user namespace: at the rlimits-only level as non-root that is the host
+    # user's, so with 64 processes of theirs running no program could start a thread. `nproc` more than those.
+    limits[resource.RLIMIT_NPROC] = cfg["nproc"] + (_tasks_of_uid(os.getuid()) if cfg.get("nproc_shared") else 0)
   for which, value in limits.items():
     resource.setrlimit(which, (value, value))
   cpu_per_task = math.ceil(cfg["timeout_s"]) + 1
   resource.setrlimit(resource.RLIMIT_CPU, (cpu_per_task, cpu_per_task * (cfg["reuse_limit"] + 1)))
+
+
+def _tasks_of_uid(uid: int) -> int:
+  """Threads of all live processes whose real uid is `uid` (what RLIMIT_NPROC counts), from /proc."""
+  total = 0
+  for name in os.listdir("/proc"):
+    if not name.isdigit():
+      continue
+    try:
+      with open(f"/proc/{name}/status", "rb") as f:
+        fields = dict(line.split(b":\t", 1) for line in f.read().splitlines() if b":\t" in line)
+      if int(fields[b"Uid"].split()[0]) == uid:
+        total += int(fields[b"Threads"])
+    except (OSError, KeyError, ValueError, IndexError):
+      continue  # gone meanwhile
+  return total
 
 
 def _set_task_cpu_limit(cfg: dict, last: bool) -> None:

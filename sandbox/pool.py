@@ -474,7 +474,8 @@ class SandboxPool:
         os.chmod(workdir, 0o770)
       else:
         os.chmod(workdir, 0o700)
-      cfg.update(workdir=workdir, wipe_dirs=[workdir], host_pid=os.getpid(), remove_workdir=True)
+      cfg.update(workdir=workdir, wipe_dirs=[workdir], host_pid=os.getpid(), remove_workdir=True,
+                 nproc_shared=uid is None)  # no uid of its own: RLIMIT_NPROC counts the host user's processes too
       argv = isolation_lib.worker_argv(json.dumps(cfg), os.path.dirname(isolation_lib.PACKAGE_DIR))
       env.update(HOME=workdir, TMPDIR=workdir)
     stderr_file = tempfile.TemporaryFile(prefix="rstar_sandbox_stderr_")

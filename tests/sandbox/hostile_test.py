@@ -403,6 +403,21 @@ def test_no_process_of_a_worker_uid_outlives_its_worker():
     os.kill(pid, signal.SIGKILL)
 
 
+def test_a_program_can_start_a_thread_while_the_host_user_runs_many_processes():
+  """RLIMIT_NPROC counts every task of the uid: at the rlimits-only level as non-root that is the host user's, so once
+  they ran 64 processes (nproc) no program could start a thread ("can't start new thread"; seen as uid 65534 with
+  setpriv; as root the worker has a uid of its own)."""
+  sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(70)]
+  try:
+    with SandboxPool(num_workers=1, timeout_s=TIMEOUT_S, isolation="rlimits-only", preload=(), warmup="") as p:
+      result = _run(p, "import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()\nprint('ok')")
+  finally:
+    for sleeper in sleepers:
+      sleeper.kill()
+      sleeper.wait()
+  assert result.observation == "ok\n", result
+
+
 def test_no_harm_on_the_host(pool):
   """What the suite tried to write never reached the host's file system."""
   for path in ("/tmp/pwned", "/usr/pwned.txt", os.path.join(PACKAGE_DIR, "pwned.txt"), "/tmp/leftover", "/tmp/big"):
