@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import math
 import mmap
 import os
 import pickle
@@ -58,23 +59,43 @@ class SafetensorsFile:
     if 8 + header_len > size:
       raise ValueError(f"{self.path}: truncated safetensors file (header of {header_len} bytes, file {size} bytes)")
     try:
-      header = json.loads(self._file.read(header_len))
+      header = json.loads(self._file.read(header_len), object_pairs_hook=self._no_duplicates)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ValueError(f"{self.path}: corrupt safetensors header ({e})") from None
     if not isinstance(header, dict):
       raise ValueError(f"{self.path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
-    self.metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None) or {}
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+      raise ValueError(f"{self.path}: corrupt safetensors header (__metadata__ must be an object of strings, got "
+                       f"{metadata!r})")
+    self.metadata = metadata
     self._entries: dict[str, dict] = header
     self._data_start = 8 + header_len
     self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else None
     for name, entry in self._entries.items():
       self._check_entry(name, entry, size)
-    # As the `safetensors` library: the tensors tile the data section, so none reads another's bytes (or the header).
+    # As the `safetensors` library: the tensors tile the whole data section, so none reads another's bytes (or the
+    # header), and no bytes are left over (those of a tensor whose entry is gone).
     spans = sorted(tuple(entry["data_offsets"]) for entry in self._entries.values())
+    if spans and spans[0][0] != 0:
+      raise ValueError(f"{self.path}: corrupt safetensors header (tensor data does not start at byte 0 of the data "
+                       "section)")
     for (_, end), (begin, _) in zip(spans, spans[1:]):
       if begin != end:
         raise ValueError(f"{self.path}: corrupt safetensors header (tensor data overlaps or leaves a gap at byte "
                          f"{min(begin, end)})")
+    left_over = size - self._data_start - (spans[-1][1] if spans else 0)
+    if left_over:
+      raise ValueError(f"{self.path}: corrupt safetensors header ({left_over} bytes after the last tensor's data)")
+
+  def _no_duplicates(self, pairs: list[tuple[str, object]]) -> dict:
+    """`json.loads`' object hook: a key listed twice would silently keep its last value (the library refuses)."""
+    out = {}
+    for key, value in pairs:
+      if key in out:
+        raise ValueError(f"{self.path}: corrupt safetensors header (key {key!r} is listed twice)")
+      out[key] = value
+    return out
 
   def _check_entry(self, name: str, entry, size: int) -> None:
     """Raises a `ValueError` naming the file and tensor unless `entry` is a well-formed header entry."""
@@ -86,11 +107,15 @@ class SafetensorsFile:
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(is_int, offsets)) and offsets[0] <= offsets[1]
             and isinstance(shape, list) and all(map(is_int, shape))):
       raise ValueError(f"{self.path}: tensor {name!r} has invalid shape {shape!r} or data_offsets {offsets!r}")
-    if entry["dtype"] not in _ST_DTYPES:
-      raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+    if not isinstance(entry["dtype"], str) or entry["dtype"] not in _ST_DTYPES:
+      raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']!r}")
     if self._data_start + offsets[1] > size:
       raise ValueError(f"{self.path}: tensor {name!r} is truncated (needs bytes up to {self._data_start + offsets[1]}, "
                        f"file has {size})")
+    # Python ints: numpy's int64 product of a lying shape wraps (2**32 * 2**32 -> 0 elements) or overflows.
+    if offsets[1] - offsets[0] != math.prod(shape) * _ST_DTYPES[entry["dtype"]].itemsize:
+      raise ValueError(f"{self.path}: tensor {name!r} has {offsets[1] - offsets[0]} bytes for shape {tuple(shape)} "
+                       f"{entry['dtype']}")
 
   def keys(self) -> list[str]:
     return list(self._entries)
@@ -108,9 +133,7 @@ class SafetensorsFile:
     dtype = _ST_DTYPES[entry["dtype"]]
     begin, end = entry["data_offsets"]
     shape = tuple(entry["shape"])
-    count = int(np.prod(shape, dtype=np.int64))
-    if end - begin != count * dtype.itemsize:
-      raise ValueError(f"{self.path}: tensor {name!r} has {end - begin} bytes for shape {shape} {entry['dtype']}")
+    count = (end - begin) // dtype.itemsize  # checked against the shape when the file was opened
     return np.frombuffer(self._mmap, dtype=dtype, count=count, offset=self._data_start + begin).reshape(shape)
 
   def close(self):

@@ -218,3 +218,31 @@ def test_a_bin_whose_pickle_is_malicious_or_damaged_is_refused_naming_the_file(t
   with pytest.raises(ValueError, match=re.escape(str(path)) + ": "):
     read_torch_bin(path)
   assert not marker.exists()
+
+
+_F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize("blob, data, message", [
+    # A dtype that is not a string was a bare "unhashable type" TypeError naming neither file nor tensor.
+    (json.dumps({"a": dict(_F32_2, dtype=["F32"])}), 8, "'a' has unsupported dtype"),
+    # A shape whose element count overflows int64 wrapped to 0 and opened (then a reshape error naming no file), or
+    # was an OverflowError; the byte count is checked for every tensor when the file opens, as the library does.
+    (json.dumps({"a": dict(_F32_2, shape=[2**32, 2**32], data_offsets=[0, 0])}), 0, "'a' has 0 bytes for shape"),
+    (json.dumps({"a": dict(_F32_2, shape=[2**70])}), 8, "'a' has 8 bytes for shape"),
+    (json.dumps({"a": dict(_F32_2, shape=[3])}), 8, "'a' has 8 bytes for shape (3,)"),
+    # Data before the first tensor, after the last one, or a name listed twice (json keeps the last entry): the bytes
+    # of a tensor whose entry is gone.
+    (json.dumps({"a": dict(_F32_2, data_offsets=[8, 16])}), 16, "data does not start at byte 0"),
+    (json.dumps({"a": _F32_2}), 16, "8 bytes after the last tensor"),
+    ('{"a": ' + json.dumps(_F32_2) + ', "a": ' + json.dumps(dict(_F32_2, data_offsets=[8, 16])) + "}", 16,
+     "'a' is listed twice"),
+    (json.dumps({"__metadata__": ["format", "pt"], "a": _F32_2}), 8, "__metadata__ must be an object of strings"),
+])
+def test_a_safetensors_header_the_library_refuses_is_refused_naming_the_file(tmp_path, blob, data, message):
+  path = tmp_path / "bad.safetensors"
+  path.write_bytes(struct.pack("<Q", len(blob)) + blob.encode() + bytes(data))
+  with pytest.raises(Exception, match="deserializing header"):
+    safe_open(str(path), "np")
+  with pytest.raises(ValueError, match="bad.safetensors: .*" + re.escape(message)):
+    SafetensorsFile(path)
