@@ -706,6 +706,31 @@ def _read_json(file: str) -> Any:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f"cannot parse {file}: {e}") from e
+  except UnicodeDecodeError as e:  # its message names no file
+    raise ValueError(f"cannot parse {file}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _check_config(file: str, data: dict[str, Any]) -> None:
+  """Raises a `ValueError` naming `file` and the field unless its special tokens are strings or serialised
+  AddedTokens (transformers refuses others; an `"eos_token": 5` was read as no eos token) and its
+  `added_tokens_decoder` maps ids to AddedTokens (a list failed at `save` with a TypeError naming nothing)."""
+  def is_token(value):
+    return isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("content"), str))
+  for key in _SPECIAL_TOKEN_KEYS:
+    if data.get(key) is not None and not is_token(data[key]):
+      raise ValueError(f"{file}: field {key!r} must be a token string or an AddedToken object, got {data[key]!r}")
+  decoder = data.get("added_tokens_decoder")
+  if decoder is None:
+    return
+  if not isinstance(decoder, dict):
+    raise ValueError(f"{file}: field 'added_tokens_decoder' must be an object of id -> AddedToken, got {decoder!r}")
+  for token_id, entry in decoder.items():
+    if not token_id.isdecimal() or not is_token(entry):
+      raise ValueError(f"{file}: added_tokens_decoder entry {token_id!r}: {entry!r} is not a token id -> AddedToken "
+                       "object")
 
 
 def _read_config(directory: str | None) -> dict[str, Any]:
@@ -724,6 +749,7 @@ def _read_config(directory: str | None) -> dict[str, Any]:
     data = _read_json(file)
     if not isinstance(data, dict):
       raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    _check_config(file, data)
     cfg.update(data)
   return cfg
 

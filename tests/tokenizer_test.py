@@ -522,6 +522,26 @@ def test_corrupt_files(tmp_path, qwen_dir):
     tk.load_tokenizer(tmp_path / "b")
 
 
+@pytest.mark.parametrize("content", [
+    b'{"eos_token": "\xff"}',  # a bare UnicodeDecodeError naming no file
+    b'{"eos_token": 5}',  # was loaded with no eos token (transformers: "has to be either str or AddedToken")
+    b'{"pad_token": ["<|endoftext|>"]}',
+    b'{"bos_token": {"content": 7}}',
+    b'{"added_tokens_decoder": [1]}',  # a TypeError at save (transformers: AttributeError)
+    b'{"added_tokens_decoder": {"x": {"content": "<|endoftext|>"}}}',
+])
+def test_a_tokenizer_config_with_a_field_of_the_wrong_type_is_refused_naming_the_file(tmp_path, qwen_dir, hf_refs,
+                                                                                       content):
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  shutil.copy(qwen_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+  (tmp_path / "tokenizer_config.json").write_bytes(content)
+  with pytest.raises(Exception):  # the reference refuses each one
+    transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  with pytest.raises(ValueError, match=re.escape(str(tmp_path / "tokenizer_config.json"))):
+    tk.load_tokenizer(tmp_path)
+
+
 # --- save ---------------------------------------------------------------------------------------------------------
 
 
