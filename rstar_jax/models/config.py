@@ -166,6 +166,10 @@ class ModelConfig:
     rope_theta = hf.get("rope_theta")
     rope_params = hf.get("rope_parameters") or {}
     v5_theta = rope_params.get("rope_theta") if isinstance(rope_params, Mapping) else None
+    # Checked before the two are compared: float("abc") raised a ValueError naming neither the file nor the field.
+    for key, value in (("rope_theta", rope_theta), ("rope_parameters.rope_theta", v5_theta)):
+      if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{where}: field {key!r} must be a number, got {value!r}")
     if rope_theta is not None and v5_theta is not None and float(rope_theta) != float(v5_theta):
       # transformers v5 runs `rope_parameters`' theta, v4 the top-level one: which one was meant is unknowable.
       raise ValueError(f"{where}: rope_theta={rope_theta} disagrees with rope_parameters.rope_theta={v5_theta}")
@@ -208,6 +212,9 @@ class ModelConfig:
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         initializer_range=hf.get("initializer_range", 0.02),
     )
+    for key in ("torch_dtype", "dtype"):  # a list was a bare "unhashable type" TypeError
+      if hf.get(key) is not None and not isinstance(hf[key], str):
+        raise ValueError(f"{where}: field {key!r} must be a dtype name, got {hf[key]!r}")
     torch_dtype = hf.get("torch_dtype") or hf.get("dtype")
     if torch_dtype in _DTYPE_NAMES:
       fields["param_dtype"] = torch_dtype

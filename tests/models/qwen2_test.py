@@ -237,6 +237,22 @@ def test_a_config_json_that_is_not_an_object_or_not_utf8_is_named(tmp_path):
     ModelConfig.from_hf_config(tmp_path)
 
 
+@pytest.mark.parametrize("extra, message", [
+    ({"torch_dtype": ["bfloat16"]}, "field 'torch_dtype' must be a dtype name, got ['bfloat16']"),  # unhashable
+    ({"dtype": {"name": "bfloat16"}}, "field 'dtype' must be a dtype name"),
+    # float("abc") comparing the two thetas: a ValueError naming neither the file nor the field
+    ({"rope_theta": 1e4, "rope_parameters": {"rope_theta": "abc"}},
+     "field 'rope_parameters.rope_theta' must be a number, got 'abc'"),
+    ({"rope_theta": "1e4", "rope_parameters": {"rope_theta": 1e4}}, "field 'rope_theta' must be a number, got '1e4'"),
+])
+def test_config_json_dtype_and_rope_theta_of_the_wrong_type_name_the_file_and_field(tmp_path, extra, message):
+  base = {"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+          "num_attention_heads": 2, "num_key_value_heads": 1}
+  (tmp_path / "config.json").write_text(json.dumps(dict(base, **extra)))
+  with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: {message}")):
+    ModelConfig.from_hf_config(tmp_path)
+
+
 def test_configs_the_model_does_not_implement_are_refused():
   # What transformers would run differently must not load as plain Qwen2 (the logits would silently differ).
   from transformers import Qwen2Config  # pylint: disable=import-outside-toplevel
