@@ -5,16 +5,19 @@ to a temporary file in the target's folder, is flushed to disk, and is renamed o
 exception mid-write leaves the old file (or none) and no temporary behind. A killed process (SIGKILL, a preemption)
 cannot remove its temporary: the next write of the same target on the same host removes it.
 
-`lone_surrogate` is the check text read from JSON needs before it is written out again or tokenized.
+`lone_surrogate` is the check text read from JSON needs before it is written out again or tokenized; `json_loads` is
+`json.loads` with every failure on bad text a `json.JSONDecodeError`, so a reader's one handler names its file and line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import socket
 import tempfile
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 
 def _umask() -> int:
@@ -106,3 +109,39 @@ def lone_surrogate(text: str) -> str | None:
   except UnicodeEncodeError as e:
     return f"holds a lone surrogate {text[e.start]!r} at position {e.start}, which is not valid Unicode"
   return None
+
+
+_LONG_INT = re.compile(r"\d{%d,}" % 4301)  # int's default string conversion limit is 4300 digits
+
+
+def json_loads(text: str) -> Any:
+  """`json.loads(text)`, failing only with a `json.JSONDecodeError` (its `lineno` and `colno` point into `text`).
+
+  Corrupted text makes `json.loads` raise two other errors that name no position, which readers catching
+  `JSONDecodeError` let through bare (naming neither the file nor the line): a `RecursionError` for brackets nested
+  too deeply, and a plain `ValueError` for an integer of more than 4300 digits. Both become `JSONDecodeError`s
+  pointing at the deepest bracket / the long integer.
+  """
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError:
+    raise
+  except RecursionError:
+    raise json.JSONDecodeError("nested too deeply to read", text, _deepest_bracket(text)) from None
+  except ValueError as e:  # the integer string conversion limit
+    found = _LONG_INT.search(text)
+    raise json.JSONDecodeError(str(e), text, found.start() if found else 0) from None
+
+
+def _deepest_bracket(text: str) -> int:
+  """The offset of the first bracket at the greatest nesting depth of `text` (strings skipped)."""
+  depth, best, where = 0, -1, 0
+  for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', text):
+    token = m.group()
+    if token in "[{":
+      depth += 1
+      if depth > best:
+        best, where = depth, m.start()
+    elif token in "]}":
+      depth -= 1
+  return where

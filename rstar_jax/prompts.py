@@ -27,6 +27,8 @@ import json
 import os
 import string
 
+from rstar_jax import files
+
 STEP_DELIM = "\n"
 BOOTSTRAP_FILE = "mcts_prompt.json"
 SFT_FILE = "sft_prompt.json"
@@ -90,7 +92,7 @@ def suffix_problem(suffix: str) -> str | None:
 def _load_json(path: str):
   try:
     with open(path, encoding="utf-8") as f:
-      return json.load(f)
+      return files.json_loads(f.read())
   except FileNotFoundError:
     raise PromptFileError(f"{path}: file not found") from None
   except json.JSONDecodeError as e:

@@ -703,7 +703,7 @@ def _add_saved_tokens(tok: SentencePieceTokenizer, directory: str, cfg: dict[str
 def _read_json(file: str) -> Any:
   try:
     with open(file, encoding="utf-8") as f:
-      return json.load(f)
+      return files.json_loads(f.read())
   except json.JSONDecodeError as e:
     raise ValueError(f"cannot parse {file}: {e}") from e
   except UnicodeDecodeError as e:  # its message names no file

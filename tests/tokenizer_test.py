@@ -529,7 +529,8 @@ def test_corrupt_files(tmp_path, qwen_dir):
     b'{"bos_token": {"content": 7}}',
     b'{"added_tokens_decoder": [1]}',  # a TypeError at save (transformers: AttributeError)
     b'{"added_tokens_decoder": {"x": {"content": "<|endoftext|>"}}}',
-])
+    b'{"eos_token": ' + b"[" * 100_000,  # a bare RecursionError
+], ids=lambda content: content[:60].decode("latin-1"))
 def test_a_tokenizer_config_with_a_field_of_the_wrong_type_is_refused_naming_the_file(tmp_path, qwen_dir, hf_refs,
                                                                                        content):
   import transformers  # pylint: disable=g-import-not-at-top

@@ -83,7 +83,7 @@ def _load_objects(path: str | os.PathLike[str]) -> list[tuple[str, Any]]:
   stripped = content.lstrip()
   if stripped.startswith("["):
     try:
-      items = json.loads(content)
+      items = files.json_loads(content)
     except json.JSONDecodeError as e:
       raise DataFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     return [(f"{path}: record {i}", item) for i, item in enumerate(items)]
@@ -94,7 +94,7 @@ def _load_objects(path: str | os.PathLike[str]) -> list[tuple[str, Any]]:
     if not line.strip():
       continue
     try:
-      out.append((f"{path}:{lineno}", json.loads(line)))
+      out.append((f"{path}:{lineno}", files.json_loads(line)))
     except json.JSONDecodeError as e:
       raise DataFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
   return out

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rstar_jax import files
 from rstar_jax.generate.engine import Engine, Request, check_limits
 from rstar_jax.generate.sampling import Greedy, Sampling, SamplingMethod
 from rstar_jax.models import value_transform
@@ -145,7 +146,7 @@ def checkpoint_eos_ids(model_dir: str | os.PathLike[str], tokenizer: Any = None)
   if os.path.isfile(path):
     try:
       with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+        config = files.json_loads(f.read())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(config, dict):

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from rstar_jax import files
+
 # Architectures whose weights follow the Qwen2 layout (q/k/v bias, no o bias, SwiGLU, RMSNorm, rotate-half RoPE).
 SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2ForTokenClassification", "Qwen2Model")
 _DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "fp32": "float32",
@@ -129,7 +131,7 @@ class ModelConfig:
         raise FileNotFoundError(f"{path}: no config.json found")
       try:
         with open(path, encoding="utf-8") as f:
-          source = json.load(f)
+          source = files.json_loads(f.read())
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
       except UnicodeDecodeError as e:  # its message names no file

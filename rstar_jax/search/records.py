@@ -192,7 +192,7 @@ def check_run_config(path: str | os.PathLike[str], config: dict[str, Any]) -> bo
     return False
   try:
     with open(path, encoding="utf-8") as f:
-      stored = json.load(f)
+      stored = files.json_loads(f.read())
   except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, and UnicodeDecodeError for bytes that are no UTF-8
     raise ValueError(f"{path}: unreadable run config ({e})") from None
   if not isinstance(stored, dict):
@@ -219,13 +219,9 @@ def iter_trees(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
       if not line.strip():
         continue
       try:
-        record = json.loads(line)
+        record = files.json_loads(line)  # also a corrupted line of brackets, an integer of over 4300 digits
       except json.JSONDecodeError as e:
         raise TreeRecordError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-      except RecursionError:  # a corrupted line of brackets; the error named neither the file nor the line
-        raise TreeRecordError(f"{where}: invalid JSON (nested too deeply to read)") from None
-      except ValueError as e:  # an integer of more than 4300 digits (int's string conversion limit), likewise
-        raise TreeRecordError(f"{where}: invalid JSON ({e})") from None
       yield validate_tree(record, where)
 
 

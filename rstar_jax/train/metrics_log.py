@@ -7,6 +7,8 @@ import math
 import os
 from typing import Any, Mapping
 
+from rstar_jax import files
+
 
 def _tensorboard_writer(logdir: str) -> Any | None:
   """A `SummaryWriter` from tensorboardX or torch (needs the tensorboard package), else None."""
@@ -90,13 +92,20 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, float]]:
   """
   path = os.fspath(path)
   out: dict[int, dict[str, float]] = {}
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().split("\n")
-  for lineno, line in enumerate(lines, start=1):
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  for lineno, raw in enumerate(lines, start=1):
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # its message names neither the file nor the line
+      if lineno == len(lines):  # no newline after it: a write cut short (inside a character)
+        continue
+      raise ValueError(f"{path}:{lineno}: not a metrics record (not valid UTF-8: {e.reason} at byte {e.start} of the "
+                       "line)") from None
     if not line.strip():
       continue
     try:
-      record = json.loads(line)
+      record = files.json_loads(line)  # also a line nested too deeply, an integer of over 4300 digits
       step = record.pop("step")
       if isinstance(step, bool) or not isinstance(step, int):
         raise TypeError(f"'step' must be an integer, got {step!r}")

@@ -2,6 +2,7 @@
 
 import collections
 import json
+import re
 
 import numpy as np
 import pytest
@@ -73,6 +74,22 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, name, line):
     text = "[\n" + text.replace("}\n{", "},\n{") + "]\n"
   (tmp_path / name).write_bytes(text.encode("latin-1"))
   with pytest.raises(formats.DataFormatError, match=rf"{name}:{line}: not valid UTF-8"):
+    formats.read_sft_records(tmp_path / name)
+
+
+_DEEP, _BIG_INT = "[" * 100_000 + "]" * 100_000, "7" * 5000
+
+
+@pytest.mark.parametrize("name, line", [("sft.jsonl", 2), ("sft.json", 3)])
+@pytest.mark.parametrize("value, message", [(_DEEP, "nested too deeply"),
+                                            (_BIG_INT, "Exceeds the limit (4300 digits)")], ids=["deep", "big int"])
+def test_a_record_json_cannot_read_is_named_with_its_line(tmp_path, name, line, value, message):
+  # A corrupted record json.loads refuses with a RecursionError or a plain ValueError (an int of over 4300 digits),
+  # not a JSONDecodeError: both were raised bare, naming neither the file nor the line.
+  lines = ['{"query": "q", "response": "r"}', '{"query": "q", "response": "r", "n": ' + value + "}"]
+  text = "\n".join(lines) if name.endswith(".jsonl") else "[\n" + ",\n".join(lines) + "\n]"
+  (tmp_path / name).write_text(text)
+  with pytest.raises(formats.DataFormatError, match=re.escape(f"{name}:{line}: invalid JSON ({message}")):
     formats.read_sft_records(tmp_path / name)
 
 

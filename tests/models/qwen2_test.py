@@ -235,6 +235,9 @@ def test_a_config_json_that_is_not_an_object_or_not_utf8_is_named(tmp_path):
   (tmp_path / "config.json").write_bytes(b'{"model_type": "qwen2", "note": "caf\xe9"}')
   with pytest.raises(ValueError, match=r"config.json: not valid UTF-8"):
     ModelConfig.from_hf_config(tmp_path)
+  (tmp_path / "config.json").write_text('{"model_type": "qwen2",\n"note": ' + "[" * 100_000)  # a bare RecursionError
+  with pytest.raises(ValueError, match=r"config.json: not valid JSON \(nested too deeply to read: line 2"):
+    ModelConfig.from_hf_config(tmp_path)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -155,6 +155,9 @@ def test_run_config_guard(tmp_path):
   path.write_bytes(b'{"mode": "terminal_guided\xff"}')
   with pytest.raises(ValueError, match=r"trees\.config\.json: unreadable run config \('utf-8' codec can't decode"):
     records.check_run_config(path, config)
+  path.write_text('{"mode": ' + "[" * 100_000)  # a bare RecursionError
+  with pytest.raises(ValueError, match=r"trees\.config\.json: unreadable run config \(nested too deeply"):
+    records.check_run_config(path, config)
 
 
 def test_bootstrap_prompt_matches_the_official_wrap(shared_data):
@@ -202,6 +205,16 @@ def test_prompt_file_errors(tmp_path):
   for count in (1.5, "1", True):
     with pytest.raises(ValueError, match=rf"num_few_shots must be an integer, got {count!r}"):
       prompts.load_bootstrap_template(tmp_path, num_few_shots=count)
+
+
+def test_a_prompt_file_json_cannot_read_names_the_file_and_line(tmp_path):
+  # A RecursionError and a plain ValueError (an int of over 4300 digits), both raised bare.
+  (tmp_path / "sft_prompt.json").write_text('{"pot_format_instructions": "",\n"n": ' + "[" * 100_000 + "}")
+  with pytest.raises(prompts.PromptFileError, match=r"sft_prompt.json:2: invalid JSON \(nested too deeply"):
+    prompts.load_sft_template(tmp_path)
+  (tmp_path / "sft_prompt.json").write_text('{"pot_format_instructions": "",\n\n"n": ' + "1" * 5000 + "}")
+  with pytest.raises(prompts.PromptFileError, match=r"sft_prompt.json:3: invalid JSON \(Exceeds the limit"):
+    prompts.load_sft_template(tmp_path)
 
 
 def test_prompt_suffix_is_a_python_format_string(tmp_path):

@@ -24,6 +24,17 @@ def test_a_bad_record_names_the_file_and_line(tmp_path, line):
     metrics_log.read_metrics(path)
 
 
+@pytest.mark.parametrize("line", [b'{"step": 1, "loss": 2.0\xff}', b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"step": ' + b"1" * 5000 + b"}"], ids=["not utf8", "deep", "big int"])
+def test_a_record_json_cannot_read_names_the_file_and_line(tmp_path, line):
+  # Bytes that are no UTF-8, a line nested too deeply, an int of over 4300 digits: a bare UnicodeDecodeError,
+  # RecursionError or ValueError naming neither the file nor the line.
+  path = tmp_path / "metrics.jsonl"
+  path.write_bytes(b'{"step": 1, "loss": 2.0}\n' + line + b'\n{"step": 2, "loss": 1.0}\n')
+  with pytest.raises(ValueError, match=f"{path}:2: not a metrics record"):
+    metrics_log.read_metrics(path)
+
+
 def test_a_fresh_run_starts_without_the_records_of_an_earlier_one(tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n')
   (tmp_path / "tensorboard").mkdir()
