@@ -202,8 +202,12 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
       raise ValueError(f"tensor of size {size}, stride {stride}, offset {storage_offset} reaches element {last} "
                            f"of a {len(storage)}-element storage")
   itemsize = storage.dtype.itemsize
-  return np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=size,
-                                         strides=tuple(s * itemsize for s in stride)).copy()
+  view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=size,
+                                         strides=tuple(s * itemsize for s in stride), writeable=False)
+  # A tensor of more elements than its storage overlaps itself (an expanded tensor, stride 0): as torch.load, it stays
+  # a (read-only) view, as its copy can be any size (2**30 x 2**30 over one float was a 4 EiB MemoryError). Any other
+  # is copied, at most the storage's size.
+  return view if math.prod(size) > len(storage) else view.copy()
 
 
 def _rebuild_parameter(data, *unused):

@@ -246,3 +246,14 @@ def test_a_safetensors_header_the_library_refuses_is_refused_naming_the_file(tmp
     safe_open(str(path), "np")
   with pytest.raises(ValueError, match="bad.safetensors: .*" + re.escape(message)):
     SafetensorsFile(path)
+
+
+@pytest.mark.parametrize("size", [(2, 3), (2**30, 2**30)], ids=["2x3", "4 EiB"])
+def test_a_bin_tensor_viewing_its_storage_at_stride_0_reads_as_torch_load_reads_it(tmp_path, size):
+  # An expanded tensor (`torch.ones(1).expand(...)` saved): a size over a 1-element storage at stride 0. torch.load
+  # gives a view and allocates nothing; the copy made of it was a bare MemoryError for 2**30 x 2**30 (4 EiB).
+  path = tmp_path / "expanded.bin"
+  torch.save({"w": torch.full((1,), 2.5).expand(*size)}, path)
+  reference, ours = torch.load(path, weights_only=True)["w"], read_torch_bin(path)["w"]
+  assert reference.shape == ours.shape == size and reference.stride() == (0, 0)
+  assert ours[1, 2] == reference[1, 2].item() == 2.5 and ours[-1, -1] == 2.5
