@@ -127,7 +127,7 @@ class HFCheckpoint:
     if os.path.exists(index):
       try:
         with open(index, encoding="utf-8") as f:
-          weight_map = json.load(f)["weight_map"]
+          weight_map = files.json_loads(f.read())["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
           raise ValueError("weight_map is not an object of tensor name -> shard file")
       except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:

@@ -251,6 +251,15 @@ def test_a_malformed_shard_index_is_named(hf_qwen2_factory, tmp_path, index):
     convert.load_qwen2(path)
 
 
+def test_a_shard_index_json_cannot_read_is_named(hf_qwen2_factory, tmp_path):
+  # Brackets nested too deeply (a corrupted file): json raised a bare RecursionError naming no file.
+  path, _ = hf_qwen2_factory()
+  os.rename(path / "model.safetensors", path / "model-00001-of-00001.safetensors")
+  (path / "model.safetensors.index.json").write_text('{"weight_map": ' + "[" * 100_000)
+  with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json: not a valid safetensors index \(nested too"):
+    convert.load_qwen2(path)
+
+
 def test_unknown_architecture_is_refused(hf_qwen2_factory):
   path, _ = hf_qwen2_factory()
   config = json.loads((path / "config.json").read_text())
