@@ -33,6 +33,7 @@ _ST_DTYPES = {
     "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+_ST_MAX_HEADER = 100_000_000  # the `safetensors` library's MAX_HEADER_SIZE: it refuses a longer header
 
 
 class SafetensorsFile:
@@ -56,6 +57,9 @@ class SafetensorsFile:
     if size < 8:
       raise ValueError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
     (header_len,) = struct.unpack("<Q", self._file.read(8))
+    if header_len > _ST_MAX_HEADER:  # read whole before parsing: a corrupted prefix read GBs of a large shard
+      raise ValueError(f"{self.path}: corrupt safetensors header (its length prefix says {header_len} bytes, over the "
+                       f"safetensors limit of {_ST_MAX_HEADER})")
     if 8 + header_len > size:
       raise ValueError(f"{self.path}: truncated safetensors file (header of {header_len} bytes, file {size} bytes)")
     try:

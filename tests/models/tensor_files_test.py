@@ -258,3 +258,17 @@ def test_a_bin_tensor_viewing_its_storage_at_stride_0_reads_as_torch_load_reads_
   reference, ours = torch.load(path, weights_only=True)["w"], read_torch_bin(path)["w"]
   assert reference.shape == ours.shape == size and reference.stride() == (0, 0)
   assert ours[1, 2] == reference[1, 2].item() == 2.5 and ours[-1, -1] == 2.5
+
+
+def test_a_safetensors_length_prefix_over_the_librarys_limit_is_refused_before_reading(tmp_path, monkeypatch):
+  # A corrupted length prefix in a large shard (a sparse file here) was read whole into memory (GBs of a 15 GB shard)
+  # before its JSON failed; the library refuses a header over 100 MB at once.
+  path = tmp_path / "big.safetensors"
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", 100_000_001))
+    f.truncate(200_000_000)
+  with pytest.raises(Exception, match="HeaderTooLarge|header too large"):
+    safe_open(str(path), "np")
+  with pytest.raises(ValueError, match=r"big\.safetensors: corrupt safetensors header \(its length prefix says "
+                                       r"100000001 bytes"):
+    SafetensorsFile(path)
