@@ -53,12 +53,17 @@ def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, ru
   """
   directory = os.path.abspath(os.fspath(directory))
   config = ModelConfig.from_hf_config(directory, **config_overrides)
-  with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+  config_file = os.path.join(directory, "config.json")
+  with open(config_file, encoding="utf-8") as f:
     saved = json.load(f)
-  scan_layers = bool(saved.get("rstar_jax_scan_layers", True))
+  scan_layers = saved.get("rstar_jax_scan_layers", True)
+  if not isinstance(scan_layers, bool):  # a "false" string read as true
+    raise ValueError(f"{config_file}: field 'rstar_jax_scan_layers' must be true or false, got {scan_layers!r}")
   kind = saved.get("rstar_jax_kind")
+  if kind not in (None, "policy", "ppm"):
+    raise ValueError(f"{config_file}: field 'rstar_jax_kind' must be 'policy' or 'ppm', got {kind!r}")
   if kind is not None and (kind == "ppm") != ppm:
-    raise ValueError(f"{os.path.join(directory, 'config.json')}: rstar_jax_kind={kind!r}: a {kind} checkpoint, "
+    raise ValueError(f"{config_file}: rstar_jax_kind={kind!r}: a {kind} checkpoint, "
                      f"load it with ppm={kind == 'ppm'} (the CLI's --ppm flag)")
   model_class = PPM if ppm else Qwen2
   build = lambda: model_class(config, rngs=nnx.Rngs(0), scan_layers=scan_layers)
@@ -78,6 +83,25 @@ def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, ru
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"{directory}: no orbax 'params' checkpoint inside")
   with ocp.StandardCheckpointer() as ckptr:
+    _check_saved_shapes(config_file, ckptr.metadata(params_dir).item_metadata, abstract, bool(config_overrides))
     params = ckptr.restore(params_dir, target)
   nnx.update(abstract_model, params)
   return abstract_model
+
+
+def _check_saved_shapes(config_file: str, saved, abstract: dict, overridden: bool) -> None:
+  """Raises a `ValueError` naming `config_file` and the parameters unless the saved tree (orbax metadata) has the
+  parameters and shapes the config builds: orbax's own error ("Requested shape: (1, 64) is not compatible with the
+  stored shape: (2, 64) ... set `strict=False`", or a tree diff) named neither the file nor the parameter."""
+  def shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  have, want = shapes(saved), shapes(abstract)
+  problems = [f"{name} saved with shape {have[name]}, the config gives {want[name]}"
+              for name in sorted(have.keys() & want.keys()) if have[name] != want[name]]
+  problems += [f"{name} is not saved" for name in sorted(want.keys() - have.keys())]
+  problems += [f"{name} is saved but not in the model" for name in sorted(have.keys() - want.keys())]
+  if problems:
+    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    raise ValueError(f"{config_file}: the saved parameters do not fit it{' (with the overrides)' if overridden else ''}"
+                     f": {'; '.join(problems[:3])}{more}")

@@ -1,5 +1,8 @@
 """Orbax model checkpoints (`rstar_jax.models.checkpoint`): a round trip keeps the weights and the layer layout."""
 
+import json
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -94,4 +97,24 @@ def test_an_import_over_an_earlier_one_cut_short_before_its_config_does_not_load
     checkpoint.save_model(second, tmp_path / "ckpt")
   monkeypatch.undo()
   with pytest.raises(FileNotFoundError, match="config.json"):
+    checkpoint.load_model(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    # orbax's "Requested shape: (1, 64) is not compatible with the stored shape: (2, 64) ... set `strict=False`"
+    # named neither the folder, config.json, nor the parameter (and advised padding the weights).
+    ("num_hidden_layers", 1, r"config\.json: the saved parameters do not fit it: .*layers.*\(2, 64\).*\(1, 64\)"),
+    ("intermediate_size", 256, r"config\.json: the saved parameters do not fit it: .*mlp.*\(2, 128, 64\)"),
+    # The saved tree has an lm_head, or layers stacked: a tree-structure diff naming no file.
+    ("tie_word_embeddings", False, r"config\.json: the saved parameters do not fit it: "),
+    ("rstar_jax_scan_layers", False, r"config\.json: the saved parameters do not fit it: "),
+    # A string was read as a truth value ("false" loaded as true).
+    ("rstar_jax_scan_layers", "false", r"config\.json: field 'rstar_jax_scan_layers' must be true or false"),
+    ("rstar_jax_kind", ["ppm"], r"config\.json: field 'rstar_jax_kind' must be 'policy' or 'ppm'"),
+])
+def test_a_config_json_the_saved_parameters_do_not_fit_names_the_file(tmp_path, field, value, message):
+  checkpoint.save_model(Qwen2(ModelConfig.tiny(num_layers=2), rngs=nnx.Rngs(0)), tmp_path / "ckpt")
+  config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+  (tmp_path / "ckpt" / "config.json").write_text(json.dumps(dict(config, **{field: value})))
+  with pytest.raises(ValueError, match=re.escape(str(tmp_path / "ckpt")) + "/" + message):
     checkpoint.load_model(tmp_path / "ckpt")
