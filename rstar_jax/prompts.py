@@ -108,6 +108,9 @@ def _load_template_file(path: str) -> tuple[str, str]:
   for field in ("pot_format_instructions", "pot_suffix"):
     if not isinstance(record.get(field), str):
       raise PromptFileError(f"{path}: field {field!r} must be a string")
+    problem = files.lone_surrogate(record[field])  # a "\\ud83d" escape: the tokenizer then failed naming no file
+    if problem:
+      raise PromptFileError(f"{path}: field {field!r} {problem}: replace it (e.g. by U+FFFD)")
   problem = suffix_problem(record["pot_suffix"])
   if problem is not None:
     raise PromptFileError(f"{path}: field 'pot_suffix': {problem}")
@@ -120,6 +123,10 @@ def load_few_shots(prompts_dir: str | os.PathLike[str]) -> tuple[str, ...]:
   examples = _load_json(path)
   if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
     raise PromptFileError(f"{path}: expected a JSON list of strings")
+  for i, example in enumerate(examples):
+    problem = files.lone_surrogate(example)
+    if problem:
+      raise PromptFileError(f"{path}: example {i} {problem}: replace it (e.g. by U+FFFD)")
   return tuple(examples)
 
 

@@ -217,6 +217,21 @@ def test_a_prompt_file_json_cannot_read_names_the_file_and_line(tmp_path):
     prompts.load_sft_template(tmp_path)
 
 
+def test_a_prompt_file_string_with_a_lone_surrogate_names_the_file_and_field(tmp_path):
+  # A "\\ud83d" escape (a cut emoji) is valid JSON but no Unicode text: the template loaded, and the tokenizer failed
+  # on "text 0 holds a lone surrogate" naming neither the prompt file nor its field.
+  with pytest.raises(UnicodeEncodeError):
+    json.loads('"\\ud83d"').encode("utf-8")
+  (tmp_path / "mcts_prompt.json").write_text('{"pot_format_instructions": "Solve \\ud83d", "pot_suffix": "{input}"}')
+  (tmp_path / "few_shots.json").write_text('["a", "b"]')
+  with pytest.raises(prompts.PromptFileError, match=r"mcts_prompt.json: field 'pot_format_instructions' holds a lone"):
+    prompts.load_bootstrap_template(tmp_path)
+  (tmp_path / "mcts_prompt.json").write_text('{"pot_format_instructions": "", "pot_suffix": "{input}"}')
+  (tmp_path / "few_shots.json").write_text('["a", "b \\udc00"]')
+  with pytest.raises(prompts.PromptFileError, match=r"few_shots.json: example 1 holds a lone surrogate"):
+    prompts.load_bootstrap_template(tmp_path)
+
+
 def test_prompt_suffix_is_a_python_format_string(tmp_path):
   """The official wrap fills `pot_suffix` with `str.format(input=...)`: "{{" / "}}" are literal braces (a suffix
   asking for "\\boxed{{}}" shows "\\boxed{}"), and any other field is an error there (KeyError), not a silent
