@@ -678,8 +678,13 @@ def _add_saved_tokens(tok: SentencePieceTokenizer, directory: str, cfg: dict[str
   by_id: dict[int, tuple[str, bool]] = {}
   where = os.path.join(directory, ADDED_TOKENS)
   if os.path.isfile(where):
-    for content, token_id in _read_json(where).items():
-      by_id[int(token_id)] = (content, True)
+    saved = _read_json(where)
+    # A list, or an id that is no integer, failed in `.items()` / `int()` naming no file (and `true` was id 1).
+    if not isinstance(saved, dict) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                              for i in saved.values()):
+      raise ValueError(f"{where}: must map each added token to its integer id, got {str(saved)[:80]}")
+    for content, token_id in saved.items():
+      by_id[token_id] = (content, True)
   for token_id, entry in (cfg.get("added_tokens_decoder") or {}).items():
     content = entry["content"] if isinstance(entry, dict) else str(entry)
     by_id[int(token_id)] = (content, bool(entry.get("special", True)) if isinstance(entry, dict) else True)

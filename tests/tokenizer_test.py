@@ -543,6 +543,16 @@ def test_a_tokenizer_config_with_a_field_of_the_wrong_type_is_refused_naming_the
     tk.load_tokenizer(tmp_path)
 
 
+@pytest.mark.parametrize("content", ['["<tag>"]', '{"<tag>": "three hundred"}', '{"<tag>": [300]}', '{"<tag>": true}'])
+def test_a_malformed_added_tokens_json_beside_a_sentencepiece_model_names_the_file(tmp_path, sp_dir, content):
+  # A list was a bare AttributeError (as in transformers), an id that is no integer a bare ValueError / TypeError
+  # from int(), and `true` was read as id 1: none named the file.
+  shutil.copy(sp_dir / "tokenizer.model", tmp_path / "tokenizer.model")
+  (tmp_path / "added_tokens.json").write_text(content)
+  with pytest.raises(ValueError, match=re.escape(str(tmp_path / "added_tokens.json")) + ": must map"):
+    tk.load_tokenizer(tmp_path)
+
+
 # --- save ---------------------------------------------------------------------------------------------------------
 
 
