@@ -380,6 +380,9 @@ def read_value_head(ppm_dir: str | os.PathLike) -> dict[str, np.ndarray]:
       missing = [k for k in VALUE_HEAD_KEYS if k not in tensors]
       if missing:
         raise KeyError(f"{path}: missing value-head tensors {missing}")
+      for k in VALUE_HEAD_KEYS:  # a .bin may hold any picklable value: "0.5" and None converted to float32 scalars
+        if not isinstance(tensors[k], np.ndarray):
+          raise ValueError(f"{path}: {k!r} is not a tensor (a {type(tensors[k]).__name__})")
       heads[name] = {k: np.asarray(tensors[k], np.float32) for k in VALUE_HEAD_KEYS}
   if not heads:
     raise FileNotFoundError(f"{ppm_dir}: no value_head.bin or value_head.safetensors")

@@ -320,3 +320,15 @@ def test_a_ppm_dir_is_not_loaded_as_a_policy(hf_qwen2_factory, tmp_path, tied):
     convert.load_qwen2(ppm_dir)
   assert convert.load_ppm(ppm_dir).config.tie_word_embeddings == tied
   convert.load_qwen2(path)  # the policy dir it came from still loads
+
+
+@pytest.mark.parametrize("value", ["0.5", None, {"w": 1}, [[0.5, 0.5]]], ids=["str", "None", "dict", "list"])
+def test_a_value_head_bin_entry_that_is_no_tensor_names_the_file_and_tensor(tmp_path, value):
+  # `torch.save({...: "0.5"})` and the like: torch.load (weights_only) returns them, and np.asarray(..., float32)
+  # raised a bare ValueError / TypeError naming neither the file nor the tensor (a list loaded as a head).
+  head = {"v_head.summary.weight": value, "v_head.summary.bias": torch.zeros(1)}
+  torch.save(head, tmp_path / "value_head.bin")
+  assert torch.load(tmp_path / "value_head.bin", weights_only=True)["v_head.summary.weight"] == value
+  with pytest.raises(ValueError, match=re.escape(str(tmp_path / "value_head.bin")) + r": 'v_head\.summary\.weight' is "
+                                       r"not a tensor"):
+    convert.read_value_head(tmp_path)
