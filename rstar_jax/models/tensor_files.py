@@ -116,6 +116,13 @@ class SafetensorsFile:
     if self._data_start + offsets[1] > size:
       raise ValueError(f"{self.path}: tensor {name!r} is truncated (needs bytes up to {self._data_start + offsets[1]}, "
                        f"file has {size})")
+    # As the library's checked product, every partial product must fit: numpy refuses a shape whose dims multiply past
+    # its index range even with a 0 after them ("cannot reshape ... (2**40, 2**40, 0)", naming no file).
+    count = 1
+    for n in shape:
+      count *= n
+      if count >= 2**63:
+        raise ValueError(f"{self.path}: tensor {name!r} has a shape too large for any array: {tuple(shape)}")
     # Python ints: numpy's int64 product of a lying shape wraps (2**32 * 2**32 -> 0 elements) or overflows.
     if offsets[1] - offsets[0] != math.prod(shape) * _ST_DTYPES[entry["dtype"]].itemsize:
       raise ValueError(f"{self.path}: tensor {name!r} has {offsets[1] - offsets[0]} bytes for shape {tuple(shape)} "

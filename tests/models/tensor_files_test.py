@@ -229,9 +229,11 @@ _F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     (json.dumps({"a": dict(_F32_2, dtype=["F32"])}), 8, "'a' has unsupported dtype"),
     # A shape whose element count overflows int64 wrapped to 0 and opened (then a reshape error naming no file), or
     # was an OverflowError; the byte count is checked for every tensor when the file opens, as the library does.
-    (json.dumps({"a": dict(_F32_2, shape=[2**32, 2**32], data_offsets=[0, 0])}), 0, "'a' has 0 bytes for shape"),
-    (json.dumps({"a": dict(_F32_2, shape=[2**70])}), 8, "'a' has 8 bytes for shape"),
+    (json.dumps({"a": dict(_F32_2, shape=[2**32, 2**32], data_offsets=[0, 0])}), 0, "'a' has a shape too large"),
+    (json.dumps({"a": dict(_F32_2, shape=[2**70])}), 8, "'a' has a shape too large"),
     (json.dumps({"a": dict(_F32_2, shape=[3])}), 8, "'a' has 8 bytes for shape (3,)"),
+    # 0 elements, but 2**80 before the 0: numpy refuses the shape ("cannot reshape", naming no file).
+    (json.dumps({"a": dict(_F32_2, shape=[2**40, 2**40, 0], data_offsets=[0, 0])}), 0, "'a' has a shape too large"),
     # Data before the first tensor, after the last one, or a name listed twice (json keeps the last entry): the bytes
     # of a tensor whose entry is gone.
     (json.dumps({"a": dict(_F32_2, data_offsets=[8, 16])}), 16, "data does not start at byte 0"),
