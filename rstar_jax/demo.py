@@ -219,7 +219,7 @@ def main(argv=None) -> int:
   if not args.fresh and os.path.isfile(settings_file):
     try:
       with open(settings_file, encoding="utf-8") as f:
-        stored = json.load(f)
+        stored = files.json_loads(f.read())  # also a damaged file nested too deeply (a RecursionError)
     except (OSError, ValueError) as e:
       parser.error(f"{settings_file}: unreadable ({e}); delete it, or start over with --fresh")
     if not isinstance(stored, dict):

@@ -84,6 +84,12 @@ def test_another_problem_count_in_a_used_workdir_stops_before_rebuilding_anythin
   assert exit_info.value.code == 2
   assert "demo.json: expected a JSON object, got list" in capsys.readouterr().err
   assert not list((tmp_path / "tokenizer").iterdir())
+  # Brackets nested too deeply (a damaged file): a bare RecursionError traceback instead of the usage error.
+  (tmp_path / "demo.json").write_text('{"problems": ' + "[" * 100_000)
+  with pytest.raises(SystemExit) as exit_info:
+    demo.main(["--workdir", str(tmp_path), "--problems", "4"])
+  assert exit_info.value.code == 2
+  assert "demo.json: unreadable (nested too deeply" in capsys.readouterr().err
 
 
 def test_fresh_empties_a_workdir_given_as_a_symbolic_link(tmp_path):
