@@ -537,6 +537,9 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     return _load_hf(os.path.join(path, TOKENIZER_JSON), path)
   if os.path.isfile(os.path.join(path, SENTENCEPIECE_MODEL)):
     return _load_sentencepiece_dir(os.path.join(path, SENTENCEPIECE_MODEL), path)
+  for name in (TOKENIZER_JSON, SENTENCEPIECE_MODEL):  # else listed as found below, beside "expected" that name
+    if os.path.exists(os.path.join(path, name)):
+      raise FileNotFoundError(f"{os.path.join(path, name)} is not a file (a folder?): no tokenizer in {path}")
   present = sorted(os.listdir(path))
   raise FileNotFoundError(
       f"no tokenizer in {path}: expected {TOKENIZER_JSON} (Hugging Face tokenizers) or {SENTENCEPIECE_MODEL} "

@@ -491,6 +491,10 @@ def test_bad_paths(tmp_path):
   (other / "vocab.txt").write_text("a\n")
   with pytest.raises(ValueError, match=re.escape(str(other / "vocab.txt"))):
     tk.load_tokenizer(other / "vocab.txt")
+  # A tokenizer.json that is a folder: "expected tokenizer.json ...; found ['config.json', 'tokenizer.json', ...]".
+  (other / "tokenizer.json").mkdir()
+  with pytest.raises(FileNotFoundError, match=re.escape(str(other / "tokenizer.json")) + " is not a file"):
+    tk.load_tokenizer(other)
 
 
 @pytest.mark.parametrize("backend", ["hf", "sentencepiece"])
