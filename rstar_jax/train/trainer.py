@@ -249,8 +249,16 @@ def _check_resume(workdir: str, step: int, identity: dict[str, Any]) -> None:
     logging.getLogger(__name__).warning("%s: no %s; resuming step %d without checking its settings", workdir,
                                         RUN_FILE, step)
     return
-  with open(path, encoding="utf-8") as f:
-    started = json.load(f)
+  remedy = "restore it, or delete it to resume without checking the settings"
+  try:
+    with open(path, encoding="utf-8") as f:
+      started = files.json_loads(f.read())
+  except json.JSONDecodeError as e:  # its message names no file
+    raise ValueError(f"{path}: not valid JSON ({e.msg}: line {e.lineno} column {e.colno}); {remedy}") from None
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); {remedy}") from None
+  if not isinstance(started, dict):  # `.get` below was a bare AttributeError
+    raise ValueError(f"{path}: expected a JSON object, got a JSON {type(started).__name__}; {remedy}")
   changed = sorted(k for k in set(started) | set(identity) if started.get(k) != identity.get(k)
                    and not (k == _WEIGHTS_KEY and k not in started))  # (a run.json written before the key existed)
   if changed:

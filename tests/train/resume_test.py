@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -210,3 +211,14 @@ def test_a_preemption_save_is_checked_for_a_non_finite_loss_first(inputs, tmp_pa
   with pytest.raises(trainer.NonFiniteLossError, match=r"at step 2 \(workdir .*\); the last checkpoint is step None"):
     trainer.train_policy(path / "base", sft_file, tmp_path / "work", config=config)
   assert not [name for name in os.listdir(tmp_path / "work" / "checkpoints") if name.isdigit()]
+
+
+@pytest.mark.parametrize("content, message", [("{\"data.batch_size\": 4", "not valid JSON"), ("[1, 2]", "a JSON list"),
+                                              (b'{"seed": "caf\xe9"}', "not valid UTF-8")])
+def test_a_damaged_run_json_is_named_when_resuming(tmp_path, content, message):
+  # A bare JSONDecodeError, AttributeError ('list' object has no attribute 'get') or UnicodeDecodeError named
+  # neither run.json nor what to do.
+  run_file = tmp_path / trainer.RUN_FILE
+  run_file.write_bytes(content if isinstance(content, bytes) else content.encode())
+  with pytest.raises(ValueError, match=re.escape(str(run_file)) + f": .*{message}.*delete it"):
+    trainer._check_resume(str(tmp_path), 2, {"data.batch_size": 4})  # pylint: disable=protected-access
