@@ -255,7 +255,11 @@ class _TorchUnpickler(pickle.Unpickler):
     if kind != "storage" or not isinstance(storage_type, _StorageType):
       raise _Refused(f"unsupported persistent id {pid!r}")
     dtype = _TORCH_STORAGES[storage_type.name]
-    raw = self._archive.read(f"{self._prefix}/data/{key}")
+    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+      raise ValueError(f"storage {key!r} has an invalid element count {numel!r}")
+    # Only the storage's bytes are inflated: an entry inflating to more (a zip bomb, a damaged entry) was read whole.
+    with self._archive.open(f"{self._prefix}/data/{key}") as entry:
+      raw = entry.read(numel * dtype.itemsize)
     storage = np.frombuffer(raw, dtype=dtype, count=numel)
     return storage.byteswap() if self._swap_bytes else storage
 

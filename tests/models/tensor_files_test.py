@@ -274,3 +274,25 @@ def test_a_safetensors_length_prefix_over_the_librarys_limit_is_refused_before_r
   with pytest.raises(ValueError, match=r"big\.safetensors: corrupt safetensors header \(its length prefix says "
                                        r"100000001 bytes"):
     SafetensorsFile(path)
+
+
+def test_a_bin_storage_entry_larger_than_its_tensor_is_not_read_whole(tmp_path):
+  # A storage entry deflated to a few hundred KB that inflates to 256 MB, for a 1-element storage (a zip bomb, or
+  # a damaged entry): it was inflated whole into memory before the first float was taken from it.
+  import tracemalloc  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "value_head.bin"
+  write_torch_bin(path, {"w": np.array([1.5], np.float32)})
+  with zipfile.ZipFile(path) as z:
+    items = {info.filename: z.read(info) for info in z.infolist()}
+  items["archive/data/0"] = np.array([1.5], np.float32).tobytes() + bytes(256 << 20)
+  with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    for name, data in items.items():
+      z.writestr(name, data)
+  del items
+  tracemalloc.start()
+  try:
+    state = read_torch_bin(path)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert state["w"].tolist() == [1.5] and peak < 16 << 20, peak
