@@ -114,8 +114,9 @@ def lone_surrogate(text: str) -> str | None:
 _LONG_INT = re.compile(r"\d{%d,}" % 4301)  # int's default string conversion limit is 4300 digits
 
 
-def json_loads(text: str) -> Any:
-  """`json.loads(text)`, failing only with a `json.JSONDecodeError` (its `lineno` and `colno` point into `text`).
+def json_loads(text: str, **kwargs) -> Any:
+  """`json.loads(text, **kwargs)`, failing only with a `json.JSONDecodeError` (its `lineno` and `colno` point into
+  `text`), or with what a hook in `kwargs` raises.
 
   Corrupted text makes `json.loads` raise two other errors that name no position, which readers catching
   `JSONDecodeError` let through bare (naming neither the file nor the line): a `RecursionError` for brackets nested
@@ -123,14 +124,16 @@ def json_loads(text: str) -> Any:
   pointing at the deepest bracket / the long integer.
   """
   try:
-    return json.loads(text)
+    return json.loads(text, **kwargs)
   except json.JSONDecodeError:
     raise
   except RecursionError:
     raise json.JSONDecodeError("nested too deeply to read", text, _deepest_bracket(text)) from None
-  except ValueError as e:  # the integer string conversion limit
+  except ValueError as e:
     found = _LONG_INT.search(text)
-    raise json.JSONDecodeError(str(e), text, found.start() if found else 0) from None
+    if type(e) is not ValueError or found is None:  # not the integer string conversion limit: a hook's own error
+      raise
+    raise json.JSONDecodeError(str(e), text, found.start()) from None
 
 
 def _deepest_bracket(text: str) -> int:

@@ -63,7 +63,8 @@ class SafetensorsFile:
     if 8 + header_len > size:
       raise ValueError(f"{self.path}: truncated safetensors file (header of {header_len} bytes, file {size} bytes)")
     try:
-      header = json.loads(self._file.read(header_len), object_pairs_hook=self._no_duplicates)
+      # `files.json_loads`: also a header nested too deeply, or with an integer of over 4300 digits.
+      header = files.json_loads(self._file.read(header_len).decode("utf-8"), object_pairs_hook=self._no_duplicates)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ValueError(f"{self.path}: corrupt safetensors header ({e})") from None
     if not isinstance(header, dict):

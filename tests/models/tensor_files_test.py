@@ -241,7 +241,10 @@ _F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     ('{"a": ' + json.dumps(_F32_2) + ', "a": ' + json.dumps(dict(_F32_2, data_offsets=[8, 16])) + "}", 16,
      "'a' is listed twice"),
     (json.dumps({"__metadata__": ["format", "pt"], "a": _F32_2}), 8, "__metadata__ must be an object of strings"),
-])
+    # json's RecursionError and its plain ValueError for an int of over 4300 digits were raised bare.
+    ('{"a": ' + "[" * 100_000, 0, "corrupt safetensors header (nested too deeply"),
+    ('{"a": ' + "7" * 5000 + "}", 0, "corrupt safetensors header (Exceeds the limit (4300 digits)"),
+], ids=lambda value: value[:60] if isinstance(value, str) else None)
 def test_a_safetensors_header_the_library_refuses_is_refused_naming_the_file(tmp_path, blob, data, message):
   path = tmp_path / "bad.safetensors"
   path.write_bytes(struct.pack("<Q", len(blob)) + blob.encode() + bytes(data))
