@@ -5,9 +5,9 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
 
 1. String: both answers normalised (`$`/`\\(` wrappers, several `\\boxed{}` joined as a list, spacing,
    `\\left`/`\\right`, `\\dfrac`/`\\tfrac`, unit words after a number (`5 \\text{ cm}`; not `\\text{ or }`,
-   `\\text{ million}`), degrees/percent signs, a leading `x =`, thousands separators in `1,234` form (`0,245`
-   and `1, 234` are lists), a trailing period, the case of plain words only) and compared. Two assignments to
-   different variables (`y = 3/2` against `x = 3/2`) skip to layer 3.
+   `\\text{ million}`), degree signs (`^\\circ`, `°`, `\\degree`) and percent signs, a leading `x =`, thousands
+   separators in `1,234` form (`0,245` and `1, 234` are lists), a trailing period, the case of plain words only)
+   and compared. Two assignments to different variables (`y = 3/2` against `x = 3/2`) skip to layer 3.
 2. Numbers: when both sides read as plain numbers (integers, decimals, `a/b`, `\\frac{a}{b}`,
    percentages), their exact values are compared, so `1000001` is not `1000000` however large the
    numbers. The one allowance: a decimal written for a value whose decimal expansion never ends
@@ -132,6 +132,8 @@ _UNIT_WORDS = (
     "ft", "units", "unit", "square", "sq", "dollars", "dollar", "cents", "hours", "hour", "minutes",
     "minute", "seconds", "second", "days", "day", "years", "year", "mph", "pounds", "pound", "miles",
     "mile", "kg", "g", "liters", "liter", "ml")
+# Spellings of the degree sign, longest first: a model writes `30°` or `30\\degree` as often as `30^\\circ`.
+_DEGREE_SIGNS = ("^{\\circ}", "^\\circ", "\\circ", "^{\u00b0}", "^\u00b0", "\u00b0", "\\degree")
 _NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 _THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d+)?$")
 _SIMPLE_FRAC_RE = re.compile(r"^([-+]?)\\frac\{([^{}]+)\}\{([^{}]+)\}$")
@@ -263,7 +265,8 @@ def _normalize(answer: str | None) -> tuple[str | None, str, str]:
   s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
   for space in ("\\!", "\\,", "\\;", "\\:", "\\ ", "~"):
     s = s.replace(space, " ")
-  s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\circ", "")
+  for degree in _DEGREE_SIGNS:
+    s = s.replace(degree, "")
   s = s.replace("\\%", "").replace("%", "").replace("\\$", "")
   # Units written as text after a number: "5 \text{ cm}" -> "5" (not "5\text{ or }7", "5\text{ million}").
   number = _text_unit_number(s)

@@ -372,3 +372,20 @@ def test_a_deadline_that_is_over_at_once_is_refused(settings, message):
   assert verify(parse("$x^2+2x+1$"), parse("$(x+1)^2$")) and verify(parse("$2\\sqrt{2}$"), parse("$\\sqrt{8}$"))
   with pytest.raises(ValueError, match=message):
     Grader(**settings)
+
+
+def test_a_degree_sign_is_a_degree_sign(grader, shared_data):
+  # A model writes the degree sign as text (`30°`, `\degree`) as often as `30^\circ`; the official grader (`°` dropped
+  # by Xwin's `string_normalization`) and math-verify both read `30°` as 30. We read it as `30°`, a string no gold
+  # equals: every such right answer scored -1. The golds are MATH-500's real degree answers.
+  math500 = json.loads((shared_data / "benchmarks" / "math500_test.json").read_text())
+  golds = [str(d["answer"]) for d in math500 if re.fullmatch(r"\d+\^\\circ", str(d["answer"]))]
+  assert len(golds) >= 10
+  for gold in golds:
+    number = gold.split("^")[0]
+    for pred in (f"{number}°", f"{number} °", f"{number}^{{°}}", f"{number}\\degree", f"{number}^\\circ"):
+      assert grader.equivalent(pred, gold), (pred, gold)
+      assert grader.equivalent(pred, number), (pred, number)
+    assert grader.equivalent(gold, f"{number}°")
+    assert not grader.equivalent(f"{int(number) + 1}°", gold)  # a near miss stays one
+  assert not grader.equivalent("45°", "\\frac{\\pi}{4}")  # degrees are never rescaled to radians
