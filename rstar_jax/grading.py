@@ -268,6 +268,7 @@ def _normalize(answer: str | None) -> tuple[str | None, str, str]:
   for degree in _DEGREE_SIGNS:
     s = s.replace(degree, "")
   s = s.replace("\\%", "").replace("%", "").replace("\\$", "")
+  s = s.strip().rstrip(".").rstrip()  # the sentence's period before the unit rules: `5\text{ cm}.` is `5 cm`
   # Units written as text after a number: "5 \text{ cm}" -> "5" (not "5\text{ or }7", "5\text{ million}").
   number = _text_unit_number(s)
   if number is not None:

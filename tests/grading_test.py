@@ -389,3 +389,21 @@ def test_a_degree_sign_is_a_degree_sign(grader, shared_data):
     assert grader.equivalent(gold, f"{number}°")
     assert not grader.equivalent(f"{int(number) + 1}°", gold)  # a near miss stays one
   assert not grader.equivalent("45°", "\\frac{\\pi}{4}")  # degrees are never rescaled to radians
+
+
+def test_a_period_after_a_unit_ends_the_sentence(grader, shared_data):
+  # A model that boxes its sentence's full stop with the unit (`\boxed{5\text{ cm}.}`) wrote 5 cm. The official
+  # grader strips the period first (`strip_string`: `rstrip(".")`) and math-verify ignores it; we stripped it only
+  # after the unit rules, which then saw `cm}.` and kept the unit: `5\text{ cm}.` was not 5 (nor the gold itself).
+  unit_gold = re.compile(r"(\d+(?:\.\d+)?)\s*\\(?:text|mathrm)\{~?\s*(?:cm|m|km|ft|feet|inches|minutes|dollars)\}")
+  golds = []
+  for name in ("MATH_test.json", "omni_test.json", "collegemath_test.json"):
+    golds += [str(d["answer"]) for d in json.loads((shared_data / "benchmarks" / name).read_text())
+              if unit_gold.fullmatch(str(d["answer"]))]
+  assert len(golds) >= 20
+  for gold in golds:
+    number = unit_gold.fullmatch(gold).group(1)
+    for pred in (gold + ".", gold + " .", f"{number} cm."):
+      assert grader.equivalent(pred, number), (pred, number)
+    assert grader.equivalent(gold + ".", gold), gold
+    assert not grader.equivalent(f"{number}1 \\text{{ cm}}.", number)  # a near miss stays one
