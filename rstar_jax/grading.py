@@ -15,7 +15,9 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    significant digits (`0.666667` for `\\frac{2}{3}`; not `0.3333`). Two numbers that differ are *not*
    handed on (that is a fast, certain "no").
 3. math-verify: the bare LaTeX is wrapped in `$...$`, parsed as LaTeX only (not with its fallback that takes a
-   number out of what the LaTeX parser cannot read) and verified (gold first, as the library expects).
+   number out of what the LaTeX parser cannot read) and verified (gold first, as the library expects). Its "equal"
+   for two constant expressions without decimals is confirmed exactly: its 15-digit numeric check took
+   `\\frac{1}{2^{1008}}` for `\\frac{1}{2^{1007}}`.
    math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
    we call it with its timeouts disabled inside a separate worker process and enforce our own
    deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal".
@@ -434,7 +436,33 @@ def math_verify_equal(pred: str, gold: str) -> bool:
   pred_parsed = parse(_wrap_latex(pred), extraction_config=config, parsing_timeout=None)
   if not gold_parsed or not pred_parsed:
     return False
-  return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+  if not verify(gold_parsed, pred_parsed, timeout_seconds=None):
+    return False
+  return not _differ_exactly(gold_parsed[0], pred_parsed[0])
+
+
+def _differ_exactly(gold, pred) -> bool:
+  """Whether two sympy expressions are rational numbers (`\\frac{1}{2^{1007}}`, `\\binom{4}{2}-2`) of different values.
+
+  math-verify compares such expressions by `(a - b).evalf(chop=True, n=15) == 0`, which reads a difference below its
+  chop threshold (`1/2^{1008}` against `1/2^{1007}`), or one lost to cancellation between huge terms
+  (`2013^{2015}/(2013^{2013}-1)` against `2013^{2014}/(...)`), as 0. Computed (`doit`: its trees are unevaluated),
+  they are exact fractions. Only rationals: sympy's `is_zero` on those trees depended on its caches (the same pair
+  answered both ways from run to run), and anything else (a decimal, a root, a variable, a set, a relation) keeps
+  math-verify's own rules.
+  """
+  import sympy  # pylint: disable=import-outside-toplevel
+  rational_nodes = (sympy.Add, sympy.Mul, sympy.Pow, sympy.Rational, sympy.binomial, sympy.factorial)
+  for expr in (gold, pred):
+    if not isinstance(expr, sympy.Expr):
+      return False
+    if not all(isinstance(node, rational_nodes) for node in sympy.preorder_traversal(expr)):
+      return False
+  try:
+    gold_value, pred_value = gold.doit(), pred.doit()
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return gold_value.is_Rational and pred_value.is_Rational and gold_value != pred_value
 
 
 def _worker_main() -> None:

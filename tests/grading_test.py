@@ -407,3 +407,32 @@ def test_a_period_after_a_unit_ends_the_sentence(grader, shared_data):
       assert grader.equivalent(pred, number), (pred, number)
     assert grader.equivalent(gold + ".", gold), gold
     assert not grader.equivalent(f"{number}1 \\text{{ cm}}.", number)  # a near miss stays one
+
+
+def test_numbers_math_verify_rounds_are_compared_exactly(grader, shared_data):
+  # math-verify compares two constant expressions by `(a - b).evalf(chop=True, n=15) == 0`: a difference below its
+  # chop threshold (1/2^1008 against 1/2^1007), or lost to cancellation between huge terms (2013^2015/(2013^2013-1)
+  # against 2013^2014/(...): a factor 2013 apart), reads as 0. These Omni-MATH golds then equalled an exponent off by
+  # one: the worst case, +1 for a wrong answer. The exact values (Python fractions) differ.
+  omni = {d["index"]: str(d["answer"]) for d in json.loads((shared_data / "benchmarks" / "omni_test.json").read_text())}
+  cases = [  # (gold index, near miss, exact gold, exact near miss)
+      (601, "\\frac{2013^{2015}}{2013^{2013}-1}", Fraction(2013**2014, 2013**2013 - 1),
+       Fraction(2013**2015, 2013**2013 - 1)),
+      (825, "\\frac{2^{1010}}{2^{1009}+1009}", Fraction(2**1009, 2**1009 + 1009), Fraction(2**1010, 2**1009 + 1009)),
+      (1090, "\\frac{1}{2^{2013}}", Fraction(1, 2**2012), Fraction(1, 2**2013)),
+      (3671, "\\frac{1}{2^{1008}}", Fraction(1, 2**1007), Fraction(1, 2**1008)),
+      (1064, "\\frac{3^{60}+1}{4 \\cdot 3^{59}}", Fraction(3**59 + 1, 4 * 3**59), Fraction(3**60 + 1, 4 * 3**59)),
+      (2128, "\\frac{2}{3}+\\frac{1}{3}\\left(\\frac{1}{4}\\right)^{2014}", Fraction(2, 3) + Fraction(1, 3 * 4**2013),
+       Fraction(2, 3) + Fraction(1, 3 * 4**2014)),
+      (1253, "\\frac{3-3^{-998}}{4}", (3 - Fraction(1, 3**999)) / 4, (3 - Fraction(1, 3**998)) / 4),
+  ]
+  for index, near_miss, gold_value, near_value in cases:
+    gold = omni[index]
+    assert gold_value != near_value
+    assert not grader.equivalent(near_miss, gold), (index, near_miss)
+    assert grader.equivalent(gold.replace("\\frac", "\\dfrac"), gold), index  # the gold itself still is
+  # ... and an equal value written otherwise still is equal.
+  assert grader.equivalent("2^{-1007}", omni[3671])
+  assert grader.equivalent("\\frac{2^{1009}}{1009+2^{1009}}", omni[825])
+  assert grader.equivalent("\\frac{1}{2^{60}}", "2^{-60}")
+  assert not grader.equivalent("\\frac{1}{2^{61}}", "\\frac{1}{2^{60}}")
