@@ -442,27 +442,43 @@ def math_verify_equal(pred: str, gold: str) -> bool:
 
 
 def _differ_exactly(gold, pred) -> bool:
-  """Whether two sympy expressions are rational numbers (`\\frac{1}{2^{1007}}`, `\\binom{4}{2}-2`) of different values.
+  """Whether math-verify's "equal" for two parsed answers is one of its numeric checks misreading two different
+  rational numbers (`\\frac{1}{2^{1007}}`, `\\binom{4}{2}-2`): alone, as the elements of two tuples or sets, or as the
+  values of assignments (`x = ...`).
 
   math-verify compares such expressions by `(a - b).evalf(chop=True, n=15) == 0`, which reads a difference below its
   chop threshold (`1/2^{1008}` against `1/2^{1007}`), or one lost to cancellation between huge terms
   (`2013^{2015}/(2013^{2013}-1)` against `2013^{2014}/(...)`), as 0. Computed (`doit`: its trees are unevaluated),
   they are exact fractions. Only rationals: sympy's `is_zero` on those trees depended on its caches (the same pair
-  answered both ways from run to run), and anything else (a decimal, a root, a variable, a set, a relation) keeps
-  math-verify's own rules.
+  answered both ways from run to run), and anything else (a decimal, a root, a variable, a relation between
+  expressions) keeps math-verify's own rules.
   """
   import sympy  # pylint: disable=import-outside-toplevel
+  if isinstance(gold, sympy.Eq) and isinstance(pred, sympy.Eq):
+    return gold.lhs == pred.lhs and _differ_exactly(gold.rhs, pred.rhs)  # `x = a` against `x = b`
+  for assignment, value in ((gold, pred), (pred, gold)):  # `x = a` against `b`: math-verify compares a with b
+    if isinstance(assignment, sympy.Eq) and isinstance(assignment.lhs, sympy.Symbol):
+      return _differ_exactly(assignment.rhs, value)
+  if isinstance(gold, sympy.Tuple) and isinstance(pred, sympy.Tuple):
+    return len(gold) == len(pred) and any(_differ_exactly(g, p) for g, p in zip(gold.args, pred.args))
+  if isinstance(gold, sympy.FiniteSet) and isinstance(pred, sympy.FiniteSet):
+    gold_values, pred_values = [_rational_value(e) for e in gold.args], [_rational_value(e) for e in pred.args]
+    return None not in gold_values + pred_values and set(gold_values) != set(pred_values)
+  gold_value, pred_value = _rational_value(gold), _rational_value(pred)
+  return gold_value is not None and pred_value is not None and gold_value != pred_value
+
+
+def _rational_value(expr):
+  """The exact value (a sympy `Rational`) of an expression built of rationals only; else None."""
+  import sympy  # pylint: disable=import-outside-toplevel
   rational_nodes = (sympy.Add, sympy.Mul, sympy.Pow, sympy.Rational, sympy.binomial, sympy.factorial)
-  for expr in (gold, pred):
-    if not isinstance(expr, sympy.Expr):
-      return False
-    if not all(isinstance(node, rational_nodes) for node in sympy.preorder_traversal(expr)):
-      return False
+  if not isinstance(expr, sympy.Expr) or not all(isinstance(n, rational_nodes) for n in sympy.preorder_traversal(expr)):
+    return None
   try:
-    gold_value, pred_value = gold.doit(), pred.doit()
+    value = expr.doit()
   except Exception:  # pylint: disable=broad-except
-    return False
-  return gold_value.is_Rational and pred_value.is_Rational and gold_value != pred_value
+    return None
+  return value if value.is_Rational else None
 
 
 def _worker_main() -> None:

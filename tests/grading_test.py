@@ -436,3 +436,20 @@ def test_numbers_math_verify_rounds_are_compared_exactly(grader, shared_data):
   assert grader.equivalent("\\frac{2^{1009}}{1009+2^{1009}}", omni[825])
   assert grader.equivalent("\\frac{1}{2^{60}}", "2^{-60}")
   assert not grader.equivalent("\\frac{1}{2^{61}}", "\\frac{1}{2^{60}}")
+
+
+def test_rational_values_inside_lists_tuples_and_assignments_are_compared_exactly(grader, shared_data):
+  # The same 15-digit check decided each element of a list, a tuple or a set, and the value of an assignment: the
+  # Omni-MATH gold `1, (2^2011+1)/(3*2^2011)` equalled a list whose second value is 2^2011 larger than its own.
+  omni = {d["index"]: str(d["answer"]) for d in json.loads((shared_data / "benchmarks" / "omni_test.json").read_text())}
+  gold = omni[1254]
+  assert gold == "1, \\frac{2^{2011}+1}{3 \\cdot 2^{2011}}"
+  assert Fraction(2**2012 + 1, 3 * 2**2011) != Fraction(2**2011 + 1, 3 * 2**2011)
+  assert not grader.equivalent("1, \\frac{2^{2012}+1}{3 \\cdot 2^{2011}}", gold)
+  assert grader.equivalent("\\frac{2^{2011}+1}{3 \\cdot 2^{2011}}, 1", gold)  # the same two values
+  tiny = omni[3671]  # \frac{1}{2^{1007}}
+  for pred, gold in [("(1, \\frac{1}{2^{1008}})", f"(1, {tiny})"), ("\\{1, \\frac{1}{2^{1008}}\\}", f"\\{{1, {tiny}\\}}"),
+                     ("x = \\frac{1}{2^{1008}}", f"x = {tiny}"), ("\\frac{1}{2^{1008}}", f"x = {tiny}"),
+                     ("x = \\frac{1}{2^{1008}}", tiny)]:
+    assert not grader.equivalent(pred, gold), (pred, gold)
+    assert grader.equivalent(pred.replace("1008", "1007"), gold), (pred, gold)
