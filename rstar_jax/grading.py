@@ -455,7 +455,9 @@ def _differ_exactly(gold, pred) -> bool:
   """
   import sympy  # pylint: disable=import-outside-toplevel
   if isinstance(gold, sympy.Eq) and isinstance(pred, sympy.Eq):
-    return gold.lhs == pred.lhs and _differ_exactly(gold.rhs, pred.rhs)  # `x = a` against `x = b`
+    if gold.lhs == pred.lhs and _differ_exactly(gold.rhs, pred.rhs):  # `x = a` against `x = b`
+      return True
+    return _differ_without_real_roots(gold, pred)
   for assignment, value in ((gold, pred), (pred, gold)):  # `x = a` against `b`: math-verify compares a with b
     if isinstance(assignment, sympy.Eq) and isinstance(assignment.lhs, sympy.Symbol):
       return _differ_exactly(assignment.rhs, value)
@@ -466,6 +468,26 @@ def _differ_exactly(gold, pred) -> bool:
     return None not in gold_values + pred_values and set(gold_values) != set(pred_values)
   gold_value, pred_value = _rational_value(gold), _rational_value(pred)
   return gold_value is not None and pred_value is not None and gold_value != pred_value
+
+
+def _differ_without_real_roots(gold, pred) -> bool:
+  """Whether two polynomial equations in one variable, neither with a real root, have different complex roots.
+
+  math-verify compares equations by their real solution sets: both empty here, so it equated `x^2+121=0` with
+  `x^2+1=0`. Their squarefree monic polynomials are equal exactly when their complex roots are.
+  """
+  import sympy  # pylint: disable=import-outside-toplevel
+  symbols = gold.free_symbols | pred.free_symbols
+  if len(symbols) != 1:
+    return False
+  x = symbols.pop()
+  try:
+    polys = [sympy.Poly(sympy.expand(eq.lhs - eq.rhs), x) for eq in (gold, pred)]
+    if any(poly.degree() < 1 or sympy.real_roots(poly) for poly in polys):
+      return False  # a real root: math-verify's solution sets decide
+    return polys[0].sqf_part().monic() != polys[1].sqf_part().monic()
+  except Exception:  # pylint: disable=broad-except  # not a polynomial (`\\sin x = 2`): math-verify's verdict
+    return False
 
 
 def _rational_value(expr):

@@ -448,8 +448,24 @@ def test_rational_values_inside_lists_tuples_and_assignments_are_compared_exactl
   assert not grader.equivalent("1, \\frac{2^{2012}+1}{3 \\cdot 2^{2011}}", gold)
   assert grader.equivalent("\\frac{2^{2011}+1}{3 \\cdot 2^{2011}}, 1", gold)  # the same two values
   tiny = omni[3671]  # \frac{1}{2^{1007}}
-  for pred, gold in [("(1, \\frac{1}{2^{1008}})", f"(1, {tiny})"), ("\\{1, \\frac{1}{2^{1008}}\\}", f"\\{{1, {tiny}\\}}"),
+  for pred, gold in [("(1, \\frac{1}{2^{1008}})", f"(1, {tiny})"),
+                     ("\\{1, \\frac{1}{2^{1008}}\\}", f"\\{{1, {tiny}\\}}"),
                      ("x = \\frac{1}{2^{1008}}", f"x = {tiny}"), ("\\frac{1}{2^{1008}}", f"x = {tiny}"),
                      ("x = \\frac{1}{2^{1008}}", tiny)]:
     assert not grader.equivalent(pred, gold), (pred, gold)
     assert grader.equivalent(pred.replace("1008", "1007"), gold), (pred, gold)
+
+
+def test_equations_without_real_roots_are_not_all_equal(grader, shared_data):
+  # math-verify compares two equations by their real solution sets: for two equations with no real root both are
+  # empty, so CollegeMath's gold `x^{2}+121=0` (roots 11i and -11i) equalled `x^2+1=0` (roots i and -i). Their
+  # complex roots (by hand) differ; a multiple of the same equation still has the same roots.
+  college_path = shared_data / "benchmarks" / "collegemath_test.json"
+  college = {d["index"]: str(d["answer"]) for d in json.loads(college_path.read_text())}
+  gold = college[909]
+  assert gold == "x^{2}+121=0"
+  for pred in ("x^{2}+1=0", "x^2+4=0", "x^2 = -1"):
+    assert not grader.equivalent(pred, gold), pred
+  for pred in ("0 = x^2 + 121", "2x^2 + 242 = 0", "x^2 = -121"):
+    assert grader.equivalent(pred, gold), pred
+  assert grader.equivalent("x^2 = 4", "x^2-4=0")  # equations with real roots: math-verify's rules, unchanged
