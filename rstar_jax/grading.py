@@ -16,8 +16,9 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    handed on (that is a fast, certain "no").
 3. math-verify: the bare LaTeX is wrapped in `$...$`, parsed as LaTeX only (not with its fallback that takes a
    number out of what the LaTeX parser cannot read) and verified (gold first, as the library expects). Its "equal"
-   for two constant expressions without decimals is confirmed exactly: its 15-digit numeric check took
-   `\\frac{1}{2^{1008}}` for `\\frac{1}{2^{1007}}`.
+   is confirmed exactly where its checks are loose (`_differ_exactly`): rational values, alone, in lists, tuples and
+   sets or assigned (its 15-digit numeric check took `\\frac{1}{2^{1008}}` for `\\frac{1}{2^{1007}}`), and
+   polynomial equations without real roots (it compares real solution sets: `x^2+1=0` was `x^2+121=0`).
    math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
    we call it with its timeouts disabled inside a separate worker process and enforce our own
    deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal".
