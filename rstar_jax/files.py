@@ -3,7 +3,8 @@
 Every file the project writes that a later phase (or a resumed run) reads goes through `atomic_open`: the data goes
 to a temporary file in the target's folder, is flushed to disk, and is renamed over the target. A crash or an
 exception mid-write leaves the old file (or none) and no temporary behind. A killed process (SIGKILL, a preemption)
-cannot remove its temporary: the next write of the same target on the same host removes it.
+cannot remove its temporary: the next write of the same target on the same host removes it (also when the writer
+had the pid of the process writing now, as a job restarted in its container does).
 
 `lone_surrogate` is the check text read from JSON needs before it is written out again or tokenized; `json_loads` is
 `json.loads` with every failure on bad text a `json.JSONDecodeError`, so a reader's one handler names its file and line.
@@ -17,7 +18,13 @@ import os
 import re
 import socket
 import tempfile
+import threading
 from typing import IO, Any, Iterator
+
+# The temporaries this process is writing: a killed earlier run with the same pid (a container restarted in its pod
+# starts its job with the pid it had) left temporaries that carry this pid too, and those must go like any other.
+_WRITING: set[str] = set()
+_WRITING_LOCK = threading.Lock()
 
 
 def _umask() -> int:
@@ -51,14 +58,18 @@ def _alive(pid: int) -> bool:
 
 def _remove_stale_temporaries(path: str, folder: str) -> None:
   """Removes the temporaries of `path` whose writer on this host is gone: a SIGKILL skips `atomic_open`'s cleanup,
-  and each killed write would otherwise leave a copy of the file (a whole checkpoint export) there for good."""
+  and each killed write would otherwise leave a copy of the file (a whole checkpoint export) there for good.
+
+  A temporary with this process's pid is stale unless this process is writing it (`_WRITING`). Call with
+  `_WRITING_LOCK` held, so that no other thread's new temporary is between its creation and its registration.
+  """
   prefix = _host_prefix(path)
   for name in os.listdir(folder):
     if name.startswith(prefix) and name.endswith(".tmp"):
-      pid = name[len(prefix):].split(".", 1)[0]
-      if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+      pid, tmp = name[len(prefix):].split(".", 1)[0], os.path.join(folder, name)
+      if pid.isdigit() and (tmp not in _WRITING if int(pid) == os.getpid() else not _alive(int(pid))):
         with contextlib.suppress(FileNotFoundError):  # another writer of the same target removed it first
-          os.unlink(os.path.join(folder, name))
+          os.unlink(tmp)
 
 
 @contextlib.contextmanager
@@ -77,8 +88,10 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  _remove_stale_temporaries(path, folder)
-  fd, tmp = tempfile.mkstemp(prefix=f"{_host_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=folder)
+  with _WRITING_LOCK:
+    _remove_stale_temporaries(path, folder)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_host_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=folder)
+    _WRITING.add(tmp)
   try:
     with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
       yield f
@@ -92,6 +105,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     if isinstance(e, OSError) and e.filename is None:  # a failed write or sync (a full disk) names no file
       e.filename = path
     raise
+  finally:
+    with _WRITING_LOCK:
+      _WRITING.discard(tmp)
 
 
 def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:

@@ -122,3 +122,23 @@ def test_a_write_after_a_killed_one_removes_its_temporary_and_keeps_a_live_write
     live.communicate("go\n", timeout=60)
   assert live.returncode == 0 and target.read_text() == "half of the new"
   assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_a_killed_writer_s_temporary_is_removed_when_this_process_has_its_pid(tmp_path):
+  # A container restarted in its pod (an OOM kill, a preemption) starts its job with the pid it had before (pid 1 or
+  # 2 of a fresh pid namespace) and the same host name: its killed write's temporary carries this process's pid, so
+  # it was taken for one this process is writing and stayed for good, a whole export more per kill.
+  target = tmp_path / "model.safetensors"
+  killed = _writer(target, "os.kill(os.getpid(), signal.SIGKILL)")
+  assert killed.wait(timeout=60) == -signal.SIGKILL
+  [temporary] = os.listdir(tmp_path)
+  prefix = f"model.safetensors.{files.socket.gethostname()}."
+  assert temporary.startswith(prefix)
+  # The same file as the earlier run would have named it, had it run with this process's pid.
+  os.rename(tmp_path / temporary, tmp_path / f"{prefix}{os.getpid()}.{temporary[len(prefix):].split('.', 1)[1]}")
+  with files.atomic_open(target, "wb") as outer:  # this process's own write in progress must survive another write
+    outer.write(b"outer")
+    files.atomic_write(target, b"inner")
+    assert target.read_bytes() == b"inner" and len(os.listdir(tmp_path)) == 2, os.listdir(tmp_path)
+  assert target.read_bytes() == b"outer"
+  assert os.listdir(tmp_path) == ["model.safetensors"]
