@@ -61,6 +61,7 @@ import os
 import queue
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -504,8 +505,26 @@ def _rational_value(expr):
   return value if value.is_Rational else None
 
 
+def _die_with_host() -> None:
+  """Arms SIGKILL for when the host's thread that started this worker ends (see `_Spawner`), and exits at once if
+  the host is already gone. EOF on stdin ends an idle worker, but one in a comparison that never returns (sympy on
+  10^(10^10)) only had the host's deadline to stop it: a host SIGKILLed (OOM, preemption) left it computing."""
+  host = os.environ.get(_HOST_PID_ENV)
+  if not sys.platform.startswith("linux") or not host:
+    return
+  import ctypes  # pylint: disable=import-outside-toplevel
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+  except (OSError, AttributeError):
+    return
+  if os.getppid() != int(host):  # the host died before the signal was armed
+    os._exit(1)
+
+
 def _worker_main() -> None:
   """Worker loop over stdin/stdout: a JSON `[pred, gold]` line in, "1"/"0" out; EOF ends it."""
+  _die_with_host()
   logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" warnings
   try:
     math_verify_equal("1", "1")  # import sympy / math-verify and warm their caches up front
@@ -527,6 +546,45 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 _READY = "ready"
+_HOST_PID_ENV = "RSTAR_GRADER_HOST_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+class _Spawner:
+  """Starts the math-verify workers from one thread that lasts as long as the process.
+
+  A worker's death signal (`_die_with_host`) follows the thread that started it, not its process: started from a
+  caller's short-lived thread, a worker would be killed when that thread ended, maybe in the middle of a comparison
+  for another thread (read as a timeout: "not equal").
+  """
+
+  _lock = threading.Lock()
+  _instance: "_Spawner | None" = None
+
+  def __init__(self):
+    self.pid = os.getpid()
+    self._requests: queue.Queue = queue.Queue()
+    threading.Thread(target=self._serve, name="grader-spawner", daemon=True).start()
+
+  def _serve(self) -> None:
+    while True:
+      args, kwargs, future = self._requests.get()
+      try:
+        future.set_result(subprocess.Popen(*args, **kwargs))
+      except BaseException as e:  # pylint: disable=broad-except  (handed to the caller)
+        future.set_exception(e)
+
+  @classmethod
+  def popen(cls, *args, **kwargs) -> subprocess.Popen:
+    """`subprocess.Popen(*args, **kwargs)`, run on the spawner thread (one per process: a forked child makes its
+    own)."""
+    with cls._lock:
+      if cls._instance is None or cls._instance.pid != os.getpid():
+        cls._instance = cls()
+      spawner = cls._instance
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    spawner._requests.put((args, kwargs, future))  # pylint: disable=protected-access
+    return future.result()
 
 
 class _Worker:
@@ -547,7 +605,8 @@ class _Worker:
   def _start(self) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
-    self._proc = subprocess.Popen(
+    env[_HOST_PID_ENV] = str(os.getpid())
+    self._proc = _Spawner.popen(
         [sys.executable, "-c", "from rstar_jax.grading import _worker_main; _worker_main()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, bufsize=0)
     self._buffer = b""

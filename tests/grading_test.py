@@ -1,9 +1,13 @@
 """Answer extraction and equivalence (rstar_jax.grading)."""
 
 import json
+import os
 import pathlib
 import random
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -12,6 +16,8 @@ import pytest
 
 from rstar_jax import grading
 from rstar_jax.grading import Grader, extract_boxed, normalize_answer, parse_number
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -469,3 +475,50 @@ def test_equations_without_real_roots_are_not_all_equal(grader, shared_data):
   for pred in ("0 = x^2 + 121", "2x^2 + 242 = 0", "x^2 = -121"):
     assert grader.equivalent(pred, gold), pred
   assert grader.equivalent("x^2 = 4", "x^2-4=0")  # equations with real roots: math-verify's rules, unchanged
+
+
+def _running(pid: int) -> bool:
+  """Whether process `pid` exists and is no zombie (an orphan's zombie waits for init to reap it)."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+def test_a_killed_host_takes_its_math_verify_worker_with_it(tmp_path):
+  # A search SIGKILLed (an OOM kill, a preemption) while its grader compared a hanging answer left the worker
+  # computing 10^(10^10) at full CPU, an orphan with no deadline left to stop it, long after the run was gone.
+  code = ("import os, signal, threading\n"
+          "from rstar_jax.grading import Grader\n"
+          "g = Grader(num_workers=1, timeout_s=600.0, startup_timeout_s=600.0)\n"
+          "g._math_verify('2', '2')\n"  # the worker is up
+          "print(g._workers[0]._proc.pid, flush=True)\n"
+          "threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGKILL)).start()\n"
+          "g.equivalent('10^{10^{10}}', '5')\n")
+  host = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  worker = int(host.stdout.readline())
+  assert host.wait(timeout=600) == -signal.SIGKILL
+  try:
+    for _ in range(600):  # the death signal is sent as the host exits; the worker goes a moment later
+      if not _running(worker):
+        break
+      time.sleep(0.1)
+    assert not _running(worker), "the math-verify worker outlived its killed host"
+  finally:
+    if _running(worker):
+      os.kill(worker, signal.SIGKILL)
+
+
+def test_a_worker_started_from_a_thread_that_ended_keeps_serving():
+  # The death signal follows the thread that started a worker, not its process: a worker started by a caller's
+  # short-lived thread must not die with that thread (a comparison running on it would read as a timeout).
+  with Grader(num_workers=1, timeout_s=60.0, startup_timeout_s=120.0) as g:
+    starter = threading.Thread(target=g._math_verify, args=("2", "2"))  # pylint: disable=protected-access
+    starter.start()
+    starter.join()
+    pid = g._workers[0]._proc.pid  # pylint: disable=protected-access
+    while os.path.exists(f"/proc/self/task/{starter.native_id}"):  # `join` returns before the kernel thread ends
+      time.sleep(0.01)
+    assert g.equivalent("(x+1)^2", "x^2+2x+1")
+    assert g._workers[0]._proc.pid == pid and g.num_timeouts == 0  # pylint: disable=protected-access
