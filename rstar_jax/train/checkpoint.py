@@ -5,7 +5,7 @@ Each checkpoint step holds two items: `state` (the sharded `TrainState`, written
 of the save rather than handing the live iterator to orbax: with asynchronous saving the iterator moves on
 while the background write runs, and the saved position must be the one that matches the saved weights.
 An interrupted save leaves only a temporary folder, which orbax ignores, so resuming always starts from the
-last complete step.
+last complete step; the resumed run's `Checkpointer` removes it.
 """
 
 from __future__ import annotations
@@ -30,10 +30,14 @@ class Checkpointer:
     policies = ocp.checkpoint_managers
     policy = policies.AnySavePolicy([policies.FixedIntervalPolicy(max(1, every)),
                                      policies.PreemptionCheckpointingPolicy()])
+    # `cleanup_tmp_directories`: the temporary folder of a save cut short by a kill (a whole train state) went only
+    # when a later run saved that very step again, which a preemption save's step or one of another
+    # `checkpoint_every` never is.
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(save_decision_policy=policy, max_to_keep=keep,
-                                             enable_async_checkpointing=async_save, create=True))
+                                             enable_async_checkpointing=async_save, create=True,
+                                             cleanup_tmp_directories=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

@@ -222,3 +222,40 @@ def test_a_damaged_run_json_is_named_when_resuming(tmp_path, content, message):
   run_file.write_bytes(content if isinstance(content, bytes) else content.encode())
   with pytest.raises(ValueError, match=re.escape(str(run_file)) + f": .*{message}.*delete it"):
     trainer._check_resume(str(tmp_path), 2, {"data.batch_size": 4})  # pylint: disable=protected-access
+
+
+# Saves step 3, then step 5 (as a preemption notice saves, off the interval) and SIGKILLs itself in that save, after
+# its data is written, just before orbax renames its temporary folder into place.
+KILLED_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    import jax.numpy as jnp
+    from orbax.checkpoint._src.path import atomicity
+    from rstar_jax.train.checkpoint import Checkpointer
+
+    async def finalize(self):
+      os.kill(os.getpid(), signal.SIGKILL)
+
+    checkpointer = Checkpointer(sys.argv[1], every=3, keep=10, async_save=False)
+    checkpointer.save(3, {"w": jnp.full(2, 3.0)}, {"next_index": 3})
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize
+    checkpointer.save(5, {"w": jnp.full(2, 5.0)}, {"next_index": 5}, force=True)
+""")
+
+
+def test_a_save_killed_half_way_leaves_no_temporary_folder_behind(tmp_path):
+  # A kill while a checkpoint was being written (a preemption lands there most often: saves are the long part) left
+  # its temporary folder, a whole train state, for good unless a later run saved that very step again; a preemption
+  # save's step (any step) or one of another `checkpoint_every` (a resume may change it) never is.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  (tmp_path / "killed_save.py").write_text(KILLED_SAVE)
+  directory = tmp_path / "checkpoints"
+  killed = subprocess.run([sys.executable, str(tmp_path / "killed_save.py"), str(directory)], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert sorted(os.listdir(directory)) == ["3", "5.orbax-checkpoint-tmp"]
+  checkpointer = Checkpointer(directory, every=4, keep=10, async_save=False)  # the resumed run
+  assert checkpointer.latest_step() == 3
+  checkpointer.save(4, {"w": jnp.full(2, 4.0)}, {"next_index": 4})
+  checkpointer.close()
+  assert sorted(os.listdir(directory)) == ["3", "4"]
