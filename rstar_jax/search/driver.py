@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import time
 from typing import Callable, Sequence
 
@@ -247,6 +248,20 @@ def _check_output_dir(path: str) -> None:
     raise ValueError(f"output_dir {path}: not writable")
 
 
+def _check_no_shards_beyond(output_dir: str, shard_prefix: str, num_problems: int, batch: int) -> None:
+  """Refuses a folder holding shards past this run's last batch (`{shard_prefix}-{k:05d}.jsonl`, k >= the batch
+  count): those trees are of a longer problem list, and a later `extract_files(output_dir)` would read them too."""
+  num_batches = -(-num_problems // batch)
+  pattern = re.compile(re.escape(shard_prefix) + r"-(\d{5,})\.jsonl")
+  beyond = sorted((int(m.group(1)), name) for name in os.listdir(output_dir)
+                  if (m := pattern.fullmatch(name)) and int(m.group(1)) >= num_batches)
+  if beyond:
+    k, name = beyond[0]
+    raise ValueError(f"{os.path.join(output_dir, name)}: the problem list changed since it was written: this run's "
+                     f"{num_problems} problems make {num_batches} batches of {batch}, and this shard holds batch "
+                     f"{k + 1}; resume with the same problems in the same order, or write to another folder")
+
+
 def _batch_bucket(num_problems: int) -> int:
   """Trees per batch when `batch_size` is None: the problem count rounded up to a power of two.
 
@@ -308,8 +323,9 @@ class MCTS:
     With `output_dir`, each batch is written as its own shard `{shard_prefix}-{k:05d}.jsonl`
     (atomically); a shard already present is read back instead of searched again (resume). The config
     is kept in `{shard_prefix}.config.json` beside the shards: resuming with another config, or with
-    another problem list whose batch no longer matches a shard, raises `ValueError` (nothing is
-    overwritten). Resuming assumes the same policy, scorer and executor (they cannot be checked).
+    another problem list whose batch no longer matches a shard (or that has fewer batches than there are
+    shards), raises `ValueError` (nothing is overwritten). Resuming assumes the same policy, scorer and
+    executor (they cannot be checked).
     """
     cfg = self.config
     check_inputs(problems, self.prompt_fn)
@@ -323,6 +339,8 @@ class MCTS:
     config_record = dataclasses.asdict(cfg)
     config_path = None if output_dir is None else os.path.join(os.fspath(output_dir), f"{shard_prefix}.config.json")
     config_written = config_path is not None and records.check_run_config(config_path, config_record)
+    if output_dir is not None:
+      _check_no_shards_beyond(os.fspath(output_dir), shard_prefix, len(problems), batch)
     out: list[dict] = []
     bar = _progress_bar(len(problems) * cfg.num_rollouts, self.progress, f"mcts[{cfg.mode}]")
     try:

@@ -530,3 +530,20 @@ def test_tree_kernels_compile_per_batch_bucket_not_per_problem_count(grader):
     assert json.dumps(records[0]) == json.dumps(alone[0])  # padding rows change no tree
   assert kernels.select._cache_size() == 4  # pylint: disable=protected-access
   assert kernels.expand_and_select._cache_size() == 4  # pylint: disable=protected-access
+
+
+def test_resume_with_a_shorter_problem_list_is_refused_not_left_beside_shards_it_does_not_cover(grader, tmp_path):
+  # The first four problems of a run over six fill its first two shards exactly: the shorter run went through
+  # without a word and the folder kept the third shard, so `extract_files(folder)` trained on problems the run no
+  # longer had (README: "a run with ... another problem list stops with an error naming the file").
+  _search(PROBLEMS, grader, batch_size=2, output_dir=tmp_path)
+  written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+  with pytest.raises(ValueError, match=r"trees-00002\.jsonl: the problem list changed since it was written: this run's "
+                                       r"4 problems make 2 batches of 2, and this shard holds batch 3"):
+    _search(PROBLEMS[:4], grader, batch_size=2, output_dir=tmp_path)
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
+  # Another prefix's shards in the same folder are another search's.
+  config = SearchConfig(num_rollouts=4, num_candidates=4, max_depth=4, errors_threshold=2, batch_size=2, max_nodes=96)
+  short = MCTS(ScriptedPolicy(random_script), InProcessExecutor(), config, prompt_fn=PROMPT.format, grader=grader,
+               progress=False).run(PROBLEMS[:4], output_dir=tmp_path, shard_prefix="short")
+  assert [r["problem_id"] for r in short] == ["p0", "p1", "p2", "p3"]
