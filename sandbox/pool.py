@@ -353,12 +353,16 @@ class SandboxPool:
     for t in self._threads:
       t.start()
     deadline = time.monotonic() + startup_timeout_s
-    for _ in range(num_workers):
-      if not self._ready.acquire(timeout=max(0.0, deadline - time.monotonic())):
-        self._startup_errors.append("timed out waiting for workers to start")
-        break
-      if self._startup_errors:
-        break
+    try:
+      for _ in range(num_workers):
+        if not self._ready.acquire(timeout=max(0.0, deadline - time.monotonic())):
+          self._startup_errors.append("timed out waiting for workers to start")
+          break
+        if self._startup_errors:
+          break
+    except BaseException:  # Ctrl-C while waiting: no caller holds the pool to close the workers already started
+      self.close()
+      raise
     if self._startup_errors:
       self.close()
       raise RuntimeError(f"sandbox workers failed to start ({level}): {self._startup_errors[0]}")

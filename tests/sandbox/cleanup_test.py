@@ -120,3 +120,40 @@ def test_nothing_left_after_owner_sigkill(level):
   os.kill(owner.pid, signal.SIGKILL)
   owner.wait()
   assert _wait_gone(pids) == [], f"{level}: survivors {pids}"
+
+
+# Ctrl-C while the pool starts (a notebook's interrupt, a script that catches it to save its work): SIGINT lands in
+# the constructor's wait for the workers as soon as the first worker is up.
+INTERRUPTED_OWNER = textwrap.dedent("""
+    import os, signal, sys, time
+    sys.path.insert(0, {repo!r})
+    from sandbox import SandboxPool
+
+    spawn, interrupted = SandboxPool._spawn, []
+    def interrupting_spawn(self, slot):
+      proc = spawn(self, slot)
+      if not interrupted:
+        interrupted.append(slot)
+        os.kill(os.getpid(), signal.SIGINT)
+      return proc
+    SandboxPool._spawn = interrupting_spawn
+    try:
+      SandboxPool(num_workers=2, timeout_s=60.0, isolation={level!r}, preload=("math",), warmup="")
+    except KeyboardInterrupt:
+      print("INTERRUPTED", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.mark.parametrize("level", _levels())
+def test_nothing_left_after_an_interrupted_start(level):
+  # The constructor let the KeyboardInterrupt out without stopping the workers already started: they (and their
+  # threads) lived on in the owner, which went on running, and every interrupted start added more.
+  owner = subprocess.Popen([sys.executable, "-c", INTERRUPTED_OWNER.format(repo=REPO, level=level)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert owner.stdout.readline().strip() == "INTERRUPTED"
+    assert _wait_gone(_descendants(owner.pid)) == []
+  finally:
+    owner.kill()
+    owner.wait()
