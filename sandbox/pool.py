@@ -398,8 +398,18 @@ class SandboxPool:
     return [t.future for t in tasks]
 
   def run(self, programs: Sequence[str]) -> list[SandboxResult]:
-    """Runs programs across the workers; results in input order."""
-    return [f.result() for f in self.submit(programs)]
+    """Runs programs across the workers; results in input order.
+
+    Interrupted (Ctrl-C) or failing while it waits, it cancels its programs that have not started, so the pool does
+    not go on running them for nobody ahead of the next call's.
+    """
+    futures = self.submit(programs)
+    try:
+      return [f.result() for f in futures]
+    except BaseException:
+      for f in futures:
+        f.cancel()
+      raise
 
   def close(self) -> None:
     """Stops the workers and reaps every process; queued programs are cancelled, running ones fail."""

@@ -470,3 +470,25 @@ def test_rlimits_only_says_when_programs_cannot_import():
   else:
     assert result.observation == "ModuleNotFoundError: No module named 'colorsys'", result
     assert len(warned) == 1 and "cannot enter" in warned[0], [str(w.message) for w in caught]
+
+
+def test_an_interrupted_run_leaves_nothing_queued(monkeypatch):
+  # Ctrl-C in `run` (a notebook's interrupt of a search step) left the rest of its programs queued: the long-lived
+  # pool went on running them for nobody, and the next run waited behind them all (here 8 x 60 s).
+  submitted = []
+  submit = SandboxPool.submit
+
+  def spying_submit(self, programs):
+    futures = submit(self, programs)
+    submitted.extend(futures)
+    # Ctrl-C once the first program is done (the main thread then waits in `result` of the second).
+    futures[0].add_done_callback(lambda _: os.kill(os.getpid(), signal.SIGINT))
+    return futures
+
+  monkeypatch.setattr(SandboxPool, "submit", spying_submit)
+  with SandboxPool(num_workers=1, timeout_s=60.0, **LIGHT) as pool:
+    with pytest.raises(KeyboardInterrupt):
+      pool.run(["print(1)"] + ["import time\ntime.sleep(60)"] * 8)
+    queued = [i for i, f in enumerate(submitted) if not (f.done() or f.running())]
+    assert queued == []
+    assert sum(f.cancelled() for f in submitted) >= 6  # all but the first and those the worker had taken
