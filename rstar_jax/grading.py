@@ -653,6 +653,9 @@ class _Worker:
         return line == b"1"
     except (OSError, ValueError):
       pass
+    except BaseException:  # Ctrl-C mid-comparison: its answer, still to come, would be read as the next one's
+      self.kill()
+      raise
     self.kill()
     self._start()  # the replacement imports while the caller goes on
     return None

@@ -522,3 +522,23 @@ def test_a_worker_started_from_a_thread_that_ended_keeps_serving():
       time.sleep(0.01)
     assert g.equivalent("(x+1)^2", "x^2+2x+1")
     assert g._workers[0]._proc.pid == pid and g.num_timeouts == 0  # pylint: disable=protected-access
+
+
+def test_an_interrupted_comparison_s_answer_does_not_reach_the_next_one(monkeypatch):
+  # Ctrl-C (a notebook's interrupt) while a comparison waited for its answer put the worker back with that answer
+  # still to come: the next comparison read it as its own, here True for x^2 vs x^3.
+  with Grader(num_workers=1, timeout_s=60.0, startup_timeout_s=120.0) as g:
+    g._math_verify("2", "2")  # pylint: disable=protected-access  # the worker is up
+    read_line = grading._Worker._read_line  # pylint: disable=protected-access
+    interrupts = [KeyboardInterrupt()]
+
+    def interrupted_read_line(self, timeout_s):
+      if interrupts:  # Ctrl-C lands while the request is out and its answer not read
+        raise interrupts.pop()
+      return read_line(self, timeout_s)
+
+    monkeypatch.setattr(grading._Worker, "_read_line", interrupted_read_line)  # pylint: disable=protected-access
+    with pytest.raises(KeyboardInterrupt):
+      g.equivalent("(x+1)^2", "x^2+2x+1")
+    assert not g.equivalent("x^2", "x^3")
+    assert g.equivalent("(x+1)^2", "x^2+2x+1") and g.num_timeouts == 0
