@@ -486,7 +486,7 @@ def _running(pid: int) -> bool:
     return False
 
 
-def test_a_killed_host_takes_its_math_verify_worker_with_it(tmp_path):
+def test_a_killed_host_takes_its_math_verify_worker_with_it():
   # A search SIGKILLed (an OOM kill, a preemption) while its grader compared a hanging answer left the worker
   # computing 10^(10^10) at full CPU, an orphan with no deadline left to stop it, long after the run was gone.
   code = ("import os, signal, threading\n"
