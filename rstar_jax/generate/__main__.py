@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
   p.add_argument("--rstar-stops", action="store_true", help="stop on rStar's step tags (<end_of_step>, ...)")
   p.add_argument("--eos-id", type=int, action="append", default=None,
-                 help="EOS id (repeatable; default: the tokenizer's and generation_config.json's)")
+                 help="EOS id (repeatable; default: the tokenizer's and generation_config.json's, else config.json's)")
   p.add_argument("--transform", default="raw", choices=("raw", "tanh", "tanh5"),
                  help="PPM value transform (default: raw; the search's PPMScorer uses tanh5)")
   p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
@@ -146,7 +146,7 @@ def _check_paths(args: argparse.Namespace):
 
 
 def _eos_ids(args: argparse.Namespace, tokenizer, model_dir: str) -> list[int]:
-  """`--eos-id`, else the tokenizer's EOS id and generation_config.json's `eos_token_id` (an int or a list)."""
+  """`--eos-id`, else the tokenizer's EOS id and the checkpoint's `eos_token_id` (`checkpoint_eos_ids`)."""
   from rstar_jax.generate.adapters import checkpoint_eos_ids  # pylint: disable=g-import-not-at-top
   return list(args.eos_id) if args.eos_id is not None else checkpoint_eos_ids(model_dir, tokenizer)
 

@@ -120,20 +120,22 @@ class PPMScorer:
 
 
 def checkpoint_eos_ids(model_dir: str | os.PathLike[str], tokenizer: Any = None) -> list[int]:
-  """The ids that end a row for a checkpoint, as vLLM takes them: the tokenizer's EOS plus `generation_config.json`'s.
+  """The ids that end a row for a checkpoint, as vLLM takes them: the tokenizer's EOS plus the generation config's.
 
   Instruct checkpoints end a turn with a token other than the tokenizer's EOS (Qwen2.5-Math-Instruct: `<|im_end|>`
   and `<|endoftext|>`), listed only in `generation_config.json`. Pass the result as `Engine(..., eos_ids=)`.
 
   Args:
-    model_dir: a Hugging Face checkpoint dir; without a `generation_config.json` only the tokenizer's EOS counts.
+    model_dir: a Hugging Face checkpoint dir. Its `generation_config.json`'s `eos_token_id` counts; without that file,
+      `config.json`'s does (vLLM and transformers build the generation config from the model config then); without
+      either, only the tokenizer's EOS.
     tokenizer: a loaded tokenizer (its `eos_id`, if any, is included), or None.
 
   Returns:
     The sorted, distinct ids.
 
   Raises:
-    ValueError: naming `generation_config.json` when it is not a JSON object or its `eos_token_id` is not token ids.
+    ValueError: naming the file read when it is not a JSON object or its `eos_token_id` is not token ids.
     TypeError: `tokenizer` is not a loaded tokenizer (e.g. its path).
   """
   if tokenizer is not None and not hasattr(tokenizer, "eos_id"):
@@ -142,18 +144,25 @@ def checkpoint_eos_ids(model_dir: str | os.PathLike[str], tokenizer: Any = None)
                     f"{type(tokenizer).__name__} {tokenizer!r:.80}")
   eos_id = getattr(tokenizer, "eos_id", None)
   ids = [] if eos_id is None else [eos_id]
-  path = os.path.join(os.fspath(model_dir), "generation_config.json")
-  if os.path.isfile(path):
-    try:
-      with open(path, encoding="utf-8") as f:
-        config = files.json_loads(f.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-      raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    eos = config.get("eos_token_id")
-    eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in eos):
-      raise ValueError(f"{path}: eos_token_id must be a token id or a list of them, got {config['eos_token_id']!r}")
-    ids += eos
+  for name in ("generation_config.json", "config.json"):  # the first present one only, as vLLM's fallback
+    path = os.path.join(os.fspath(model_dir), name)
+    if os.path.isfile(path):
+      ids += _config_eos_ids(path)
+      break
   return sorted(set(ids))
+
+
+def _config_eos_ids(path: str) -> list[int]:
+  """The `eos_token_id` of a generation or model config file (an int, a list of them, or absent / null)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = files.json_loads(f.read())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(config, dict):
+    raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+  eos = config.get("eos_token_id")
+  eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
+  if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in eos):
+    raise ValueError(f"{path}: eos_token_id must be a token id or a list of them, got {config['eos_token_id']!r}")
+  return eos

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from generate_helpers import (TEST_BUCKETS, hf_values, load_tiny, tiny_hf, tiny_ppm_dir, tiny_tokenizer,
+from generate_helpers import (TEST_BUCKETS, VOCAB, hf_values, load_tiny, tiny_hf, tiny_ppm_dir, tiny_tokenizer,
                               tiny_tokenizer_dir)
 
 from rstar_jax.generate import Engine, EnginePolicy, Greedy, PPMScorer, Request, Sampling, checkpoint_eos_ids
@@ -56,6 +56,26 @@ def test_checkpoint_eos_ids_are_the_tokenizer_eos_and_what_transformers_reads_fr
   # The tokenizer's folder in place of the tokenizer was read as one without an EOS: its id was silently left out.
   with pytest.raises(TypeError, match=r"tokenizer must be a loaded tokenizer .* or None, got str"):
     checkpoint_eos_ids(tmp_path, str(tiny_tokenizer_dir()))
+
+
+def test_checkpoint_eos_ids_fall_back_to_config_json_without_a_generation_config(tmp_path):
+  """vLLM (`try_get_generation_config`) and transformers build the generation config from config.json when a
+  checkpoint has no generation_config.json: its `eos_token_id` then ends rows too (it was left out here)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  tok = tiny_tokenizer()
+  transformers.Qwen2Config(vocab_size=VOCAB, eos_token_id=[7, 9]).save_pretrained(tmp_path)
+  assert not (tmp_path / "generation_config.json").exists()
+  theirs = transformers.GenerationConfig.from_model_config(transformers.AutoConfig.from_pretrained(tmp_path))
+  assert checkpoint_eos_ids(tmp_path, tok) == sorted({tok.eos_id, *theirs.eos_token_id}) == [7, 9, tok.eos_id]
+  assert checkpoint_eos_ids(tmp_path) == [7, 9]
+  # With a generation_config.json, that file alone counts (config.json's ids are not added), as for both readers.
+  transformers.GenerationConfig(eos_token_id=11).save_pretrained(tmp_path)
+  assert transformers.GenerationConfig.from_pretrained(tmp_path).eos_token_id == 11
+  assert checkpoint_eos_ids(tmp_path, tok) == [11, tok.eos_id]
+  (tmp_path / "generation_config.json").unlink()
+  (tmp_path / "config.json").write_text('{"eos_token_id": "7"}')
+  with pytest.raises(ValueError, match=r"config.json: eos_token_id must be a token id"):
+    checkpoint_eos_ids(tmp_path, tok)
 
 
 def test_ppm_scorer_values_with_transform():
