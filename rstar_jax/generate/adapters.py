@@ -50,7 +50,9 @@ class EnginePolicy:
       raise TypeError("EnginePolicy needs an Engine built from a Qwen2, not a PPM")
     check_limits(max_new_tokens, max_context)  # now, not at the search's first expansion
     self.engine = engine
-    self.sampler: SamplingMethod = Greedy() if temperature == 0 else Sampling(temperature, top_p, top_k)
+    # Built at temperature 0 too: it checks top_p / top_k, as vLLM's SamplingParams does whatever the temperature.
+    sampling = Sampling(1.0 if temperature == 0 else temperature, top_p, top_k)
+    self.sampler: SamplingMethod = Greedy() if temperature == 0 else sampling
     self.max_new_tokens = max_new_tokens
     self.max_context = engine.config.max_position_embeddings if max_context is None else max_context
     self.progress = progress

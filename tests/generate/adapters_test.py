@@ -347,6 +347,21 @@ def test_engine_policy_refuses_step_limits_that_are_not_counts_when_built(settin
 
 
 
+@pytest.mark.parametrize("settings,message", [
+    (dict(top_p=0), r"top_p must be in \(0, 1\], got 0"),
+    (dict(top_p=95), r"top_p must be in \(0, 1\], got 95"),  # a percentage
+    (dict(top_k=-3), r"top_k must be a non-negative integer .*, got -3"),
+    (dict(top_k=2.5), r"top_k must be a non-negative integer .*, got 2.5"),
+])
+def test_engine_policy_refuses_bad_top_p_or_top_k_at_temperature_zero_too(settings, message):
+  # vLLM's SamplingParams (the official search's) checks top_p and top_k whatever the temperature; here temperature 0
+  # took Greedy() and dropped them unchecked, so the config failed only once a run set a temperature.
+  engine = Engine(load_tiny(), tokenizer=tiny_tokenizer(), buckets=TEST_BUCKETS)
+  with pytest.raises(ValueError, match=message):
+    EnginePolicy(engine, temperature=0, **settings)
+  assert isinstance(EnginePolicy(engine, temperature=0, top_p=0.95, top_k=-1).sampler, Greedy)
+
+
 def test_ppm_scorer_refuses_a_tokenizer_that_splits_the_step_tags(tmp_path, capsys):
   # A PPM is trained on text whose step tags are single tokens (train_ppm adds them; so did the official trainer).
   # Scored through a tokenizer without them (the base model's, as the real Qwen2.5 one: "<end_of_step>" is 6 pieces
