@@ -64,11 +64,15 @@ class EnginePolicy:
       raise TypeError("generate() takes a sequence of prompts, got one string")
     if len(seeds) != len(prompts):
       raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds (one seed per prompt)")
+    for i, seed in enumerate(seeds):
+      # Not `int(seed)`: 1.5 and 1.2 both drew with seed 1 (two seeds, one set of candidates), and "1" passed as 1.
+      if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seeds[{i}] must be an integer, got {seed!r}")
     ids = self.engine.tokenizer.encode_batch(list(prompts))
     for i, prompt_ids in enumerate(ids):
       if not prompt_ids:
         raise ValueError(f"prompt {i} encodes to no tokens: {prompts[i]!r}")
-    results = self.engine.generate([Request(p, n=n, seed=int(s)) for p, s in zip(ids, seeds)], self.sampler,
+    results = self.engine.generate([Request(p, n=n, seed=s) for p, s in zip(ids, seeds)], self.sampler,
                                    max_new_tokens=self.max_new_tokens, stop=stop, max_context=self.max_context,
                                    progress=self.progress)
     return [[StepCandidate(text=r.text, stop_reason=r.stop_reason) for r in row] for row in results]

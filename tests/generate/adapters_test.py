@@ -39,6 +39,21 @@ def test_engine_policy_returns_step_candidates_matching_the_engine():
     policy.generate("hello", n=1, seeds=[1], stop=stop)
 
 
+@pytest.mark.parametrize("seed", [1.5, 1.0, "1", None, True])
+def test_engine_policy_refuses_a_seed_that_is_no_integer_as_the_engine_does(seed):
+  # `int(seed)` ran first: 1.5 and 1.2 both drew with seed 1 (two search seeds, one set of candidates), "1" was read
+  # as 1, None failed as int()'s bare TypeError; the engine itself refuses a Request(seed=1.5).
+  tok = tiny_tokenizer()
+  engine = Engine(load_tiny(), tokenizer=tok, buckets=TEST_BUCKETS)
+  with pytest.raises(TypeError, match=r"request 0: seed must be an integer"):
+    engine.generate([Request(tok.encode("a"), seed=seed)], Greedy(), max_new_tokens=2)
+  policy = EnginePolicy(engine, temperature=1.0, max_new_tokens=2)
+  with pytest.raises(TypeError, match=rf"seeds\[1\] must be an integer, got {re.escape(repr(seed))}"):
+    policy.generate(["a", "b"], n=1, seeds=[3, seed], stop=[])
+  assert policy.generate(["a"], n=2, seeds=np.array([2**63 + 5], np.uint64), stop=[]) == policy.generate(
+      ["a"], n=2, seeds=[2**63 + 5], stop=[])
+
+
 def test_checkpoint_eos_ids_are_the_tokenizer_eos_and_what_transformers_reads_from_generation_config(tmp_path):
   """An instruct checkpoint ends turns with ids listed only in generation_config.json (vLLM stops on those too)."""
   import transformers  # pylint: disable=g-import-not-at-top
