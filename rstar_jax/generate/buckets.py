@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 
 def _ladder_up(n: int, minimum: int, fine_from: int) -> int:
   """Smallest ladder value >= n: powers of two, plus 1.5 x 2^k once values reach `fine_from`."""
@@ -34,6 +36,14 @@ class Buckets:
   fine_from: int = 64
   min_rows: int = 1
   batch_split: int = 1
+
+  def __post_init__(self):
+    for field in ("min_length", "fine_from", "min_rows", "batch_split"):
+      # A float (a config file's 64.0) failed only at the first generate() as "'float' object cannot be interpreted
+      # as an integer", naming neither Buckets nor the field.
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"Buckets.{field} must be an integer >= 1, got {value!r}")
 
   def length(self, n: int) -> int:
     """Bucket of a token length `n >= 0` (0 stays 0: an empty level is skipped); 1 stays 1 (a fork level)."""

@@ -3,7 +3,7 @@
 import pytest
 from generate_helpers import QWEN_TOKENIZER, TEST_BUCKETS, hf_generate, load_tiny, tiny_tokenizer
 
-from rstar_jax.generate import Engine, Greedy, Request, Sampling
+from rstar_jax.generate import Buckets, Engine, Greedy, Request, Sampling
 from rstar_jax.tokenizer import load_tokenizer
 
 
@@ -21,6 +21,16 @@ def test_batch_settings_that_are_not_integers_are_named(setting, value):
   # None as "'<' not supported between instances of ...", naming neither setting; True checked every 1 step.
   with pytest.raises(ValueError, match=rf"{setting} must be an integer >= 1.*, got {value!r}"):
     Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS, **{setting: value})
+
+
+@pytest.mark.parametrize("field,value", [("min_length", 64.0), ("min_length", "64"), ("min_rows", 2.0),
+                                         ("fine_from", None), ("min_rows", 0), ("batch_split", 0),
+                                         ("min_length", True)])
+def test_bucket_settings_that_are_not_counts_are_named(field, value):
+  # Buckets took anything: 64.0 failed at the first generate() as "'float' object cannot be interpreted as an
+  # integer", "64" and None as "'>' not supported between instances of ...", naming neither Buckets nor the field.
+  with pytest.raises(ValueError, match=rf"Buckets.{field} must be an integer >= 1, got {value!r}"):
+    Engine(load_tiny(), eos_ids=(), buckets=Buckets(**{field: value}))
 
 
 def test_max_rows_of_one_runs_every_row():
