@@ -143,11 +143,15 @@ def checkpoint_eos_ids(model_dir: str | os.PathLike[str], tokenizer: Any = None)
   Raises:
     ValueError: naming the file read when it is not a JSON object or its `eos_token_id` is not token ids.
     TypeError: `tokenizer` is not a loaded tokenizer (e.g. its path).
+    FileNotFoundError: `model_dir` is not a directory.
   """
   if tokenizer is not None and not hasattr(tokenizer, "eos_id"):
     # A tokenizer's path in its place was read as "no EOS": the rows would end only at generation_config.json's ids.
     raise TypeError(f"tokenizer must be a loaded tokenizer (rstar_jax.tokenizer.load_tokenizer(path)) or None, got "
                     f"{type(tokenizer).__name__} {tokenizer!r:.80}")
+  if not os.path.isdir(model_dir):
+    # A mistyped dir read as one without a generation config: an instruct model's turn-end ids were silently lost.
+    raise FileNotFoundError(f"{os.fspath(model_dir)}: no such checkpoint directory")
   eos_id = getattr(tokenizer, "eos_id", None)
   ids = [] if eos_id is None else [eos_id]
   for name in ("generation_config.json", "config.json"):  # the first present one only, as vLLM's fallback

@@ -93,6 +93,20 @@ def test_checkpoint_eos_ids_fall_back_to_config_json_without_a_generation_config
     checkpoint_eos_ids(tmp_path, tok)
 
 
+def test_checkpoint_eos_ids_refuses_a_model_dir_that_does_not_exist(tmp_path):
+  # A mistyped dir read as "no generation_config.json": an instruct model's <|im_end|> was silently dropped, and its
+  # rows ran on to max_new_tokens (vLLM and transformers fail on a missing model dir).
+  import transformers  # pylint: disable=g-import-not-at-top
+  missing = tmp_path / "Qwen2.5-Math-7B-Instrcut"
+  with pytest.raises(OSError):
+    transformers.GenerationConfig.from_pretrained(missing)
+  with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(missing))}: no such checkpoint directory"):
+    checkpoint_eos_ids(missing, tiny_tokenizer())
+  (tmp_path / "file").write_text("")
+  with pytest.raises(FileNotFoundError, match=r"file: no such checkpoint directory"):
+    checkpoint_eos_ids(tmp_path / "file")
+
+
 def test_ppm_scorer_values_with_transform():
   tok = tiny_tokenizer()
   scorer = PPMScorer(Engine(convert.load_ppm(tiny_ppm_dir()[0]), tokenizer=tok, buckets=TEST_BUCKETS),
