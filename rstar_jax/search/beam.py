@@ -30,7 +30,7 @@ import numpy as np
 
 from rstar_jax import grading
 from rstar_jax.search.driver import Problem, PromptFn, check_config, check_inputs
-from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
+from rstar_jax.search.host import HostTree, check_run_seed, expansion_seed, to_record, tree_seed
 from rstar_jax.search.interfaces import (CodeExecutor, Policy, Scorer, checked_candidates, checked_results,
                                          checked_scores)
 from rstar_jax.search.step import (STOP_STRINGS, StepConfig, checked_stop, dedupe_candidates, finish_child,
@@ -63,8 +63,7 @@ class BeamConfig:
         raise ValueError(f"BeamConfig.{field} must be an integer >= 1, got {value!r}")
     StepConfig(self.errors_threshold, self.max_depth, self.first_answer_only)  # checks those two now, not mid-run
     object.__setattr__(self, "stop", checked_stop(self.stop))
-    if isinstance(self.seed, bool) or not isinstance(self.seed, int):  # 1.5 would seed as 1, None fail mid-run
-      raise ValueError(f"BeamConfig.seed must be an integer, got {self.seed!r}")
+    check_run_seed(self.seed, "BeamConfig.seed")
 
 
 def best_answer(record: dict) -> str | None:

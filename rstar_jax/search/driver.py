@@ -43,7 +43,7 @@ import numpy as np
 
 from rstar_jax import files, grading
 from rstar_jax.search import kernels, records, rules
-from rstar_jax.search.host import HostTree, expansion_seed, to_record, tree_seed
+from rstar_jax.search.host import HostTree, check_run_seed, expansion_seed, to_record, tree_seed
 from rstar_jax.search.interfaces import (CodeExecutor, Policy, Scorer, checked_candidates, checked_results,
                                          checked_scores)
 from rstar_jax.search.step import (STOP_STRINGS, StepConfig, checked_stop, dedupe_candidates, finish_child,
@@ -124,11 +124,12 @@ class SearchConfig:
     rules.check_mode(self.mode)
     # Counts and seeds must be ints: a fraction reached the tree kernels as a shape (a jax error once the search
     # started) or ran silently as another count (seed 1.5 was seed 1).
-    for field in ("num_rollouts", "num_candidates", "max_nodes", "batch_size", "seed"):
+    for field in ("num_rollouts", "num_candidates", "max_nodes", "batch_size"):
       value = getattr(self, field)
       if (value is not None or field not in ("max_nodes", "batch_size")) and (
           isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"SearchConfig.{field} must be an integer, got {value!r}")
+    check_run_seed(self.seed, "SearchConfig.seed")
     for field in ("c", "positive_reward", "negative_reward"):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, (int, float)):

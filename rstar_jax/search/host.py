@@ -82,6 +82,16 @@ def stable_seed(*parts: int | str) -> int:
   return int(np.random.SeedSequence(words).generate_state(1, np.uint32)[0]) & 0x7FFFFFFF
 
 
+def check_run_seed(seed: object, where: str) -> None:
+  """Refuses a run seed that is no integer in [0, 2**32): `stable_seed` reads an int as 32 bits, so seed 2**32 searched
+  the same trees as seed 0 (and -1 as 2**32 - 1), and a fraction (1.5) would seed as its integer part."""
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise ValueError(f"{where} must be an integer, got {seed!r}")
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"{where} must be in [0, 2**32) (seeds are 32-bit: {seed} would search the trees of seed "
+                     f"{seed & 0xFFFFFFFF}), got {seed}")
+
+
 def tree_seed(base_seed: int, problem_id: str) -> int:
   """The seed of one problem's tree: a function of the run seed and the problem id only."""
   return stable_seed(base_seed, problem_id)

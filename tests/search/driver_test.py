@@ -9,6 +9,7 @@ import pytest
 from rstar_jax.grading import Grader
 from rstar_jax.search import (MCTS, BeamConfig, Problem, SearchConfig, beam_search, best_answer,
                               read_trees, run_search, validate_tree)
+from rstar_jax.search.host import tree_seed
 from rstar_jax.search.interfaces import StepCandidate
 from rstar_jax.search.scripted import FakeResult, FunctionScorer, InProcessExecutor, ScriptedPolicy
 
@@ -200,6 +201,17 @@ def test_beam_search_runs_max_depth_steps(grader):
 def test_a_bad_beam_config_is_refused_on_construction(settings, message):
   with pytest.raises(ValueError, match=message):
     BeamConfig(**settings)
+
+
+@pytest.mark.parametrize("make", [SearchConfig, BeamConfig])
+@pytest.mark.parametrize("seed", [2**32, 2**32 + 7, -1])
+def test_a_run_seed_outside_32_bits_is_refused(make, seed):
+  # Tree seeds read the run seed as 32 bits: seed 2**32 searched exactly the trees of seed 0 (and -1 those of
+  # 2**32 - 1), two runs a user meant to differ.
+  assert tree_seed(seed, "p0") == tree_seed(seed % 2**32, "p0")
+  with pytest.raises(ValueError, match=rf"{make.__name__}.seed must be in \[0, 2\*\*32\).*got {seed}"):
+    make(seed=seed)
+  make(seed=2**32 - 1)  # the top of the range is a seed
 
 
 @pytest.mark.parametrize("make", [SearchConfig, BeamConfig])
