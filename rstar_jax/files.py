@@ -6,6 +6,8 @@ exception mid-write leaves the old file (or none) and no temporary behind. A kil
 cannot remove its temporary: the next write of the same target on the same host removes it (also when the writer
 had the pid of the process writing now, as a job restarted in its container does).
 
+`FolderLock` keeps a second run (a search, a trainer) out of a folder another run is writing.
+
 `lone_surrogate` is the check text read from JSON needs before it is written out again or tokenized; `json_loads` is
 `json.loads` with every failure on bad text a `json.JSONDecodeError`, so a reader's one handler names its file and line.
 """
@@ -13,7 +15,9 @@ had the pid of the process writing now, as a job restarted in its container does
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import re
 import socket
@@ -114,6 +118,61 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:
   """Writes `data` (text as UTF-8, or bytes) to `path` atomically (see `atomic_open`)."""
   with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:
     f.write(data)
+
+
+class FolderInUseError(RuntimeError):
+  """Another run holds the `FolderLock` of a folder this run would write."""
+
+
+class FolderLock:
+  """An exclusive lock on a run folder, held from `acquire` (or `with`) to `release`.
+
+  Two searches on one `output_dir`, or two trainers on one workdir, would search the same shards twice or write over
+  each other's checkpoints, `run.json` and metrics. The lock is an `flock` on the file `name` in `folder` (created if
+  missing, left in place: removing it would race a run taking it), so it goes with its holder however that ends (a
+  SIGKILL too), and a second holder in the same process is refused as well as one in another process. It records the
+  holder's pid and host for the error. Where the file system has no locks (some network mounts) it warns and runs
+  unlocked.
+  """
+
+  def __init__(self, folder: str | os.PathLike[str], name: str, what: str):
+    """`what` names the holder in messages ("search", "trainer")."""
+    self.path = os.path.join(os.fspath(folder), name)
+    self.what = what
+    self._fd: int | None = None
+
+  def acquire(self) -> None:
+    folder = os.path.dirname(self.path)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+      os.close(fd)
+      raise FolderInUseError(f"{folder}: another {self.what} is writing here ({holder}; lock file {self.path}); run "
+                             f"one {self.what} per folder at a time, or use another folder") from None
+    except OSError as e:  # no locks on this file system
+      os.close(fd)
+      logging.getLogger(__name__).warning("%s: cannot lock (%s); nothing stops a second %s in this folder", self.path,
+                                          e.strerror, self.what)
+      return
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{self.what} pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    self._fd = fd
+
+  def release(self) -> None:
+    """Frees the lock (a no-op when not held)."""
+    if self._fd is not None:
+      fd, self._fd = self._fd, None
+      os.close(fd)  # closing the one descriptor that holds the flock frees it
+
+  def __enter__(self) -> "FolderLock":
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
 
 
 def lone_surrogate(text: str) -> str | None:

@@ -142,3 +142,33 @@ def test_a_killed_writer_s_temporary_is_removed_when_this_process_has_its_pid(tm
     assert target.read_bytes() == b"inner" and len(os.listdir(tmp_path)) == 2, os.listdir(tmp_path)
   assert target.read_bytes() == b"outer"
   assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+HOLD_LOCK = """
+import sys
+from rstar_jax import files
+files.FolderLock(sys.argv[1], "run.lock", "search").acquire()
+print("held", flush=True)
+sys.stdin.read()  # holds the lock until killed
+"""
+
+
+def test_a_folder_lock_keeps_out_a_second_run_until_its_holder_is_gone(tmp_path):
+  # Two searches (or trainers) on one folder wrote over each other's files; the second must be refused while the
+  # first runs, in another process (here one SIGKILLed later, as a preempted job) or in this one.
+  holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+  try:
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(files.FolderInUseError, match=rf"{tmp_path}: another search is writing here \(search pid "
+                       rf"{holder.pid} on .*run one search per folder at a time"):
+      files.FolderLock(tmp_path, "run.lock", "search").acquire()
+  finally:
+    holder.kill()
+    holder.wait()
+  with files.FolderLock(tmp_path, "run.lock", "search"):  # the kernel freed a killed holder's lock
+    with pytest.raises(files.FolderInUseError, match=rf"search pid {os.getpid()} on"):
+      files.FolderLock(tmp_path, "run.lock", "search").acquire()
+    files.FolderLock(tmp_path, "other.lock", "search").acquire()  # another lock file is another lock
+  with files.FolderLock(tmp_path, "run.lock", "search"):  # released on exit
+    pass

@@ -326,7 +326,8 @@ class MCTS:
     is kept in `{shard_prefix}.config.json` beside the shards: resuming with another config, or with
     another problem list whose batch no longer matches a shard (or that has fewer batches than there are
     shards), raises `ValueError` (nothing is overwritten). Resuming assumes the same policy, scorer and
-    executor (they cannot be checked).
+    executor (they cannot be checked). While it runs it holds `{shard_prefix}.lock` there: a second search on the
+    same folder and prefix raises `files.FolderInUseError`.
     """
     cfg = self.config
     check_inputs(problems, self.prompt_fn)
@@ -335,8 +336,15 @@ class MCTS:
       if missing:
         raise ValueError(f"mode {cfg.mode!r} needs ground truths; missing for {missing[:5]}")
     batch = cfg.batch_size or _batch_bucket(len(problems))
-    if output_dir is not None:
-      _check_output_dir(os.fspath(output_dir))
+    if output_dir is None:
+      return self._run(problems, None, shard_prefix, batch)
+    _check_output_dir(os.fspath(output_dir))
+    with files.FolderLock(output_dir, f"{shard_prefix}.lock", "search"):  # a second search would redo our shards
+      return self._run(problems, os.fspath(output_dir), shard_prefix, batch)
+
+  def _run(self, problems: Sequence[Problem], output_dir: str | None, shard_prefix: str, batch: int) -> list[dict]:
+    """`run` once its inputs are checked (and `output_dir`, when given, is locked)."""
+    cfg = self.config
     config_record = dataclasses.asdict(cfg)
     config_path = None if output_dir is None else os.path.join(os.fspath(output_dir), f"{shard_prefix}.config.json")
     config_written = config_path is not None and records.check_run_config(config_path, config_record)

@@ -7,11 +7,12 @@ The loop reads: data -> shapes -> shardings -> state (fresh or restored) -> jit 
 update, log, checkpoint -> export. Re-running the same call on the same `workdir` resumes from its last
 checkpoint (weights, optimizer and data position), so a killed run continues with the same loss curve. A re-run
 with other training settings, data or initial weights than the run started with (`<workdir>/run.json`) is refused
-instead.
+instead, and so is a second trainer on a workdir one is running in (`<workdir>/train.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,7 +20,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -270,6 +271,19 @@ def _check_resume(workdir: str, step: int, identity: dict[str, Any]) -> None:
                      f"run started with{hint}:{lines}\nRestore those settings, or train in a new workdir.")
 
 
+@contextlib.contextmanager
+def _locked(workdir: str) -> Iterator[None]:
+  """Holds the workdir's lock while a trainer runs there: a second trainer on it (another process, or a call in this
+  one) would write over this one's checkpoints, `run.json` and metrics. Process 0 holds it; if it cannot, every
+  process raises."""
+  lock = files.FolderLock(workdir, "train.lock", "trainer")
+  sharding_lib.on_process_zero(workdir, "lock the workdir", lock.acquire)
+  try:
+    yield
+  finally:
+    lock.release()
+
+
 def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Callable, count_key: str,
          pipe: pipeline_lib.Pipeline, workdir: str, config: TrainConfig, mesh: jax.sharding.Mesh,
          initial_checkpoint: PathLike, step_callback: StepCallback | None,
@@ -379,24 +393,25 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   workdir = os.path.abspath(os.fspath(workdir))
   export_dir = _export_dir(export_dir, workdir, base_checkpoint)
   mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
-  tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
-  model_config, original_dtype = _model_config(base_checkpoint, config)
-  _check_vocab(tokenizer, model_config, base_checkpoint)
-  pipe = _training_pipeline(sft_file, formats.read_sft_records, pipeline_lib.sft_pipeline, tokenizer, config.data)
+  with _locked(workdir):
+    tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
+    model_config, original_dtype = _model_config(base_checkpoint, config)
+    _check_vocab(tokenizer, model_config, base_checkpoint)
+    pipe = _training_pipeline(sft_file, formats.read_sft_records, pipeline_lib.sft_pipeline, tokenizer, config.data)
 
-  resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
-  abstract = nnx.eval_shape(lambda: Qwen2(model_config, rngs=nnx.Rngs(0), remat=config.remat))
-  model = None
-  if not resuming:
-    model = convert.load_qwen2(base_checkpoint, model_config, mesh=mesh)
-    model.model.remat = config.remat
-  trained, steps, metrics = _run(model=model, abstract_model=abstract, loss_fn_of=steps_lib.sft_loss_fn,
-                                 count_key="num_tokens", pipe=pipe, workdir=workdir, config=config, mesh=mesh,
-                                 initial_checkpoint=base_checkpoint,
-                                 step_callback=step_callback)
-  convert.save_qwen2(trained, export_dir, dtype=config.export_dtype or original_dtype)
-  _export_tokenizer(tokenizer, tokenizer_dir, export_dir, base_checkpoint)
-  return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
+    resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
+    abstract = nnx.eval_shape(lambda: Qwen2(model_config, rngs=nnx.Rngs(0), remat=config.remat))
+    model = None
+    if not resuming:
+      model = convert.load_qwen2(base_checkpoint, model_config, mesh=mesh)
+      model.model.remat = config.remat
+    trained, steps, metrics = _run(model=model, abstract_model=abstract, loss_fn_of=steps_lib.sft_loss_fn,
+                                   count_key="num_tokens", pipe=pipe, workdir=workdir, config=config, mesh=mesh,
+                                   initial_checkpoint=base_checkpoint,
+                                   step_callback=step_callback)
+    convert.save_qwen2(trained, export_dir, dtype=config.export_dtype or original_dtype)
+    _export_tokenizer(tokenizer, tokenizer_dir, export_dir, base_checkpoint)
+    return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
 
 
 def _initial_ppm(init_checkpoint: PathLike, model_config: ModelConfig, config: TrainConfig,
@@ -439,24 +454,25 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   workdir = os.path.abspath(os.fspath(workdir))
   export_dir = _export_dir(export_dir, workdir, init_checkpoint)
   mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
-  tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
-  model_config, original_dtype = _model_config(init_checkpoint, config)
-  _check_vocab(tokenizer, model_config, init_checkpoint)
-  pipe = _training_pipeline(pairs_file, formats.read_ppm_pairs, pipeline_lib.ppm_pipeline, tokenizer, config.data)
+  with _locked(workdir):
+    tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
+    model_config, original_dtype = _model_config(init_checkpoint, config)
+    _check_vocab(tokenizer, model_config, init_checkpoint)
+    pipe = _training_pipeline(pairs_file, formats.read_ppm_pairs, pipeline_lib.ppm_pipeline, tokenizer, config.data)
 
-  resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
-  abstract = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0), remat=config.remat))
-  model = None if resuming else _initial_ppm(init_checkpoint, model_config, config, mesh)
-  trained, steps, metrics = _run(model=model, abstract_model=abstract,
-                                 loss_fn_of=lambda g: steps_lib.ppm_loss_fn(g, config.ppm_head,
-                                                                            config.value_head_dropout),
-                                 count_key="num_pairs", pipe=pipe, workdir=workdir, config=config, mesh=mesh,
-                                 initial_checkpoint=init_checkpoint,
-                                 step_callback=step_callback,
-                                 dropout_seed=config.seed if config.value_head_dropout > 0 else None)
-  convert.save_ppm(trained, export_dir, dtype=config.export_dtype or original_dtype)
-  _export_tokenizer(tokenizer, tokenizer_dir, export_dir, init_checkpoint)
-  return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
+    resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
+    abstract = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0), remat=config.remat))
+    model = None if resuming else _initial_ppm(init_checkpoint, model_config, config, mesh)
+    trained, steps, metrics = _run(model=model, abstract_model=abstract,
+                                   loss_fn_of=lambda g: steps_lib.ppm_loss_fn(g, config.ppm_head,
+                                                                              config.value_head_dropout),
+                                   count_key="num_pairs", pipe=pipe, workdir=workdir, config=config, mesh=mesh,
+                                   initial_checkpoint=init_checkpoint,
+                                   step_callback=step_callback,
+                                   dropout_seed=config.seed if config.value_head_dropout > 0 else None)
+    convert.save_ppm(trained, export_dir, dtype=config.export_dtype or original_dtype)
+    _export_tokenizer(tokenizer, tokenizer_dir, export_dir, init_checkpoint)
+    return TrainResult(export_dir, workdir, steps, metrics, pipe.num_examples, pipe.num_dropped)
 
 
 def evaluate_ppm(ppm: PPM, pairs: Iterable[formats.PpmPair], tokenizer: Any, *,

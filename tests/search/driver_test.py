@@ -2,6 +2,7 @@
 interface checks and step-level beam search (scripted, seed-driven policies; in-process executor)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_tree_does_not_depend_on_its_batch(grader):
 def test_shards_are_written_and_resumed(grader, tmp_path):
   records = _search(PROBLEMS, grader, batch_size=4, output_dir=tmp_path)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["trees-00000.jsonl", "trees-00001.jsonl",
-                                                         "trees.config.json"]
+                                                         "trees.config.json", "trees.lock"]
   shards = ["trees-00000.jsonl", "trees-00001.jsonl"]
   assert read_trees([tmp_path / s for s in shards]) == json.loads(json.dumps(records))
 
@@ -559,3 +560,24 @@ def test_resume_with_a_shorter_problem_list_is_refused_not_left_beside_shards_it
   short = MCTS(ScriptedPolicy(random_script), InProcessExecutor(), config, prompt_fn=PROMPT.format, grader=grader,
                progress=False).run(PROBLEMS[:4], output_dir=tmp_path, shard_prefix="short")
   assert [r["problem_id"] for r in short] == ["p0", "p1", "p2", "p3"]
+
+
+def test_a_second_search_on_a_running_search_s_folder_is_refused(grader, tmp_path):
+  # Nothing kept a second search out of an output_dir another was writing: both searched the same shards. Here the
+  # second starts while the first is between two expansions.
+  from rstar_jax import files  # pylint: disable=g-import-not-at-top
+  refusals = []
+
+  def script_starting_a_second_search(prompt, n, seed):
+    if not refusals:
+      with pytest.raises(files.FolderInUseError, match=rf"{tmp_path}: another search is writing here"):
+        _search(PROBLEMS, grader, batch_size=4, output_dir=tmp_path)
+      refusals.append(seed)
+    return random_script(prompt, n, seed)
+
+  config = SearchConfig(num_rollouts=4, num_candidates=4, max_depth=4, errors_threshold=2, batch_size=4, max_nodes=96)
+  first = run_search(PROBLEMS, ScriptedPolicy(script_starting_a_second_search), InProcessExecutor(), config,
+                     prompt_fn=PROMPT.format, grader=grader, progress=False, output_dir=tmp_path)
+  assert refusals and sorted(os.listdir(tmp_path)) == ["trees-00000.jsonl", "trees-00001.jsonl",
+                                                       "trees.config.json", "trees.lock"]
+  assert _search(PROBLEMS, grader, batch_size=4, output_dir=tmp_path) == first  # once it ended: a resume

@@ -235,6 +235,28 @@ def test_training_holds_one_copy_of_the_weights_beside_the_two_adam_moments(base
   assert counts == [3, 3]
 
 
+def test_a_second_trainer_on_a_running_trainer_s_workdir_is_refused(base, tmp_path):
+  # Nothing kept a second trainer out of a workdir another was training in: they wrote over each other's
+  # checkpoints, run.json and metrics.jsonl. Here the second starts while the first is at its first step.
+  from rstar_jax import files  # pylint: disable=g-import-not-at-top
+  path, records = base
+  data = testlib.write_json(tmp_path / "sft.json", records[:8])
+  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
+                                 mesh=(1, 1, 1), max_steps=2, log_every=1, checkpoint_every=100, progress=False)
+  refused = []
+
+  def start_a_second_trainer(step, scalars):
+    if not refused:
+      with pytest.raises(files.FolderInUseError, match=rf"{tmp_path / 'work'}: another trainer is writing here"):
+        trainer.train_policy(path, data, tmp_path / "work", config=config, export_dir=tmp_path / "other_export")
+      refused.append(step)
+
+  result = trainer.train_policy(path, data, tmp_path / "work", config=config, step_callback=start_a_second_trainer)
+  assert refused == [1] and result.steps == 2 and not os.path.exists(tmp_path / "other_export")
+  again = trainer.train_policy(path, data, tmp_path / "work", config=config)  # once it ended: a finished resume
+  assert again.steps == 2
+
+
 @pytest.mark.parametrize("changes,message", [
     (dict(mesh=(-1, -1, 1)), r"at most one mesh axis may be -1"),
     (dict(mesh=(1, 1000, 1)), r"mesh data=1 x fsdp=1000 x tensor=1 needs 1000 devices"),
