@@ -5,7 +5,8 @@
   python -m rstar_jax.convert import --hf-dir DIR --out CKPT [--ppm]   # HF dir -> orbax checkpoint (+ config.json)
   python -m rstar_jax.convert export --ckpt CKPT --out DIR [--ppm] [--dtype bfloat16]   # orbax -> HF dir
 
-`import` and `export` carry the dir's tokenizer files and `generation_config.json` (its EOS ids) along.
+`import` and `export` carry the dir's tokenizer files and `generation_config.json` (its EOS ids) along, and the token
+ids of its config.json (`eos_token_id`: where generation stops when there is no generation_config.json).
 
 `verify` needs torch + transformers (the test extra); rstar_jax itself never imports torch elsewhere.
 """
@@ -54,6 +55,7 @@ def _import(args) -> int:
   model = convert.load_ppm(args.hf_dir) if args.ppm else convert.load_qwen2(args.hf_dir)
   checkpoint.save_model(model, args.out)
   convert.copy_side_files(args.hf_dir, args.out)  # carried to the export
+  convert.copy_token_ids(args.hf_dir, args.out)
   print(f"imported {args.hf_dir} -> {args.out}")
   return 0
 
@@ -66,6 +68,7 @@ def _export(args) -> int:
   else:
     convert.save_qwen2(model, args.out, dtype=args.dtype)
   convert.copy_side_files(args.ckpt, args.out)
+  convert.copy_token_ids(args.ckpt, args.out)
   print(f"exported {args.ckpt} -> {args.out}")
   return 0
 

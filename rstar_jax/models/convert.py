@@ -36,7 +36,8 @@ Path = tuple[str, ...]
 VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
 VALUE_HEAD_FILES = ("value_head.bin", "value_head.safetensors")
 # The files of an HF checkpoint dir besides its config and weights: the tokenizer and the generation settings
-# (generation_config.json's EOS ids are where generation stops; the exported config.json names none).
+# (generation_config.json's EOS ids are where generation stops; the exported config.json names only the token ids
+# `copy_token_ids` carries).
 # Chat templates: transformers (4.47 on) saves a tokenizer's as chat_template.jinja (older releases: in
 # tokenizer_config.json; processors: chat_template.json).
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
@@ -405,6 +406,28 @@ def copy_side_files(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, name
           files.atomic_write(dst, f.read())
     elif os.path.lexists(dst):
       os.remove(dst)
+
+
+# The token ids of config.json that generation falls back on without a generation_config.json (vLLM and
+# transformers' `GenerationConfig.from_model_config` read its eos_token_id then). `ModelConfig` holds none of them.
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def copy_token_ids(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> None:
+  """Sets `TOKEN_ID_KEYS` in `dst_dir`'s config.json (written by a conversion) to `src_dir`'s, where those are set.
+
+  A conversion writes config.json from `ModelConfig`, which has no token ids: a checkpoint whose EOS ids are only in
+  its config.json (no generation_config.json) lost them on import, export and a trainer's export, and generation
+  from the result ran past the end of every answer. Call on one process, after the conversion wrote config.json.
+  """
+  with open(os.path.join(src_dir, "config.json"), encoding="utf-8") as f:
+    source = json.load(f)  # already read (and checked) by the conversion's loader
+  ids = {key: source[key] for key in TOKEN_ID_KEYS if isinstance(source, dict) and source.get(key) is not None}
+  dst = os.path.join(dst_dir, "config.json")
+  with open(dst, encoding="utf-8") as f:
+    target = json.load(f)
+  if any(target.get(key) != value for key, value in ids.items()):
+    _write_json(dst, dict(target, **ids))
 
 
 def weights_fingerprint(hf_dir: str | os.PathLike) -> str:

@@ -166,6 +166,7 @@ def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str
     if tokenizer_dir is not None and os.path.isdir(tokenizer_dir):
       convert.copy_side_files(tokenizer_dir, export_dir, copy)
     convert.copy_side_files(checkpoint_dir, export_dir, (_GENERATION_CONFIG,))
+    convert.copy_token_ids(checkpoint_dir, export_dir)  # its config.json's EOS ids, for a model without the file
   sharding_lib.on_process_zero(export_dir, "write the tokenizer", write)
 
 

@@ -121,3 +121,23 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
     assert exit_info.value.code == 2, args
     assert message in capsys.readouterr().err, args
   assert not (tmp_path / "o").exists()
+
+
+def test_eos_ids_only_in_config_json_survive_import_and_export(hf_qwen2_factory, tmp_path):
+  # A checkpoint without generation_config.json ends generation at its config.json's eos_token_id (vLLM and
+  # transformers build the generation config from it). Import and export wrote config.json from ModelConfig, which
+  # holds no token ids: the exported model generated past the end of every answer.
+  import transformers  # pylint: disable=g-import-not-at-top
+  from rstar_jax.generate.adapters import checkpoint_eos_ids  # pylint: disable=g-import-not-at-top
+  path, _ = hf_qwen2_factory()
+  config = json.loads((path / "config.json").read_text())
+  (path / "config.json").write_text(json.dumps(dict(config, bos_token_id=3, eos_token_id=[5, 7])))
+  if (path / "generation_config.json").exists():
+    (path / "generation_config.json").unlink()
+  _run("import", "--hf-dir", str(path), "--out", str(tmp_path / "ckpt"))
+  _run("export", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf_again"))
+  for folder in (tmp_path / "ckpt", tmp_path / "hf_again"):
+    assert checkpoint_eos_ids(folder) == checkpoint_eos_ids(path) == [5, 7], folder
+  generation = transformers.GenerationConfig.from_model_config(transformers.AutoConfig.from_pretrained(
+      tmp_path / "hf_again"))
+  assert (generation.bos_token_id, generation.eos_token_id) == (3, [5, 7])

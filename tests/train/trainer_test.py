@@ -175,6 +175,24 @@ def test_the_export_keeps_the_generation_config_of_the_starting_checkpoint_whate
   assert (generation.eos_token_id, generation.top_p) == ([2, 1], 0.8)
 
 
+def test_the_export_keeps_the_eos_ids_of_a_starting_checkpoint_without_a_generation_config(base, tmp_path):
+  # Without generation_config.json, generation stops at config.json's eos_token_id (vLLM, transformers); the export
+  # wrote config.json from ModelConfig, which holds no token ids, so the trained policy never stopped.
+  path = tmp_path / "start"
+  shutil.copytree(base[0], path)
+  if (path / "generation_config.json").exists():
+    (path / "generation_config.json").unlink()
+  hf_config = json.loads((path / "config.json").read_text())
+  (path / "config.json").write_text(json.dumps(dict(hf_config, eos_token_id=[2, 1], bos_token_id=3)))
+  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
+                                 mesh=(1, 1, 1), max_steps=1, progress=False)
+  result = trainer.train_policy(path, testlib.write_json(tmp_path / "sft.json", base[1][:4]), tmp_path / "work",
+                                config=config)
+  generation = transformers.GenerationConfig.from_model_config(transformers.AutoConfig.from_pretrained(
+      result.export_dir))
+  assert (generation.eos_token_id, generation.bos_token_id) == ([2, 1], 3)
+
+
 @pytest.mark.parametrize("train,name", [(trainer.train_policy, "base_checkpoint"),
                                         (trainer.train_ppm, "init_checkpoint")])
 def test_a_train_result_in_place_of_the_checkpoint_dir_is_named(base, tmp_path, train, name):
