@@ -35,7 +35,7 @@ import stat
 import sys
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from sandbox import _protocol
 from sandbox import _seccomp
@@ -280,9 +280,9 @@ def _apply_rlimits(cfg: dict, as_base: int) -> None:
   resource.setrlimit(resource.RLIMIT_CPU, (cpu_per_task, cpu_per_task * (cfg["reuse_limit"] + 1)))
 
 
-def _tasks_of_uid(uid: int) -> int:
-  """Threads of all live processes whose real uid is `uid` (what RLIMIT_NPROC counts), from /proc."""
-  total = 0
+def processes_of_uid(uid: int) -> Iterator[tuple[int, dict[bytes, bytes]]]:
+  """(pid, /proc/<pid>/status fields) of every live process whose real uid is `uid`; one that exits meanwhile is
+  skipped."""
   for name in os.listdir("/proc"):
     if not name.isdigit():
       continue
@@ -290,9 +290,19 @@ def _tasks_of_uid(uid: int) -> int:
       with open(f"/proc/{name}/status", "rb") as f:
         fields = dict(line.split(b":\t", 1) for line in f.read().splitlines() if b":\t" in line)
       if int(fields[b"Uid"].split()[0]) == uid:
-        total += int(fields[b"Threads"])
+        yield int(name), fields
     except (OSError, KeyError, ValueError, IndexError):
       continue  # gone meanwhile
+
+
+def _tasks_of_uid(uid: int) -> int:
+  """Threads of all live processes whose real uid is `uid` (what RLIMIT_NPROC counts)."""
+  total = 0
+  for _, fields in processes_of_uid(uid):
+    try:
+      total += int(fields[b"Threads"])
+    except (KeyError, ValueError):
+      continue
   return total
 
 

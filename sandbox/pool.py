@@ -671,17 +671,13 @@ def _kill_uid(uid: int) -> None:
   """
   for _ in range(1000):
     found = False
-    for name in os.listdir("/proc"):
-      if not name.isdigit():
+    for pid, fields in _worker.processes_of_uid(uid):
+      if fields.get(b"State", b"").startswith(b"Z"):
         continue
+      found = True
       try:
-        with open(f"/proc/{name}/status", "rb") as f:
-          fields = dict(line.split(b":\t", 1) for line in f.read().splitlines() if b":\t" in line)
-        if int(fields[b"Uid"].split()[0]) != uid or fields[b"State"].startswith(b"Z"):
-          continue
-        found = True
-        os.kill(int(name), signal.SIGKILL)
-      except (OSError, KeyError, ValueError, IndexError):
+        os.kill(pid, signal.SIGKILL)
+      except OSError:
         continue  # gone meanwhile
     if not found:
       return
