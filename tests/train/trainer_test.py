@@ -360,6 +360,7 @@ def test_a_re_export_into_the_same_folder_replaces_the_earlier_tokenizer_files(t
   old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "export"
   for folder in (old, new, out):
     folder.mkdir()
+    (folder / "config.json").write_text("{}")  # as a conversion writes it (the export's, before the tokenizer)
   (old / "tokenizer.json").write_text("old")
   (old / "generation_config.json").write_text('{"eos_token_id": 1}')
   (new / "tokenizer.json").write_text("new")
