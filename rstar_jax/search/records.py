@@ -79,6 +79,15 @@ def _check(value: Any, types: tuple[type, ...], where: str) -> None:
       raise TreeRecordError(f"{where}: {problem} (no UTF-8 for it)")
 
 
+def _fits_float(value: int) -> bool:
+  """Whether an int converts to a float (JSON integers have any size; a float tops out near 1.8e308)."""
+  try:
+    float(value)
+  except OverflowError:
+    return False
+  return True
+
+
 def validate_tree(record: Any, where: str = "<tree>") -> dict[str, Any]:
   """Checks one decoded record against the schema; returns it unchanged.
 
@@ -111,8 +120,12 @@ def validate_tree(record: Any, where: str = "<tree>") -> dict[str, Any]:
         raise TreeRecordError(f"{nwhere}: missing field {field!r}")
       _check(node[field], types, f"{nwhere}.{field}")
     for field in ("value_sum", "q", "ppm_value"):  # Python's json reads NaN and Infinity; the writer refuses them
-      if node[field] is not None and not math.isfinite(node[field]):
-        raise TreeRecordError(f"{nwhere}.{field}: must be finite, got {node[field]}")
+      value = node[field]
+      if isinstance(value, int) and not _fits_float(value):  # math.isfinite would raise a bare OverflowError
+        raise TreeRecordError(f"{nwhere}.{field}: must be finite, got an integer of {len(str(abs(value)))} digits "
+                              "(beyond the float range)")
+      if value is not None and not math.isfinite(value):
+        raise TreeRecordError(f"{nwhere}.{field}: must be finite, got {value}")
     if node["visits"] < 0:
       raise TreeRecordError(f"{nwhere}.visits: must be >= 0, got {node['visits']}")
   for i, node in enumerate(nodes):

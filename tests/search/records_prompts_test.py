@@ -61,6 +61,10 @@ def test_consumer_reader_accepts_our_records(tmp_path):
     (lambda t: t["nodes"][1].update(ppm_value=float("-inf")), r"nodes\[1\].ppm_value: must be finite"),
     (lambda t: t["nodes"][0].update(value_sum=float("inf"), q=float("inf")), r"nodes\[0\].value_sum: must be finite"),
     (lambda t: t["nodes"][1].update(value_sum=float("nan"), q=float("nan")), r"nodes\[1\].value_sum: must be finite"),
+    # An integer beyond the float range is valid JSON (401 digits, under the 4300-digit limit): the finiteness check
+    # converting it raised a bare OverflowError naming neither the field nor the line.
+    (lambda t: t["nodes"][1].update(value_sum=10**400), r"nodes\[1\].value_sum: must be finite, got an integer of 401"),
+    (lambda t: t["nodes"][1].update(ppm_value=-10**400), r"nodes\[1\].ppm_value: must be finite, got an integer of"),
     # A node that is no object, listed as a child of an earlier node.
     (lambda t: t["nodes"].__setitem__(2, [0]), r"nodes\[2\]: expected a JSON object"),
     # A lone surrogate (half an emoji, or an undecodable byte read with "surrogateescape") has no UTF-8: the shard's
