@@ -60,6 +60,9 @@ def official_sft(tree_dicts, per_problem=2, hits=None):
   hits = hits if hits is not None else collections.Counter()
   grouped = {}  # DEVIATION: ours keys problems by `problem_id`; the official code by the question text.
   for tree in tree_dicts:
+    # ORDER: the official sampler shuffles its records (`random.shuffle(PR)`); ours lists problems in order of first
+    # appearance, also when a problem's first tree holds no correct trajectory (a later one does).
+    grouped.setdefault(tree["problem_id"], [])
     for trace in _leaf_traces(tree["nodes"]):
       leaf = tree["nodes"][trace[-1]]
       if leaf["terminal_reason"] != "answer" or leaf["correct"] is not True:
@@ -71,7 +74,7 @@ def official_sft(tree_dicts, per_problem=2, hits=None):
         hits["sft_error_dropped"] += 1
         continue
       qs = [_q(s) for s in steps]
-      grouped.setdefault(tree["problem_id"], []).append(
+      grouped[tree["problem_id"]].append(
           (sum(qs) / len(qs), min(qs), tree["question"], "".join(s["text"] for s in steps)))
   out = []
   for candidates in grouped.values():
