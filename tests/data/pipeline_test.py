@@ -108,9 +108,11 @@ def test_a_lone_surrogate_is_named_with_file_line_and_field(tmp_path):
     formats.read_ppm_pairs(path)
 
 
-@pytest.mark.parametrize("count", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("count", ["NaN", "Infinity", "-Infinity",
+                                   pytest.param("1" + "0" * 400, id="int-beyond-float")])
 def test_non_finite_pair_counts_name_file_line_and_field(tmp_path, count):
-  # Python's json reads (and writes) these; int() of them raised OverflowError/ValueError naming nothing.
+  # Python's json reads (and writes) these; int() of them raised OverflowError/ValueError naming nothing. An integer
+  # beyond the float range (valid JSON, under the 4300-digit limit) made the finiteness check raise OverflowError.
   path = tmp_path / "pairs.jsonl"
   path.write_text('{"prompt": "p", "pos": "a", "neg": "b", "pos_count": 1, "neg_count": 1}\n'
                   f'{{"prompt": "p", "pos": "a", "neg": "b", "pos_count": 2, "neg_count": {count}}}\n')
