@@ -3,7 +3,9 @@
 What is compared: `extract.sft_records` and `extract.ppm_pairs` (default configs) against `official_sft` and
 `official_pairs` below, on 63 random but valid `rstar_jax.tree/1` records (random shapes and node creation
 orders; Q values drawn as small fractions, so exact ties and Q margins of exactly 0.5 are common; correct, wrong
-and invalid terminals; code errors in observations; sibling steps a few edits apart; problems searched twice).
+and invalid terminals; code errors in observations; sibling steps a few edits apart; problems searched twice), and
+on 400 adversarial random trees (`fuzz_tree`: empty, whitespace-bounded, unicode and duplicate step texts, zero-visit
+steps, trees without a correct or without any answer, traps for the continuation rule), pairs in our walk order.
 
 Why it is independent: the transcription was written from a reading of the official code (rStar-Math
 `extra_sft_file.py` + `train/sample_sft_data.py` for SFT, `extra_rm_file.py` + `train/sample_rm_data.py` for
@@ -95,8 +97,11 @@ def official_sft(tree_dicts, per_problem=2, hits=None):
   return out
 
 
-def official_pairs(tree, hits=None):
-  """Per-step PPM pairs as `extra_rm_file.py` builds them and `sample_rm_data.py` filters them."""
+def official_pairs(tree, hits=None, origins=None):
+  """Per-step PPM pairs as `extra_rm_file.py` builds them and `sample_rm_data.py` filters them.
+
+  `origins`, when a list, receives the id of the node each pair comes from (to put the walk into our order).
+  """
   hits = hits if hits is not None else collections.Counter()
   nodes = tree["nodes"]
   n_correct, n_wrong = [0] * len(nodes), [0] * len(nodes)
@@ -166,6 +171,8 @@ def official_pairs(tree, hits=None):
           hits["dropped_by_edit_distance"] += 1
           continue
         out.append((prefix(i), nodes[c]["text"], nodes[r]["text"], len(chosen), len(rejected)))
+        if origins is not None:
+          origins.append(i)
     queue += [c for c in children if n_correct[c] > 0 and n_wrong[c] > 0]
   return out
 
@@ -288,3 +295,143 @@ def test_extraction_matches_official_transcription():
                "dropped_by_edit_distance"):
     assert hits[rule] > 0, (rule, dict(hits))
   assert hits["pairs"] >= 50, dict(hits)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Adversarial random trees: every corner the corpus above avoids.
+# ---------------------------------------------------------------------------------------------------------------
+
+FUZZ_SEED = 2026  # random.Random seed of the adversarial trees
+FUZZ_TREES = 400
+# Steps that collide: empty, surrounded by whitespace, unicode (combining marks, astral characters), "error" in several
+# cases and a look-alike ("érror" is no "error"), and two steps 1 edit apart.
+FUZZ_TEXTS = ("", "a", "<code>\nx = 1\n<end_of_step>", "\n<code>\nx = 1\n<end_of_step>\n ",
+              "\u00e9 \u00fc \u6570\u5b66 \U0001f642 e\u0301 \U0001d518", "Error: bad", "no ERROR here",
+              "an \u00e9rror",
+              "<code>\n# the sum of the area and the side\nv = 1\n<end_of_step>",
+              "<code>\n# the sum of the area and the side\nv = 2\n<end_of_step>")
+
+
+def _fuzz_text(rng, used, hits):
+  draw = rng.random()
+  if draw < 0.25 and used:
+    hits["duplicate_text"] += 1  # a step text seen before in this tree: identical trajectories by other paths
+    return rng.choice(used)
+  if draw < 0.45:
+    text = rng.choice(FUZZ_TEXTS)
+    hits["empty_text"] += text == ""
+    return text
+  words = " ".join(rng.choice(WORDS + ("\u00e9rror", "\u6570", "\U0001f642")) for _ in range(rng.randint(0, 8)))
+  return f"<code>\n# {words}\nv = {rng.randint(0, 99)}\n<end_of_step>"
+
+
+def fuzz_tree(rng, problem_id, question, shape, hits):
+  """A random tree of any shape: Q ties at every threshold, zero-visit steps, subtrees whose Qs all lean one way,
+  trees with no correct or only invalid terminals; some open with a trap for the continuation rule (a step with the
+  higher Q whose only way to a correct answer runs through Q = -1 steps, beside one whose way to a wrong answer runs
+  through Q = +1 steps)."""
+  nodes = [{"id": 0, "tag": "0", "parent": -1, "children": [], "depth": 0, "text": "", "code": "",
+            "observation": "", "final_answer": None, "terminal": False, "terminal_reason": None, "correct": None,
+            "visits": 0, "value_sum": 0, "q": 0.0, "ppm_value": None}]
+  lean, used, open_ids = {0: 0}, [], []
+
+  def add(parent, kind, visits=None, value_sum=None):
+    i = len(nodes)
+    node = dict(nodes[0], id=i, tag=f"{parent['tag']}.{len(parent['children']) + 1}", parent=parent["id"],
+                children=[], depth=parent["depth"] + 1, text=_fuzz_text(rng, used, hits))
+    used.append(node["text"])
+    # A step's Q leans as its parent's lean says; its own lean (for its children) may turn.
+    lean[i] = lean[parent["id"]] if rng.random() < 0.5 else rng.choice((-1, 0, 1))
+    if kind == "step":
+      if visits is None:
+        visits = rng.choice((0, 1, 1, 2, 3, 4, 6))
+        low, high = {-1: (-visits, 0), 0: (-visits, visits), 1: (0, visits)}[lean[parent["id"]]]
+        value_sum = rng.randint(low, high)
+      hits["zero_visits"] += visits == 0
+      node["visits"], node["value_sum"] = visits, value_sum
+      open_ids.append(i)
+    elif kind == "invalid":
+      node["terminal_reason"] = rng.choice(trees.INVALID_TERMINAL_REASONS)
+      node["visits"], node["value_sum"] = rng.choice(((1, -1), (1, -1), (2, -2), (0, 0)))
+    else:
+      node["final_answer"] = GROUND_TRUTH if kind == "correct" else str(rng.randint(0, 17))
+      node["terminal_reason"], node["correct"] = "answer", kind == "correct"
+      node["visits"] = rng.randint(1, 3)
+      node["value_sum"] = node["visits"] if kind == "correct" else -node["visits"]
+    node["terminal"] = node["terminal_reason"] is not None
+    node["q"] = node["value_sum"] / node["visits"] if node["visits"] else 0.0
+    nodes.append(node)
+    parent["children"].append(i)
+    return node
+
+  if rng.random() < shape["trap"]:
+    for head_sum, step_sum, leaf in ((rng.choice((0, 1)), -1, "correct"), (rng.choice((-1, -2)), 1, "wrong")):
+      node = add(nodes[0], "step", 2, head_sum)  # Q 0 or 0.5 (the positive), -0.5 or -1 (the negative)
+      for _ in range(rng.randint(2, 3)):
+        node = add(node, "step", 1, step_sum)
+      add(node, leaf)
+  else:
+    open_ids.append(0)
+  for _ in range(rng.randint(0, shape["expansions"])):
+    if not open_ids:
+      break
+    parent = nodes[open_ids.pop(rng.randrange(len(open_ids)))]
+    for _ in range(rng.randint(1, shape["branch"])):
+      kind = rng.choices(("step", "correct", "wrong", "invalid"), shape["weights"])[0]
+      add(parent, "invalid" if kind == "step" and parent["depth"] + 1 >= shape["max_depth"] else kind)
+    if parent["id"] and all(nodes[c]["terminal"] for c in parent["children"]) and rng.random() < 0.5:
+      parent["terminal"], parent["terminal_reason"] = True, "all_children_terminal"
+  outcomes = {n["correct"] for n in nodes if n["terminal_reason"] == "answer"}
+  hits["tree_without_correct"] += True not in outcomes
+  hits["tree_without_answer"] += not outcomes and any(n["terminal"] for n in nodes)
+  record = {"schema": trees.SCHEMA, "problem_id": problem_id, "question": question, "ground_truth": GROUND_TRUTH,
+            "prompt": f"<|user|>:\n{question}\n<|assistant|>: go.", "seed": 0, "mode": "terminal_guided",
+            "preset": "official", "nodes": nodes}
+  return records.validate_tree(record)
+
+
+def _walk_order(record, origins):
+  """ORDER: the positions of the official (breadth-first) pairs, sorted into our depth-first walk (nodes in
+  pre-order, children in creation order); a node's pairs keep their order."""
+  tag_key = lambda i: tuple(int(part) for part in record["nodes"][i]["tag"].split("."))
+  return sorted(range(len(origins)), key=lambda k: tag_key(origins[k]))
+
+
+def test_extraction_matches_official_transcription_on_adversarial_random_trees():
+  rng = random.Random(FUZZ_SEED)
+  hits = collections.Counter()
+  compared = collections.Counter()
+  while compared["trees"] < FUZZ_TREES:
+    # One pool: 1-6 trees of 1-4 problems, all of one random shape.
+    shape = {"expansions": rng.randint(1, 30), "branch": rng.randint(1, 5), "max_depth": rng.randint(2, 7),
+             "weights": rng.choice(((8, 1, 1, 1), (3, 3, 3, 1), (5, 0, 1, 3), (5, 1, 0, 1), (2, 2, 2, 2))),
+             "trap": rng.choice((0, 0.3))}
+    num_problems = rng.randint(1, 4)
+    tree_dicts = []
+    for _ in range(rng.randint(1, 6)):
+      k = rng.randrange(num_problems)
+      tree_dicts.append(fuzz_tree(rng, f"p/{k}", f"Question {k}: \u00e9 3 * 6?", shape, hits))
+    ours_trees = [trees.tree_from_dict(t) for t in tree_dicts]
+    compared["trees"] += len(tree_dicts)
+
+    ours_sft = [(r.query, r.response) for r in extract.sft_records(ours_trees)]
+    expected_sft = official_sft(tree_dicts, hits=hits)
+    compared["sft_records"] += len(expected_sft)
+    hits["sft_response_not_stripped"] += sum(r != r.strip() for _, r in ours_sft)
+    # The official sampler strips each response; ours keeps it as searched (documented), which only shows here, where
+    # a random step may begin or end with whitespace.
+    assert [(q, r.strip()) for q, r in ours_sft] == expected_sft, tree_dicts
+
+    for record, tree in zip(tree_dicts, ours_trees):
+      ours = [(p.prompt, p.pos, p.neg, p.pos_count, p.neg_count) for p in extract.ppm_pairs([tree])]
+      origins = []
+      expected = official_pairs(record, hits, origins)
+      compared["pairs"] += len(expected)
+      assert ours == [expected[k] for k in _walk_order(record, origins)], record
+
+  for rule in ("sft_error_dropped", "sft_ties", "sft_duplicates", "select_2v2", "select_1v4", "select_4v1",
+               "select_1v1", "dropped_by_q", "dropped_by_continuation", "dropped_by_margin", "margin_exactly_half",
+               "dropped_by_edit_distance", "duplicate_text", "empty_text", "zero_visits", "tree_without_correct",
+               "tree_without_answer", "sft_response_not_stripped"):
+    assert hits[rule] > 0, (rule, dict(hits))
+  assert compared["sft_records"] >= 100 and compared["pairs"] >= 100, dict(compared)
