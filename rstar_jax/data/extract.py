@@ -16,6 +16,7 @@ import math
 import os
 from typing import Iterable, Sequence
 
+from rstar_jax import files
 from rstar_jax.data.formats import PpmPair, SftRecord, write_ppm_pairs, write_sft_records
 from rstar_jax.data.trees import INVALID_TERMINAL_REASONS, ROOT_INDEX, Node, Tree, read_trees
 
@@ -300,10 +301,21 @@ class ExtractionStats:
 
 def _shards(path: str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
   """`[path]`, or for a directory (`run_search`'s output_dir) its `*.jsonl` shards in name order: beside them it holds
-  `trees.config.json`, which is no tree file."""
+  `trees.config.json`, which is no tree file.
+
+  Raises:
+    files.FolderInUseError: a search still holds its lock (`{shard_prefix}.lock`) in the directory: its shards so far
+      are only the batches done, and would be extracted as if they were all.
+  """
   if not os.path.isdir(path):
     return [path]
-  shards = sorted(name for name in os.listdir(path) if name.endswith(".jsonl"))
+  names = os.listdir(path)
+  for name in sorted(n for n in names if n.endswith(".lock")):
+    holder = files.lock_holder(os.path.join(path, name))
+    if holder is not None:
+      raise files.FolderInUseError(f"{os.fspath(path)}: a search is still writing tree shards here ({holder}; lock "
+                                   f"file {name}); extract once it has finished")
+  shards = sorted(name for name in names if name.endswith(".jsonl"))
   if not shards:
     raise ValueError(f"extract_files: {os.fspath(path)} holds no .jsonl tree shards; nothing written")
   return [os.path.join(path, name) for name in shards]
@@ -329,6 +341,7 @@ def extract_files(tree_files: str | os.PathLike[str] | Iterable[str | os.PathLik
     ValueError: no tree files are given (the outputs would be replaced by empty files), a tree file is given twice
       (its pairs would be written twice), an output file is one of the tree files (it would be replaced: the
       search's trees lost) or the two outputs are one file (the pairs would replace the SFT records).
+    files.FolderInUseError: a directory given is the output_dir of a search still running (it holds its lock there).
   """
   # One list for the checks and the reading: an iterator (e.g. `Path.glob`) is consumed by the first pass.
   inputs = [tree_files] if isinstance(tree_files, (str, os.PathLike)) else list(tree_files)

@@ -421,3 +421,21 @@ def test_extract_files_reads_a_search_output_dir(tmp_path):
   empty.mkdir()
   with pytest.raises(ValueError, match=rf"extract_files: {empty} holds no \.jsonl tree shards"):
     extract.extract_files(empty, None, str(tmp_path / "rm2.jsonl"))
+
+
+def test_extract_files_refuses_a_dir_a_search_is_still_writing(tmp_path):
+  # A search writes one shard per finished batch while it holds `{shard_prefix}.lock` in its output_dir: an extraction
+  # of that folder then read the batches done so far and wrote their records and pairs as if they were the round's
+  # (here 1 tree of the 2 the search will write), with no sign that data was missing.
+  from rstar_jax import files  # pylint: disable=import-outside-toplevel
+  rec1, _ = build_tree(TREE1)
+  out = tmp_path / "trees"
+  out.mkdir()
+  (out / "trees-00000.jsonl").write_text(json.dumps(rec1) + "\n")
+  with files.FolderLock(out, "trees.lock", "search"):  # as run_search(output_dir=out) holds it
+    with pytest.raises(files.FolderInUseError, match=rf"{out}: a search is still writing tree shards here \(search "):
+      extract.extract_files(out, str(tmp_path / "sft.json"), str(tmp_path / "rm.jsonl"))
+  assert not (tmp_path / "sft.json").exists() and not (tmp_path / "rm.jsonl").exists()
+  # Once the search is done (its lock file stays behind), the folder reads as before.
+  stats = extract.extract_files(out, str(tmp_path / "sft.json"), str(tmp_path / "rm.jsonl"))
+  assert stats.num_trees == 1 and stats.num_sft_records == len(extract.sft_records([trees.tree_from_dict(rec1)]))
