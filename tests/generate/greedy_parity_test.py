@@ -9,9 +9,13 @@ Every call has the same shapes, so the whole file compiles one set of programs.
 import functools
 
 import numpy as np
-from generate_helpers import TEST_BUCKETS, hf_generate, hf_tiny_tokenizer, load_tiny, random_prompts, tiny_tokenizer
+import torch
+import transformers
+from generate_helpers import (SPECIAL_TOKENS, TEST_BUCKETS, VOCAB, _tmp_root, hf_generate, hf_tiny_tokenizer,
+                              load_tiny, random_prompts, tiny_hf_config, tiny_tokenizer)
 
-from rstar_jax.generate import Engine, Greedy, Request
+from rstar_jax.generate import Buckets, Engine, Greedy, Request
+from rstar_jax.models import convert
 
 MAX_NEW = 32
 PROMPTS = random_prompts(seed=1, count=24, low=3, high=60)
@@ -246,3 +250,120 @@ def test_the_last_allowed_token_reports_a_stop_or_eos_before_length():
                               eos_ids=[int(plain[i, -1])])
   (res,) = results[i]
   assert (res.stop_reason, res.token_ids) == ("eos", tuple(plain[i].tolist()))
+
+
+def _plain_stop_rules(prompt, tokens, logprobs, limit, eos, stops):
+  """The reference cut, written from the rules alone: scan the greedy tokens one at a time; an EOS id ends the row
+  ("eos", the EOS token kept, its text not searched), else the first token after which the continuation text holds a
+  stop ends it (text up to the earliest stop, ties to the longer; later tokens discarded), else "length"."""
+  tok = hf_tiny_tokenizer()
+  prompt_text = tok.decode(prompt)
+
+  def text_of(ts):
+    full = tok.decode(prompt + ts)
+    # A prompt ending inside a character the continuation completes: the new tokens decoded alone (as
+    # `batch_decode(output[:, len(prompt):])`; the engine's documented choice, see `stops.RowText.of`).
+    return full[len(prompt_text):] if full.startswith(prompt_text) else tok.decode(ts)
+
+  tokens = tokens[:max(limit, 0)]
+  for t in range(1, len(tokens) + 1):
+    if tokens[t - 1] in eos:
+      return text_of(tokens[:t - 1]), "eos", tuple(tokens[:t]), float(np.sum(logprobs[:t]))
+    text = text_of(tokens[:t])
+    hits = [(text.find(s), -len(s), s) for s in stops if s in text]
+    if hits:
+      start, _, s = min(hits)
+      return text[:start], s, tuple(tokens[:t]), float(np.sum(logprobs[:t]))
+  return text_of(tokens), "length", tuple(tokens), float(np.sum(logprobs[:len(tokens)]))
+
+
+def test_seeded_fuzz_against_transformers_and_plain_stop_rules():
+  """Random calls (prompt batches with shared prefixes, identical prompts and prompts that are prefixes of others;
+  n in 0..2; stop strings cut from the model's own greedy text: the first token's text, spans of tokens, a stop and
+  its prefix, prompt text, special tags; EOS ids from the continuation; context limits) on a second model shape
+  (untied head, one kv head, explicit head_dim, 3 layers) with fine length buckets, row-chunked batches and a short
+  stop-check interval, against `transformers` greedy generation cut by `_plain_stop_rules`, and continuation
+  log-likelihoods against a `transformers` forward pass. A longer scratch version (288 calls, 11 random shapes,
+  random buckets, `max_rows`, prefix sharing on / off, stop-check intervals 1..16) found no divergence."""
+  torch.manual_seed(3)
+  config = tiny_hf_config(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                          num_key_value_heads=1, head_dim=24, tie_word_embeddings=False)
+  hf_model = transformers.Qwen2ForCausalLM(config).eval()
+  path = _tmp_root() / "fuzz_shape"
+  hf_model.save_pretrained(path)
+  ours = Engine(convert.load_qwen2(path), tokenizer=tiny_tokenizer(), eos_ids=(),
+                buckets=Buckets(min_length=4, fine_from=8, min_rows=2), max_rows=3, stop_check_interval=2)
+  rng = np.random.default_rng(11)
+  tok = tiny_tokenizer()
+  max_new = 10
+  greedy = {}
+
+  def hf_greedy(prompt):
+    if tuple(prompt) not in greedy:
+      with torch.no_grad():
+        ids = torch.tensor([prompt])
+        out = hf_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=max_new, min_new_tokens=max_new, pad_token_id=0, eos_token_id=None)
+        tokens = out[0, len(prompt):].tolist()
+        logp = torch.log_softmax(hf_model(input_ids=torch.tensor([prompt + tokens])).logits[0].double(), -1)
+      greedy[tuple(prompt)] = tokens, np.asarray([logp[len(prompt) - 1 + t, x] for t, x in enumerate(tokens)])
+    return greedy[tuple(prompt)]
+
+  compared = scored = 0
+  seen = set()
+  for call in range(7):
+    prompts = []
+    for _ in range(int(rng.integers(1, 6))):
+      kind = int(rng.integers(4)) if prompts else 0
+      src = prompts[int(rng.integers(len(prompts)))] if prompts else []
+      if kind == 0:
+        prompts.append(rng.integers(0, VOCAB, int(rng.integers(1, 24))).tolist())
+      elif kind == 1:
+        prompts.append(list(src[:int(rng.integers(1, len(src) + 1))]))  # a prefix of another prompt
+      elif kind == 2:
+        prompts.append(list(src))  # identical
+      else:
+        prompts.append(src[:int(rng.integers(0, len(src) + 1))] + rng.integers(0, VOCAB, 3).tolist())
+    conts = [hf_greedy(p) for p in prompts]
+    texts = [tok.decode(c[0]) for c in conts]
+    stops = []
+    for _ in range(int(rng.integers(0, 4))):
+      i, kind = int(rng.integers(len(prompts))), int(rng.integers(5))
+      text = texts[i]
+      if kind == 0:
+        stops.append(tok.decode(conts[i][0][:1]))  # completed by the first generated token
+      elif kind == 1 and len(text) > 2:
+        a = int(rng.integers(len(text) - 1))
+        stops.append(text[a:a + int(rng.integers(2, 5))])  # a span, often across token boundaries
+      elif kind == 2 and stops:
+        stops.append(stops[-1][:max(1, len(stops[-1]) - 1)])  # a prefix of another stop
+      elif kind == 3:
+        stops.append(tok.decode(prompts[i])[-2:])  # prompt text (counts only when generated again)
+      else:
+        stops.append(SPECIAL_TOKENS[int(rng.integers(len(SPECIAL_TOKENS)))])
+    stops = [s for s in stops if s]
+    pool = [t for c in conts for t in c[0][:4]]  # early tokens, so EOS often ends a row before its limit
+    eos = [int(rng.choice(pool))] if rng.integers(3) else []
+    max_new_call = int(rng.choice([1, max_new]))
+    max_context = None if rng.integers(3) else int(rng.integers(5, 30))
+    ns = [int(rng.integers(0, 3)) for _ in prompts]
+    results = ours.generate([Request(p, n=n, seed=call) for p, n in zip(prompts, ns)], Greedy(),
+                            max_new_tokens=max_new_call, stop=stops, eos_ids=eos, max_context=max_context)
+    for i, (prompt, n) in enumerate(zip(prompts, ns)):
+      limit = max_new_call if max_context is None else min(max_new_call, max_context - len(prompt))
+      want = _plain_stop_rules(prompt, *conts[i], limit, set(eos), stops)
+      for res in results[i]:
+        got = (res.text, res.stop_reason, res.token_ids)
+        assert got == want[:3], f"call {call} prompt {i}: {prompts[i]} stops {stops} eos {eos}"
+        np.testing.assert_allclose(res.logprob, want[3], atol=1e-3)
+        compared += 1
+        seen.add(want[1] if want[1] in ("eos", "length") else "stop")
+    contexts = [p[:int(rng.integers(1, len(p) + 1))] for p in prompts]
+    continuations = [p[len(c):] + rng.integers(0, VOCAB, int(rng.integers(0, 4))).tolist()
+                     for p, c in zip(prompts, contexts)]
+    for c, x, lp in zip(contexts, continuations, ours.loglikelihood(contexts, continuations)):
+      with torch.no_grad():
+        logp = torch.log_softmax(hf_model(input_ids=torch.tensor([c + x])).logits[0].double(), -1).numpy()
+      np.testing.assert_allclose(lp, [logp[len(c) - 1 + t, y] for t, y in enumerate(x)], atol=1e-4)
+      scored += 1
+  assert compared >= 12 and scored >= 12 and seen == {"eos", "length", "stop"}
