@@ -10,7 +10,10 @@ of the released code (rStar-Math `rstar_deepthink/`: `nodes/mcts_node.py` for th
 `config/*.yaml` settings of each mode). Every node of every tree is matched by its rStar tag (`0.2.1`) and compared:
 the set of tags, parent, depth, text (with its output block), program, observation, final answer, terminal reason,
 correctness, visits, value sum, Q and PPM value. The order in which each tree asked the policy for expansions is
-compared too.
+compared too. `test_random_worlds_match_the_official_search` then does the same over seeded random worlds: random step
+mixes (duplicates, truncated, unparsable and `<end_of_answer>` variants), random code errors, PPMs with exact ties and
+values at +-1, and random rollouts, depth, errors threshold, candidates, c, rewards, stop strings, mode and (every
+other world) the smallest node budget the official tree fits in.
 
 Why it is independent. The transcription imports nothing of the search but the shared world both sides are driven
 by: the same prompt-keyed scripted policy (`ScriptedPolicy(script)`), the same fake sandbox, the same PPM function
@@ -32,23 +35,27 @@ Documented deviations of ours, and how each is handled here:
   transcription's parser returns None for those, which sends them down the official `NO_VALID_CHILD` branch.
 - Answer extraction (step.py): the official cut at the first `.\\n`, the trailing-period strip and `\\text{}` removal
   never apply: no scripted answer step has them. Empty boxes (a non-terminal node there) are never scripted.
+- Box contents (grading.py): ours strips the answer read from a box (`\\boxed{ 3 }` -> `3`), the official
+  `extract_boxed_answer` keeps ` 3 ` (both graders strip it). Modelled: the random worlds compare answers stripped.
 - float32 UCT (kernels.py): a near-tie that float32 could resolve differently from the official float64 makes the
-  transcription's `select_child` raise `NearTie` (failing the test); none occurs in these trees, so every selection
-  compared here is one both precisions agree on.
+  transcription's `select_child` raise `NearTie` (failing the test); none occurs in these trees, nor in the random
+  worlds' seeded draw, so every selection compared here is one both precisions agree on.
 """
 
 import math
+import zlib
 
 import numpy as np
 import pytest
 
 from rstar_jax.search import Problem, SearchConfig, run_search
-from rstar_jax.search.scripted import FunctionScorer, ScriptedPolicy
+from rstar_jax.search.interfaces import STOP_LENGTH, StepCandidate
+from rstar_jax.search.scripted import FakeResult, FunctionScorer, ScriptedPolicy
 
 from official_rstar import (ANSWER_END, CODE_END, INVALID_ANSWERS, NO_VALID_CHILD, OUTPUT, OUTPUT_END, PROMPT,
                             STEP_DELIM, STEP_END, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, ExactGrader, FakeExecutor,
-                            NearTie, OfficialTree, assert_same_mcts_nodes, is_equiv, llm_generate, make_script,
-                            our_nodes, ppm, rm_generate, step_unwrap)
+                            NearTie, OfficialTree, _step_texts, assert_same_mcts_nodes, is_equiv, llm_generate,
+                            make_script, observe, our_nodes, ppm, rm_generate, step_unwrap)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The shared world (`official_rstar.py`: sandbox, PPM and grader, called by both sides), sized for this test.
@@ -353,3 +360,141 @@ def test_trees_match_the_official_search(mode):
   assert sum(reasons.values()) > 30 * NUM_PROBLEMS
   for reason in ("answer", "too_many_errors", "max_depth", "unparsable", "all_children_terminal", None):
     assert reasons.get(reason, 0) >= 5, (reason, reasons)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Random worlds: random scripts, sandboxes, PPMs and settings, compared the same way.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _fuzz_step_texts(k: int) -> dict[str, str | StepCandidate]:
+  """`_step_texts` plus shapes the fixed script never draws (the `ws_box` answer ` k ` is read as `k` here and as
+  ` k ` by the official `extract_boxed_answer`: compared stripped, graded alike by both)."""
+  return {**_step_texts(k),
+          "answer_plain": f"\\boxed{{{k}}}{ANSWER_END}",
+          "answer_eos_tag": f"<answer>\\boxed{{{k}}}",                  # eos, but boxed: an answer
+          "answer_at_step": f"\\boxed{{{k}}}{STEP_END}",
+          "answer_at_code": f"print({k})\n\\boxed{{{k}}}{CODE_END}",   # a box wins over the code
+          "nested_box": f"\\boxed{{\\frac{{{k}}}{{2}}}}{ANSWER_END}",
+          "ws_box": f"so  \\boxed{{ {k} }}\n{STEP_END}",
+          "length": StepCandidate(f"x = {k}\n", STOP_LENGTH),             # truncated: unparsable (ours)
+          "length_boxed": StepCandidate(f"so \\boxed{{{k}}}", STOP_LENGTH),
+          "open_close": f"<code>\nprint({k} + 1)\n{CODE_END}",
+          "open_error": f"<code>\nq = {k} / 0\n{STEP_END}",
+          "printed_error": f"print('Error {k}')\n{CODE_END}",           # an output that reads as an error
+          "continue_close": f"y = x + {k}\n{CODE_END}",                  # `continue`'s text, another stop string
+          "no_box_eos": f"The answer is {k}",                              # `no_box`'s text, eos
+          "only_stop": CODE_END,                                           # blank: unparsable (ours)
+          "inner_stop": f"a = {k}\n{STEP_END}\nb = 2"}                    # eos after a stop string
+
+
+def _random_world(rng: np.random.Generator) -> dict:
+  """One random world and search setting for both sides (see `test_random_worlds_match_the_official_search`)."""
+  kinds = list(dict.fromkeys([k for k in _fuzz_step_texts(0) if rng.random() < 0.6] + ["open"]))
+  # Steps a path goes on from get the larger weights: a terminal, above all an `<end_of_answer>` one (it ends the
+  # whole expansion), drawn as often would leave trees of a few nodes.
+  going_on = ("open", "continue", "close", "error", "open_close", "continue_close", "open_error", "printed_error")
+  weights = {k: None if k in ("answer_tag", "answer_box") else float(rng.random() * (1.0 if k in going_on else 0.1))
+             + 1e-3 for k in kinds}
+  answer_base, answer_slope = rng.uniform(0, 0.1, size=2)
+  digits, world_seed = int(rng.integers(1, 6)), int(rng.integers(0, 2**31))  # few digits: many duplicates
+
+  def script(prompt: str, n: int, seed: int) -> list:
+    del seed
+    draw = np.random.default_rng([zlib.crc32(prompt.encode()), world_seed])
+    steps_so_far = prompt.count(STEP_END) + prompt.count(CODE_END)
+    special = {"answer_tag": (answer_base + answer_slope * steps_so_far) / 2,
+               "answer_box": answer_base + answer_slope * steps_so_far}
+    probs = np.asarray([special.get(k, w) for k, w in weights.items()])
+    return [_fuzz_step_texts(int(draw.integers(0, digits)))[kinds[int(draw.choice(len(kinds), p=probs / probs.sum()))]]
+            for _ in range(n)]
+
+  ppm_kind = int(rng.integers(0, 4))
+
+  def world_ppm(text: str) -> float:
+    draw = np.random.default_rng([zlib.crc32(text.encode()), world_seed])
+    if ppm_kind == 0:
+      return float(np.tanh(draw.uniform(-5, 5) / 5))
+    if ppm_kind == 1:  # exact ties, and values at the clip edges
+      return float(draw.choice([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    return float(draw.choice([-1.0, 1.0])) if ppm_kind == 2 else 0.0  # 3: every value ties
+
+  error_rate = rng.uniform(0, 0.5)
+
+  class Executor:
+    def run(self, programs):
+      out = []
+      for program in programs:
+        seen = "Error happened\n" if "'Error" in program else observe(program)
+        if "error" not in seen.lower() and zlib.crc32(f"{program}{world_seed}".encode()) % 1000 < 1000 * error_rate:
+          seen = "NameError: name 'q' is not defined"
+        out.append(FakeResult(seen))
+      return out
+
+  mode = ["terminal_guided", "ppm_augmented", "inference"][int(rng.integers(0, 3))]
+  rewards = (1.0, -1.0) if rng.random() < 0.75 else (float(rng.choice([0.5, 2.0])), float(rng.choice([-0.5, 0.0])))
+  cfg = dict(OFFICIAL_CONFIGS[mode], stop=(BOOTSTRAP_STOP, SFT_STOP)[int(rng.integers(0, 2))],
+             max_depth=int(rng.integers(1, 9)), iterations=int(rng.integers(2, 9)),
+             n_generate_sample=int(rng.integers(1, 9)), errors_threshold=int(rng.integers(1, 4)),
+             c_puct=float(rng.choice([2.0, 0.0, 1.0, rng.uniform(0, 3)])),
+             positive_reward=rewards[0], negative_reward=rewards[1])
+  problems = [Problem(f"p{i}", f"problem {world_seed} {i}", None if mode == "inference" else str(rng.integers(digits)))
+              for i in range(int(rng.integers(2, 5)))]
+  return dict(mode=mode, cfg=cfg, script=script, ppm=world_ppm, executor=Executor, problems=problems)
+
+
+class _BudgetAgent(OfficialAgent):
+  """`OfficialAgent` that also counts the node slots ours needs: before each expansion, the nodes so far plus
+  `n_generate_sample` (ours reserves a full expansion's slots)."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.num_nodes, self.slots_needed = 1, 0
+
+  def expand_node(self, outputs, node):
+    self.slots_needed = max(self.slots_needed, self.num_nodes + self.cfg["n_generate_sample"])
+    super().expand_node(outputs, node)
+    self.num_nodes += len(outputs)
+
+
+NUM_RANDOM_WORLDS = 12
+
+
+def test_random_worlds_match_the_official_search():
+  """Random worlds (step mixes with duplicates, unparsable, truncated and `<end_of_answer>` variants; random code
+  errors; PPMs with exact ties and values at +-1; random rollouts, depth 1..8, errors threshold 1..3, 1..8
+  candidates, c, rewards, stop strings and mode), each searched by both sides and compared node by node. Every
+  other world gives ours the smallest node budget the official tree fits in: the same tree, and no tree stops early.
+  """
+  rng = np.random.default_rng(20261203)
+  compared, reasons = 0, set()
+  for world_index in range(NUM_RANDOM_WORLDS):
+    world = _random_world(rng)
+    cfg, mode, problems = world["cfg"], world["mode"], world["problems"]
+    agents = [_BudgetAgent(cfg, p.question, p.ground_truth, world["executor"]()) for p in problems]
+    # The official side first: it counts the budget ours needs (a `NearTie` fails the test, as above).
+    OfficialSolver(cfg, ScriptedPolicy(world["script"]), lambda texts: [world["ppm"](t) for t in texts]).solve(agents)
+    budget = max(1 + cfg["n_generate_sample"], *(a.slots_needed for a in agents)) if world_index % 2 else None
+    policy = ScriptedPolicy(world["script"])
+    config = SearchConfig(mode=mode, preset="official", num_rollouts=cfg["iterations"],
+                          num_candidates=cfg["n_generate_sample"], max_depth=cfg["max_depth"], c=cfg["c_puct"],
+                          errors_threshold=cfg["errors_threshold"], stop=cfg["stop"], first_answer_only=True,
+                          positive_reward=cfg["positive_reward"], negative_reward=cfg["negative_reward"],
+                          max_nodes=budget)
+    records = run_search(problems, policy, world["executor"](), config, prompt_fn=PROMPT.format,
+                         scorer=None if mode == "terminal_guided" else FunctionScorer(world["ppm"]),
+                         grader=ExactGrader(), progress=False)
+    for problem, record, agent in zip(problems, records, agents):
+      where = f"world {world_index} ({mode}, {cfg}) {problem.problem_id}"
+      theirs = _official_nodes(agent)
+      for node in theirs.values():
+        if node["final_answer"] is not None:
+          node["final_answer"] = node["final_answer"].strip()
+      assert not record["out_of_nodes"], f"{where}: stopped early with max_nodes={budget}"
+      reasons.update(assert_same_mcts_nodes(our_nodes(record), theirs, where))
+      prompt = PROMPT.format(problem.question)
+      assert [p for prompts, _ in policy.calls for p in prompts if p.startswith(prompt)] == agent.expanded_prompts, \
+          f"{where}: expansions in another order"
+      compared += len(theirs)
+  # The worlds drawn reach every terminal reason compared, in enough nodes.
+  assert compared > 40 * NUM_RANDOM_WORLDS, compared
+  assert reasons >= {"answer", "too_many_errors", "max_depth", "unparsable", "all_children_terminal", None}, reasons
