@@ -200,11 +200,20 @@ def _near_copy(rng, text, edits):
   return "".join(chars)
 
 
+def _root_node():
+  return {"id": 0, "tag": "0", "parent": -1, "children": [], "depth": 0, "text": "", "code": "", "observation": "",
+          "final_answer": None, "terminal": False, "terminal_reason": None, "correct": None, "visits": 0,
+          "value_sum": 0, "q": 0.0, "ppm_value": None}
+
+
+def _set_terminal_and_q(node):
+  node["terminal"] = node["terminal_reason"] is not None
+  node["q"] = node["value_sum"] / node["visits"] if node["visits"] else 0.0
+
+
 def random_tree(rng, problem_id, question):
   """A tree grown as a search grows one: a random open node gets 1-3 children (the root 3-6), ids in creation order."""
-  nodes = [{"id": 0, "tag": "0", "parent": -1, "children": [], "depth": 0, "text": "", "code": "",
-            "observation": "", "final_answer": None, "terminal": False, "terminal_reason": None, "correct": None,
-            "visits": 0, "value_sum": 0, "q": 0.0, "ppm_value": None}]
+  nodes = [_root_node()]
   open_ids = [0]
   for _ in range(rng.randint(1, 24)):
     if not open_ids:
@@ -236,12 +245,10 @@ def random_tree(rng, problem_id, question):
         answer = GROUND_TRUTH if kind == "correct" else str(rng.randint(0, 17))
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))
         node["text"] = f"<answer>The {words} gives \\boxed{{{answer}}}<end_of_answer>"
-        node["final_answer"], node["terminal_reason"] = answer, "answer"
-        node["correct"] = kind == "correct"
+        node["final_answer"], node["terminal_reason"], node["correct"] = answer, "answer", kind == "correct"
         node["visits"] = rng.randint(1, 3)
         node["value_sum"] = node["visits"] if kind == "correct" else -node["visits"]
-      node["terminal"] = node["terminal_reason"] is not None
-      node["q"] = node["value_sum"] / node["visits"] if node["visits"] else 0.0
+      _set_terminal_and_q(node)
       nodes.append(node)
       parent["children"].append(i)
     if parent["id"] and all(nodes[c]["terminal"] for c in parent["children"]) and rng.random() < 0.5:
@@ -330,9 +337,7 @@ def fuzz_tree(rng, problem_id, question, shape, hits):
   trees with no correct or only invalid terminals; some open with a trap for the continuation rule (a step with the
   higher Q whose only way to a correct answer runs through Q = -1 steps, beside one whose way to a wrong answer runs
   through Q = +1 steps)."""
-  nodes = [{"id": 0, "tag": "0", "parent": -1, "children": [], "depth": 0, "text": "", "code": "",
-            "observation": "", "final_answer": None, "terminal": False, "terminal_reason": None, "correct": None,
-            "visits": 0, "value_sum": 0, "q": 0.0, "ppm_value": None}]
+  nodes = [_root_node()]
   lean, used, open_ids = {0: 0}, [], []
 
   def add(parent, kind, visits=None, value_sum=None):
@@ -358,8 +363,7 @@ def fuzz_tree(rng, problem_id, question, shape, hits):
       node["terminal_reason"], node["correct"] = "answer", kind == "correct"
       node["visits"] = rng.randint(1, 3)
       node["value_sum"] = node["visits"] if kind == "correct" else -node["visits"]
-    node["terminal"] = node["terminal_reason"] is not None
-    node["q"] = node["value_sum"] / node["visits"] if node["visits"] else 0.0
+    _set_terminal_and_q(node)
     nodes.append(node)
     parent["children"].append(i)
     return node
