@@ -91,9 +91,16 @@ class Sampling:
       logits: `[B, V]` float32.
 
     Returns:
-      `[B, V]` float32: logits / temperature, `-inf` where filtered out; column c is token c.
+      `[B, V]` float32: (logits - the row's max) / temperature (softmax-equivalent to logits / temperature), `-inf`
+      where filtered out; column c is token c.
     """
-    scores = logits.astype(jnp.float32) / jnp.float32(self.temperature)
+    logits = logits.astype(jnp.float32)
+    # Shifted first, so the scores are <= 0: `logits / T` overflowed to +inf below T ~ 1e-37 (every positive logit
+    # tied at +inf, and the draw took the lowest id, not the argmax); a score below float32's range becomes -inf,
+    # probability 0, the T -> 0 limit. T is kept >= float32's smallest normal: one below it rounded (or flushed) to 0
+    # and 0 / 0 was NaN; the tempered gaps there dwarf any Gumbel noise anyway, so the draw is the argmax.
+    temperature = max(float(self.temperature), float(np.finfo(np.float32).tiny))
+    scores = (logits - jnp.max(logits, axis=-1, keepdims=True)) / jnp.float32(temperature)
     vocab = scores.shape[-1]
     top_k = self.top_k if 0 < self.top_k < vocab else 0
     if top_k == 0 and self.top_p >= 1:

@@ -84,7 +84,27 @@ def test_filters_that_keep_everything_are_off():
   # top_k=-1 is vLLM's "off", as the official rStar configs write it (it was refused).
   for method in [Sampling(0.5), Sampling(0.5, top_k=VOCAB), Sampling(0.5, top_k=VOCAB + 7), Sampling(0.5, top_p=1.0),
                  Sampling(0.5, top_k=-1)]:
-    np.testing.assert_array_equal(np.asarray(method.candidates(jnp.asarray(logits))), logits / np.float32(0.5))
+    # Scores are shifted by the row's max (softmax-invariant), so they never overflow at a tiny temperature.
+    want = (logits - logits.max(-1, keepdims=True)) / np.float32(0.5)
+    np.testing.assert_array_equal(np.asarray(method.candidates(jnp.asarray(logits))), want)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-40, 1e-50])
+@pytest.mark.parametrize("filters", [{}, dict(top_p=0.9), dict(top_k=3), dict(top_k=3, top_p=0.5)], ids=str)
+def test_a_tiny_temperature_draws_the_most_likely_token(temperature, filters):
+  """softmax(logits / T) tends to one-hot at the argmax as T -> 0 (vLLM samples greedily below T = 1e-5).
+
+  `logits / T` overflowed float32 below T ~ 1e-37 (every positive logit became +inf, a tie the draw broke towards
+  the lowest id) and a T below float32's range divided by zero: every draw was token 0 or the first positive logit,
+  never the argmax. Each row's maximum is unique, so at T <= 1e-30 its lead over the runner-up (>= 1 ulp, ~5e-7)
+  is >= 5e23 tempered units, past any Gumbel noise: the argmax is the only token such a T can draw.
+  """
+  rng = np.random.default_rng(4)
+  logits = (rng.normal(size=(64, VOCAB)) * 4).astype(np.float32)
+  assert ((logits == logits.max(-1, keepdims=True)).sum(-1) == 1).all()
+  keys = sample_keys([3] * 64, range(64))
+  drawn = np.asarray(Sampling(temperature, **filters)(jnp.asarray(logits), keys))
+  np.testing.assert_array_equal(drawn, np.argmax(logits, axis=-1))
 
 
 @pytest.mark.parametrize("method", [Sampling(1.0, top_p=0.9), Sampling(0.7, top_k=50),
