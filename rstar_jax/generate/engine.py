@@ -293,6 +293,8 @@ class Engine:
         raise ValueError(f"request {r}: n must be >= 0, got {req.n}")
       if req.first_sample < 0:
         raise ValueError(f"request {r}: first_sample must be >= 0, got {req.first_sample}")
+      if req.n and req.first_sample + req.n > 2**32:  # sample indices enter the key as uint32 (`sample_keys`)
+        raise ValueError(f"request {r}: first_sample + n must be <= 2**32, got {req.first_sample} + {req.n}")
       limit = max_new_tokens if max_context is None else min(max_new_tokens, max_context - prompt.size)
       rows.extend(_Row(r, req.first_sample + j, prompt, limit) for j in range(req.n))
     results: list[list[Result | None]] = [[None] * req.n for req in requests]

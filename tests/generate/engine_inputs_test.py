@@ -69,6 +69,16 @@ def test_a_negative_first_sample_is_refused():
     engine.generate([Request([5, 6], first_sample=-1)], Greedy(), max_new_tokens=2)
 
 
+@pytest.mark.parametrize("first_sample,n", [(2**32, 1), (2**32 - 1, 2), (2**40, 3)])
+def test_a_sample_index_past_the_key_range_is_refused(first_sample, n):
+  """A sample index enters the key as a uint32: one past it failed as numpy's bare "Python integer 4294967296 out of
+  bounds for uint32", naming neither the request nor the field."""
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
+  with pytest.raises(ValueError, match=rf"request 1: first_sample \+ n must be <= 2\*\*32, got {first_sample} \+ {n}"):
+    engine.generate([Request([5, 6]), Request([5, 6], n=n, first_sample=first_sample)], Sampling(),
+                    max_new_tokens=2)
+
+
 @pytest.mark.parametrize("eos_ids,error,message", [
     ("502", TypeError, r"eos_ids: expected token ids, got the text '502'"),  # rows ended at tokens 0, 2 and 5
     (502, TypeError, r"eos_ids: expected a flat sequence of integer token ids"),  # was "'int' object is not iterable"
