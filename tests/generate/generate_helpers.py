@@ -170,3 +170,28 @@ def hf_next_token_logits(prompt: list[int]) -> np.ndarray:
   _, model = tiny_hf()
   with torch.no_grad():
     return model(input_ids=torch.tensor([prompt])).logits[0, -1].numpy()
+
+
+def plain_stop_rules(prompt, tokens, logprobs, limit, eos, stops):
+  """The reference cut, written from the rules alone: scan the generated tokens one at a time; an EOS id ends the row
+  ("eos", the EOS token kept, its text not searched), else the first token after which the continuation text holds a
+  stop ends it (text up to the earliest stop, ties to the longer; later tokens discarded), else "length"."""
+  tok = hf_tiny_tokenizer()
+  prompt_text = tok.decode(prompt)
+
+  def text_of(ts):
+    full = tok.decode(prompt + ts)
+    # A prompt ending inside a character the continuation completes: the new tokens decoded alone (as
+    # `batch_decode(output[:, len(prompt):])`; the engine's documented choice, see `stops.RowText.of`).
+    return full[len(prompt_text):] if full.startswith(prompt_text) else tok.decode(ts)
+
+  tokens = tokens[:max(limit, 0)]
+  for t in range(1, len(tokens) + 1):
+    if tokens[t - 1] in eos:
+      return text_of(tokens[:t - 1]), "eos", tuple(tokens[:t]), float(np.sum(logprobs[:t]))
+    text = text_of(tokens[:t])
+    hits = [(text.find(s), -len(s), s) for s in stops if s in text]
+    if hits:
+      start, _, s = min(hits)
+      return text[:start], s, tuple(tokens[:t]), float(np.sum(logprobs[:t]))
+  return text_of(tokens), "length", tuple(tokens), float(np.sum(logprobs[:len(tokens)]))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import transformers
 from generate_helpers import (SPECIAL_TOKENS, TEST_BUCKETS, VOCAB, _tmp_root, hf_generate, hf_tiny_tokenizer,
-                              load_tiny, random_prompts, tiny_hf_config, tiny_tokenizer)
+                              load_tiny, plain_stop_rules, random_prompts, tiny_hf_config, tiny_tokenizer)
 
 from rstar_jax.generate import Buckets, Engine, Greedy, Request
 from rstar_jax.models import convert
@@ -252,37 +252,12 @@ def test_the_last_allowed_token_reports_a_stop_or_eos_before_length():
   assert (res.stop_reason, res.token_ids) == ("eos", tuple(plain[i].tolist()))
 
 
-def _plain_stop_rules(prompt, tokens, logprobs, limit, eos, stops):
-  """The reference cut, written from the rules alone: scan the greedy tokens one at a time; an EOS id ends the row
-  ("eos", the EOS token kept, its text not searched), else the first token after which the continuation text holds a
-  stop ends it (text up to the earliest stop, ties to the longer; later tokens discarded), else "length"."""
-  tok = hf_tiny_tokenizer()
-  prompt_text = tok.decode(prompt)
-
-  def text_of(ts):
-    full = tok.decode(prompt + ts)
-    # A prompt ending inside a character the continuation completes: the new tokens decoded alone (as
-    # `batch_decode(output[:, len(prompt):])`; the engine's documented choice, see `stops.RowText.of`).
-    return full[len(prompt_text):] if full.startswith(prompt_text) else tok.decode(ts)
-
-  tokens = tokens[:max(limit, 0)]
-  for t in range(1, len(tokens) + 1):
-    if tokens[t - 1] in eos:
-      return text_of(tokens[:t - 1]), "eos", tuple(tokens[:t]), float(np.sum(logprobs[:t]))
-    text = text_of(tokens[:t])
-    hits = [(text.find(s), -len(s), s) for s in stops if s in text]
-    if hits:
-      start, _, s = min(hits)
-      return text[:start], s, tuple(tokens[:t]), float(np.sum(logprobs[:t]))
-  return text_of(tokens), "length", tuple(tokens), float(np.sum(logprobs[:len(tokens)]))
-
-
 def test_seeded_fuzz_against_transformers_and_plain_stop_rules():
   """Random calls (prompt batches with shared prefixes, identical prompts and prompts that are prefixes of others;
   n in 0..2; stop strings cut from the model's own greedy text: the first token's text, spans of tokens, a stop and
   its prefix, prompt text, special tags; EOS ids from the continuation; context limits) on a second model shape
   (untied head, one kv head, explicit head_dim, 3 layers) with fine length buckets, row-chunked batches and a short
-  stop-check interval, against `transformers` greedy generation cut by `_plain_stop_rules`, and continuation
+  stop-check interval, against `transformers` greedy generation cut by `plain_stop_rules`, and continuation
   log-likelihoods against a `transformers` forward pass. A longer scratch version (288 calls, 11 random shapes,
   random buckets, `max_rows`, prefix sharing on / off, stop-check intervals 1..16) found no divergence."""
   torch.manual_seed(3)
@@ -351,7 +326,7 @@ def test_seeded_fuzz_against_transformers_and_plain_stop_rules():
                             max_new_tokens=max_new_call, stop=stops, eos_ids=eos, max_context=max_context)
     for i, (prompt, n) in enumerate(zip(prompts, ns)):
       limit = max_new_call if max_context is None else min(max_new_call, max_context - len(prompt))
-      want = _plain_stop_rules(prompt, *conts[i], limit, set(eos), stops)
+      want = plain_stop_rules(prompt, *conts[i], limit, set(eos), stops)
       for res in results[i]:
         got = (res.text, res.stop_reason, res.token_ids)
         assert got == want[:3], f"call {call} prompt {i}: {prompts[i]} stops {stops} eos {eos}"

@@ -11,11 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from generate_helpers import TEST_BUCKETS, VOCAB, hf_next_token_logits, load_tiny, random_prompts, tiny_tokenizer
+import transformers
+from generate_helpers import (SPECIAL_TOKENS, TEST_BUCKETS, VOCAB, _tmp_root, hf_next_token_logits, load_tiny,
+                              plain_stop_rules, random_prompts, tiny_hf_config, tiny_tokenizer)
 from transformers.generation import logits_process
 
 from rstar_jax.generate import Buckets, Engine, EnginePolicy, Request, Sampling
 from rstar_jax.generate.sampling import sample_keys
+from rstar_jax.models import convert
 
 PROMPTS = random_prompts(seed=2, count=6, low=5, high=40)
 
@@ -245,3 +248,108 @@ def test_same_samples_in_any_batch_shape_precompiled_or_not_and_through_the_poli
   long_text = tok.decode(long_prompt)
   assert len(tok.encode(long_text)) > 64
   assert [c.text for c in policy.generate([long_text, text], n=3, seeds=[4, 11], stop=[])[1]] == texts
+
+
+def test_seeded_fuzz_of_sampled_generation_against_transformers():
+  """Random sampled calls on a second model shape (untied head, one kv head, head_dim 24; short stop checks):
+  prompts with shared prefixes, duplicates and prefixes of each other; n in 0..3; random 64-bit seeds; the settings
+  include top_k = 1, top_k >= V, a tiny top_p with a tiny temperature, and top_p = 1. Against a `transformers`
+  forward pass over each sample: every token is one HF's warpers keep at its step (for the greedy-like settings,
+  the tokens are HF greedy generation's), and the reported log-prob is the sum of the raw model log-softmax. The
+  target request's samples are the same in another engine (no prefix sharing, `max_rows` chunks, other buckets)
+  next to other requests and a duplicate of itself, and as `n` copies with `first_sample = j`. With stop strings
+  (cut from the samples' own text, and tags) and an EOS id, each sample equals the samples above cut by the plain
+  rules (`plain_stop_rules`). A scratch version (7 random model shapes, 28 calls, 153 samples, random buckets,
+  `max_rows` and vocab limits, 27 next-token histograms of 2048 samples at random settings) found no divergence."""
+  torch.manual_seed(5)
+  config = tiny_hf_config(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=1, head_dim=24, tie_word_embeddings=False)
+  hf_model = transformers.Qwen2ForCausalLM(config).eval()
+  path = _tmp_root() / "sampling_fuzz_shape"
+  hf_model.save_pretrained(path)
+  model = convert.load_qwen2(path, scan_layers=False)
+  tok = tiny_tokenizer()
+  # Coarse buckets: each sampling method compiles one set of programs per engine (compiling dominates the time).
+  ours = Engine(model, tokenizer=tok, eos_ids=(), buckets=Buckets(min_length=32, min_rows=16), stop_check_interval=2)
+  other = Engine(model, tokenizer=tok, eos_ids=(), buckets=Buckets(min_length=64, min_rows=4), share_prefixes=False,
+                 max_rows=3)
+  methods = [Sampling(0.8, top_k=1), Sampling(1e-30, top_k=VOCAB + 3, top_p=1e-6),
+             Sampling(1.2, top_k=VOCAB, top_p=1.0), Sampling(0.7, top_k=20, top_p=0.9)]
+  rng = np.random.default_rng(7)
+  max_new = 8
+
+  def hf_logprobs(prompt, tokens):
+    with torch.no_grad():
+      logits = hf_model(input_ids=torch.tensor([prompt + list(tokens)])).logits[0, len(prompt) - 1:-1]
+    return logits.float().numpy(), torch.log_softmax(logits.double(), -1).numpy()
+
+  counts = dict(samples=0, greedy=0, same=0, cut=0)
+  cut_reasons = set()
+  for call, method in enumerate(methods):
+    prompts = []
+    for _ in range(int(rng.integers(2, 5))):
+      src = prompts[int(rng.integers(len(prompts)))] if prompts else []
+      kind = int(rng.integers(4)) if prompts else 0
+      if kind == 0:
+        prompts.append(rng.integers(0, VOCAB, int(rng.integers(1, 20))).tolist())
+      elif kind == 1:
+        prompts.append(list(src[:int(rng.integers(1, len(src) + 1))]))  # a prefix of another prompt
+      elif kind == 2:
+        prompts.append(list(src))  # identical, another seed
+      else:
+        prompts.append(src[:int(rng.integers(0, len(src) + 1))] + rng.integers(0, VOCAB, 3).tolist())
+    ns = [int(rng.integers(0, 4)) for _ in prompts]
+    ns[0] = max(ns[0], 2)
+    seeds = [int(rng.integers(-2**63, 2**63)) for _ in prompts]
+    requests = [Request(p, n=n, seed=s) for p, n, s in zip(prompts, ns, seeds)]
+    results = ours.generate(requests, method, max_new_tokens=max_new)
+    greedy_like = method.top_k == 1 or method.top_p < 1e-3 or method.temperature < 1e-3
+    for prompt, row in zip(prompts, results):
+      if greedy_like and row:
+        with torch.no_grad():
+          ids = torch.tensor([prompt])
+          hf_greedy = hf_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                        max_new_tokens=max_new, min_new_tokens=max_new, pad_token_id=0,
+                                        eos_token_id=None)[0, len(prompt):].tolist()
+      for res in row:
+        assert len(res.token_ids) == max_new and res.stop_reason == "length"
+        logits, logp = hf_logprobs(prompt, res.token_ids)
+        kept = reference_probs(logits, method) > 0  # [max_new, V]
+        assert kept[np.arange(max_new), list(res.token_ids)].all(), f"call {call} {method}: a filtered token drawn"
+        np.testing.assert_allclose(res.logprob, logp[np.arange(max_new), list(res.token_ids)].sum(), atol=1e-3)
+        counts["samples"] += 1
+        if greedy_like:
+          assert list(res.token_ids) == hf_greedy, f"call {call} {method}"
+          counts["greedy"] += 1
+    # The first request elsewhere: other shapes and chunks, other requests, a duplicate, n copies.
+    target = requests[0]
+    want = [r.token_ids for r in results[0]]
+    mixed = [Request(rng.integers(0, VOCAB, int(rng.integers(1, 30))).tolist(), n=2, seed=call), target,
+             Request(list(target.prompt), n=target.n, seed=target.seed)]
+    again = other.generate(mixed, method, max_new_tokens=max_new)
+    copies = other.generate([Request(target.prompt, seed=target.seed, first_sample=j) for j in range(target.n)],
+                            method, max_new_tokens=max_new)
+    assert [r.token_ids for r in again[1]] == [r.token_ids for r in again[2]] == want, f"call {call} {method}"
+    assert [r.token_ids for (r,) in copies] == want, f"call {call} {method}"
+    counts["same"] += 1
+    if not greedy_like:
+      assert len(set(want)) == len(want)  # the samples differ: the seeds reach them
+    # Stop strings and EOS cut the same samples as the plain rules do.
+    texts = [tok.decode(list(r.token_ids)) for row in results for r in row]
+    stops = [SPECIAL_TOKENS[int(rng.integers(1, 4))]]
+    for text in texts[:3]:
+      start = int(rng.integers(len(text)))
+      stops.append(text[start:start + int(rng.integers(1, 4))])
+    stops = [s for s in stops if s]
+    eos = [int(rng.choice([t for row in results for r in row for t in r.token_ids[1:4]]))]
+    cut = ours.generate(requests, method, max_new_tokens=max_new, stop=stops, eos_ids=eos)
+    for prompt, row, cut_row in zip(prompts, results, cut):
+      for res, got in zip(row, cut_row):
+        logp = hf_logprobs(prompt, res.token_ids)[1][np.arange(max_new), list(res.token_ids)]
+        want_cut = plain_stop_rules(prompt, list(res.token_ids), logp, max_new, set(eos), stops)
+        assert (got.text, got.stop_reason, got.token_ids) == want_cut[:3], f"call {call}: stops {stops} eos {eos}"
+        np.testing.assert_allclose(got.logprob, want_cut[3], atol=1e-3)
+        counts["cut"] += 1
+        cut_reasons.add(want_cut[1] if want_cut[1] in ("eos", "length") else "stop")
+  assert counts["samples"] >= 24 and counts["greedy"] >= 8 and counts["same"] == len(methods), counts
+  assert cut_reasons == {"eos", "length", "stop"}
