@@ -167,7 +167,11 @@ class Engine:
       # reach the live rows through the attention sum (0 * NaN): every padded prompt's tokens silently changed.
       raise ValueError(f"pad_id must be a token id in [0, {self.config.vocab_size}), got {pad_id!r}")
     self.pad_id = int(pad_id)
-    graphdef, self._params = nnx.split(model)
+    graphdef, params = nnx.split(model)
+    # Own variables over the same arrays (no copy): `nnx.split` hands back the model's own variable objects, so a
+    # later in-place placement of the caller's model (a second Engine on another mesh, `shard_model`) moved this
+    # engine's weights onto other devices under its compiled kernels ("incompatible devices").
+    self._params = jax.tree.map(lambda x: x, params)
     rules = tuple((name, tuple(axes)) for name, axes in rules)
     self._kernel_args = (graphdef, self.config, mesh, rules, pad_id)
     self._vocab_limit = _vocab_limit(tokenizer)

@@ -80,3 +80,15 @@ def test_ppm_values_and_loglikelihood_on_8_devices_equal_transformers():
   contexts, continuations = prompts[:3], [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
   for got, c, x in zip(sharded.loglikelihood(contexts, continuations), contexts, continuations):
     np.testing.assert_allclose(got, hf_token_logprobs(c, x), atol=1e-4)
+
+
+def test_engine_keeps_working_when_its_model_is_placed_on_another_mesh_later():
+  """An engine running the caller's model as is (`scan_layers=True`) shared its parameter variables with it: a second
+  engine on another mesh (or `shard_model`) moved them onto that mesh's devices in place, and the first engine's
+  kernels then failed on 'incompatible devices'. Both engines must give the transformers values."""
+  prompts = random_prompts(seed=4, count=3, low=3, high=20)
+  ppm = convert.load_ppm(tiny_ppm_dir()[0])
+  first = Engine(ppm, buckets=TEST_BUCKETS, mesh=sharding.make_mesh(2, 2, 2), scan_layers=True)
+  second = Engine(ppm, buckets=TEST_BUCKETS, mesh=sharding.make_mesh(1, 2, 1), scan_layers=True)
+  for engine in (first, second):
+    np.testing.assert_allclose(engine.values(prompts), hf_values(prompts), atol=1e-4)
