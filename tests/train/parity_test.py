@@ -10,9 +10,11 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 import rstar_train_testlib as testlib
+from rstar_jax import sharding
 from rstar_jax import tokenizer as tokenizer_lib
 from rstar_jax.data import formats, pipeline
 from rstar_jax.models import ModelConfig, PPM, ValueHead, convert, dropout_keep_mask
+from rstar_jax.train import optimizer
 from rstar_jax.train import state as state_lib
 from rstar_jax.train import steps
 
@@ -220,3 +222,91 @@ def test_ppm_value_head_dropout_matches_the_official_head_in_train_mode(tied_che
                              rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(np.asarray(grads["model"]["norm"]["weight"][...]), hf.model.norm.weight.grad.numpy(),
                              rtol=1e-4, atol=1e-7)
+
+
+class _CharTokenizer:
+  """One id per character, so `prompt + response` tokenizes as the two parts do and the official reference (one text,
+  the prompt's length masked) has the same ids as ours (two texts concatenated)."""
+
+  def __init__(self, eos, pad):
+    self.eos_id, self.pad_id = eos, pad
+
+  def encode(self, text):
+    return [3 + ord(c) % 500 for c in text]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sft_train_steps_fuzz_match_transformers_and_torch_adamw(seed, tmp_path):
+  # Random tiny model, records (empty queries/responses, rows cut at max_len or dropped), buckets, micro-batch split
+  # and AdamW settings (schedule, warm-up, decay, clipping off/below/above the norm). Reference: transformers' causal
+  # LM loss on the official layout (one text, -100 on the prompt and padding), torch AdamW with the Trainer's
+  # param groups and schedule, clip_grad_norm_; compared: per-row targets, loss, grad norm, lr, weights after.
+  rng = np.random.default_rng(seed)
+  hf = testlib.tiny_hf_model(tmp_path, tie=bool(seed % 2), seed=seed, hidden=int(rng.choice([16, 32])),
+                             layers=int(rng.integers(1, 3)))
+  config = ModelConfig.from_hf_config(tmp_path, param_dtype="float32")
+  tok = _CharTokenizer(eos=0, pad=[None, 0, 1][seed % 3])
+  text = lambda lo, hi: "".join(rng.choice(list("ab cd\n{}0123XY")) for _ in range(rng.integers(lo, hi + 1)))
+  records = [formats.SftRecord(query=text(0, 6), response=text(0, 20)) for _ in range(int(rng.integers(6, 12)))]
+  max_len, template, overlong = int(rng.integers(8, 24)), "Q:{input}\nA:", ["truncate", "drop"][seed % 2]
+  batch_size, accum = [(4, 2), (3, 1), (4, 4)][seed]
+  data_config = pipeline.PipelineConfig(max_len=max_len, batch_size=batch_size, num_epochs=1, shuffle=False,
+                                        buckets=(max_len // 2,), overlong=overlong, prompt_template=template)
+  reference_rows = []  # (ids, labels) as the official collator builds them, cut to max_len inputs + 1 target
+  for r in records:
+    prompt = tok.encode(formats.sft_prompt(r.query, template))
+    ids = prompt + tok.encode(r.response) + [tok.eos_id]
+    labels = [-100] * len(prompt) + ids[len(prompt):]
+    if len(ids) - 1 > max_len:
+      if overlong == "drop":
+        continue
+      ids, labels = ids[:max_len + 1], labels[:max_len + 1]
+    if any(label != -100 for label in labels[1:]):
+      reference_rows.append((ids, labels))
+  batches = list(pipeline.sft_pipeline(records, tok, data_config).iterator())
+  opt_config = optimizer.OptimizerConfig(
+      learning_rate=1e-3, weight_decay=[0.1, 0.0, 0.5][seed], eps=1e-3, schedule=["linear", "cosine", "constant"][seed],
+      warmup_steps=seed % 3, max_grad_norm=[1e-3, None, 1.0][seed])
+  total = len(batches)
+  mesh = sharding.make_mesh()
+  graphdef, params = state_lib.split_params(convert.load_qwen2(tmp_path, config))
+  tx = optimizer.make_optimizer(opt_config, total)
+  schedule = optimizer.learning_rate_schedule(opt_config, total)
+  state = state_lib.create_state(params, tx, mesh)
+  step = steps.jit_train_step(steps.make_train_step(steps.sft_loss_fn(graphdef), tx, mesh, accum_steps=accum,
+                                                    count_key="num_tokens", schedule=schedule),
+                              state_lib.state_shardings(params, tx, mesh), mesh)
+  named = list(hf.named_parameters())
+  no_decay = lambda name: "bias" in name or "norm" in name
+  torch_opt = torch.optim.AdamW(
+      [{"params": [p for n, p in named if not no_decay(n)], "weight_decay": opt_config.weight_decay},
+       {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0}], lr=1e-3, eps=1e-3)
+  torch_schedule = {"linear": transformers.get_linear_schedule_with_warmup,
+                    "cosine": transformers.get_cosine_schedule_with_warmup}.get(
+                        opt_config.schedule, lambda o, w, _: transformers.get_constant_schedule_with_warmup(o, w))(
+                            torch_opt, opt_config.warmup_steps, total)
+  for index, batch in enumerate(batches[:2]):
+    rows = reference_rows[index * batch_size:(index + 1) * batch_size]
+    width = batch["tokens"].shape[1]
+    assert width == (max_len // 2 if max(len(ids) - 1 for ids, _ in rows) <= max_len // 2 else max_len)
+    ids = np.zeros((len(rows), width + 1), np.int64)
+    labels = np.full((len(rows), width + 1), -100)
+    for i, (row_ids, row_labels) in enumerate(rows):
+      ids[i, :len(row_ids)], labels[i, :len(row_labels)] = row_ids, row_labels
+      np.testing.assert_array_equal(batch["targets"][i, :len(row_ids) - 1], row_ids[1:])
+    np.testing.assert_array_equal(batch["loss_mask"][:len(rows)], labels[:, 1:] != -100)
+    assert not batch["loss_mask"][len(rows):].any()
+    torch_opt.zero_grad()
+    attention = np.arange(width + 1) < np.array([len(row_ids) for row_ids, _ in rows])[:, None]
+    out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(attention).long(), labels=torch.tensor(labels))
+    out.loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_([p for _, p in named], opt_config.max_grad_norm or float("inf"))
+    np.testing.assert_allclose(float(schedule(index)), torch_schedule.get_last_lr()[0], rtol=1e-6, atol=1e-12)
+    torch_opt.step()
+    torch_schedule.step()
+    state, metrics = step(state, steps.put_batch(batch, mesh))
+    np.testing.assert_allclose(float(metrics["loss"]), out.loss.item(), rtol=2e-5)
+    np.testing.assert_allclose(float(metrics["grad_norm"]), norm.item(), rtol=2e-4)
+  ours = _grads_by_hf_name(graphdef, state.params, tmp_path / "after")
+  for name, param in named:
+    np.testing.assert_allclose(ours[name], param.detach().numpy(), rtol=1e-4, atol=3e-6, err_msg=name)
