@@ -95,7 +95,7 @@ class SearchConfig:
     max_depth: deeper non-answer steps are terminal.
     c: UCT exploration constant.
     errors_threshold: consecutive code errors that end a path.
-    first_answer_only: when a candidate ends with `<end_of_answer>`, the expansion keeps only the first such one
+    first_answer_only: when a candidate stopped at `<end_of_answer>`, the expansion keeps only the first such one
       (and no other candidate), as the official code.
     stop: the policy's stop strings.
     positive_reward: backed-up value of a correct answer.

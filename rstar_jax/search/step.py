@@ -1,7 +1,7 @@
 """The code-augmented step protocol (DESIGN §1.1): from sampled candidates to child nodes.
 
 For one expansion: `dedupe_candidates` drops repeated candidates and, with `first_answer_only`, keeps
-only the first `<end_of_answer>` candidate when there is one (the other candidates go too), as the
+only the first candidate that stopped at `<end_of_answer>` when there is one (the others go too), as the
 official `llm_generate`; `plan_child` classifies each one and builds the
 program to run; the caller runs the programs in the sandbox (one batch for all trees); `finish_child`
 turns the sandbox result into the child's text, observation and terminal state.
@@ -61,7 +61,7 @@ class StepConfig:
   Attributes:
     errors_threshold: consecutive code errors that end a path (official: 2 bootstrap, 1 later).
     max_depth: a non-answer child deeper than this is terminal (rStar: 16).
-    first_answer_only: when a candidate of an expansion ends with `<end_of_answer>`, keep only the first such
+    first_answer_only: when a candidate of an expansion stopped at `<end_of_answer>`, keep only the first such
       candidate and drop all others (the official `llm_generate` filter).
   """
   errors_threshold: int = 1
@@ -95,7 +95,9 @@ def checked_stop(stop: Sequence[str]) -> tuple[str, ...]:
 
 
 def _is_answer_candidate(c: StepCandidate) -> bool:
-  return c.stop_reason == ANSWER_END or c.step_text.rstrip().endswith(ANSWER_END)
+  # The official filter reads vLLM's `stop_reason` only: a text that merely ends with the tag (eos or length, when
+  # the stop strings lack it) is no answer candidate there, and must not drop the expansion's other candidates here.
+  return c.stop_reason == ANSWER_END
 
 
 def dedupe_candidates(candidates: Sequence[StepCandidate], first_answer_only: bool = True
@@ -103,8 +105,9 @@ def dedupe_candidates(candidates: Sequence[StepCandidate], first_answer_only: bo
   """The candidates an expansion keeps, as the official `llm_generate` filters vLLM's outputs.
 
   A candidate whose text (without its stop string, as vLLM's `out.text`) repeats an earlier one is dropped. Then,
-  with `first_answer_only`, if any candidate ends with `<end_of_answer>`, only the first of those is kept: the
-  expansion adds that one answer and nothing else (DESIGN §1.1).
+  with `first_answer_only`, if any candidate stopped at `<end_of_answer>` (its `stop_reason`, as the official
+  filter reads it), only the first of those is kept: the expansion adds that one answer and nothing else
+  (DESIGN §1.1).
   """
   seen: set[str] = set()
   kept: list[StepCandidate] = []

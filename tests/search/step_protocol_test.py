@@ -30,6 +30,19 @@ def test_dedupe_and_first_answer_rule():
   assert dedupe_candidates(two) == two[:1]
 
 
+def test_first_answer_rule_reads_the_stop_reason():
+  # The official `llm_generate` keeps only the first answer when a candidate's vLLM `stop_reason` is
+  # "<end_of_answer>"; a candidate that ended otherwise (eos, length: the config's stop strings lack the tag) is no
+  # such candidate even when its text ends with the tag, and every candidate stays.
+  cands = [StepCandidate("a\n", "<end_of_step>"), StepCandidate("The answer is 3<end_of_answer>", "eos"),
+           StepCandidate("\\boxed{1}<end_of_answer>\n", "eos"), StepCandidate("b\n", "<end_of_code>"),
+           StepCandidate("\\boxed{2}<end_of_answer>", "length")]
+  assert dedupe_candidates(cands, first_answer_only=True) == cands
+  # With one that stopped at the tag, that one alone is kept.
+  assert dedupe_candidates(cands + [StepCandidate("\\boxed{4}", "<end_of_answer>")]) == [
+      StepCandidate("\\boxed{4}", "<end_of_answer>")]
+
+
 def test_extract_program_follows_the_official_rules():
   text = "<code>\nimport math\n<end_of_step>\n# Step 2\nx = 1\n<end_of_step>\nprint(x)\n<end_of_code>"
   assert extract_program(text) == "# ========\nimport math\n\n# Step 2\nx = 1\n\nprint(x)"
