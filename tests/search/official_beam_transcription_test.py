@@ -15,6 +15,8 @@ extraction, `llms/llms.py` for the candidate filter of `llm_generate` and the va
   PPM value, the lockstep batching over problems, and the step at which each problem stopped);
 - the answers: the official `get_steps` solution list (answer nodes by PPM value, best first: tag, value, answer,
   solution text) against ours, and its first answer against `best_answer` of our record.
+The same comparison then runs on random worlds (`test_random_worlds_match_the_official_beam_search`): random step
+mixes, sandboxes, PPMs (exact and float32 ties, values at +-1), stop string sets and settings.
 
 Why it is independent. The transcription imports nothing of the search but the shared world both sides are driven
 by: the same prompt-keyed scripted policy (`ScriptedPolicy(script)`), the same fake sandbox, the same PPM function
@@ -33,7 +35,11 @@ Documented deviations of ours, and how each is handled here:
   with more answers in one step than it had width left goes on with almost every child; ours stops at 0. Modelled:
   the count stops at 0 below (the scripted trees do pass 0, see the coverage checks).
 - Code errors (beam.py): the official `BS.create_child` ends a path at any observation containing "error" and never
-  reads `errors_threshold`; ours applies `errors_threshold`, the same at the official 1 used here. Transcribed as is.
+  reads `errors_threshold`; ours applies `errors_threshold`, the same at the official 1 used here. Modelled for the
+  random worlds' thresholds 2 and 3: the transcription's error checks also need `errors_threshold` consecutive
+  errors, counted as the official `MCTS.create_child` counts them (at 1 they are the official checks).
+- `first_answer_only=False` (ours only; the official `llm_generate` always keeps only the first `<end_of_answer>`
+  candidate): modelled in `official_rstar.llm_generate`.
 - Double `<output>` wrap (step.py): a step that closes the code block and errs gets its output block once here, twice
   in the official `create_child`. Modelled: the transcription wraps once.
 - Unparsable steps (step.py): a blank step, or one that ended without a stop string and has no box, is a terminal
@@ -46,13 +52,18 @@ Documented deviations of ours, and how each is handled here:
   never apply: no scripted answer step has them. Empty boxes (a non-terminal node there) are never scripted.
 """
 
+import zlib
+
+import numpy as np
+
 from rstar_jax.search import BeamConfig, Problem, beam_search, best_answer
-from rstar_jax.search.scripted import FunctionScorer, ScriptedPolicy
+from rstar_jax.search.interfaces import STOP_EOS, StepCandidate
+from rstar_jax.search.scripted import FakeResult, FunctionScorer, ScriptedPolicy
 
 from official_rstar import (ANSWER_END, CODE_END, INVALID_ANSWERS, NO_VALID_CHILD, OUTPUT, OUTPUT_END, PROMPT,
                             STEP_DELIM, STEP_END, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, ExactGrader, FakeExecutor,
-                            OfficialTree, is_equiv, llm_generate, make_script, our_nodes, ppm, rm_generate,
-                            step_unwrap)
+                            OfficialTree, fuzz_step_texts, is_equiv, llm_generate, make_script, observe, our_nodes,
+                            ppm, rm_generate, step_unwrap)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The shared world (`official_rstar.py`: sandbox, PPM and answer check, called by both sides), sized for this test.
@@ -89,7 +100,10 @@ class OfficialNode:
     self.is_terminal = False
     self.value = 0.0
     self.state = {"text": "", "action": "", "action_input": "", "final_answer": ""}
-    self.program = ""  # not an official field: the program `code_execution` ran, kept for the comparison
+    # Not official fields: the program `code_execution` ran, kept for the comparison, and the consecutive code errors
+    # of the path (`MCTSNode`'s count; `errors_threshold` above 1 is modelled with it, see the module docstring).
+    self.program = ""
+    self.consecutive_errors = 0
 
 
 class OfficialBS(OfficialTree):
@@ -153,17 +167,21 @@ class OfficialBS(OfficialTree):
       new.state["action"] = parser_result["action"]
       new.state["action_input"] = parser_result["action_input"]
       new.state["observation"] = observation
+      # Official: any error ends the path (`errors_threshold` is never read); ours ends it at `errors_threshold`
+      # consecutive errors (beam.py, documented), counted as `MCTS.create_child` counts them. Modelled: each official
+      # error check below also needs the threshold reached, which at the official 1 every error does.
+      new.consecutive_errors = node.consecutive_errors + 1 if "error" in observation.lower() else 0
+      ends = new.consecutive_errors >= self.cfg["errors_threshold"]
       wrapped = False
       if CODE_END in parser_result["action_input"]:
         observation, wrapped = f"{OUTPUT}{observation}{OUTPUT_END}", True
         new.state["text"] = f"{step_result}{STEP_DELIM}{observation}"
-        if "Error" in observation:
+        if "Error" in observation and ends:
           new.is_terminal = True
           new.state["final_answer"] = TOO_MANY_CODE_ERRORS
       else:
         new.state["text"] = step_result
-      # No consecutive-error count: any error ends the path (errors_threshold 1 on our side, documented in beam.py).
-      if "error" in observation.lower():
+      if "error" in observation.lower() and ends:
         # Official: wraps `observation` again, which is already wrapped when the step closed the block; ours wraps
         # it once (step.py, documented), modelled here.
         observation = observation if wrapped else f"{OUTPUT}{observation}{OUTPUT_END}"
@@ -269,6 +287,46 @@ def _our_solutions(record: dict) -> list[dict]:
           for n in answers]
 
 
+def _assert_same_searches(problems, records, agents, ours_calls, theirs_calls, where) -> dict[str | None, int]:
+  """Asserts that our records and policy calls match the transcription's agents and `llm_generate` calls (see the
+  module docstring); returns how many nodes of each terminal reason were compared.
+
+  Answers are compared stripped: the official `extract_boxed_answer` keeps the spaces of `\\boxed{ 3 }`, ours does
+  not; `is_equiv` grades both alike.
+  """
+  # The beams: the same number of lockstep policy calls, each with the same prompts in the same order.
+  assert len(ours_calls) == len(theirs_calls), f"{where}: a different number of steps"
+  for step, (got, want) in enumerate(zip(ours_calls, theirs_calls)):
+    assert got == want, f"{where} step {step}: other beams ({len(got)} prompts here, {len(want)} there)"
+
+  reasons: dict[str | None, int] = {}
+  for problem, record, agent in zip(problems, records, agents):
+    ours, theirs = our_nodes(record), _official_nodes(agent, problem.ground_truth)
+    assert sorted(ours) == sorted(theirs), f"{where} {problem.problem_id}: the trees have different nodes"
+    for tag, want in theirs.items():
+      got = ours[tag]
+      at = f"{where} {problem.problem_id} node {tag}"
+      if want["final_answer"] is not None:
+        want["final_answer"] = want["final_answer"].strip()
+      for field in ("parent", "depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct"):
+        assert got[field] == want[field], f"{at}: {field}"
+      assert (got["visits"], got["value_sum"]) == (0, 0.0), at
+      if want["terminal_reason"] in ("too_many_errors", "unparsable", "max_depth") or tag == "0":
+        assert got["ppm_value"] is None, f"{at}: ppm_value"  # not scored by ours (see the module docstring)
+      else:
+        assert got["ppm_value"] == want["ppm_value"], f"{at}: ppm_value"  # the same float32 value
+      reasons[want["terminal_reason"]] = reasons.get(want["terminal_reason"], 0) + 1
+    solutions = agent.get_steps()
+    for solution in solutions:
+      solution["final_answer"] = solution["final_answer"].strip()
+    ours_solutions = _our_solutions(record)
+    at = f"{where} {problem.problem_id}: answers"
+    assert [s["tag"] for s in ours_solutions] == [s["tag"] for s in solutions], at
+    assert ours_solutions == solutions, at
+    assert best_answer(record) == (solutions[0]["final_answer"] if solutions else None), at
+  return reasons
+
+
 def test_beams_match_the_official_step_beam_search():
   problems = [Problem(f"p{i:02d}", f"problem {i:02d}", str(i % 4)) for i in range(NUM_PROBLEMS)]
 
@@ -283,32 +341,8 @@ def test_beams_match_the_official_step_beam_search():
   solver = OfficialSolver(OFFICIAL_CONFIG, ScriptedPolicy(script), lambda texts: [ppm(t) for t in texts])
   solver.solve(agents)
 
-  # The beams: the same number of lockstep policy calls, each with the same prompts in the same order.
-  ours_calls = [prompts for prompts, _ in ours_policy.calls]
-  assert len(ours_calls) == len(solver.generate_calls), "a different number of steps"
-  for step, (got, want) in enumerate(zip(ours_calls, solver.generate_calls)):
-    assert got == want, f"step {step}: other beams ({len(got)} prompts here, {len(want)} there)"
-
-  reasons: dict[str | None, int] = {}
-  for problem, record, agent in zip(problems, records, agents):
-    ours, theirs = our_nodes(record), _official_nodes(agent, problem.ground_truth)
-    assert sorted(ours) == sorted(theirs), f"{problem.problem_id}: the trees have different nodes"
-    for tag, want in theirs.items():
-      got = ours[tag]
-      where = f"{problem.problem_id} node {tag}"
-      for field in ("parent", "depth", "text", "code", "observation", "final_answer", "terminal_reason", "correct"):
-        assert got[field] == want[field], f"{where}: {field}"
-      assert (got["visits"], got["value_sum"]) == (0, 0.0), where
-      if want["terminal_reason"] in ("too_many_errors", "unparsable", "max_depth") or tag == "0":
-        assert got["ppm_value"] is None, f"{where}: ppm_value"  # not scored by ours (see the module docstring)
-      else:
-        assert got["ppm_value"] == want["ppm_value"], f"{where}: ppm_value"  # the same float32 value
-      reasons[want["terminal_reason"]] = reasons.get(want["terminal_reason"], 0) + 1
-    solutions = agent.get_steps()
-    ours_solutions = _our_solutions(record)
-    assert [s["tag"] for s in ours_solutions] == [s["tag"] for s in solutions], f"{problem.problem_id}: answers"
-    assert ours_solutions == solutions, f"{problem.problem_id}: answers"
-    assert best_answer(record) == (solutions[0]["final_answer"] if solutions else None), problem.problem_id
+  reasons = _assert_same_searches(problems, records, agents, [prompts for prompts, _ in ours_policy.calls],
+                                  solver.generate_calls, "fixed world")
 
   # The trees exercise every rule compared above.
   assert sum(reasons.values()) > 15 * NUM_PROBLEMS, reasons
@@ -324,3 +358,133 @@ def test_beams_match_the_official_step_beam_search():
                 for record in records for d in range(1, MAX_DEPTH + 1))
   assert crowded >= 20, crowded
   assert sum(a.passed_zero for a in agents) >= 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Random worlds: random scripts, sandboxes, PPMs, stop strings and settings, compared the same way.
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _beam_step_texts(k: int) -> dict[str, str | StepCandidate]:
+  """`fuzz_step_texts` plus `<end_of_answer>` and code shapes that matter to the beam's first-answer rule."""
+  return {**fuzz_step_texts(k),
+          "tag_mid": f"\\boxed{{{k}}}{ANSWER_END}\nx = 1\n{STEP_END}",   # the tag inside, stopped at another
+          "no_box_tag": f"<answer>{k}{ANSWER_END}",                       # stopped at the tag, no box: code
+          "code_tag": f"print({k})\n{ANSWER_END}",                         # the same, as runnable code
+          "tag_eos": StepCandidate(f"\\boxed{{{k}}}{ANSWER_END}", STOP_EOS),  # ends with the tag, not stopped there
+          "both_tags": f"<code>\nprint({k})\n{CODE_END}\nmore\n{STEP_END}",
+          "unicode": f"<code>\ns = '\u00e9{k}'\n{STEP_END}"}
+
+
+def _random_beam_world(rng: np.random.Generator) -> dict:
+  """One random world and beam setting for both sides (see `test_random_worlds_match_the_official_beam_search`)."""
+  kinds = list(dict.fromkeys([k for k in _beam_step_texts(0) if rng.random() < 0.6] + ["open"]))
+  # Steps a path goes on from get the larger weights (terminals drawn as often would leave trees of a few nodes).
+  going_on = ("open", "continue", "close", "error", "open_close", "continue_close", "open_error", "printed_error",
+              "both_tags", "unicode")
+  weights = {k: None if k in ("answer_tag", "answer_box") else float(rng.random() * (1.0 if k in going_on else 0.1))
+             + 1e-3 for k in kinds}
+  answer_base, answer_slope = rng.uniform(0, 0.15, size=2)
+  digits, world_seed = int(rng.integers(1, 6)), int(rng.integers(0, 2**31))  # few digits: many duplicates
+
+  def script(prompt: str, n: int, seed: int) -> list:
+    del seed
+    draw = np.random.default_rng([zlib.crc32(prompt.encode()), world_seed])
+    steps_so_far = prompt.count(STEP_END) + prompt.count(CODE_END)
+    special = {"answer_tag": (answer_base + answer_slope * steps_so_far) / 2,
+               "answer_box": answer_base + answer_slope * steps_so_far}
+    probs = np.asarray([special.get(k, w) for k, w in weights.items()])
+    return [_beam_step_texts(int(draw.integers(0, digits)))[kinds[int(draw.choice(len(kinds), p=probs / probs.sum()))]]
+            for _ in range(n)]
+
+  ppm_kind = int(rng.integers(0, 5))
+
+  def world_ppm(text: str) -> float:
+    draw = np.random.default_rng([zlib.crc32(text.encode()), world_seed])
+    if ppm_kind == 0:
+      return float(np.tanh(draw.uniform(-5, 5) / 5))
+    if ppm_kind == 1:  # exact ties, and values at the clip edges
+      return float(draw.choice([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    if ppm_kind == 2:  # ties in float32 only, and -0.0 against 0.0
+      return float(draw.choice([-1.0, -0.0, 0.0, 0.1, 0.1 + 1e-9, 1.0]))
+    return float(draw.choice([-1.0, 1.0])) if ppm_kind == 3 else 0.0  # 4: every value ties
+
+  error_rate = rng.uniform(0, 0.5)
+
+  class Executor:
+    def run(self, programs):
+      out = []
+      for program in programs:
+        seen = "Error happened\n" if "'Error" in program else observe(program)
+        if "error" not in seen.lower() and zlib.crc32(f"{program}{world_seed}".encode()) % 1000 < 1000 * error_rate:
+          seen = "NameError: name 'q' is not defined"
+        out.append(FakeResult(seen))
+      return out
+
+  # The official stop strings half the time; else some of the tags in any order (`<end_of_answer>` often missing),
+  # now and then with a stop string that matches inside a tag.
+  stop = (STEP_END, CODE_END, ANSWER_END)
+  if rng.random() < 0.5:
+    stop = tuple(rng.permutation([s for s in (STEP_END, CODE_END, ANSWER_END, OUTPUT_END) if rng.random() < 0.7]
+                                 or [STEP_END]).tolist())
+    if rng.random() < 0.3:
+      stop = tuple(rng.permutation([*stop, str(rng.choice(["p>", "code>", "\n<end"]))]).tolist())
+  cfg = dict(step_beam_width=int(rng.integers(1, 6)), n_generate_sample=int(rng.integers(1, 7)),
+             max_depth=int(rng.integers(1, 9)), errors_threshold=int(rng.integers(1, 4)), stop=stop,
+             need_value_func=True, first_answer_only=bool(rng.random() < 0.75))
+  problems = [Problem(f"p{i}", f"problem {world_seed} {i}", str(rng.integers(digits)))
+              for i in range(int(rng.integers(1, 6)))]
+  return dict(cfg=cfg, script=script, ppm=world_ppm, executor=Executor, problems=problems)
+
+
+NUM_RANDOM_WORLDS = 200
+
+
+def test_random_worlds_match_the_official_beam_search():
+  """Random worlds (step mixes with duplicates, unparsable, truncated, failing code and `<end_of_answer>` variants;
+  random code errors; PPMs with exact and float32 ties and values at +-1; beam width 1..5, 1..6 samples per step,
+  depth 1..8, errors threshold 1..3, first-answer rule on or off, random stop string sets; 1..5 problems in
+  lockstep), each searched by both sides and compared node by node, beam by beam and answer by answer."""
+  rng = np.random.default_rng(20261204)
+  reasons: dict[str | None, int] = {}
+  stats = dict.fromkeys(("tie_cut", "passed_zero", "uneven_finish", "errors_go_on", "tag_eos_kept_others",
+                         "first_answer_off"), 0)
+  for world_index in range(NUM_RANDOM_WORLDS):
+    world = _random_beam_world(rng)
+    cfg, problems = world["cfg"], world["problems"]
+    ours_policy = ScriptedPolicy(world["script"])
+    config = BeamConfig(beam_width=cfg["step_beam_width"], samples_per_step=cfg["n_generate_sample"],
+                        max_depth=cfg["max_depth"], errors_threshold=cfg["errors_threshold"],
+                        first_answer_only=cfg["first_answer_only"], stop=cfg["stop"], seed=world_index)
+    records = beam_search(problems, ours_policy, world["executor"](), FunctionScorer(world["ppm"]), config,
+                          prompt_fn=PROMPT.format, grader=ExactGrader())
+    agents = [OfficialBS(cfg, p.question, world["executor"]()) for p in problems]
+    solver = OfficialSolver(cfg, ScriptedPolicy(world["script"]), lambda texts: [world["ppm"](t) for t in texts])
+    solver.solve(agents)
+    where = f"world {world_index} ({cfg})"
+    for reason, count in _assert_same_searches(problems, records, agents, [p for p, _ in ours_policy.calls],
+                                               solver.generate_calls, where).items():
+      reasons[reason] = reasons.get(reason, 0) + count
+
+    # What the world exercised (for the coverage checks below).
+    stats["passed_zero"] += sum(a.passed_zero for a in agents)
+    last_steps = {max(n["depth"] for n in r["nodes"]) for r in records}
+    stats["uneven_finish"] += len(last_steps) > 1
+    for record in records:
+      nodes = record["nodes"]
+      for n in nodes:
+        kids = [nodes[c] for c in n["children"]]
+        # A tie at the beam's cut: an expanded and an unexpanded unfinished child, both with the same value.
+        going = [c for c in kids if c["terminal_reason"] is None]
+        if n["depth"] + 2 <= cfg["max_depth"]:
+          stats["tie_cut"] += any(a["children"] and not b["children"] and a["ppm_value"] == b["ppm_value"]
+                                  for a in going for b in going)
+        stats["errors_go_on"] += any(c["terminal_reason"] is None and "error" in c["observation"].lower()
+                                     for c in kids)
+        stats["tag_eos_kept_others"] += len(kids) > 1 and any(c["text"].endswith(ANSWER_END) for c in kids) and \
+            ANSWER_END not in cfg["stop"]
+        stats["first_answer_off"] += not cfg["first_answer_only"] and ANSWER_END in cfg["stop"] and len(kids) > 1 and \
+            any(c["text"].endswith(ANSWER_END) for c in kids)
+  # The worlds drawn reach every terminal reason compared, in enough nodes, and every rule above.
+  assert sum(reasons.values()) > 20 * NUM_RANDOM_WORLDS, reasons
+  assert set(reasons) >= {"answer", "too_many_errors", "unparsable", None}, reasons
+  assert all(count >= 10 for count in stats.values()), str(stats)

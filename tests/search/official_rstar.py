@@ -17,6 +17,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pytest
 
+from rstar_jax.search.interfaces import STOP_LENGTH, StepCandidate
 from rstar_jax.search.scripted import FakeResult, ScriptedPolicy
 
 PROMPT = "Question: {}\n"
@@ -70,6 +71,26 @@ def make_script(weights: Mapping[str, float | None], answer_base: float,
 
   return script
 
+
+def fuzz_step_texts(k: int) -> dict[str, str | StepCandidate]:
+  """`_step_texts` plus shapes the fixed script never draws (the `ws_box` answer ` k ` is read as `k` here and as
+  ` k ` by the official `extract_boxed_answer`: compared stripped, graded alike by both)."""
+  return {**_step_texts(k),
+          "answer_plain": f"\\boxed{{{k}}}{ANSWER_END}",
+          "answer_eos_tag": f"<answer>\\boxed{{{k}}}",                  # eos, but boxed: an answer
+          "answer_at_step": f"\\boxed{{{k}}}{STEP_END}",
+          "answer_at_code": f"print({k})\n\\boxed{{{k}}}{CODE_END}",   # a box wins over the code
+          "nested_box": f"\\boxed{{\\frac{{{k}}}{{2}}}}{ANSWER_END}",
+          "ws_box": f"so  \\boxed{{ {k} }}\n{STEP_END}",
+          "length": StepCandidate(f"x = {k}\n", STOP_LENGTH),             # truncated: unparsable (ours)
+          "length_boxed": StepCandidate(f"so \\boxed{{{k}}}", STOP_LENGTH),
+          "open_close": f"<code>\nprint({k} + 1)\n{CODE_END}",
+          "open_error": f"<code>\nq = {k} / 0\n{STEP_END}",
+          "printed_error": f"print('Error {k}')\n{CODE_END}",           # an output that reads as an error
+          "continue_close": f"y = x + {k}\n{CODE_END}",                  # `continue`'s text, another stop string
+          "no_box_eos": f"The answer is {k}",                              # `no_box`'s text, eos
+          "only_stop": CODE_END,                                           # blank: unparsable (ours)
+          "inner_stop": f"a = {k}\n{STEP_END}\nb = 2"}                    # eos after a stop string
 
 def observe(program: str) -> str:
   """The fake sandbox: an error for a division by zero or a stray sentence, a number when something prints."""
@@ -202,7 +223,11 @@ class OfficialTree:
 
 def llm_generate(policy: ScriptedPolicy, cfg: dict, prompts: list[str]) -> list[list[tuple[str, str | None]]]:
   """`llms/llms.py llm_generate`: samples, then drops repeated texts; if one stopped at `<end_of_answer>`, keeps
-  only the first such one."""
+  only the first such one.
+
+  Ours can switch that last filter off (`first_answer_only=False`; the official always applies it): modelled by
+  `cfg["first_answer_only"]` (default True, the official code).
+  """
   out = []
   cands = policy.generate(prompts, n=cfg["n_generate_sample"], seeds=[0] * len(prompts),
                           stop=list(cfg["stop"])) if prompts else []
@@ -214,7 +239,7 @@ def llm_generate(policy: ScriptedPolicy, cfg: dict, prompts: list[str]) -> list[
       if text not in seen:
         seen.add(text)
         kept.append((text, stop))
-    answers = [o for o in kept if o[1] == ANSWER_END]
+    answers = [o for o in kept if o[1] == ANSWER_END] if cfg.get("first_answer_only", True) else []
     out.append(answers[:1] if answers else kept)
   return out
 

@@ -49,13 +49,13 @@ import numpy as np
 import pytest
 
 from rstar_jax.search import Problem, SearchConfig, run_search
-from rstar_jax.search.interfaces import STOP_LENGTH, StepCandidate
 from rstar_jax.search.scripted import FakeResult, FunctionScorer, ScriptedPolicy
 
 from official_rstar import (ANSWER_END, CODE_END, INVALID_ANSWERS, NO_VALID_CHILD, OUTPUT, OUTPUT_END, PROMPT,
                             STEP_DELIM, STEP_END, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, ExactGrader, FakeExecutor,
-                            NearTie, OfficialTree, _step_texts, assert_same_mcts_nodes, is_equiv, llm_generate,
-                            make_script, observe, our_nodes, ppm, rm_generate, step_unwrap)
+                            NearTie, OfficialTree, assert_same_mcts_nodes, is_equiv, llm_generate,
+                            fuzz_step_texts, make_script, observe, our_nodes, ppm, rm_generate,
+                            step_unwrap)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The shared world (`official_rstar.py`: sandbox, PPM and grader, called by both sides), sized for this test.
@@ -366,30 +366,9 @@ def test_trees_match_the_official_search(mode):
 # Random worlds: random scripts, sandboxes, PPMs and settings, compared the same way.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _fuzz_step_texts(k: int) -> dict[str, str | StepCandidate]:
-  """`_step_texts` plus shapes the fixed script never draws (the `ws_box` answer ` k ` is read as `k` here and as
-  ` k ` by the official `extract_boxed_answer`: compared stripped, graded alike by both)."""
-  return {**_step_texts(k),
-          "answer_plain": f"\\boxed{{{k}}}{ANSWER_END}",
-          "answer_eos_tag": f"<answer>\\boxed{{{k}}}",                  # eos, but boxed: an answer
-          "answer_at_step": f"\\boxed{{{k}}}{STEP_END}",
-          "answer_at_code": f"print({k})\n\\boxed{{{k}}}{CODE_END}",   # a box wins over the code
-          "nested_box": f"\\boxed{{\\frac{{{k}}}{{2}}}}{ANSWER_END}",
-          "ws_box": f"so  \\boxed{{ {k} }}\n{STEP_END}",
-          "length": StepCandidate(f"x = {k}\n", STOP_LENGTH),             # truncated: unparsable (ours)
-          "length_boxed": StepCandidate(f"so \\boxed{{{k}}}", STOP_LENGTH),
-          "open_close": f"<code>\nprint({k} + 1)\n{CODE_END}",
-          "open_error": f"<code>\nq = {k} / 0\n{STEP_END}",
-          "printed_error": f"print('Error {k}')\n{CODE_END}",           # an output that reads as an error
-          "continue_close": f"y = x + {k}\n{CODE_END}",                  # `continue`'s text, another stop string
-          "no_box_eos": f"The answer is {k}",                              # `no_box`'s text, eos
-          "only_stop": CODE_END,                                           # blank: unparsable (ours)
-          "inner_stop": f"a = {k}\n{STEP_END}\nb = 2"}                    # eos after a stop string
-
-
 def _random_world(rng: np.random.Generator) -> dict:
   """One random world and search setting for both sides (see `test_random_worlds_match_the_official_search`)."""
-  kinds = list(dict.fromkeys([k for k in _fuzz_step_texts(0) if rng.random() < 0.6] + ["open"]))
+  kinds = list(dict.fromkeys([k for k in fuzz_step_texts(0) if rng.random() < 0.6] + ["open"]))
   # Steps a path goes on from get the larger weights: a terminal, above all an `<end_of_answer>` one (it ends the
   # whole expansion), drawn as often would leave trees of a few nodes.
   going_on = ("open", "continue", "close", "error", "open_close", "continue_close", "open_error", "printed_error")
@@ -405,7 +384,7 @@ def _random_world(rng: np.random.Generator) -> dict:
     special = {"answer_tag": (answer_base + answer_slope * steps_so_far) / 2,
                "answer_box": answer_base + answer_slope * steps_so_far}
     probs = np.asarray([special.get(k, w) for k, w in weights.items()])
-    return [_fuzz_step_texts(int(draw.integers(0, digits)))[kinds[int(draw.choice(len(kinds), p=probs / probs.sum()))]]
+    return [fuzz_step_texts(int(draw.integers(0, digits)))[kinds[int(draw.choice(len(kinds), p=probs / probs.sum()))]]
             for _ in range(n)]
 
   ppm_kind = int(rng.integers(0, 4))
