@@ -310,3 +310,130 @@ def test_sft_train_steps_fuzz_match_transformers_and_torch_adamw(seed, tmp_path)
   ours = _grads_by_hf_name(graphdef, state.params, tmp_path / "after")
   for name, param in named:
     np.testing.assert_allclose(ours[name], param.detach().numpy(), rtol=1e-4, atol=3e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ppm_train_steps_fuzz_match_the_official_reward_model_and_torch_adamw(seed, tmp_path):
+  # Random tiny model, pair file (identical pos/neg, empty sides, a prompt alone past max_len, pairs cut at max_len
+  # or dropped, counts 1..3), buckets, micro-batch split, raw/tanh head, value-head dropout and AdamW settings.
+  # Reference: the official reward model in torch (hidden_states[-1] -> Linear head at mask.sum - 1 of the
+  # right-padded rows, -logsigmoid(pos - neg) * 1 / (pos_count * neg_count); our documented mean over the pairs
+  # instead of its sum), its dropout with our masks at the read positions, torch AdamW with the Trainer's param
+  # groups and schedule, clip_grad_norm_; compared: rows, weights, loss, pair accuracy, grad norm, lr, every weight
+  # after (by HF name, value head included).
+  rng = np.random.default_rng(seed)
+  tie, head, rate, overlong = [(True, "raw", 0.1, "truncate"), (False, "tanh", 0.0, "drop"),
+                               (True, "raw", 0.5, "truncate")][seed]
+  hf = testlib.tiny_hf_model(tmp_path, tie=tie, seed=seed, hidden=[16, 32, 16][seed], layers=[2, 1, 1][seed])
+  config = ModelConfig.from_hf_config(tmp_path, param_dtype="float32")
+  tok = _CharTokenizer(eos=0, pad=[None, 0, 1][seed])
+  text = lambda lo, hi: "".join(rng.choice(list("ab cd\n{}0123XY")) for _ in range(rng.integers(lo, hi + 1)))
+  counts = lambda: (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+  max_len = int(rng.integers(10, 18))
+  pairs = [formats.PpmPair(text(0, 8), text(0, 10), text(0, 10), *counts()) for _ in range(int(rng.integers(7, 10)))]
+  same = text(1, 4)
+  pairs[1:1] = [formats.PpmPair("", "", text(1, 3), *counts()),  # an empty prompt and side: scored at the other
+                formats.PpmPair(text(1, 3), same, same, *counts()),  # identical sides: log 2, no gradient
+                formats.PpmPair(text(max_len, max_len + 3), text(1, 3), text(1, 3), *counts()),  # prompt fills max_len
+                formats.PpmPair(text(4, 6), text(max_len, max_len + 2), text(0, 2), *counts())]  # one side cut
+  rng.shuffle(pairs)
+  buckets = (max_len // 2,) if seed != 1 else ()
+  batch_size, accum = [(4, 2), (3, 1), (4, 4)][seed]
+  data_config = pipeline.PipelineConfig(max_len=max_len, batch_size=batch_size, num_epochs=1, shuffle=False,
+                                        buckets=buckets, overlong=overlong)
+  reference = []  # (pos ids, neg ids, factor): rm.py's preprocess_value_dataset, then our documented drops
+  for p in pairs:
+    source = tok.encode(p.prompt)
+    pos, neg = source + tok.encode(p.pos), source + tok.encode(p.neg)
+    if not pos or not neg:
+      continue
+    if max(len(pos), len(neg)) > max_len:
+      if overlong == "drop":
+        continue
+      pos, neg = pos[:max_len], neg[:max_len]
+      if pos == neg:
+        continue
+    reference.append((pos, neg, 1 / (p.pos_count * p.neg_count)))
+  pipe = pipeline.ppm_pipeline(pairs, tok, data_config)
+  assert pipe.num_examples == len(reference)
+  batches = list(pipe.iterator())
+  opt_config = optimizer.OptimizerConfig(
+      learning_rate=1e-2, weight_decay=[0.1, 0.0, 0.5][seed], eps=1e-3, schedule=["linear", "cosine", "constant"][seed],
+      warmup_steps=[0, 1, 2][seed], max_grad_norm=[1e-3, None, 1.0][seed])
+  total = len(batches)
+  mesh = sharding.make_mesh()
+  ppm = nnx.eval_shape(lambda: PPM(config, rngs=nnx.Rngs(0)))
+  ppm.model = convert.load_qwen2(tmp_path, config).model
+  ppm.value_head = ValueHead(config, rngs=nnx.Rngs(seed), init_std=0.5)
+  summary = torch.nn.Linear(config.hidden_size, 1)  # the official v_head.summary, on the same initial weights
+  with torch.no_grad():
+    summary.weight.copy_(torch.tensor(np.asarray(ppm.value_head.kernel[...]).T))
+    summary.bias.copy_(torch.tensor(np.asarray(ppm.value_head.bias[...])))
+  graphdef, params = state_lib.split_params(ppm)
+  tx = optimizer.make_optimizer(opt_config, total)
+  schedule = optimizer.learning_rate_schedule(opt_config, total)
+  state = state_lib.create_state(params, tx, mesh)
+  dropout_seed = 7 + seed
+  step = steps.jit_train_step(
+      steps.make_train_step(steps.ppm_loss_fn(graphdef, head, rate), tx, mesh, accum_steps=accum,
+                            count_key="num_pairs", schedule=schedule, dropout_seed=dropout_seed if rate else None),
+      state_lib.state_shardings(params, tx, mesh), mesh)
+  hf.train()
+  # The reward model's parameters that get gradients (its LM head's logits never reach the loss).
+  named = [(n, p) for n, p in hf.named_parameters() if not n.startswith("lm_head")] + [
+      ("v_head.summary.weight", summary.weight), ("v_head.summary.bias", summary.bias)]
+  no_decay = lambda name: "bias" in name or "norm" in name
+  torch_opt = torch.optim.AdamW(
+      [{"params": [p for n, p in named if not no_decay(n)], "weight_decay": opt_config.weight_decay},
+       {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0}], lr=1e-2, eps=1e-3)
+  torch_schedule = {"linear": transformers.get_linear_schedule_with_warmup,
+                    "cosine": transformers.get_cosine_schedule_with_warmup}.get(
+                        opt_config.schedule, lambda o, w, _: transformers.get_constant_schedule_with_warmup(o, w))(
+                            torch_opt, opt_config.warmup_steps, total)
+  assert total >= 2
+  for index, batch in enumerate(batches[:2]):
+    rows = reference[index * batch_size:(index + 1) * batch_size]
+    n, width = len(rows), batch["pos_tokens"].shape[1]
+    longest = max(max(len(pos), len(neg)) for pos, neg, _ in rows)
+    assert width == (buckets[0] if buckets and longest <= buckets[0] else max_len)
+    np.testing.assert_array_equal(batch["pair_mask"], np.arange(batch_size) < n)
+    np.testing.assert_allclose(batch["weights"][:n], [factor for _, _, factor in rows], rtol=1e-7)
+    if rate:
+      keep = np.asarray(dropout_keep_mask(steps.dropout_keys(steps.step_key(dropout_seed, index),
+                                                             jnp.arange(batch_size)), rate, config.hidden_size))
+    torch_opt.zero_grad()
+    scores = []
+    for s, side in enumerate(("pos", "neg")):
+      ids, mask = np.zeros((n, max_len), np.int64), np.zeros((n, max_len), np.int64)  # padding="max_length", right
+      for i, row in enumerate(rows):
+        ids[i, :len(row[s])], mask[i, :len(row[s])] = row[s], 1
+        np.testing.assert_array_equal(batch[f"{side}_tokens"][i, :len(row[s])], row[s])
+      np.testing.assert_array_equal(batch[f"{side}_mask"][:n], mask[:, :width] > 0)
+      ids, mask = torch.tensor(ids), torch.tensor(mask)
+      hidden = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]  # [n, T, D]
+      last = mask.sum(-1) - 1
+      if rate:  # nn.Dropout: input * mask / (1 - p); ours at the read positions, torch's elsewhere (never read)
+        drop = torch.bernoulli(torch.full(hidden.shape, 1 - rate))
+        drop[torch.arange(n), last] = torch.tensor(keep[s * batch_size:s * batch_size + n], dtype=torch.float32)
+        hidden = hidden * drop / (1 - rate)
+      scores.append(summary(hidden).squeeze(-1).gather(-1, last[:, None])[:, 0])
+    if head == "tanh":
+      scores = [torch.tanh(score) for score in scores]
+    factor = torch.tensor([f for _, _, f in rows], dtype=torch.float32)
+    loss = (-torch.nn.functional.logsigmoid(scores[0] - scores[1]) * factor).sum() / n
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_([p for _, p in named], opt_config.max_grad_norm or float("inf"))
+    learning_rate = torch_schedule.get_last_lr()[0]
+    torch_opt.step()
+    torch_schedule.step()
+    state, metrics = step(state, steps.put_batch(batch, mesh))
+    np.testing.assert_allclose(float(metrics["learning_rate"]), learning_rate, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(float(metrics["loss"]), loss.item(), rtol=2e-5)
+    assert float(metrics["accuracy"]) == (scores[0] > scores[1]).float().mean().item()
+    np.testing.assert_allclose(float(metrics["grad_norm"]), norm.item(), rtol=2e-4)
+  convert.save_ppm(nnx.merge(graphdef, state.params), tmp_path / "after", dtype="float32")
+  ours = {name.removeprefix("model."): w for name, w in load_file(str(tmp_path / "after/model.safetensors")).items()}
+  ours.update({name: w.numpy() for name, w in torch.load(tmp_path / "after/value_head.bin").items()})
+  for name, param in named:
+    np.testing.assert_allclose(ours[name.removeprefix("model.")], param.detach().numpy(), rtol=1e-4, atol=3e-6,
+                               err_msg=name)
