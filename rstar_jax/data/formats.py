@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 from typing import Any, Iterable, Sequence
 
@@ -43,6 +44,14 @@ class PpmPair:
   neg: str
   pos_count: int
   neg_count: int
+
+  def __post_init__(self):
+    # The weight divides by both counts: a pair built in code (extraction, evaluate_ppm's caller) with a count of 0
+    # failed inside the pipeline as a bare ZeroDivisionError, and 1.5 or True weighted it as no pair file can.
+    for name in ("pos_count", "neg_count"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"PpmPair.{name} must be a positive integer, got {value!r}")
 
   @property
   def weight(self) -> float:

@@ -347,3 +347,15 @@ def test_prompt_template_without_input_is_refused(rstar_sft, qwen_tokenizer):
   ok = pipeline.PipelineConfig(max_len=1024, batch_size=2, num_epochs=1,
                                prompt_template=official.replace("instruction", "input"))
   assert pipeline.sft_pipeline(rstar_sft, qwen_tokenizer, ok).num_examples == len(rstar_sft)
+
+
+@pytest.mark.parametrize("counts, name", [((0, 1), "pos_count"), ((2, -1), "neg_count"), ((1, 1.5), "neg_count"),
+                                          ((True, 1), "pos_count")])
+def test_a_pair_built_with_a_count_that_is_no_positive_integer_is_refused_naming_the_field(counts, name):
+  # The pair weight is 1 / (pos_count * neg_count): a count of 0 (which the official preprocessing accepts, weighting
+  # such a pair 1 / (pos_count + neg_count)) reached evaluate_ppm/ppm_pipeline and failed there as a bare
+  # "ZeroDivisionError: float division by zero"; 1.5 weighted the pair 1 / 1.5, which no pair file can hold.
+  value = counts[name == "neg_count"]
+  with pytest.raises(ValueError, match=rf"PpmPair\.{name} must be a positive integer, got {value!r}"):
+    formats.PpmPair("p", "a", "b", *counts)
+  assert formats.PpmPair("p", "a", "b", np.int64(2), 3).weight == 1 / 6  # numpy integers (counts from arrays) pass
