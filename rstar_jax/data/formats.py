@@ -55,7 +55,10 @@ class PpmPair:
 
   @property
   def weight(self) -> float:
-    return 1.0 / (self.pos_count * self.neg_count)
+    # int / int: Python divides exactly and rounds once, where `1.0 / product` first converted the product to a float
+    # and overflowed for counts that are each finite floats (what read_ppm_pairs checks); int() also keeps numpy
+    # counts from wrapping around in the product.
+    return 1 / (int(self.pos_count) * int(self.neg_count))
 
 
 def sft_prompt(query: str, template: str | None = None) -> str:

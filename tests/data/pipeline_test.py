@@ -1,6 +1,7 @@
 """grain pipelines: rStar files load, masking is right, shuffling is deterministic, iterator state resumes."""
 
 import collections
+import fractions
 import json
 import re
 
@@ -359,3 +360,17 @@ def test_a_pair_built_with_a_count_that_is_no_positive_integer_is_refused_naming
   with pytest.raises(ValueError, match=rf"PpmPair\.{name} must be a positive integer, got {value!r}"):
     formats.PpmPair("p", "a", "b", *counts)
   assert formats.PpmPair("p", "a", "b", np.int64(2), 3).weight == 1 / 6  # numpy integers (counts from arrays) pass
+
+
+def test_pair_counts_whose_product_passes_the_float_range_are_weighted_not_crashed(tmp_path):
+  # Each count is a finite float, which read_ppm_pairs checks so that the weight cannot overflow; their product was
+  # not: 1.0 / (pos_count * neg_count) raised a bare "OverflowError: int too large to convert to float" inside the
+  # pipeline, naming neither file nor pair. The weight is the exact 1 / (pos_count * neg_count), rounded.
+  path = tmp_path / "pairs.jsonl"
+  path.write_text(json.dumps({"prompt": "p", "pos": "a", "neg": "b", "pos_count": 10**160, "neg_count": 10**160})
+                  + "\n")
+  pair, = formats.read_ppm_pairs(path)
+  assert pair.weight == pytest.approx(float(fractions.Fraction(1, 10**320)), rel=1e-3, abs=0)
+  config = pipeline.PipelineConfig(max_len=8, batch_size=1)
+  batch = next(pipeline.ppm_pipeline([pair], CharTokenizer(), config).iterator())
+  assert batch["weights"].tolist() == [0.0]  # 1e-320 is below float32's range
