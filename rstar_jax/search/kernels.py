@@ -51,6 +51,9 @@ import jax.numpy as jnp
 from rstar_jax.search.tree import NO_CHILD, NO_NODE, ROOT_INDEX, Info, Reason, Stats, Tree
 
 PRESETS = ("official", "paper")
+# |c| bound: c * sqrt(ln N / n) <= 1e30 * sqrt(ln 2**24) stays far inside float32 for every visit count float32
+# holds exactly.
+MAX_ABS_C = 1e30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,10 @@ class SelectionRule:
       raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
     if not math.isfinite(self.c):  # a NaN score ties with nothing; `paper` would then pick slot 0, even a terminal
       raise ValueError(f"c must be finite, got {self.c}")
+    if abs(self.c) > MAX_ABS_C:
+      # Scores are float32: a larger c overflows there (1e39 is inf in float32), and inf * sqrt(ln 1) is NaN.
+      raise ValueError(f"c must be at most {MAX_ABS_C:g} in magnitude (UCT scores are float32, and c * sqrt(ln N / n) "
+                       f"must stay finite), got {self.c}")
 
 
 class SelectOutput(NamedTuple):

@@ -3,13 +3,15 @@ implementation of §1.2 written like the official code), invariants (root visits
 parent/child consistency), batch independence, and the `paper` preset's random tie-breaks."""
 
 import dataclasses
+import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rstar_jax.search import kernels
+from rstar_jax.search import SearchConfig, kernels
 from rstar_jax.search.kernels import Expansion, SelectionRule, expand_and_backup, select
 from rstar_jax.search.object_tree import ObjectTree
 from rstar_jax.search.tree import NO_CHILD, NO_NODE, NO_PARENT, Reason, init_tree
@@ -300,3 +302,22 @@ def test_selection_rule_refuses_a_non_finite_c(c):
   # terminal (c = inf gives NaN too, as inf * sqrt(ln 1)); SearchConfig already refused these, the rule did not.
   with pytest.raises(ValueError, match=r"c must be finite"):
     SelectionRule("paper", c)
+
+
+@pytest.mark.parametrize("preset", ["official", "paper"])
+def test_a_c_too_large_for_float32_scores_is_refused_and_the_largest_allowed_stays_finite(preset):
+  # Scores are float32. c = 1e39 passed the finiteness check (it is a finite Python float) but is inf in float32:
+  # a visited child under a parent with N = 1 scored inf * sqrt(ln 1) = NaN (the paper pick then took slot 0, even a
+  # terminal), and every visited child under a larger N scored +inf, tying with the unvisited ones. c = 3e38 fits
+  # float32 yet c * sqrt(ln 3) overflows the same way.
+  for c in (1e39, -1e39, 3e38):
+    with pytest.raises(ValueError, match=rf"c must be at most 1e\+30 in magnitude .*float32.*got {re.escape(str(c))}"):
+      SelectionRule(preset, c)
+    with pytest.raises(ValueError, match=rf"c must be at most 1e\+30 in magnitude .*got {re.escape(str(c))}"):
+      SearchConfig(preset=preset, c=c)
+  # The bound keeps every score finite for any visit count float32 counts exactly (N < 2**24): the hand value of
+  # q + c * sqrt(ln N / n) for q = 0.5, N = 2**24 - 1, n = 1 is 0.5 + 1e30 * sqrt(16.6355...) = 4.0787e30.
+  scores = kernels.uct_scores(jnp.array([1, 1]), jnp.array([0.5, -1.0]), jnp.array([True, False]),
+                              jnp.array(2**24 - 1), SelectionRule(preset, 1e30))
+  assert np.isfinite(float(scores[0]))
+  assert float(scores[0]) == pytest.approx(1e30 * math.sqrt(math.log(2**24 - 1)), rel=1e-6)
