@@ -47,7 +47,7 @@ def _step_texts(k: int) -> dict[str, str]:
 
 
 def make_script(weights: Mapping[str, float | None], answer_base: float,
-                answer_slope: float) -> Callable[[str, int, int], list[str]]:
+                answer_slope: float, digits: int = 4, salt: int | None = None) -> Callable[[str, int, int], list[str]]:
   """A `ScriptedPolicy` script: `n` steps drawn from the prompt alone (the seed is ignored, so neither side needs
   our seeding).
 
@@ -55,17 +55,20 @@ def make_script(weights: Mapping[str, float | None], answer_base: float,
     weights: kind (see `_step_texts`) -> sampling weight, in drawing order; `answer_tag` / `answer_box` take None:
       their weights are a half and the whole of `answer_base + answer_slope * steps so far` (answers get likelier
       deeper down).
+    digits: steps use the digits 0..digits-1 (fewer digits: more duplicate candidates and equal answers).
+    salt: another script over the same prompts (None: the prompt alone keys the draws).
   """
   def script(prompt: str, n: int, seed: int) -> list[str]:
     del seed
-    rng = np.random.default_rng(zlib.crc32(prompt.encode()))
+    key = zlib.crc32(prompt.encode())
+    rng = np.random.default_rng(key if salt is None else [salt, key])
     steps_so_far = prompt.count("<end_of_step>") + prompt.count("<end_of_code>")
     answer_weight = answer_base + answer_slope * steps_so_far
     special = {"answer_tag": answer_weight / 2, "answer_box": answer_weight}
     probs = np.asarray([special.get(kind, w) for kind, w in weights.items()])
     out = []
     for _ in range(n):
-      texts = _step_texts(int(rng.integers(0, 4)))
+      texts = _step_texts(int(rng.integers(0, digits)))
       out.append(texts[list(weights)[int(rng.choice(len(weights), p=probs / probs.sum()))]])
     return out
 

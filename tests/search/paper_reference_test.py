@@ -19,12 +19,15 @@ The step protocol (candidate filter, program, observation, text, terminal reason
 transcribed in `official_rstar.py` (already compared with ours by `official_transcription_test.py`): what is tested
 here is the search itself. Every node is matched by its rStar tag and compared field by field, and the order in which
 each tree asked for expansions is compared too. Scores are float64 here; a selection that float32 could resolve
-otherwise (`NearTie`) fails the test rather than pass by luck.
+otherwise (`NearTie`) fails the test rather than pass by luck. `test_random_worlds_match_the_paper_reference` repeats
+the comparison on seeded random worlds (script, PPM and config), where such a near tie only skips its tree.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
+from typing import Callable
 
 import jax
 import numpy as np
@@ -77,8 +80,10 @@ class PaperNode:
 class PaperTree(OfficialTree):
   """One tree searched with the paper preset's rules (module docstring), one expansion at a time."""
 
-  def __init__(self, cfg: dict, problem: Problem, seed: int, policy: ScriptedPolicy):
+  def __init__(self, cfg: dict, problem: Problem, seed: int, policy: ScriptedPolicy,
+               ppm_fn: Callable[[str], float] = ppm):
     self.cfg = cfg
+    self.ppm_fn = ppm_fn
     self.question = problem.question
     self.ground_truth = problem.ground_truth
     self.executor = FakeExecutor()
@@ -162,7 +167,7 @@ class PaperTree(OfficialTree):
       scored = child.reason is None and cfg["mode"] != "terminal_guided" or (
           child.reason == "answer" and cfg["mode"] == "inference")
       if scored:
-        child.ppm = float(np.float32(ppm(prompt + child.state["text"])))
+        child.ppm = float(np.float32(self.ppm_fn(prompt + child.state["text"])))
       if child.reason == "answer":
         if cfg["mode"] == "inference":
           self.backup(child, child.ppm)
@@ -254,3 +259,97 @@ def test_dense_trees_with_a_small_node_budget_match_the_paper_reference(mode):
 def test_one_candidate_per_step_matches_the_paper_reference(mode):
   """A = 1: every selection has one candidate child (no ties, no choice)."""
   _compare(mode, script, num_candidates=1, max_nodes=None, errors_threshold=2)
+
+
+# Every scripted step kind (`official_rstar._step_texts`): code steps, failing code, answers, unparsable steps.
+STEP_KINDS = ("open", "continue", "close", "error", "error_close", "answer_tag", "answer_box", "two_boxes", "no_box",
+              "output_stop", "eos_boxed", "junk", "blank")
+# Clip-edge PPM values: +-1, the float32 values next to them, 0.
+EDGE_VALUES = (-1.0, float(np.nextafter(np.float32(-1), np.float32(0))), 0.0,
+               float(np.nextafter(np.float32(1), np.float32(0))), 1.0)
+
+
+def _random_ppm(rng: np.random.Generator, salt: int) -> tuple[str, Callable[[str], float]]:
+  """A fake PPM keyed by the scored text: smooth values, quarters or +-1 (exact ties of sums and means), one constant
+  (every PPM-initialised child ties), or clip-edge values."""
+  style = str(rng.choice(["tanh", "quarters", "constant", "plus_minus_one", "edges"]))
+  constant = float(rng.choice([-1.0, 0.0, 0.5, 1.0]))
+
+  def fn(text: str) -> float:
+    draw = np.random.default_rng([salt, zlib.crc32(text.encode())])
+    if style == "tanh":
+      return float(np.tanh(draw.uniform(-5, 5) / 5))
+    if style == "quarters":
+      return float(draw.integers(-4, 5) / 4)
+    if style == "constant":
+      return constant
+    if style == "plus_minus_one":
+      return float(draw.choice([-1.0, 1.0]))
+    return float(draw.choice(EDGE_VALUES))
+
+  return style, fn
+
+
+def _random_world(world: int) -> dict:
+  """A random script, PPM and search config (the budget: never binding, a fraction of it, or a few expansions)."""
+  rng = np.random.default_rng([world, 2026])
+  weights = rng.dirichlet(np.full(len(STEP_KINDS), rng.choice([0.3, 1.0, 3.0])))
+  weights[:3] += rng.uniform(0, 3) * rng.dirichlet(np.ones(3))  # the live steps: trees that grow
+  step_script = make_script({k: None if k in ("answer_tag", "answer_box") else float(w)
+                             for k, w in zip(STEP_KINDS, weights)}, answer_base=float(rng.uniform(0, 0.3)),
+                            answer_slope=float(rng.uniform(0, 0.1)), digits=int(rng.choice([1, 2, 4])), salt=world)
+  ppm_style, ppm_fn = _random_ppm(rng, world)
+  a, rollouts, depth = int(rng.integers(1, 9)), int(rng.integers(1, 13)), int(rng.integers(1, 9))
+  budget = str(rng.choice(["never_binding", "fraction", "few_expansions"]))
+  if budget == "fraction":
+    max_nodes = int(rng.integers(1 + a, max(2 + a, rollouts * (depth + 1) * a // 3)))
+  elif budget == "few_expansions":  # just enough for k expansions of A children, or one node short of it
+    max_nodes = max(1 + a, int(1 + a * rng.integers(1, 5) - rng.integers(0, 2)))
+  else:
+    max_nodes = None
+  config = dict(mode=str(rng.choice(["terminal_guided", "ppm_augmented", "inference"])), preset="paper",
+                num_rollouts=rollouts, num_candidates=a, max_depth=depth, c=float(rng.choice([0.0, 0.5, 2.0, 3.7])),
+                errors_threshold=int(rng.integers(1, 4)), max_nodes=max_nodes, seed=int(rng.integers(0, 2**32)),
+                batch_size=None if rng.random() < 0.5 else int(rng.integers(1, 4)))
+  return dict(script=step_script, ppm_style=ppm_style, ppm=ppm_fn, budget=budget, config=config,
+              num_problems=int(rng.integers(2, 6)))
+
+
+def test_random_worlds_match_the_paper_reference():
+  """Seeded fuzz: random scripts (branching 1..8, duplicates, every step kind), PPMs (ties, clip edges) and configs
+  (modes, rollouts, depth 1..8, error thresholds 1..3, c = 0, node budgets) against `PaperTree`."""
+  seen = {"trees": 0, "nodes": 0, "near_ties": 0, "out_of_nodes": 0, "ties_unvisited": 0, "ties_equal_scores": 0}
+  for world in range(10, 16):  # all modes and budgets, c = 0 .. 3.7, 1..3 errors, tanh / quarter / +-1 PPMs
+    w = _random_world(world)
+    config = SearchConfig(**w["config"])
+    mode = config.mode
+    problems = [Problem(f"p{i}", f"problem {world}.{i}", None if mode == "inference" else str(i % 2))
+                for i in range(w["num_problems"])]
+    policy = ScriptedPolicy(w["script"])
+    records = run_search(problems, policy, FakeExecutor(), config, prompt_fn=PROMPT.format,
+                         scorer=None if mode == "terminal_guided" else FunctionScorer(w["ppm"]),
+                         grader=ExactGrader(), progress=False)
+    cfg = dict(mode=mode, num_rollouts=config.num_rollouts, num_candidates=config.num_candidates,
+               max_depth=config.max_depth, c=config.c, errors_threshold=config.errors_threshold, stop=config.stop,
+               max_nodes=config.num_slots)
+    for problem, record in zip(problems, records):
+      where = f"world {world} ({w['config']}, ppm {w['ppm_style']}) {problem.problem_id}"
+      tree = PaperTree(cfg, problem, tree_seed(config.seed, problem.problem_id), ScriptedPolicy(w["script"]),
+                       ppm_fn=w["ppm"])
+      try:
+        tree.search()
+      except NearTie:  # float64 scores float32 cannot tell apart: the two searches may rightly differ
+        seen["near_ties"] += 1
+        continue
+      assert_same_mcts_nodes(our_nodes(record), _reference_nodes(tree), where)
+      prompt = PROMPT.format(problem.question)
+      asked = [p for prompts, _ in policy.calls for p in prompts if p.startswith(prompt)]
+      assert asked == tree.expanded_prompts, f"{where}: expansions in another order"
+      assert record["out_of_nodes"] == tree.out_of_nodes, where
+      seen["trees"] += 1
+      seen["nodes"] += len(tree.nodes)
+      seen["out_of_nodes"] += tree.out_of_nodes
+      for what, count in tree.ties.items():
+        seen[f"ties_{what}"] += count
+  assert seen["trees"] >= 15 and seen["nodes"] >= 250 and seen["near_ties"] == 0, seen
+  assert seen["out_of_nodes"] >= 1 and seen["ties_unvisited"] >= 10 and seen["ties_equal_scores"] >= 10, seen
