@@ -93,7 +93,7 @@ class SearchConfig:
     num_rollouts: rollouts per tree.
     num_candidates: `A`, candidates sampled per expansion.
     max_depth: deeper non-answer steps are terminal.
-    c: UCT exploration constant.
+    c: UCT exploration constant (finite, |c| <= 1e30: the UCT scores are float32).
     errors_threshold: consecutive code errors that end a path.
     first_answer_only: when a candidate stopped at `<end_of_answer>`, the expansion keeps only the first such one
       (and no other candidate), as the official code.
