@@ -58,12 +58,12 @@ import numpy as np
 
 from rstar_jax.search import BeamConfig, Problem, beam_search, best_answer
 from rstar_jax.search.interfaces import STOP_EOS, StepCandidate
-from rstar_jax.search.scripted import FakeResult, FunctionScorer, ScriptedPolicy
+from rstar_jax.search.scripted import FunctionScorer, ScriptedPolicy
 
 from official_rstar import (ANSWER_END, CODE_END, INVALID_ANSWERS, NO_VALID_CHILD, OUTPUT, OUTPUT_END, PROMPT,
                             STEP_DELIM, STEP_END, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, ExactGrader, FakeExecutor,
-                            OfficialTree, fuzz_step_texts, is_equiv, llm_generate, make_script, observe, our_nodes,
-                            ppm, rm_generate, step_unwrap)
+                            OfficialTree, fuzz_step_texts, is_equiv, llm_generate, make_script, our_nodes,
+                            ppm, random_executor, random_script, rm_generate, step_unwrap)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The shared world (`official_rstar.py`: sandbox, PPM and answer check, called by both sides), sized for this test.
@@ -377,24 +377,9 @@ def _beam_step_texts(k: int) -> dict[str, str | StepCandidate]:
 
 def _random_beam_world(rng: np.random.Generator) -> dict:
   """One random world and beam setting for both sides (see `test_random_worlds_match_the_official_beam_search`)."""
-  kinds = list(dict.fromkeys([k for k in _beam_step_texts(0) if rng.random() < 0.6] + ["open"]))
-  # Steps a path goes on from get the larger weights (terminals drawn as often would leave trees of a few nodes).
   going_on = ("open", "continue", "close", "error", "open_close", "continue_close", "open_error", "printed_error",
               "both_tags", "unicode")
-  weights = {k: None if k in ("answer_tag", "answer_box") else float(rng.random() * (1.0 if k in going_on else 0.1))
-             + 1e-3 for k in kinds}
-  answer_base, answer_slope = rng.uniform(0, 0.15, size=2)
-  digits, world_seed = int(rng.integers(1, 6)), int(rng.integers(0, 2**31))  # few digits: many duplicates
-
-  def script(prompt: str, n: int, seed: int) -> list:
-    del seed
-    draw = np.random.default_rng([zlib.crc32(prompt.encode()), world_seed])
-    steps_so_far = prompt.count(STEP_END) + prompt.count(CODE_END)
-    special = {"answer_tag": (answer_base + answer_slope * steps_so_far) / 2,
-               "answer_box": answer_base + answer_slope * steps_so_far}
-    probs = np.asarray([special.get(k, w) for k, w in weights.items()])
-    return [_beam_step_texts(int(draw.integers(0, digits)))[kinds[int(draw.choice(len(kinds), p=probs / probs.sum()))]]
-            for _ in range(n)]
+  script, digits, world_seed = random_script(rng, _beam_step_texts, going_on, max_answer_rate=0.15)
 
   ppm_kind = int(rng.integers(0, 5))
 
@@ -408,17 +393,7 @@ def _random_beam_world(rng: np.random.Generator) -> dict:
       return float(draw.choice([-1.0, -0.0, 0.0, 0.1, 0.1 + 1e-9, 1.0]))
     return float(draw.choice([-1.0, 1.0])) if ppm_kind == 3 else 0.0  # 4: every value ties
 
-  error_rate = rng.uniform(0, 0.5)
-
-  class Executor:
-    def run(self, programs):
-      out = []
-      for program in programs:
-        seen = "Error happened\n" if "'Error" in program else observe(program)
-        if "error" not in seen.lower() and zlib.crc32(f"{program}{world_seed}".encode()) % 1000 < 1000 * error_rate:
-          seen = "NameError: name 'q' is not defined"
-        out.append(FakeResult(seen))
-      return out
+  Executor = random_executor(rng, world_seed)
 
   # The official stop strings half the time; else some of the tags in any order (`<end_of_answer>` often missing),
   # now and then with a stop string that matches inside a tag.

@@ -111,6 +111,53 @@ class FakeExecutor:
     return [FakeResult(observe(p)) for p in programs]
 
 
+def random_script(rng: np.random.Generator, step_texts: Callable[[int], dict], going_on: tuple[str, ...],
+                  max_answer_rate: float) -> tuple[Callable, int, int]:
+  """A random world's prompt-keyed step script, shared by the random-world tests of the MCTS and the beam search.
+
+  Draws (in this order, so seeded tests keep their worlds) which `step_texts` kinds occur, their weights, the answer
+  rate's base and slope in [0, max_answer_rate), the digit range and the world seed. Returns (script, digits,
+  world_seed); the script's draws are keyed by the prompt and the world seed, so both sides get the same candidates.
+  """
+  kinds = list(dict.fromkeys([k for k in step_texts(0) if rng.random() < 0.6] + ["open"]))
+  # Steps a path goes on from get the larger weights: a terminal, above all an `<end_of_answer>` one (it ends the
+  # whole expansion), drawn as often would leave trees of a few nodes.
+  weights = {k: None if k in ("answer_tag", "answer_box") else float(rng.random() * (1.0 if k in going_on else 0.1))
+             + 1e-3 for k in kinds}
+  answer_base, answer_slope = rng.uniform(0, max_answer_rate, size=2)
+  digits, world_seed = int(rng.integers(1, 6)), int(rng.integers(0, 2**31))  # few digits: many duplicates
+
+  def script(prompt: str, n: int, seed: int) -> list:
+    del seed
+    draw = np.random.default_rng([zlib.crc32(prompt.encode()), world_seed])
+    steps_so_far = prompt.count(STEP_END) + prompt.count(CODE_END)
+    special = {"answer_tag": (answer_base + answer_slope * steps_so_far) / 2,
+               "answer_box": answer_base + answer_slope * steps_so_far}
+    probs = np.asarray([special.get(k, w) for k, w in weights.items()])
+    return [step_texts(int(draw.integers(0, digits)))[kinds[int(draw.choice(len(kinds), p=probs / probs.sum()))]]
+            for _ in range(n)]
+
+  return script, digits, world_seed
+
+
+def random_executor(rng: np.random.Generator, world_seed: int) -> type:
+  """A random world's fake sandbox: `observe`, plus a NameError on a random share (< 1/2) of the error-free programs,
+  keyed by the program and the world seed."""
+  error_rate = rng.uniform(0, 0.5)
+
+  class Executor:
+    def run(self, programs):
+      out = []
+      for program in programs:
+        seen = "Error happened\n" if "'Error" in program else observe(program)
+        if "error" not in seen.lower() and zlib.crc32(f"{program}{world_seed}".encode()) % 1000 < 1000 * error_rate:
+          seen = "NameError: name 'q' is not defined"
+        out.append(FakeResult(seen))
+      return out
+
+  return Executor
+
+
 def ppm(text: str) -> float:
   """The fake PPM: a value in (-1, 1) keyed by the scored text (the scorer hands it on as float32)."""
   return float(np.tanh(np.random.default_rng(zlib.crc32(text.encode())).uniform(-5, 5) / 5))

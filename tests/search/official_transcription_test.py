@@ -49,13 +49,13 @@ import numpy as np
 import pytest
 
 from rstar_jax.search import Problem, SearchConfig, run_search
-from rstar_jax.search.scripted import FakeResult, FunctionScorer, ScriptedPolicy
+from rstar_jax.search.scripted import FunctionScorer, ScriptedPolicy
 
 from official_rstar import (ANSWER_END, CODE_END, INVALID_ANSWERS, NO_VALID_CHILD, OUTPUT, OUTPUT_END, PROMPT,
                             STEP_DELIM, STEP_END, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, ExactGrader, FakeExecutor,
                             NearTie, OfficialTree, assert_same_mcts_nodes, is_equiv, llm_generate,
-                            fuzz_step_texts, make_script, observe, our_nodes, ppm, rm_generate,
-                            step_unwrap)
+                            fuzz_step_texts, make_script, our_nodes, ppm, random_executor, random_script,
+                            rm_generate, step_unwrap)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The shared world (`official_rstar.py`: sandbox, PPM and grader, called by both sides), sized for this test.
@@ -368,24 +368,8 @@ def test_trees_match_the_official_search(mode):
 
 def _random_world(rng: np.random.Generator) -> dict:
   """One random world and search setting for both sides (see `test_random_worlds_match_the_official_search`)."""
-  kinds = list(dict.fromkeys([k for k in fuzz_step_texts(0) if rng.random() < 0.6] + ["open"]))
-  # Steps a path goes on from get the larger weights: a terminal, above all an `<end_of_answer>` one (it ends the
-  # whole expansion), drawn as often would leave trees of a few nodes.
   going_on = ("open", "continue", "close", "error", "open_close", "continue_close", "open_error", "printed_error")
-  weights = {k: None if k in ("answer_tag", "answer_box") else float(rng.random() * (1.0 if k in going_on else 0.1))
-             + 1e-3 for k in kinds}
-  answer_base, answer_slope = rng.uniform(0, 0.1, size=2)
-  digits, world_seed = int(rng.integers(1, 6)), int(rng.integers(0, 2**31))  # few digits: many duplicates
-
-  def script(prompt: str, n: int, seed: int) -> list:
-    del seed
-    draw = np.random.default_rng([zlib.crc32(prompt.encode()), world_seed])
-    steps_so_far = prompt.count(STEP_END) + prompt.count(CODE_END)
-    special = {"answer_tag": (answer_base + answer_slope * steps_so_far) / 2,
-               "answer_box": answer_base + answer_slope * steps_so_far}
-    probs = np.asarray([special.get(k, w) for k, w in weights.items()])
-    return [fuzz_step_texts(int(draw.integers(0, digits)))[kinds[int(draw.choice(len(kinds), p=probs / probs.sum()))]]
-            for _ in range(n)]
+  script, digits, world_seed = random_script(rng, fuzz_step_texts, going_on, max_answer_rate=0.1)
 
   ppm_kind = int(rng.integers(0, 4))
 
@@ -397,17 +381,7 @@ def _random_world(rng: np.random.Generator) -> dict:
       return float(draw.choice([-1.0, -0.5, 0.0, 0.5, 1.0]))
     return float(draw.choice([-1.0, 1.0])) if ppm_kind == 2 else 0.0  # 3: every value ties
 
-  error_rate = rng.uniform(0, 0.5)
-
-  class Executor:
-    def run(self, programs):
-      out = []
-      for program in programs:
-        seen = "Error happened\n" if "'Error" in program else observe(program)
-        if "error" not in seen.lower() and zlib.crc32(f"{program}{world_seed}".encode()) % 1000 < 1000 * error_rate:
-          seen = "NameError: name 'q' is not defined"
-        out.append(FakeResult(seen))
-      return out
+  Executor = random_executor(rng, world_seed)
 
   mode = ["terminal_guided", "ppm_augmented", "inference"][int(rng.integers(0, 3))]
   rewards = (1.0, -1.0) if rng.random() < 0.75 else (float(rng.choice([0.5, 2.0])), float(rng.choice([-0.5, 0.0])))
