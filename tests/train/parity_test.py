@@ -235,6 +235,18 @@ class _CharTokenizer:
     return [3 + ord(c) % 500 for c in text]
 
 
+def _torch_adamw(named, opt_config, lr, total):
+  """torch AdamW with the transformers Trainer's param groups (no decay on biases and norms) and its schedule."""
+  no_decay = lambda name: "bias" in name or "norm" in name
+  torch_opt = torch.optim.AdamW(
+      [{"params": [p for n, p in named if not no_decay(n)], "weight_decay": opt_config.weight_decay},
+       {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0}], lr=lr, eps=1e-3)
+  make_schedule = {"linear": transformers.get_linear_schedule_with_warmup,
+                   "cosine": transformers.get_cosine_schedule_with_warmup}.get(
+                       opt_config.schedule, lambda o, w, _: transformers.get_constant_schedule_with_warmup(o, w))
+  return torch_opt, make_schedule(torch_opt, opt_config.warmup_steps, total)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_sft_train_steps_fuzz_match_transformers_and_torch_adamw(seed, tmp_path):
   # Random tiny model, records (empty queries/responses, rows cut at max_len or dropped), buckets, micro-batch split
@@ -277,14 +289,7 @@ def test_sft_train_steps_fuzz_match_transformers_and_torch_adamw(seed, tmp_path)
                                                     count_key="num_tokens", schedule=schedule),
                               state_lib.state_shardings(params, tx, mesh), mesh)
   named = list(hf.named_parameters())
-  no_decay = lambda name: "bias" in name or "norm" in name
-  torch_opt = torch.optim.AdamW(
-      [{"params": [p for n, p in named if not no_decay(n)], "weight_decay": opt_config.weight_decay},
-       {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0}], lr=1e-3, eps=1e-3)
-  torch_schedule = {"linear": transformers.get_linear_schedule_with_warmup,
-                    "cosine": transformers.get_cosine_schedule_with_warmup}.get(
-                        opt_config.schedule, lambda o, w, _: transformers.get_constant_schedule_with_warmup(o, w))(
-                            torch_opt, opt_config.warmup_steps, total)
+  torch_opt, torch_schedule = _torch_adamw(named, opt_config, lr=1e-3, total=total)
   for index, batch in enumerate(batches[:2]):
     rows = reference_rows[index * batch_size:(index + 1) * batch_size]
     width = batch["tokens"].shape[1]
@@ -382,14 +387,7 @@ def test_ppm_train_steps_fuzz_match_the_official_reward_model_and_torch_adamw(se
   # The reward model's parameters that get gradients (its LM head's logits never reach the loss).
   named = [(n, p) for n, p in hf.named_parameters() if not n.startswith("lm_head")] + [
       ("v_head.summary.weight", summary.weight), ("v_head.summary.bias", summary.bias)]
-  no_decay = lambda name: "bias" in name or "norm" in name
-  torch_opt = torch.optim.AdamW(
-      [{"params": [p for n, p in named if not no_decay(n)], "weight_decay": opt_config.weight_decay},
-       {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0}], lr=1e-2, eps=1e-3)
-  torch_schedule = {"linear": transformers.get_linear_schedule_with_warmup,
-                    "cosine": transformers.get_cosine_schedule_with_warmup}.get(
-                        opt_config.schedule, lambda o, w, _: transformers.get_constant_schedule_with_warmup(o, w))(
-                            torch_opt, opt_config.warmup_steps, total)
+  torch_opt, torch_schedule = _torch_adamw(named, opt_config, lr=1e-2, total=total)
   assert total >= 2
   for index, batch in enumerate(batches[:2]):
     rows = reference[index * batch_size:(index + 1) * batch_size]
