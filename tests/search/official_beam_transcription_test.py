@@ -52,7 +52,6 @@ Documented deviations of ours, and how each is handled here:
   never apply: no scripted answer step has them. Empty boxes (a non-terminal node there) are never scripted.
 """
 
-import zlib
 
 import numpy as np
 
@@ -63,7 +62,7 @@ from rstar_jax.search.scripted import FunctionScorer, ScriptedPolicy
 from official_rstar import (ANSWER_END, CODE_END, INVALID_ANSWERS, NO_VALID_CHILD, OUTPUT, OUTPUT_END, PROMPT,
                             STEP_DELIM, STEP_END, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, ExactGrader, FakeExecutor,
                             OfficialTree, fuzz_step_texts, is_equiv, llm_generate, make_script, our_nodes,
-                            ppm, random_executor, random_script, rm_generate, step_unwrap)
+                            ppm, random_executor, random_ppm, random_script, rm_generate, step_unwrap)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The shared world (`official_rstar.py`: sandbox, PPM and answer check, called by both sides), sized for this test.
@@ -381,17 +380,9 @@ def _random_beam_world(rng: np.random.Generator) -> dict:
               "both_tags", "unicode")
   script, digits, world_seed = random_script(rng, _beam_step_texts, going_on, max_answer_rate=0.15)
 
-  ppm_kind = int(rng.integers(0, 5))
-
-  def world_ppm(text: str) -> float:
-    draw = np.random.default_rng([zlib.crc32(text.encode()), world_seed])
-    if ppm_kind == 0:
-      return float(np.tanh(draw.uniform(-5, 5) / 5))
-    if ppm_kind == 1:  # exact ties, and values at the clip edges
-      return float(draw.choice([-1.0, -0.5, 0.0, 0.5, 1.0]))
-    if ppm_kind == 2:  # ties in float32 only, and -0.0 against 0.0
-      return float(draw.choice([-1.0, -0.0, 0.0, 0.1, 0.1 + 1e-9, 1.0]))
-    return float(draw.choice([-1.0, 1.0])) if ppm_kind == 3 else 0.0  # 4: every value ties
+  # Exact ties and values at the clip edges; ties in float32 only, and -0.0 against 0.0; +-1 only.
+  world_ppm = random_ppm(rng, world_seed, [[-1.0, -0.5, 0.0, 0.5, 1.0], [-1.0, -0.0, 0.0, 0.1, 0.1 + 1e-9, 1.0],
+                                           [-1.0, 1.0]])
 
   Executor = random_executor(rng, world_seed)
 

@@ -140,6 +140,20 @@ def random_script(rng: np.random.Generator, step_texts: Callable[[int], dict], g
   return script, digits, world_seed
 
 
+def random_ppm(rng: np.random.Generator, world_seed: int, value_sets: list[list[float]]) -> Callable[[str], float]:
+  """A random world's fake PPM, keyed by the scored text and the world seed: one kind drawn from tanh of a uniform
+  draw, a choice from one of `value_sets` (exact ties, clip edges, float32-only ties), or 0.0 for every text."""
+  kind = int(rng.integers(0, len(value_sets) + 2))
+
+  def world_ppm(text: str) -> float:
+    draw = np.random.default_rng([zlib.crc32(text.encode()), world_seed])
+    if kind == 0:
+      return float(np.tanh(draw.uniform(-5, 5) / 5))
+    return float(draw.choice(value_sets[kind - 1])) if kind <= len(value_sets) else 0.0
+
+  return world_ppm
+
+
 def random_executor(rng: np.random.Generator, world_seed: int) -> type:
   """A random world's fake sandbox: `observe`, plus a NameError on a random share (< 1/2) of the error-free programs,
   keyed by the program and the world seed."""

@@ -43,7 +43,6 @@ Documented deviations of ours, and how each is handled here:
 """
 
 import math
-import zlib
 
 import numpy as np
 import pytest
@@ -54,7 +53,7 @@ from rstar_jax.search.scripted import FunctionScorer, ScriptedPolicy
 from official_rstar import (ANSWER_END, CODE_END, INVALID_ANSWERS, NO_VALID_CHILD, OUTPUT, OUTPUT_END, PROMPT,
                             STEP_DELIM, STEP_END, TOO_MANY_CODE_ERRORS, TOO_MANY_STEPS, ExactGrader, FakeExecutor,
                             NearTie, OfficialTree, assert_same_mcts_nodes, is_equiv, llm_generate,
-                            fuzz_step_texts, make_script, our_nodes, ppm, random_executor, random_script,
+                            fuzz_step_texts, make_script, our_nodes, ppm, random_executor, random_ppm, random_script,
                             rm_generate, step_unwrap)
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -371,15 +370,8 @@ def _random_world(rng: np.random.Generator) -> dict:
   going_on = ("open", "continue", "close", "error", "open_close", "continue_close", "open_error", "printed_error")
   script, digits, world_seed = random_script(rng, fuzz_step_texts, going_on, max_answer_rate=0.1)
 
-  ppm_kind = int(rng.integers(0, 4))
-
-  def world_ppm(text: str) -> float:
-    draw = np.random.default_rng([zlib.crc32(text.encode()), world_seed])
-    if ppm_kind == 0:
-      return float(np.tanh(draw.uniform(-5, 5) / 5))
-    if ppm_kind == 1:  # exact ties, and values at the clip edges
-      return float(draw.choice([-1.0, -0.5, 0.0, 0.5, 1.0]))
-    return float(draw.choice([-1.0, 1.0])) if ppm_kind == 2 else 0.0  # 3: every value ties
+  # Exact ties and values at the clip edges; +-1 only.
+  world_ppm = random_ppm(rng, world_seed, [[-1.0, -0.5, 0.0, 0.5, 1.0], [-1.0, 1.0]])
 
   Executor = random_executor(rng, world_seed)
 
