@@ -33,6 +33,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 import json
+import numbers
 import os
 import re
 import struct
@@ -830,11 +831,20 @@ def _check_str_entries(texts: Sequence[Any], label: str) -> None:
 
 
 def _as_int_list(ids: Sequence[int] | np.ndarray) -> list[int]:
+  """[T] ids as Python ints. Only integers are ids, as transformers takes them: `int()` / `astype` read a float 1.7
+  as id 1 (and a string "9707" as 9707) and decoded a text nobody asked for."""
   if isinstance(ids, np.ndarray) or hasattr(ids, "__array__"):
     ids = np.asarray(ids)
     if ids.ndim != 1:
       raise ValueError(f"expected a 1-D sequence of ids, got shape {ids.shape}")
+    if ids.dtype.kind not in "iub":
+      raise TypeError(f"token ids must be integers, got an array of {ids.dtype}")
     return ids.astype(np.int64).tolist()
+  ids = list(ids)
+  for position, token_id in enumerate(ids):
+    if not isinstance(token_id, numbers.Integral):
+      raise TypeError(f"token ids must be integers, got {token_id!r} ({type(token_id).__name__}) at position "
+                      f"{position}")
   return [int(i) for i in ids]
 
 

@@ -510,6 +510,22 @@ def test_encode_batch_refuses_one_string_and_non_strings(qwen_dir, sp_dir, hf_re
     tok.encode_batch(["x = 12", None])
 
 
+@pytest.mark.parametrize("backend", ["hf", "sentencepiece"])
+@pytest.mark.parametrize("ids", [[9707, 1.7], [9707.0], np.array([1.5, 2.0]), np.array([1.0], np.float32), ["9707"]])
+def test_decode_refuses_ids_that_are_not_integers(qwen_dir, sp_dir, hf_refs, backend, ids):
+  """transformers refuses a float (or string) id with a TypeError; `int()` here read 1.7 as id 1 and decoded it."""
+  plain, _ = hf_refs
+  with pytest.raises(TypeError):  # the reference
+    plain.decode(ids)
+  tok = tk.load_tokenizer(qwen_dir if backend == "hf" else sp_dir)
+  with pytest.raises(TypeError, match="token ids must be integers"):
+    tok.decode(ids)
+  with pytest.raises(TypeError, match="token ids must be integers"):
+    tok.decode_batch([[1, 2], ids])
+  # Integer ids of any integer type still decode (numpy, and bool as transformers takes it).
+  assert tok.decode(np.array([1, 2], np.uint16)) == tok.decode([np.int64(1), 2]) == tok.decode([True, 2])
+
+
 def test_corrupt_files(tmp_path, qwen_dir):
   (tmp_path / "a").mkdir()
   (tmp_path / "a" / "tokenizer.json").write_text('{"model": ')
