@@ -712,3 +712,78 @@ def test_special_tokens_map_read_as_transformers(qwen_dir, tmp_path, legacy):
   tok = tk.load_tokenizer(tmp_path)
   assert (tok.eos_id, tok.pad_id) == (ref.eos_token_id, ref.pad_token_id)
   assert tok.eos_id == (151645 if legacy else QWEN_EOS)
+
+
+# --- seeded differential fuzz against transformers ----------------------------------------------------------------
+
+# Pieces random texts are glued from: rStar tags and Qwen chat tokens inside user text, whitespace runs and line
+# ends, digit runs, LaTeX, CJK, emoji (a ZWJ family), combining marks (NFC-sensitive), RTL and bidi controls, the
+# highest code points, NUL/DEL, a lone "▁" and fullwidth forms.
+_FUZZ_PIECES = (list(tk.RSTAR_SPECIAL_TOKENS) + [
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|user|>:", "\n\n<|assistant|>:", "<end_of_ste", "<code",
+    "\r\n", "\r", "\t", "    ", "  ", " ", "\n", "\n\n", "1234567890", "0", "3.14", "\\frac{a}{b}", "$x^2$",
+    "\\boxed{42}", "Hello", " world", "\u6570\u5b66\u95ee\u9898", "\U0001F600", "\U0001F468\u200d\U0001F469",
+    "\u00e9", "e\u0301", "\u0301", "\u05e9\u05dc\u05d5\u05dd", "\u0645\u0631\u062d\u0628\u0627", "\u202e",
+    "\U0010FFFF", "\U000E0001", "\ufffd", "\u00a0", "\uff21", "\u2581", "\u2028", "\x00", "\x7f"])
+
+
+def _fuzz_text(rng: np.random.Generator) -> str:
+  parts = []
+  for _ in range(rng.integers(0, 13)):
+    kind = rng.random()
+    if kind < 0.6:
+      parts.append(_FUZZ_PIECES[rng.integers(len(_FUZZ_PIECES))])
+    elif kind < 0.8:
+      parts.append("".join(chr(c) for c in rng.integers(0x20, 0x7F, rng.integers(1, 7))))
+    else:  # any code point outside the surrogates, from each UTF-8 length
+      lo, hi = [(0x80, 0x800), (0x800, 0xD800), (0xE000, 0x10000), (0x10000, 0x110000)][rng.integers(4)]
+      parts.append(chr(rng.integers(lo, hi)))
+  return "".join(parts)
+
+
+def test_fuzz_ids_texts_and_incremental_decode_match_transformers(qwen_dir, hf_refs):
+  """Seeded random texts: ids (one by one and batched), decoded texts both ways, random id sequences (special ids and
+  lone bytes of multi-byte characters among them), and the engine's incremental decode of a continuation cut at
+  every token (`stops.RowText`, stop matching) all equal what transformers gives on the same files."""
+  from rstar_jax.generate import stops  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(20241203)
+  stop_strings = list(tk.STEP_STOP_STRINGS) + ["<end_of_output>", "= 1", "\u6570"]
+  for ref, tagged in zip(hf_refs, (False, True)):
+    tok = tk.load_tokenizer(qwen_dir)
+    if tagged:
+      tk.add_rstar_tokens(tok)
+    assert len(tok) == len(ref)
+    texts = [_fuzz_text(rng) for _ in range(300)]
+    want = [ref.encode(t, add_special_tokens=False) for t in texts]
+    assert tok.encode_batch(texts) == want
+    assert [tok.encode(t) for t in texts] == want
+    # Random ids: mostly bytes-level tokens (ids < 256 hold single bytes, so characters get split) and special ids.
+    random_ids = [[int(i) if rng.random() < 0.5 else int(rng.integers(151643, len(tok)))
+                   for i in rng.integers(0, 256, rng.integers(0, 12))] for _ in range(300)]
+    for skip in (False, True):
+      for batch in (want, random_ids):
+        assert tok.decode_batch(batch, skip_special_tokens=skip) == ref.batch_decode(batch, skip_special_tokens=skip)
+        assert [tok.decode(ids, skip_special_tokens=skip) for ids in batch] == [
+            ref.decode(ids, skip_special_tokens=skip) for ids in batch]
+    if not tagged:
+      continue
+    # Continuations: a prompt (encoded text: whole characters) and generated ids, decoded cut at every token.
+    for k in range(120):
+      prompt = ref.encode(_fuzz_text(rng) + "x", add_special_tokens=False)
+      generated = want[k] if k % 3 else random_ids[k]
+      prompt_text = ref.decode(prompt)
+      row = stops.RowText(tok, prompt)
+      for cut in range(len(generated) + 1):
+        full = ref.decode(prompt + generated[:cut])
+        assert full.startswith(prompt_text)
+        assert row.of(generated[:cut]) == full[len(prompt_text):], (prompt, generated[:cut])
+      # The first token after which the continuation's text holds a stop, by a linear scan of transformers' texts.
+      first = next((n for n in range(1, len(generated) + 1)
+                    if stops.first_stop(ref.decode(prompt + generated[:n])[len(prompt_text):], stop_strings)), None)
+      match = row.find_stop(generated, stop_strings)
+      assert (match and match.num_tokens) == first, generated
+      if match is not None:
+        text = ref.decode(prompt + generated[:first])[len(prompt_text):]
+        start, stop = stops.first_stop(text, stop_strings)
+        assert (match.text, match.stop) == (text[:start], stop)
