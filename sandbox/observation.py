@@ -30,10 +30,12 @@ search; see `strip_program` for the clean-up applied here):
    at `max_chars` (each piece is); only past `MULTI_PRINT_LIMIT * max_chars` characters is it cut the same way, a
    bound the official code does not have.
 6. Any exception (parse, compile or run time; `SystemExit` and `KeyboardInterrupt` included) replaces the whole
-   observation with `f"{type(e).__name__}: {e}"`. Syntax errors name the file `<unknown>`, as the official `ast.parse`
-   does (`IndentationError: unexpected indent (<unknown>, line 20)` in rStar's published data); an error the parser
-   lets through and the compiler finds (`'return' outside function`) names `<string>` and its line in the text of
-   `ast.unparse` of the piece's statements (all but the last, or the last alone), which the official code `exec`s.
+   observation with `f"{type(e).__name__}: {e}"`, not post-processed (the official `_base_run` returns it from its
+   `except` as is): only past `MULTI_PRINT_LIMIT * max_chars` characters is it cut, as rule 5's text is. Syntax
+   errors name the file `<unknown>`, as the official `ast.parse` does (`IndentationError: unexpected indent
+   (<unknown>, line 20)` in rStar's published data); an error the parser lets through and the compiler finds
+   (`'return' outside function`) names `<string>` and its line in the text of `ast.unparse` of the piece's statements
+   (all but the last, or the last alone), which the official code `exec`s.
 7. Post-processing (`postprocess`) of a piece's result: printed text, or an echoed value that is a `str` (the official
    `truncate_string` rounds any `str`), that parses as a Python float becomes `str(round(value, 4)) + "\n"` unless the
    text is shorter (`8.94427190999916\n` -> `8.9443\n`; `5\n` stays; at equal lengths the rounded form wins, as the
@@ -104,15 +106,16 @@ def round_float_text(text: str) -> str:
 
 
 def observation_limit(max_chars: int, final: bool) -> int:
-  """How long an observation may be: `max_chars`, or for several print points' pieces (`final`) rule 5's bound."""
+  """How long an observation may be: `max_chars`, or for several print points' pieces or an error (`final`) rule 5's
+  bound."""
   return MULTI_PRINT_LIMIT * max_chars if final else max_chars
 
 
 def postprocess(text: str, *, printed: bool, max_chars: int, final: bool = False) -> str:
   """Float rounding (`printed` text only), then truncation; see the module docstring, rule 7.
 
-  `final` marks the concatenated pieces of several print points, post-processed piece by piece already: they are only
-  cut at `observation_limit`.
+  `final` marks the concatenated pieces of several print points, post-processed piece by piece already, or an error
+  text (rule 6): they are only cut at `observation_limit`.
   """
   if final:
     return truncate(clean_text(text), observation_limit(max_chars, final))
@@ -345,7 +348,7 @@ def _closed_write(s: str) -> int:
 def format_exception(exc: BaseException, max_chars: int) -> str:
   """`"{ExceptionType}: {message}"`, each part cut at `max_chars` (a class made with `type(...)` may have any name).
 
-  Cutting the parts keeps the head and tail of the whole text that rule 7's cut of the observation shows.
+  Cutting the parts keeps the head and tail of the whole text that `truncate(text, max_chars)` shows.
   """
   try:
     message = str(exc)
@@ -414,7 +417,9 @@ class Outcome:
     self.started = False  # True once any statement began to run (parse/compile errors leave it False)
     self.observation = ""
     self.printed = True  # float rounding applies (printed text, or an echoed str in rstar mode)
-    self.final = False  # several print points: pieces post-processed already (`postprocess(final=True)`)
+    # Several print points (pieces post-processed already), or an error (never cut at `max_chars`): only cut at
+    # rule 5's bound (`postprocess(final=True)`).
+    self.final = False
     self.error: str | None = None
     self.exception: BaseException | None = None
     self.stdout: BoundedText | None = None
@@ -485,9 +490,10 @@ def run_program(code: str, namespace: dict, *, mode: str = "rstar", max_chars: i
         out.observation, out.printed, out.final = joined.value(limit), False, True
   except BaseException as e:  # pylint: disable=broad-except
     out.exception = e
-    out.error = format_exception(e, max_chars)
-    out.observation = out.error
-    out.printed = out.final = False
+    out.error = truncate(format_exception(e, max_chars), max_chars)  # the result's `error` field, cut as `stdout`
+    # The official `_base_run` returns the error text whole (no `truncate_string`): only rule 5's bound cuts it.
+    out.observation = format_exception(e, observation_limit(max_chars, final=True))
+    out.printed, out.final = False, True
   finally:
     sys.stdout, sys.stderr = saved
   return out

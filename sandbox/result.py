@@ -14,7 +14,8 @@ class SandboxResult:
       printed text or the echo of the last expression, or `"{ExceptionType}: {message}"`, post-processed (4-decimal
       float rounding of printed text, head + '...' + tail truncation).
     stdout: everything the program printed (truncated the same way); empty when the executor was killed.
-    error: `"{ExceptionType}: {message}"` when the program failed, timed out, ran out of memory or died, else None.
+    error: `"{ExceptionType}: {message}"` when the program failed, timed out, ran out of memory or died, else None
+      (cut as `stdout` is; the observation holds the official whole text, see `sandbox.observation`, rule 6).
     timed_out: killed at the wall-clock deadline.
     memory_exceeded: hit the memory limit (`MemoryError` or `ENOMEM`).
     killed_by_signal: the signal that killed the executor (e.g. 11 for a segfault), else None.

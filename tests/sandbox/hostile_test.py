@@ -13,6 +13,7 @@ import pytest
 
 from sandbox import SandboxPool
 from sandbox import isolation
+from sandbox import observation
 
 TIMEOUT_S = 2.0  # generous: memory bombs must reach the memory limit first even on a loaded 2-core machine
 SECRET_ENV = "RSTAR_SANDBOX_TEST_SECRET"
@@ -210,9 +211,11 @@ HOSTILE = [
     ("code_700kb_statements", "x = 0\n" + "x += 1\n" * 100000 + "print(x)",
      lambda r: r.observation == "100000\n" or r.timed_out),
     ("code_too_long", "#" * 2_000_001, _error("ValueError: program too long")),
-    # The official `f"{type(e).__name__}: {e}"`, cut by rule 7 like any long error (it read as a corrupted channel).
+    # The official `f"{type(e).__name__}: {e}"`, cut at rule 5's bound, 16 * 1024 (it read as a corrupted channel);
+    # the `error` field is cut as `stdout` is.
     ("huge_exception_name", "raise type('E' * 2_000_000, (Exception,), {})('boom')",
-     lambda r: r.observation == "E" * 512 + "..." + "E" * 506 + ": boom" and r.error.endswith("E: boom")),
+     lambda r: r.observation == "E" * 8192 + "..." + "E" * 8186 + ": boom"
+     and r.error == "E" * 512 + "..." + "E" * 506 + ": boom"),
     ("deeply_nested", "x = " + "(" * 300 + ")" * 300, _error("SyntaxError: too many nested parentheses")),
 ]
 
@@ -226,7 +229,9 @@ def test_hostile_program(pool, name, code, expect):
   result = _run(pool, code)
   assert expect(result), f"{name}: {result}"
   assert result.observation.encode("utf-8")  # always valid text for the policy
-  assert len(result.observation) <= 1027 and len(result.stdout) <= 1027
+  # An error observation is the official whole text, cut only at rule 5's bound (`sandbox.observation`, rule 6).
+  limit = observation.MULTI_PRINT_LIMIT * 1024 + 3 if result.error else 1027
+  assert len(result.observation) <= limit and len(result.stdout) <= 1027 and len(result.error or "") <= 1027
   _assert_clean(pool)
 
 

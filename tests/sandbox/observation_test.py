@@ -130,8 +130,22 @@ def test_truncation_keeps_head_and_tail():
   assert _observe("'0123456789' * 2", max_chars=11) == "01234...456789"
 
 
-def test_truncation_applies_to_errors_and_multi_print():
-  assert _observe("raise ValueError('v' * 5000)") == "ValueError: " + "v" * 500 + "..." + "v" * 512
+def test_errors_are_not_cut_at_max_chars():
+  # The official `_base_run` returns `"{}: {}".format(type(e).__name__, str(e))` straight from its `except`: only
+  # `_sub_run`'s results go through `truncate_string`. An error read '...' after 1024 characters (1043 of a 2048-char
+  # message), or after 40 ('NameError: name 'und..._var' is not defined') at max_chars=40.
+  assert _observe("raise ValueError('v' * 2000)") == "ValueError: " + "v" * 2000
+  assert _observe("undefined_var", max_chars=40) == "NameError: name 'undefined_var' is not defined"
+  assert _observe("x = 1\n  y = 2", max_chars=20) == "IndentationError: unexpected indent (<unknown>, line 2)"
+  assert _observe("print(1)\nraise KeyError('k' * 50)\nprint(2)", max_chars=20) == "KeyError: '" + "k" * 50 + "'"
+  assert _observe("raise ValueError('v' * 50)", mode="plain", max_chars=20) == "ValueError: " + "v" * 50
+  # Only past rule 5's bound (MULTI_PRINT_LIMIT * max_chars, which the official code does not have) is it cut.
+  limit = observation.MULTI_PRINT_LIMIT * 1024
+  whole = "ValueError: " + "v" * 20000
+  assert _observe("raise ValueError('v' * 20000)") == whole[:limit // 2] + "..." + whole[-(limit // 2):]
+
+
+def test_truncation_applies_to_multi_print():
   # Several print points: each piece is cut at max_chars, the concatenation is not (up to MULTI_PRINT_LIMIT times).
   obs = _observe("print('x' * 2000)\nprint('y' * 2000)")
   x_piece, y_piece = (c * 512 + "..." + c * 511 + "\n" for c in "xy")
