@@ -7,6 +7,7 @@ pool to show the jailed path gives the same observations.
 import array
 import builtins
 import io
+import json
 import os
 import random
 import re
@@ -380,3 +381,148 @@ def test_stdout_writes_a_str_subclass_as_a_real_stdout_does(n):
           f"        return str.__len__(self) + 1\nr = sys.stdout.write(S('ab' * {n}))\nprint('|', r, sep='')")
   out = observation.run_program(code, {"__builtins__": dict(builtins.__dict__)}, mode="plain")
   assert out.error is None and out.stdout.value(1024) == _model_cut(whole, 1024) == out.observation
+
+
+# Differential fuzzing against a transcription of the official interpreter (rStar-Math
+# `rstar_deepthink/tools/python_tool.py`: `sanitize_input`, `_base_run` with its `_sub_run`, `truncate_string`,
+# `extract_content`, `__is_print_node`), run in a subprocess on the same random programs as a real pool in rstar mode.
+# The generator leaves out the documented differences: `exit()` / `SystemExit` (the official process dies), printed
+# numbers past the capture, a last expression whose evaluation raises once and not twice (the official code re-runs
+# it), object addresses.
+_OFFICIAL = r'''
+import ast, builtins, json, re, sys
+from contextlib import redirect_stdout
+from io import StringIO
+
+def truncate_string(text, max_length=1024, is_evalf=True):
+    if is_evalf and isinstance(text, str):
+        try:
+            text_sympy = float(text)
+            refine_text = str(round(text_sympy, 4)) + "\n"
+            text = text if len(text) < len(refine_text) else refine_text
+        except:
+            pass
+    if len(str(text)) > max_length:
+        return str(text)[:max_length//2] + "..." + str(text)[-max_length//2:]
+    return text
+
+def extract_content(text):
+    matches = re.findall(r'print\((.*?)\)', text)
+    return " ".join(matches) + ":" if matches else ""
+
+def is_print_node(node):
+    if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)
+            and node.value.func.id == "print"):
+        return True
+    if isinstance(node, (ast.If, ast.While, ast.For, ast.FunctionDef)):
+        return any(is_print_node(sub) for sub in node.body)
+    return False
+
+def sanitize_input(query):
+    query = re.sub(r"^(\s|`)*(?i:python)?\s*", "", query)
+    return re.sub(r"(\s|`)*$", "", query)
+
+def base_run(query, g, max_length):
+    def _sub_run(bodys):
+        io_buffer = StringIO()
+        exec(ast.unparse(ast.Module(bodys[:-1], type_ignores=[])), g, None)
+        module_end_str = ast.unparse(ast.Module(bodys[-1:], type_ignores=[]))
+        try:
+            with redirect_stdout(io_buffer):
+                ret = eval(module_end_str, g, None)
+                if ret is None:
+                    return True, truncate_string(io_buffer.getvalue(), max_length=max_length)
+                return True, truncate_string(ret, max_length=max_length)
+        except Exception:
+            with redirect_stdout(io_buffer):
+                exec(module_end_str, g, None)
+            return False, truncate_string(io_buffer.getvalue(), max_length=max_length)
+    try:
+        query = sanitize_input(query)
+        tree = ast.parse(query)
+        print_indexs = [i for i, node in enumerate(tree.body) if is_print_node(node)]
+        if len(print_indexs) == 0:
+            print_indexs = [len(tree.body) - 1]
+        ret_strs = []
+        if len(print_indexs) == 1:
+            run_flag, ret = _sub_run(tree.body)
+            return f"{ret}"
+        for start_idx, end_idx in zip([-1] + print_indexs, print_indexs):
+            node_source = ast.get_source_segment(query, tree.body[end_idx])
+            run_flag, ret = _sub_run(tree.body[start_idx + 1:end_idx + 1])
+            ret_strs.append(f"{extract_content(node_source)} {ret}")
+        return "".join(ret_strs)
+    except Exception as e:
+        return "{}: {}".format(type(e).__name__, str(e))
+
+programs, max_length = json.load(sys.stdin)
+sys.stdout = StringIO()  # what the statements before a piece's last print (the official process's stdout)
+result = []
+for code in programs:  # a fresh namespace each, as ours (the official one shares its module's)
+    result.append(base_run(code, {"__name__": "__main__", "__builtins__": builtins}, max_length))
+sys.__stdout__.write(json.dumps(result))
+'''
+
+_FUZZ_VALUES = [
+    "1", "-7", "10**30", "2/3", "-0.0", "float('nan')", "float('inf')", "1e-7", "1e20", "123456.789012", "0.1+0.2",
+    "3.14159", "2.5", "12345678901234567.0", "math.sqrt(2)", "np.float32(2)/3", "np.float64(1)/7", "np.int64(5)",
+    "np.array([1/3, 2/3])", "np.float16(0.1)", "sympy.Rational(1, 3)", "sympy.sqrt(8)", "sympy.Float(2)/3",
+    "sympy.Symbol('y')**2 + 1", "fractions.Fraction(3, 4)", "(1, 2.5)", "[0.1, 0.2]", "{'a': 1.5}", "None", "True",
+    "'hi'", "'3.14159265'", "'  2 '", "'a\\nb'", "'é€😀'", "'1e400'", "'nan'", "''", "'12'", "'1_000'",
+    "f'{2/3:.5f}'", "'%.5f' % (1/7)", "b'ab'", "complex(1, 2)", "round(2/3, 3)", "'x' * 600", "'y' * 1100",
+    "list(range(400))", "'\\t3.5\\n'", "Decimal('2')/3", "Decimal('1.5e3')", "2**0.5",
+]
+_FUZZ_ERRORS = [
+    "1/0", "undefined_var", "[][1]", "{}['k']", "int('x')", "raise ValueError('bad\\nvalue')", "raise KeyError('k')",
+    "raise RuntimeError", "math.sqrt(-1)", "'a' + 1", "import nosuchmodule", "assert 1 == 2, 'msg'",
+    "10**10000 * 1.0", "np.array([1, 2]) + np.array([1, 2, 3])", "raise ValueError('v' * 3000)", "next(iter([]))",
+]
+_FUZZ_SYNTAX = ["x = ", "def f(:\n    pass", "  z = 1", "if True:\nprint(1)", "print(1", "return 5", "break",
+                "1 +* 2", "global x", "def g():\n    a = 1\n   b = 2"]
+_FUZZ_LABELS = ["x", "x, x", "'v =', x", "round(x, 2)", "f'{x}'", "x * 2", "'a)b'", "str(x)", "(x)", "x, sep='|'",
+                "x, end=''", "len([x])", "x if x else 0"]
+
+
+def _fuzz_print(rng):
+  args = rng.choice(_FUZZ_VALUES) if rng.random() < 0.5 else rng.choice(_FUZZ_LABELS)
+  return rng.choice([f"print({args})"] * 6 + ["print()", "print (x)", "print(\n    x)", "print(x); print(x)",
+                                              "print(1) or 2", "print('x' * 2000)", "print(2/3, end='')"])
+
+
+def _fuzz_block(rng, indent):
+  inner = "\n".join(indent + "    " + (_fuzz_block(rng, indent + "    ").lstrip() if len(indent) < 8 and
+                                      rng.random() < 0.3 else rng.choice([_fuzz_print(rng), "x = 2/3", "pass"]))
+                    for _ in range(rng.randint(1, 3)))
+  head = rng.choice(["if True:", "if x:", "for i in range(2):", "while False:", "def f():", "with open('/dev/null'):",
+                     "try:"])
+  tail = {"try:": f"\n{indent}except Exception as e:\n{indent}    print(type(e).__name__)",
+          "def f():": rng.choice(["", f"\n{indent}f()"]),
+          "if x:": rng.choice(["", f"\n{indent}else:\n{indent}    print('e')"])}.get(head, "")
+  return f"{indent}{head}\n{inner}{tail}"
+
+
+def _fuzz_program(rng):
+  lines = ["import math, fractions, sympy\nimport numpy as np\nfrom decimal import Decimal", "x = 1"]
+  for _ in range(rng.choice([0, 1, 2, 3, 5])):
+    lines.append(rng.choices(
+        [_fuzz_print(rng), f"x = {rng.choice(_FUZZ_VALUES)}", _fuzz_block(rng, ""), rng.choice(_FUZZ_ERRORS),
+         rng.choice(_FUZZ_SYNTAX), f"for j in range({rng.choice([3, 300])}):\n    print(j, {rng.choice(_FUZZ_VALUES)})",
+         rng.choice(_FUZZ_VALUES)], weights=[7, 4, 4, 1, 1, 1, 2])[0])
+  if rng.random() < 0.5:
+    lines.append(rng.choice(_FUZZ_VALUES) if rng.random() < 0.8 else rng.choice(_FUZZ_ERRORS))
+  code = "\n".join(lines)
+  return rng.choice([code] * 6 + [f"```python\n{code}\n```", f"python\n{code}", f"  \n{code}\n\n `",
+                                  f"```Python{code}```", code.replace("\n", "\n    "), code.replace("\n", "\r\n")])
+
+
+@pytest.mark.parametrize("max_chars", [1024, 40])
+def test_random_programs_match_the_official_interpreter(max_chars):
+  rng = random.Random(20261203 + max_chars)
+  programs = [_fuzz_program(rng) for _ in range(250)]
+  official = json.loads(subprocess.run([sys.executable, "-c", _OFFICIAL], input=json.dumps([programs, max_chars]),
+                                       capture_output=True, text=True, check=True, timeout=120).stdout)
+  with SandboxPool(num_workers=2, timeout_s=20.0, max_output_chars=max_chars, warmup="",
+                   preload=("math", "fractions", "decimal", "numpy", "sympy")) as pool:
+    ours = [r.observation for r in pool.run(programs)]
+  for case, (code, theirs, seen) in enumerate(zip(programs, official, ours)):
+    assert seen == theirs, (case, code)
