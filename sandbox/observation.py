@@ -42,7 +42,8 @@ search; see `strip_program` for the clean-up applied here):
    official test is `len(text) < len(rounded)`: `print(3.14159, end='')` -> `3.1416\n`; the echo of `math.sqrt(2)`,
    a float, stays `1.4142135623730951`; the echo of `str(math.sqrt(80))` becomes `8.9443\n`). Then a result longer
    than `max_chars` (1024 by default) becomes its first `max_chars // 2` characters + `...` + its last
-   `max_chars - max_chars // 2`.
+   `max_chars - max_chars // 2`. An echoed value that is not a `str` is cut so when its `str` is longer, and is
+   otherwise its `format`, whole (numpy's `float32(0.1)` echoes `0.10000000149011612` even at `max_chars=10`).
 
 Differences from the official interpreter, on purpose: every program gets a fresh namespace (the official one
 shares one across all programs of a process), and the time limit covers the whole program once (the official one
@@ -417,8 +418,8 @@ class Outcome:
     self.started = False  # True once any statement began to run (parse/compile errors leave it False)
     self.observation = ""
     self.printed = True  # float rounding applies (printed text, or an echoed str in rstar mode)
-    # Several print points (pieces post-processed already), or an error (never cut at `max_chars`): only cut at
-    # rule 5's bound (`postprocess(final=True)`).
+    # Several print points (pieces post-processed already), an error (never cut at `max_chars`), or an echo that is
+    # not a str (shown as the official code shows it): only cut at rule 5's bound (`postprocess(final=True)`).
     self.final = False
     self.error: str | None = None
     self.exception: BaseException | None = None
@@ -477,6 +478,7 @@ def run_program(code: str, namespace: dict, *, mode: str = "rstar", max_chars: i
       points = [i for i, stmt in enumerate(body) if is_print_point(stmt)]
       if len(points) <= 1:
         out.observation, out.printed = _run_piece(body, namespace, tee, obs, filename, max_chars)
+        out.final = not out.printed  # an echo shows as `_run_piece` gives it (only rule 5's bound cuts it)
       else:
         source = _Source(code)
         limit = observation_limit(max_chars, final=True)
@@ -485,7 +487,7 @@ def run_program(code: str, namespace: dict, *, mode: str = "rstar", max_chars: i
         for i in points:
           label = print_label(source.segment(body[i]))
           text, printed = _run_piece(body[start:i + 1], namespace, tee, BoundedText(keep), filename, max_chars)
-          joined.write(f"{label} {postprocess(text, printed=printed, max_chars=max_chars)}")
+          joined.write(f"{label} {postprocess(text, printed=True, max_chars=max_chars) if printed else text}")
           start = i + 1
         out.observation, out.printed, out.final = joined.value(limit), False, True
   except BaseException as e:  # pylint: disable=broad-except
@@ -510,7 +512,9 @@ def _printed(obs: BoundedText, keep_limit: int, max_chars: int) -> str:
 
 
 def _run_piece(body, namespace, tee: _Tee, obs: BoundedText, filename: str, max_chars: int) -> tuple[str, bool]:
-  """rStar's `_sub_run` (rule 4): returns the piece's result before post-processing and whether to round it.
+  """rStar's `_sub_run` (rule 4): returns the piece's result and whether it is still to be post-processed (rule 7).
+
+  An echoed value that is not a `str` comes back as the official code shows it: cut already, or shown by `format`.
 
   Everything but the last statement runs with its output discarded; the last one's output goes to `obs`.
   """
@@ -533,9 +537,10 @@ def _run_piece(body, namespace, tee: _Tee, obs: BoundedText, filename: str, max_
       return value, True  # the official `truncate_string` rounds any str it gets
     if value is not None:
       # The official code shows `f"{value}"` of a value its `truncate_string` left whole (`str` not past the cut), and
-      # that cut of `str(value)` otherwise; `format` differs from `str` for numpy's float32 (`0.6666666865348816`).
+      # that cut of `str(value)` otherwise; `format` differs from `str` for numpy's float32 (`0.6666666865348816`),
+      # and is not cut again, even past `max_chars`.
       text = str(value)
-      return (format(value, "") if len(text) <= max_chars else text), False
+      return (format(value, "") if len(text) <= max_chars else truncate(text, max_chars)), False
   else:
     exec(_compile_piece([last], filename), namespace)  # pylint: disable=exec-used
   return _printed(obs, obs.keep, max_chars), True

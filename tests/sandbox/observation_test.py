@@ -146,6 +146,15 @@ def test_errors_are_not_cut_at_max_chars():
   assert _observe("raise ValueError('v' * 20000)") == whole[:limit // 2] + "..." + whole[-(limit // 2):]
 
 
+def test_an_echo_is_cut_by_its_str_and_shown_by_format():
+  # The official `truncate_string(ret)` cuts `str(ret)` only when that is longer than max_chars, and otherwise returns
+  # the value itself, which `f"{ret}"` shows: numpy's float32(0.1) is '0.1' by `str` and '0.10000000149011612' by
+  # `format`, shown whole even past max_chars=10 (it read '0.100...011612').
+  assert _observe("import numpy as np\nnp.float32(0.1)", max_chars=10) == "0.10000000149011612"
+  assert _observe("import numpy as np\nx = np.float16(0.1)\nprint(x)\nx", max_chars=10) == "0.0999755859375"
+  assert _observe("import numpy as np\nnp.float32(0.1) * np.ones(3)", max_chars=10) == "[0.1 ... 0.1]"
+
+
 def test_truncation_applies_to_multi_print():
   # Several print points: each piece is cut at max_chars, the concatenation is not (up to MULTI_PRINT_LIMIT times).
   obs = _observe("print('x' * 2000)\nprint('y' * 2000)")
