@@ -47,16 +47,18 @@ search; see `strip_program` for the clean-up applied here):
 
 Differences from the official interpreter, on purpose: every program gets a fresh namespace (the official one
 shares one across all programs of a process), and the time limit covers the whole program once (the official one
-re-runs a timed-out last statement with no timer). Sandbox outcomes have fixed texts: a timeout is
-`TimeoutError: execution exceeded {timeout_s}s`, a memory-limit hit (`MemoryError` or `ENOMEM`) is
-`MemoryError: execution exceeded the memory limit ({memory_mb} MB)`, a death by signal is
+re-runs a timed-out last statement with no timer). A piece's last statement runs once: the official code `exec`s
+it again whenever evaluating it as an expression raised, so one that fails once and not twice (`l = []` then
+`l.append(1) or l[1]`) observes what that second run printed ("") there, and its error here. Sandbox outcomes
+have fixed texts: a timeout is `TimeoutError: execution exceeded {timeout_s}s`, a memory-limit hit (`MemoryError` or
+`ENOMEM`) is `MemoryError: execution exceeded the memory limit ({memory_mb} MB)`, a death by signal is
 `RuntimeError: execution killed by signal {SIGNAME}`, and a process exit (`os._exit`) is
 `SystemExit: process exited with status {code}`. Lone surrogates in any text are replaced by U+FFFD so results
 always encode as UTF-8. A program runs as a script does, with `__name__ == "__main__"` (the official interpreter
 runs it in its own module's globals, where an `if __name__ == "__main__":` block never runs). Output is captured up
 to `max(4 * max_chars, 4096)` characters, so a printed number longer than that is cut (rule 7), where the official
-code, reading all of it, rounds it to `inf` (as any number of over 308 digits: only those of 4,097 to 4,300 digits,
-Python's limit for printing an int, differ).
+code, reading all of it, rounds it to `inf` (as any number of over 308 digits: a printed int of 4,097 to 4,300
+digits, Python's limit for printing an int, or a longer text of digits, `print('1' * 5000)`, differ).
 
 "plain" mode
 ------------

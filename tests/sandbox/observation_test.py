@@ -76,6 +76,9 @@ CASES = [
      "SyntaxError: 'return' outside function (<string>, line 2)"),
     ("x = 1\nawait x", "SyntaxError: 'await' outside function (<string>, line 1)",
      "SyntaxError: 'await' outside function (<string>, line 2)"),
+    # A documented difference: the last statement runs once (the official code runs it again when its evaluation
+    # raised, and observes "" here, what the successful second run printed).
+    ("l = []\nl.append(1) or l[1]", "IndexError: list index out of range", "IndexError: list index out of range"),
     ("undefined_name", "NameError: name 'undefined_name' is not defined",
      "NameError: name 'undefined_name' is not defined"),
     # Float rounding: printed text that parses as a float, when the rounded form is shorter.
