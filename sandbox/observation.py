@@ -428,8 +428,10 @@ class Outcome:
     self.stdout: BoundedText | None = None
 
 
+# Programs compile as the official `exec` of a string does: `dont_inherit` keeps this module's
+# `from __future__ import annotations` out of them (annotations were kept as strings, an undefined name passed).
 def _compile_stmts(stmts: list[ast.stmt], filename: str):
-  return compile(ast.Module(body=stmts, type_ignores=[]), filename, "exec")
+  return compile(ast.Module(body=stmts, type_ignores=[]), filename, "exec", dont_inherit=True)
 
 
 def _compile_piece(stmts: list[ast.stmt], filename: str):
@@ -442,7 +444,7 @@ def _compile_piece(stmts: list[ast.stmt], filename: str):
   try:
     return _compile_stmts(stmts, filename)
   except SyntaxError:
-    compile(ast.unparse(ast.Module(body=stmts, type_ignores=[])), "<string>", "exec")
+    compile(ast.unparse(ast.Module(body=stmts, type_ignores=[])), "<string>", "exec", dont_inherit=True)
     raise
 
 
@@ -530,7 +532,7 @@ def _run_piece(body, namespace, tee: _Tee, obs: BoundedText, filename: str, max_
   expression = None
   if isinstance(last, ast.Expr):
     try:
-      expression = compile(ast.Expression(body=last.value), filename, "eval")
+      expression = compile(ast.Expression(body=last.value), filename, "eval", dont_inherit=True)
     except SyntaxError:  # `await x`: the official `eval` fails too, and it `exec`s the statement instead
       pass
   if expression is not None:
@@ -555,7 +557,8 @@ def _run_plain(body, namespace, tee: _Tee, obs: BoundedText, out: Outcome, filen
   value = None
   if isinstance(body[-1], ast.Expr):
     exec(_compile_stmts(body[:-1], filename), namespace)  # pylint: disable=exec-used
-    value = eval(compile(ast.Expression(body=body[-1].value), filename, "eval"), namespace)  # pylint: disable=eval-used
+    expression = compile(ast.Expression(body=body[-1].value), filename, "eval", dont_inherit=True)
+    value = eval(expression, namespace)  # pylint: disable=eval-used
   else:
     exec(_compile_stmts(body, filename), namespace)  # pylint: disable=exec-used
   if obs.total == 0 and value is not None:

@@ -79,6 +79,12 @@ CASES = [
     # A documented difference: the last statement runs once (the official code runs it again when its evaluation
     # raised, and observes "" here, what the successful second run printed).
     ("l = []\nl.append(1) or l[1]", "IndexError: list index out of range", "IndexError: list index out of range"),
+    # Programs compile as the official `exec` of a string does, without the `from __future__ import annotations` of
+    # the module that compiles them: annotations are evaluated (they were kept as strings, an undefined name passed).
+    ("x: int = 5\nprint(__annotations__)", "{'x': <class 'int'>}\n", "{'x': <class 'int'>}\n"),
+    ("def f(a: Vector) -> int:\n    return a\nf(1)", "NameError: name 'Vector' is not defined",
+     "NameError: name 'Vector' is not defined"),
+    ("def f(a: int) -> float:\n    return a\nf.__annotations__['return']", "<class 'float'>", "<class 'float'>"),
     ("undefined_name", "NameError: name 'undefined_name' is not defined",
      "NameError: name 'undefined_name' is not defined"),
     # Float rounding: printed text that parses as a float, when the rounded form is shorter.
