@@ -405,8 +405,8 @@ def test_stdout_writes_a_str_subclass_as_a_real_stdout_does(n):
 # `rstar_deepthink/tools/python_tool.py`: `sanitize_input`, `_base_run` with its `_sub_run`, `truncate_string`,
 # `extract_content`, `__is_print_node`), run in a subprocess on the same random programs as a real pool in rstar mode.
 # The generator leaves out the documented differences: `exit()` / `SystemExit` (the official process dies), printed
-# numbers past the capture, a last expression whose evaluation raises once and not twice (the official code re-runs
-# it), object addresses.
+# numbers past the capture, errors past rule 5's bound, a last expression whose evaluation raises once and not twice
+# (the official code re-runs it), object addresses.
 _OFFICIAL = r'''
 import ast, builtins, json, re, sys
 from contextlib import redirect_stdout
@@ -493,7 +493,7 @@ _FUZZ_VALUES = [
 _FUZZ_ERRORS = [
     "1/0", "undefined_var", "[][1]", "{}['k']", "int('x')", "raise ValueError('bad\\nvalue')", "raise KeyError('k')",
     "raise RuntimeError", "math.sqrt(-1)", "'a' + 1", "import nosuchmodule", "assert 1 == 2, 'msg'",
-    "10**10000 * 1.0", "np.array([1, 2]) + np.array([1, 2, 3])", "raise ValueError('v' * 3000)", "next(iter([]))",
+    "10**10000 * 1.0", "np.array([1, 2]) + np.array([1, 2, 3])", "raise ValueError('v' * 600)", "next(iter([]))",
 ]
 _FUZZ_SYNTAX = ["x = ", "def f(:\n    pass", "  z = 1", "if True:\nprint(1)", "print(1", "return 5", "break",
                 "1 +* 2", "global x", "def g():\n    a = 1\n   b = 2"]
@@ -503,8 +503,10 @@ _FUZZ_LABELS = ["x", "x, x", "'v =', x", "round(x, 2)", "f'{x}'", "x * 2", "'a)b
 
 def _fuzz_print(rng):
   args = rng.choice(_FUZZ_VALUES) if rng.random() < 0.5 else rng.choice(_FUZZ_LABELS)
+  # Comments belong to a print point's source when inside it: the label regex reads them too.
+  comment = rng.choice(["", "", "", "  # print(note) é😀", "  # x)"])
   return rng.choice([f"print({args})"] * 6 + ["print()", "print (x)", "print(\n    x)", "print(x); print(x)",
-                                              "print(1) or 2", "print('x' * 2000)", "print(2/3, end='')"])
+                                              "print(1) or 2", "print('x' * 2000)", "print(2/3, end='')"]) + comment
 
 
 def _fuzz_block(rng, indent):
