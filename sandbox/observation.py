@@ -50,9 +50,9 @@ shares one across all programs of a process), and the time limit covers the whol
 re-runs a timed-out last statement with no timer). A piece's last statement runs once: the official code `exec`s
 it again whenever evaluating it as an expression (or taking the value's `str`) raised, so one that fails once and
 not twice (`l = []` then `l.append(1) or l[1]`) observes what that second run printed ("") there, and its error
-here. Sandbox outcomes have fixed texts: a timeout is `TimeoutError: execution exceeded {timeout_s}s`, a memory-limit hit (`MemoryError` or
-`ENOMEM`) is `MemoryError: execution exceeded the memory limit ({memory_mb} MB)`, a death by signal is
-`RuntimeError: execution killed by signal {SIGNAME}`, and a process exit (`os._exit`) is
+here. Sandbox outcomes have fixed texts: a timeout is `TimeoutError: execution exceeded {timeout_s}s`, a
+memory-limit hit (`MemoryError` or `ENOMEM`) is `MemoryError: execution exceeded the memory limit ({memory_mb} MB)`,
+a death by signal is `RuntimeError: execution killed by signal {SIGNAME}`, and a process exit (`os._exit`) is
 `SystemExit: process exited with status {code}`. Lone surrogates in any text are replaced by U+FFFD so results
 always encode as UTF-8. A program runs as a script does, with `__name__ == "__main__"` (the official interpreter
 runs it in its own module's globals, where an `if __name__ == "__main__":` block never runs). Output is captured up
