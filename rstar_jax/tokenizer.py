@@ -833,6 +833,8 @@ def _check_str_entries(texts: Sequence[Any], label: str) -> None:
 def _as_int_list(ids: Sequence[int] | np.ndarray) -> list[int]:
   """[T] ids as Python ints. Only integers are ids, as transformers takes them: `int()` / `astype` read a float 1.7
   as id 1 (and a string "9707" as 9707) and decoded a text nobody asked for."""
+  if isinstance(ids, numbers.Integral):  # iterating it failed with "'int' object is not iterable"
+    raise TypeError(f"expected a sequence of token ids, got the single id {int(ids)}: pass [{int(ids)}]")
   if isinstance(ids, np.ndarray) or hasattr(ids, "__array__"):
     ids = np.asarray(ids)
     if ids.ndim != 1:

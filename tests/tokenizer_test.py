@@ -526,6 +526,15 @@ def test_decode_refuses_ids_that_are_not_integers(qwen_dir, sp_dir, hf_refs, bac
   assert tok.decode(np.array([1, 2], np.uint16)) == tok.decode([np.int64(1), 2]) == tok.decode([True, 2])
 
 
+@pytest.mark.parametrize("single", [9707, np.int64(9707)])
+def test_decode_of_a_single_id_says_to_pass_a_sequence(qwen_dir, single):
+  """A bare id failed with "'int' object is not iterable" (a numpy one with "got shape ()"), naming neither."""
+  tok = tk.load_tokenizer(qwen_dir)
+  with pytest.raises(TypeError, match=r"got the single id 9707: pass \[9707\]"):
+    tok.decode(single)
+  assert tok.decode([single]) == "Hello"
+
+
 def test_corrupt_files(tmp_path, qwen_dir):
   (tmp_path / "a").mkdir()
   (tmp_path / "a" / "tokenizer.json").write_text('{"model": ')
