@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -191,6 +192,15 @@ def lock_holder(path: str | os.PathLike[str]) -> str | None:
   finally:
     os.close(fd)  # frees the shared lock if it was taken
   return None
+
+
+def is_finite_number(value: int | float) -> bool:
+  """Whether a JSON number is a finite float or an int that converts to one: JSON integers have any size, and
+  `math.isfinite` raises a bare OverflowError for one beyond the float range (~1.8e308)."""
+  try:
+    return math.isfinite(value)
+  except OverflowError:
+    return False
 
 
 def lone_surrogate(text: str) -> str | None:

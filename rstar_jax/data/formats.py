@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import numbers
 import os
 from typing import Any, Iterable, Sequence
@@ -134,14 +133,6 @@ def read_sft_records(path: str | os.PathLike[str]) -> list[SftRecord]:
           for w, o in _load_objects(path)]
 
 
-def _finite(value: int | float) -> bool:
-  """Whether `value` is a finite float or an int that converts to one."""
-  try:
-    return math.isfinite(value)
-  except OverflowError:  # an int of more than ~308 digits
-    return False
-
-
 def read_ppm_pairs(path: str | os.PathLike[str]) -> list[PpmPair]:
   """Reads an rStar PPM file (JSON list or JSONL of `{"prompt","pos","neg","pos_count","neg_count"}`)."""
   pairs = []
@@ -151,7 +142,7 @@ def read_ppm_pairs(path: str | os.PathLike[str]) -> list[PpmPair]:
       value = _field(o, name, (int, float), w)
       # json reads NaN and Infinity, which int() cannot convert: check finiteness before comparing. An integer beyond
       # the float range is no finite float either (math.isfinite raised OverflowError, and so would the pair weight).
-      if not _finite(value) or value != int(value) or value < 1:
+      if not files.is_finite_number(value) or value != int(value) or value < 1:
         raise DataFormatError(f"{w}: field {name!r} must be a positive integer, got {value!r}")
       counts.append(int(value))
     pairs.append(PpmPair(prompt=_field(o, "prompt", (str,), w), pos=_field(o, "pos", (str,), w),

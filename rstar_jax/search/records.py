@@ -79,15 +79,6 @@ def _check(value: Any, types: tuple[type, ...], where: str) -> None:
       raise TreeRecordError(f"{where}: {problem} (no UTF-8 for it)")
 
 
-def _fits_float(value: int) -> bool:
-  """Whether an int converts to a float (JSON integers have any size; a float tops out near 1.8e308)."""
-  try:
-    float(value)
-  except OverflowError:
-    return False
-  return True
-
-
 def validate_tree(record: Any, where: str = "<tree>") -> dict[str, Any]:
   """Checks one decoded record against the schema; returns it unchanged.
 
@@ -121,7 +112,7 @@ def validate_tree(record: Any, where: str = "<tree>") -> dict[str, Any]:
       _check(node[field], types, f"{nwhere}.{field}")
     for field in ("value_sum", "q", "ppm_value"):  # Python's json reads NaN and Infinity; the writer refuses them
       value = node[field]
-      if isinstance(value, int) and not _fits_float(value):  # math.isfinite would raise a bare OverflowError
+      if isinstance(value, int) and not files.is_finite_number(value):
         raise TreeRecordError(f"{nwhere}.{field}: must be finite, got an integer of {len(str(abs(value)))} digits "
                               "(beyond the float range)")
       if value is not None and not math.isfinite(value):
