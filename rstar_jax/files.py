@@ -1,8 +1,9 @@
 """Atomic file writes: a reader sees the old file or the new one, never a half-written one.
 
 Every file the project writes that a later phase (or a resumed run) reads goes through `atomic_open`: the data goes
-to a temporary file in the target's folder, is flushed to disk, and is renamed over the target. A crash or an
-exception mid-write leaves the old file (or none) and no temporary behind. A killed process (SIGKILL, a preemption)
+to a temporary file in the target's folder, is flushed to disk, and is renamed over the target; the folder is then
+synced, so the rename itself survives a power loss or a host crash (without it, a journaling file system may bring back
+the old file, or no file, after the writer reported success). A crash or an exception mid-write leaves the old file (or none) and no temporary behind. A killed process (SIGKILL, a preemption)
 cannot remove its temporary: the next write of the same target on the same host removes it (also when the writer
 had the pid of the process writing now, as a job restarted in its container does).
 
@@ -15,6 +16,7 @@ had the pid of the process writing now, as a job restarted in its container does
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -81,6 +83,8 @@ def _remove_stale_temporaries(path: str, folder: str) -> None:
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
   """Opens a temporary file beside `path` for writing; on a clean exit, syncs it and renames it over `path`.
 
+  The folder is synced after the rename (see the module docstring).
+
   The file gets the permissions of a plain `open(path, "w")` (0o666 less the umask), not `mkstemp`'s owner-only
   0o600, so other users and jobs that read a run folder can read it. The parent folder is created if missing.
 
@@ -104,6 +108,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
       os.fchmod(f.fileno(), 0o666 & ~_umask())
       os.fsync(f.fileno())
     os.replace(tmp, path)
+    _sync_folder(folder)
   except BaseException as e:
     if os.path.exists(tmp):
       os.unlink(tmp)
@@ -113,6 +118,18 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
   finally:
     with _WRITING_LOCK:
       _WRITING.discard(tmp)
+
+
+def _sync_folder(folder: str) -> None:
+  """fsyncs the directory `folder`, making the renames in it durable (where the file system can sync a directory)."""
+  fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    os.fsync(fd)
+  except OSError as e:
+    if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # a file system that cannot sync folders (some FUSE)
+      raise
+  finally:
+    os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:

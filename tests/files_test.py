@@ -32,14 +32,15 @@ def _mode(path) -> int:
 def test_atomic_write_text_and_bytes_syncs_and_takes_the_umask(tmp_path, umask_027, monkeypatch):
   synced = []
   real_fsync = os.fsync
-  monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+  monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_mode), real_fsync(fd))[1])
   files.atomic_write(tmp_path / "sub" / "a.txt", "héllo\n")
   files.atomic_write(tmp_path / "sub" / "b.bin", b"\x00\xff")
   assert (tmp_path / "sub" / "a.txt").read_bytes() == "héllo\n".encode("utf-8")
   assert (tmp_path / "sub" / "b.bin").read_bytes() == b"\x00\xff"
   # mkstemp alone gives 0o600: another account's training job could not read the data.
   assert _mode(tmp_path / "sub" / "a.txt") == _mode(tmp_path / "sub" / "b.bin") == 0o640
-  assert len(synced) == 2
+  # Each write syncs its file, then the folder (the rename is only durable once the directory entry is on disk).
+  assert [stat.S_ISDIR(mode) for mode in synced] == [False, True, False, True]
   assert sorted(os.listdir(tmp_path / "sub")) == ["a.txt", "b.bin"]
 
 
