@@ -31,7 +31,8 @@ class TrainConfig:
     keep_checkpoints: how many recent checkpoints to keep.
     async_checkpoint: write checkpoints in the background.
     log_every: fetch and log metrics every this many steps (a non-finite loss is caught at these steps).
-    seed: initialisation seed of the PPM value head, and of its dropout masks (`value_head_dropout`).
+    seed: initialisation seed of the PPM value head, and of its dropout masks (`value_head_dropout`); in
+      [0, 2**32).
     ppm_head: "raw" (official: Bradley-Terry on the linear output) or "tanh" (the paper's head). Score the trained
       PPM to match: `PPMScorer(transform="tanh")` after "tanh"; the default "tanh5" follows the official "raw".
     value_head_dropout: PPM only: dropout on the hidden state the value head reads, in training (evaluation and
@@ -78,6 +79,10 @@ class TrainConfig:
         raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {value!r}")
     if isinstance(self.seed, bool) or not isinstance(self.seed, int):  # 1.5 failed in the value head's init, late
       raise ValueError(f"TrainConfig.seed must be an integer, got {self.seed!r}")
+    if not 0 <= self.seed < 2**32:
+      # `jax.random.key` keeps 32 bits: 2**32 + 5 initialised the head and drew its dropout masks as seed 5 did (-1 as
+      # 2**32 - 1), and 2**63 overflowed in the head's init, after the data was tokenized and the model loaded.
+      raise ValueError(f"TrainConfig.seed must be in [0, 2**32) (jax keys take 32 bits of it), got {self.seed}")
     mesh = tuple(self.mesh)
     if len(mesh) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or (s < 1 and s != -1) for s in mesh):
       raise ValueError(f"TrainConfig.mesh must be three sizes (data, fsdp, tensor), each >= 1 or -1, got {self.mesh!r}")

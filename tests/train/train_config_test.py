@@ -1,5 +1,6 @@
 """TrainConfig from nested mappings (as `ml_collections` config files produce them)."""
 
+import jax
 import ml_collections
 import pytest
 
@@ -132,3 +133,15 @@ def test_nested_settings_that_are_not_their_configs_are_named(changes, message):
   if not isinstance(next(iter(changes.values())), dict):  # from_dict builds the configs from mappings
     with pytest.raises(TypeError, match=message):
       config_lib.TrainConfig.from_dict(changes)
+
+
+@pytest.mark.parametrize("seed", [2**32 + 5, -1, 2**63])
+def test_a_seed_outside_32_bits_is_refused(seed):
+  # The seed is `jax.random.key(seed)` of the value head's init and its dropout masks; jax keeps 32 bits of it, so
+  # 2**32 + 5 initialised and dropped exactly as seed 5 (and -1 as 2**32 - 1), and 2**63 failed as "Python int too
+  # large to convert to C long" only after the data was tokenized and the model loaded.
+  if -2**63 <= seed < 2**63:
+    assert (jax.random.key_data(jax.random.key(seed)) == jax.random.key_data(jax.random.key(seed % 2**32))).all()
+  with pytest.raises(ValueError, match=rf"TrainConfig.seed must be in \[0, 2\*\*32\).*got {seed}"):
+    config_lib.sft_config(seed=seed)
+  assert config_lib.ppm_config(seed=2**32 - 1).seed == 2**32 - 1
