@@ -23,13 +23,28 @@ _DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float1
                 "bf16": "bfloat16", "fp16": "float16"}
 
 
-def dtype_name(dtype: Any) -> str:
-  """Normalises `jnp.float32`, `"bf16"`, `np.dtype(...)` to a canonical dtype name."""
+def dtype_name(dtype: Any, where: str | None = None) -> str:
+  """Normalises `jnp.float32`, `"bf16"`, `np.dtype(...)` to a canonical dtype name (float32, bfloat16, float16).
+
+  Args:
+    dtype: a name in `_DTYPE_NAMES` or anything `jnp.dtype` reads as one of the three float dtypes.
+    where: the setting it came from, named in the error (e.g. "TrainConfig.export_dtype").
+
+  Raises:
+    ValueError: `dtype` is no dtype, or not one of the three (an integer dtype object such as `int` was taken as
+      "int64", and weights saved so were cast to integers).
+  """
+  prefix = f"{where}: " if where else ""
   if isinstance(dtype, str):
-    if dtype not in _DTYPE_NAMES:
-      raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPE_NAMES)}")
-    return _DTYPE_NAMES[dtype]
-  return jnp.dtype(dtype).name
+    name = _DTYPE_NAMES.get(dtype)
+  else:
+    try:
+      name = jnp.dtype(dtype).name
+    except (TypeError, ValueError):  # jnp.dtype's own message names only the value
+      name = None
+  if name not in _DTYPE_NAMES.values():
+    raise ValueError(f"{prefix}unknown dtype {dtype!r}; expected one of {sorted(_DTYPE_NAMES)}")
+  return name
 
 
 _SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -77,8 +92,8 @@ class ModelConfig:
     if not isinstance(self.tie_word_embeddings, (bool, np.bool_)):
       raise ValueError(f"ModelConfig.tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
     object.__setattr__(self, "tie_word_embeddings", bool(self.tie_word_embeddings))
-    object.__setattr__(self, "dtype", dtype_name(self.dtype))
-    object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype))
+    object.__setattr__(self, "dtype", dtype_name(self.dtype, "ModelConfig.dtype"))
+    object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype, "ModelConfig.param_dtype"))
     if self.head_dim is None:
       if self.hidden_size % self.num_heads:
         raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "

@@ -93,14 +93,14 @@ class TrainConfig:
     if self.ppm_head not in PPM_HEADS:
       raise ValueError(f"TrainConfig.ppm_head must be one of {PPM_HEADS}, got {self.ppm_head!r}")
     object.__setattr__(self, "mesh", mesh)
-    object.__setattr__(self, "compute_dtype", dtype_name(self.compute_dtype))
+    object.__setattr__(self, "compute_dtype", dtype_name(self.compute_dtype, "TrainConfig.compute_dtype"))
     if self.compute_dtype not in ("float32", "bfloat16"):
       # No loss scaling here: float16 gradients below 6e-8 flush to 0 (at the official PPM head init every backbone
       # gradient did), while bfloat16 has float32's range.
       raise ValueError(f"TrainConfig.compute_dtype must be 'float32' or 'bfloat16' (float16 training needs loss "
                        f"scaling, which this trainer does not do), got {self.compute_dtype!r}")
     if self.export_dtype is not None:
-      object.__setattr__(self, "export_dtype", dtype_name(self.export_dtype))
+      object.__setattr__(self, "export_dtype", dtype_name(self.export_dtype, "TrainConfig.export_dtype"))
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":

@@ -1,7 +1,9 @@
 """TrainConfig from nested mappings (as `ml_collections` config files produce them)."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from rstar_jax.data.pipeline import PipelineConfig
@@ -145,3 +147,20 @@ def test_a_seed_outside_32_bits_is_refused(seed):
   with pytest.raises(ValueError, match=rf"TrainConfig.seed must be in \[0, 2\*\*32\).*got {seed}"):
     config_lib.sft_config(seed=seed)
   assert config_lib.ppm_config(seed=2**32 - 1).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("changes, message", [
+    # These failed as "Cannot interpret '2.5' as a data type" or "unknown dtype 'fp8'", not naming the setting a
+    # config file got wrong, and a dtype object that is no float one was kept: `export_dtype=int` ("int64") exported
+    # every weight cast to an integer (0 for all |w| < 1) after the whole run.
+    ({"compute_dtype": 2.5}, r"TrainConfig.compute_dtype: .*2.5"),
+    ({"compute_dtype": "fp8"}, r"TrainConfig.compute_dtype: unknown dtype 'fp8'"),
+    ({"export_dtype": "half"}, r"TrainConfig.export_dtype: unknown dtype 'half'"),
+    ({"export_dtype": [1]}, r"TrainConfig.export_dtype: .*\[1\]"),
+    ({"export_dtype": int}, r"TrainConfig.export_dtype: unknown dtype .*int"),
+    ({"export_dtype": np.int8}, r"TrainConfig.export_dtype: unknown dtype .*int8"),
+])
+def test_bad_dtypes_name_the_field(changes, message):
+  with pytest.raises((ValueError, TypeError), match=message):
+    config_lib.sft_config(**changes)
+  assert config_lib.sft_config(export_dtype=np.float16, compute_dtype=jnp.bfloat16).export_dtype == "float16"
