@@ -83,7 +83,8 @@ class TrainConfig:
       # `jax.random.key` keeps 32 bits: 2**32 + 5 initialised the head and drew its dropout masks as seed 5 did (-1 as
       # 2**32 - 1), and 2**63 overflowed in the head's init, after the data was tokenized and the model loaded.
       raise ValueError(f"TrainConfig.seed must be in [0, 2**32) (jax keys take 32 bits of it), got {self.seed}")
-    mesh = tuple(self.mesh)
+    # Not iterated unchecked: an int or None failed as "'int' object is not iterable", naming nothing.
+    mesh = tuple(self.mesh) if isinstance(self.mesh, (tuple, list)) else ()
     if len(mesh) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or (s < 1 and s != -1) for s in mesh):
       raise ValueError(f"TrainConfig.mesh must be three sizes (data, fsdp, tensor), each >= 1 or -1, got {self.mesh!r}")
     rate = self.value_head_dropout

@@ -164,3 +164,10 @@ def test_bad_dtypes_name_the_field(changes, message):
   with pytest.raises((ValueError, TypeError), match=message):
     config_lib.sft_config(**changes)
   assert config_lib.sft_config(export_dtype=np.float16, compute_dtype=jnp.bfloat16).export_dtype == "float16"
+
+
+@pytest.mark.parametrize("mesh", [4, None, 2.0])
+def test_a_mesh_that_is_no_sequence_is_named(mesh):
+  # Failed as "'int' object is not iterable" (or 'NoneType', 'float'), naming no setting.
+  with pytest.raises(ValueError, match=rf"TrainConfig.mesh must be three sizes \(data, fsdp, tensor\).*got {mesh}"):
+    config_lib.TrainConfig.from_dict({"mesh": mesh})
