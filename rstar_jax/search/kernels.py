@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -70,6 +71,9 @@ class SelectionRule:
   def __post_init__(self):
     if self.preset not in PRESETS:
       raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+    if isinstance(self.c, bool) or not isinstance(self.c, numbers.Real):
+      # Before math.isfinite, whose "must be real number, not str" named nothing; True ran as c = 1.
+      raise TypeError(f"SelectionRule.c must be a number, got {self.c!r}")
     if not math.isfinite(self.c):  # a NaN score ties with nothing; `paper` would then pick slot 0, even a terminal
       raise ValueError(f"c must be finite, got {self.c}")
     if abs(self.c) > MAX_ABS_C:

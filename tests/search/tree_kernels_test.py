@@ -321,3 +321,12 @@ def test_a_c_too_large_for_float32_scores_is_refused_and_the_largest_allowed_sta
                               jnp.array(2**24 - 1), SelectionRule(preset, 1e30))
   assert np.isfinite(float(scores[0]))
   assert float(scores[0]) == pytest.approx(1e30 * math.sqrt(math.log(2**24 - 1)), rel=1e-6)
+
+
+@pytest.mark.parametrize("c", ["2", None, [2.0], True])
+def test_selection_rule_refuses_a_c_that_is_no_number_naming_it(c):
+  # "2" and None failed as math.isfinite's "must be real number, not str", naming neither SelectionRule nor c, and True
+  # was taken as c = 1 (SearchConfig refuses it; SelectionRule, a public jit static, did not).
+  with pytest.raises(TypeError, match=rf"SelectionRule.c must be a number, got {re.escape(repr(c))}"):
+    SelectionRule("official", c)
+  assert SelectionRule("official", np.float32(0.5)).c == 0.5
