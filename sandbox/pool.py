@@ -19,6 +19,7 @@ import concurrent.futures
 import itertools
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -58,6 +59,11 @@ str(np.arange(10).mean()); np.linalg.norm(np.ones(3)); np.linalg.solve(np.eye(2)
 # this process takes the next of `_UID_SLOTS` uids that no live worker holds (`_UidLease`).
 _UID_BASE = 3_900_000_000
 _UID_SLOTS = 1024
+# Deadlines reach poll() in milliseconds as a C int (2**31 - 1 ms is 24.8 days): timeout_s + host_grace_s stays below.
+_MAX_SECONDS = 1e6
+# Sizes in MiB and counts fit setrlimit's 64-bit values (and bwrap's --size in bytes) with room to spare.
+_MAX_MB = 2**40
+_MAX_COUNT = 2**40
 
 
 class _UidLease:
@@ -293,13 +299,30 @@ class SandboxPool:
                              ("tmp_mb", tmp_mb, 1)):  # bwrap refuses a tmpfs of 0 bytes, once the worker started
       if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    # An infinite deadline made every executor die at start-up; a negative grace made the host kill a worker that was
-    # still within its own deadline.
+    # Larger limits were accepted and failed once workers started, naming nothing: setrlimit overflowed or refused a
+    # value above the hard limit an executor (no root, no CAP_SYS_RESOURCE) inherits ("executors keep dying at
+    # start-up"), and bwrap refused 2**70 bytes of /tmp.
+    for name, value, high in (("memory_mb", memory_mb, _hard_limit(resource.RLIMIT_AS, _MAX_MB, 1 << 20)),
+                              ("fsize_mb", fsize_mb, _hard_limit(resource.RLIMIT_FSIZE, _MAX_MB, 1 << 20)),
+                              ("nofile", nofile, _hard_limit(resource.RLIMIT_NOFILE, _nr_open(), 1)),
+                              ("nproc", nproc, _hard_limit(resource.RLIMIT_NPROC, _MAX_COUNT, 1)),
+                              ("tmp_mb", tmp_mb, _MAX_MB), ("reuse_limit", reuse_limit, _MAX_COUNT)):
+      if value > high:
+        raise ValueError(f"{name} must be at most {high} (this host's hard limit, or what setrlimit and bwrap can "
+                         f"take), got {value!r}")
+    # An infinite deadline made every executor die at start-up, and one past _MAX_SECONDS overflowed poll() at the
+    # first program ("SandboxPool closed before the program finished"); a negative grace made the host kill a worker
+    # that was still within its own deadline.
     for name, value in (("timeout_s", timeout_s), ("startup_timeout_s", startup_timeout_s)):
       if not _is_number(value) or not 0 < value < float("inf"):
         raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
     if host_grace_s is not None and (not _is_number(host_grace_s) or not 0 <= host_grace_s < float("inf")):
       raise ValueError(f"host_grace_s must be None or >= 0 and finite, got {host_grace_s!r}")
+    for name, value in (("timeout_s", timeout_s), ("startup_timeout_s", startup_timeout_s),
+                        ("host_grace_s", host_grace_s or 0)):
+      if value > _MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {_MAX_SECONDS:g} s (deadlines reach poll() in milliseconds), got "
+                         f"{value!r}")
     if isinstance(preload, collections.abc.Iterable) and not isinstance(preload, str):
       preload = tuple(preload)  # once: a generator checked below was empty by the time the workers got it
     if not isinstance(preload, tuple) or not all(isinstance(m, str) for m in preload):
@@ -682,6 +705,21 @@ def _kill_uid(uid: int) -> None:
     if not found:
       return
     time.sleep(0.001)
+
+
+def _hard_limit(which: int, cap: int, unit: int) -> int:
+  """The largest setting (in `unit`s) an executor can set `which` to: the inherited hard limit, at most `cap`."""
+  hard = resource.getrlimit(which)[1]
+  return cap if hard == resource.RLIM_INFINITY else min(cap, hard // unit)
+
+
+def _nr_open() -> int:
+  """The kernel's ceiling on RLIMIT_NOFILE (fs.nr_open; 1048576 by default)."""
+  try:
+    with open("/proc/sys/fs/nr_open") as f:
+      return int(f.read())
+  except (OSError, ValueError):
+    return 1 << 20
 
 
 def _is_number(value: Any) -> bool:

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -492,3 +493,28 @@ def test_an_interrupted_run_leaves_nothing_queued(monkeypatch):
     queued = [i for i, f in enumerate(submitted) if not (f.done() or f.running())]
     assert queued == []
     assert sum(f.cancelled() for f in submitted) >= 6  # all but the first and those the worker had taken
+
+
+@pytest.mark.parametrize("setting,value", [("memory_mb", 2**44), ("fsize_mb", 2**63), ("tmp_mb", 2**50),
+                                           ("nofile", 2**40), ("nproc", 2**63), ("reuse_limit", 2**63),
+                                           ("timeout_s", 1e10), ("startup_timeout_s", 1e308), ("host_grace_s", 1e10)])
+def test_limits_too_large_for_the_kernel_are_named(setting, value):
+  # Each was accepted and then failed deep inside: a worker traceback "executors keep dying at start-up" (setrlimit's
+  # "Python int too large to convert to C long", or above fs.nr_open open files), bwrap's "--size takes a non-zero
+  # number of bytes" (2**70 bytes of /tmp), or, for deadlines, poll()'s "timestamp too large" as "SandboxPool closed
+  # before the program finished" at the first program.
+  with pytest.raises(ValueError, match=rf"{setting} must be at most .*got {re.escape(repr(value))}"):
+    SandboxPool(num_workers=1, **{setting: value})
+
+
+def test_limits_at_their_largest_run():
+  # The bounds refuse only what cannot work: a pool at each of them starts and runs a program (open files and
+  # processes up to the hard limits this process has, which executors inherit and cannot raise).
+  def hard(which, default):
+    value = resource.getrlimit(which)[1]
+    return default if value == resource.RLIM_INFINITY else min(value, default)
+  largest = dict(memory_mb=2**30, fsize_mb=2**30, tmp_mb=2**30, reuse_limit=2**40, timeout_s=1e6, host_grace_s=1e6,
+                 startup_timeout_s=1e6, nofile=hard(resource.RLIMIT_NOFILE, 2**20),
+                 nproc=hard(resource.RLIMIT_NPROC, 2**40))
+  with SandboxPool(num_workers=1, **largest) as big:
+    assert big.run(["print(6 * 7)"])[0].observation == "42\n"
