@@ -107,6 +107,8 @@ def _input_problem(args) -> str | None:
     if args.batch < 1 or args.length < 1 or (args.batch > 1 and args.length < 2):
       return (f"--batch must be >= 1 and --length >= 1 (>= 2 when --batch > 1: rows after the first are "
               f"left-padded); got --batch {args.batch} --length {args.length}")
+    if args.seed < 0:  # numpy's default_rng refused it, naming no flag, once both models had loaded
+      return f"--seed must be >= 0, got {args.seed}"
   flag, path = ("--ckpt", args.ckpt) if args.command == "export" else ("--hf-dir", args.hf_dir)
   config_file = os.path.join(path, "config.json")
   if not os.path.isdir(path):

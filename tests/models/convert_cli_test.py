@@ -141,3 +141,15 @@ def test_eos_ids_only_in_config_json_survive_import_and_export(hf_qwen2_factory,
   generation = transformers.GenerationConfig.from_model_config(transformers.AutoConfig.from_pretrained(
       tmp_path / "hf_again"))
   assert (generation.bos_token_id, generation.eos_token_id) == (3, [5, 7])
+
+
+def test_verify_refuses_a_negative_seed_before_loading(hf_qwen2_factory, capsys):
+  from rstar_jax import convert
+  hf_dir, _ = hf_qwen2_factory()
+  with pytest.raises(ValueError, match="expected non-negative integer"):
+    np.random.default_rng(-1)  # what verify seeds its random tokens with
+  # It failed so, as numpy's traceback naming no flag, only after both models (ours and transformers') had loaded.
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main(["verify", "--hf-dir", str(hf_dir), "--seed", "-1"])
+  assert exit_info.value.code == 2
+  assert "--seed must be >= 0, got -1" in capsys.readouterr().err
