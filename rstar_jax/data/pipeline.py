@@ -67,6 +67,8 @@ class PipelineConfig:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"PipelineConfig.{name} must be an integer >= {least}, got {value!r}")
+    if not isinstance(self.shuffle, bool):  # a config file's "false" is a non-empty str: it shuffled
+      raise ValueError(f"PipelineConfig.shuffle must be a bool (true or false), got {self.shuffle!r}")
     if self.overlong not in OVERLONG:
       raise ValueError(f"PipelineConfig.overlong must be one of {OVERLONG}, got {self.overlong!r}")
     if (isinstance(self.buckets, str) or not isinstance(self.buckets, (tuple, list))

@@ -77,6 +77,9 @@ class TrainConfig:
       if not (value is None and name == "max_steps") and (isinstance(value, bool) or not isinstance(value, int)
                                                            or value < 1):
         raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {value!r}")
+    for name in ("remat", "async_checkpoint", "progress", "tensorboard"):
+      if not isinstance(getattr(self, name), bool):  # a config file's "false" is a non-empty str: it ran as True
+        raise ValueError(f"TrainConfig.{name} must be a bool (true or false), got {getattr(self, name)!r}")
     if isinstance(self.seed, bool) or not isinstance(self.seed, int):  # 1.5 failed in the value head's init, late
       raise ValueError(f"TrainConfig.seed must be an integer, got {self.seed!r}")
     if not 0 <= self.seed < 2**32:

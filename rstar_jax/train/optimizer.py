@@ -53,6 +53,9 @@ class OptimizerConfig:
       if (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high
           or (name == "eps" and value == 0)):
         raise ValueError(f"OptimizerConfig.{name} must be {what}, got {value!r}")
+    if not isinstance(self.decay_norms_and_biases, bool):  # a config file's "false" is a non-empty str: True
+      raise ValueError(f"OptimizerConfig.decay_norms_and_biases must be a bool (true or false), got "
+                       f"{self.decay_norms_and_biases!r}")
     warmup = self.warmup_steps
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
       raise ValueError(f"OptimizerConfig.warmup_steps must be an integer >= 0, got {warmup!r}")

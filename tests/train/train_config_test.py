@@ -1,5 +1,7 @@
 """TrainConfig from nested mappings (as `ml_collections` config files produce them)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -171,3 +173,18 @@ def test_a_mesh_that_is_no_sequence_is_named(mesh):
   # Failed as "'int' object is not iterable" (or 'NoneType', 'float'), naming no setting.
   with pytest.raises(ValueError, match=rf"TrainConfig.mesh must be three sizes \(data, fsdp, tensor\).*got {mesh}"):
     config_lib.TrainConfig.from_dict({"mesh": mesh})
+
+
+@pytest.mark.parametrize("values, field, bad", [
+    ({"remat": "false"}, "TrainConfig.remat", "'false'"), ({"async_checkpoint": "no"}, "TrainConfig.async_checkpoint",
+                                                           "'no'"),
+    ({"progress": None}, "TrainConfig.progress", "None"), ({"tensorboard": 0}, "TrainConfig.tensorboard", "0"),
+    ({"data": {"shuffle": "false"}}, "PipelineConfig.shuffle", "'false'"),
+    ({"optimizer": {"decay_norms_and_biases": "false"}}, "OptimizerConfig.decay_norms_and_biases", "'false'"),
+])
+def test_switches_that_are_not_bools_are_named(values, field, bad):
+  # A config file's "false" is a non-empty str, so bool("false") is True: the run shuffled, decayed the norm weights,
+  # or recomputed activations it was told not to, and None or 0 turned a feature off unnoticed.
+  assert bool("false") and not bool(None)
+  with pytest.raises(ValueError, match=rf"{field} must be a bool \(true or false\), got {re.escape(bad)}"):
+    config_lib.TrainConfig.from_dict(values)
