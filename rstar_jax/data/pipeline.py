@@ -69,6 +69,11 @@ class PipelineConfig:
         raise ValueError(f"PipelineConfig.{name} must be an integer >= {least}, got {value!r}")
     if not isinstance(self.shuffle, bool):  # a config file's "false" is a non-empty str: it shuffled
       raise ValueError(f"PipelineConfig.shuffle must be a bool (true or false), got {self.shuffle!r}")
+    if self.prompt_template is not None and not isinstance(self.prompt_template, str):
+      # A list or tuple passed sft_prompt's "'{input}' in" check and failed at tokenizing as "'tuple' object has no
+      # attribute 'replace'", naming nothing. (A str without `{input}` is refused there, by sft_prompt.)
+      raise TypeError(f"PipelineConfig.prompt_template must be None or a str with `{{input}}`, got "
+                      f"{type(self.prompt_template).__name__} {self.prompt_template!r:.60}")
     if self.overlong not in OVERLONG:
       raise ValueError(f"PipelineConfig.overlong must be one of {OVERLONG}, got {self.overlong!r}")
     if (isinstance(self.buckets, str) or not isinstance(self.buckets, (tuple, list))

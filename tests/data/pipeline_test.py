@@ -374,3 +374,13 @@ def test_pair_counts_whose_product_passes_the_float_range_are_weighted_not_crash
   config = pipeline.PipelineConfig(max_len=8, batch_size=1)
   batch = next(pipeline.ppm_pipeline([pair], CharTokenizer(), config).iterator())
   assert batch["weights"].tolist() == [0.0]  # 1e-320 is below float32's range
+
+
+@pytest.mark.parametrize("template", [["{input}"], ("{input}",), 7, b"{input}"])
+def test_a_prompt_template_that_is_no_string_is_refused_naming_the_field(template):
+  # A list (as a config file gives it; TrainConfig.from_dict makes it a tuple) passed sft_prompt's "'{input}' in"
+  # check and failed as "'tuple' object has no attribute 'replace'", and 7 as "argument of type 'int' is not
+  # iterable", both while tokenizing, naming no setting.
+  with pytest.raises(TypeError, match=r"PipelineConfig.prompt_template must be None or a str"):
+    pipeline.PipelineConfig(prompt_template=template)
+  assert pipeline.PipelineConfig(prompt_template="Q: {input}\nA:").prompt_template == "Q: {input}\nA:"
