@@ -149,6 +149,15 @@ class SearchConfig:
     for field in ("c", "positive_reward", "negative_reward"):
       if not math.isfinite(getattr(self, field)):
         raise ValueError(f"{field} must be finite, got {getattr(self, field)}")
+    # The tree holds budgets, node indices and depths as int32: a larger count wrapped (2**32 + 3 rollouts ran 3, 2**31
+    # ran none), silently.
+    for field, value in (("num_rollouts", self.num_rollouts), ("max_depth", self.max_depth + 1),
+                         ("max_nodes", self.num_slots)):
+      if value >= 2**31:
+        raise ValueError(f"SearchConfig.{field} must keep the tree within int32 (rollouts, nodes and depth + 1 "
+                         f"< 2**31), got {getattr(self, field)}" + (" (max_nodes None: 1 + num_rollouts * "
+                         f"(max_depth + 1) * num_candidates = {value})" if self.max_nodes is None and
+                         field == "max_nodes" else ""))
 
   @property
   def rule(self) -> kernels.SelectionRule:

@@ -176,8 +176,8 @@ def init_tree(batch_size: int, num_slots: int, num_actions: int, rollout_budget:
   budget = np.asarray(rollout_budget)
   if budget.ndim != 0 and budget.shape != (batch_size,):
     raise ValueError(f"rollout_budget must be a scalar or have shape [{batch_size}], got shape {budget.shape}")
-  if np.any(budget < 0):
-    raise ValueError(f"rollout_budget must be >= 0 (0 leaves a tree idle), got {budget}")
+  if np.any(budget < 0) or np.any(budget >= 2**31):  # stored as int32: 2**32 + 3 wrapped to 3, 2**31 to < 0
+    raise ValueError(f"rollout_budget must be >= 0 (0 leaves a tree idle) and < 2**31 (int32), got {budget}")
   if num_slots < 1 + num_actions:
     raise ValueError(f"num_slots={num_slots} cannot hold the root and one expansion of {num_actions}")
   b, n, a = batch_size, num_slots, num_actions

@@ -581,3 +581,17 @@ def test_a_second_search_on_a_running_search_s_folder_is_refused(grader, tmp_pat
   assert refusals and sorted(os.listdir(tmp_path)) == ["trees-00000.jsonl", "trees-00001.jsonl",
                                                        "trees.config.json", "trees.lock"]
   assert _search(PROBLEMS, grader, batch_size=4, output_dir=tmp_path) == first  # once it ended: a resume
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(num_rollouts=2**32 + 3, max_nodes=100), "num_rollouts"), (dict(num_rollouts=2**31, max_nodes=100),
+                                                                    "num_rollouts"),
+    (dict(max_nodes=2**31), "max_nodes"), (dict(max_depth=2**31), "max_depth"),
+])
+def test_counts_beyond_the_int32_tree_are_refused(changes, field):
+  # The tree holds rollout budgets, node indices and depths as int32, and the cast wraps: 2**32 + 3 rollouts searched
+  # 3, and 2**31 came out as -2**31, so no tree ran a rollout; the run wrote its trees without a word.
+  assert np.asarray(2**32 + 3).astype(np.int32) == 3 and np.asarray(2**31).astype(np.int32) < 0
+  with pytest.raises(ValueError, match=rf"SearchConfig.{field}.* int32"):
+    SearchConfig(**changes)
+  assert SearchConfig(num_rollouts=2**31 - 1, max_nodes=2**31 - 1).num_slots == 2**31 - 1

@@ -330,3 +330,10 @@ def test_selection_rule_refuses_a_c_that_is_no_number_naming_it(c):
   with pytest.raises(TypeError, match=rf"SelectionRule.c must be a number, got {re.escape(repr(c))}"):
     SelectionRule("official", c)
   assert SelectionRule("official", np.float32(0.5)).c == 0.5
+
+
+@pytest.mark.parametrize("budget", [2**31, 2**32 + 3, [2, 2**32 + 3]])
+def test_init_tree_refuses_a_rollout_budget_beyond_int32(budget):
+  # It was cast to int32 and wrapped: 2**32 + 3 became 3 rollouts, 2**31 a negative budget (no rollout at all).
+  with pytest.raises(ValueError, match=r"rollout_budget must be .*< 2\*\*31"):
+    init_tree(np.asarray(budget).size, 10, 2, np.asarray(budget, np.int64), 3)
