@@ -55,6 +55,9 @@ class PairConfig:
     margin = self.min_q_margin
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
       raise ValueError(f"PairConfig.min_q_margin must be a finite number, got {margin!r}")
+    for name in ("invalid_as_wrong", "final_answer_pairs"):
+      if not isinstance(getattr(self, name), bool):  # a config file's "false" is a non-empty str: it ran as True
+        raise ValueError(f"PairConfig.{name} must be a bool (true or false), got {getattr(self, name)!r}")
 
 
 def _check_counts(config, names: Sequence[str]) -> None:

@@ -439,3 +439,13 @@ def test_extract_files_refuses_a_dir_a_search_is_still_writing(tmp_path):
   # Once the search is done (its lock file stays behind), the folder reads as before.
   stats = extract.extract_files(out, str(tmp_path / "sft.json"), str(tmp_path / "rm.jsonl"))
   assert stats.num_trees == 1 and stats.num_sft_records == len(extract.sft_records([trees.tree_from_dict(rec1)]))
+
+
+@pytest.mark.parametrize("field", ["invalid_as_wrong", "final_answer_pairs"])
+@pytest.mark.parametrize("value", ["false", None, 1])
+def test_pair_switches_that_are_not_bools_are_named(field, value):
+  # A config file's "false" is a non-empty str, so it ran as True: code-error terminals became wrong outcomes (other
+  # pairs), or whole-trajectory pairs were added, without a word; None ran as False.
+  assert bool("false")
+  with pytest.raises(ValueError, match=rf"PairConfig.{field} must be a bool \(true or false\), got {value!r}"):
+    extract.PairConfig(**{field: value})
