@@ -18,7 +18,7 @@ continuation text as decoding the whole sequence.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -115,6 +115,8 @@ def validate_stops(stops: Sequence[str] | None) -> tuple[str, ...]:
     return ()
   if isinstance(stops, str):
     raise TypeError(f"stop must be a sequence of strings, got the string {stops!r}")
+  if not isinstance(stops, Iterable):  # tuple() failed as "'int' object is not iterable", naming no argument
+    raise TypeError(f"stop must be a sequence of strings, got {type(stops).__name__} {stops!r:.40}")
   stops = tuple(stops)
   for s in stops:
     if not isinstance(s, str) or not s:

@@ -190,3 +190,11 @@ def test_a_tokenizer_eos_outside_the_model_vocabulary_is_refused():
   with pytest.raises(ValueError, match=r"eos_ids: token ids outside \[0, 512\)"):
     Engine(load_tiny(), tokenizer=qwen, eos_ids=[151643], buckets=TEST_BUCKETS)
   assert Engine(load_tiny(), tokenizer=qwen, eos_ids=(), buckets=TEST_BUCKETS).eos_ids == ()
+
+
+@pytest.mark.parametrize("stop", [7, 2.5, True])
+def test_a_stop_that_is_no_sequence_is_named(stop):
+  # It failed as "'int' object is not iterable" (or 'float', 'bool'), naming no argument.
+  engine = Engine(load_tiny(), tokenizer=tiny_tokenizer(), eos_ids=(), buckets=TEST_BUCKETS)
+  with pytest.raises(TypeError, match=rf"stop must be a sequence of strings, got {type(stop).__name__} {stop!r}"):
+    engine.generate([Request([1, 2])], Greedy(), max_new_tokens=2, stop=stop)
