@@ -512,7 +512,8 @@ def _token_ids(ids: Sequence[int], where: str, vocab_size: int) -> np.ndarray:
 
 
 def check_limits(max_new_tokens: int, max_context: int | None) -> None:
-  """Refuses generation limits that are not integers >= 1 (`max_context` may be None: no limit).
+  """Refuses generation limits that are not integers >= 1 (`max_context` may be None: no limit), or a
+  `max_new_tokens` from 2**31 on (positions are int32).
 
   `max_new_tokens` is a static shape (a float failed as a jax shape error after the prefill was planned), and a
   `max_context` below 1 leaves no row any room: every sample came back empty ("length") without an error.
@@ -522,6 +523,9 @@ def check_limits(max_new_tokens: int, max_context: int | None) -> None:
       continue
     if not _is_int(value) or value < 1:
       raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+  if max_new_tokens >= 2**31:  # 2**63 failed inside as "Python int too large to convert to C long"
+    raise ValueError(f"max_new_tokens must be an integer >= 1 and < 2**31 (token positions are int32), got "
+                     f"{max_new_tokens}")
 
 
 def _request_list(requests: Sequence[Request]) -> list[Request]:

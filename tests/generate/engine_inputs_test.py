@@ -198,3 +198,13 @@ def test_a_stop_that_is_no_sequence_is_named(stop):
   engine = Engine(load_tiny(), tokenizer=tiny_tokenizer(), eos_ids=(), buckets=TEST_BUCKETS)
   with pytest.raises(TypeError, match=rf"stop must be a sequence of strings, got {type(stop).__name__} {stop!r}"):
     engine.generate([Request([1, 2])], Greedy(), max_new_tokens=2, stop=stop)
+
+
+@pytest.mark.parametrize("max_new_tokens", [2**31, 2**63])
+def test_a_step_length_beyond_int32_positions_is_named(max_new_tokens):
+  # 2**63 failed as "Python int too large to convert to C long" inside the engine, naming nothing; token positions
+  # and lengths are int32, so no length from 2**31 on can be generated.
+  engine = Engine(load_tiny(), eos_ids=(), buckets=TEST_BUCKETS)
+  message = rf"max_new_tokens must be an integer >= 1 and < 2\*\*31 .*, got {max_new_tokens}"
+  with pytest.raises(ValueError, match=message):
+    engine.generate([Request([1, 2])], Greedy(), max_new_tokens=max_new_tokens)
