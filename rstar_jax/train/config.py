@@ -110,6 +110,10 @@ class TrainConfig:
   def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
     """Builds a config from nested mappings or an `ml_collections.ConfigDict`; unknown keys raise."""
     # A ConfigDict is no Mapping: its nested ConfigDicts were kept as they were, unbuilt and unchecked.
+    if not isinstance(values, Mapping) and not hasattr(values, "to_dict"):
+      # dict() read None (an empty YAML file) as "'NoneType' object is not iterable", and a list of pairs as a mapping.
+      raise TypeError(f"TrainConfig.from_dict takes a mapping or a ConfigDict, got {type(values).__name__} "
+                      f"{values!r:.60}")
     values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
     nested = {"optimizer": OptimizerConfig, "data": PipelineConfig}
     for key, kind in nested.items():

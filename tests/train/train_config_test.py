@@ -188,3 +188,12 @@ def test_switches_that_are_not_bools_are_named(values, field, bad):
   assert bool("false") and not bool(None)
   with pytest.raises(ValueError, match=rf"{field} must be a bool \(true or false\), got {re.escape(bad)}"):
     config_lib.TrainConfig.from_dict(values)
+
+
+@pytest.mark.parametrize("values", [None, [("seed", 1)], "seed=1"])
+def test_from_dict_refuses_what_is_no_mapping(values):
+  # An empty YAML file loads as None: it failed as "'NoneType' object is not iterable"; a list of pairs was taken
+  # as a mapping by dict(), and a string as "dictionary update sequence element #0 has length 1", naming nothing.
+  with pytest.raises(TypeError, match=rf"TrainConfig.from_dict takes a mapping or a ConfigDict, got "
+                                      rf"{type(values).__name__}"):
+    config_lib.TrainConfig.from_dict(values)
