@@ -170,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(f"--n must be >= 0, got {args.n}")
     if args.hf_dir and args.max_new_tokens < 1:
       raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.hf_dir and args.max_new_tokens >= 2**31:  # Engine.generate refuses it too, once the model has loaded
+      raise ValueError(f"--max-new-tokens must be < 2**31 (token positions are int32), got {args.max_new_tokens}")
     if args.hf_dir and args.max_context is not None and args.max_context < 1:
       raise ValueError(f"--max-context must be >= 1, got {args.max_context}")
     if args.max_rows is not None and args.max_rows < 1:

@@ -412,3 +412,11 @@ def test_ppm_scorer_refuses_a_tokenizer_that_splits_the_step_tags(tmp_path, caps
   _assert_usage_error(capsys, ["--ppm-dir", str(tiny_ppm_dir()[0]), "--tokenizer", str(QWEN_TOKENIZER), "--prompts",
                                str(prompts)], r"error: --ppm-dir: the tokenizer splits rStar's step tags \(<code>, "
                                               r".*add --add-rstar-tokens")
+
+
+def test_command_line_refuses_a_step_length_beyond_int32_before_loading(tmp_path, capsys):
+  # The engine refuses it (positions are int32), but only once the model had loaded: a traceback, not a usage error.
+  good = tmp_path / "good.jsonl"
+  good.write_text('"fine"\n')
+  _assert_usage_error(capsys, ["--hf-dir", str(tmp_path), "--prompts", str(good), "--max-new-tokens", str(2**31)],
+                      r"error: --max-new-tokens must be < 2\*\*31 \(token positions are int32\), got 2147483648")
