@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import jax
 import numpy as np
@@ -45,6 +45,7 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 Rules = Sequence[tuple[str, Sequence[str]]]
+T = TypeVar("T")
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -206,6 +207,30 @@ def on_process_zero(where: str, what: str, work: Callable[[], None]) -> None:
       raise OSError(f"{where}: process 0 could not {what} (its error names the cause)")
   if error is not None:
     raise error
+
+
+def on_every_process(where: str, what: str, work: Callable[[], T]) -> T:
+  """Runs `work` (reading files) on every process and returns its value; in a multi-process run a failure on any
+  process is raised on every process (the failed ones raise their own error, the others a RuntimeError naming `where`,
+  `what` and the failed processes).
+
+  Collective: every process calls it at the same point, and `work` itself makes no collective call. A process whose
+  own copy of a file was bad raised on its own while the others waited for it in their next collective (forever, on
+  CPU); then it waited for them in the distributed shutdown.
+  """
+  error, value = None, None
+  try:
+    value = work()
+  except Exception as e:  # pylint: disable=broad-except  (raised below, once every process knows)
+    error = e
+  if jax.process_count() > 1:
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None))).reshape(-1)
+    if failed.any() and error is None:
+      raise RuntimeError(f"{where}: processes {np.flatnonzero(failed).tolist()} could not {what} (their errors name "
+                         "the cause)")
+  if error is not None:
+    raise error
+  return value
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,

@@ -170,6 +170,15 @@ def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str
   sharding_lib.on_process_zero(export_dir, "write the tokenizer", write)
 
 
+def _read_everywhere(workdir: str, read: Callable[[], Any]) -> Any:
+  """`read()` (the tokenizer, model config and training data) on every process; a failure on any raises on all.
+
+  Each process reads its own copies of the files: one whose copy was bad (cut short, unreadable) raised alone while
+  the others waited for it in the next collective (see `sharding.on_every_process`).
+  """
+  return sharding_lib.on_every_process(workdir, "read the tokenizer, model config and training data", read)
+
+
 def _check_rows_split(mesh_shape: tuple[int, int, int], shards: int) -> None:
   """Each process feeds its own contiguous rows of a batch (`put_batch`), so the batch axis (data x fsdp = `shards`
   devices) must be split across the processes; over a tensor-only mesh every process would take its rows for the
@@ -395,16 +404,20 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   export_dir = _export_dir(export_dir, workdir, base_checkpoint)
   mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
   with _locked(workdir):
-    tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
-    model_config, original_dtype = _model_config(base_checkpoint, config)
-    _check_vocab(tokenizer, model_config, base_checkpoint)
-    pipe = _training_pipeline(sft_file, formats.read_sft_records, pipeline_lib.sft_pipeline, tokenizer, config.data)
+    def read():
+      loaded, loaded_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
+      model_config, original_dtype = _model_config(base_checkpoint, config)
+      _check_vocab(loaded, model_config, base_checkpoint)
+      return loaded, loaded_dir, model_config, original_dtype, _training_pipeline(
+          sft_file, formats.read_sft_records, pipeline_lib.sft_pipeline, loaded, config.data)
+    tokenizer, tokenizer_dir, model_config, original_dtype, pipe = _read_everywhere(workdir, read)
 
     resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
     abstract = nnx.eval_shape(lambda: Qwen2(model_config, rngs=nnx.Rngs(0), remat=config.remat))
     model = None
     if not resuming:
-      model = convert.load_qwen2(base_checkpoint, model_config, mesh=mesh)
+      model = sharding_lib.on_every_process(workdir, f"load {base_checkpoint}", lambda: convert.load_qwen2(
+          base_checkpoint, model_config, mesh=mesh))
       model.model.remat = config.remat
     trained, steps, metrics = _run(model=model, abstract_model=abstract, loss_fn_of=steps_lib.sft_loss_fn,
                                    count_key="num_tokens", pipe=pipe, workdir=workdir, config=config, mesh=mesh,
@@ -456,14 +469,18 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   export_dir = _export_dir(export_dir, workdir, init_checkpoint)
   mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
   with _locked(workdir):
-    tokenizer, tokenizer_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
-    model_config, original_dtype = _model_config(init_checkpoint, config)
-    _check_vocab(tokenizer, model_config, init_checkpoint)
-    pipe = _training_pipeline(pairs_file, formats.read_ppm_pairs, pipeline_lib.ppm_pipeline, tokenizer, config.data)
+    def read():
+      loaded, loaded_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
+      model_config, original_dtype = _model_config(init_checkpoint, config)
+      _check_vocab(loaded, model_config, init_checkpoint)
+      return loaded, loaded_dir, model_config, original_dtype, _training_pipeline(
+          pairs_file, formats.read_ppm_pairs, pipeline_lib.ppm_pipeline, loaded, config.data)
+    tokenizer, tokenizer_dir, model_config, original_dtype, pipe = _read_everywhere(workdir, read)
 
     resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
     abstract = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0), remat=config.remat))
-    model = None if resuming else _initial_ppm(init_checkpoint, model_config, config, mesh)
+    model = None if resuming else sharding_lib.on_every_process(
+        workdir, f"load {init_checkpoint}", lambda: _initial_ppm(init_checkpoint, model_config, config, mesh))
     trained, steps, metrics = _run(model=model, abstract_model=abstract,
                                    loss_fn_of=lambda g: steps_lib.ppm_loss_fn(g, config.ppm_head,
                                                                               config.value_head_dropout),

@@ -268,6 +268,24 @@ def export_write_error_case():
     result("export_write_error", type(e).__name__, str(e).replace(out, "OUT"))
 
 
+def bad_data_one_process_case():
+  """train_policy where process 1's SFT file is not valid JSON (a copy cut short on its own disk) and process 0's is
+  fine: every process must raise (process 0 waited for process 1 in its next collective until the distributed
+  shutdown's deadline, 5 minutes, then both aborted without process 0's error)."""
+  from rstar_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train import config as config_lib, trainer  # pylint: disable=g-import-not-at-top
+  base = os.path.join(out, "base")
+  config = config_lib.sft_config(
+      data=pipeline.PipelineConfig(max_len=96, batch_size=8, num_epochs=1, seed=3),
+      optimizer=config_lib.OptimizerConfig(learning_rate=2e-3), mesh=(1, -1, 1), checkpoint_every=100,
+      progress=False, tensorboard=False)
+  try:
+    trainer.train_policy(base, os.path.join(base, f"sft{pid}.json"), os.path.join(out, "work"), config=config)
+    result("bad_data none")
+  except Exception as e:  # pylint: disable=broad-except
+    result("bad_data", type(e).__name__, str(e).replace(out, "OUT"))
+
+
 CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model": save_model_case,
          "export_error": export_error_case,
          "data_mismatch": data_mismatch_case,
@@ -276,5 +294,5 @@ CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model":
          "train_reference": lambda: _train("reference"), "train_ppm": lambda: _train_ppm(f"ppm{nproc}"),
          "export_write_error": export_write_error_case, "trainer_write_error": trainer_write_error_case,
          "save_model_error": save_model_error_case,
-         "config_mismatch": config_mismatch_case}
+         "config_mismatch": config_mismatch_case, "bad_data_one_process": bad_data_one_process_case}
 CASES[case]()

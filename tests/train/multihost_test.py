@@ -22,9 +22,10 @@ CASES_WORKER = os.path.join(HERE, "multihost_cases_worker.py")
 FILES = "config.json,generation_config.json,model.safetensors,tokenizer.json,tokenizer_config.json"
 
 
-def _run(nproc, ndev, base, out, worker=WORKER, timeout=600):
+def _run(nproc, ndev, base, out, worker=WORKER, timeout=600, extra=()):
   port = str(20000 + random.randrange(20000))
-  procs = [subprocess.Popen([sys.executable, worker, str(i), str(nproc), port, str(ndev), str(base), str(out)],
+  procs = [subprocess.Popen([sys.executable, worker, str(i), str(nproc), port, str(ndev), str(base), str(out),
+                             *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
   outputs = []
   for p in procs:
@@ -211,3 +212,17 @@ def test_two_process_training_with_other_micro_batches_raises_everywhere(tmp_pat
   # micro-batches per step, process 1 one, so their step programs' collectives did not match.
   _sft_base(tmp_path, "sft0.json")
   assert _case("config_mismatch", tmp_path) == [["config_mismatch OUT/work: the 2 processes differ in accum_steps"]] * 2
+
+
+@pytest.mark.multiprocess
+def test_two_process_training_whose_data_file_is_bad_on_one_process_raises_everywhere(tmp_path):
+  # Process 1's copy of the SFT file was cut short (invalid JSON): it raised reading it, while process 0 waited for it
+  # in its next collective until the distributed shutdown's deadline (5 minutes); then both aborted (SIGABRT), and
+  # process 0 never said why.
+  base, _ = _sft_base(tmp_path, "sft0.json")
+  (base / "sft1.json").write_text((base / "sft0.json").read_text()[:500])
+  zero, one = _case("bad_data_one_process", tmp_path)
+  assert zero == ["bad_data RuntimeError OUT/work: processes [1] could not read the tokenizer, model config and "
+                  "training data (their errors name the cause)"], zero
+  assert len(one) == 1 and one[0].startswith("bad_data DataFormatError OUT/base/sft1.json:1: invalid JSON"), one
+
