@@ -337,7 +337,11 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
       steps_lib.make_train_step(loss_fn_of(graphdef), tx, mesh, accum_steps=config.accum_steps,
                                 count_key=count_key, schedule=schedule, dropout_seed=dropout_seed), shardings, mesh)
   is_main = jax.process_index() == 0
-  log = MetricsLog(workdir, tensorboard=config.tensorboard, enabled=is_main, fresh=latest is None)
+  # Process 0 alone writes the metrics; a failure there (a full disk) must stop every process at the same point: it
+  # raised alone, and the others went on into the next step's collectives (waiting for it until the shutdown's
+  # deadline).
+  log = sharding_lib.on_every_process(workdir, "open metrics.jsonl", lambda: MetricsLog(
+      workdir, tensorboard=config.tensorboard, enabled=is_main, fresh=latest is None))
   start = int(jax.device_get(state.step))
   last: dict[str, float] = {}
   progress = tqdm.tqdm(total=total_steps, initial=start, disable=not (config.progress and is_main),
@@ -364,7 +368,7 @@ def _run(*, model: nnx.Module | None, abstract_model: nnx.Module, loss_fn_of: Ca
         metrics["step_time_s"] = (now - tick) / (step - last_logged)  # the first interval includes compiling
         tick, last_logged = now, step
         last = {k: metrics[k] for k in ("loss", "accuracy", "grad_norm", "learning_rate", "step_time_s", count_key)}
-        log.write(step, last)
+        sharding_lib.on_process_zero(log.path, f"write step {step}'s metrics", lambda: log.write(step, last))
         progress.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
         if step_callback is not None:
           step_callback(step, last)

@@ -286,6 +286,24 @@ def bad_data_one_process_case():
     result("bad_data", type(e).__name__, str(e).replace(out, "OUT"))
 
 
+def metrics_write_error_case():
+  """train_policy where process 0 cannot append step 2's line to metrics.jsonl (a full disk), mid-run: every process
+  must raise (process 1 went on into step 3's collectives, process 0 waited in the closing checkpoint barrier; both
+  aborted at the distributed shutdown's deadline, 5 minutes later)."""
+  from rstar_jax.train import metrics_log  # pylint: disable=g-import-not-at-top
+  original = metrics_log.MetricsLog.write
+
+  def write(self, step, scalars):
+    if step == 2 and pid == 0:
+      raise OSError(28, "No space left on device", self.path)
+    original(self, step, scalars)
+  metrics_log.MetricsLog.write = write
+  try:
+    _train("work")
+  except OSError as e:
+    result("metrics_write_error", type(e).__name__, str(e).replace(out, "OUT"))
+
+
 CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model": save_model_case,
          "export_error": export_error_case,
          "data_mismatch": data_mismatch_case,
@@ -294,5 +312,6 @@ CASES = {"engine": engine_case, "evaluate_ppm": evaluate_ppm_case, "save_model":
          "train_reference": lambda: _train("reference"), "train_ppm": lambda: _train_ppm(f"ppm{nproc}"),
          "export_write_error": export_write_error_case, "trainer_write_error": trainer_write_error_case,
          "save_model_error": save_model_error_case,
-         "config_mismatch": config_mismatch_case, "bad_data_one_process": bad_data_one_process_case}
+         "config_mismatch": config_mismatch_case, "bad_data_one_process": bad_data_one_process_case,
+         "metrics_write_error": metrics_write_error_case}
 CASES[case]()

@@ -228,6 +228,18 @@ def test_two_process_training_whose_data_file_is_bad_on_one_process_raises_every
   assert len(one) == 1 and one[0].startswith("bad_data DataFormatError OUT/base/sft1.json:1: invalid JSON"), one
 
 
+@pytest.mark.multiprocess
+def test_two_process_training_whose_metrics_write_fails_mid_run_raises_everywhere(tmp_path):
+  # Process 0 could not append step 2's line to metrics.jsonl (a full disk): it raised, and waited in the closing
+  # checkpoint barrier while process 1 went on into step 3's collectives; both aborted (SIGABRT) at the distributed
+  # shutdown's deadline, 5 minutes later.
+  _sft_base(tmp_path, "sft0.json")
+  zero, one = _case("metrics_write_error", tmp_path)
+  assert zero == ["metrics_write_error OSError [Errno 28] No space left on device: 'OUT/work/metrics.jsonl'"], zero
+  assert one == ["metrics_write_error OSError OUT/work/metrics.jsonl: process 0 could not write step 2's metrics (its "
+                 "error names the cause)"], one
+
+
 FUZZ_WORKER = os.path.join(HERE, "multihost_fuzz_worker.py")
 
 
