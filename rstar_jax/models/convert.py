@@ -560,8 +560,11 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
 
   Into a folder holding an earlier export, the stale weight files and value head (of either format) are removed.
 
-  The PPM has no LM head. Tied configs export as `Qwen2ForCausalLM` (the head is the embedding); untied configs
-  export the backbone as `Qwen2Model` (`AutoModel` loads it; the value head is all the PPM needs).
+  The PPM has no LM head; the backbone exports as `Qwen2ForCausalLM`, tied or not, without an `lm_head.weight`, so the
+  official scorer runs it: rStar's `rm_engine` loads the folder with vLLM's `task="reward"`, which (vLLM 0.6.6) runs
+  a `*ForCausalLM` with per-token pooling, skips its `lm_head.` tensors, and hands back every token's hidden state for
+  the value head; a `Qwen2Model` it would run as a mean-pooled, normalized embedding model instead. transformers'
+  `AutoModel` loads the backbone (`AutoModelForCausalLM` of an untied one warns that `lm_head.weight` is new).
   """
   if not isinstance(ppm, PPM):  # a policy has no value head: it failed as KeyError 'value_head'
     raise TypeError(f"save_ppm writes a PPM, got {type(ppm).__name__} (save_qwen2 writes a Qwen2 policy)")
@@ -569,8 +572,6 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
   dtype = _export_dtype(dtype, config)
   state = nnx.to_pure_dict(nnx.state(ppm))
   hf_config = dict(config.to_hf_config(), torch_dtype=np.dtype(dtype).name)
-  if not config.tie_word_embeddings:
-    hf_config["architectures"] = ["Qwen2Model"]
   tensors = _iter_hf_tensors(state, config, name_table(config), dtype)
   if value_head_format not in ("bin", "safetensors"):
     raise ValueError(f"value_head_format must be 'bin' or 'safetensors', got {value_head_format!r}")

@@ -189,3 +189,42 @@ def test_a_dir_with_two_different_value_heads_is_refused_and_two_equal_ones_load
   torch.save({"v_head.summary.weight": torch.from_numpy(stale), "v_head.summary.bias": torch.zeros(1)},
              path / "value_head.bin")  # the same head in both formats loads
   np.testing.assert_array_equal(np.asarray(convert.load_ppm(path).value_head.kernel[...]).T, stale)
+
+
+# vLLM 0.6.6.post1 (the version rStar pins), `LLM(model=ppm_dir, task="reward")` as rStar's `rm_engine` runs it: the
+# registry maps `Qwen2Model` to `Qwen2EmbeddingModel`, a pooling model whose own pooler (MEAN, normalized) the reward
+# task keeps, and `Qwen2ForCausalLM` through `as_reward_model` to ALL pooling without normalization, skipping every
+# `lm_head.` tensor (vllm/model_executor/models/registry.py, adapters.py, model_loader/utils.py).
+_VLLM_REWARD_POOLING = {"Qwen2Model": "mean-normalized", "Qwen2ForCausalLM": "all"}
+
+
+def _vllm_reward_output(ppm_dir, hidden: torch.Tensor) -> torch.Tensor:
+  """`output.outputs.data` of vLLM's reward task for one sequence with last hidden states `hidden` [T, D]."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(ppm_dir / "config.json") as f:
+    (architecture,) = json.load(f)["architectures"]
+  if _VLLM_REWARD_POOLING[architecture] == "all":
+    return hidden  # [T, D]
+  return torch.nn.functional.normalize(hidden.mean(0), dim=-1)  # [D]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_an_exported_ppm_scores_in_the_official_vllm_reward_engine(hf_qwen2_factory, tmp_path, tied):
+  # rStar's `rm_generate` applies its value head to `output.outputs.data[-1]`: the last token's hidden state under
+  # the per-token pooling. Untied PPMs (Qwen2.5-Math-7B) were exported as `Qwen2Model`, which vLLM runs as a mean-pooled
+  # normalized embedding model, so `data[-1]` was one number and the value head could not run on it.
+  import transformers  # pylint: disable=g-import-not-at-top
+  path, _ = hf_qwen2_factory(tie_word_embeddings=tied)
+  ppm = PPM(ModelConfig.from_hf_config(path), rngs=nnx.Rngs(3))
+  convert.save_ppm(ppm, tmp_path / "ppm")
+  backbone = transformers.AutoModel.from_pretrained(tmp_path / "ppm").eval()  # the weights vLLM loads (no lm_head)
+  head = torch.load(tmp_path / "ppm" / "value_head.bin", weights_only=True)
+  v_head = torch.nn.Linear(backbone.config.hidden_size, 1)
+  v_head.load_state_dict({k.replace("v_head.summary.", ""): v for k, v in head.items()})
+  tokens = np.random.default_rng(2).integers(0, backbone.config.vocab_size, size=(1, 9))
+  with torch.no_grad():
+    hidden = backbone(input_ids=torch.tensor(tokens)).last_hidden_state[0]  # [T, D]
+    official = v_head(_vllm_reward_output(tmp_path / "ppm", hidden)[-1]).item()
+  mask = jnp.ones(tokens.shape, jnp.int32)
+  ours = float(ppm(jnp.asarray(tokens), default_positions(mask), mask)[0])
+  np.testing.assert_allclose(ours, official, atol=1e-5, rtol=0)
