@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import transformers
 from generate_helpers import (SPECIAL_TOKENS, TEST_BUCKETS, VOCAB, _tmp_root, hf_generate, hf_tiny_tokenizer,
-                              load_tiny, plain_stop_rules, random_prompts, tiny_hf_config, tiny_tokenizer)
+                              load_tiny, plain_stop_rules, random_prompts, tiny_hf, tiny_hf_config, tiny_tokenizer)
 
 from rstar_jax.generate import Buckets, Engine, Greedy, Request
 from rstar_jax.models import convert
@@ -342,3 +342,81 @@ def test_seeded_fuzz_against_transformers_and_plain_stop_rules():
       np.testing.assert_allclose(lp, [logp[len(c) - 1 + t, y] for t, y in enumerate(x)], atol=1e-4)
       scored += 1
   assert compared >= 12 and scored >= 12 and seen == {"eos", "length", "stop"}
+
+
+def test_seeded_boundary_lengths_against_transformers_and_plain_stop_rules():
+  """Every length setting at its edge: the longest prompt of a call at a length bucket minus one / at it / plus one
+  (fine buckets 4, 8, 12, 16, 24), rows vs the row buckets and `max_rows` (calls split into chunks: results must come
+  back in request order), `max_context` = the longest prompt -1 / +0 / +1 / +2, `max_new_tokens` = 1, prompts at the
+  model's last positions (1022, 1023 of 1024), EOS as the first generated token, and stop strings completed by the
+  first token, by the last allowed token, or only across the prompt boundary; prompts of a call share prefixes (last
+  token differs, identical, one a prefix of another). Reference: a per-prompt `transformers` greedy loop cut by
+  `plain_stop_rules`, and continuation log-likelihoods of a `transformers` forward pass. A longer scratch version of
+  this (988 cases, default and fine buckets, PPM values and scorer cuts) found no divergence."""
+  _, hf_model = tiny_hf()
+  ours = Engine(load_tiny(), tokenizer=tiny_tokenizer(), eos_ids=(), buckets=Buckets(min_length=4, fine_from=8),
+                max_rows=3, stop_check_interval=2)
+  tok = tiny_tokenizer()
+  rng = np.random.default_rng(15)
+  greedy = {}
+
+  def hf_greedy(prompt, count):
+    if len(greedy.get(tuple(prompt), ((),))[0]) < count:
+      with torch.no_grad():
+        ids = torch.tensor([prompt])
+        out = hf_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=count, min_new_tokens=count, pad_token_id=0, eos_token_id=None)
+        tokens = out[0, len(prompt):].tolist()
+        logp = torch.log_softmax(hf_model(input_ids=torch.tensor([prompt + tokens])).logits[0].double(), -1)
+      greedy[tuple(prompt)] = tokens, np.asarray([logp[len(prompt) - 1 + t, x] for t, x in enumerate(tokens)])
+    tokens, logp = greedy[tuple(prompt)]
+    return tokens[:count], logp[:count]
+
+  compared, seen = 0, set()
+  calls = [(length, max_new) for length in (3, 4, 5, 7, 8, 9, 15, 16, 17, 23, 24, 25) for max_new in (1, 3)]
+  calls.append((1023, 3))
+  for call, (length, max_new) in enumerate(calls):
+    base = rng.integers(0, VOCAB - len(SPECIAL_TOKENS), length).tolist()
+    if length > 1000:  # the model's last positions: 1024 is its max_position_embeddings
+      prompts, max_context = [base, base[:-1]], 1024
+    else:
+      prompts = [base, base[:-1] + [(base[-1] + 1) % 500], list(base), base[:max(1, length // 2)], [int(base[0])]]
+      max_context = [None, length - 1, length, length + 1, length + 2][call % 5]
+    ns = [int(n) for n in rng.integers(0, 3, len(prompts))]
+    ns[0] = max(ns[0], 1)
+    first, _ = hf_greedy(prompts[0], max_new)
+    text = tok.decode(first)
+    stops, eos = [], []
+    kind = call % 4
+    if kind == 0 and text:
+      stops = [tok.decode(first[:1]) or text[:1]]  # completed by the first generated token
+    elif kind == 1 and text:
+      stops = [text[-1:], text[-2:]]  # completed by the last allowed token (a stop and its suffix)
+    elif kind == 2:
+      stops = [tok.decode(prompts[0])[-1:] + text[:1]]  # spans the prompt boundary: never matched there
+    else:
+      eos = [first[0]]  # EOS as the very first generated token
+    stops = [s for s in stops if s]
+    results = ours.generate([Request(p, n=n, seed=call) for p, n in zip(prompts, ns)], Greedy(),
+                            max_new_tokens=max_new, stop=stops, eos_ids=eos, max_context=max_context)
+    assert [len(r) for r in results] == ns
+    for prompt, row in zip(prompts, results):
+      limit = max_new if max_context is None else min(max_new, max_context - len(prompt))
+      if limit <= 0:
+        want = ("", "length", (), 0.0)
+      else:
+        want = plain_stop_rules(prompt, *hf_greedy(prompt, limit), limit, set(eos), stops)
+      for res in row:
+        assert (res.text, res.stop_reason, res.token_ids) == want[:3], f"call {call}: {prompt} {stops} {eos}"
+        np.testing.assert_allclose(res.logprob, want[3], atol=1e-4)
+        compared += 1
+        seen.add(want[1] if want[1] in ("eos", "length") else "stop")
+  # Log-likelihoods with the whole text at the bucket edges and the shortest context.
+  contexts = [[5], [5], [7, 9, 11], list(range(1, 8)), list(range(1, 9)), list(range(2, 10))]
+  continuations = [[], [6], [1], [8], [9], [10, 11, 12, 13, 14, 15, 16, 17]]
+  for c, x, lp in zip(contexts, continuations, ours.loglikelihood(contexts, continuations)):
+    with torch.no_grad():
+      logp = torch.log_softmax(hf_model(input_ids=torch.tensor([c + x])).logits[0].double(), -1).numpy()
+    np.testing.assert_allclose(lp, [logp[len(c) - 1 + t, y] for t, y in enumerate(x)], atol=1e-4)
+    compared += 1
+  assert compared >= 100 and seen == {"eos", "length", "stop"}
