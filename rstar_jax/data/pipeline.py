@@ -106,19 +106,26 @@ def _encode_all(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 def tokenize_sft(records: Iterable[SftRecord], tokenizer: TextTokenizer, config: PipelineConfig) -> TokenizedSet:
   """`prompt(query)` + `response` + EOS; only response and EOS tokens are targets.
 
-  Prompt and response are tokenized separately (as masking needs the boundary) and concatenated.
+  As the official trainer (`train_SFT.py`'s `preprocess`): `prompt + response` is tokenized as one text (EOS, a
+  special token, is its own id) and the first `len(encode(prompt))` ids are the prompt. Tokenizing the two apart gave
+  other ids whenever BPE merges across the boundary ("code." + "\n<code>" is ".\n" `<code>`, not "." "\n" `<code>`;
+  "code." + "Sure" is ".S" "ure"): ids the tokenizer never produces for that text, so neither the official trainer
+  nor the search (which encodes prompt + partial solution as one text) ever shows them. As there, a token that merges
+  the prompt's end with the response's start counts as prompt (not a target).
   """
   if tokenizer.eos_id is None:
     raise ValueError("the tokenizer has no EOS token; SFT appends EOS to every response")
   if config.overlong not in OVERLONG:
     raise ValueError(f"overlong must be one of {OVERLONG}, got {config.overlong!r}")
   records = list(records)  # read twice below (prompts, responses): an iterator's second pass would be empty
-  prompts = _encode_all(tokenizer, [sft_prompt(r.query, config.prompt_template) for r in records])
-  responses = _encode_all(tokenizer, [r.response for r in records])
+  prompt_texts = [sft_prompt(r.query, config.prompt_template) for r in records]
+  prompts = _encode_all(tokenizer, prompt_texts)
+  joint = _encode_all(tokenizer, [p + r.response for p, r in zip(prompt_texts, records)])
   arrays, lengths, dropped = [], [], 0
-  for prompt, response in zip(prompts, responses):
-    ids = prompt + response + [tokenizer.eos_id]
-    is_target = [False] * len(prompt) + [True] * (len(response) + 1)
+  for prompt, text in zip(prompts, joint):
+    ids = text + [tokenizer.eos_id]
+    num_prompt = min(len(prompt), len(text))
+    is_target = [False] * num_prompt + [True] * (len(ids) - num_prompt)
     if len(ids) - 1 > config.max_len:  # inputs are ids[:-1]
       if config.overlong == "drop":
         dropped += 1

@@ -143,6 +143,33 @@ def test_sft_batches_mask_prompt_and_append_eos(rstar_sft, qwen_tokenizer):
   assert collections.Counter(r.query for r in seen) == collections.Counter(r.query for r in rstar_sft)
 
 
+# The official trainer's SFT prompt (train_SFT.py's PROMPT_DICT, `{instruction}` written `{input}`).
+OFFICIAL_SFT_TEMPLATE = "<|user|>:\n{input}\n<|assistant|>: Let's think step by step and solve the problem with code."
+
+
+@pytest.mark.parametrize("response,want_ids,num_masked", [
+    # Expected ids computed by a transcription of rStar's train_SFT.py (`preprocess`: tokenizer(source + target) with
+    # target = response + eos_token, labels[:len(tokenizer(source))] = -100) run under transformers 4.45.2 /
+    # tokenizers 0.20.3 on the real Qwen2.5 tokenizer with the 15 rStar tags added. "code." + "\n" is one BPE token
+    # (624, ".\n") when prompt and response are tokenized as one text, and the official mask covers it.
+    ("\n<code>\nprint(1 + 1)\n<end_of_code>\n<output>2<end_of_output>\n<answer>\\boxed{2}<end_of_answer>",
+     [151672, 510, 3838, 374, 400, 16, 10, 16, 3, 30, 151676, 25, 6771, 594, 1744, 3019, 553, 3019, 323, 11625, 279,
+      3491, 448, 2038, 624, 151665, 198, 1350, 7, 16, 488, 220, 16, 340, 151667, 198, 151668, 17, 151669, 198, 151670,
+      59, 79075, 90, 17, 92, 151671, 151643], 25),
+    # "." + "Sure" tokenizes as ".S" (808) "ure" (552); the official mask covers ".S", so "ure" is the first target.
+    ("Sure.<code>\nprint(2)\n<end_of_code><answer>\\boxed{2}<end_of_answer>",
+     [151672, 510, 3838, 374, 400, 16, 10, 16, 3, 30, 151676, 25, 6771, 594, 1744, 3019, 553, 3019, 323, 11625, 279,
+      3491, 448, 2038, 808, 552, 13, 151665, 198, 1350, 7, 17, 340, 151667, 151670, 59, 79075, 90, 17, 92, 151671,
+      151643], 25),
+])
+def test_sft_ids_and_targets_match_the_official_trainer_across_the_prompt_boundary(qwen_tokenizer, response, want_ids,
+                                                                                  num_masked):
+  config = pipeline.PipelineConfig(prompt_template=OFFICIAL_SFT_TEMPLATE)
+  data = pipeline.tokenize_sft([formats.SftRecord("What is $1+1$?", response)], qwen_tokenizer, config)
+  assert data.arrays[0]["ids"].tolist() == want_ids
+  # The official labels are -100 on the first `num_masked` positions; position 0 is never a target (no prediction).
+  assert data.arrays[0]["is_target"][1:].tolist() == [i >= num_masked for i in range(1, len(want_ids))]
+
 def test_ppm_batches(rstar_pairs, qwen_tokenizer):
   config = pipeline.PipelineConfig(max_len=2048, batch_size=2, num_epochs=1, shuffle=False)
   batches = list(pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, config).iterator())

@@ -266,9 +266,11 @@ def test_sft_train_steps_fuzz_match_transformers_and_torch_adamw(seed, tmp_path)
                                         buckets=(max_len // 2,), overlong=overlong, prompt_template=template)
   reference_rows = []  # (ids, labels) as the official collator builds them, cut to max_len inputs + 1 target
   for r in records:
-    prompt = tok.encode(formats.sft_prompt(r.query, template))
-    ids = prompt + tok.encode(r.response) + [tok.eos_id]
-    labels = [-100] * len(prompt) + ids[len(prompt):]
+    # The official `preprocess`: prompt + response + EOS tokenized as one text, -100 on len(encode(prompt)) ids.
+    prompt_text = formats.sft_prompt(r.query, template)
+    num_prompt = len(tok.encode(prompt_text))
+    ids = tok.encode(prompt_text + r.response) + [tok.eos_id]
+    labels = [-100] * num_prompt + ids[num_prompt:]
     if len(ids) - 1 > max_len:
       if overlong == "drop":
         continue
