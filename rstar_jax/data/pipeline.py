@@ -104,7 +104,7 @@ def _encode_all(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 
 
 def tokenize_sft(records: Iterable[SftRecord], tokenizer: TextTokenizer, config: PipelineConfig) -> TokenizedSet:
-  """`prompt(query)` + `response` + EOS; only response and EOS tokens are targets.
+  """`prompt(query)` + `response` + EOS; only response and EOS tokens are targets (all of them for an empty query).
 
   As the official trainer (`train_SFT.py`'s `preprocess`): `prompt + response` is tokenized as one text (EOS, a
   special token, is its own id) and the first `len(encode(prompt))` ids are the prompt. Tokenizing the two apart gave
@@ -118,7 +118,9 @@ def tokenize_sft(records: Iterable[SftRecord], tokenizer: TextTokenizer, config:
   if config.overlong not in OVERLONG:
     raise ValueError(f"overlong must be one of {OVERLONG}, got {config.overlong!r}")
   records = list(records)  # read twice below (prompts, responses): an iterator's second pass would be empty
-  prompt_texts = [sft_prompt(r.query, config.prompt_template) for r in records]
+  # An empty query means no prompt at all (the whole text is a target), as the official trainer reads it
+  # (`if example['instruction'] == ''`): a prompt around no question is no text the search ever gives the policy.
+  prompt_texts = [sft_prompt(r.query, config.prompt_template) if r.query else "" for r in records]
   prompts = _encode_all(tokenizer, prompt_texts)
   joint = _encode_all(tokenizer, [p + r.response for p, r in zip(prompt_texts, records)])
   arrays, lengths, dropped = [], [], 0

@@ -170,6 +170,16 @@ def test_sft_ids_and_targets_match_the_official_trainer_across_the_prompt_bounda
   # The official labels are -100 on the first `num_masked` positions; position 0 is never a target (no prediction).
   assert data.arrays[0]["is_target"][1:].tolist() == [i >= num_masked for i in range(1, len(want_ids))]
 
+def test_sft_record_with_an_empty_query_is_trained_without_a_prompt_as_the_official_trainer(qwen_tokenizer):
+  # Expected ids from the transcription of rStar's train_SFT.py under transformers 4.45.2 (Qwen2.5 tokenizer, 15 rStar
+  # tags): a record whose query is "" gets source "" (`if example['instruction'] == ''`), so every id is a target.
+  want = [151665, 198, 1350, 7, 17, 340, 151667, 198, 151670, 59, 79075, 90, 17, 92, 151671, 151643]
+  record = formats.SftRecord("", "<code>\nprint(2)\n<end_of_code>\n<answer>\\boxed{2}<end_of_answer>")
+  for template in (None, OFFICIAL_SFT_TEMPLATE):
+    data = pipeline.tokenize_sft([record], qwen_tokenizer, pipeline.PipelineConfig(prompt_template=template))
+    assert data.arrays[0]["ids"].tolist() == want
+    assert data.arrays[0]["is_target"].all()
+
 def test_ppm_batches(rstar_pairs, qwen_tokenizer):
   config = pipeline.PipelineConfig(max_len=2048, batch_size=2, num_epochs=1, shuffle=False)
   batches = list(pipeline.ppm_pipeline(rstar_pairs, qwen_tokenizer, config).iterator())

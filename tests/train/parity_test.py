@@ -267,7 +267,7 @@ def test_sft_train_steps_fuzz_match_transformers_and_torch_adamw(seed, tmp_path)
   reference_rows = []  # (ids, labels) as the official collator builds them, cut to max_len inputs + 1 target
   for r in records:
     # The official `preprocess`: prompt + response + EOS tokenized as one text, -100 on len(encode(prompt)) ids.
-    prompt_text = formats.sft_prompt(r.query, template)
+    prompt_text = formats.sft_prompt(r.query, template) if r.query else ""  # no prompt for an empty query
     num_prompt = len(tok.encode(prompt_text))
     ids = tok.encode(prompt_text + r.response) + [tok.eos_id]
     labels = [-100] * num_prompt + ids[num_prompt:]
