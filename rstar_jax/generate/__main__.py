@@ -8,7 +8,8 @@ Prompts file: JSON lines, each a string or an object `{"prompt": str, "n": int?,
 flags; without a seed, prompt i gets `--seed + i`); a file not ending in .json/.jsonl holds one prompt per line.
 Generation prints `{"prompt_index", "sample", "text", "stop_reason", "token_ids", "logprob"}` per sample; a row stops
 ("length") at the model's context, `max_position_embeddings` tokens with the prompt (`--max-context` sets another
-limit), as vLLM and the search's `EnginePolicy` stop it. Scoring prints `{"prompt_index", "value"}` per prompt: the
+limit) as vLLM's `max_model_len` and the search's `EnginePolicy` stop it: once the prompt and the sample exceed it
+(one token past it at most; a longer prompt gets no tokens). Scoring prints `{"prompt_index", "value"}` per prompt: the
 value head's raw output unless `--transform` (the search's `PPMScorer` applies tanh5 by default), of the text cut as
 `PPMScorer` cuts it (past the model's context, to its first `max_position_embeddings - 1` tokens).
 """
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--top-k", type=int, default=0)
   p.add_argument("--max-new-tokens", type=int, default=256)
   p.add_argument("--max-context", type=int, default=None,
-                 help="prompt + generated tokens never exceed this (default: the model's max_position_embeddings)")
+                 help="vLLM's max_model_len: a row stops once prompt + generated tokens exceed it (default: the "
+                      "model's max_position_embeddings)")
   p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
   p.add_argument("--rstar-stops", action="store_true", help="stop on rStar's step tags (<end_of_step>, ...)")
   p.add_argument("--eos-id", type=int, action="append", default=None,
@@ -157,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   # Imports after parsing: `--help` stays instant.
   from rstar_jax import sharding  # pylint: disable=g-import-not-at-top
   from rstar_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from rstar_jax.generate.adapters import STEP_TAGS, PPMScorer  # pylint: disable=g-import-not-at-top
+  from rstar_jax.generate.adapters import STEP_TAGS, PPMScorer, vllm_row_limit  # pylint: disable=g-import-not-at-top
   from rstar_jax.generate.engine import Engine, Request  # pylint: disable=g-import-not-at-top
   from rstar_jax.models import convert  # pylint: disable=g-import-not-at-top
   from rstar_jax.models.config import dtype_name  # pylint: disable=g-import-not-at-top
@@ -227,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   stop = list(args.stop) + (list(tokenizer_lib.STEP_STOP_STRINGS) if args.rstar_stops else [])
   results = engine.generate([Request(i, n=p["n"], seed=p["seed"]) for i, p in zip(ids, prompts)], sampler,
                             max_new_tokens=args.max_new_tokens, stop=list(dict.fromkeys(stop)),
-                            max_context=max_context, progress=args.progress)
+                            max_context=vllm_row_limit(max_context), progress=args.progress)
   for i, row in enumerate(results):
     for j, r in enumerate(row):
       print(json.dumps({"prompt_index": i, "sample": j, "text": r.text, "stop_reason": r.stop_reason,

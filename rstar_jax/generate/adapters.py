@@ -1,6 +1,7 @@
 """The search's `Policy` and `Scorer` (`rstar_jax.search.interfaces`) over an `Engine`: text in, text / values out.
 
-`checkpoint_eos_ids` gives the EOS ids a checkpoint's rows end on, as vLLM takes them, for `Engine(eos_ids=)`.
+`checkpoint_eos_ids` gives the EOS ids a checkpoint's rows end on, as vLLM takes them, for `Engine(eos_ids=)`;
+`vllm_row_limit` the `Engine(max_context=)` that ends rows where vLLM's `max_model_len` ends them.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ class EnginePolicy:
       top_p: nucleus filter (1 = off).
       top_k: top-k filter (0 = off).
       max_new_tokens: the most tokens of one step.
-      max_context: prompt + step tokens never exceed this (the step ends with "length" there; a prompt already that
-        long gets `("", "length")`). None: the model's `max_position_embeddings`, the positions it was trained on
-        (the official search's 4096-token context is Qwen2.5-Math's).
+      max_context: vLLM's `max_model_len`: a step ends ("length") once prompt + step tokens exceed it, so it may
+        end one token past it (that token is sampled, never fed to the model; a prompt of exactly `max_context`
+        tokens gets a one-token step), and a longer prompt gets `("", "length")` (`vllm_row_limit`). None: the
+        model's `max_position_embeddings`, the positions it was trained on (the official search's 4096-token
+        context is Qwen2.5-Math's).
       progress: progress bars over decode steps.
     """
     if engine.tokenizer is None:
@@ -73,7 +76,8 @@ class EnginePolicy:
       if not prompt_ids:
         raise ValueError(f"prompt {i} encodes to no tokens: {prompts[i]!r}")
     results = self.engine.generate([Request(p, n=n, seed=s) for p, s in zip(ids, seeds)], self.sampler,
-                                   max_new_tokens=self.max_new_tokens, stop=stop, max_context=self.max_context,
+                                   max_new_tokens=self.max_new_tokens, stop=stop,
+                                   max_context=vllm_row_limit(self.max_context),
                                    progress=self.progress)
     return [[StepCandidate(text=r.text, stop_reason=r.stop_reason) for r in row] for row in results]
 
@@ -123,6 +127,18 @@ class PPMScorer:
         raise ValueError(f"text {i} encodes to no tokens: {texts[i]!r}")
     raw = self.engine.values(ids)
     return np.asarray(value_transform(raw, self.transform), np.float32)
+
+
+def vllm_row_limit(max_model_len: int) -> int:
+  """The `Engine.generate(max_context=)` that ends rows where vLLM 0.6.6 ends them for `max_model_len`.
+
+  vLLM's `StopChecker.maybe_stop_sequence` ends a sequence once `prompt + output > max_model_len`, checked after each
+  sampled token, and its scheduler ignores (no tokens) only prompts longer than `max_model_len`: prompt + output
+  reaches `max_model_len + 1` tokens, the last sampled but never fed, so no position past the context is computed.
+  (With the async output processor the scheduler stops one step earlier; the official rStar engine runs with
+  `enforce_eager=True`, which disables it.)
+  """
+  return max_model_len + 1
 
 
 def checkpoint_eos_ids(model_dir: str | os.PathLike[str], tokenizer: Any = None) -> list[int]:

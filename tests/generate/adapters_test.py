@@ -139,7 +139,7 @@ def test_ppm_scorer_keeps_a_bfloat16_checkpoints_value_head_in_float32(tmp_path)
 
 
 def test_texts_past_the_model_context_are_cut_as_the_official_search():
-  # The tiny model has 1024 positions: the policy never goes past them (a prompt that fills them gets an empty
+  # The tiny model has 1024 positions: the policy never goes past them (a prompt longer than them gets an empty
   # "length" step), and the PPM scores a text's first 1023 tokens (the official scorer: context length minus one).
   tok = tiny_tokenizer()
   long_text = " ".join(f"word{i} = {i * 7}" for i in range(600))
@@ -151,6 +151,53 @@ def test_texts_past_the_model_context_are_cut_as_the_official_search():
   scorer = PPMScorer(Engine(convert.load_ppm(tiny_ppm_dir()[0]), tokenizer=tok, buckets=TEST_BUCKETS),
                      transform="raw")
   np.testing.assert_allclose(scorer.score([long_text]), hf_values([ids[:1023]]), atol=1e-4)
+
+
+def _vllm_output_len(prompt_len, max_tokens, max_model_len):
+  """How many tokens vLLM 0.6.6 generates for a prompt when neither EOS nor a stop string ends it (rStar's engine:
+  `enforce_eager=True`, so no async output processor). Transcribed from `core/scheduler.py`
+  `Scheduler._schedule_prefills` (a prompt longer than `_get_prompt_limit` (max_model_len) is FINISHED_IGNORED: no
+  tokens, finish_reason "length") and `engine/output_processor/stop_checker.py` `StopChecker.maybe_stop_sequence`
+  (after each appended token: `seq.get_len() > max_model_len`, then `get_output_len() == max_tokens`)."""
+  if prompt_len > max_model_len:
+    return 0
+  out = 0
+  while True:
+    out += 1
+    if prompt_len + out > max_model_len or out == max_tokens:
+      return out
+
+
+def _text_of_length(tok, ids, length):
+  """A text that encodes to exactly `length` tokens: a round-tripping prefix of `ids`, found at or above `length`."""
+  for cut in range(length, len(ids)):
+    text = tok.decode(ids[:cut])
+    if len(tok.encode(text)) == length:
+      return text
+  raise AssertionError(f"no text of {length} tokens")
+
+
+def test_engine_policy_stops_at_the_model_context_as_vllm():
+  # vLLM 0.6.6 checks `seq.get_len() > max_model_len` after appending a token: a step may end one token past the
+  # context (that token is sampled, never fed), and a prompt of exactly max_model_len tokens still gets one token.
+  # Only longer prompts are ignored (""). The policy stopped one token earlier, so a prompt filling the context got
+  # ("", "length") where vLLM gives a one-token step.
+  tok = tiny_tokenizer()
+  ids = tok.encode(" ".join(f"w{i % 89}" for i in range(900)))
+  assert len(ids) > 1040
+  engine = Engine(load_tiny(), tokenizer=tok, eos_ids=(), buckets=TEST_BUCKETS)
+  policy = EnginePolicy(engine, temperature=0, max_new_tokens=8)
+  assert policy.max_context == 1024
+  for length in (1019, 1020, 1023, 1024, 1025):
+    text = _text_of_length(tok, ids, length)
+    expected = _vllm_output_len(length, 8, 1024)
+    (got,) = policy.generate([text], n=1, seeds=[0], stop=[])
+    if expected == 0:
+      assert got == [StepCandidate("", "length")], length
+      continue
+    (ref,) = engine.generate([Request(tok.encode(text))], Greedy(), max_new_tokens=expected)[0]
+    assert len(ref.token_ids) == expected
+    assert got == [StepCandidate(ref.text, "length")], length
 
 
 def test_command_line_prints_one_json_line_per_result(tmp_path, capsys):
@@ -325,8 +372,8 @@ def test_command_line_scores_a_text_past_the_model_context_as_the_search_scorer(
 
 
 def test_command_line_generation_stays_within_the_model_context_by_default(tmp_path, capsys):
-  # Without --max-context a row ran to --max-new-tokens past the model's 1024 positions. vLLM stops a row at
-  # max_model_len (max_position_embeddings by default), as the search's EnginePolicy and --ppm-dir's scoring do.
+  # Without --max-context a row ran to --max-new-tokens past the model's 1024 positions. vLLM stops a row once it
+  # exceeds max_model_len (max_position_embeddings by default), as the search's EnginePolicy does.
   tok = tiny_tokenizer()
   words = []
   while len(tok.encode(" ".join(words))) < 1010:
@@ -339,12 +386,12 @@ def test_command_line_generation_stays_within_the_model_context_by_default(tmp_p
   assert main(["--hf-dir", str(tiny_hf()[0]), "--tokenizer", str(tiny_tokenizer_dir()), "--prompts", str(prompts),
                "--n", "4", "--temperature", "1", "--max-new-tokens", "64"]) == 0
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert len(rows) == 4 and all(length + len(r["token_ids"]) <= 1024 for r in rows)
-  assert any(r["stop_reason"] == "length" and length + len(r["token_ids"]) == 1024 for r in rows)
+  assert len(rows) == 4 and all(length + len(r["token_ids"]) <= 1025 for r in rows)
+  assert any(r["stop_reason"] == "length" and length + len(r["token_ids"]) == 1025 for r in rows)
   assert main(["--hf-dir", str(tiny_hf()[0]), "--tokenizer", str(tiny_tokenizer_dir()), "--prompts", str(prompts),
                "--max-new-tokens", "64", "--max-context", str(length + 3)]) == 0
   (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert len(row["token_ids"]) <= 3
+  assert len(row["token_ids"]) <= 4
 
 
 @pytest.mark.parametrize("max_tokens", [0, -1, 2.5, True])
