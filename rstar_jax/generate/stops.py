@@ -61,8 +61,25 @@ class RowText:
     self._context_text = tokenizer.decode(self._context) if self._context else ""
 
   def of(self, tokens: Sequence[int]) -> str:
-    """Text of the continuation `tokens`."""
+    """Text of the continuation `tokens`, as vLLM's incremental detokenizer has emitted it after the last of them.
+
+    vLLM (`detokenize_incrementally`) holds a token's text back while the text ends in U+FFFD (bytes of a character
+    the next token may finish), so its `output.text` of a row cut there (length, or an EOS next: the EOS step's
+    text, held bytes included, is removed) ends before those bytes: here too, the text is that of the longest
+    prefix of `tokens` whose text does not end in U+FFFD.
+    """
     tokens = [int(t) for t in tokens]
+    text = self._decoded(tokens)
+    end = len(tokens)
+    while text.endswith("\ufffd") and end > 0:  # a few tokens at most, but for a row of garbage bytes
+      end -= 1
+      text = self._decoded(tokens[:end])
+    return text
+
+  def _decoded(self, tokens: list[int]) -> str:
+    """`decode(context + tokens)` minus the text of the context."""
+    if not tokens:
+      return ""
     if not self._context:
       return self._tok.decode(tokens)
     full = self._tok.decode(self._context + tokens)

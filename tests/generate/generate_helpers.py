@@ -172,6 +172,15 @@ def hf_next_token_logits(prompt: list[int]) -> np.ndarray:
     return model(input_ids=torch.tensor([prompt])).logits[0, -1].numpy()
 
 
+def emitted_text(tok, tokens):
+  """`tok.decode(tokens)` as vLLM's incremental detokenizer has emitted it: a text ending in U+FFFD (an unfinished
+  character) is held back, so it is the text of the longest prefix of `tokens` whose text does not end there."""
+  tokens = list(tokens)
+  while tokens and tok.decode(tokens).endswith("\ufffd"):
+    tokens = tokens[:-1]
+  return tok.decode(tokens)
+
+
 def plain_stop_rules(prompt, tokens, logprobs, limit, eos, stops):
   """The reference cut, written from the rules alone: scan the generated tokens one at a time; an EOS id ends the row
   ("eos", the EOS token kept, its text not searched), else the first token after which the continuation text holds a
@@ -180,10 +189,17 @@ def plain_stop_rules(prompt, tokens, logprobs, limit, eos, stops):
   prompt_text = tok.decode(prompt)
 
   def text_of(ts):
-    full = tok.decode(prompt + ts)
-    # A prompt ending inside a character the continuation completes: the new tokens decoded alone (as
-    # `batch_decode(output[:, len(prompt):])`; the engine's documented choice, see `stops.RowText.of`).
-    return full[len(prompt_text):] if full.startswith(prompt_text) else tok.decode(ts)
+    # vLLM's incremental detokenizer holds back a text ending in U+FFFD (bytes of an unfinished character): the text
+    # is that of the longest prefix of the tokens whose text does not end there.
+    while ts:
+      full = tok.decode(prompt + ts)
+      # A prompt ending inside a character the continuation completes: the new tokens decoded alone (as
+      # `batch_decode(output[:, len(prompt):])`; the engine's documented choice, see `stops.RowText.of`).
+      text = full[len(prompt_text):] if full.startswith(prompt_text) else tok.decode(ts)
+      if not text.endswith("\ufffd"):
+        return text
+      ts = ts[:-1]
+    return ""
 
   tokens = tokens[:max(limit, 0)]
   for t in range(1, len(tokens) + 1):

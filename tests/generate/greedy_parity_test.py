@@ -11,8 +11,9 @@ import functools
 import numpy as np
 import torch
 import transformers
-from generate_helpers import (SPECIAL_TOKENS, TEST_BUCKETS, VOCAB, _tmp_root, hf_generate, hf_tiny_tokenizer,
-                              load_tiny, plain_stop_rules, random_prompts, tiny_hf, tiny_hf_config, tiny_tokenizer)
+from generate_helpers import (SPECIAL_TOKENS, TEST_BUCKETS, VOCAB, _tmp_root, emitted_text, hf_generate,
+                              hf_tiny_tokenizer, load_tiny, plain_stop_rules, random_prompts, tiny_hf, tiny_hf_config,
+                              tiny_tokenizer)
 
 from rstar_jax.generate import Buckets, Engine, Greedy, Request
 from rstar_jax.models import convert
@@ -43,7 +44,7 @@ def test_greedy_matches_transformers_without_stops():
   for i, (res,) in enumerate(results):
     assert res.token_ids == tuple(ref[i].tolist()), f"row {i}"
     assert res.stop_reason == "length"
-    assert res.text == tiny_tokenizer().decode(ref[i].tolist())
+    assert res.text == emitted_text(tiny_tokenizer(), ref[i].tolist())
 
 
 def test_greedy_matches_transformers_with_eos():
@@ -60,7 +61,7 @@ def test_greedy_matches_transformers_with_eos():
       row = row[:row.index(eos) + 1]
       ended += 1
       assert res.stop_reason == "eos"
-      assert res.text == tiny_tokenizer().decode(row[:-1])
+      assert res.text == emitted_text(tiny_tokenizer(), row[:-1])
     else:
       assert res.stop_reason == "length"
     assert res.token_ids == tuple(row), f"row {i}"

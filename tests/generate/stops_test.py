@@ -47,3 +47,44 @@ def test_tail_trigger():
   rows = [tok.encode("abc<end_of_code>def"), tok.encode("no stop here at all")]
   assert stops.tail_contains_stop(tok, rows, [0, 3], ["<end_of_code>"]) == [True, False]
   assert stops.tail_start(100, ["<end_of_code>"]) == 100 - 4 * len("<end_of_code>") - 4
+
+
+def _vllm_output_text(hf_tok, prompt, tokens):
+  """`output.text` of vLLM 0.6.6 after `tokens` (skip_special_tokens=False, a fast tokenizer), transcribed from
+  `transformers_utils/detokenizer.py` `Detokenizer.decode_sequence_inplace` and `detokenizer_utils.py`
+  `convert_prompt_ids_to_tokens` / `detokenize_incrementally`: a token's text is held back while the text ends in
+  U+FFFD (an unfinished UTF-8 character), and emitted with the token that finishes it."""
+  prev = hf_tok.convert_ids_to_tokens(prompt[-5 - 2:])
+  read_offset = len(prev)
+  prefix_offset = max(read_offset - 5, 0)
+  text = ""
+  for token in tokens:
+    output_tokens = prev + hf_tok.convert_ids_to_tokens([token])
+    prefix_text = hf_tok.convert_tokens_to_string(output_tokens[prefix_offset:read_offset])
+    new_text = hf_tok.convert_tokens_to_string(output_tokens[prefix_offset:])
+    if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+      text += new_text[len(prefix_text):]
+      prefix_offset, read_offset = read_offset, len(output_tokens)
+    prev = output_tokens
+  return text
+
+
+def test_a_text_ending_inside_a_character_is_the_text_vllm_has_emitted():
+  # A row cut (length, or an EOS next) after the first tokens of a multi-byte character: the text ended in U+FFFD
+  # here, while vLLM's incremental detokenizer holds those bytes back, so its `output.text` (the step rStar appends
+  # to the tree) ends before them.
+  import transformers  # pylint: disable=g-import-not-at-top
+  from generate_helpers import QWEN_TOKENIZER  # pylint: disable=g-import-not-at-top
+
+  from rstar_jax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+  hf_tok = transformers.AutoTokenizer.from_pretrained(QWEN_TOKENIZER)
+  tok = load_tokenizer(QWEN_TOKENIZER)
+  ids = hf_tok.encode("Let x = 3.<|im_end|> So \U0001F9FF\U0001F9FF done\U0001F9FF", add_special_tokens=False)
+  prompt, tokens = ids[:4], ids[4:]
+  row = stops.RowText(tok, prompt)
+  cut_inside = 0
+  for k in range(len(tokens) + 1):
+    expected = _vllm_output_text(hf_tok, prompt, tokens[:k])
+    cut_inside += tok.decode(prompt + tokens[:k]).endswith("\ufffd")
+    assert row.of(tokens[:k]) == expected, k
+  assert cut_inside >= 2  # " \U0001F9FF" is three tokens the first time
