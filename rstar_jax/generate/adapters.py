@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from typing import Any, Sequence
 
@@ -16,6 +17,9 @@ from rstar_jax import files
 from rstar_jax.generate.engine import Engine, Request, check_limits
 from rstar_jax.generate.sampling import Greedy, Sampling, SamplingMethod
 from rstar_jax.models import value_transform
+
+# vLLM's `_MAX_TEMP`: the lowest positive temperature it samples at.
+VLLM_MIN_TEMPERATURE = 1e-2
 
 # The tags of every step text the PPM scores (`PPM_SPECIAL_TOKENS` holds them, each one token since training).
 STEP_TAGS = ("<code>", "<end_of_step>", "<end_of_code>", "<output>", "<end_of_output>", "<answer>", "<end_of_answer>")
@@ -36,7 +40,8 @@ class EnginePolicy:
 
     Args:
       engine: the generation engine (its tokenizer encodes prompts and decodes steps; its EOS ids end a step).
-      temperature: 0 means greedy.
+      temperature: 0 means greedy; one in (0, 0.01) samples at 0.01, as vLLM's `SamplingParams` raises it (so a
+        tiny positive temperature is no greedy decoding there).
       top_p: nucleus filter (1 = off).
       top_k: top-k filter (0 = off).
       max_new_tokens: the most tokens of one step.
@@ -53,6 +58,10 @@ class EnginePolicy:
       raise TypeError("EnginePolicy needs an Engine built from a Qwen2, not a PPM")
     check_limits(max_new_tokens, max_context)  # now, not at the search's first expansion
     self.engine = engine
+    # vLLM 0.6.6's `SamplingParams.__post_init__` raises 0 < T < _MAX_TEMP (0.01) to 0.01 before its greedy test
+    # (T < 1e-5), so only 0 is greedy there.
+    if isinstance(temperature, numbers.Real) and 0 < temperature < VLLM_MIN_TEMPERATURE:  # else Sampling names it
+      temperature = VLLM_MIN_TEMPERATURE
     # Built at temperature 0 too: it checks top_p / top_k, as vLLM's SamplingParams does whatever the temperature.
     sampling = Sampling(1.0 if temperature == 0 else temperature, top_p, top_k)
     self.sampler: SamplingMethod = Greedy() if temperature == 0 else sampling

@@ -153,6 +153,29 @@ def test_texts_past_the_model_context_are_cut_as_the_official_search():
   np.testing.assert_allclose(scorer.score([long_text]), hf_values([ids[:1023]]), atol=1e-4)
 
 
+def _vllm_temperature(temperature):
+  """The temperature vLLM 0.6.6 samples at, None for greedy: `sampling_params.py` `SamplingParams.__post_init__`
+  raises `0 < temperature < _MAX_TEMP` (1e-2) to _MAX_TEMP, then `temperature < _SAMPLING_EPS` (1e-5) is greedy."""
+  if 0 < temperature < 1e-2:
+    temperature = 1e-2
+  return None if temperature < 1e-5 else temperature
+
+
+def test_engine_policy_samples_at_the_temperature_vllm_samples_at():
+  # vLLM raises a temperature in (0, 0.01) to 0.01 (so 1e-6 is no greedy decoding there); the policy sampled at the
+  # tiny temperature itself, near-greedy: its n candidates were far less diverse than vLLM's.
+  tok = tiny_tokenizer()
+  engine = Engine(load_tiny(), tokenizer=tok, buckets=TEST_BUCKETS)
+  for temperature in (0, 1e-7, 1e-5, 1e-3, 0.01, 0.7, 1.3):
+    sampler = EnginePolicy(engine, temperature=temperature, top_p=0.9, max_new_tokens=8).sampler
+    expected = _vllm_temperature(temperature)
+    assert sampler == (Greedy() if expected is None else Sampling(expected, 0.9, 0)), temperature
+  policy = EnginePolicy(engine, temperature=1e-4, max_new_tokens=8)
+  direct = engine.generate([Request(tok.encode(TEXTS[0]), n=4, seed=3)], Sampling(0.01), max_new_tokens=8)
+  assert policy.generate(TEXTS[:1], n=4, seeds=[3], stop=[]) == [[StepCandidate(r.text, r.stop_reason)
+                                                                    for r in direct[0]]]
+
+
 def _vllm_output_len(prompt_len, max_tokens, max_model_len):
   """How many tokens vLLM 0.6.6 generates for a prompt when neither EOS nor a stop string ends it (rStar's engine:
   `enforce_eager=True`, so no async output processor). Transcribed from `core/scheduler.py`
