@@ -483,9 +483,10 @@ _WEIGHT_FILE_RE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors
 
 
 def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_config: dict,
-                  max_shard_bytes: int, stale: tuple[str, ...] = ()) -> None:
+                  max_shard_bytes: int, stale: tuple[str, ...] = (), always_index: bool = False) -> None:
   """Gathers `tensors` (collective in a multi-host run), then replaces the weights, the config and the `stale`
-  files of an earlier export in `out_dir`."""
+  files of an earlier export in `out_dir`. With `always_index`, even one shard is written as
+  `model-00001-of-00001.safetensors` under a `model.safetensors.index.json`."""
   os.makedirs(out_dir, exist_ok=True)
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
@@ -504,7 +505,7 @@ def _write_hf_dir(out_dir: str, tensors: Iterator[tuple[str, np.ndarray]], hf_co
     if _WEIGHT_FILE_RE.fullmatch(name) or name in stale:
       os.remove(os.path.join(out_dir, name))
   _write_json(os.path.join(out_dir, "config.json"), hf_config)
-  if len(shards) == 1:
+  if len(shards) == 1 and not always_index:
     write_safetensors(os.path.join(out_dir, "model.safetensors"), shards[0])
   else:
     weight_map = {}
@@ -556,7 +557,9 @@ def save_qwen2(model: Qwen2, out_dir: str | os.PathLike, *, dtype=None, max_shar
 
 def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_format: str = "bin",
              max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes the official PPM layout: backbone HF dir + `value_head.bin` (float32; or `value_head.safetensors`).
+  """Writes the official PPM layout: backbone HF dir + `value_head.bin` (float32; or `value_head.safetensors`, with
+  the backbone under a `model.safetensors.index.json` even in one shard: vLLM loads only the index's files then,
+  where it would load every *.safetensors of the folder, the head's too).
 
   Into a folder holding an earlier export, the stale weight files and value head (of either format) are removed.
 
@@ -587,7 +590,11 @@ def save_ppm(ppm: PPM, out_dir: str | os.PathLike, *, dtype=None, value_head_for
     # value_head.safetensors, the official engine reads value_head.bin, so one left beside the new head would score
     # with the old one; and an export failing before its head is written would leave the new backbone with the old
     # head.
-    _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes, stale=VALUE_HEAD_FILES)
+    # vLLM (`DefaultModelLoader._prepare_weights`) loads every *.safetensors of a folder without an index, so a
+    # value_head.safetensors beside a single model.safetensors reached its Qwen2ForCausalLM, which refused the
+    # unknown `v_head.` tensors: with that head, the backbone goes under an index, which vLLM's loader keeps to.
+    _write_hf_dir(os.fspath(out_dir), tensors, hf_config, max_shard_bytes, stale=VALUE_HEAD_FILES,
+                  always_index=value_head_format == "safetensors")
     (write_torch_bin if value_head_format == "bin" else write_safetensors)(
         os.path.join(out_dir, f"value_head.{value_head_format}"), head)
   _on_process_zero(os.fspath(out_dir), "write the export", write)

@@ -106,6 +106,40 @@ def _with_value_head(hf_dir):
   return hf_dir
 
 
+def _vllm_weight_files(hf_dir):
+  """The files vLLM 0.6.6 loads weights from, for a local dir and the default load format: transcribed from
+  `model_executor/model_loader/loader.py` `DefaultModelLoader._prepare_weights` (the first of "*.safetensors",
+  "*.bin" that matches any file; for safetensors, `weight_utils.filter_duplicate_safetensors_files`: only the files
+  of `model.safetensors.index.json`'s weight_map when that index exists)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  for pattern in ("*.safetensors", "*.bin"):
+    found = glob.glob(os.path.join(hf_dir, pattern))
+    if found:
+      break
+  index = os.path.join(hf_dir, "model.safetensors.index.json")
+  if pattern == "*.safetensors" and os.path.isfile(index):
+    with open(index) as f:
+      mapped = {os.path.join(hf_dir, file) for file in json.load(f)["weight_map"].values()}
+    found = [f for f in found if f in mapped]
+  return sorted(found)
+
+
+@pytest.mark.parametrize("value_head_format", ["bin", "safetensors"])
+def test_vllm_loads_only_the_backbone_of_a_ppm_export(hf_qwen2_factory, tmp_path, value_head_format):
+  # A single-file backbone with value_head.safetensors beside it: vLLM reads every *.safetensors of a folder without
+  # an index, so its Qwen2ForCausalLM got `v_head.summary.*` and refused the folder ("There is no module or
+  # parameter named 'v_head'"); rStar's rm_engine (vLLM task="reward") could not load the PPM.
+  out = tmp_path / "out"
+  ppm = convert.load_ppm(_with_value_head(hf_qwen2_factory("a", seed=0)[0]))
+  convert.save_ppm(ppm, out, value_head_format=value_head_format)
+  names = [name for file in _vllm_weight_files(str(out)) for name in load_file(file)]
+  assert names and all(name.startswith("model.") for name in names), [n for n in names if not n.startswith("model.")]
+  assert sorted(names) == sorted(n for n in _all_tensors(out) if not n.startswith("v_head."))
+  reloaded = convert.load_ppm(out)
+  np.testing.assert_array_equal(np.asarray(reloaded.value_head.kernel[...]), np.asarray(ppm.value_head.kernel[...]))
+  transformers.AutoModel.from_pretrained(out)  # the backbone still loads with transformers
+
+
 def test_an_export_failing_half_way_over_an_earlier_one_does_not_load_as_a_mix(hf_qwen2_factory, tmp_path,
                                                                               monkeypatch):
   # A full disk while writing shard 2 of 4 left the earlier export's index over a new shard 1 and old shards 2..4:
