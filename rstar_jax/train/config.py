@@ -154,11 +154,41 @@ def ppm_config(**changes) -> TrainConfig:
   The official RM script (README, `train_RM.py`) differs: 512 pairs per update (8 GPUs x 16 x 4 accumulation
   steps), no weight decay (it leaves the Trainer's default 0), value-head dropout 0.1, and a loss that *sums* the
   weighted pair losses of each 16-pair micro-batch (averaged over GPUs and accumulation steps), so its gradient is
-  16 times the per-pair mean used here and its clipping at norm 1 acts as `max_grad_norm=1/16` does here (Adam is
-  otherwise blind to the scale). `ppm_config(data=PipelineConfig(batch_size=512), value_head_dropout=0.1,
-  optimizer=OptimizerConfig(weight_decay=0.0, max_grad_norm=1 / 16))` follows that script.
+  16 times the per-pair mean used here. `official_ppm_config()` follows that script.
 
   Longer pairs are cut to `data.max_len` (2048) tokens; the search's `PPMScorer` cuts a text to its `max_tokens`
   (by default `max_position_embeddings - 1`). Set the two equal for training to score exactly what search scores.
   """
+  return TrainConfig(**changes)
+
+
+# The official RM run (rStar-Math README): `per_device_train_batch_size=16` pairs, summed by `RMTrainer.compute_loss`.
+OFFICIAL_RM_PAIRS_PER_DEVICE = 16
+
+
+def official_ppm_config(pairs_per_device: int = OFFICIAL_RM_PAIRS_PER_DEVICE, **changes) -> TrainConfig:
+  """The PPM run of the official `train_RM.py` (README command, transformers 4.45.2), on the per-pair mean loss.
+
+  512 pairs per update, no weight decay, value-head dropout 0.1, lr 7e-6 linear to 0, 2 epochs, AdamW (0.9, 0.999),
+  clipping at norm 1 of the official loss. That loss sums the weighted pair losses of each `pairs_per_device`-pair
+  micro-batch, so its gradient is `pairs_per_device` times ours: its clipping at 1 is ours at `1 / pairs_per_device`,
+  and its Adam eps 1e-8 is ours at `1e-8 / pairs_per_device`. Adam's step `m / (sqrt(v) + eps)` ignores the gradient's
+  scale only while the gradient is far above eps, and at the official value-head init (weights ~1e-6) the backbone's
+  gradients are ~1e-8: with eps 1e-8 on the 16 times smaller gradient the backbone moved up to 16 times less than in
+  the official run over the first steps.
+
+  Args:
+    pairs_per_device: the official run's `per_device_train_batch_size` (16), the scale between the two losses.
+    **changes: other `TrainConfig` fields (e.g. `data`, `accum_steps`); an `optimizer` given here replaces the
+      scaled one whole.
+
+  Returns:
+    The `TrainConfig`.
+  """
+  if isinstance(pairs_per_device, bool) or not isinstance(pairs_per_device, int) or pairs_per_device < 1:
+    raise ValueError(f"pairs_per_device must be an integer >= 1, got {pairs_per_device!r}")
+  scale = pairs_per_device
+  changes.setdefault("data", PipelineConfig(batch_size=512))
+  changes.setdefault("value_head_dropout", 0.1)
+  changes.setdefault("optimizer", OptimizerConfig(weight_decay=0.0, max_grad_norm=1.0 / scale, eps=1e-8 / scale))
   return TrainConfig(**changes)

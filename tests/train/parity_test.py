@@ -14,6 +14,8 @@ from rstar_jax import sharding
 from rstar_jax import tokenizer as tokenizer_lib
 from rstar_jax.data import formats, pipeline
 from rstar_jax.models import ModelConfig, PPM, ValueHead, convert, dropout_keep_mask
+from rstar_jax.models.ppm import OFFICIAL_VALUE_HEAD_INIT
+from rstar_jax.train import config as config_lib
 from rstar_jax.train import optimizer
 from rstar_jax.train import state as state_lib
 from rstar_jax.train import steps
@@ -437,3 +439,69 @@ def test_ppm_train_steps_fuzz_match_the_official_reward_model_and_torch_adamw(se
   for name, param in named:
     np.testing.assert_allclose(ours[name.removeprefix("model.")], param.detach().numpy(), rtol=1e-4, atol=3e-6,
                                err_msg=name)
+
+
+def test_official_ppm_config_takes_the_official_rm_steps_from_the_official_head_init(tmp_path):
+  # The official train_RM.py (rm.py's RMTrainer on transformers 4.45.2) sums the weighted pair losses of each
+  # per-device micro-batch and averages over accumulation steps; Trainer: torch AdamW (eps 1e-8, no decay), linear
+  # lr, clip_grad_norm_(1.0). Its value head starts near zero (weights ~1e-6), so the backbone's gradients are ~1e-8,
+  # as small as Adam's eps: there the step depends on the gradient's scale, not only on its direction. Reference:
+  # that run transcribed in torch (2 pairs a device here); compared: every weight's change after 2 updates.
+  pairs_per_device, accum = 2, 2
+  rng = np.random.default_rng(0)
+  testlib.tiny_hf_model(tmp_path, tie=False, seed=1, hidden=16, layers=1)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).train()
+  config = ModelConfig.from_hf_config(tmp_path, param_dtype="float32")
+  tok = _CharTokenizer(eos=0, pad=0)
+  text = lambda lo, hi: "".join(rng.choice(list("ab cd\n{}0123XY")) for _ in range(rng.integers(lo, hi + 1)))
+  pairs = [formats.PpmPair(text(2, 6), text(1, 6), text(1, 6), int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+           for _ in range(8)]
+  batch_size = pairs_per_device * accum
+  train_config = config_lib.official_ppm_config(
+      pairs_per_device, data=pipeline.PipelineConfig(max_len=16, batch_size=batch_size, num_epochs=1, shuffle=False),
+      accum_steps=accum, value_head_dropout=0.0)  # dropout's parity: test_ppm_value_head_dropout_matches_...
+  opt_config = train_config.optimizer
+  batches = list(pipeline.ppm_pipeline(pairs, tok, train_config.data).iterator())
+  total = len(batches)
+  mesh = sharding.make_mesh()
+  ppm = nnx.eval_shape(lambda: PPM(config, rngs=nnx.Rngs(0)))
+  ppm.model = convert.load_qwen2(tmp_path, config).model
+  ppm.value_head = ValueHead(config, rngs=nnx.Rngs(0), **OFFICIAL_VALUE_HEAD_INIT)
+  summary = torch.nn.Linear(config.hidden_size, 1)
+  with torch.no_grad():
+    summary.weight.copy_(torch.tensor(np.asarray(ppm.value_head.kernel[...]).T))
+    summary.bias.copy_(torch.tensor(np.asarray(ppm.value_head.bias[...])))
+  graphdef, params = state_lib.split_params(ppm)
+  tx = optimizer.make_optimizer(opt_config, total)
+  state = state_lib.create_state(params, tx, mesh)
+  step = steps.jit_train_step(
+      steps.make_train_step(steps.ppm_loss_fn(graphdef), tx, mesh, accum_steps=accum, count_key="num_pairs"),
+      state_lib.state_shardings(params, tx, mesh), mesh)
+  named = [(n, p) for n, p in hf.named_parameters() if not n.startswith("lm_head")] + [
+      ("v_head.summary.weight", summary.weight), ("v_head.summary.bias", summary.bias)]
+  before = {name: p.detach().numpy().copy() for name, p in named}
+  torch_opt = torch.optim.AdamW([p for _, p in named], lr=7e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+  torch_schedule = transformers.get_linear_schedule_with_warmup(torch_opt, 0, total)
+  for batch in batches[:2]:
+    torch_opt.zero_grad()
+    scores = []
+    for side in ("pos", "neg"):
+      ids, mask = torch.tensor(batch[f"{side}_tokens"], dtype=torch.long), torch.tensor(batch[f"{side}_mask"]).long()
+      hidden = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+      scores.append(summary(hidden).squeeze(-1).gather(-1, mask.sum(-1, keepdim=True) - 1)[:, 0])
+    per_pair = -torch.nn.functional.logsigmoid(scores[0] - scores[1]) * torch.tensor(batch["weights"])
+    # Each micro-batch's sum (compute_loss), averaged over the accumulation steps (the Trainer's backward).
+    (per_pair.sum() / accum).backward()
+    torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+    torch_opt.step()
+    torch_schedule.step()
+    state, _ = step(state, steps.put_batch(batch, mesh))
+  convert.save_ppm(nnx.merge(graphdef, state.params), tmp_path / "after", dtype="float32")
+  ours = {name.removeprefix("model."): w for name, w in load_file(str(tmp_path / "after/model.safetensors")).items()}
+  ours.update({name: w.numpy() for name, w in torch.load(tmp_path / "after/value_head.bin").items()})
+  for name, param in named:
+    if name == "v_head.summary.bias":
+      continue  # it cancels in r_pos - r_neg: its gradient is rounding noise on both sides, and Adam scales noise up
+    name_ours = name.removeprefix("model.")
+    np.testing.assert_allclose(ours[name_ours] - before[name], param.detach().numpy() - before[name], rtol=1e-3,
+                               atol=1e-3 * 7e-6, err_msg=name)
