@@ -4,9 +4,12 @@ Texts are tokenized once up front (the tokenizer's batch encoder is multithreade
 gives the exact number of steps for the learning-rate schedule). The batch order is then a deterministic
 plan: per epoch a permutation seeded by `(seed, epoch)`, optionally sorted by length inside windows of a few
 batches so that rows of similar length share a batch (less padding), cut into global batches; each epoch has
-`ceil(n / batch_size)` of them (its last one padded), as the official trainer's data loader. grain serves
-that plan: `MapDataset.source(plan).map(collate)`, iterated through a `DatasetIterator` whose state (the
-next batch index) is saved with every checkpoint, so a resumed run sees exactly the batches it had not seen.
+`ceil(n / batch_size)` of them (its last one padded), as transformers >= 4.46 counts them. (The 4.45.2 the official
+trainers pin runs `epochs * floor(L / accum)` updates of `accum` micro-batches, `L` = micro-batches per epoch, counted
+across epoch ends: `epochs * (L % accum)` micro-batches, up to 96 SFT rows an epoch at 8 GPUs x 4 rows x 4, were never
+trained. An upstream bug, fixed in 4.46 (transformers#34198); here every example is trained every epoch.) grain
+serves that plan: `MapDataset.source(plan).map(collate)`, iterated through a `DatasetIterator` whose state (the next
+batch index) is saved with every checkpoint, so a resumed run sees exactly the batches it had not seen.
 
 Batch layout (global batch `B`; each process gets its `B / process_count` rows; `T` = the smallest bucket that
 fits the longest row):
@@ -200,8 +203,8 @@ def batch_plan(lengths: np.ndarray, config: PipelineConfig) -> np.ndarray:
         chunks.extend(full[i] for i in (rng.permutation(len(full)) if config.shuffle else range(len(full))))
         chunks.extend(tail)
       perm = np.concatenate(chunks)
-    # Every epoch ends on a batch boundary (padding rows are masked), as the official trainer's (HF Trainer's)
-    # per-epoch data loader: `ceil(n / batch_size)` steps per epoch, and no batch holds an example twice.
+    # Every epoch ends on a batch boundary (padding rows are masked): `ceil(n / batch_size)` steps per epoch, as HF
+    # Trainer >= 4.46 (see the module docstring for 4.45.2's), and no batch holds an example twice.
     order.append(np.concatenate([perm, np.full(-len(perm) % config.batch_size, -1, perm.dtype)]))
   return np.concatenate(order).astype(np.int64).reshape(-1, config.batch_size)
 
