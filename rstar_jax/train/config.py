@@ -175,7 +175,13 @@ def official_ppm_config(pairs_per_device: int = OFFICIAL_RM_PAIRS_PER_DEVICE, **
   and its Adam eps 1e-8 is ours at `1e-8 / pairs_per_device`. Adam's step `m / (sqrt(v) + eps)` ignores the gradient's
   scale only while the gradient is far above eps, and at the official value-head init (weights ~1e-6) the backbone's
   gradients are ~1e-8: with eps 1e-8 on the 16 times smaller gradient the backbone moved up to 16 times less than in
-  the official run over the first steps.
+  the official run over the first steps. Its logged loss is `pairs_per_device` times ours.
+
+  Not followed here: the official run trains in bf16 autocast (`compute_dtype="bfloat16"` does that), tokenizes the
+  prompt and the step apart (`pipeline.tokenize_ppm` says why not), and without a test file holds out 5% of the pairs
+  (`train_test_split`, seed 42), evaluates them every 750 steps and exports the checkpoint of lowest eval loss
+  (`load_best_model_at_end`); `train_ppm` trains on every pair it is given and exports the last step (hold pairs out
+  yourself and score checkpoints with `evaluate_ppm`).
 
   Args:
     pairs_per_device: the official run's `per_device_train_batch_size` (16), the scale between the two losses.
