@@ -101,7 +101,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mes
 
   Returns:
     The step. Metrics: `loss`, `accuracy` (token or pair), `grad_norm` (after normalisation, before
-    clipping), `learning_rate`, and the raw sums.
+    clipping), `learning_rate` (the rate this update used; the HF Trainer logs the next update's, its scheduler having
+    stepped, so its curve is one step ahead and ends at 0), and the raw sums.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
