@@ -170,12 +170,20 @@ def _export_tokenizer(tokenizer: Any, tokenizer_dir: str | None, export_dir: str
   sharding_lib.on_process_zero(export_dir, "write the tokenizer", write)
 
 
-def _read_everywhere(workdir: str, read: Callable[[], Any]) -> Any:
-  """`read()` (the tokenizer, model config and training data) on every process; a failure on any raises on all.
+def _read_everywhere(workdir: str, tokenizer: Any, checkpoint: PathLike, which: str, data_files, read_records,
+                     build_pipeline, config: TrainConfig):
+  """The tokenizer (and its dir), model config, original dtype and training pipeline, read on every process.
 
   Each process reads its own copies of the files: one whose copy was bad (cut short, unreadable) raised alone while
-  the others waited for it in the next collective (see `sharding.on_every_process`).
+  the others waited for it in the next collective, so a failure on any process raises on all (see
+  `sharding.on_every_process`).
   """
+  def read():
+    loaded, loaded_dir = _load_tokenizer(tokenizer, checkpoint, which)
+    model_config, original_dtype = _model_config(checkpoint, config)
+    _check_vocab(loaded, model_config, checkpoint)
+    return loaded, loaded_dir, model_config, original_dtype, _training_pipeline(
+        data_files, read_records, build_pipeline, loaded, config.data)
   return sharding_lib.on_every_process(workdir, "read the tokenizer, model config and training data", read)
 
 
@@ -408,13 +416,8 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   export_dir = _export_dir(export_dir, workdir, base_checkpoint)
   mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
   with _locked(workdir):
-    def read():
-      loaded, loaded_dir = _load_tokenizer(tokenizer, base_checkpoint, "policy")
-      model_config, original_dtype = _model_config(base_checkpoint, config)
-      _check_vocab(loaded, model_config, base_checkpoint)
-      return loaded, loaded_dir, model_config, original_dtype, _training_pipeline(
-          sft_file, formats.read_sft_records, pipeline_lib.sft_pipeline, loaded, config.data)
-    tokenizer, tokenizer_dir, model_config, original_dtype, pipe = _read_everywhere(workdir, read)
+    tokenizer, tokenizer_dir, model_config, original_dtype, pipe = _read_everywhere(
+        workdir, tokenizer, base_checkpoint, "policy", sft_file, formats.read_sft_records, pipeline_lib.sft_pipeline, config)
 
     resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
     abstract = nnx.eval_shape(lambda: Qwen2(model_config, rngs=nnx.Rngs(0), remat=config.remat))
@@ -473,13 +476,8 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   export_dir = _export_dir(export_dir, workdir, init_checkpoint)
   mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
   with _locked(workdir):
-    def read():
-      loaded, loaded_dir = _load_tokenizer(tokenizer, init_checkpoint, "ppm")
-      model_config, original_dtype = _model_config(init_checkpoint, config)
-      _check_vocab(loaded, model_config, init_checkpoint)
-      return loaded, loaded_dir, model_config, original_dtype, _training_pipeline(
-          pairs_file, formats.read_ppm_pairs, pipeline_lib.ppm_pipeline, loaded, config.data)
-    tokenizer, tokenizer_dir, model_config, original_dtype, pipe = _read_everywhere(workdir, read)
+    tokenizer, tokenizer_dir, model_config, original_dtype, pipe = _read_everywhere(
+        workdir, tokenizer, init_checkpoint, "ppm", pairs_file, formats.read_ppm_pairs, pipeline_lib.ppm_pipeline, config)
 
     resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
     abstract = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0), remat=config.remat))

@@ -109,16 +109,30 @@ def config_mismatch_case():
     result("config_mismatch", str(e).replace(out, "OUT").split(" (")[0])
 
 
+def _sft_config(**changes):
+  """The SFT config of the training cases: batches of 8 rows of up to 96 tokens, one epoch, fsdp over every device."""
+  from rstar_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.sft_config(
+      data=pipeline.PipelineConfig(max_len=96, batch_size=8, num_epochs=1, seed=3),
+      optimizer=config_lib.OptimizerConfig(learning_rate=2e-3), mesh=(1, -1, 1), progress=False, tensorboard=False,
+      **changes)
+
+
+def _train_on_own_file():
+  """train_policy on this process's own copy of the SFT file (OUT/base/sft{pid}.json); returns the result."""
+  from rstar_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  base = os.path.join(out, "base")
+  return trainer.train_policy(base, os.path.join(base, f"sft{pid}.json"), os.path.join(out, "work"),
+                              config=_sft_config(checkpoint_every=100))
+
+
 def _train(workdir, stop_at=None, accum_steps=2):
   """train_policy on OUT/base's sft0.json (3 steps of 8 rows, fsdp over every device), stopped by an exception in
   the step callback at `stop_at` (steps before it are checkpointed); prints the exported files."""
-  from rstar_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from rstar_jax.train import config as config_lib, trainer  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train import trainer  # pylint: disable=g-import-not-at-top
   base = os.path.join(out, "base")
-  config = config_lib.sft_config(
-      data=pipeline.PipelineConfig(max_len=96, batch_size=8, num_epochs=1, seed=3),
-      optimizer=config_lib.OptimizerConfig(learning_rate=2e-3), mesh=(1, -1, 1), accum_steps=accum_steps,
-      checkpoint_every=1, log_every=1, progress=False, tensorboard=False)
+  config = _sft_config(accum_steps=accum_steps, checkpoint_every=1, log_every=1)
 
   def callback(step, _):
     if step == stop_at:
@@ -238,15 +252,8 @@ def data_mismatch_case():
   """train_policy where process 1 reads an SFT file with fewer records than process 0's (a stale copy on its own
   disk): every process must raise, naming what differs, before any step (a step count that differs left one process
   in the next step's collectives while the other exported)."""
-  from rstar_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from rstar_jax.train import config as config_lib, trainer  # pylint: disable=g-import-not-at-top
-  base = os.path.join(out, "base")
-  config = config_lib.sft_config(
-      data=pipeline.PipelineConfig(max_len=96, batch_size=8, num_epochs=1, seed=3),
-      optimizer=config_lib.OptimizerConfig(learning_rate=2e-3), mesh=(1, -1, 1), checkpoint_every=100,
-      progress=False, tensorboard=False)
   try:
-    trainer.train_policy(base, os.path.join(base, f"sft{pid}.json"), os.path.join(out, "work"), config=config)
+    _train_on_own_file()
     result("data_mismatch none")
   except ValueError as e:
     result("data_mismatch", str(e).replace(out, "OUT"))
@@ -272,15 +279,8 @@ def bad_data_one_process_case():
   """train_policy where process 1's SFT file is not valid JSON (a copy cut short on its own disk) and process 0's is
   fine: every process must raise (process 0 waited for process 1 in its next collective until the distributed
   shutdown's deadline, 5 minutes, then both aborted without process 0's error)."""
-  from rstar_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from rstar_jax.train import config as config_lib, trainer  # pylint: disable=g-import-not-at-top
-  base = os.path.join(out, "base")
-  config = config_lib.sft_config(
-      data=pipeline.PipelineConfig(max_len=96, batch_size=8, num_epochs=1, seed=3),
-      optimizer=config_lib.OptimizerConfig(learning_rate=2e-3), mesh=(1, -1, 1), checkpoint_every=100,
-      progress=False, tensorboard=False)
   try:
-    trainer.train_policy(base, os.path.join(base, f"sft{pid}.json"), os.path.join(out, "work"), config=config)
+    _train_on_own_file()
     result("bad_data none")
   except Exception as e:  # pylint: disable=broad-except
     result("bad_data", type(e).__name__, str(e).replace(out, "OUT"))
