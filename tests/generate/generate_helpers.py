@@ -172,6 +172,30 @@ def hf_next_token_logits(prompt: list[int]) -> np.ndarray:
     return model(input_ids=torch.tensor([prompt])).logits[0, -1].numpy()
 
 
+class CachedHFGreedy:
+  """transformers greedy continuations of single unpadded prompts (no EOS, exactly `count` tokens) with the float64
+  log-probs of their tokens under a forward pass, cached per prompt (a longer continuation serves shorter ones:
+  greedy decoding extends its own prefixes)."""
+
+  def __init__(self, model):
+    self.model = model
+    self._cache = {}
+
+  def __call__(self, prompt, count):
+    """`(tokens [count], log-probs [count])` of the greedy continuation of `prompt`."""
+    key = tuple(prompt)
+    if len(self._cache.get(key, ((),))[0]) < count:
+      with torch.no_grad():
+        ids = torch.tensor([list(prompt)])
+        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                  max_new_tokens=count, min_new_tokens=count, pad_token_id=0, eos_token_id=None)
+        tokens = out[0, len(prompt):].tolist()
+        logp = torch.log_softmax(self.model(input_ids=torch.tensor([list(prompt) + tokens])).logits[0].double(), -1)
+      self._cache[key] = tokens, np.asarray([logp[len(prompt) - 1 + t, x] for t, x in enumerate(tokens)])
+    tokens, logp = self._cache[key]
+    return tokens[:count], logp[:count]
+
+
 def emitted_text(tok, tokens):
   """`tok.decode(tokens)` as vLLM's incremental detokenizer has emitted it: a text ending in U+FFFD (an unfinished
   character) is held back, so it is the text of the longest prefix of `tokens` whose text does not end there."""

@@ -11,9 +11,9 @@ import functools
 import numpy as np
 import torch
 import transformers
-from generate_helpers import (SPECIAL_TOKENS, TEST_BUCKETS, VOCAB, _tmp_root, emitted_text, hf_generate,
-                              hf_tiny_tokenizer, load_tiny, plain_stop_rules, random_prompts, tiny_hf, tiny_hf_config,
-                              tiny_tokenizer)
+from generate_helpers import (SPECIAL_TOKENS, TEST_BUCKETS, VOCAB, CachedHFGreedy, _tmp_root, emitted_text,
+                              hf_generate, hf_tiny_tokenizer, load_tiny, plain_stop_rules, random_prompts, tiny_hf,
+                              tiny_hf_config, tiny_tokenizer)
 
 from rstar_jax.generate import Buckets, Engine, Greedy, Request
 from rstar_jax.models import convert
@@ -272,18 +272,7 @@ def test_seeded_fuzz_against_transformers_and_plain_stop_rules():
   rng = np.random.default_rng(11)
   tok = tiny_tokenizer()
   max_new = 10
-  greedy = {}
-
-  def hf_greedy(prompt):
-    if tuple(prompt) not in greedy:
-      with torch.no_grad():
-        ids = torch.tensor([prompt])
-        out = hf_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                max_new_tokens=max_new, min_new_tokens=max_new, pad_token_id=0, eos_token_id=None)
-        tokens = out[0, len(prompt):].tolist()
-        logp = torch.log_softmax(hf_model(input_ids=torch.tensor([prompt + tokens])).logits[0].double(), -1)
-      greedy[tuple(prompt)] = tokens, np.asarray([logp[len(prompt) - 1 + t, x] for t, x in enumerate(tokens)])
-    return greedy[tuple(prompt)]
+  hf_greedy = CachedHFGreedy(hf_model)
 
   compared = scored = 0
   seen = set()
@@ -300,7 +289,7 @@ def test_seeded_fuzz_against_transformers_and_plain_stop_rules():
         prompts.append(list(src))  # identical
       else:
         prompts.append(src[:int(rng.integers(0, len(src) + 1))] + rng.integers(0, VOCAB, 3).tolist())
-    conts = [hf_greedy(p) for p in prompts]
+    conts = [hf_greedy(p, max_new) for p in prompts]
     texts = [tok.decode(c[0]) for c in conts]
     stops = []
     for _ in range(int(rng.integers(0, 4))):
@@ -359,19 +348,7 @@ def test_seeded_boundary_lengths_against_transformers_and_plain_stop_rules():
                 max_rows=3, stop_check_interval=2)
   tok = tiny_tokenizer()
   rng = np.random.default_rng(15)
-  greedy = {}
-
-  def hf_greedy(prompt, count):
-    if len(greedy.get(tuple(prompt), ((),))[0]) < count:
-      with torch.no_grad():
-        ids = torch.tensor([prompt])
-        out = hf_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                max_new_tokens=count, min_new_tokens=count, pad_token_id=0, eos_token_id=None)
-        tokens = out[0, len(prompt):].tolist()
-        logp = torch.log_softmax(hf_model(input_ids=torch.tensor([prompt + tokens])).logits[0].double(), -1)
-      greedy[tuple(prompt)] = tokens, np.asarray([logp[len(prompt) - 1 + t, x] for t, x in enumerate(tokens)])
-    tokens, logp = greedy[tuple(prompt)]
-    return tokens[:count], logp[:count]
+  hf_greedy = CachedHFGreedy(hf_model)
 
   compared, seen = 0, set()
   calls = [(length, max_new) for length in (3, 4, 5, 7, 8, 9, 15, 16, 17, 23, 24, 25) for max_new in (1, 3)]
