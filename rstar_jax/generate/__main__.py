@@ -7,7 +7,7 @@
 Prompts file: JSON lines, each a string or an object `{"prompt": str, "n": int?, "seed": int?}` (defaults from the
 flags; without a seed, prompt i gets `--seed + i`); a file not ending in .json/.jsonl holds one prompt per line.
 Generation prints `{"prompt_index", "sample", "text", "stop_reason", "token_ids", "logprob"}` per sample; a row stops
-("length") at the model's context, `max_position_embeddings` tokens with the prompt (`--max-context` sets another
+("length") at the model's context, `max_position_embeddings` tokens with the prompt (`--max-context` sets a smaller
 limit) as vLLM's `max_model_len` and the search's `EnginePolicy` stop it: once the prompt and the sample exceed it
 (one token past it at most; a longer prompt gets no tokens). Scoring prints `{"prompt_index", "value"}` per prompt: the
 value head's raw output unless `--transform` (the search's `PPMScorer` applies tanh5 by default), of the text cut as
@@ -42,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--top-k", type=int, default=0)
   p.add_argument("--max-new-tokens", type=int, default=256)
   p.add_argument("--max-context", type=int, default=None,
-                 help="vLLM's max_model_len: a row stops once prompt + generated tokens exceed it (default: the "
-                      "model's max_position_embeddings)")
+                 help="vLLM's max_model_len: a row stops once prompt + generated tokens exceed it (default and "
+                      "most: the model's max_position_embeddings)")
   p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
   p.add_argument("--rstar-stops", action="store_true", help="stop on rStar's step tags (<end_of_step>, ...)")
   p.add_argument("--eos-id", type=int, action="append", default=None,
@@ -183,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not all(args.stop):
       raise ValueError("--stop must not be empty")
     config = _check_paths(args)
+    if args.hf_dir and args.max_context is not None and args.max_context > config.max_position_embeddings:
+      # vLLM refuses such a max_model_len; the rows ran on past the positions the model was trained on.
+      raise ValueError(f"--max-context {args.max_context} exceeds the model's max_position_embeddings="
+                       f"{config.max_position_embeddings} (the positions it was trained on): use at most that")
     if args.dtype is not None:
       dtype_name(args.dtype)  # an unknown name raises, naming the known ones
     mesh = None

@@ -49,14 +49,18 @@ class EnginePolicy:
         end one token past it (that token is sampled, never fed to the model; a prompt of exactly `max_context`
         tokens gets a one-token step), and a longer prompt gets `("", "length")` (`vllm_row_limit`). None: the
         model's `max_position_embeddings`, the positions it was trained on (the official search's 4096-token
-        context is Qwen2.5-Math's).
+        context is Qwen2.5-Math's); more is refused, as vLLM refuses a `max_model_len` past it.
       progress: progress bars over decode steps.
+
+    Raises:
+      ValueError: a limit is no count, or `max_context` exceeds the model's `max_position_embeddings`.
     """
     if engine.tokenizer is None:
       raise ValueError("EnginePolicy needs an Engine with a tokenizer")
     if engine.is_ppm:
       raise TypeError("EnginePolicy needs an Engine built from a Qwen2, not a PPM")
     check_limits(max_new_tokens, max_context)  # now, not at the search's first expansion
+    check_context(max_context, engine.config.max_position_embeddings, "max_context")
     self.engine = engine
     # vLLM 0.6.6's `SamplingParams.__post_init__` raises 0 < T < _MAX_TEMP (0.01) to 0.01 before its greedy test
     # (T < 1e-5), so only 0 is greedy there.
@@ -106,7 +110,8 @@ class PPMScorer:
         official search-time value). The PPM does not record how it was trained: one trained with
         `TrainConfig.ppm_head="tanh"` is scored as trained with "tanh"; "tanh5" goes with the default "raw".
       max_tokens: a text is cut to its first `max_tokens` tokens. None: the model's `max_position_embeddings` minus
-        one, as the official scorer cuts at the context length minus one.
+        one, as the official scorer cuts at the context length minus one; more than `max_position_embeddings` is
+        refused (a text's last tokens would sit at positions the model was never trained on).
     """
     if engine.tokenizer is None:
       raise ValueError("PPMScorer needs an Engine with a tokenizer")
@@ -122,6 +127,7 @@ class PPMScorer:
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
       # A negative count would cut every text's last tokens (`ids[:-1]`) and score what is left.
       raise ValueError(f"max_tokens must be an integer >= 1 (None: the model's context minus one), got {max_tokens!r}")
+    check_context(max_tokens, engine.config.max_position_embeddings, "max_tokens")
     self.engine = engine
     self.transform = transform
     self.max_tokens = engine.config.max_position_embeddings - 1 if max_tokens is None else max_tokens
@@ -136,6 +142,18 @@ class PPMScorer:
         raise ValueError(f"text {i} encodes to no tokens: {texts[i]!r}")
     raw = self.engine.values(ids)
     return np.asarray(value_transform(raw, self.transform), np.float32)
+
+
+def check_context(limit: int | None, max_position_embeddings: int, name: str) -> None:
+  """Refuses a context `limit` past the model's `max_position_embeddings` (None: the model's own, always fine).
+
+  vLLM refuses a `max_model_len` past it (unless `VLLM_ALLOW_LONG_MAX_MODEL_LEN` is set); taken here, the rows ran on
+  at positions the model was never trained on (default RoPE extrapolates without a word) and came back as
+  plausible-looking text from a model outside its context.
+  """
+  if limit is not None and limit > max_position_embeddings:
+    raise ValueError(f"{name}={limit} exceeds the model's max_position_embeddings={max_position_embeddings} (the "
+                     "positions it was trained on; vLLM refuses such a max_model_len too): use at most that")
 
 
 def vllm_row_limit(max_model_len: int) -> int:

@@ -490,3 +490,26 @@ def test_command_line_refuses_a_step_length_beyond_int32_before_loading(tmp_path
   good.write_text('"fine"\n')
   _assert_usage_error(capsys, ["--hf-dir", str(tmp_path), "--prompts", str(good), "--max-new-tokens", str(2**31)],
                       r"error: --max-new-tokens must be < 2\*\*31 \(token positions are int32\), got 2147483648")
+
+
+def test_a_context_past_the_models_positions_is_refused_as_vllm_refuses_such_a_max_model_len(tmp_path, capsys):
+  # vLLM 0.6.6 (`config.py` `_get_and_verify_max_len`) raises for a max_model_len above the model's
+  # max_position_embeddings (default RoPE, no VLLM_ALLOW_LONG_MAX_MODEL_LEN). Here EnginePolicy(max_context=2048) on
+  # the tiny 1024-position model, `--max-context 2048` and PPMScorer(max_tokens=2048) were taken: a 1020-token
+  # prompt's step ran on to position 1027 (and a text's value was read at positions up to 2047), extrapolated RoPE
+  # the model never saw, returned without a word.
+  tok = tiny_tokenizer()
+  engine = Engine(load_tiny(), tokenizer=tok, buckets=TEST_BUCKETS)
+  for limit in (1025, 2048):
+    with pytest.raises(ValueError, match=rf"max_context={limit} exceeds the model's max_position_embeddings=1024"):
+      EnginePolicy(engine, max_new_tokens=8, max_context=limit)
+  assert EnginePolicy(engine, max_new_tokens=8, max_context=1024).max_context == 1024  # the edge is the model's own
+  ppm_engine = Engine(convert.load_ppm(tiny_ppm_dir()[0]), tokenizer=tok, buckets=TEST_BUCKETS)
+  with pytest.raises(ValueError, match=r"max_tokens=1025 exceeds the model's max_position_embeddings=1024"):
+    PPMScorer(ppm_engine, max_tokens=1025)
+  assert PPMScorer(ppm_engine, max_tokens=1024).max_tokens == 1024
+  good = tmp_path / "good.jsonl"
+  good.write_text('"fine"\n')
+  capsys.readouterr()
+  _assert_usage_error(capsys, ["--hf-dir", str(tiny_hf()[0]), "--prompts", str(good), "--max-context", "2048"],
+                      r"error: --max-context 2048 exceeds the model's max_position_embeddings=1024")
