@@ -180,6 +180,14 @@ class ModelConfig:
       if hf.get(key) is not None and not isinstance(hf[key], types):
         raise ValueError(f"{where}: field {key!r} must be {what}, got {hf[key]!r}")
 
+    for key in ("rope_parameters", "rope_scaling"):
+      # transformers v5 nests these by layer type ({"full_attention": {"rope_type": ..., "rope_theta": ...}}) for
+      # models with several attention kinds; Qwen2 reads one flat dict and fails on a nested one (KeyError
+      # 'rope_type'), while here it found no rope_type nor rope_theta and loaded as default RoPE with theta 1e4.
+      nested = [k for k, v in (hf.get(key) or {}).items() if isinstance(v, Mapping)]
+      if nested:
+        raise ValueError(f"{where}: field {key!r} is nested by layer type ({', '.join(map(str, nested))}); Qwen2 takes "
+                         "one flat dict (rope_type, rope_theta)")
     rope_theta = hf.get("rope_theta")
     rope_params = hf.get("rope_parameters") or {}
     v5_theta = rope_params.get("rope_theta") if isinstance(rope_params, Mapping) else None

@@ -286,6 +286,14 @@ def test_configs_the_model_does_not_implement_are_refused():
       (dict(Qwen2Config(**shape).to_dict(), tie_word_embeddings="false"),
        r"field 'tie_word_embeddings' must be true or false, got 'false'"),
       (dict(Qwen2Config(**shape).to_dict(), layer_types="full_attention"), r"field 'layer_types' must be a list"),
+      # transformers v5's per-layer-type nesting (transformers' Qwen2 fails on it: KeyError 'rope_type'): it loaded
+      # as default RoPE with theta 1e4, the YaRN and the theta of 1e6 silently dropped.
+      (dict(Qwen2Config(**shape).to_dict(), rope_theta=None, rope_parameters={"full_attention": {
+          "rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}}),
+       r"field 'rope_parameters' is nested by layer type \(full_attention\); Qwen2 takes one flat dict"),
+      (dict(Qwen2Config(**shape).to_dict(), rope_scaling={"full_attention": {"rope_type": "default",
+                                                                          "rope_theta": 1e6}}),
+       r"field 'rope_scaling' is nested by layer type \(full_attention\)"),
   ]:
     with pytest.raises(ValueError, match=message):
       ModelConfig.from_hf_config(config)
