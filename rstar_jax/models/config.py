@@ -205,7 +205,10 @@ class ModelConfig:
     # Both dicts are read: v4 runs `rope_scaling` only, and v5 runs a `rope_scaling` it finds in place of
     # `rope_parameters` (that snippet added to a config v5 wrote), so a scaled type in either one would run.
     for rope_dict in (rope_params, rope_scaling):
-      rope_type = (rope_dict or {}).get("rope_type") or (rope_dict or {}).get("type") or "default"
+      # Read as transformers reads it: a null `rope_type` / `type` stays null (transformers then fails with KeyError
+      # None); `or` chains took it, or "", for "default" and ran a {"type": null, "factor": 2.0} unscaled.
+      rope_dict = rope_dict or {}
+      rope_type = rope_dict.get("rope_type", rope_dict.get("type", "default"))
       if rope_type != "default":
         raise ValueError(f"{where}: rope_type={rope_type!r} is not supported (only default RoPE)")
     # What the model does not implement must not load as if it did (the logits would silently differ from HF's).

@@ -294,6 +294,11 @@ def test_configs_the_model_does_not_implement_are_refused():
       (dict(Qwen2Config(**shape).to_dict(), rope_scaling={"full_attention": {"rope_type": "default",
                                                                           "rope_theta": 1e6}}),
        r"field 'rope_scaling' is nested by layer type \(full_attention\)"),
+      # A null or empty type with a factor (transformers fails: KeyError None / ''): it loaded as unscaled RoPE.
+      (dict(Qwen2Config(**shape).to_dict(), rope_scaling={"type": None, "factor": 2.0}),
+       r"rope_type=None is not supported"),
+      (dict(Qwen2Config(**shape).to_dict(), rope_scaling={"rope_type": "", "factor": 2.0}),
+       r"rope_type='' is not supported"),
   ]:
     with pytest.raises(ValueError, match=message):
       ModelConfig.from_hf_config(config)
