@@ -496,8 +496,8 @@ def test_a_context_past_the_models_positions_is_refused_as_vllm_refuses_such_a_m
   # vLLM 0.6.6 (`config.py` `_get_and_verify_max_len`) raises for a max_model_len above the model's
   # max_position_embeddings (default RoPE, no VLLM_ALLOW_LONG_MAX_MODEL_LEN). Here EnginePolicy(max_context=2048) on
   # the tiny 1024-position model, `--max-context 2048` and PPMScorer(max_tokens=2048) were taken: a 1020-token
-  # prompt's step ran on to position 1027 (and a text's value was read at positions up to 2047), extrapolated RoPE
-  # the model never saw, returned without a word.
+  # prompt's 8-token step was fed at positions past 1023 (and a text's value was read at positions up to 2047),
+  # extrapolated RoPE the model never saw, returned without a word.
   tok = tiny_tokenizer()
   engine = Engine(load_tiny(), tokenizer=tok, buckets=TEST_BUCKETS)
   for limit in (1025, 2048):
