@@ -31,7 +31,8 @@ class EnginePolicy:
   Sampling settings are fixed at construction (the search's contract). Prompt `i`'s sample `j` draws with
   `fold_in(key(seeds[i]), j)`, so candidates depend on (prompt, seed, j) only, not on the rest of the batch, up to
   floating-point rounding: the batch's padded shapes round the logits differently in their last bits, which changes
-  a draw only at a near-tie (rare in float32 compute, common with bfloat16; README "Interfaces the search drives").
+  a draw only at a near-tie of its two best noisy scores, or of two tokens at the top-k / top-p cutoff when it draws
+  one of them (rare in float32 compute, common with bfloat16; README "Interfaces the search drives").
   """
 
   def __init__(self, engine: Engine, *, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,

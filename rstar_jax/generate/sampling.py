@@ -13,7 +13,9 @@ the smallest set of the most likely remaining tokens whose probability reaches `
 
 The Gumbel noise of a draw is indexed by token id, so a draw depends on the logits only through the noisy scores'
 argmax: logits that differ by a rounding error (the same row in another batch shape or on another mesh computes its
-logits with a different reduction order) give the same token unless the two best noisy scores are within that error.
+logits with a different reduction order) give the same token unless the two best noisy scores are within that error,
+or the top-k / top-p cutoff falls between two tokens within that error (or the top-p mass reaches `top_p` within it)
+and the token kept on one side is drawn (a filter is a threshold: a token on it is in or out).
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ class Sampling:
     scores = self.candidates(logits)
     # The Gumbel-max draw `jax.random.categorical` makes, with the argmax as two plain reductions. The noise is
     # indexed by token id (never by rank), so logits that move by a rounding error (another batch shape, another
-    # mesh) change the draw only when its two best noisy scores are that close, not whenever two tokens swap ranks.
+    # mesh) change the draw only when its two best noisy scores are that close (or the filters' cutoff moves past the
+    # drawn token, module docstring), not whenever two tokens swap ranks.
     gumbel = jax.vmap(lambda key, row: jax.random.gumbel(key, row.shape, jnp.float32))(keys, scores)
     return first_argmax(scores + gumbel)
 

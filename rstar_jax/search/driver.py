@@ -21,7 +21,10 @@ rollout only ends at a terminal node or a node whose children are all terminal.
 Seeding: the tree of problem `p` has seed `tree_seed(config.seed, p.problem_id)`; expanding node `v`
 in rollout `r` prompts the policy with seed `expansion_seed(tree seed, r, v)`. A tree therefore
 depends only on (config, problem, policy, scorer, sandbox), not on the batch it ran in, and the same
-seed replays it exactly.
+seed replays it exactly, as far as the policy's and scorer's answers do not depend on their batch:
+`EnginePolicy` and `PPMScorer` keep that up to floating-point rounding of another batch shape, so
+with them a tree is replayed bit for bit in a batch of the same problems (README "Interfaces the
+search drives").
 
 Budget: `max_nodes` (N) defaults to `1 + num_rollouts * (max_depth + 1) * num_candidates`, the most a
 tree can ever allocate, so no expansion is ever refused; with a smaller N a tree whose next expansion

@@ -117,7 +117,8 @@ def test_a_rounding_error_in_the_logits_does_not_reshuffle_the_draws(method):
 
   bfloat16-rounded logits tie often; nudging them by 1e-3 reorders the tied tokens. With noise indexed by rank (the
   old filtered draw) 2-8% of 2000 draws changed; with noise indexed by token id a draw changes only when its two best
-  noisy scores are within 2e-3 / temperature of each other, which none of these draws is.
+  noisy scores are within 2e-3 / temperature of each other, which none of these draws is, or when the filters' cutoff
+  moves past the drawn token, which in this row it does not (the next test).
   """
   rng = np.random.default_rng(0)
   logits = (rng.normal(size=(1, VOCAB)) * 3).astype(jnp.bfloat16).astype(np.float32)
@@ -125,6 +126,59 @@ def test_a_rounding_error_in_the_logits_does_not_reshuffle_the_draws(method):
   keys = sample_keys([5] * 2000, range(2000))
   draw = jax.jit(lambda x: method(jnp.broadcast_to(x, (2000, VOCAB)), keys))
   np.testing.assert_array_equal(np.asarray(draw(logits)), np.asarray(draw(nudged)))
+
+
+@pytest.mark.parametrize("method", [Sampling(1.0, top_k=20), Sampling(1.0, top_p=0.9),
+                                    Sampling(0.7, top_k=40, top_p=0.8), Sampling(1.0)], ids=str)
+def test_a_rounding_error_at_the_filter_cutoff_moves_only_the_draws_it_can(method):
+  """What a rounding error in the logits can change in a filtered draw, and what it cannot (README "Interfaces the
+  search drives"): with top-k / top-p, a draw also changes when the cutoff falls between two tokens whose logits are
+  within that error and the token kept on one side wins the draw, however far apart the two best noisy scores are.
+
+  In each row the first token past the cutoff of HF's warpers is moved 1e-5 below the last token kept (a few ulps of
+  the row's largest logit: a real model's tail packs logits that densely, and its float32 logits move that much
+  between batch shapes), and a second version of the row swaps the two values. Against a float64 Gumbel-max draw
+  over what HF's warpers keep: both versions draw as the reference; a draw differs between them only where the kept
+  sets differ and one of the two swapped tokens is drawn; without filters no draw differs.
+  """
+  rng = np.random.default_rng(7)
+  rows = 400
+  logits = (rng.normal(size=(rows, VOCAB)) * 2).astype(np.float32)
+  count = (reference_probs(logits, method) > 0).sum(-1)
+  ranked = np.argsort(-logits, axis=-1)
+  cut = np.where(count < VOCAB, count, 20)  # unfiltered: a pair inside the distribution
+  last, first_out = ranked[np.arange(rows), cut - 1], ranked[np.arange(rows), cut]
+  logits[np.arange(rows), first_out] = logits[np.arange(rows), last] - np.float32(1e-5)
+  swapped = logits.copy()
+  swapped[np.arange(rows), last], swapped[np.arange(rows), first_out] = (logits[np.arange(rows), first_out],
+                                                                         logits[np.arange(rows), last])
+  keys = sample_keys(range(rows), [0] * rows)
+  noise = np.asarray(jax.vmap(lambda key: jax.random.gumbel(key, (VOCAB,), jnp.float32))(keys), np.float64)
+
+  def reference(x):
+    """The float64 draw over HF's kept tokens `[rows]`, whether it is clear of a near-tie `[rows]`, and the kept set."""
+    kept = reference_probs(x, method) > 0
+    noisy = np.where(kept, x.astype(np.float64) / method.temperature + noise, -np.inf)
+    top2 = -np.sort(-noisy, axis=-1)[:, :2]
+    return np.argmax(noisy, axis=-1), top2[:, 0] - top2[:, 1] > 1e-4, kept
+
+  draw = jax.jit(lambda x: method(x, keys))
+  a, b = np.asarray(draw(logits)), np.asarray(draw(swapped))
+  (ref_a, clear_a, kept_a), (ref_b, clear_b, kept_b) = reference(logits), reference(swapped)
+  assert clear_a.all() and clear_b.all()  # no near-tie of noisy scores anywhere: every change below is the cutoff
+  np.testing.assert_array_equal(a, ref_a)
+  np.testing.assert_array_equal(b, ref_b)
+  moved = a != b
+  other_kept = (kept_a != kept_b).any(-1)
+  assert not (moved & ~other_kept).any()
+  assert ((a == last) | (a == first_out) | (b == last) | (b == first_out))[moved].all()
+  if method.top_k or method.top_p < 1:
+    # The cutoff fell between the swapped pair (top-p: in most rows; raising the first token out added to the
+    # mass before it, and some rows kept both).
+    assert other_kept.sum() >= rows // 2
+    assert moved.any()  # and a draw that took one of them moved (top-p 0.9: a tail token, rarely drawn)
+  else:
+    assert not moved.any()
 
 
 @pytest.mark.parametrize("method", [METHOD, Sampling(1.3, top_p=0.6)], ids=str)
