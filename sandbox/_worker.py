@@ -254,6 +254,23 @@ def _seed_rngs() -> list[tuple[Callable[[Any], Any], Any]]:
   return pairs
 
 
+# Above the range sympy draws its base from (10**6 to 9 * 10**6): the Dummies made at import keep their own indices.
+_DUMMY_BASE_INDEX = 10**7
+
+
+def _fix_dummy_indices() -> None:
+  """Numbers sympy's `Dummy` symbols the same way in every pool (before the warm-up makes any).
+
+  sympy numbers them from a base it draws from the OS at import (`Dummy._base_dummy_index`), and a Dummy hashes by
+  its index: a set of Dummies (`{Dummy('a'), Dummy('b')}`, an expression's `free_symbols`) printed in another order
+  in every pool, and `srepr` showed another index, so the same program observed something else in a fresh process
+  and a search did not replay.
+  """
+  dummy = getattr(sys.modules.get("sympy.core.symbol"), "Dummy", None)
+  if isinstance(getattr(dummy, "_base_dummy_index", None), int):
+    dummy._base_dummy_index = _DUMMY_BASE_INDEX  # pylint: disable=protected-access
+
+
 def _reset_rngs(rng_states: list) -> None:
   """Every program starts from the same global RNG states, reused executor or not (numpy's costs ~70 us)."""
   for restore, state in rng_states:
@@ -732,6 +749,7 @@ def main() -> None:
   # Python prefix can sit under a directory the unprivileged uid cannot enter (e.g. /root/.pyenv).
   _preload(["encodings.ascii", "encodings.latin_1", "encodings.idna", "traceback", "linecache", "tokenize"])
   cfg["_preloaded"] = _preload(cfg["preload"])
+  _fix_dummy_indices()
   if cfg.get("warmup"):
     # Trusted code from the host: fills library caches (sympy) once, so every fork starts warm.
     observation.run_program(cfg["warmup"], {"__builtins__": builtins}, mode="plain")

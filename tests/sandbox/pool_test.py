@@ -27,6 +27,24 @@ def pool():
     yield p
 
 
+def test_sympy_dummies_print_the_same_in_every_pool():
+  """A program's observation must not depend on the pool (a search replays in a fresh process): sympy drew the base
+  of its `Dummy` indices from the OS at import, and a Dummy hashes by its index, so a set of Dummies printed in
+  another order in every pool and `srepr` another index. Three pools of fresh executors (`reuse_limit=1`) print the
+  same, and it is the index a fixed base gives."""
+  from sandbox import _worker  # pylint: disable=import-outside-toplevel
+
+  programs = ["from sympy import Dummy\nprint(list({Dummy(s) for s in 'abcdefgh'}))",
+              "from sympy import Dummy, srepr\nprint(srepr(Dummy('k')))"]
+  seen = []
+  for _ in range(3):
+    with SandboxPool(num_workers=1, timeout_s=10.0, reuse_limit=1) as sympy_pool:
+      seen.append([r.observation for r in sympy_pool.run(programs)])
+  assert seen[0] == seen[1] == seen[2]
+  index = int(re.fullmatch(r"Dummy\('k', dummy_index=(\d+)\)\n", seen[0][1]).group(1))
+  assert _worker._DUMMY_BASE_INDEX <= index < _worker._DUMMY_BASE_INDEX + 10**5  # pylint: disable=protected-access
+
+
 def test_results_in_input_order(pool):
   programs = [f"import time\ntime.sleep({0.05 * (i % 3)})\nprint({i} * {i})" for i in range(12)]
   results = pool.run(programs)
