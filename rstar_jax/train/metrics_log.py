@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -13,6 +14,10 @@ from rstar_jax import files
 def _tensorboard_writer(logdir: str) -> Any | None:
   """A `SummaryWriter` from tensorboardX or torch (needs the tensorboard package), else None."""
   for module in ("tensorboardX", "torch.utils.tensorboard"):
+    # torch's writer needs the tensorboard package: without it, importing torch (seconds, and its CUDA libraries
+    # beside jax's) only to fail would break "rstar_jax never imports torch" for every trainer of a test install.
+    if module.startswith("torch") and importlib.util.find_spec("tensorboard") is None:
+      continue
     try:
       return __import__(module, fromlist=["SummaryWriter"]).SummaryWriter(logdir)
     except Exception:  # not installed, or torch without tensorboard: logging must not fail the run

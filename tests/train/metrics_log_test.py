@@ -48,3 +48,18 @@ def test_a_fresh_run_starts_without_the_records_of_an_earlier_one(tmp_path):
   # A resumed run (the default) appends, as documented.
   metrics_log.MetricsLog(tmp_path, tensorboard=False).write(2, {"loss": 2.5})
   assert metrics_log.read_metrics(tmp_path / "metrics.jsonl") == {1: {"loss": 3.0}, 2: {"loss": 2.5}}
+
+
+def test_without_tensorboard_no_torch_is_imported(tmp_path):
+  # README: rstar_jax never imports torch except in `convert verify`. The writer lookup imported torch (seconds, its
+  # CUDA libraries) in every trainer of a test install, only for torch.utils.tensorboard to fail without tensorboard.
+  import subprocess
+  import sys
+  code = ("import sys; sys.modules['tensorboardX'] = sys.modules['tensorboard'] = None\n"
+          "from rstar_jax.train import metrics_log\n"
+          f"log = metrics_log.MetricsLog({str(tmp_path)!r}, tensorboard=True)\n"
+          "log.write(1, {'loss': 1.0}); log.close()\n"
+          "print(log._tb, sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+  assert out.split() == ["None", "[]"]
+  assert metrics_log.read_metrics(tmp_path / "metrics.jsonl") == {1: {"loss": 1.0}}
