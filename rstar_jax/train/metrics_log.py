@@ -16,13 +16,21 @@ def _tensorboard_writer(logdir: str) -> Any | None:
   for module in ("tensorboardX", "torch.utils.tensorboard"):
     # torch's writer needs the tensorboard package: without it, importing torch (seconds, and its CUDA libraries
     # beside jax's) only to fail would break "rstar_jax never imports torch" for every trainer of a test install.
-    if module.startswith("torch") and importlib.util.find_spec("tensorboard") is None:
+    if module.startswith("torch") and not _installed("tensorboard"):
       continue
     try:
       return __import__(module, fromlist=["SummaryWriter"]).SummaryWriter(logdir)
     except Exception:  # not installed, or torch without tensorboard: logging must not fail the run
       continue
   return None
+
+
+def _installed(module: str) -> bool:
+  """Whether `module` can be imported, found without importing it."""
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):  # a broken install, or a module in sys.modules without a spec
+    return False
 
 
 class MetricsLog:
