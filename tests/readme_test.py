@@ -114,8 +114,7 @@ def test_the_training_snippet_runs_on_a_search_output_dir_and_resumes(tmp_path, 
     run_search(problems, TeacherPolicy({p.question: p.ground_truth for p in problems}), pool,
                SearchConfig(mode="terminal_guided", num_rollouts=4, num_candidates=3, max_depth=4, seed=0),
                prompt_fn=lambda q: q, output_dir="trees/", grader=grading.default_grader(), progress=False)
-  small = "data=PipelineConfig(max_len=128, batch_size=2, num_epochs=1), max_steps=1, mesh=(1, 1, 1), " \
-          "progress=False, tensorboard=False, async_checkpoint=False"
+  small = "data=PipelineConfig(max_len=128, batch_size=2, num_epochs=1), max_steps=1, mesh=(1, 1, 1), progress=False"
   code = _shrunk(_python_block("train_policy("), {"sft_config()": f"sft_config({small})",
                                                    "ppm_config()": f"ppm_config({small})"})
   logs = []
