@@ -4,10 +4,12 @@ Every case runs on a one-worker pool, so the check programs that follow it run o
 executor and in a fresh one). Expected observations are written out by hand from the rules in DESIGN.md §1.1.
 """
 
+import functools
 import os
 import signal
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -74,6 +76,14 @@ def _signal(sig):
 
 def _observed(text):
   return lambda r: r.ok and r.observation == text
+
+
+@functools.lru_cache(maxsize=None)
+def _under_hash_seed_0(code: str) -> str:
+  """What `code` prints in a fresh interpreter with PYTHONHASHSEED=0 (this test process's seed is random)."""
+  env = dict(os.environ, PYTHONHASHSEED="0")
+  return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                        timeout=60).stdout
 
 
 HOSTILE = [
@@ -184,8 +194,11 @@ HOSTILE = [
      lambda r: not r.ok and r.error.split(":")[0] in ("PermissionError", "FileNotFoundError")),
     ("environment", "import os\nprint(sorted(os.environ))",
      lambda r: r.ok and SECRET_ENV not in r.observation and "'PYTHONHASHSEED'" in r.observation),
-    ("hash_seed_fixed", "import os\nprint(os.environ['PYTHONHASHSEED'], hash('abc') == hash('abc'))",
-     _observed("0 True\n")),
+    # The str hash a program sees is the one of hash seed 0 (as a separate interpreter computes it), whatever the
+    # host's own seed: `hash('abc') == hash('abc')` holds under any seed, so it could not tell.
+    ("hash_seed_fixed", "import os\nprint(os.environ['PYTHONHASHSEED'], hash('abc'), list({'pear', 'fig', 'kiwi'}))",
+     lambda r: r.ok and r.observation == _under_hash_seed_0(
+         "print(0, hash('abc'), list({'pear', 'fig', 'kiwi'}))")),
     ("write_usr", "open('/usr/pwned.txt', 'w').write('x')", _error("OSError: [Errno 30] Read-only file system")),
     # The package is bound read-only into the jail (at /opt/rstar_sandbox/sandbox); it is this checkout's sandbox/.
     ("write_package_dir", "open('/opt/rstar_sandbox/sandbox/pwned.txt', 'w')",
