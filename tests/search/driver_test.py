@@ -595,3 +595,66 @@ def test_counts_beyond_the_int32_tree_are_refused(changes, field):
   with pytest.raises(ValueError, match=rf"SearchConfig.{field}.* int32"):
     SearchConfig(**changes)
   assert SearchConfig(num_rollouts=2**31 - 1, max_nodes=2**31 - 1).num_slots == 2**31 - 1
+
+
+# Set-ordered outputs would change with Python's per-process str hash seed; a search must replay in a fresh process.
+_REPLAY_IN_A_FRESH_PROCESS = r"""
+import json, sys
+import numpy as np
+from rstar_jax.data import PairConfig, SftConfig, ppm_pairs, sft_records, tree_from_dict
+from rstar_jax.grading import Grader
+from rstar_jax.search import BeamConfig, Problem, SearchConfig, beam_search, run_search
+from rstar_jax.search.scripted import FunctionScorer, InProcessExecutor, ScriptedPolicy
+
+STEPS = ["<code>\na = 1\n<end_of_step>", "<code>\na = 2\n<end_of_step>", "print(a)\n<end_of_code>",
+         "So \\boxed{1}.<end_of_answer>", "So \\boxed{2}.<end_of_answer>", "b = 1 / 0\n<end_of_step>"]
+
+
+def script(prompt, n, seed):  # few distinct steps: expansions repeat candidates (dedup) and siblings tie
+  rng = np.random.default_rng(seed)
+  return [STEPS[int(rng.integers(0, len(STEPS)))] for _ in range(n)]
+
+
+problems = [Problem(f"p{i}", f"question {i}", str(1 + i % 2)) for i in range(4)]
+out = {}
+with Grader() as grader:
+  for mode, preset in (("terminal_guided", "paper"), ("ppm_augmented", "official")):
+    config = SearchConfig(mode=mode, preset=preset, num_rollouts=6, num_candidates=4, max_depth=4,
+                          errors_threshold=2, seed=7, max_nodes=96)
+    out[mode] = run_search(problems, ScriptedPolicy(script), InProcessExecutor(), config, prompt_fn="Q: {}\n".format,
+                           scorer=FunctionScorer(lambda text: 0.5), grader=grader, progress=False)
+  out["beam"] = beam_search(problems, ScriptedPolicy(script), InProcessExecutor(), FunctionScorer(lambda text: 0.5),
+                            BeamConfig(beam_width=2, samples_per_step=4, max_depth=4, errors_threshold=2),
+                            prompt_fn="Q: {}\n".format, grader=grader)
+trees = [tree_from_dict(r) for mode in ("terminal_guided", "ppm_augmented") for r in out[mode]]
+out["sft"] = [[r.query, r.response] for r in sft_records(trees, SftConfig())]
+out["pairs"] = [[p.prompt, p.pos, p.neg, p.pos_count, p.neg_count] for p in ppm_pairs(trees, PairConfig())]
+sys.stdout.write(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # two fresh processes import jax and compile the search kernels (about 30 s on 2 cores)
+def test_search_and_extraction_replay_under_other_hash_seeds():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  procs = []
+  for hash_seed in ("1", "2"):  # both at once: each is mostly jax's import and the kernels' compilation
+    env = dict(os.environ, PYTHONHASHSEED=hash_seed, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    env.pop("XLA_FLAGS", None)  # one device is enough (conftest asks for 8)
+    procs.append(subprocess.Popen([sys.executable, "-c", _REPLAY_IN_A_FRESH_PROCESS], cwd=root, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = []
+  for proc in procs:
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    outputs.append(stdout)
+  assert outputs[0] == outputs[1]
+  out = json.loads(outputs[0])
+  # Not vacuous: expansions kept fewer children than candidates (dedup), the trees hold both verdicts, and extraction
+  # found records and pairs.
+  nodes = [n for mode in ("terminal_guided", "ppm_augmented") for r in out[mode] for n in r["nodes"]]
+  assert any(0 < len(n["children"]) < 4 for n in nodes)
+  assert {n["correct"] for n in nodes if n["terminal_reason"] == "answer"} == {True, False}
+  assert out["sft"] and out["pairs"] and out["beam"]
