@@ -64,8 +64,13 @@ class MetricsLog:
       return
     record = {"step": int(step)}
     record.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()})
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(record) + "\n")
+    try:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    except OSError as e:
+      if e.filename is None:  # a failed write (a full disk) names no file, unlike a failed open: the trainer
+        e.filename = self.path  # stopped with a bare "[Errno 28] No space left on device"
+      raise
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), int(step))

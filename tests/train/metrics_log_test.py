@@ -1,8 +1,15 @@
 """metrics.jsonl after a crash: a torn last line neither breaks a resumed run nor fuses with its new records."""
 
+import errno
+import os
+import subprocess
+import sys
+
 import pytest
 
 from rstar_jax.train import metrics_log
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_a_torn_last_line_is_cut_before_appending_and_skipped_when_read(tmp_path):
@@ -63,3 +70,31 @@ def test_without_tensorboard_no_torch_is_imported(tmp_path):
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
   assert out.split() == ["None", "[]"]
   assert metrics_log.read_metrics(tmp_path / "metrics.jsonl") == {1: {"loss": 1.0}}
+
+
+def test_a_full_disk_names_metrics_jsonl_and_a_resumed_run_keeps_the_whole_records(tmp_path):
+  # Past RLIMIT_FSIZE (SIGXFSZ ignored) write(2) fails with EFBIG, as a full disk fails with ENOSPC. Python's OSError
+  # from a write names no file: the trainer stopped with a bare "[Errno 27] File too large".
+  code = ("import resource, signal, sys\n"
+          "from rstar_jax.train import metrics_log\n"
+          "log = metrics_log.MetricsLog(sys.argv[1], tensorboard=False)\n"
+          "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+          "resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+          "try:\n"
+          "  for step in range(1, 10):\n"
+          "    log.write(step, {'loss': step / 4})\n"
+          "except OSError as e:\n"
+          "  print(step, e.errno, e)\n")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60,
+                        cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  path = tmp_path / "metrics.jsonl"
+  # The records are 25 or 26 bytes ('{"step": 1, "loss": 0.25}\n' is 26): the fourth one crosses byte 100.
+  lines = [f'{{"step": {k}, "loss": {k / 4}}}\n' for k in range(1, 5)]
+  assert sum(map(len, lines[:3])) <= 100 < sum(map(len, lines))
+  assert proc.stdout.split(" ", 2)[:2] == ["4", str(errno.EFBIG)] and str(path) in proc.stdout, proc.stdout
+  assert path.read_bytes() == "".join(lines)[:100].encode()  # the torn fourth record
+  log = metrics_log.MetricsLog(tmp_path, tensorboard=False)  # the resumed run, from a checkpoint at step 2
+  log.write(3, {"loss": 9.0})
+  log.close()
+  assert metrics_log.read_metrics(path) == {1: {"loss": 0.25}, 2: {"loss": 0.5}, 3: {"loss": 9.0}}
