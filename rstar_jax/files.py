@@ -83,7 +83,8 @@ def _remove_stale_temporaries(path: str, folder: str) -> None:
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
   """Opens a temporary file beside `path` for writing; on a clean exit, syncs it and renames it over `path`.
 
-  The folder is synced after the rename (see the module docstring).
+  The folder is synced after the rename (see the module docstring), and so is the parent of each folder this call
+  created, which holds that folder's entry.
 
   The file gets the permissions of a plain `open(path, "w")` (0o666 less the umask), not `mkstemp`'s owner-only
   0o600, so other users and jobs that read a run folder can read it. The parent folder is created if missing.
@@ -96,7 +97,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
+  created_in = _make_folders(folder)
   with _WRITING_LOCK:
     _remove_stale_temporaries(path, folder)
     fd, tmp = tempfile.mkstemp(prefix=f"{_host_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=folder)
@@ -109,6 +110,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
       os.fsync(f.fileno())
     os.replace(tmp, path)
     _sync_folder(folder)
+    for parent in created_in:
+      _sync_folder(parent)
   except BaseException as e:
     if os.path.exists(tmp):
       os.unlink(tmp)
@@ -118,6 +121,22 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
   finally:
     with _WRITING_LOCK:
       _WRITING.discard(tmp)
+
+
+def _make_folders(folder: str) -> list[str]:
+  """Creates `folder` and its missing ancestors; returns the folders that gained an entry (a created child), deepest
+  first. Syncing `folder` makes a rename in it durable, but not `folder`'s own entry in its parent: a folder created
+  for the file could vanish, file and all, at a power loss after the write reported success."""
+  missing = []
+  while not os.path.isdir(folder):
+    missing.append(folder)
+    parent = os.path.dirname(folder)
+    if parent == folder:
+      break
+    folder = parent
+  if missing:
+    os.makedirs(missing[0], exist_ok=True)
+  return [os.path.dirname(f) for f in missing]
 
 
 def _sync_folder(folder: str) -> None:

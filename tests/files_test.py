@@ -39,9 +39,32 @@ def test_atomic_write_text_and_bytes_syncs_and_takes_the_umask(tmp_path, umask_0
   assert (tmp_path / "sub" / "b.bin").read_bytes() == b"\x00\xff"
   # mkstemp alone gives 0o600: another account's training job could not read the data.
   assert _mode(tmp_path / "sub" / "a.txt") == _mode(tmp_path / "sub" / "b.bin") == 0o640
-  # Each write syncs its file, then the folder (the rename is only durable once the directory entry is on disk).
-  assert [stat.S_ISDIR(mode) for mode in synced] == [False, True, False, True]
+  # Each write syncs its file, then the folder (the rename is only durable once the directory entry is on disk); the
+  # first one also syncs tmp_path, which holds the entry of the folder it created.
+  assert [stat.S_ISDIR(mode) for mode in synced] == [False, True, True, False, True]
   assert sorted(os.listdir(tmp_path / "sub")) == ["a.txt", "b.bin"]
+
+
+def test_a_write_into_new_folders_syncs_each_folder_s_entry_in_its_parent(tmp_path, monkeypatch):
+  # fsync(2): syncing a file does not put its entry in its folder on disk; that takes a sync of the folder. So does a
+  # folder's own entry in its parent: only the file's folder was synced, and a folder atomic_open created for the file
+  # could vanish with it at a power loss after the write reported success.
+  synced = []
+  real_fsync = os.fsync
+  def fsync(fd):
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+      synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return real_fsync(fd)
+  monkeypatch.setattr(os, "fsync", fsync)
+  base = os.path.realpath(tmp_path)
+  files.atomic_write(tmp_path / "a" / "b" / "c.txt", "new")
+  assert sorted(synced) == sorted([base, f"{base}/a", f"{base}/a/b"])
+  synced.clear()
+  files.atomic_write(tmp_path / "a" / "b" / "d.txt", "new")  # the folders are there: only the rename's is synced
+  assert synced == [f"{base}/a/b"]
+  with pytest.raises(FileExistsError):  # a file where the folder should be fails as before
+    files.atomic_write(tmp_path / "a" / "b" / "c.txt" / "e.txt", "new")
+  assert (tmp_path / "a" / "b" / "c.txt").read_text() == "new"
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
