@@ -100,7 +100,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
   created_in = _make_folders(folder)
   with _WRITING_LOCK:
     _remove_stale_temporaries(path, folder)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_host_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=folder)
+    try:
+      fd, tmp = tempfile.mkstemp(prefix=f"{_host_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=folder)
+    except OSError as e:  # a read-only folder: the error named the temporary's random name, a file no one asked for
+      e.filename = path
+      raise
     _WRITING.add(tmp)
   try:
     with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:

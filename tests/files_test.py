@@ -6,6 +6,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -115,6 +116,30 @@ def test_a_full_disk_names_the_file_it_was_writing(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.startswith(f"{errno.EFBIG} ") and str(target) in proc.stdout, proc.stdout
   assert os.listdir(tmp_path) == []  # no temporary left, no target
+
+
+def test_a_read_only_folder_names_the_file_not_its_temporary(tmp_path):
+  # The temporary's creation failed first, and its error named that random name ("out.jsonl.host.12.k3j_x9.tmp"), a
+  # file the user never asked for and will not find. Root writes anywhere: the writer drops to uid 65534 then (in a
+  # folder of /tmp, which that uid can reach; pytest's tmp_path is root's alone).
+  folder = tempfile.mkdtemp()
+  try:
+    os.chmod(folder, 0o555)
+    target = os.path.join(folder, "out.jsonl")
+    code = ("import os, sys\n"
+            "from rstar_jax import files\n"
+            "if os.geteuid() == 0:\n"
+            "  os.setgid(65534); os.setuid(65534)\n"
+            "try:\n"
+            "  files.atomic_write(sys.argv[1], 'new')\n"
+            "except OSError as e:\n"
+            "  print(e.errno, e.filename)\n")
+    proc = subprocess.run([sys.executable, "-c", code, target], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == f"{errno.EACCES} {target}\n"
+    assert os.listdir(folder) == []
+  finally:
+    os.rmdir(folder)
 
 
 def _writer(target, then: str) -> subprocess.Popen:
