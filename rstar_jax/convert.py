@@ -156,6 +156,9 @@ def _input_problem(args) -> str | None:
       out = os.path.dirname(out)
     if not os.path.isdir(out):
       return f"--out {args.out}: {'is' if out == os.path.abspath(args.out) else out + ' is'} a file, not a folder"
+    # A read-only one failed after the model had loaded (minutes for a 7B), by a traceback from inside orbax (import).
+    if not os.access(out, os.W_OK | os.X_OK):
+      return f"--out {args.out}: {'' if out == os.path.abspath(args.out) else out + ' '}not writable"
     # Both write a config.json: over the input's own, it would lose fields the other format needs (the HF
     # config's eos_token_id and generation fields on import; the rstar_jax_* layout keys load_model reads on export).
     if os.path.realpath(args.out) == os.path.realpath(path):

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -121,6 +122,38 @@ def test_input_mistakes_end_with_a_usage_error_naming_the_path(hf_qwen2_factory,
     assert exit_info.value.code == 2, args
     assert message in capsys.readouterr().err, args
   assert not (tmp_path / "o").exists()
+
+
+def test_a_read_only_out_is_a_usage_error_before_the_model_loads(hf_qwen2_factory):
+  # Import into a read-only folder failed once the model had loaded, by a traceback from inside orbax ("Permission
+  # denied: '.../params.orbax-checkpoint-tmp'"). Root writes anywhere: the command then runs as uid 65534, in a folder
+  # of /tmp that uid can reach (pytest's tmp_path is root's alone), its modules imported before it drops root.
+  hf_dir, _ = hf_qwen2_factory()
+  folder = tempfile.mkdtemp()
+  try:
+    shutil.copytree(hf_dir, os.path.join(folder, "hf"))
+    for name in os.listdir(os.path.join(folder, "hf")):
+      os.chmod(os.path.join(folder, "hf", name), 0o644)
+    os.chmod(os.path.join(folder, "hf"), 0o755)
+    os.chmod(folder, 0o755)
+    read_only = os.path.join(folder, "read_only")
+    os.mkdir(read_only, 0o555)
+    os.chmod(read_only, 0o555)
+    code = ("import os, sys\n"
+            "from rstar_jax import convert\n"
+            "from rstar_jax.models import config, convert as models_convert\n"
+            "if os.geteuid() == 0:\n"
+            "  os.setgid(65534); os.setuid(65534)\n"
+            "convert.main(sys.argv[1:])\n")
+    for out, message in [(read_only, f"--out {read_only}: not writable"),
+                         (os.path.join(read_only, "ckpt"), f"--out {read_only}/ckpt: {read_only} not writable")]:
+      proc = subprocess.run([sys.executable, "-c", code, "import", "--hf-dir", os.path.join(folder, "hf"), "--out",
+                             out], cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+                            capture_output=True, text=True, timeout=300)
+      assert proc.returncode == 2 and proc.stderr.strip().endswith(message), proc.stderr[-3000:]
+    assert os.listdir(read_only) == []
+  finally:
+    shutil.rmtree(folder)
 
 
 def test_eos_ids_only_in_config_json_survive_import_and_export(hf_qwen2_factory, tmp_path):
