@@ -116,10 +116,18 @@ def _checked_checkpoint(checkpoint: Any, name: str) -> None:
 def _export_dir(export_dir: PathLike | None, workdir: str, initial_checkpoint: PathLike) -> str:
   """Where the trained model goes (default `<workdir>/export`); never the folder training starts from: the export
   removes that folder's weight files and writes its own, so the base model every round starts from (or the SFT policy
-  a PPM starts from) was replaced, found only after the whole run."""
+  a PPM starts from) was replaced, found only after the whole run. Nor a folder that cannot be written (a file, or
+  under one; read-only): that too failed only once the whole run had trained."""
   out = os.fspath(export_dir or os.path.join(workdir, "export"))
   if os.path.realpath(out) == os.path.realpath(initial_checkpoint):
     raise ValueError(f"export_dir {out} is the checkpoint training starts from: export to another folder")
+  existing = os.path.abspath(out)
+  while not os.path.exists(existing):  # the folder the export would create its folders in
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"export_dir {out}: {existing} is a file, not a folder")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f"export_dir {out}: {existing} is not writable")
   return out
 
 

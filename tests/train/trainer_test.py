@@ -225,6 +225,24 @@ def test_an_export_over_the_starting_checkpoint_is_refused_before_training(base,
 
 
 @pytest.mark.parametrize("train", [trainer.train_policy, trainer.train_ppm])
+@pytest.mark.parametrize("where", ["a_file", "a_file/export"])
+def test_an_export_dir_that_is_or_is_under_a_file_is_refused_before_training(base, tmp_path, train, where):
+  # The export failed with NotADirectoryError / FileExistsError only once the whole run had trained.
+  (tmp_path / "a_file").write_text("the user's")
+  data = (testlib.write_json(tmp_path / "sft.json", base[1][:4]) if train is trainer.train_policy
+          else tmp_path / "pairs.json")
+  if train is trainer.train_ppm:
+    formats.write_ppm_pairs(data, _pairs(4, 0))
+  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
+                                 mesh=(1, 1, 1), max_steps=1, progress=False)
+  with pytest.raises(ValueError, match=rf"export_dir {tmp_path / where}: {tmp_path / 'a_file'} is a file, not a "
+                                       "folder"):
+    train(base[0], data, tmp_path / "work", config=config, export_dir=tmp_path / where)
+  assert (tmp_path / "a_file").read_text() == "the user's"
+  assert not os.path.exists(tmp_path / "work")
+
+
+@pytest.mark.parametrize("train", [trainer.train_policy, trainer.train_ppm])
 def test_training_holds_one_copy_of_the_weights_beside_the_two_adam_moments(base, tmp_path, train):
   # The initial model's parameters stayed alive for the whole run (create_state copied them into the state while the
   # trainer's caller frame kept the model): 4 weight-sized arrays per parameter on the devices instead of 3 (the
