@@ -198,8 +198,16 @@ class FolderLock:
       logging.getLogger(__name__).warning("%s: cannot lock (%s); nothing stops a second %s in this folder", self.path,
                                           e.strerror, self.what)
       return
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{self.what} pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"{self.what} pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    except BaseException as e:
+      # A full disk: the descriptor, no one's to close, held the lock for the rest of the process, and every later
+      # run in it (a retry once space was freed) was refused as "another search is writing here".
+      os.close(fd)
+      if isinstance(e, OSError) and e.filename is None:  # a failed write names no file
+        e.filename = self.path
+      raise
     self._fd = fd
 
   def release(self) -> None:

@@ -193,6 +193,32 @@ def test_a_killed_writer_s_temporary_is_removed_when_this_process_has_its_pid(tm
   assert os.listdir(tmp_path) == ["model.safetensors"]
 
 
+def test_a_folder_lock_whose_record_cannot_be_written_is_not_left_held(tmp_path):
+  # Past RLIMIT_FSIZE 0 (SIGXFSZ ignored) writing the holder's record fails with EFBIG, as on a full disk. The
+  # descriptor holding the flock was never closed: a retry in the same process (once space was freed) was refused as
+  # "another search is writing here", and the error named no file.
+  code = ("import resource, signal, sys\n"
+          "from rstar_jax import files\n"
+          "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+          "hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]\n"
+          "resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))\n"
+          "try:\n"
+          "  files.FolderLock(sys.argv[1], 'trees.lock', 'search').acquire()\n"
+          "  first = 'acquired'\n"
+          "except OSError as e:\n"
+          "  first = f'{e.errno} {e.filename}'\n"
+          "resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # stdout may be a file too\n"
+          "print(first)\n"
+          "with files.FolderLock(sys.argv[1], 'trees.lock', 'search'):\n"
+          "  print(open(sys.argv[1] + '/trees.lock').read().split(' on ')[0])\n")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60,
+                        cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  pid = proc.stdout.splitlines()[-1].rsplit(" ", 1)[-1]  # the retry took the lock and recorded its holder
+  assert proc.stdout == f"{errno.EFBIG} {tmp_path / 'trees.lock'}\nsearch pid {pid}\n" and pid.isdigit()
+  assert files.lock_holder(tmp_path / "trees.lock") is None
+
+
 HOLD_LOCK = """
 import sys
 from rstar_jax import files
