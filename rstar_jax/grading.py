@@ -522,14 +522,36 @@ def _die_with_host() -> None:
     os._exit(1)
 
 
+# Comparisons a worker runs before it says it is ready, one of each kind whose first run imports more of sympy (or
+# numpy and scipy): "1" against "1" alone left those imports to the first real comparison of each kind, inside its
+# deadline: an equation (sympy.combinatorics and sympy.tensor: 2.5 s on a busy 2-core machine), a polynomial
+# identity (sympy.physics.units), an interval, a trigonometric identity, a sum evaluated numerically (lambdify:
+# numpy and scipy, 2.9 s). A right answer could then time out against the 5 s default, and did so only as the first
+# of its kind after a worker (re)start, which depends on the grading history, so a search did not replay.
+_WARM_UP_PAIRS = (
+    ("1", "1"),
+    ("y=\\frac{c_{2}}{x^{2}}+c_{1}x^{3}", "y=c_{1}x^{3}+\\frac{c_{2}}{x^{2}}"),
+    ("x^2+2x+1", "(x+1)^2"),
+    ("(0,\\infty)", "(0,\\infty)"),
+    ("\\sin^2 x+\\cos^2 x", "1"),
+    ("\\sum_{n=0}^{\\infty}\\frac{x^{n}}{2^n},R=1", "x<1,R=1"),
+)
+
+
+def _warm_up() -> None:
+  """Imports sympy / math-verify and what their checks import lazily (`_WARM_UP_PAIRS`), in this process."""
+  for pred, gold in _WARM_UP_PAIRS:
+    try:
+      math_verify_equal(pred, gold)
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
 def _worker_main() -> None:
   """Worker loop over stdin/stdout: a JSON `[pred, gold]` line in, "1"/"0" out; EOF ends it."""
   _die_with_host()
   logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" warnings
-  try:
-    math_verify_equal("1", "1")  # import sympy / math-verify and warm their caches up front
-  except Exception:  # pylint: disable=broad-except
-    pass
+  _warm_up()
   sys.stdout.write(_READY + "\n")  # the parent's comparison deadlines start after this line
   sys.stdout.flush()
   for line in sys.stdin:

@@ -266,6 +266,38 @@ def test_hanging_comparison_is_cut_off_and_the_grader_recovers():
     assert g.equivalent("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}")  # a fresh worker took over
 
 
+@pytest.mark.slow  # 9 s of CPU; 30 s on the shared 2-core machine
+def test_a_workers_warm_up_leaves_no_import_to_a_comparisons_deadline(shared_data):
+  # Each first comparison of a kind (an equation, a polynomial identity, a sum evaluated numerically) imported more
+  # of sympy, numpy and scipy (seconds) inside its deadline, and only when it was the first since the worker's
+  # (re)start: a right answer could time out depending on the grading history. After `_warm_up`, as a worker runs it
+  # before it says it is ready, real answers of those kinds must import nothing (`sys.modules` is the reference).
+  college = {d["index"]: str(d["answer"]) for d in
+             json.loads((shared_data / "benchmarks" / "collegemath_test.json").read_text())}
+  assert college[2668] == "y=c_{1}x^{3}+\\frac{c_{2}}{x^{2}}"
+  sums = [a for a in college.values() if a.startswith("\\sum_{n=0}^{\\infty}\\frac{(n+1)(n+2)}{2}x^{n}")]
+  assert sums
+  pairs = [("y=\\frac{c_{2}}{x^{2}}+c_{1}x^{3}", college[2668], True),  # the same solution, its terms swapped
+           ("y=c_{1}x^{3}+\\frac{c_{2}}{x^{3}}", college[2668], False),
+           ("c_{1}x^{2}+\\frac{c_{2}}{x^{2}}+2x+1=y", college[2554], True),
+           ("(x+2)^2", "x^2+4x+4", True),
+           ("(0,\\infty)\\cup(-\\infty,-3]", "(-\\infty,-3]\\cup(0,\\infty)", True),
+           ("\\cos^2 x", "1-\\sin^2 x", True),
+           ("x<1,R=1", sums[0], False)]
+  code = ("import json, sys\n"
+          "from rstar_jax import grading\n"
+          "grading._warm_up()\n"
+          "before = set(sys.modules)\n"
+          f"verdicts = [grading.math_verify_equal(p, g) for p, g, _ in {pairs!r}]\n"
+          "print(json.dumps([verdicts, sorted(set(sys.modules) - before)]))\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(grading.__file__).parents[1]),
+                                                     os.environ.get("PYTHONPATH", "")]))
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600, check=True)
+  verdicts, imported = json.loads(out.stdout.strip().splitlines()[-1])
+  assert verdicts == [want for _, _, want in pairs]
+  assert imported == []
+
+
 def test_thread_safe(grader):
   pairs = [("\\frac{1}{2}", "0.5"), ("\\sqrt{8}", "2\\sqrt{2}"), ("7", "8"), ("x=2", "2")] * 8
   want = [True, True, False, True] * 8
