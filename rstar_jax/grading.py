@@ -628,6 +628,10 @@ class _Worker:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     env[_HOST_PID_ENV] = str(os.getpid())
+    # sympy's hashes, and so its set and dict orders inside simplify and solve, follow the str hash seed: a host
+    # without PYTHONHASHSEED gave each worker a random one, so a comparison's path and time (against the deadline)
+    # could differ between runs and between a worker and its replacement. Fixed, as the sandbox's workers have it.
+    env["PYTHONHASHSEED"] = "0"
     self._proc = _Spawner.popen(
         [sys.executable, "-c", "from rstar_jax.grading import _worker_main; _worker_main()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, bufsize=0)

@@ -298,6 +298,17 @@ def test_a_workers_warm_up_leaves_no_import_to_a_comparisons_deadline(shared_dat
   assert imported == []
 
 
+def test_workers_get_a_fixed_str_hash_seed(monkeypatch):
+  # The worker's environment as the kernel holds it (`/proc/<pid>/environ`) is the reference, whatever the host's.
+  monkeypatch.setenv("PYTHONHASHSEED", "random")
+  with Grader(num_workers=1) as g:
+    worker = g._workers[0]  # pylint: disable=protected-access
+    worker._start()  # pylint: disable=protected-access
+    pid = worker._proc.pid  # pylint: disable=protected-access
+    environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+  assert b"PYTHONHASHSEED=0" in environ
+
+
 def test_thread_safe(grader):
   pairs = [("\\frac{1}{2}", "0.5"), ("\\sqrt{8}", "2\\sqrt{2}"), ("7", "8"), ("x=2", "2")] * 8
   want = [True, True, False, True] * 8
