@@ -715,7 +715,11 @@ class Grader:
 
   Args:
     num_workers: math-verify worker processes (comparisons run in parallel up to this many).
-    timeout_s: deadline of one math-verify comparison; an overrun counts as "not equal".
+    timeout_s: deadline of one math-verify comparison; an overrun counts as "not equal". The one verdict that
+      depends on the machine: a pair math-verify calls equal only after more than `timeout_s` (an equation it
+      solves for several symbols: seconds on a busy 2-core machine) reads "not equal" on a slower or busier one.
+      To replay a search's Q values elsewhere, grade with a generous `timeout_s` on both (a pair that never ends,
+      `10^{10^{10}}`, still costs only that deadline, once per distinct pair: verdicts are cached).
     startup_timeout_s: how long a fresh worker may take to import math-verify and get ready (before the
       deadline of its first comparison starts); a worker that does not get ready counts as an overrun.
     cache_size: verdicts kept for repeated (pred, gold) pairs, least recently used dropped first (a round grades
