@@ -90,6 +90,10 @@ class _Row:
 class Engine:
   """Batched generation and scoring with a Qwen2 policy (or a PPM for `values`).
 
+  Threads may share an engine: each call keeps its own state, so calls made at once from several threads return
+  what each would alone. `stats` (prefill / decode seconds, steps, each batch's shapes) describes the last call to
+  finish.
+
   Example:
     engine = Engine(load_qwen2(dir, scan_layers=False), tokenizer=load_tokenizer(dir))
     results = engine.generate([Request(ids, n=8, seed=3)], Sampling(0.7, top_p=0.95), max_new_tokens=256,
@@ -192,11 +196,12 @@ class Engine:
     cache = self._k.shared(self._params, *self._level_args(plan.shared), cache_len=cache_len)
     return cache, self._k.put(plan.row_group)
 
-  def _record(self, plan: PrefillPlan, cache_len: int) -> None:
-    """Notes a batch's shapes in `self.stats["batches"]` (for tests, benchmarks and tuning buckets)."""
-    self.stats["batches"].append(dict(rows=plan.rows.shape[0], num_rows=plan.num_rows, cost=plan.cost,
-                                      shared=None if plan.shared is None else plan.shared.shape,
-                                      row_level=plan.rows.shape, cache_len=cache_len))
+  @staticmethod
+  def _record(stats: dict[str, Any], plan: PrefillPlan, cache_len: int) -> None:
+    """Notes a batch's shapes in the call's `stats["batches"]` (for tests, benchmarks and tuning buckets)."""
+    stats["batches"].append(dict(rows=plan.rows.shape[0], num_rows=plan.num_rows, cost=plan.cost,
+                                 shared=None if plan.shared is None else plan.shared.shape,
+                                 row_level=plan.rows.shape, cache_len=cache_len))
 
   def _row_chunks(self, order: Sequence[int]) -> list[list[int]]:
     order = list(order)
@@ -232,13 +237,14 @@ class Engine:
     self._follow_tokenizer_length()
     requests = _request_list(requests)
     rows, keys, results = self._rows(requests, max_new_tokens, max_context)
-    self.stats = dict(prefill_s=0.0, decode_s=0.0, steps=0, batches=[])
+    stats = dict(prefill_s=0.0, decode_s=0.0, steps=0, batches=[])
     for chunk in self._row_chunks(token_order([row.prompt for row in rows])):
       outs = self._generate_batch([rows[i] for i in chunk], keys[chunk], sampler, max_new_tokens, stop, eos_ids,
-                                  progress)
+                                  progress, stats)
       for i, out in zip(chunk, outs):
         row = rows[i]
         results[row.request][row.sample - requests[row.request].first_sample] = out
+    self.stats = stats
     return results  # type: ignore[return-value]
 
   def precompile(self, requests: Sequence[Request], sampler: SamplingMethod = Greedy(), *, max_new_tokens: int,
@@ -330,7 +336,8 @@ class Engine:
     return plan, args, statics
 
   def _generate_batch(self, rows: list[_Row], keys: np.ndarray, sampler: SamplingMethod, max_new: int,
-                      stop: tuple[str, ...], eos_ids: tuple[int, ...], progress: bool) -> list[Result]:
+                      stop: tuple[str, ...], eos_ids: tuple[int, ...], progress: bool, stats: dict[str, Any]
+                      ) -> list[Result]:
     t0 = time.perf_counter()
     plan, args, statics = self._batch_inputs(rows, keys, sampler, max_new, eos_ids)
     batch, num = plan.rows.shape[0], len(rows)
@@ -369,10 +376,10 @@ class Engine:
       bar.close()
       tokens, logprobs, num_tokens = sharding_lib.host_value((state.tokens, state.logprobs, state.num_tokens))
     t2 = time.perf_counter()
-    self.stats["prefill_s"] += t1 - t0
-    self.stats["decode_s"] += t2 - t1
-    self.stats["steps"] += int(step)
-    self._record(plan, cache_len)
+    stats["prefill_s"] += t1 - t0
+    stats["decode_s"] += t2 - t1
+    stats["steps"] += int(step)
+    self._record(stats, plan, cache_len)
     return [self._finish(rows[i], tokens[i, :num_tokens[i]], logprobs[i, :num_tokens[i]], stop, eos_ids)
             for i in range(num)]
 
@@ -431,15 +438,16 @@ class Engine:
     if not arrays:
       return out
     order = token_order(arrays)
-    self.stats = dict(batches=[])
+    stats = dict(batches=[])
     for chunk in self._row_chunks(order):
       plan = self._plan([arrays[i] for i in chunk])
-      self._record(plan, plan.prompt_slots)
+      self._record(stats, plan, plan.prompt_slots)
       with self._k.context():
         cache, row_group = self._shared_cache(plan, plan.prompt_slots)
         values = self._k.values(self._params, cache, row_group, *self._level_args(plan.rows),
                                 cache_len=plan.prompt_slots)
       out[chunk] = np.asarray(sharding_lib.host_value(values))[:len(chunk)]
+    self.stats = stats
     return out
 
   def loglikelihood(self, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
@@ -465,10 +473,10 @@ class Engine:
     full = [np.concatenate([a, b]) for a, b in zip(ctx, cont)]
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(full)
     order = token_order(full)
-    self.stats = dict(batches=[])
+    stats = dict(batches=[])
     for chunk in self._row_chunks(order):
       plan = self._plan([full[i] for i in chunk], max_prefix=[len(ctx[i]) - 1 for i in chunk])
-      self._record(plan, plan.prompt_slots)
+      self._record(stats, plan, plan.prompt_slots)
       with self._k.context():
         cache, row_group = self._shared_cache(plan, plan.prompt_slots)
         logp = self._k.logprobs(self._params, cache, row_group, *self._level_args(plan.rows),
@@ -481,6 +489,7 @@ class Engine:
         length = len(full[i])
         cols = width - (length - np.arange(len(ctx[i]), length)) - 1
         out[i] = logp[k, cols].astype(np.float32)
+    self.stats = stats
     return out
 
   def _token_arrays(self, sequences: Sequence[Sequence[int]], what: str) -> list[np.ndarray]:

@@ -1,5 +1,6 @@
 """`EnginePolicy` / `PPMScorer` (the search's Policy / Scorer) and the command line, on text prompts."""
 
+import concurrent.futures
 import json
 import re
 import shutil
@@ -116,6 +117,32 @@ def test_ppm_scorer_values_with_transform():
   assert values.dtype == np.float32
   np.testing.assert_allclose(values, np.tanh(hf_values(tok.encode_batch(TEXTS)) / 5), atol=1e-4)
 
+
+
+def test_threads_sharing_a_policy_a_scorer_and_their_engines_get_what_each_call_gets_alone():
+  """A server or a thread pool driving several searches shares these objects. Each engine call kept its bookkeeping
+  in the engine (`stats`, reset at the start of every call): a `loglikelihood` started while a `generate` ran left
+  it a dict without its counters, and the generate failed with KeyError 'prefill_s' once its tokens were done."""
+  tok = tiny_tokenizer()
+  engine = Engine(load_tiny(), tokenizer=tok, buckets=TEST_BUCKETS)  # the programs of the tests above
+  policy = EnginePolicy(engine, temperature=0.7, top_k=30, top_p=0.85, max_new_tokens=16)
+  scorer = PPMScorer(Engine(convert.load_ppm(tiny_ppm_dir()[0]), tokenizer=tok, buckets=TEST_BUCKETS))
+  stop = ["<end_of_step>", "<end_of_code>", "e"]
+  calls = []
+  for i in range(6):  # one shape per kind (compiled once), other seeds and texts
+    calls.append(lambda i=i: policy.generate(TEXTS, n=3, seeds=[i, i + 10, i + 20], stop=stop))
+    calls.append(lambda i=i: scorer.score(TEXTS[i % 3:] + TEXTS[:i % 3]).tolist())
+    calls.append(lambda i=i: [x.tolist() for x in engine.loglikelihood([tok.encode(TEXTS[0])], [[i + 1, 7]])])
+  serial = [call() for call in calls]
+  # The scorer's serial values are the transformers PPM's (the independent reference for one of the three kinds).
+  np.testing.assert_allclose(serial[1], np.tanh(hf_values(tok.encode_batch(TEXTS)) / 5), atol=1e-4)
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    futures = [pool.submit(call) for call in calls]
+    assert [f.result(timeout=120) for f in futures] == serial
+  # The stats are one call's own: a generate's are whole, each batch of one call's shape.
+  policy.generate(TEXTS, n=3, seeds=[1, 2, 3], stop=stop)
+  assert {"prefill_s", "decode_s", "steps"} <= set(engine.stats)
+  assert sum(b["num_rows"] for b in engine.stats["batches"]) == 9
 
 def test_ppm_scorer_keeps_a_bfloat16_checkpoints_value_head_in_float32(tmp_path):
   # The official rm_engine loads value_head.bin into a float32 ValueHead whatever the backbone dtype: a bf16 PPM
