@@ -623,8 +623,11 @@ class _Worker:
     self._proc: subprocess.Popen | None = None
     self._buffer = b""
     self._ready = False
+    self.closed = False  # set by `Grader.close`: no process is started any more
 
   def _start(self) -> None:
+    if self.closed:
+      raise RuntimeError("Grader is closed")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     env[_HOST_PID_ENV] = str(os.getpid())
@@ -637,6 +640,8 @@ class _Worker:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, bufsize=0)
     self._buffer = b""
     self._ready = False
+    if self.closed:  # `Grader.close` ran meanwhile and may have looked for a process before this one was there
+      self._proc.kill()
 
   @property
   def alive(self) -> bool:
@@ -683,8 +688,18 @@ class _Worker:
       self.kill()
       raise
     self.kill()
-    self._start()  # the replacement imports while the caller goes on
+    if not self.closed:
+      self._start()  # the replacement imports while the caller goes on
     return None
+
+  def interrupt(self) -> None:
+    """SIGKILLs the process from another thread (only sends a signal): the thread in `call` reads EOF and reaps it."""
+    proc = self._proc
+    if proc is not None:
+      try:
+        proc.kill()
+      except OSError:
+        pass
 
   def kill(self) -> None:
     if self._proc is not None:
@@ -760,13 +775,33 @@ class Grader:
     self.close()
 
   def close(self) -> None:
-    """Stops the worker processes (idempotent)."""
-    if self._closed:
-      return
-    self._closed = True
-    self._pool.shutdown(wait=True)
+    """Stops the worker processes (idempotent). Comparisons running in other threads meanwhile raise RuntimeError.
+
+    A worker in use belongs to its caller's thread until it comes back: closing its pipes under that thread (the
+    reading end of a comparison) made the thread start a replacement process, which outlived the grader.
+    """
+    with self._lock:  # two threads closing at once: one does it
+      if self._closed:
+        return
+      self._closed = True
     for w in self._workers:
+      w.closed = True
+    idle = []
+    while True:
+      try:
+        idle.append(self._idle.get_nowait())
+      except queue.Empty:
+        break
+    for w in idle:
       w.close()
+    for w in self._workers:
+      if w not in idle:
+        w.interrupt()  # its comparison ends at once; its thread reaps the process and gives the worker back
+    for _ in range(len(self._workers) - len(idle)):
+      self._idle.get().close()
+    for w in self._workers:  # a caller that got past the closed check finds a worker, which refuses to start
+      self._idle.put(w)
+    self._pool.shutdown(wait=True)
 
   def _math_verify(self, pred: str, gold: str) -> bool:
     worker = self._idle.get()
@@ -774,6 +809,8 @@ class Grader:
       result = worker.call(pred, gold, self.timeout_s, self.startup_timeout_s)
     finally:
       self._idle.put(worker)
+    if result is None and self._closed:  # `close` ended the comparison: no verdict, and no timeout either
+      raise RuntimeError("Grader is closed")
     if result is None:
       with self._lock:
         self.num_timeouts += 1

@@ -567,6 +567,53 @@ def test_a_worker_started_from_a_thread_that_ended_keeps_serving():
     assert g._workers[0]._proc.pid == pid and g.num_timeouts == 0  # pylint: disable=protected-access
 
 
+
+def _math_verify_children() -> list[int]:
+  """Pids of this process's live math-verify workers (children running `_worker_main`)."""
+  pids = []
+  for entry in os.listdir("/proc"):
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        stat = f.read()
+      with open(f"/proc/{entry}/cmdline", "rb") as f:
+        cmdline = f.read()
+    except OSError:  # not a process, or gone meanwhile
+      continue
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name (which may hold spaces): state, ppid, ...
+    if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"_worker_main" in cmdline:
+      pids.append(int(entry))
+  return pids
+
+
+def test_close_while_other_threads_compare_stops_every_worker_and_fails_their_comparisons():
+  # A server shutting its grader down while request threads compared: `close` closed the pipes of the workers in
+  # use under their threads, which then read a timeout ("not equal") and started a replacement process each, left
+  # running after `close` returned, for the rest of the host's life.
+  others = set(_math_verify_children())  # other graders' (the module's fixture)
+  g = Grader(num_workers=2, timeout_s=120.0, startup_timeout_s=120.0)
+  assert g.equivalent_batch([("x^2+2x+1", "(x+1)^2"), ("2x", "x+x")]) == [True, True]
+  outcomes = []
+
+  def compare(pred):
+    try:
+      outcomes.append(g.equivalent(pred, "5"))  # sympy evaluates 10^(10^10) exactly: never returns
+    except RuntimeError as e:
+      outcomes.append(str(e))
+
+  threads = [threading.Thread(target=compare, args=(p,)) for p in ("10^{10^{10}}", "10^{10^{11}}")]
+  for t in threads:
+    t.start()
+  while not g._idle.empty():  # pylint: disable=protected-access  # both workers taken
+    time.sleep(0.01)
+  g.close()
+  for t in threads:
+    t.join(timeout=60)
+    assert not t.is_alive()
+  assert outcomes == ["Grader is closed"] * 2 and g.num_timeouts == 0
+  assert set(_math_verify_children()) <= others
+  with pytest.raises(RuntimeError, match="Grader is closed"):
+    g.equivalent("x^2", "x^3")
+
 def test_an_interrupted_comparison_s_answer_does_not_reach_the_next_one(monkeypatch):
   # Ctrl-C (a notebook's interrupt) while a comparison waited for its answer put the worker back with that answer
   # still to come: the next comparison read it as its own, here True for x^2 vs x^3.
