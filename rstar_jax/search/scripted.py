@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import threading
 from typing import Callable, Sequence
 
 import numpy as np
@@ -68,8 +69,17 @@ class FakeResult:
   observation: str
 
 
+# `sys.stdout` is one for the whole process: executors capturing prints in several threads at once took each other's
+# output, and restored stdout out of order (one thread's exit put back the other thread's buffer), which swallowed
+# every later print of the process. Snippets run one at a time.
+_STDOUT_LOCK = threading.Lock()
+
+
 class InProcessExecutor:
-  """Runs trusted snippets with `exec`: observation = printed text, or "{Type}: {message}"."""
+  """Runs trusted snippets with `exec`: observation = printed text, or "{Type}: {message}".
+
+  Threads may share one (snippets of all executors run one at a time, as they capture the process's stdout).
+  """
 
   def __init__(self):
     self.programs: list[str] = []
@@ -80,7 +90,7 @@ class InProcessExecutor:
       self.programs.append(program)
       buf = io.StringIO()
       try:
-        with contextlib.redirect_stdout(buf):
+        with _STDOUT_LOCK, contextlib.redirect_stdout(buf):
           exec(compile(program, "<snippet>", "exec"), {"__name__": "__snippet__"})  # pylint: disable=exec-used
         out.append(FakeResult(buf.getvalue()))
       except Exception as e:  # pylint: disable=broad-except

@@ -1,8 +1,10 @@
 """The host driver: replay determinism, batch independence, shards, the progress bar's bookkeeping,
 interface checks and step-level beam search (scripted, seed-driven policies; in-process executor)."""
 
+import concurrent.futures
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -658,3 +660,20 @@ def test_search_and_extraction_replay_under_other_hash_seeds():
   assert any(0 < len(n["children"]) < 4 for n in nodes)
   assert {n["correct"] for n in nodes if n["terminal_reason"] == "answer"} == {True, False}
   assert out["sft"] and out["pairs"] and out["beam"]
+
+
+def test_an_in_process_executor_shared_by_threads_gives_each_program_its_own_prints():
+  # Searches run in threads over one executor: each `redirect_stdout` swapped the process's one `sys.stdout`, so a
+  # snippet's prints landed in another thread's result, and the swaps undone out of order left `sys.stdout` on a
+  # dead buffer (every later print of the process lost).
+  executor = InProcessExecutor()
+  stdout = sys.stdout
+
+  def run(t):
+    programs = [f"import time\nfor k in range(3):\n    print({t}, {j}, k)\n    time.sleep(0.001)" for j in range(4)]
+    return [r.observation for r in executor.run(programs)]
+
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    got = [f.result(timeout=60) for f in [pool.submit(run, t) for t in range(16)]]
+  assert got == [["".join(f"{t} {j} {k}\n" for k in range(3)) for j in range(4)] for t in range(16)]
+  assert sys.stdout is stdout
