@@ -248,6 +248,9 @@ class _WorkerProcess:
 class SandboxPool:
   """A pool of jailed, pre-warmed Python workers (design: `sandbox._worker`; levels: `sandbox.isolation`).
 
+  Threads may share a pool: `run` and `submit` from several threads at once share the workers, and each caller gets
+  the results of its own programs.
+
   Attributes:
     isolation_level: "bwrap", "unshare" or "rlimits-only" (what is active; see `sandbox.isolation`).
     isolation_details: the level, why stronger levels were skipped, whether the seccomp filter is active, the

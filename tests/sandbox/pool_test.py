@@ -536,3 +536,31 @@ def test_limits_at_their_largest_run():
                  nproc=hard(resource.RLIMIT_NPROC, 2**40))
   with SandboxPool(num_workers=1, **largest) as big:
     assert big.run(["print(6 * 7)"])[0].observation == "42\n"
+
+
+def test_run_from_eight_threads_at_once_gives_each_caller_its_own_results():
+  """A server or a thread pool of searches shares one pool: every caller gets the results of its own programs, in
+  its order, the same as when the calls are made one after another, while programs of other callers time out or
+  end their executor around them."""
+  def programs(t):
+    out = []
+    for j in range(6):
+      if j == 2 and t % 3 == 0:  # a timeout: its executor is replaced while other callers' programs wait
+        out.append("import time\ntime.sleep(30)")
+      elif j == 4:
+        out.append(f"import os\nprint({t})\nos._exit(3)")  # ends its executor
+      else:
+        out.append(f"print({t} * 100 + {j})")
+    return out
+
+  with SandboxPool(num_workers=3, timeout_s=1.0, **LIGHT) as p:
+    serial = [[r.observation for r in p.run(programs(t))] for t in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as callers:
+      futures = [callers.submit(p.run, programs(t)) for t in range(8)]
+      together = [[r.observation for r in f.result(timeout=120)] for f in futures]
+  assert together == serial
+  for t, observations in enumerate(serial):  # the prints are the callers' own (computed here)
+    for j, observation in enumerate(observations):
+      if j != 4 and not (j == 2 and t % 3 == 0):
+        assert observation == f"{t * 100 + j}\n"
+    assert serial[t][2].startswith("TimeoutError") == (t % 3 == 0)
