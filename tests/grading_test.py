@@ -5,6 +5,7 @@ import os
 import pathlib
 import random
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -613,6 +614,26 @@ def test_close_while_other_threads_compare_stops_every_worker_and_fails_their_co
   assert set(_math_verify_children()) <= others
   with pytest.raises(RuntimeError, match="Grader is closed"):
     g.equivalent("x^2", "x^3")
+
+
+def test_a_host_holding_more_than_1024_files_still_gets_math_verify_verdicts():
+  # A server holding over a thousand sockets or files gave the grader's worker pipes fds from 1024 on, which
+  # `select` refuses (ValueError): every comparison reaching math-verify was read as a timeout, "not equal".
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  if soft < 2048:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+  held = []
+  try:
+    while not held or held[-1] < 1100:  # every fd below 1100 taken: the worker's pipes get higher ones
+      held.append(os.open(os.devnull, os.O_RDONLY))
+    with Grader(num_workers=1, timeout_s=60.0, startup_timeout_s=120.0) as g:
+      assert g.equivalent("(x+1)^2", "x^2+2x+1") and not g.equivalent("(x+1)^2", "x^2+1")
+      assert g._workers[0]._proc.stdout.fileno() >= 1024  # pylint: disable=protected-access
+      assert g.num_timeouts == 0
+  finally:
+    for fd in held:
+      os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 def test_an_interrupted_comparison_s_answer_does_not_reach_the_next_one(monkeypatch):
   # Ctrl-C (a notebook's interrupt) while a comparison waited for its answer put the worker back with that answer
