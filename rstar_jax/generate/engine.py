@@ -92,7 +92,8 @@ class Engine:
 
   Threads may share an engine: each call keeps its own state, so calls made at once from several threads return
   what each would alone. `stats` (prefill / decode seconds, steps, each batch's shapes) describes the last call to
-  finish.
+  finish. Not so on a mesh that spans several processes: each process must make the same calls in the same order
+  (module docstring), an order that threads racing each other do not keep.
 
   Example:
     engine = Engine(load_qwen2(dir, scan_layers=False), tokenizer=load_tokenizer(dir))
