@@ -66,6 +66,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from fractions import Fraction
 from typing import Sequence
 
@@ -771,6 +772,11 @@ class Grader:
     self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="grader")
     self._closed = False
     self.num_timeouts = 0
+    # A grader dropped without `close` kept its workers running for good: a collected `Popen` whose process still
+    # runs is kept in subprocess's `_active` list with its pipes, so the worker never read EOF (a process and two
+    # fds per dropped grader). Not at exit: there the workers' EOF and death signal stop them.
+    self._finalizer = weakref.finalize(self, _stop_workers, self._workers, self._pool)
+    self._finalizer.atexit = False
 
   def __enter__(self) -> "Grader":
     return self
@@ -806,6 +812,7 @@ class Grader:
     for w in self._workers:  # a caller that got past the closed check finds a worker, which refuses to start
       self._idle.put(w)
     self._pool.shutdown(wait=True)
+    self._finalizer.detach()  # every worker is closed
 
   def _math_verify(self, pred: str, gold: str) -> bool:
     worker = self._idle.get()
@@ -871,6 +878,14 @@ class Grader:
   def equivalent_batch(self, pairs: Sequence[tuple[str | None, str | None]]) -> list[bool]:
     """`equivalent` over `(pred, gold)` pairs, up to `num_workers` math-verify calls at once."""
     return list(self._pool.map(lambda pg: self.equivalent(*pg), pairs))
+
+
+def _stop_workers(workers: list[_Worker], pool: concurrent.futures.ThreadPoolExecutor) -> None:
+  """Stops a grader's worker processes (its `close`, or its finalizer once it is collected: no call is running
+  then, as each holds the grader)."""
+  pool.shutdown(wait=False)
+  for w in workers:
+    w.close()
 
 
 _DEFAULT: Grader | None = None

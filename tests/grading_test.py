@@ -1,5 +1,6 @@
 """Answer extraction and equivalence (rstar_jax.grading)."""
 
+import gc
 import json
 import os
 import pathlib
@@ -653,3 +654,36 @@ def test_an_interrupted_comparison_s_answer_does_not_reach_the_next_one(monkeypa
       g.equivalent("(x+1)^2", "x^2+2x+1")
     assert not g.equivalent("x^2", "x^3")
     assert g.equivalent("(x+1)^2", "x^2+2x+1") and g.num_timeouts == 0
+
+
+def _children() -> set[int]:
+  """Pids of this process's live (non-zombie) children, read from /proc."""
+  me, found = os.getpid(), set()
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+          state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+      except OSError:
+        continue
+      if int(ppid) == me and state != "Z":
+        found.add(int(entry))
+  return found
+
+
+def test_a_grader_dropped_without_close_stops_its_worker():
+  # A dropped grader's worker ran on for good, holding two of the host's fds: its collected `Popen` went to
+  # subprocess's `_active` list with its pipes still open, so the worker never read EOF. Counted from /proc.
+  children, fds = _children(), len(os.listdir("/proc/self/fd"))
+  g = Grader(num_workers=1, timeout_s=60.0, startup_timeout_s=120.0)
+  assert g.equivalent("(x+1)^2", "x^2+2x+1")  # goes to math-verify: the worker starts
+  workers = _children() - children
+  assert len(workers) == 1
+  del g
+  gc.collect()
+  for _ in range(200):
+    if not workers & _children():
+      break
+    time.sleep(0.05)
+  assert not workers & _children(), "the dropped grader's math-verify worker still runs"
+  assert len(os.listdir("/proc/self/fd")) == fds
