@@ -672,6 +672,9 @@ class _Worker:
 
     `startup_timeout_s`: how long a fresh worker may take to get ready (not counted in `timeout_s`); a worker that
     does not get ready in time also gives None.
+
+    Raises:
+      RuntimeError: the worker was closed before the call (closed during it, it gives None and starts nothing).
     """
     try:
       if not self.alive:
@@ -707,11 +710,12 @@ class _Worker:
         pass
 
   def kill(self) -> None:
-    if self._proc is not None:
-      if self._proc.poll() is None:
-        self._proc.kill()
-      self._proc.wait()
-      for stream in (self._proc.stdin, self._proc.stdout):
+    proc = self._proc  # once: `close` in another thread may kill it too, setting `_proc` to None meanwhile
+    if proc is not None:
+      if proc.poll() is None:
+        proc.kill()
+      proc.wait()
+      for stream in (proc.stdin, proc.stdout):
         try:
           stream.close()
         except OSError:
@@ -721,10 +725,12 @@ class _Worker:
     self._ready = False
 
   def close(self) -> None:
-    if self.alive:
+    self.closed = True  # first: a call running in another thread must not start a replacement
+    proc = self._proc  # once, as in `kill`
+    if proc is not None and proc.poll() is None:
       try:
-        self._proc.stdin.close()  # EOF ends the worker loop
-        self._proc.wait(timeout=2.0)
+        proc.stdin.close()  # EOF ends the worker loop
+        proc.wait(timeout=2.0)
       except (OSError, subprocess.TimeoutExpired):
         pass
     self.kill()

@@ -687,3 +687,27 @@ def test_a_grader_dropped_without_close_stops_its_worker():
     time.sleep(0.05)
   assert not workers & _children(), "the dropped grader's math-verify worker still runs"
   assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_close_during_a_comparison_leaves_no_worker_running():
+  # `close` from another thread cut a running comparison off, which read as an overrun ("exceeded 60.0s", counted in
+  # num_timeouts) and started a replacement worker that nothing stopped afterwards. Counted from /proc.
+  children = _children()
+  g = Grader(num_workers=1, timeout_s=60.0, startup_timeout_s=120.0)
+  g._math_verify("2", "2")  # pylint: disable=protected-access  (the worker is up)
+  errors = []
+
+  def compare():
+    try:
+      g.equivalent("10^{10^{10}}", "5")  # math-verify computes this for far longer than the test runs
+    except RuntimeError as e:
+      errors.append(str(e))
+
+  comparing = threading.Thread(target=compare)
+  comparing.start()
+  time.sleep(0.5)
+  g.close()
+  comparing.join(timeout=60)
+  assert not comparing.is_alive()
+  assert errors == ["Grader is closed"] and g.num_timeouts == 0
+  assert not _children() - children, "a math-verify worker runs on after close"
