@@ -596,6 +596,7 @@ class _Spawner:
         future.set_result(subprocess.Popen(*args, **kwargs))
       except BaseException as e:  # pylint: disable=broad-except  (handed to the caller)
         future.set_exception(e)
+      del args, kwargs, future  # the worker's `Popen` is its caller's to keep alive, not this loop's
 
   @classmethod
   def popen(cls, *args, **kwargs) -> subprocess.Popen:
@@ -607,7 +608,24 @@ class _Spawner:
       spawner = cls._instance
     future: concurrent.futures.Future = concurrent.futures.Future()
     spawner._requests.put((args, kwargs, future))  # pylint: disable=protected-access
-    return future.result()
+    try:
+      return future.result()
+    except BaseException:
+      # Ctrl-C while the spawner starts it: nobody would stop the worker (a collected `Popen` of a running process
+      # stays in subprocess's `_active` list with its pipes, so the worker never reads EOF).
+      future.add_done_callback(_kill_unclaimed)
+      raise
+
+
+def _kill_unclaimed(future: concurrent.futures.Future) -> None:
+  """Kills and reaps the worker process of a `_Spawner.popen` call that was interrupted."""
+  if future.exception() is None:
+    proc = future.result()
+    proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+      if stream is not None:
+        stream.close()
 
 
 class _Worker:

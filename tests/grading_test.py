@@ -711,3 +711,29 @@ def test_close_during_a_comparison_leaves_no_worker_running():
   assert not comparing.is_alive()
   assert errors == ["Grader is closed"] and g.num_timeouts == 0
   assert not _children() - children, "a math-verify worker runs on after close"
+
+
+def test_a_worker_start_interrupted_by_ctrl_c_leaves_no_process(monkeypatch):
+  # Ctrl-C (a notebook's interrupt) while the spawner thread started a worker: the started process was nobody's,
+  # kept with its pipes open (by the spawner's loop, then by subprocess's `_active` list) and ran on for good.
+  children = _children()
+  real_popen = subprocess.Popen
+
+  def slow_popen(*args, **kwargs):
+    time.sleep(1.0)  # the interrupt comes while the caller waits for this start
+    return real_popen(*args, **kwargs)
+
+  monkeypatch.setattr(grading.subprocess, "Popen", slow_popen)
+  interrupt = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+  interrupt.start()
+  with pytest.raises(KeyboardInterrupt):  # a process that reads stdin until EOF stands for the worker
+    grading._Spawner.popen([sys.executable, "-c", "import sys; sys.stdin.read()"],  # pylint: disable=protected-access
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+  interrupt.join()
+  monkeypatch.undo()
+  time.sleep(1.5)  # the start completes meanwhile
+  for _ in range(100):
+    if not _children() - children:
+      break
+    time.sleep(0.05)
+  assert not _children() - children, "the interrupted start's process runs on"
