@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import collections.abc
 import concurrent.futures
+import inspect
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from typing import Any, Callable, Sequence
 
 from sandbox import _protocol
@@ -245,17 +247,8 @@ class _WorkerProcess:
       self.uid_lease.release()
 
 
-class SandboxPool:
-  """A pool of jailed, pre-warmed Python workers (design: `sandbox._worker`; levels: `sandbox.isolation`).
-
-  Threads may share a pool: `run` and `submit` from several threads at once share the workers, and each caller gets
-  the results of its own programs.
-
-  Attributes:
-    isolation_level: "bwrap", "unshare" or "rlimits-only" (what is active; see `sandbox.isolation`).
-    isolation_details: the level, why stronger levels were skipped, whether the seccomp filter is active, the
-      worker uid and the preloaded modules.
-  """
+class _Pool:
+  """What `SandboxPool` runs on: its worker threads hold this object, never the `SandboxPool` (see there)."""
 
   def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, memory_mb: int = 1024,
                max_output_chars: int = 1024, output_mode: str = "rstar", *, isolation: str = "auto",
@@ -347,7 +340,7 @@ class SandboxPool:
     self._startup_timeout = startup_timeout_s
     level, skipped = isolation_lib.choose(isolation)
     if isolation == "auto" and level != "bwrap":
-      warnings.warn(f"sandbox isolation fell back to {level!r}: {skipped}", RuntimeWarning, stacklevel=2)
+      warnings.warn(f"sandbox isolation fell back to {level!r}: {skipped}", RuntimeWarning, stacklevel=3)
     self.isolation_level = level
     self._as_root = os.geteuid() == 0
     closed = isolation_lib.closed_to_others() if level == "rlimits-only" and self._as_root else None
@@ -355,7 +348,7 @@ class SandboxPool:
       warnings.warn(f"sandbox isolation 'rlimits-only': programs run under an unprivileged uid that cannot enter "
                     f"{closed[0]} (on the way to {closed[1]}), so importing any module the workers did not preload "
                     f"fails with ModuleNotFoundError (e.g. scipy.stats); install Python where every user can read "
-                    f"it, or use the bwrap or unshare level", RuntimeWarning, stacklevel=2)
+                    f"it, or use the bwrap or unshare level", RuntimeWarning, stacklevel=3)
     self._uid_base = _UID_BASE + (os.getpid() % 100_000) * _UID_SLOTS
     self._worker_cfg = {
         "timeout_s": self.timeout_s, "memory_mb": self.memory_mb, "max_output_chars": self.max_output_chars,
@@ -423,20 +416,6 @@ class SandboxPool:
                                           memory_exceeded=False, killed_by_signal=None, duration_s=0.0))
     return [t.future for t in tasks]
 
-  def run(self, programs: Sequence[str]) -> list[SandboxResult]:
-    """Runs programs across the workers; results in input order.
-
-    Interrupted (Ctrl-C) or failing while it waits, it cancels its programs that have not started, so the pool does
-    not go on running them for nobody ahead of the next call's.
-    """
-    futures = self.submit(programs)
-    try:
-      return [f.result() for f in futures]
-    except BaseException:
-      for f in futures:
-        f.cancel()
-      raise
-
   def close(self) -> None:
     """Stops the workers and reaps every process; queued programs are cancelled, running ones fail."""
     if self._closed:
@@ -452,12 +431,6 @@ class SandboxPool:
     for t in self._threads:
       if t is not threading.current_thread():  # `close` from a future's done-callback runs on a worker thread
         t.join()
-
-  def __enter__(self) -> "SandboxPool":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
 
   def worker_pids(self) -> list[int]:
     """Host pids of the worker processes (bwrap / unshare / python) currently alive."""
@@ -688,6 +661,78 @@ class SandboxPool:
       if task.future.set_running_or_notify_cancel() if not task.started else True:
         task.future.set_result(SandboxResult(observation=err, stdout="", error=err, timed_out=False,
                                              memory_exceeded=False, killed_by_signal=None, duration_s=0.0))
+
+
+class SandboxPool:
+  """A pool of jailed, pre-warmed Python workers (design: `sandbox._worker`; levels: `sandbox.isolation`).
+
+  Threads may share a pool: `run` and `submit` from several threads at once share the workers, and each caller gets
+  the results of its own programs.
+
+  Constructor arguments: see `_Pool.__init__`. Other attributes (`num_workers`, `timeout_s`, ...) are the `_Pool`'s.
+  A pool dropped without `close` is closed once it is collected: its worker threads hold the inner `_Pool`, never
+  this object (holding it, they kept a pool nobody used alive for good, with a thread, three fds and a warm jailed
+  interpreter per worker).
+
+  Attributes:
+    isolation_level: "bwrap", "unshare" or "rlimits-only" (what is active; see `sandbox.isolation`).
+    isolation_details: the level, why stronger levels were skipped, whether the seccomp filter is active, the
+      worker uid and the preloaded modules.
+  """
+
+  def __init__(self, *args, **kwargs):
+    pool = _Pool(*args, **kwargs)
+    object.__setattr__(self, "_pool", pool)
+    finalizer = weakref.finalize(self, pool.close)
+    finalizer.atexit = False  # at exit, the workers stop as they do when the host is killed (module docstring)
+    object.__setattr__(self, "_finalizer", finalizer)
+
+  def __getattr__(self, name: str) -> Any:
+    if name == "_pool":  # not set: the constructor failed
+      raise AttributeError(name)
+    return getattr(self._pool, name)
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    setattr(self._pool, name, value)
+
+  def submit(self, programs: Sequence[str]) -> list[concurrent.futures.Future]:
+    return self._pool.submit(programs)
+
+  submit.__doc__ = _Pool.submit.__doc__
+
+  def run(self, programs: Sequence[str]) -> list[SandboxResult]:
+    """Runs programs across the workers; results in input order.
+
+    Interrupted (Ctrl-C) or failing while it waits, it cancels its programs that have not started, so the pool does
+    not go on running them for nobody ahead of the next call's.
+    """
+    futures = self.submit(programs)
+    try:
+      return [f.result() for f in futures]
+    except BaseException:
+      for f in futures:
+        f.cancel()
+      raise
+
+  def close(self) -> None:
+    self._pool.close()
+
+  close.__doc__ = _Pool.close.__doc__
+
+  def worker_pids(self) -> list[int]:
+    return self._pool.worker_pids()
+
+  worker_pids.__doc__ = _Pool.worker_pids.__doc__
+
+  def __enter__(self) -> "SandboxPool":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+SandboxPool.__init__.__doc__ = _Pool.__init__.__doc__
+SandboxPool.__init__.__signature__ = inspect.signature(_Pool.__init__)  # for help() and IDEs: the real arguments
 
 
 def _kill_uid(uid: int) -> None:

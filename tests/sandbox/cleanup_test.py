@@ -129,14 +129,15 @@ INTERRUPTED_OWNER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from sandbox import SandboxPool
 
-    spawn, interrupted = SandboxPool._spawn, []
+    from sandbox import pool as pool_lib
+    spawn, interrupted = pool_lib._Pool._spawn, []
     def interrupting_spawn(self, slot):
       proc = spawn(self, slot)
       if not interrupted:
         interrupted.append(slot)
         os.kill(os.getpid(), signal.SIGINT)
       return proc
-    SandboxPool._spawn = interrupting_spawn
+    pool_lib._Pool._spawn = interrupting_spawn
     try:
       SandboxPool(num_workers=2, timeout_s=60.0, isolation={level!r}, preload=("math",), warmup="")
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
 """Pool behaviour: ordering, futures, cancellation, bad input, recovery from dead workers, isolation levels."""
 
 import concurrent.futures
+import gc
 import os
 import re
 import resource
@@ -564,3 +565,37 @@ def test_run_from_eight_threads_at_once_gives_each_caller_its_own_results():
       if j != 4 and not (j == 2 and t % 3 == 0):
         assert observation == f"{t * 100 + j}\n"
     assert serial[t][2].startswith("TimeoutError") == (t % 3 == 0)
+
+
+def _live_children() -> set[int]:
+  """Pids of this process's live (non-zombie) children, read from /proc."""
+  found = set()
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+          state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+      except OSError:
+        continue
+      if int(ppid) == os.getpid() and state != "Z":
+        found.add(int(entry))
+  return found
+
+
+def test_a_pool_dropped_without_close_stops_its_workers():
+  # Its worker threads held the pool, so it was never collected: each dropped pool kept a thread, three fds and a
+  # warm jailed interpreter per worker for the rest of the process. Counted from /proc and `threading`.
+  children, fds, threads = _live_children(), len(os.listdir("/proc/self/fd")), set(threading.enumerate())
+  for _ in range(2):
+    p = SandboxPool(num_workers=2, timeout_s=5.0, **LIGHT)
+    assert [r.observation for r in p.run(["print(1)", "print(2)"])] == ["1\n", "2\n"]
+    assert len(_live_children() - children) == 2
+    del p
+    gc.collect()
+  for _ in range(200):
+    if not _live_children() - children and set(threading.enumerate()) <= threads:
+      break
+    time.sleep(0.05)
+  assert not _live_children() - children, "a dropped pool's workers still run"
+  assert set(threading.enumerate()) <= threads, "a dropped pool's worker threads still run"
+  assert len(os.listdir("/proc/self/fd")) == fds
