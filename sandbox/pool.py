@@ -283,6 +283,7 @@ class _Pool:
 
     Raises:
       ValueError: a bad argument (named).
+      TypeError: `preload` is no sequence of module names, `warmup` no str or `seccomp` no bool.
       RuntimeError: the requested isolation is unavailable, or workers failed to start.
     """
     # Checked before any comparison: a str or None failed as Python's "'<' not supported between ...", a float in

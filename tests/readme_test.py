@@ -1,4 +1,5 @@
-"""README.md's code as a user runs it: the checkpoint, search and training snippets."""
+"""README.md's code as a user runs it (the checkpoint, search and training snippets), and the public API's docstrings
+against its signatures and code."""
 
 import os
 import pathlib
@@ -129,3 +130,179 @@ def test_the_training_snippet_runs_on_a_search_output_dir_and_resumes(tmp_path, 
   assert {"config.json", "model.safetensors", "value_head.bin", "tokenizer.json"} <= set(os.listdir(ppm.export_dir))
   convert.load_ppm(ppm.export_dir)  # "HF dir + value_head.bin", loadable as the search's PPM
   convert.load_qwen2(sft.export_dir)
+
+
+# The public API's docstrings against the code: the signatures, fields and raise statements are the reference.
+
+_ITEM = re.compile(r"(\*{0,2}[\w.]+(?:, \*{0,2}\w+)*)(?: \([^)]*\))?:(?:\s|$)")  # `name:`, `a, b:`, `mod.Error:`
+
+
+def _public_api():
+  """(qualified name, function or class) of every public module's public functions, classes and methods."""
+  import importlib
+  import inspect
+  import pkgutil
+
+  import rstar_jax
+  import sandbox
+  found = {}
+  for package in (rstar_jax, sandbox):
+    names = [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
+    for module in map(importlib.import_module, (n for n in names if not n.endswith("__main__"))):
+      for name, obj in vars(module).items():
+        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+          continue
+        qual = f"{module.__name__}.{name}"
+        if inspect.isfunction(obj):
+          found.setdefault(id(obj), (qual, obj))
+        elif inspect.isclass(obj):
+          found.setdefault(id(obj), (qual, obj))
+          for attr, member in vars(obj).items():
+            func = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+            if inspect.isfunction(func) and (attr == "__init__" or not attr.startswith("_")):
+              found.setdefault(id(func), (f"{qual}.{attr}", getattr(obj, attr)))
+  return sorted(found.values(), key=lambda item: item[0])
+
+
+def _section(doc: str, header: str) -> dict[str, str] | None:
+  """A Google-style section of `doc` (`Args:`, `Raises:`, ...) as {name: description}; None when it has none."""
+  lines = doc.expandtabs().splitlines()
+  starts = [i for i, line in enumerate(lines) if line.strip() == header]
+  if not starts:
+    return None
+  indent = len(lines[starts[0]]) - len(lines[starts[0]].lstrip())
+  items, item_indent, current = {}, None, []
+  for line in lines[starts[0] + 1:]:
+    if not line.strip():
+      continue
+    depth = len(line) - len(line.lstrip())
+    if depth <= indent:
+      break
+    item_indent = depth if item_indent is None else item_indent
+    match = _ITEM.match(line.strip()) if depth == item_indent else None
+    if depth == item_indent:
+      assert match, f"{header} item without `name:`: {line.strip()!r}"
+      current = [n.lstrip("*") for n in match.group(1).split(", ")]
+      items.update({n: line.strip()[match.end():] for n in current})
+    else:
+      items.update({n: items[n] + " " + line.strip() for n in current})
+  return items
+
+
+def _docstring(obj) -> str:
+  import inspect
+  return inspect.cleandoc(obj.__doc__ or "")
+
+
+def test_every_documented_argument_list_is_the_signature():
+  # An `Args:` section names every parameter once, in the signature's order, and no other; a dataclass's
+  # `Attributes:` names its fields so. `search.host.to_record` documented 4 of its 12 arguments, out of order.
+  import dataclasses
+  import inspect
+  wrong = []
+  for qual, obj in _public_api():
+    args = _section(_docstring(obj), "Args:")
+    if args is not None:
+      params = [p for p in inspect.signature(obj).parameters if p not in ("self", "cls")]
+      if list(args) != params:
+        wrong.append(f"{qual}: Args {list(args)} != signature {params}")
+    attributes = _section(_docstring(obj), "Attributes:") if dataclasses.is_dataclass(obj) else None
+    if attributes is not None and list(attributes) != [f.name for f in dataclasses.fields(obj)]:
+      wrong.append(f"{qual}: Attributes {list(attributes)} != fields {[f.name for f in dataclasses.fields(obj)]}")
+  assert not wrong, "\n".join(wrong)
+
+
+def test_documented_literal_defaults_are_the_signature_defaults():
+  # "False (default) ...", "None (default) ..." in an argument's description: the value the signature gives it.
+  import ast
+  import dataclasses
+  import inspect
+  checked, wrong = 0, []
+  for qual, obj in _public_api():
+    doc = _docstring(obj)
+    described = {**(_section(doc, "Args:") or {}),
+                 **((_section(doc, "Attributes:") or {}) if dataclasses.is_dataclass(obj) else {})}
+    if not described:
+      continue
+    params = inspect.signature(obj).parameters
+    for name, text in described.items():
+      for literal in re.findall(r"`?([-\w.'\"]+)`? \(default\)", text):
+        checked += 1
+        if name not in params or params[name].default != ast.literal_eval(literal):
+          wrong.append(f"{qual}({name}): documented default {literal}, signature {params.get(name)}")
+  assert not wrong, "\n".join(wrong)
+  assert checked >= 3  # the parse still finds the phrases it is about
+
+
+def _undocumented_raises(func, documented: set[str]) -> set[str]:
+  """Exception names `func`'s own code raises (outside a `try` that catches them) that `documented` lacks."""
+  import ast
+  import builtins
+  import inspect
+  import textwrap
+  tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+  found = set()
+
+  def visit(node, caught: frozenset):
+    if isinstance(node, ast.Raise) and node.exc is not None:
+      exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+      name = exc.id if isinstance(exc, ast.Name) else exc.attr if isinstance(exc, ast.Attribute) else None
+      if name and not caught & {name, "*"} and name != "AssertionError":  # AssertionError: marks unreachable code
+        found.add(name)
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and node is not tree.body[0]:
+      return  # a nested function raises when it is called, not here
+    if isinstance(node, ast.Try):
+      names = set()
+      for handler in node.handlers:
+        types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        names |= {"BaseException" if t is None else getattr(t, "id", getattr(t, "attr", "")) for t in types}
+      inner = caught | {"*"} if names & {"Exception", "BaseException"} else caught | names
+      for child in node.body:
+        visit(child, frozenset(inner))
+      for child in node.handlers + node.orelse + node.finalbody:
+        visit(child, caught)
+      return
+    for child in ast.iter_child_nodes(node):
+      visit(child, caught)
+
+  visit(tree.body[0], frozenset())
+  names = {**vars(builtins), **func.__globals__}
+  bases = [names[n] for n in documented if isinstance(names.get(n), type)]
+  # A subclass of a documented exception is documented by it (e.g. `TreeRecordError` under `ValueError`).
+  return {n for n in found if n not in documented and not (isinstance(names.get(n), type) and
+                                                           issubclass(names[n], tuple(bases)))}
+
+
+def _implementation(func):
+  """`func`, or the function of its module whose docstring it copies (`SandboxPool.__init__` is `_Pool.__init__`'s)."""
+  import inspect
+  import sys
+  if func.__doc__.strip().splitlines()[0] in inspect.getsource(func):
+    return func
+  module = sys.modules[func.__module__]
+  for cls in (c for c in vars(module).values() if inspect.isclass(c) and c.__module__ == module.__name__):
+    for member in vars(cls).values():
+      if inspect.isfunction(member) and member is not func and member.__doc__ == func.__doc__:
+        return member
+  raise AssertionError(f"{func.__qualname__}: its docstring is in no function of {module.__name__}")
+
+
+def test_raises_sections_list_what_the_code_raises():
+  # A `Raises:` section lists `Name: when` items, and each exception the function's own code raises (not one a
+  # `try` of its own turns into another). `SandboxPool` and `EnginePolicy` raised TypeError for a wrong-typed
+  # argument (preload, warmup, seccomp; a PPM engine) and documented only ValueError and RuntimeError.
+  import inspect
+  wrong = []
+  for qual, obj in _public_api():
+    if inspect.isclass(obj):
+      continue  # its constructor is checked as `__init__`
+    raises = _section(_docstring(obj), "Raises:")
+    if raises is None:
+      continue
+    code = _implementation(inspect.unwrap(obj))
+    source = inspect.getsource(code)
+    raises = {name.rpartition(".")[2] for name in raises}  # `files.FolderInUseError` -> its class name
+    wrong += [f"{qual}: documents {name}, which it never names" for name in raises if name not in source]
+    missing = _undocumented_raises(code, raises)
+    wrong += [f"{qual}: raises {name} (not in Raises: {sorted(raises)})" for name in sorted(missing)]
+  assert not wrong, "\n".join(wrong)

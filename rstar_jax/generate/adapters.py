@@ -54,7 +54,9 @@ class EnginePolicy:
       progress: progress bars over decode steps.
 
     Raises:
-      ValueError: a limit is no count, or `max_context` exceeds the model's `max_position_embeddings`.
+      ValueError: the engine has no tokenizer, a limit is no count, `max_context` exceeds the model's
+        `max_position_embeddings`, or a sampling setting is out of range (`Sampling`).
+      TypeError: the engine was built from a PPM.
     """
     if engine.tokenizer is None:
       raise ValueError("EnginePolicy needs an Engine with a tokenizer")

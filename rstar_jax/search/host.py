@@ -108,10 +108,17 @@ def to_record(*, problem_id: str, question: str, ground_truth: str | None, promp
   """The JSONL record of one finished tree.
 
   Args:
-    out_of_nodes: the search stopped this tree early because its node budget filled (the record says so).
+    problem_id, question, ground_truth, prompt, seed, mode, preset: the record's top-level fields of the same names
+      (`ground_truth` None at inference; `prompt` the template applied to the question; `seed` the tree's).
+    host: the tree's host-side nodes (text, code, observation, answer, correctness, PPM value), indexed by node id.
     visits, value_sum, terminal_reason: this tree's `[N]` device arrays (only the first
       `len(host)` entries are used); the device's terminal reasons include the
       `all_children_terminal` marks made during selection.
+    out_of_nodes: the search stopped this tree early because its node budget filled (the record says so).
+
+  Returns:
+    The `rstar_jax.tree/1` record (`rstar_jax.search.records`): the top-level fields and `nodes`, node `i` with
+    id `i`, its rStar tag and `q` = value_sum / visits (0 when unvisited).
   """
   nodes = []
   tags = ["0"] * len(host)

@@ -188,8 +188,8 @@ def check_run_config(path: str | os.PathLike[str], config: dict[str, Any]) -> bo
   """Guards a resumable output folder: whether `path` holds a run config, which must equal `config`.
 
   Raises:
-    ValueError naming `path` and every differing field when the stored config differs (the folder's shards hold
-    trees of another search), or when `path` is not a JSON object.
+    ValueError: naming `path` and every differing field when the stored config differs (the folder's shards hold
+      trees of another search), or when `path` is unreadable or not a JSON object.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
