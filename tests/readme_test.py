@@ -306,3 +306,36 @@ def test_raises_sections_list_what_the_code_raises():
     missing = _undocumented_raises(code, raises)
     wrong += [f"{qual}: raises {name} (not in Raises: {sorted(raises)})" for name in sorted(missing)]
   assert not wrong, "\n".join(wrong)
+
+
+def test_keyword_arguments_named_in_the_docs_exist():
+  # README and the code's docstrings and comments name calls as `Class(kw=...)` or `Class.method(kw=...)`; each
+  # keyword is a parameter of that class's constructor or method. generate/adapters.py sent readers to an
+  # `Engine(max_context=)`, which is `Engine.generate`'s.
+  import inspect
+  classes = {}
+  for _, obj in _public_api():
+    if inspect.isclass(obj):
+      classes.setdefault(obj.__name__, []).append(obj)
+  texts = {"README.md": README}
+  for folder in ("rstar_jax", "sandbox"):
+    texts.update({str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in (REPO / folder).rglob("*.py")})
+  checked, wrong = 0, []
+  for where, text in texts.items():
+    spans = re.findall(r"`([^`\n]+)`", text) + re.findall(r"```python\n(.*?)```", text, re.S)
+    for span in spans:
+      for call in re.finditer(r"\b([A-Z]\w*)(?:\.(\w+))?\(([^()]*)\)", span):
+        name, method, inner = call.groups()
+        keywords = re.findall(r"(?:^|,)\s*(\w+)=", inner)
+        for cls in classes.get(name, []) if keywords else []:
+          target = getattr(cls, method or "__init__", None)
+          if target is None:
+            wrong.append(f"{where}: {call.group(0)}: {name} has no {method}")
+            continue
+          params = inspect.signature(target).parameters
+          if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            continue
+          checked += 1
+          wrong += [f"{where}: {call.group(0)}: no parameter {k!r}" for k in keywords if k not in params]
+  assert not wrong, "\n".join(wrong)
+  assert checked >= 10  # the scan still finds the calls it is about

@@ -1,7 +1,7 @@
 """The search's `Policy` and `Scorer` (`rstar_jax.search.interfaces`) over an `Engine`: text in, text / values out.
 
 `checkpoint_eos_ids` gives the EOS ids a checkpoint's rows end on, as vLLM takes them, for `Engine(eos_ids=)`;
-`vllm_row_limit` the `Engine(max_context=)` that ends rows where vLLM's `max_model_len` ends them.
+`vllm_row_limit` the `Engine.generate(max_context=)` that ends rows where vLLM's `max_model_len` ends them.
 """
 
 from __future__ import annotations
