@@ -339,3 +339,35 @@ def test_keyword_arguments_named_in_the_docs_exist():
           wrong += [f"{where}: {call.group(0)}: no parameter {k!r}" for k in keywords if k not in params]
   assert not wrong, "\n".join(wrong)
   assert checked >= 10  # the scan still finds the calls it is about
+
+
+def test_dotted_names_and_paths_in_the_docs_exist():
+  # Every `rstar_jax.x.y` / `sandbox.x.y` that README and the code's docstrings and comments name resolves (a module,
+  # then attributes), and every repository path README names exists: a rename leaves no stale pointer behind.
+  import importlib
+  texts = {"README.md": README, "configs/README.md": (REPO / "configs" / "README.md").read_text(encoding="utf-8")}
+  for folder in ("rstar_jax", "sandbox"):
+    texts.update({str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in (REPO / folder).rglob("*.py")})
+
+  def resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+      try:
+        obj = importlib.import_module(".".join(parts[:i]))
+      except ImportError:
+        continue
+      for attr in parts[i:]:
+        if not hasattr(obj, attr):
+          return False
+        obj = getattr(obj, attr)
+      return True
+    return False
+
+  names = {(where, m) for where, text in texts.items()
+           for m in re.findall(r"\b((?:rstar_jax|sandbox)(?:\.\w+)+)(?![\w/])", text)  # not `rstar_jax.tree/1`
+           if not m.endswith((".py", ".json", ".md"))}
+  wrong = [f"{where}: {name}" for where, name in sorted(names) if not resolves(name)]
+  paths = re.findall(r"`((?:rstar_jax|sandbox|benchmarks|configs|tests|\.ci)/[\w./-]*)`", README)
+  wrong += [f"README.md: path {path}" for path in paths if not (REPO / path).exists()]
+  assert not wrong, "\n".join(wrong)
+  assert len(names) >= 50 and len(paths) >= 10

@@ -330,8 +330,9 @@ def extract_files(tree_files: str | os.PathLike[str] | Iterable[str | os.PathLik
   """Reads Q-annotated tree shards and writes rStar-format SFT records and/or PPM pairs (atomically).
 
   Args:
-    tree_files: one JSONL tree file or several shards (schema `rstar_jax.tree/1`), e.g. a list or a glob; a
-      directory (a search's `output_dir`) stands for its `*.jsonl` shards in name order.
+    tree_files: one JSONL tree file or several shards (schema `rstar_jax.tree/1`), e.g. a list or what `glob.glob` /
+      `Path.glob` return (a pattern string is no file name: it is not expanded); a directory (a search's
+      `output_dir`) stands for its `*.jsonl` shards in name order.
     sft_file: where the SFT records go (`.jsonl` -> JSONL, else a JSON list); None to skip.
     pairs_file: where the PPM pairs go; None to skip.
     sft_config: SFT selection.
@@ -341,9 +342,11 @@ def extract_files(tree_files: str | os.PathLike[str] | Iterable[str | os.PathLik
     Counts of trees, distinct problems, records and pairs.
 
   Raises:
-    ValueError: no tree files are given (the outputs would be replaced by empty files), a tree file is given twice
-      (its pairs would be written twice), an output file is one of the tree files (it would be replaced: the
-      search's trees lost) or the two outputs are one file (the pairs would replace the SFT records).
+    ValueError: no tree files are given (the outputs would be replaced by empty files), a directory given holds no
+      `.jsonl` shards, a tree file is given twice (its pairs would be written twice), an output file is one of the
+      tree files (it would be replaced: the search's trees lost) or the two outputs are one file (the pairs would
+      replace the SFT records); `rstar_jax.search.records.TreeRecordError` (a ValueError) names the file and line
+      of an invalid record.
     files.FolderInUseError: a directory given is the output_dir of a search still running (it holds its lock there).
   """
   # One list for the checks and the reading: an iterator (e.g. `Path.glob`) is consumed by the first pass.
