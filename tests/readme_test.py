@@ -371,3 +371,26 @@ def test_dotted_names_and_paths_in_the_docs_exist():
   wrong += [f"README.md: path {path}" for path in paths if not (REPO / path).exists()]
   assert not wrong, "\n".join(wrong)
   assert len(names) >= 50 and len(paths) >= 10
+
+
+def test_command_lines_in_the_docs_use_flags_their_commands_have(capsys):
+  # Each `python -m rstar_jax.X [sub] --flag ...` usage line of README and the modules' docstrings (a docstring line
+  # may continue on the next, indented deeper) names only options the command's parser knows (its --help).
+  import importlib
+  texts = [README] + [p.read_text(encoding="utf-8") for p in (REPO / "rstar_jax").rglob("*.py")]
+  usages = []
+  for text in texts:
+    for line in re.findall(r"python -m (rstar_jax[\w.]*)([^\n`]*(?:\n {5,}[^\n`]*)*)", text):
+      usages.append((line[0], line[1].split("#")[0]))
+  checked = 0
+  for module, args in usages:
+    words = args.split()
+    sub = [words[0]] if words and not words[0].startswith(("-", "[")) and module.endswith("convert") else []
+    main = importlib.import_module(module if module.endswith(("demo", "convert")) else module + ".__main__").main
+    with pytest.raises(SystemExit):
+      main(sub + ["--help"])
+    helptext = capsys.readouterr().out
+    for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", args):
+      checked += 1
+      assert re.search(rf"(?<![\w-]){flag}(?![\w-])", helptext), f"python -m {module} {' '.join(sub)}: no {flag}"
+  assert checked >= 15
