@@ -275,14 +275,16 @@ def _undocumented_raises(func, documented: set[str]) -> set[str]:
 
 def _implementation(func):
   """`func`, or the function of its module whose docstring it copies (`SandboxPool.__init__` is `_Pool.__init__`'s)."""
+  import ast
   import inspect
   import sys
-  if func.__doc__.strip().splitlines()[0] in inspect.getsource(func):
-    return func
+  import textwrap
+  if ast.get_docstring(ast.parse(textwrap.dedent(inspect.getsource(func))).body[0]) is not None:
+    return func  # its own docstring
   module = sys.modules[func.__module__]
   for cls in (c for c in vars(module).values() if inspect.isclass(c) and c.__module__ == module.__name__):
     for member in vars(cls).values():
-      if inspect.isfunction(member) and member is not func and member.__doc__ == func.__doc__:
+      if inspect.isfunction(member) and member is not func and member.__doc__ is func.__doc__:
         return member
   raise AssertionError(f"{func.__qualname__}: its docstring is in no function of {module.__name__}")
 
