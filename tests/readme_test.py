@@ -396,3 +396,40 @@ def test_command_lines_in_the_docs_use_flags_their_commands_have(capsys):
       checked += 1
       assert re.search(rf"(?<![\w-]){flag}(?![\w-])", helptext), f"python -m {module} {' '.join(sub)}: no {flag}"
   assert checked >= 15
+
+
+# Names of other code (vLLM, transformers, jax, the official rStar release) that class docstrings cite.
+_EXTERNAL_NAMES = {"detokenize_incrementally", "dot_general", "llm_generate", "summary_dropout_prob"}
+
+
+def test_names_a_class_docstring_cites_are_members_or_module_names():
+  # A class's and its methods' docstrings cite `snake_case` names; each is a parameter, a member (method, property,
+  # field, `self.` attribute) or a name of the class's module, or cited from other code. `train.Checkpointer` offered
+  # a `restore_latest` it never had (resuming is `restore(latest_step(), ...)`).
+  import dataclasses
+  import inspect
+  import sys
+  api = _public_api()
+  package = _EXTERNAL_NAMES | {qual.rpartition(".")[2] for qual, _ in api}  # names cited across modules
+  for _, obj in api:
+    package |= set(inspect.signature(obj).parameters) if inspect.isfunction(obj) else set()
+  wrong = []
+  for qual, cls in api:
+    if not inspect.isclass(cls) or issubclass(cls, BaseException):
+      continue
+    module = sys.modules[cls.__module__]
+    source = inspect.getsource(module)
+    known = package | set(dir(cls)) | set(vars(module))
+    known |= set(re.findall(r"\b(\w+)\s*[:=]", source))  # assigned or annotated anywhere there
+    known |= set(re.findall(r"[\"'](\w+)[\"']", source))  # a key of a file format the module reads or writes
+    known |= {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    texts = [cls.__doc__ or ""]
+    for member in vars(cls).values():
+      func = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+      func = func.fget if isinstance(func, property) else func
+      if inspect.isfunction(func):
+        texts.append(func.__doc__ or "")
+        known |= set(inspect.signature(func).parameters)
+    for name in {n for text in texts for n in re.findall(r"`([a-z]\w*_\w*)`", text)} - known:
+      wrong.append(f"{qual}: cites `{name}`, which is no parameter, member or name of {module.__name__}")
+  assert not wrong, "\n".join(sorted(wrong))

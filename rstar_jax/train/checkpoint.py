@@ -21,7 +21,7 @@ from rstar_jax.train.state import TrainState
 
 
 class Checkpointer:
-  """`save` every `every` steps (async), keep the last `keep`, `restore_latest` for exact resume."""
+  """`save` every `every` steps (async), keep the last `keep`; `restore(latest_step(), ...)` resumes exactly."""
 
   def __init__(self, directory: str | os.PathLike[str], *, every: int, keep: int = 2, async_save: bool = True):
     self.directory = os.path.abspath(os.fspath(directory))
