@@ -67,7 +67,11 @@ class BeamConfig:
 
 
 def best_answer(record: dict) -> str | None:
-  """The final answer with the highest PPM value in a tree record (None if there is none)."""
+  """The final answer with the highest PPM value in a tree record (the first of equals).
+
+  A record whose answers carry no PPM value (a terminal-guided tree) gives its first answer node's; one without
+  answer nodes gives None.
+  """
   answers = [n for n in record["nodes"] if n["terminal_reason"] == "answer"]
   scored = [n for n in answers if n["ppm_value"] is not None]
   if not scored:

@@ -407,6 +407,17 @@ def test_beam_search(grader):
       assert all(n["correct"] is not None for n in answers)
 
 
+
+def test_best_answer_of_scored_unscored_and_answerless_records():
+  # Its docstring against a hand-made record: the highest PPM value wins (the first of equals); answers without PPM
+  # values (a terminal-guided tree) give the first answer node's; no answer node gives None.
+  def node(answer, value, reason="answer"):
+    return {"terminal_reason": reason, "final_answer": answer, "ppm_value": value}
+  scored = {"nodes": [node(None, None, None), node("1", 0.2), node("2", 0.7), node("3", 0.7), node("4", None)]}
+  assert best_answer(scored) == "2"
+  assert best_answer({"nodes": [node(None, None, None), node("5", None), node("6", None)]}) == "5"
+  assert best_answer({"nodes": [node(None, 0.9, None), node(None, 0.1, "too_many_errors")]}) is None
+
 class _FixedPolicy:
   """Returns `make(prompt index, candidate index)` for every candidate; `lists` overrides the output's shape."""
 
