@@ -433,3 +433,24 @@ def test_names_a_class_docstring_cites_are_members_or_module_names():
     for name in {n for text in texts for n in re.findall(r"`([a-z]\w*_\w*)`", text)} - known:
       wrong.append(f"{qual}: cites `{name}`, which is no parameter, member or name of {module.__name__}")
   assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_readme_tree_section_names_every_record_field():
+  # README's "Q-annotated trees" section is the schema as users read it: each top-level and node field of a record
+  # as the search writes it (`search.host.to_record`), and the `terminal_reason` labels of `search.tree.Reason`.
+  from rstar_jax.search import Reason, records
+  from rstar_jax.search.host import HostNode, HostTree, to_record
+  section = README[README.index("## Q-annotated trees"):README.index("## Training entry points")]
+  assert f"`{records.SCHEMA}`" in section
+  host = HostTree("prompt ")
+  host.nodes.append(HostNode(parent=0, depth=1, text="x"))
+  host.nodes[0].children.append(1)
+  record = to_record(problem_id="p", question="q", ground_truth="1", prompt="prompt ", seed=0, mode="terminal_guided",
+                     preset="official", host=host, visits=np.zeros(2, np.int32), value_sum=np.zeros(2, np.float32),
+                     terminal_reason=np.zeros(2, np.int32))
+  records.validate_tree(record)
+  fields = [*record, *record["nodes"][1]]
+  missing = [f for f in fields if f"`{f}`" not in section]
+  assert not missing, f"README's tree section lacks {missing}"
+  labels = [r.label for r in Reason if r.label is not None]
+  assert f"`terminal_reason` (null / {' / '.join(f'`{label}`' for label in labels)})" in section
