@@ -454,3 +454,18 @@ def test_readme_tree_section_names_every_record_field():
   assert not missing, f"README's tree section lacks {missing}"
   labels = [r.label for r in Reason if r.label is not None]
   assert f"`terminal_reason` (null / {' / '.join(f'`{label}`' for label in labels)})" in section
+
+
+def test_readme_names_the_result_fields_the_code_has():
+  # README's interface and sandbox sections spell out `StepCandidate(text, stop_reason)` and a sandbox result's
+  # fields: they are the dataclasses' fields, in order.
+  import dataclasses
+
+  from rstar_jax.search import StepCandidate
+  from sandbox import SandboxResult
+  names = [f.name for f in dataclasses.fields(StepCandidate)]
+  assert f"`StepCandidate({', '.join(names)})`" in README
+  sandbox_section = README[README.index("## Sandbox"):]
+  fields = [f.name for f in dataclasses.fields(SandboxResult)]
+  listed = re.search(r"Each\s+result has (.*?)\. The observation", sandbox_section, re.S).group(1)
+  assert re.findall(r"`(\w+)`", listed) == fields
