@@ -325,6 +325,7 @@ def test_keyword_arguments_named_in_the_docs_exist():
   checked, wrong = 0, []
   for where, text in texts.items():
     spans = re.findall(r"`([^`\n]+)`", text) + re.findall(r"```python\n(.*?)```", text, re.S)
+    spans += re.findall(r'"""(.*?)"""', text, re.S)  # docstrings' usage examples, as written
     for span in spans:
       for call in re.finditer(r"\b([A-Z]\w*)(?:\.(\w+))?\(([^()]*)\)", span):
         name, method, inner = call.groups()
