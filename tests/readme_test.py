@@ -311,14 +311,20 @@ def test_raises_sections_list_what_the_code_raises():
 
 
 def test_keyword_arguments_named_in_the_docs_exist():
-  # README and the code's docstrings and comments name calls as `Class(kw=...)` or `Class.method(kw=...)`; each
-  # keyword is a parameter of that class's constructor or method. generate/adapters.py sent readers to an
-  # `Engine(max_context=)`, which is `Engine.generate`'s.
+  # README and the code's docstrings and comments name calls as `Class(kw=...)`, `Class.method(kw=...)` or
+  # `function(kw=...)`; each keyword is a parameter of that constructor, method or function. generate/adapters.py
+  # sent readers to an `Engine(max_context=)`, which is `Engine.generate`'s.
   import inspect
-  classes = {}
-  for _, obj in _public_api():
+  classes, functions, methods = {}, {}, set()
+  for qual, obj in _public_api():
     if inspect.isclass(obj):
       classes.setdefault(obj.__name__, []).append(obj)
+    elif "." in qual.removeprefix(obj.__module__ + "."):
+      methods.add(obj.__name__)
+    else:
+      functions.setdefault(obj.__name__, []).append(obj)
+  # A function name cited with keywords (`make_mesh(data=1, ...)`), when no method or other function shares it.
+  functions = {name: found[0] for name, found in functions.items() if len(found) == 1 and name not in methods}
   texts = {"README.md": README}
   for folder in ("rstar_jax", "sandbox"):
     texts.update({str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in (REPO / folder).rglob("*.py")})
@@ -338,6 +344,13 @@ def test_keyword_arguments_named_in_the_docs_exist():
           params = inspect.signature(target).parameters
           if any(p.kind == p.VAR_KEYWORD for p in params.values()):
             continue
+          checked += 1
+          wrong += [f"{where}: {call.group(0)}: no parameter {k!r}" for k in keywords if k not in params]
+      for call in re.finditer(r"(?<![\w.])(?:\w+\.)?([a-z_]\w*)\(([^()]*)\)", span):
+        name, inner = call.groups()
+        keywords = re.findall(r"(?:^|,)\s*(\w+)=", inner)
+        params = inspect.signature(functions[name]).parameters if keywords and name in functions else {}
+        if params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
           checked += 1
           wrong += [f"{where}: {call.group(0)}: no parameter {k!r}" for k in keywords if k not in params]
   assert not wrong, "\n".join(wrong)
