@@ -1,8 +1,9 @@
 """Static shapes: every array a jitted kernel sees is padded to a bucket, so a run compiles a handful of programs.
 
 Lengths use powers of two up to 64 and then steps of 1.5x / 2x (64, 96, 128, 192, 256, 384, ...): padding wastes at most
-a third of a long prompt's compute, while the number of distinct lengths stays logarithmic. Row counts use powers of
-two, rounded up to a multiple of the mesh's batch split (a batch dimension must divide evenly over `data` x `fsdp`).
+a third of a long prompt's compute, while the number of distinct lengths stays logarithmic. Row counts are the mesh's
+batch split (a batch dimension must divide evenly over `data` x `fsdp`) times a power of two: 13 rows over a split of
+6 take 6 x 4 = 24, not the next power of two rounded up to a multiple of 6 (18).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Buckets:
     return _ladder_up(max(n, 1), self.min_length, self.fine_from)
 
   def rows(self, n: int) -> int:
-    """Bucket of a row count `n >= 1`: a power of two >= min_rows, times a multiple of `batch_split`."""
+    """Bucket of a row count `n >= 1`: `batch_split` times the first of m, 2m, 4m, ... that holds `n / batch_split`
+    rows, where m = `min_rows / batch_split` rounded up (a power of two at the default `min_rows` of 1)."""
     per_split = -(-max(n, 1) // self.batch_split)
     return self.batch_split * _ladder_up(per_split, max(1, -(-self.min_rows // self.batch_split)), 1 << 62)

@@ -35,6 +35,18 @@ def test_bucket_ladders():
   assert [split.rows(n) for n in (1, 6, 7, 13)] == [6, 6, 12, 24]
 
 
+def test_row_buckets_are_the_split_times_the_documented_doublings():
+  # `Buckets.rows`' docstring as a brute force: the smallest `split * m * 2**k` >= n, m = ceil(min_rows / split).
+  # (It read "a power of two >= min_rows", which a min_rows of 3 (3, 6, 12, ...) or a split of 6 (6, 12, 24) is not.)
+  for min_rows in (1, 2, 3, 5, 8):
+    for split in (1, 2, 3, 4, 6):
+      m = -(-min_rows // split)
+      ladder = [split * m * 2**k for k in range(12)]
+      for n in range(1, 200):
+        assert Buckets(min_rows=min_rows, batch_split=split).rows(n) == min(r for r in ladder if r >= n), (
+            min_rows, split, n)
+
+
 def test_token_order_is_the_order_of_the_token_lists():
   # Python's own list order (what the engine and the planner sorted rows by) is the reference: prefixes first,
   # duplicates in input order, and byte-order traps (255/256, 65535/65536, negative and extreme int32 ids).
