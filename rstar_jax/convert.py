@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from rstar_jax import cli
+
 
 def _verify(args) -> int:
   import jax.numpy as jnp
@@ -167,4 +169,4 @@ def _input_problem(args) -> str | None:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run(main))

@@ -32,7 +32,7 @@ from importlib import resources
 
 import numpy as np
 
-from rstar_jax import files  # no jax: the workdir is checked before jax is imported
+from rstar_jax import cli, files  # no jax: the workdir is checked before jax is imported
 
 STOP_TAG = "<|endoftext|>"
 
@@ -356,4 +356,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  raise SystemExit(cli.run(main))

@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from rstar_jax import files
+from rstar_jax import cli, files
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -242,4 +242,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run(main))

@@ -2,8 +2,11 @@
 
 import concurrent.futures
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +17,8 @@ from rstar_jax.generate import Engine, EnginePolicy, Greedy, PPMScorer, Request,
 from rstar_jax.generate.__main__ import main
 from rstar_jax.models import convert
 from rstar_jax.search.interfaces import Policy, Scorer, StepCandidate
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TEXTS = ["Question: what is 6 * 7?\n<|assistant|>: Let's think step by step.\n",
          "Question: a train leaves at noon.\n<|assistant|>: ",
@@ -540,3 +545,24 @@ def test_a_context_past_the_models_positions_is_refused_as_vllm_refuses_such_a_m
   capsys.readouterr()
   _assert_usage_error(capsys, ["--hf-dir", str(tiny_hf()[0]), "--prompts", str(good), "--max-context", "2048"],
                       r"error: --max-context 2048 exceeds the model's max_position_embeddings=1024")
+
+
+def test_command_line_ends_quietly_when_the_reader_of_its_stdout_has_left(tmp_path):
+  # `python -m rstar_jax.generate ... | head -1`: once head had its line and left, the next line raised BrokenPipeError,
+  # a traceback on stderr and exit 1. A Unix tool ends as SIGPIPE ends it: no word, exit 141 (128 + 13), as the shell
+  # reports `yes | head -1`'s yes under `set -o pipefail`.
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text(json.dumps(TEXTS[0]) + "\n" + json.dumps(TEXTS[1]) + "\n")
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  read_end, write_end = os.pipe()
+  os.close(read_end)  # the reader left before the first line (`| true`; `| head -1` once its line was read)
+  try:
+    proc = subprocess.run([sys.executable, "-m", "rstar_jax.generate", "--hf-dir", str(tiny_hf()[0]), "--tokenizer",
+                           str(tiny_tokenizer_dir()), "--prompts", str(prompts), "--max-new-tokens", "1", "--n", "2"],
+                          cwd=REPO, env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300,
+                          check=False)
+  finally:
+    os.close(write_end)
+  assert proc.returncode == 141, (proc.returncode, proc.stderr[-2000:])
+  assert not re.search(r"Traceback|BrokenPipe|Exception ignored", proc.stderr), proc.stderr[-2000:]
+

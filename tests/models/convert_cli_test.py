@@ -186,3 +186,21 @@ def test_verify_refuses_a_negative_seed_before_loading(hf_qwen2_factory, capsys)
     convert.main(["verify", "--hf-dir", str(hf_dir), "--seed", "-1"])
   assert exit_info.value.code == 2
   assert "--seed must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_a_command_whose_stdout_reader_left_ends_quietly(hf_qwen2_factory, tmp_path):
+  # `convert import ... | head -0` (or any reader gone before the last line): the line met the closed pipe, a
+  # BrokenPipeError traceback and exit 1 after the work was done. A Unix tool ends as SIGPIPE ends it: no word, the
+  # status 141 (128 + 13) a shell reports for it.
+  path, _ = hf_qwen2_factory()
+  read_end, write_end = os.pipe()
+  os.close(read_end)  # the reader left before the first line (`| true`)
+  try:
+    proc = subprocess.run([sys.executable, "-m", "rstar_jax.convert", "import", "--hf-dir", str(path), "--out",
+                           str(tmp_path / "ckpt")], cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+                          stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300, check=False)
+  finally:
+    os.close(write_end)
+  assert proc.returncode == 141, proc.stderr[-3000:]
+  assert not re.search(r"Traceback|BrokenPipe|Exception ignored", proc.stderr), proc.stderr[-3000:]
+  assert (tmp_path / "ckpt" / "config.json").is_file()  # the checkpoint was written before the line
