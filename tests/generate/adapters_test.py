@@ -566,3 +566,27 @@ def test_command_line_ends_quietly_when_the_reader_of_its_stdout_has_left(tmp_pa
   assert proc.returncode == 141, (proc.returncode, proc.stderr[-2000:])
   assert not re.search(r"Traceback|BrokenPipe|Exception ignored", proc.stderr), proc.stderr[-2000:]
 
+
+def test_help_imports_no_jax_and_shows_every_flag():
+  # `python -m rstar_jax.generate` imports the package first, whose __init__ imported the engine and so jax: `--help`
+  # took seconds although main() imports everything after parsing so that it stays instant.
+  code = ("import runpy, sys\n"
+          "sys.argv = ['generate', '--help']\n"
+          "try:\n"
+          "  runpy.run_module('rstar_jax.generate', run_name='__main__', alter_sys=True)\n"
+          "except SystemExit as e:\n"
+          "  print('exit', e.code, 'jax imported:', 'jax' in sys.modules, file=sys.stderr)\n")
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.stderr.strip().endswith("exit 0 jax imported: False"), proc.stderr[-2000:]
+  from rstar_jax.generate.__main__ import _parser  # pylint: disable=g-import-not-at-top
+  for action in _parser()._actions:  # pylint: disable=protected-access
+    assert action.option_strings[-1] in proc.stdout, action.option_strings
+  # The package's names still resolve, to what the submodules define.
+  import rstar_jax.generate as package  # pylint: disable=g-import-not-at-top
+  from rstar_jax.generate import engine, sampling  # pylint: disable=g-import-not-at-top
+  assert (package.Engine, package.Sampling, package.engine) == (engine.Engine, sampling.Sampling, engine)
+  assert set(package.__all__) <= set(dir(package))
+  with pytest.raises(AttributeError, match="has no attribute 'Engin'"):
+    package.Engin  # pylint: disable=pointless-statement
