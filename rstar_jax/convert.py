@@ -75,15 +75,16 @@ def _export(args) -> int:
   return 0
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m rstar_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   verify = sub.add_parser("verify", help="compare logits with transformers on a random padded batch")
   verify.add_argument("--hf-dir", required=True)
-  verify.add_argument("--batch", type=int, default=4)
-  verify.add_argument("--length", type=int, default=32)
-  verify.add_argument("--seed", type=int, default=0)
+  verify.add_argument("--batch", type=int, default=4,
+                      help="rows (those after the first left-padded; default: %(default)s)")
+  verify.add_argument("--length", type=int, default=32, help="tokens per row (default: %(default)s)")
+  verify.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default: %(default)s)")
   imp = sub.add_parser("import", help="HF dir -> orbax checkpoint")
   imp.add_argument("--hf-dir", required=True)
   imp.add_argument("--out", required=True)
@@ -93,6 +94,11 @@ def main(argv=None) -> int:
   exp.add_argument("--out", required=True)
   exp.add_argument("--ppm", action="store_true")
   exp.add_argument("--dtype", default=None, help="tensor dtype to write (default: the parameter dtype)")
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = _parser()
   args = parser.parse_args(argv)
   problem = _input_problem(args)
   if problem:

@@ -1,6 +1,8 @@
 """`rstar_jax.cli.run`: the command lines' exit when the reader of their stdout leaves early."""
 
+import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -47,3 +49,30 @@ def test_without_a_real_stdout_a_broken_pipe_propagates(capsys):
     cli.run(main)
   assert cli.run(lambda: 0) == 0 and capsys.readouterr().out == ""
 
+
+
+def _parsers():
+  """(name, parser) of every command and subcommand."""
+  from rstar_jax import convert  # pylint: disable=g-import-not-at-top
+  from rstar_jax.generate import __main__ as generate  # pylint: disable=g-import-not-at-top
+  yield "generate", generate._parser()  # pylint: disable=protected-access
+  subparsers = next(a for a in convert._parser()._actions if a.choices)  # pylint: disable=protected-access
+  for command, parser in subparsers.choices.items():
+    yield f"convert {command}", parser
+
+
+def test_every_flag_with_a_default_names_it_in_the_help():
+  # `generate --help` said nothing of --n, --seed, --top-p, --top-k, --max-new-tokens (or --temperature's 0), nor
+  # `convert verify --help` of --batch, --length, --seed: a user had to read the source to learn 256 tokens per sample.
+  names = set()
+  for name, parser in _parsers():
+    names.add(name)
+    help_text = parser.format_help()
+    for action in parser._actions:  # pylint: disable=protected-access
+      if action.default in (None, False, [], argparse.SUPPRESS):  # unset, a switch, repeatable, or --help
+        continue
+      # The help as printed (argparse fills %(default)s), on the flag's own lines.
+      entry = re.search(rf"^  {re.escape(action.option_strings[-1])} .*?(?=^  -|\Z)", help_text, re.M | re.S)
+      assert entry and re.search(rf"default: {re.escape(str(action.default))}\b", " ".join(entry.group().split())), (
+          name, action.option_strings, entry and entry.group())
+  assert names == {"generate", "convert verify", "convert import", "convert export"}

@@ -35,12 +35,13 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--prompts", required=True, help="JSONL (or plain text, one prompt per line) file of prompts")
   p.add_argument("--tokenizer", help="tokenizer dir or file (default: the model dir)")
   p.add_argument("--add-rstar-tokens", action="store_true", help="add rStar's step tags as special tokens first")
-  p.add_argument("--n", type=int, default=1, help="samples per prompt")
-  p.add_argument("--seed", type=int, default=0, help="seed of prompt 0 (prompt i: seed + i) unless a line sets it")
-  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-  p.add_argument("--top-p", type=float, default=1.0)
-  p.add_argument("--top-k", type=int, default=0)
-  p.add_argument("--max-new-tokens", type=int, default=256)
+  p.add_argument("--n", type=int, default=1, help="samples per prompt (default: %(default)s)")
+  p.add_argument("--seed", type=int, default=0,
+                 help="seed of prompt 0 (prompt i: seed + i) unless a line sets it (default: %(default)s)")
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
+  p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: %(default)s)")
+  p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest; 0 = off (default: %(default)s)")
+  p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per sample (default: %(default)s)")
   p.add_argument("--max-context", type=int, default=None,
                  help="vLLM's max_model_len: a row stops once prompt + generated tokens exceed it (default and "
                       "most: the model's max_position_embeddings)")
