@@ -202,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--mesh {args.mesh}: {e}") from None
     tok = tokenizer_lib.load_tokenizer(args.tokenizer or model_dir)  # a folder without one names what it holds
     eos_ids = None if args.ppm_dir else _eos_ids(args, tok, model_dir)
+    try:  # weights this loader cannot read (none, a PyTorch .bin, a cut file) were a traceback once loading began
+      convert.HFCheckpoint(model_dir).close()
+    except (OSError, ValueError) as e:  # the message starts with the path
+      raise ValueError(f"{'--hf-dir' if args.hf_dir else '--ppm-dir'} {e.args[0] if len(e.args) == 1 else e}") from None
   except (OSError, ValueError) as e:
     parser.error(str(e))
   if args.add_rstar_tokens:

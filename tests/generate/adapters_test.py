@@ -590,3 +590,25 @@ def test_help_imports_no_jax_and_shows_every_flag():
   assert set(package.__all__) <= set(dir(package))
   with pytest.raises(AttributeError, match="has no attribute 'Engin'"):
     package.Engin  # pylint: disable=pointless-statement
+
+
+def test_command_line_names_weights_it_cannot_read_before_loading(tmp_path, capsys):
+  # A model dir without weights (or with a PyTorch .bin, a cut safetensors file) was a traceback from the loader, exit
+  # 1, once the prompts and tokenizer were read; `convert` reports the same dirs as a usage error naming the flag.
+  good = tmp_path / "good.jsonl"
+  good.write_text('"fine"\n')
+  model = tmp_path / "model"
+  model.mkdir()
+  shutil.copyfile(tiny_hf()[0] / "config.json", model / "config.json")
+  capsys.readouterr()  # the first build of the tiny model writes a progress line to stderr
+  argv = ["--prompts", str(good), "--tokenizer", str(tiny_tokenizer_dir())]
+  _assert_usage_error(capsys, argv + ["--hf-dir", str(model)],
+                      r"error: --hf-dir .*model: no model.safetensors or model.safetensors.index.json")
+  (model / "model.safetensors").write_bytes((tiny_hf()[0] / "model.safetensors").read_bytes()[:100])
+  _assert_usage_error(capsys, argv + ["--hf-dir", str(model)],
+                      r"error: --hf-dir .*model.safetensors: truncated safetensors file")
+  ppm = tmp_path / "ppm"
+  shutil.copytree(tiny_ppm_dir()[0], ppm)
+  (ppm / "model.safetensors").unlink()
+  _assert_usage_error(capsys, argv + ["--ppm-dir", str(ppm), "--add-rstar-tokens"],
+                      r"error: --ppm-dir .*ppm: no model.safetensors or model.safetensors.index.json")
