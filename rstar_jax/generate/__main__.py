@@ -62,9 +62,12 @@ def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str,
   """Reads the prompts file -> `[{"prompt", "n", "seed", "line"}]` (`line`: 1-based); errors name the file and line.
 
   The file is UTF-8 (a leading byte order mark is dropped, as Windows editors write one); lines end with LF, CRLF
-  or CR.
+  or CR. A named pipe (`<(...)`, /dev/stdin) is read as a plain text file: only a name ending in .json/.jsonl is JSON.
   """
-  if not os.path.isfile(path):
+  # Not `isfile`: a pipe (`--prompts <(jq ...)`, /dev/stdin) is read as a file; it was "not found", as a folder was.
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"prompts file {path} is a folder")
+  if not os.path.exists(path):
     raise FileNotFoundError(f"prompts file not found: {path}")
   is_json = path.endswith((".json", ".jsonl"))
   with open(path, "rb") as f:

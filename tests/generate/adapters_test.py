@@ -612,3 +612,20 @@ def test_command_line_names_weights_it_cannot_read_before_loading(tmp_path, caps
   (ppm / "model.safetensors").unlink()
   _assert_usage_error(capsys, argv + ["--ppm-dir", str(ppm), "--add-rstar-tokens"],
                       r"error: --ppm-dir .*ppm: no model.safetensors or model.safetensors.index.json")
+
+
+def test_prompts_from_a_pipe_are_read_and_a_folder_is_named(tmp_path, capsys):
+  # `--prompts <(jq -r .question problems.jsonl)` (a /dev/fd/N pipe) or /dev/stdin: "prompts file not found", as was
+  # a folder; both exist.
+  from rstar_jax.generate.__main__ import read_prompts  # pylint: disable=g-import-not-at-top
+  read_end, write_end = os.pipe()
+  try:
+    os.write(write_end, "What is 6 * 7?\r\nsecond \u00e9\n".encode())
+    os.close(write_end)
+    prompts = read_prompts(f"/dev/fd/{read_end}", 2, 5)
+  finally:
+    os.close(read_end)
+  assert [(p["prompt"], p["n"], p["seed"], p["line"]) for p in prompts] == [("What is 6 * 7?", 2, 5, 1),
+                                                                           ("second \u00e9", 2, 6, 2)]
+  _assert_usage_error(capsys, ["--hf-dir", str(tmp_path), "--prompts", str(tmp_path)],
+                      rf"error: prompts file {re.escape(str(tmp_path))} is a folder")
