@@ -18,7 +18,10 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    number out of what the LaTeX parser cannot read) and verified (gold first, as the library expects). Its "equal"
    is confirmed exactly where its checks are loose (`_differ_exactly`): rational values, alone, in lists, tuples and
    sets or assigned (its 15-digit numeric check took `\\frac{1}{2^{1008}}` for `\\frac{1}{2^{1007}}`), and
-   polynomial equations without real roots (it compares real solution sets: `x^2+1=0` was `x^2+121=0`).
+   polynomial equations without real roots (it compares real solution sets: `x^2+1=0` was `x^2+121=0`). Two
+   equations holding a vector or matrix (`\\mathbf{y} = c_1 [6,-3,3]^T e^{8t} + ...`) skip its equation rules: they
+   are the same when their left sides are and math-verify equates their right sides (its `sympy.solve` finds no
+   solution for either, and it read two empty solution lists as the same answer).
    math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
    we call it with its timeouts disabled inside a separate worker process and enforce our own
    deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal".
@@ -439,6 +442,8 @@ def math_verify_equal(pred: str, gold: str) -> bool:
   pred_parsed = parse(_wrap_latex(pred), extraction_config=config, parsing_timeout=None)
   if not gold_parsed or not pred_parsed:
     return False
+  if _vector_equations(gold_parsed[0], pred_parsed[0]):
+    return _same_vector_equations(gold_parsed[0], pred_parsed[0])
   if not verify(gold_parsed, pred_parsed, timeout_seconds=None):
     return False
   return not _differ_exactly(gold_parsed[0], pred_parsed[0])
@@ -471,6 +476,29 @@ def _differ_exactly(gold, pred) -> bool:
     return None not in gold_values + pred_values and set(gold_values) != set(pred_values)
   gold_value, pred_value = _rational_value(gold), _rational_value(pred)
   return gold_value is not None and pred_value is not None and gold_value != pred_value
+
+
+def _vector_equations(gold, pred) -> bool:
+  """Whether two parsed answers are equations of which one holds a matrix or vector (`\\begin{array}`,
+  `\\begin{bmatrix}`, ...) anywhere."""
+  import sympy  # pylint: disable=import-outside-toplevel
+  if not (isinstance(gold, sympy.Eq) and isinstance(pred, sympy.Eq)):
+    return False
+  matrix = (sympy.MatrixBase, sympy.MatrixExpr)
+  return any(isinstance(node, matrix) for expr in (gold, pred) for node in sympy.preorder_traversal(expr))
+
+
+def _same_vector_equations(gold, pred) -> bool:
+  """Whether two `_vector_equations` (`\\mathbf{y} = c_1 [6, -3, 3]^T e^{8t} + ...`) are the same answer: the same
+  left side, and right sides math-verify equates.
+
+  Not math-verify's rule for equations: it compares them as `lhs - rhs` (sympy refuses a scalar symbol minus a
+  matrix) and then by the solutions of `sympy.solve` for all their symbols, which are none for such an equation:
+  two empty lists, which it read as the same solutions. Every pair of CollegeMath's vector ODE solutions with free
+  constants was thus "equal" (2517 against 2518), after a `solve` of up to 20 s.
+  """
+  from math_verify import verify  # pylint: disable=import-outside-toplevel
+  return gold.lhs == pred.lhs and verify([gold.rhs], [pred.rhs], timeout_seconds=None)
 
 
 def _differ_without_real_roots(gold, pred) -> bool:

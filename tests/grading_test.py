@@ -522,6 +522,37 @@ def test_equations_without_real_roots_are_not_all_equal(grader, shared_data):
   assert grader.equivalent("x^2 = 4", "x^2-4=0")  # equations with real roots: math-verify's rules, unchanged
 
 
+@pytest.mark.slow  # math-verify parses CollegeMath 2517 and 2518 in 5 s (18 s on a busy 2-core machine)
+def test_vector_equations_are_not_all_equal(shared_data):
+  # math-verify compares two equations by `sympy.solve` for all their symbols, which finds no solution for a scalar
+  # `\\mathbf{y}` equal to a vector: two empty solution lists, read as the same. So CollegeMath's vector ODE
+  # solutions all equalled each other. By hand: 2518 (a 3-vector, e^{8t}, a particular solution) is not 2517 (a
+  # 2-vector, e^{2t}); nor is 2517 with one sign or one exponent changed. The same terms reordered, the common
+  # factor e^{2t} taken out, or the vector written out are the same answer. `math_verify_equal` (the layer changed;
+  # `Grader` only adds its deadline): math-verify parses 2517 in seconds, past the fixture's deadline on a busy machine.
+  college = {d["index"]: str(d["answer"]) for d in
+             json.loads((shared_data / "benchmarks" / "collegemath_test.json").read_text())}
+  gold = college[2517]
+  assert gold.startswith("\\mathbf{y}=c_{1}e^{2t}")
+  assert not grading.math_verify_equal(college[2518], gold)
+  first, second = "3\\sin3t-\\cos3t\\\\5\\cos3t", "-3\\cos3t-\\sin3t\\\\5\\sin3t"
+  flipped = second.replace("-\\sin", "+\\sin")  # one sign changed
+  short_gold = f"\\mathbf{{y}}=c_{{1}}e^{{2t}}\\begin{{bmatrix}}{first}\\end{{bmatrix}}"
+  for pred, want in [
+      (f"\\mathbf{{y}}=c_{{1}}e^{{2t}}\\begin{{bmatrix}}{flipped}\\end{{bmatrix}}", False),
+      (f"\\mathbf{{y}}=c_{{1}}e^{{3t}}\\begin{{bmatrix}}{first}\\end{{bmatrix}}", False),
+      (f"\\mathbf{{x}}=c_{{1}}e^{{2t}}\\begin{{bmatrix}}{first}\\end{{bmatrix}}", False),
+      ("\\mathbf{y}=c_1\\begin{bmatrix}1\\\\2\\end{bmatrix}e^{t}", False),
+      (f"\\mathbf{{y}}=e^{{2t}}c_{{1}}\\begin{{bmatrix}}{first}\\end{{bmatrix}}", True),
+      ("\\mathbf{y}=\\begin{bmatrix}c_{1}e^{2t}(3\\sin3t-\\cos3t)\\\\5c_{1}e^{2t}\\cos3t\\end{bmatrix}", True),
+  ]:
+    assert grading.math_verify_equal(pred, short_gold) == want, pred
+    assert grading.math_verify_equal(short_gold, pred) == want, pred
+  two = ("\\mathbf{y}=c_1\\begin{bmatrix}1\\\\2\\end{bmatrix}e^{t}+c_2\\begin{bmatrix}0\\\\1\\end{bmatrix}",
+         "\\mathbf{y}=c_2\\begin{bmatrix}0\\\\1\\end{bmatrix}+c_1\\begin{bmatrix}1\\\\2\\end{bmatrix}e^{t}")
+  assert grading.math_verify_equal(*two)
+
+
 def _running(pid: int) -> bool:
   """Whether process `pid` exists and is no zombie (an orphan's zombie waits for init to reap it)."""
   try:
