@@ -19,9 +19,10 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    is confirmed exactly where its checks are loose (`_differ_exactly`): rational values, alone, in lists, tuples and
    sets or assigned (its 15-digit numeric check took `\\frac{1}{2^{1008}}` for `\\frac{1}{2^{1007}}`), and
    polynomial equations without real roots (it compares real solution sets: `x^2+1=0` was `x^2+121=0`). Two
-   equations holding a vector or matrix (`\\mathbf{y} = c_1 [6,-3,3]^T e^{8t} + ...`) skip its equation rules: they
-   are the same when their left sides are and math-verify equates their right sides (its `sympy.solve` finds no
-   solution for either, and it read two empty solution lists as the same answer).
+   equations holding a vector or matrix (`\\mathbf{y} = c_1 [6,-3,3]^T e^{8t} + ...`), or both without a free
+   symbol (`\\log 100 = 2`), skip its equation rules: they are the same when math-verify equates their sides, left
+   with left and right with right (or swapped). Its `sympy.solve` finds no solution for either, and it read two empty
+   solution lists as the same answer (`2+2=4` was `3+3=7`).
    math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
    we call it with its timeouts disabled inside a separate worker process and enforce our own
    deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal".
@@ -442,8 +443,8 @@ def math_verify_equal(pred: str, gold: str) -> bool:
   pred_parsed = parse(_wrap_latex(pred), extraction_config=config, parsing_timeout=None)
   if not gold_parsed or not pred_parsed:
     return False
-  if _vector_equations(gold_parsed[0], pred_parsed[0]):
-    return _same_vector_equations(gold_parsed[0], pred_parsed[0])
+  if _equations_compared_by_sides(gold_parsed[0], pred_parsed[0]):
+    return _same_sides(gold_parsed[0], pred_parsed[0])
   if not verify(gold_parsed, pred_parsed, timeout_seconds=None):
     return False
   return not _differ_exactly(gold_parsed[0], pred_parsed[0])
@@ -478,27 +479,33 @@ def _differ_exactly(gold, pred) -> bool:
   return gold_value is not None and pred_value is not None and gold_value != pred_value
 
 
-def _vector_equations(gold, pred) -> bool:
-  """Whether two parsed answers are equations of which one holds a matrix or vector (`\\begin{array}`,
-  `\\begin{bmatrix}`, ...) anywhere."""
+def _equations_compared_by_sides(gold, pred) -> bool:
+  """Whether two parsed answers are equations that math-verify's equation rules cannot tell apart: one holds a
+  matrix or vector (`\\begin{array}`, `\\begin{bmatrix}`, ...), or neither has a free symbol (`\\log 100 = 2`).
+
+  math-verify compares equations as `lhs - rhs` (sympy refuses a scalar symbol minus a matrix; every true statement
+  is 0) and then by the solutions of `sympy.solve` for all their symbols, which are none for such equations: two
+  empty lists, which it read as the same solutions. So every pair of CollegeMath's vector ODE solutions with free
+  constants was "equal" (2517 against 2518, after a `solve` of up to 20 s), and so were `2+2=4` and `3+3=7`, or
+  any two true statements (`\\log\\frac{1}{1000000}=-6` and `\\log \\sqrt[3]{10^5}=\\frac{5}{3}`: 1106 and 1109).
+  """
   import sympy  # pylint: disable=import-outside-toplevel
   if not (isinstance(gold, sympy.Eq) and isinstance(pred, sympy.Eq)):
     return False
   matrix = (sympy.MatrixBase, sympy.MatrixExpr)
-  return any(isinstance(node, matrix) for expr in (gold, pred) for node in sympy.preorder_traversal(expr))
+  if any(isinstance(node, matrix) for expr in (gold, pred) for node in sympy.preorder_traversal(expr)):
+    return True
+  return not gold.free_symbols and not pred.free_symbols
 
 
-def _same_vector_equations(gold, pred) -> bool:
-  """Whether two `_vector_equations` (`\\mathbf{y} = c_1 [6, -3, 3]^T e^{8t} + ...`) are the same answer: the same
-  left side, and right sides math-verify equates.
-
-  Not math-verify's rule for equations: it compares them as `lhs - rhs` (sympy refuses a scalar symbol minus a
-  matrix) and then by the solutions of `sympy.solve` for all their symbols, which are none for such an equation:
-  two empty lists, which it read as the same solutions. Every pair of CollegeMath's vector ODE solutions with free
-  constants was thus "equal" (2517 against 2518), after a `solve` of up to 20 s.
-  """
+def _same_sides(gold, pred) -> bool:
+  """Whether two `_equations_compared_by_sides` have sides math-verify equates: left with left and right with right,
+  or swapped (`4 = 2+2` for `2+2 = 4`)."""
   from math_verify import verify  # pylint: disable=import-outside-toplevel
-  return gold.lhs == pred.lhs and verify([gold.rhs], [pred.rhs], timeout_seconds=None)
+  def same(a, b):
+    return verify([a], [b], timeout_seconds=None)
+  return ((same(gold.lhs, pred.lhs) and same(gold.rhs, pred.rhs))
+          or (same(gold.lhs, pred.rhs) and same(gold.rhs, pred.lhs)))
 
 
 def _differ_without_real_roots(gold, pred) -> bool:

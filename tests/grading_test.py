@@ -553,6 +553,24 @@ def test_vector_equations_are_not_all_equal(shared_data):
   assert grading.math_verify_equal(*two)
 
 
+def test_equations_without_a_free_symbol_are_compared_side_by_side(shared_data):
+  # math-verify solves such equations for no symbol: two empty solution lists, read as the same, so `2+2=4` was
+  # `3+3=7`; and any two true statements were equal (both `lhs - rhs` are 0): CollegeMath 1109's gold for 1106's.
+  # By hand: equal exactly when the sides are. `math_verify_equal` (the layer changed; `Grader` adds its deadline).
+  college = {d["index"]: str(d["answer"]) for d in
+             json.loads((shared_data / "benchmarks" / "collegemath_test.json").read_text())}
+  gold = college[1106]
+  assert gold == "\\log\\frac{1}{1000000}=-6"
+  for pred, want in [(college[1109], False), ("\\log 10 = 1", False), ("\\log\\frac{1}{1000000}=-5", False),
+                     ("\\log 10^{-6}=-6", True), ("-6=\\log\\left(\\frac{1}{1000000}\\right)", True)]:
+    assert grading.math_verify_equal(pred, gold) == want, pred
+    assert grading.math_verify_equal(gold, pred) == want, pred
+  for pred, gold, want in [("3+3=7", "2+2=4", False), ("\\ln 5 = 7", "\\log_{10} 100 = 2", False),
+                           ("4=2+2", "2+2=4", True)]:
+    assert grading.math_verify_equal(pred, gold) == want, (pred, gold)
+  assert grading.math_verify_equal("2x - y + 1 = 0", "y = 2x+1")  # with free symbols: math-verify's rules
+
+
 def _running(pid: int) -> bool:
   """Whether process `pid` exists and is no zombie (an orphan's zombie waits for init to reap it)."""
   try:
