@@ -22,7 +22,9 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    equations holding a vector or matrix (`\\mathbf{y} = c_1 [6,-3,3]^T e^{8t} + ...`), or both without a free
    symbol (`\\log 100 = 2`), skip its equation rules: they are the same when math-verify equates their sides, left
    with left and right with right (or swapped). Its `sympy.solve` finds no solution for either, and it read two empty
-   solution lists as the same answer (`2+2=4` was `3+3=7`).
+   solution lists as the same answer (`2+2=4` was `3+3=7`). Its rule that drops a trailing `\\text{...}` unit is
+   skipped for an answer where it would drop more than units: it started at the first text command, so
+   `2\\mathbf{i}-5\\mathbf{j}` read as 2 (`_extraction_config`).
    math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
    we call it with its timeouts disabled inside a separate worker process and enforce our own
    deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal".
@@ -58,6 +60,7 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import math
@@ -435,12 +438,9 @@ def _wrap_latex(answer: str) -> str:
 
 def math_verify_equal(pred: str, gold: str) -> bool:
   """math-verify's verdict, computed in *this* process without any timeout (workers call this)."""
-  from math_verify import LatexExtractionConfig, parse, verify  # pylint: disable=import-outside-toplevel
-  # LaTeX only: the default's second extractor (`ExprExtractionConfig`) takes a number out of an answer the LaTeX
-  # parser cannot read, so `(1, n) \text{ for } n \ge 1` was 1 and `t = \max \{ 2q, q - 1 + 2M \}` was 2.
-  config = [LatexExtractionConfig()]
-  gold_parsed = parse(_wrap_latex(gold), extraction_config=config, parsing_timeout=None)
-  pred_parsed = parse(_wrap_latex(pred), extraction_config=config, parsing_timeout=None)
+  from math_verify import parse, verify  # pylint: disable=import-outside-toplevel
+  gold_parsed, pred_parsed = (
+      parse(_wrap_latex(s), extraction_config=_extraction_config(s), parsing_timeout=None) for s in (gold, pred))
   if not gold_parsed or not pred_parsed:
     return False
   if _equations_compared_by_sides(gold_parsed[0], pred_parsed[0]):
@@ -448,6 +448,34 @@ def math_verify_equal(pred: str, gold: str) -> bool:
   if not verify(gold_parsed, pred_parsed, timeout_seconds=None):
     return False
   return not _differ_exactly(gold_parsed[0], pred_parsed[0])
+
+
+# What math-verify's unit rule may remove: text commands, joined as units are (`\text{ m}/\text{s}^2`).
+_UNITS_ONLY_RE = re.compile(r"(?:\\(?:text|mbox)\{[^{}]*\}|\^\{?\d\}?|\\cdot|[\s/*])+")
+
+
+def _extraction_config(answer: str) -> list:
+  """math-verify's LaTeX extraction for `answer`, without its unit rule where that rule drops more than a unit.
+
+  LaTeX only: the default's second extractor (`ExprExtractionConfig`) takes a number out of an answer the LaTeX
+  parser cannot read, so `(1, n) \\text{ for } n \\ge 1` was 1 and `t = \\max \\{ 2q, q - 1 + 2M \\}` was 2.
+  Its unit rule removes `\\text{...}` (its spelling of `\\mathrm`, `\\mathbf`, `\\mbox`, ...) at the end with a lazy
+  `.*?` anchored at the end: from the *first* text command on, so `2\\mathbf{i}-5\\mathbf{j}` read as 2 (equal to
+  `2\\mathbf{i}+7\\mathbf{j}`), `9\\text{ dimes}, 12\\text{ quarters}` as 9, `3 \\text{ if } n \\text{ even}` as 3.
+  Where the rule would remove more than text commands joined as units are (`\\text{ m}/\\text{s}`), the answer is
+  read without it.
+  """
+  # pylint: disable=import-outside-toplevel
+  from latex2sympy2_extended.math_normalization import normalize_latex, unit_superscript_regex
+  from math_verify import LatexExtractionConfig
+  config = LatexExtractionConfig()
+  before_units = normalize_latex(_wrap_latex(answer), dataclasses.replace(config.normalization_config, units=False))
+  for text in re.findall(r"\$([^$]*)\$", before_units) or [before_units]:
+    match = unit_superscript_regex.search(text.strip())
+    if match and text.strip()[:match.start()].strip() and not _UNITS_ONLY_RE.fullmatch(match.group(0)):
+      config = LatexExtractionConfig(
+          normalization_config=dataclasses.replace(config.normalization_config, units=False))
+  return [config]
 
 
 def _differ_exactly(gold, pred) -> bool:

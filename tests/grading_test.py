@@ -571,6 +571,25 @@ def test_equations_without_a_free_symbol_are_compared_side_by_side(shared_data):
   assert grading.math_verify_equal("2x - y + 1 = 0", "y = 2x+1")  # with free symbols: math-verify's rules
 
 
+def test_math_verify_s_unit_rule_drops_only_units(shared_data):
+  # math-verify strips a trailing `\\text{...}` unit with a lazy regex anchored at the end, which started at the
+  # first text command (`\\mathbf` and `\\mathrm` are spelled `\\text` by then): CollegeMath 733's
+  # `9\\mathrm{~d},12\\mathrm{q}` (9 dimes and 12 quarters) read as 730's 9. By hand: the left column differs from
+  # the right; units alone, or joined as units, still go.
+  college = {d["index"]: str(d["answer"]) for d in
+             json.loads((shared_data / "benchmarks" / "collegemath_test.json").read_text())}
+  assert not grading.math_verify_equal(college[733], college[730])
+  for pred, gold, want in [
+      ("2\\mathbf{i}-5\\mathbf{j}", "2\\mathbf{i}+7\\mathbf{j}", False),
+      ("9\\text{ dimes}, 12\\text{ quarters}", "9", False),
+      ("3 \\text{ if } n \\text{ is even}", "3", False),
+      ("2\\mathbf{i}+7\\mathbf{j}", "7\\mathbf{j}+2\\mathbf{i}", True),
+      ("5\\text{ m}/\\text{s}", "5", True),
+      ("5\\text{ cm}", "5", True),
+      ("\\frac{1}{2}\\text{ cm}^2", "0.5", True)]:
+    assert grading.math_verify_equal(pred, gold) == want, (pred, gold)
+
+
 def _running(pid: int) -> bool:
   """Whether process `pid` exists and is no zombie (an orphan's zombie waits for init to reap it)."""
   try:
