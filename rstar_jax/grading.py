@@ -24,7 +24,10 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    with left and right with right (or swapped). Its `sympy.solve` finds no solution for either, and it read two empty
    solution lists as the same answer (`2+2=4` was `3+3=7`). Its rule that drops a trailing `\\text{...}` unit is
    skipped for an answer where it would drop more than units: it started at the first text command, so
-   `2\\mathbf{i}-5\\mathbf{j}` read as 2 (`_extraction_config`).
+   `2\\mathbf{i}-5\\mathbf{j}` read as 2 (`_extraction_config`). Not guarded: a ground truth written as prose with
+   inline math and no box (80 of Omni-MATH's, `There are 4 possible values of \\( P \\).`) is read by math-verify
+   as its last piece of math (`P`), so an answer equal to that piece matches it (and `4` does not); which piece
+   states the answer is a matter of reading the sentence.
    math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
    we call it with its timeouts disabled inside a separate worker process and enforce our own
    deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal".
