@@ -19,7 +19,7 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    is confirmed exactly where its checks are loose (`_differ_exactly`): rational values, alone, in lists, tuples and
    sets or assigned (its 15-digit numeric check took `\\frac{1}{2^{1008}}` for `\\frac{1}{2^{1007}}`), and
    polynomial equations without real roots (it compares real solution sets: `x^2+1=0` was `x^2+121=0`). Two
-   equations holding a vector or matrix (`\\mathbf{y} = c_1 [6,-3,3]^T e^{8t} + ...`), or both without a free
+   equations holding a vector or matrix (`\\mathbf{y} = c_1 [6,-3,3]^T e^{8t} + ...`), or one without a free
    symbol (`\\log 100 = 2`), skip its equation rules: they are the same when math-verify equates their sides, left
    with left and right with right (or swapped). Its `sympy.solve` finds no solution for either, and it read two empty
    solution lists as the same answer (`2+2=4` was `3+3=7`). Its rule that drops a trailing `\\text{...}` unit is
@@ -512,13 +512,14 @@ def _differ_exactly(gold, pred) -> bool:
 
 def _equations_compared_by_sides(gold, pred) -> bool:
   """Whether two parsed answers are equations that math-verify's equation rules cannot tell apart: one holds a
-  matrix or vector (`\\begin{array}`, `\\begin{bmatrix}`, ...), or neither has a free symbol (`\\log 100 = 2`).
+  matrix or vector (`\\begin{array}`, `\\begin{bmatrix}`, ...), or one has no free symbol (`\\log 100 = 2`).
 
   math-verify compares equations as `lhs - rhs` (sympy refuses a scalar symbol minus a matrix; every true statement
   is 0) and then by the solutions of `sympy.solve` for all their symbols, which are none for such equations: two
   empty lists, which it read as the same solutions. So every pair of CollegeMath's vector ODE solutions with free
   constants was "equal" (2517 against 2518, after a `solve` of up to 20 s), and so were `2+2=4` and `3+3=7`, or
-  any two true statements (`\\log\\frac{1}{1000000}=-6` and `\\log \\sqrt[3]{10^5}=\\frac{5}{3}`: 1106 and 1109).
+  any two true statements (`\\log\\frac{1}{1000000}=-6` and `\\log \\sqrt[3]{10^5}=\\frac{5}{3}`: 1106 and 1109), or a
+  true statement and an identity (`\\log_{36}(36)=1` and 1335's `(\\frac{1}{3}x+y^{2})^{3}=\\frac{1}{27}x^{3}+...`).
   """
   import sympy  # pylint: disable=import-outside-toplevel
   if not (isinstance(gold, sympy.Eq) and isinstance(pred, sympy.Eq)):
@@ -526,7 +527,7 @@ def _equations_compared_by_sides(gold, pred) -> bool:
   matrix = (sympy.MatrixBase, sympy.MatrixExpr)
   if any(isinstance(node, matrix) for expr in (gold, pred) for node in sympy.preorder_traversal(expr)):
     return True
-  return not gold.free_symbols and not pred.free_symbols
+  return not gold.free_symbols or not pred.free_symbols
 
 
 def _same_sides(gold, pred) -> bool:

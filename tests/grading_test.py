@@ -569,6 +569,11 @@ def test_equations_without_a_free_symbol_are_compared_side_by_side(shared_data):
                            ("4=2+2", "2+2=4", True)]:
     assert grading.math_verify_equal(pred, gold) == want, (pred, gold)
   assert grading.math_verify_equal("2x - y + 1 = 0", "y = 2x+1")  # with free symbols: math-verify's rules
+  # A true statement against an identity (lhs - rhs both 0): 1335's binomial expansion is not `\\log_{36}(36)=1`.
+  assert college[1335].startswith("\\left(\\frac{1}{3}x+y^{2}\\right)^{3}=")
+  assert not grading.math_verify_equal("\\log_{36}(36)=1", college[1335])
+  assert not grading.math_verify_equal(college[1335], "\\log_{36}(36)=1")
+  assert grading.math_verify_equal(college[1335], college[1335].replace("xy^{4}+y^{6}", "y^{6}+xy^{4}"))
 
 
 def test_math_verify_s_unit_rule_drops_only_units(shared_data):
