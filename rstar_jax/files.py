@@ -3,9 +3,10 @@
 Every file the project writes that a later phase (or a resumed run) reads goes through `atomic_open`: the data goes
 to a temporary file in the target's folder, is flushed to disk, and is renamed over the target; the folder is then
 synced, so the rename itself survives a power loss or a host crash (without it, a journaling file system may bring back
-the old file, or no file, after the writer reported success). A crash or an exception mid-write leaves the old file (or none) and no temporary behind. A killed process (SIGKILL, a preemption)
-cannot remove its temporary: the next write of the same target on the same host removes it (also when the writer
-had the pid of the process writing now, as a job restarted in its container does).
+the old file, or no file, after the writer reported success). A crash or an exception mid-write leaves the old file
+(or none) and no temporary behind. A killed process (SIGKILL, a preemption) cannot remove its temporary: the next
+write of the same target on the same host removes it (also when the writer had the pid of the process writing now,
+as a job restarted in its container does).
 
 `FolderLock` keeps a second run (a search, a trainer) out of a folder another run is writing.
 

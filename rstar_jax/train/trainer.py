@@ -425,7 +425,8 @@ def train_policy(base_checkpoint: PathLike, sft_file: PathLike | Sequence[PathLi
   mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
   with _locked(workdir):
     tokenizer, tokenizer_dir, model_config, original_dtype, pipe = _read_everywhere(
-        workdir, tokenizer, base_checkpoint, "policy", sft_file, formats.read_sft_records, pipeline_lib.sft_pipeline, config)
+        workdir, tokenizer, base_checkpoint, "policy", sft_file,
+        formats.read_sft_records, pipeline_lib.sft_pipeline, config)
 
     resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
     abstract = nnx.eval_shape(lambda: Qwen2(model_config, rngs=nnx.Rngs(0), remat=config.remat))
@@ -485,7 +486,8 @@ def train_ppm(init_checkpoint: PathLike, pairs_file: PathLike | Sequence[PathLik
   mesh = _checked_mesh(config)  # a mesh or batch split that cannot work fails now, not after tokenizing the data
   with _locked(workdir):
     tokenizer, tokenizer_dir, model_config, original_dtype, pipe = _read_everywhere(
-        workdir, tokenizer, init_checkpoint, "ppm", pairs_file, formats.read_ppm_pairs, pipeline_lib.ppm_pipeline, config)
+        workdir, tokenizer, init_checkpoint, "ppm", pairs_file,
+        formats.read_ppm_pairs, pipeline_lib.ppm_pipeline, config)
 
     resuming = latest_step(os.path.join(workdir, "checkpoints")) is not None
     abstract = nnx.eval_shape(lambda: PPM(model_config, rngs=nnx.Rngs(0), remat=config.remat))
