@@ -205,18 +205,24 @@ def test_a_train_result_in_place_of_the_checkpoint_dir_is_named(base, tmp_path, 
   assert not os.path.exists(tmp_path / "work")
 
 
-@pytest.mark.parametrize("train", [trainer.train_policy, trainer.train_ppm])
-def test_an_export_over_the_starting_checkpoint_is_refused_before_training(base, tmp_path, train):
-  # The export removed the starting folder's weights and wrote the trained ones there, after the whole run: the base
-  # model every round's SFT starts from (or the SFT policy the PPM starts from) was gone.
-  path = tmp_path / "start"
-  shutil.copytree(base[0], path)
+def _one_step_run(base, tmp_path, train):
+  """A 4-row data file for `train` (SFT rows or PPM pairs) and a one-step config on one device."""
   data = (testlib.write_json(tmp_path / "sft.json", base[1][:4]) if train is trainer.train_policy
           else tmp_path / "pairs.json")
   if train is trainer.train_ppm:
     formats.write_ppm_pairs(data, _pairs(4, 0))
   config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
                                  mesh=(1, 1, 1), max_steps=1, progress=False)
+  return data, config
+
+
+@pytest.mark.parametrize("train", [trainer.train_policy, trainer.train_ppm])
+def test_an_export_over_the_starting_checkpoint_is_refused_before_training(base, tmp_path, train):
+  # The export removed the starting folder's weights and wrote the trained ones there, after the whole run: the base
+  # model every round's SFT starts from (or the SFT policy the PPM starts from) was gone.
+  path = tmp_path / "start"
+  shutil.copytree(base[0], path)
+  data, config = _one_step_run(base, tmp_path, train)
   before = {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()}
   with pytest.raises(ValueError, match=rf"export_dir {path}/ is the checkpoint training starts from"):
     train(path, data, tmp_path / "work", config=config, export_dir=str(path) + "/")
@@ -229,12 +235,7 @@ def test_an_export_over_the_starting_checkpoint_is_refused_before_training(base,
 def test_an_export_dir_that_is_or_is_under_a_file_is_refused_before_training(base, tmp_path, train, where):
   # The export failed with NotADirectoryError / FileExistsError only once the whole run had trained.
   (tmp_path / "a_file").write_text("the user's")
-  data = (testlib.write_json(tmp_path / "sft.json", base[1][:4]) if train is trainer.train_policy
-          else tmp_path / "pairs.json")
-  if train is trainer.train_ppm:
-    formats.write_ppm_pairs(data, _pairs(4, 0))
-  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
-                                 mesh=(1, 1, 1), max_steps=1, progress=False)
+  data, config = _one_step_run(base, tmp_path, train)
   with pytest.raises(ValueError, match=rf"export_dir {tmp_path / where}: {tmp_path / 'a_file'} is a file, not a "
                                        "folder"):
     train(base[0], data, tmp_path / "work", config=config, export_dir=tmp_path / where)
