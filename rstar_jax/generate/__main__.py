@@ -5,7 +5,8 @@
   python -m rstar_jax.generate --ppm-dir DIR --prompts texts.jsonl [--transform tanh5]      # PPM values
 
 Prompts file: JSON lines, each a string or an object `{"prompt": str, "n": int?, "seed": int?}` (defaults from the
-flags; without a seed, prompt i gets `--seed + i`); a file not ending in .json/.jsonl holds one prompt per line.
+flags; without a seed, prompt i gets `--seed + i`); a .json file may instead hold one JSON array of those; a file not
+ending in .json/.jsonl holds one prompt per line.
 Generation prints `{"prompt_index", "sample", "text", "stop_reason", "token_ids", "logprob"}` per sample; a row stops
 ("length") at the model's context, `max_position_embeddings` tokens with the prompt (`--max-context` sets a smaller
 limit) as vLLM's `max_model_len` and the search's `EnginePolicy` stop it: once the prompt and the sample exceed it
@@ -17,7 +18,9 @@ value head's raw output unless `--transform` (the search's `PPMScorer` applies t
 from __future__ import annotations
 
 import argparse
+import bisect
 import codecs
+import itertools
 import json
 import os
 import sys
@@ -62,33 +65,41 @@ def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str,
   """Reads the prompts file -> `[{"prompt", "n", "seed", "line"}]` (`line`: 1-based); errors name the file and line.
 
   The file is UTF-8 (a leading byte order mark is dropped, as Windows editors write one); lines end with LF, CRLF
-  or CR. A named pipe (`<(...)`, /dev/stdin) is read as a plain text file: only a name ending in .json/.jsonl is JSON.
+  or CR. A name ending in .jsonl (any case) is JSON lines; one ending in .json is a JSON array of prompts (its items'
+  `line` is where each starts) or, if the whole file is not one JSON value, JSON lines. A named pipe (`<(...)`,
+  /dev/stdin) is read as a plain text file, one prompt per line.
   """
   # Not `isfile`: a pipe (`--prompts <(jq ...)`, /dev/stdin) is read as a file; it was "not found", as a folder was.
   if os.path.isdir(path):
     raise IsADirectoryError(f"prompts file {path} is a folder")
   if not os.path.exists(path):
     raise FileNotFoundError(f"prompts file not found: {path}")
-  is_json = path.endswith((".json", ".jsonl"))
+  suffix = os.path.splitext(path)[1].lower()  # `prompts.JSONL` was read as plain text, its JSON as the prompts
   with open(path, "rb") as f:
     data = f.read()
   if data.startswith(codecs.BOM_UTF8):
     data = data[len(codecs.BOM_UTF8):]
-  out = []
+  lines = []
   for line_no, raw in enumerate(data.splitlines(), 1):
     try:
-      line = raw.decode("utf-8")
+      lines.append((line_no, raw.decode("utf-8")))
     except UnicodeDecodeError as e:
       raise ValueError(f"{path}:{line_no}: not valid UTF-8 ({e})") from e
-    if not line.strip():
-      continue
-    if not is_json:
-      out.append(dict(prompt=line, n=default_n, seed=default_seed + len(out), line=line_no))
-      continue
-    try:
-      item = json.loads(line)
-    except (ValueError, RecursionError) as e:  # also a line nested too deeply, an int of over 4300 digits
-      raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
+  if suffix not in (".json", ".jsonl"):
+    return [dict(prompt=line, n=default_n, seed=default_seed + i, line=line_no)
+            for i, (line_no, line) in enumerate((l for l in lines if l[1].strip()))]
+  items = _json_array_items(lines) if suffix == ".json" else None
+  if items is None:  # JSON lines
+    items = []
+    for line_no, line in lines:
+      if not line.strip():
+        continue
+      try:
+        items.append((line_no, json.loads(line)))
+      except (ValueError, RecursionError) as e:  # also a line nested too deeply, an int of over 4300 digits
+        raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
+  out = []
+  for line_no, item in items:
     if isinstance(item, str):
       item = {"prompt": item}
     if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
@@ -101,6 +112,41 @@ def read_prompts(path: str, default_n: int, default_seed: int) -> list[dict[str,
       raise ValueError(f"{path}:{line_no}: 'n' must be an int >= 0 and 'seed' an int, got n={n!r} seed={seed!r}")
     out.append(dict(prompt=item["prompt"], n=n, seed=seed, line=line_no))
   return out
+
+
+def _json_array_items(lines: list[tuple[int, str]]) -> list[tuple[int, Any]] | None:
+  """A .json file's values `[(line where the value starts, value)]`: the items of the one JSON array the file holds,
+  or the one value it holds; None if the file is not one JSON value (then it is read as JSON lines).
+
+  A .json file holding an array was read line by line: `["a", "b"]` on one line failed as "expected a JSON string or
+  an object", and an array over several lines as "not valid JSON".
+  """
+  text = "\n".join(line for _, line in lines)
+  try:
+    value = json.loads(text)
+  except (ValueError, RecursionError):
+    return None
+  line_starts = list(itertools.accumulate((len(line) + 1 for _, line in lines[:-1]), initial=0))
+
+  def line_at(pos: int) -> int:
+    return lines[bisect.bisect_right(line_starts, pos) - 1][0]
+
+  def skip(pos: int, chars: str) -> int:
+    while text[pos] in chars:
+      pos += 1
+    return pos
+
+  if not isinstance(value, list):
+    return [(line_at(skip(0, _JSON_WHITESPACE)), value)]
+  items, pos, decoder = [], skip(0, _JSON_WHITESPACE) + 1, json.JSONDecoder()
+  for _ in value:  # decoded again one by one, for the line each starts on
+    start = skip(pos, _JSON_WHITESPACE + ",")
+    item, pos = decoder.raw_decode(text, start)
+    items.append((line_at(start), item))
+  return items
+
+
+_JSON_WHITESPACE = " \t\n\r"
 
 
 def _is_int(x: Any) -> bool:

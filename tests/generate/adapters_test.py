@@ -350,6 +350,28 @@ def test_command_line_max_rows_splits_batches_and_refuses_a_count_below_one(tmp_
     Engine(convert.load_ppm(tiny_ppm_dir()[0]), max_rows=-1)
 
 
+def test_prompts_file_json_array_and_suffix_case(tmp_path):
+  """A .json file may hold one JSON array (it was read as JSON lines: an error on line 1), each item named by the line
+  it starts on; a .json of JSON lines still reads as before; `.JSONL` is JSON lines (it was read as plain text)."""
+  from rstar_jax.generate.__main__ import read_prompts  # pylint: disable=g-import-not-at-top
+
+  def read(name, text, default_seed=0):
+    (tmp_path / name).write_text(text)
+    return [(p["prompt"], p["n"], p["seed"], p["line"]) for p in read_prompts(str(tmp_path / name), 1, default_seed)]
+
+  assert read("one_line.json", '["a", "b"]') == [("a", 1, 0, 1), ("b", 1, 1, 1)]
+  assert read("array.json", '\n[\n  "a",\n  {"prompt": "b, \\"c\\"", "n": 3},\n\n  "d"]\n') == [
+      ("a", 1, 0, 3), ('b, "c"', 3, 1, 4), ("d", 1, 2, 6)]
+  assert read("object.json", '\n{"prompt": "x", "seed": 4}\n') == [("x", 1, 4, 2)]
+  assert read("lines.json", '{"prompt": "x"}\n"y"\n', 5) == [("x", 1, 5, 1), ("y", 1, 6, 2)]
+  assert read("upper.JSONL", '{"prompt": "x"}\n"y"\n') == [("x", 1, 0, 1), ("y", 1, 1, 2)]
+  assert read("upper.JSON", '["x"]') == [("x", 1, 0, 1)]
+  (tmp_path / "bad.json").write_text('[\n"a",\n5]')
+  with pytest.raises(ValueError, match=r"bad.json:3: expected a JSON string or an object"):
+    read_prompts(str(tmp_path / "bad.json"), 1, 0)
+  assert read("plain.txt", '["a", "b"]') == [('["a", "b"]', 1, 0, 1)]  # other names: one prompt per line
+
+
 def test_command_line_prompts_file_encoding_and_flags(tmp_path, capsys):
   """A byte order mark is not part of the first prompt; bad bytes, a boolean `n` and bad flags are named."""
   from rstar_jax.generate.__main__ import read_prompts  # pylint: disable=g-import-not-at-top
