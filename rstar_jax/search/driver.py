@@ -390,6 +390,13 @@ class MCTS:
     cfg = self.config
     done = records.read_trees(shard)
     have, want = [r["problem_id"] for r in done], [p.problem_id for p in problems]
+    if not have:  # a search never writes an empty shard (they are written whole): this one was emptied since
+      raise ValueError(f"{shard}: holds no trees; it was emptied after it was written (shards are written whole): "
+                       "delete it to search this batch again")
+    if len(have) < len(want) and have == want[:len(have)]:
+      raise ValueError(f"{shard}: holds the first {len(have)} of this batch's {len(want)} trees: the problem list grew "
+                       "since it was written, or the shard was cut; resume with the same problems in the same order, "
+                       "or delete the shard to search this batch again")
     if have != want:
       i = next((i for i, (a, b) in enumerate(zip(have, want)) if a != b), min(len(have), len(want)))
       found = repr(have[i]) if i < len(have) else "no more trees"

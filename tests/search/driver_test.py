@@ -93,6 +93,23 @@ def test_shards_are_written_and_resumed(grader, tmp_path):
   assert resumed == read_trees([tmp_path / s for s in shards])
 
 
+def test_resume_names_a_cut_shard(grader, tmp_path):
+  """A shard emptied or cut after it was written was reported as "the problem list changed"; it is now named as
+  cut (or, for the first k trees in order, as a grown problem list or a cut shard), and nothing is overwritten."""
+  _search(PROBLEMS, grader, batch_size=4, output_dir=tmp_path)
+  shard = tmp_path / "trees-00000.jsonl"
+  lines = shard.read_bytes().splitlines(keepends=True)
+  assert len(lines) == 4
+  for kept, message in [(0, r"trees-00000\.jsonl: holds no trees; it was emptied after it was written"),
+                        (2, r"trees-00000\.jsonl: holds the first 2 of this batch's 4 trees: the problem list grew "
+                            r"since it was written, or the shard was cut")]:
+    shard.write_bytes(b"".join(lines[:kept]))
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match=message):
+      _search(PROBLEMS, grader, batch_size=4, output_dir=tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
+
+
 def test_resume_refuses_trees_of_another_search(grader, tmp_path):
   _search(PROBLEMS, grader, batch_size=4, output_dir=tmp_path)
   written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
