@@ -20,14 +20,18 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    sets or assigned (its 15-digit numeric check took `\\frac{1}{2^{1008}}` for `\\frac{1}{2^{1007}}`), and
    polynomial equations without real roots (it compares real solution sets: `x^2+1=0` was `x^2+121=0`). Two
    equations holding a vector or matrix (`\\mathbf{y} = c_1 [6,-3,3]^T e^{8t} + ...`), or one without a free
-   symbol (`\\log 100 = 2`), skip its equation rules: they are the same when math-verify equates their sides, left
-   with left and right with right (or swapped). Its `sympy.solve` finds no solution for either, and it read two empty
-   solution lists as the same answer (`2+2=4` was `3+3=7`). Its rule that drops a trailing `\\text{...}` unit is
-   skipped for an answer where it would drop more than units: it started at the first text command, so
-   `2\\mathbf{i}-5\\mathbf{j}` read as 2 (`_extraction_config`). Not guarded: a ground truth written as prose with
-   inline math and no box (80 of Omni-MATH's, `There are 4 possible values of \\( P \\).`) is read by math-verify
-   as its last piece of math (`P`), so an answer equal to that piece matches it (and `4` does not); which piece
-   states the answer is a matter of reading the sentence.
+   symbol (`\\log 100 = 2`), or one that is a contradiction or an identity (`x = x+1`, a binomial expansion), skip
+   its equation rules: they are the same when math-verify equates their sides, left with left and right with right
+   (or swapped). Its `sympy.solve` finds no solution for either, and it read two empty solution lists as the same
+   answer (`2+2=4` was `3+3=7`, `x=x+1` was `y=y+2`); two identities both have `lhs - rhs` = 0. A predicted equation
+   is read as its right side against a gold value (math-verify's rule) only when its left side names that value:
+   symbols only (`x`, `a+b`, `f(x)`), a derivative, or no free symbol (`f(2)`, a limit); the hyperbola
+   `\\frac{x^2}{2}-\\frac{y^2}{2}=1` is not the value 1 (`_equation_for_a_value`). Its rule that drops a trailing
+   `\\text{...}` unit is skipped for an answer where it would drop more than units: it started at the first text
+   command, so `2\\mathbf{i}-5\\mathbf{j}` read as 2 (`_extraction_config`). Not guarded: a ground truth written as
+   prose with inline math and no box (80 of Omni-MATH's, `There are 4 possible values of \\( P \\).`) is read by
+   math-verify as its last piece of math (`P`), so an answer equal to that piece matches it (and `4` does not);
+   which piece states the answer is a matter of reading the sentence.
    math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
    we call it with its timeouts disabled inside a separate worker process and enforce our own
    deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal".
@@ -48,7 +52,8 @@ after `strip_string`). It is looser on purpose; we keep the stricter rule and sa
   `7.2\\%`. We drop a `%` sign (`44` is `44\\%`) and never rescale.
 - Brackets: tuples and intervals compared element by element whatever the brackets: `(1, 3)` for `[1, 3]`,
   `[0,\\infty)` for `(0,\\infty)`.
-- Assignments: any left side of at most two characters is dropped: `y = \\frac{3}{2}` for `x = \\frac{3}{2}`.
+- Assignments: any left side of at most two characters is dropped: `y = \\frac{3}{2}` for `x = \\frac{3}{2}`,
+  `2x = 6` for `6`.
 - Case: both answers are first compared lowercased: `\\Phi(x)` for `\\phi(x)`.
 - Commas: dropped from numbers (`parse_digits`) and, with spaces, from any answer (Xwin's literal check): `245` for
   `0,245`, `1234` for `1, 234`.
@@ -448,6 +453,8 @@ def math_verify_equal(pred: str, gold: str) -> bool:
     return False
   if _equations_compared_by_sides(gold_parsed[0], pred_parsed[0]):
     return _same_sides(gold_parsed[0], pred_parsed[0])
+  if _equation_for_a_value(gold_parsed[0], pred_parsed[0]):
+    return False
   if not verify(gold_parsed, pred_parsed, timeout_seconds=None):
     return False
   return not _differ_exactly(gold_parsed[0], pred_parsed[0])
@@ -512,7 +519,8 @@ def _differ_exactly(gold, pred) -> bool:
 
 def _equations_compared_by_sides(gold, pred) -> bool:
   """Whether two parsed answers are equations that math-verify's equation rules cannot tell apart: one holds a
-  matrix or vector (`\\begin{array}`, `\\begin{bmatrix}`, ...), or one has no free symbol (`\\log 100 = 2`).
+  matrix or vector (`\\begin{array}`, `\\begin{bmatrix}`, ...), one has no free symbol (`\\log 100 = 2`), or one is
+  a contradiction or an identity (`x = x+1`, `(a+b)^2 = a^2+2ab+b^2`: its expanded `lhs - rhs` has no free symbol).
 
   math-verify compares equations as `lhs - rhs` (sympy refuses a scalar symbol minus a matrix; every true statement
   is 0) and then by the solutions of `sympy.solve` for all their symbols, which are none for such equations: two
@@ -520,6 +528,9 @@ def _equations_compared_by_sides(gold, pred) -> bool:
   constants was "equal" (2517 against 2518, after a `solve` of up to 20 s), and so were `2+2=4` and `3+3=7`, or
   any two true statements (`\\log\\frac{1}{1000000}=-6` and `\\log \\sqrt[3]{10^5}=\\frac{5}{3}`: 1106 and 1109), or a
   true statement and an identity (`\\log_{36}(36)=1` and 1335's `(\\frac{1}{3}x+y^{2})^{3}=\\frac{1}{27}x^{3}+...`).
+  With free symbols the same held for any two contradictions (`x=x+1` and `y=y+2`: no solutions either) and any two
+  identities (`x=x` and `y=y`, or two binomial expansions: `lhs - rhs` both 0). An identity that only `simplify`
+  shows (`\\sin^2 x+\\cos^2 x=1`) keeps math-verify's rules: `simplify` on every equation costs seconds.
   """
   import sympy  # pylint: disable=import-outside-toplevel
   if not (isinstance(gold, sympy.Eq) and isinstance(pred, sympy.Eq)):
@@ -527,7 +538,33 @@ def _equations_compared_by_sides(gold, pred) -> bool:
   matrix = (sympy.MatrixBase, sympy.MatrixExpr)
   if any(isinstance(node, matrix) for expr in (gold, pred) for node in sympy.preorder_traversal(expr)):
     return True
-  return not gold.free_symbols or not pred.free_symbols
+  if not gold.free_symbols or not pred.free_symbols:
+    return True
+  try:
+    return any(not sympy.expand(eq.lhs - eq.rhs).free_symbols for eq in (gold, pred))
+  except Exception:  # pylint: disable=broad-except  # sides sympy cannot subtract or expand: math-verify's rules
+    return False
+
+
+def _equation_for_a_value(gold, pred) -> bool:
+  """Whether `pred` is an equation whose left side names no value and `gold` is no equation (a value).
+
+  math-verify reads such a prediction as its right side ("1 and 9=1 -> 1,1"), so the hyperbola
+  `\\frac{x^2}{2}-\\frac{y^2}{2}=1` (gaokao 6's answer) equalled gaokao 7's gold 1, and `x^2+y^2=2` equalled 2. The
+  other way round it already asks the gold to be an assignment ("not 2x + z = 1 and 1"); so does this check, with
+  math-verify's own test of one: a left side made of symbols only (`x`, `a+b`, `|z|`, `f(x)`, `\\sin A`) names the
+  value its right side gives. So does a derivative (`\\frac{dy}{dx}`) and a left side without a free symbol (`f(2)`,
+  `f^{-1}(7)`, a limit, an integral with bounds). A left side with a free symbol and a number (`x^2+y^2`,
+  `\\sigma^2`, `2x`) does not: nor does the official grader read one as its right side (it drops only a left side
+  of at most 2 characters: `2x = 6` is 6 there).
+  """
+  # pylint: disable=import-outside-toplevel
+  import sympy
+  from math_verify.grader import is_assignment_relation, is_equation, take_first_relation
+  if not is_equation(pred) or is_equation(gold) or is_assignment_relation(pred):
+    return False
+  lhs = take_first_relation(pred).lhs
+  return not isinstance(lhs, sympy.Derivative) and bool(getattr(lhs, "free_symbols", True))
 
 
 def _same_sides(gold, pred) -> bool:

@@ -576,6 +576,41 @@ def test_equations_without_a_free_symbol_are_compared_side_by_side(shared_data):
   assert grading.math_verify_equal(college[1335], college[1335].replace("xy^{4}+y^{6}", "y^{6}+xy^{4}"))
 
 
+def test_an_equation_is_a_value_only_when_its_left_side_names_one(shared_data):
+  # math-verify reads a predicted equation against a gold value as its right side ("1 and 9=1 -> 1,1"): gaokao 7's
+  # hyperbola equalled gaokao 6's gold 1. By hand: an equation of a curve is no value; the other way round
+  # math-verify already asks the gold to be an assignment. A left side of symbols only, a derivative, or one without
+  # a free symbol names the value its right side gives. `math_verify_equal` (the layer changed).
+  gaokao = {d["index"]: str(d["answer"]) for d in
+            json.loads((shared_data / "benchmarks" / "gaokao2023en_test.json").read_text())}
+  assert (gaokao[6], gaokao[7]) == ("1", "\\frac{x^{2}}{2}-\\frac{y^{2}}{2}=1")
+  assert not grading.math_verify_equal(gaokao[7], gaokao[6])
+  for pred, gold, want in [
+      ("x^2+y^2=2", "2", False), ("2x+3y=6", "6", False), ("f(x)=x^2+1", "2", False),
+      ("x = 3", "3", True), ("y = 2x+1", "2x+1", True), ("a+b=7", "7", True), ("|z| = 5", "5", True),
+      ("f(x) = 2x+1", "2x+1", True), ("\\sin A = \\frac{1}{2}", "\\frac{1}{2}", True), ("x = y = 3", "3", True),
+      ("f(2) = 5", "5", True), ("f^{-1}(7) = 2", "2", True), ("\\lim_{x\\to 0} f(x) = 1", "1", True),
+      ("\\frac{dy}{dx} = 2x", "2x", True), ("3", "x = 3", True)]:
+    assert grading.math_verify_equal(pred, gold) == want, (pred, gold)
+
+
+def test_contradictions_and_identities_are_compared_side_by_side(shared_data):
+  # Two contradictions have no solutions (math-verify read two empty solution lists as the same), and two
+  # identities both have `lhs - rhs` = 0: `x=x+1` was `y=y+2`, CollegeMath 1134's binomial expansion was 1335's.
+  # By hand: neither pair is the same statement; the same identity with its sides swapped or terms reordered is.
+  college = {d["index"]: str(d["answer"]) for d in
+             json.loads((shared_data / "benchmarks" / "collegemath_test.json").read_text())}
+  assert college[1134].startswith("\\left(x-x^{-1}\\right)^{4}=")
+  for pred, gold, want in [
+      ("x=x+1", "y=y+2", False), ("x=x", "y=y", False), (college[1335], college[1134], False),
+      ("(a+b)^2=a^2+2ab+b^2", "(a-b)^2=a^2-2ab+b^2", False), ("x=x+1", "x=2x", False),
+      ("x+1=x", "x=x+1", True), (college[1134].replace("+x^{-4}", "").replace("{4}=", "{4}=x^{-4}+"), college[1134],
+                                 True),
+      ("a^2+2ab+b^2=(a+b)^2", "(a+b)^2=a^2+2ab+b^2", True)]:
+    assert grading.math_verify_equal(pred, gold) == want, (pred, gold)
+    assert grading.math_verify_equal(gold, pred) == want, (pred, gold)
+
+
 def test_math_verify_s_unit_rule_drops_only_units(shared_data):
   # math-verify strips a trailing `\\text{...}` unit with a lazy regex anchored at the end, which started at the
   # first text command (`\\mathbf` and `\\mathrm` are spelled `\\text` by then): CollegeMath 733's
