@@ -58,8 +58,17 @@ class Checkpointer:
   def restore(self, step: int, abstract: TrainState, shardings: TrainState) -> tuple[TrainState, dict[str, Any]]:
     """The train state (placed with `shardings`) and iterator state saved at `step`."""
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                                   data=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                     data=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  (re-raised, with the folder named)
+      # orbax's errors name no folder: a damaged step (a file cut short, an item gone) was a bare JSONDecodeError
+      # ("Expecting value: line 1 column 1") or KeyError, and another model's state a shape error naming no array.
+      before = [s for s in self._manager.all_steps() if s < step]
+      earlier = f"the step before it ({max(before)}) is resumed" if before else "training starts over"
+      raise ValueError(f"{os.path.join(self.directory, str(step))}: cannot restore checkpoint step {step} "
+                       f"({type(e).__name__}: {e}); if it is damaged, delete that folder and {earlier}, or train in "
+                       "a new workdir") from e
     return restored.state, restored.data
 
   def wait(self) -> None:

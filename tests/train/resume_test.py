@@ -259,3 +259,38 @@ def test_a_save_killed_half_way_leaves_no_temporary_folder_behind(tmp_path):
   checkpointer.save(4, {"w": jnp.full(2, 4.0)}, {"next_index": 4})
   checkpointer.close()
   assert sorted(os.listdir(directory)) == ["3", "4"]
+
+
+@pytest.mark.parametrize("damage", ["data item removed", "state metadata emptied", "state item removed"])
+def test_a_damaged_checkpoint_step_is_named_and_nothing_is_removed(tmp_path, damage):
+  # orbax's errors named no folder: a step missing its `data` item was a KeyError, a state file cut short a bare
+  # JSONDecodeError ("Expecting value: line 1 column 1 (char 0)"), and the trainer resuming it printed only that.
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rstar_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  directory = tmp_path / "checkpoints"
+  checkpointer = Checkpointer(directory, every=1, keep=10, async_save=False)
+  for step in (1, 2):
+    checkpointer.save(step, {"w": jnp.full(2, float(step))}, {"next_index": 4 * step})
+  checkpointer.close()
+  step_dir = directory / "2"
+  if damage == "data item removed":
+    shutil.rmtree(step_dir / "data")
+  elif damage == "state item removed":
+    shutil.rmtree(step_dir / "state")
+  else:
+    (step_dir / "state" / "_METADATA").write_bytes(b"")
+  before = sorted(p.relative_to(directory) for p in directory.rglob("*"))
+  abstract = {"w": jax.ShapeDtypeStruct((2,), jnp.float32)}
+  shardings = {"w": jax.sharding.SingleDeviceSharding(jax.devices()[0])}
+  checkpointer = Checkpointer(directory, every=1, keep=10, async_save=False)
+  assert checkpointer.latest_step() == 2
+  with pytest.raises(ValueError, match=re.escape(f"{step_dir}: cannot restore checkpoint step 2 (") +
+                     r".*delete that folder and the step before it \(1\) is resumed"):
+    checkpointer.restore(2, abstract, shardings)
+  # Nothing was removed or rewritten in the step folders, and the step before restores as saved.
+  assert sorted(p.relative_to(directory) for p in directory.rglob("*")) == before
+  state, data = checkpointer.restore(1, abstract, shardings)
+  checkpointer.close()
+  np.testing.assert_array_equal(state["w"], [1.0, 1.0])
+  assert data == {"next_index": 4}
