@@ -261,6 +261,52 @@ def test_a_save_killed_half_way_leaves_no_temporary_folder_behind(tmp_path):
   assert sorted(os.listdir(directory)) == ["3", "4"]
 
 
+def _ppm_pairs(n, seed):
+  """Pairs whose preferred step ends in "# check", the other in "# guess"."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    a, b = (int(v) for v in rng.integers(1, 9, 2))
+    prompt = formats.sft_prompt(f"add {a} and {b}") + f"<code>\nx = {a} + {b}\n<end_of_step>"
+    out.append(formats.PpmPair(prompt=prompt, pos="\nprint(x) # check\n<end_of_code>",
+                               neg=f"\nprint(x + {int(rng.integers(1, 9))}) # guess\n<end_of_code>",
+                               pos_count=1, neg_count=int(rng.integers(1, 3))))
+  return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_at", [5, 7])
+def test_a_stopped_ppm_run_resumes_to_the_uninterrupted_export_bit_for_bit(inputs, tmp_path, stop_at):
+  # Value-head dropout, gradient accumulation and a cosine schedule: the resumed run must restore the optimizer
+  # moments, the schedule position, the dropout keys (a function of the step) and the data position. Stopped in step
+  # 5 it resumes from step 4 (the checkpoint just before); in step 7, from step 6, `keep_checkpoints=1` having removed
+  # step 4 and 2. The reference is the same run uninterrupted: its export's files must be equal byte for byte.
+  path, _ = inputs
+  pairs_file = tmp_path / "pairs.jsonl"
+  formats.write_ppm_pairs(pairs_file, _ppm_pairs(16, 1))
+  config = config_lib.ppm_config(
+      data=pipeline.PipelineConfig(max_len=64, batch_size=4, num_epochs=2, seed=3),
+      optimizer=config_lib.OptimizerConfig(learning_rate=3e-3, warmup_steps=2, schedule="cosine"),
+      mesh=(1, 1, 1), accum_steps=2, value_head_dropout=0.1, checkpoint_every=2, keep_checkpoints=1,
+      progress=False, tensorboard=False)
+  reference = trainer.train_ppm(path / "base", pairs_file, tmp_path / "reference", config=config)
+  with pytest.raises(_Stop):
+    trainer.train_ppm(path / "base", pairs_file, tmp_path / "work", config=config, step_callback=_stop_at(stop_at))
+  saved = sorted(int(name) for name in os.listdir(tmp_path / "work" / "checkpoints") if name.isdigit())
+  assert saved == [stop_at - 1]
+  resumed = trainer.train_ppm(path / "base", pairs_file, tmp_path / "work", config=config)
+  assert resumed.steps == reference.steps == 8
+  assert resumed.metrics == {**reference.metrics, "step_time_s": resumed.metrics["step_time_s"]}
+  for name in ("model.safetensors", "value_head.bin"):
+    assert (tmp_path / "work" / "export" / name).read_bytes() == (tmp_path / "reference" / "export" / name).read_bytes()
+  got = metrics_log.read_metrics(tmp_path / "work" / "metrics.jsonl")
+  want = metrics_log.read_metrics(tmp_path / "reference" / "metrics.jsonl")
+  assert sorted(got) == sorted(want) == list(range(1, 9))
+  for step in want:
+    for key in ("loss", "accuracy", "grad_norm", "learning_rate", "num_pairs"):
+      assert got[step][key] == want[step][key], (step, key)
+
+
 @pytest.mark.parametrize("damage", ["data item removed", "state metadata emptied", "state item removed"])
 def test_a_damaged_checkpoint_step_is_named_and_nothing_is_removed(tmp_path, damage):
   # orbax's errors named no folder: a step missing its `data` item was a KeyError, a state file cut short a bare
