@@ -392,3 +392,58 @@ def test_a_re_export_into_the_same_folder_replaces_the_earlier_tokenizer_files(t
   # The export's own folder as the source: left as it is.
   trainer._export_tokenizer(tokenizer, str(out), str(out), str(out))
   assert (out / "tokenizer.json").read_text() == "new"
+
+
+@pytest.mark.slow
+def test_an_untied_policy_s_export_holds_the_last_checkpoint_s_weights_and_runs_in_transformers(base, tmp_path):
+  # The export must be the trained state: the final checkpoint's fp32 parameters (read raw from orbax, no model code),
+  # laid out as HF Qwen2 tensors by hand, must equal the exported float32 tensors bit for bit; and transformers must
+  # give the logits our model gives from the same folder.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from rstar_jax.models import default_positions  # pylint: disable=g-import-not-at-top
+  start = tmp_path / "start"
+  testlib.tiny_hf_model(start, tie=False, seed=4)
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(base[0] / name, start / name)
+  config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
+                                 optimizer=config_lib.OptimizerConfig(learning_rate=1e-2), mesh=(1, 1, 1),
+                                 max_steps=2, export_dtype="float32", progress=False, tensorboard=False)
+  result = trainer.train_policy(start, testlib.write_json(tmp_path / "sft.json", base[1][:8]), tmp_path / "work",
+                                config=config)
+  exported = load_file(os.path.join(result.export_dir, "model.safetensors"))
+  with ocp.StandardCheckpointer() as ckptr:
+    saved = ckptr.restore(tmp_path / "work" / "checkpoints" / "2" / "state")
+  # nnx.Param leaves are saved as {"value": array}.
+  unwrap = lambda t: np.asarray(t["value"]) if set(t) == {"value"} else {k: unwrap(v) for k, v in t.items()}
+  params = unwrap(saved["params"])
+  assert int(saved["step"]) == 2
+  backbone, layers = params["model"], params["model"]["layers"]
+  d, heads, head_dim = layers["self_attn"]["q_proj"]["kernel"].shape[1:]
+  want = {"model.embed_tokens.weight": backbone["embed_tokens"]["embedding"],
+          "lm_head.weight": params["lm_head"]["kernel"].T, "model.norm.weight": backbone["norm"]["weight"]}
+  for l in range(2):
+    want[f"model.layers.{l}.self_attn.q_proj.weight"] = layers["self_attn"]["q_proj"]["kernel"][l].reshape(
+        d, heads * head_dim).T
+    want[f"model.layers.{l}.self_attn.q_proj.bias"] = layers["self_attn"]["q_proj"]["bias"][l].reshape(-1)
+    want[f"model.layers.{l}.self_attn.o_proj.weight"] = layers["self_attn"]["o_proj"]["kernel"][l].reshape(
+        heads * head_dim, d).T
+    want[f"model.layers.{l}.mlp.down_proj.weight"] = layers["mlp"]["down_proj"]["kernel"][l].T
+    want[f"model.layers.{l}.post_attention_layernorm.weight"] = layers["post_attention_layernorm"]["weight"][l]
+  original = load_file(os.path.join(start, "model.safetensors"))
+  for name, value in want.items():
+    assert exported[name].dtype == np.float32, name
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  assert not np.array_equal(exported["lm_head.weight"], original["lm_head.weight"])  # it did train
+  assert not np.array_equal(exported["lm_head.weight"], exported["model.embed_tokens.weight"].T)  # and stayed untied
+
+  hf = transformers.AutoModelForCausalLM.from_pretrained(result.export_dir, dtype=torch.float32).eval()
+  ours = convert.load_qwen2(result.export_dir)
+  tokens = np.random.default_rng(0).integers(0, 512, (2, 12))
+  mask = np.ones_like(tokens, dtype=bool)
+  mask[1, :5] = False  # a left-padded row
+  with torch.no_grad():
+    ref = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits.numpy()
+  got = np.asarray(ours(jnp.asarray(tokens), default_positions(jnp.asarray(mask)), jnp.asarray(mask)).logits)
+  np.testing.assert_allclose(got[mask], ref[mask], atol=2e-5, rtol=1e-5)
