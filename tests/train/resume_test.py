@@ -340,3 +340,22 @@ def test_a_damaged_checkpoint_step_is_named_and_nothing_is_removed(tmp_path, dam
   checkpointer.close()
   np.testing.assert_array_equal(state["w"], [1.0, 1.0])
   assert data == {"next_index": 4}
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_its_export_re_exports_the_same_model_and_metrics(inputs, tmp_path):
+  # Every step done and the last one checkpointed, but the export gone (a kill while it was written): the re-run
+  # trains nothing, restores the last step and must write the export and report the metrics the finished run did.
+  path, sft_file = inputs
+  config = config_lib.sft_config(
+      data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1, seed=3), mesh=(1, 1, 1), max_steps=2,
+      checkpoint_every=100, progress=False, tensorboard=False)
+  first = trainer.train_policy(path / "base", sft_file, tmp_path / "work", config=config)
+  weights = (tmp_path / "work" / "export" / "model.safetensors").read_bytes()
+  shutil.rmtree(tmp_path / "work" / "export")
+  calls = []
+  again = trainer.train_policy(path / "base", sft_file, tmp_path / "work", config=config,
+                               step_callback=lambda step, scalars: calls.append(step))
+  assert calls == [] and again.steps == first.steps == 2
+  assert again.metrics == first.metrics
+  assert (tmp_path / "work" / "export" / "model.safetensors").read_bytes() == weights
