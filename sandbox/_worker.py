@@ -86,6 +86,10 @@ def _setup_mounts(spec: dict) -> None:
   newroot = spec["newroot"]
   _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
   _mount("tmpfs", newroot, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4m,mode=0755")
+  # The private /tmp before the binds, as bwrap's: a Python prefix under the host's /tmp (a venv) shows through it
+  # instead of being hidden, with its site-packages, by a tmpfs mounted over it afterwards.
+  os.makedirs(newroot + "/tmp")
+  _mount("tmpfs", newroot + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={spec['tmp_bytes']},mode=1777")
   for path, dst in spec["binds"]:
     target = newroot + dst
     if os.path.isdir(path):
@@ -111,9 +115,8 @@ def _setup_mounts(spec: dict) -> None:
     _mount(None, node, None, _MS_REMOUNT | _MS_BIND | _MS_NOSUID | _MS_NOEXEC)
   os.makedirs(newroot + "/proc", exist_ok=True)
   _mount("proc", newroot + "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
-  for path, size in (("/tmp", spec["tmp_bytes"]), ("/dev/shm", spec["shm_bytes"])):
-    os.makedirs(newroot + path, exist_ok=True)
-    _mount("tmpfs", newroot + path, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
+  os.makedirs(newroot + "/dev/shm", exist_ok=True)
+  _mount("tmpfs", newroot + "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={spec['shm_bytes']},mode=1777")
   _mount(None, newroot, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=4m,mode=0755")
   os.chdir(newroot)
   os.chroot(".")

@@ -4,8 +4,8 @@ Levels, strongest first (`SandboxPool(isolation="auto")` takes the first that wo
 
 - "bwrap": bubblewrap (`apt-get install bubblewrap`) builds the jail: new PID, network (loopback only, so nothing
   leaves the machine), IPC, UTS and cgroup namespaces; a fresh root holding only read-only binds of the system
-  directories, a few `/etc` files, the Python prefix and this package; private size-limited tmpfs `/tmp` and
-  `/dev/shm`; a minimal `/dev` and a fresh `/proc`; cleared environment; `--die-with-parent`, `--new-session`.
+  directories, a few `/etc` files, the Python prefix and this package; private size-limited tmpfs `/tmp` (a
+  Python prefix under the host's /tmp, such as a venv there, is bound into it) and `/dev/shm`; a minimal `/dev` and a fresh `/proc`; cleared environment; `--die-with-parent`, `--new-session`.
   When the host runs as root, the worker keeps only CAP_SETUID/CAP_SETGID and drops at once to a per-worker
   unprivileged uid (as non-root, bwrap maps the caller's uid in a user namespace instead, and the zygote is the
   jail's pid 1, so no process there that a program could reach runs without the seccomp filter).
@@ -134,6 +134,9 @@ def bwrap_argv(inner: list[str], *, tmp_bytes: int, shm_bytes: int, as_root: boo
     # and stays: it is what SIGKILLs the jail when bwrap dies (bwrap, without CAP_KILL, may not signal the zygote's
     # uid, so the zygote's own death signal would never come).
     argv += ["--unshare-user", "--as-pid-1"]
+  # The private /tmp comes first, so that what is bound below it shows through: a Python (a venv) under the host's
+  # /tmp was hidden by a tmpfs mounted over it afterwards, and bwrap could not exec it ("execvp ...: No such file").
+  argv += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
   # bwrap would create missing parents (e.g. /root for a pyenv Python) as 0700: make them traversable.
   targets = [dst for _, dst in binds]
   parents = set()
@@ -149,7 +152,6 @@ def bwrap_argv(inner: list[str], *, tmp_bytes: int, shm_bytes: int, as_root: boo
   for target, link in symlinks:
     argv += ["--symlink", target, link]
   argv += ["--dev", "/dev", "--proc", "/proc",
-           "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
            "--perms", "1777", "--size", str(shm_bytes), "--tmpfs", "/dev/shm",
            "--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]
   for k, v in JAIL_ENV.items():

@@ -599,3 +599,34 @@ def test_a_pool_dropped_without_close_stops_its_workers():
   assert not _live_children() - children, "a dropped pool's workers still run"
   assert set(threading.enumerate()) <= threads, "a dropped pool's worker threads still run"
   assert len(os.listdir("/proc/self/fd")) == fds
+
+
+VENV_CHECK = """
+import sys
+from sandbox import SandboxPool, isolation
+for level in sys.argv[1:]:
+  with SandboxPool(num_workers=1, timeout_s=5.0, isolation=level, preload=(), warmup="") as p:
+    result = p.run(["import sys, venv_only\\nprint(sys.prefix, venv_only.VALUE)"])[0]
+  print(level, p.isolation_level, repr(result.observation))
+"""
+
+
+def test_a_python_in_a_venv_under_tmp_runs_at_every_namespaced_level():
+  """The jail's private /tmp was mounted over what was bound below it: a venv under the host's /tmp (a CI's or a
+  reviewer's) made bwrap fail ("execvp /tmp/.../bin/python: No such file"; the pool fell back to a weaker level), and
+  at the unshare level its site-packages vanished for the programs. Both now see the venv, read-only."""
+  levels = [level for level in ("bwrap", "unshare") if isolation.probe(level) is None]
+  assert levels, "neither bwrap nor unshare works here (.ci/run installs bubblewrap)"
+  with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+    venv = os.path.join(tmp, "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True)
+    python = os.path.join(venv, "bin", "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site, "venv_only.py"), "w", encoding="utf-8") as f:
+      f.write("VALUE = 42\n")
+    package_parent = os.path.dirname(os.path.dirname(pool_lib.__file__))
+    proc = subprocess.run([python, "-c", VENV_CHECK, *levels], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=package_parent))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"{level} {level} {venv + ' 42' + chr(10)!r}" for level in levels], proc
