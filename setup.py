@@ -22,7 +22,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # torch is the CPU reference implementation in tests only; rstar_jax never imports it.
-    "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0"],
+    # setuptools: readme_test builds the wheel and sdist with its PEP 517 backend (bdist_wheel built in from 70.1;
+    # a Python >= 3.12 venv has no setuptools of its own).
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "setuptools>=70.1"],
     "cuda": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],
     "tfds": ["tensorflow-datasets>=4.9"],

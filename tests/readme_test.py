@@ -4,6 +4,11 @@ against its signatures and code."""
 import os
 import pathlib
 import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -483,3 +488,47 @@ def test_readme_names_the_result_fields_the_code_has():
   fields = [f.name for f in dataclasses.fields(SandboxResult)]
   listed = re.search(r"Each\s+result has (.*?)\. The observation", sandbox_section, re.S).group(1)
   assert re.findall(r"`(\w+)`", listed) == fields
+
+
+# What a checkout holds beside its files: not part of any distribution.
+_NOT_DISTRIBUTED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
+                                          ".pytest_cache", ".venv", "runs", "out")
+
+
+def test_the_wheel_and_sdist_carry_what_the_installed_package_and_the_readme_commands_read(tmp_path):
+  """Every other test imports the checkout (`python -m pytest` puts it first on sys.path; subprocesses run in it),
+  so a file left out of a distribution would pass them all. Built here as pip builds them (setuptools' PEP 517
+  backend): the wheel holds every file of `rstar_jax/` and `sandbox/` (the demo's assets, rStar's prompt files) and
+  nothing else, the installed demo reads its assets from it, and the sdist holds the whole checkout (the sdist had
+  no tests, pytest.ini, benchmarks/RESULTS.md, configs/ or launch/: `python -m pytest` there collected nothing)."""
+  src = tmp_path / "src"
+  shutil.copytree(REPO, src, ignore=_NOT_DISTRIBUTED)
+  checkout = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()} - {".gitignore"}
+  build = ("from setuptools import build_meta\n"
+           "print(build_meta.build_sdist('out'), build_meta.build_wheel('out'))")
+  proc = subprocess.run([sys.executable, "-c", build], cwd=src, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  sdist_name, wheel_name = proc.stdout.split()[-2:]
+  with tarfile.open(src / "out" / sdist_name) as f:
+    top = sdist_name[:-len(".tar.gz")] + "/"
+    in_sdist = {m.name[len(top):] for m in f.getmembers() if m.isfile()}
+  assert not checkout - in_sdist, sorted(checkout - in_sdist)
+  with zipfile.ZipFile(src / "out" / wheel_name) as f:
+    in_wheel = {n for n in f.namelist() if ".dist-info/" not in n}
+    metadata = f.read(next(n for n in f.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    f.extractall(tmp_path / "installed")
+  assert in_wheel == {p for p in checkout if p.startswith(("rstar_jax/", "sandbox/"))}
+  # README: Python >= 3.10, and torch a test dependency only.
+  assert re.search(r"^Requires-Python: >=(\S+)$", metadata, re.M).group(1) == re.search(r"Python >= (\S+)\)",
+                                                                                        README).group(1)
+  torch = [l for l in metadata.splitlines() if l.startswith("Requires-Dist: torch")]
+  assert torch and all(l.endswith('; extra == "test"') for l in torch), torch
+  # The installed demo finds its problems in the wheel (it stops at the bad count after reading them).
+  code = ("import sys; sys.path.insert(0, sys.argv[1]); from rstar_jax import demo, prompts\n"
+          "print(demo._assets()); print(prompts.load_sft_template(demo._assets() + '/prompts').format('Q?'))\n"
+          "demo.main(['--problems', '0'])")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "installed")], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.stdout.splitlines()[0] == str(tmp_path / "installed" / "rstar_jax" / "assets"), proc
+  assert "Q?" in proc.stdout
+  assert proc.returncode == 2 and "--problems must be in [1, 16], got 0" in proc.stderr, proc
