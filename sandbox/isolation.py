@@ -4,8 +4,9 @@ Levels, strongest first (`SandboxPool(isolation="auto")` takes the first that wo
 
 - "bwrap": bubblewrap (`apt-get install bubblewrap`) builds the jail: new PID, network (loopback only, so nothing
   leaves the machine), IPC, UTS and cgroup namespaces; a fresh root holding only read-only binds of the system
-  directories, a few `/etc` files, the Python prefix and this package; private size-limited tmpfs `/tmp` (a
-  Python prefix under the host's /tmp, such as a venv there, is bound into it) and `/dev/shm`; a minimal `/dev` and a fresh `/proc`; cleared environment; `--die-with-parent`, `--new-session`.
+  directories, a few `/etc` files, the Python prefix, its user site (`pip install --user`) and this package;
+  private size-limited tmpfs `/tmp` (a Python prefix under the host's /tmp, such as a venv there, is bound into it)
+  and `/dev/shm`; a minimal `/dev` and a fresh `/proc`; cleared environment; `--die-with-parent`, `--new-session`.
   When the host runs as root, the worker keeps only CAP_SETUID/CAP_SETGID and drops at once to a per-worker
   unprivileged uid (as non-root, bwrap maps the caller's uid in a user namespace instead, and the zygote is the
   jail's pid 1, so no process there that a program could reach runs without the seccomp filter).
@@ -62,6 +63,17 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 JAIL_PACKAGE_PARENT = "/opt/rstar_sandbox"
 
 
+def user_site_dirs() -> list[str]:
+  """The user site-packages this Python imports from (`pip install --user`'s, the default of a non-root pip on a
+  system Python), or [] (none, or disabled: `-s`, `-I`, a venv).
+
+  Workers run with `-s` and, in a jail, another HOME: they add these explicitly (and jails bind them), or a package
+  installed there (sympy, numpy) was missing from every program while the host imported it.
+  """
+  user_site = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+  return [user_site] if user_site and user_site in sys.path and os.path.isdir(user_site) else []
+
+
 def _under(path: str, roots: Sequence[str]) -> bool:
   return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
@@ -76,7 +88,8 @@ def jail_layout() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     elif os.path.isdir(d):
       binds.append(d)
   binds += [p for p in _ETC_FILES if os.path.exists(p)]
-  extra = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.dirname(sys.executable))}
+  extra = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.dirname(sys.executable)),
+           *user_site_dirs()}
   try:
     extra.update(site.getsitepackages())
   except AttributeError:  # old virtualenv's site module
@@ -97,7 +110,7 @@ def closed_to_others() -> tuple[str, str] | None:
   At the rlimits-only level as root, programs run under an unprivileged uid: beyond such a directory (a pyenv or
   conda under /root, mode 0700) they can import only what the worker preloaded, as root, before dropping to it.
   """
-  paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+  paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *user_site_dirs()}
   try:
     paths.update(site.getsitepackages())
   except AttributeError:  # old virtualenv's site module
@@ -116,7 +129,11 @@ def closed_to_others() -> tuple[str, str] | None:
 
 
 def worker_argv(config_json: str, package_parent: str = JAIL_PACKAGE_PARENT) -> list[str]:
-  boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+  # The user site goes where the host has it, before the other site-packages (its packages win, as on the host).
+  boot = (f"import site, sys; sys.path.insert(0, {package_parent!r}); n = len(sys.path); "
+          f"[site.addsitedir(p) for p in {user_site_dirs()!r}]; "
+          "i = min([sys.path.index(p) for p in site.getsitepackages() if p in sys.path[:n]], default=n); "
+          "sys.path[i:] = sys.path[n:] + sys.path[i:n]; "
           "from sandbox import _worker; _worker.main()")
   return [os.path.abspath(sys.executable), "-s", "-B", "-c", boot, config_json]
 

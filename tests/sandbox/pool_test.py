@@ -634,3 +634,36 @@ def test_a_python_in_a_venv_under_tmp_runs_at_every_namespaced_level():
                           env=dict(os.environ, PYTHONPATH=package_parent))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"{level} {level} {venv + ' 42' + chr(10)!r}" for level in levels], proc
+
+
+def test_a_package_in_the_user_site_is_imported_by_programs_at_every_level():
+  """`pip install --user` (what a non-root pip does on a system Python) puts sympy and numpy in the user site: the
+  workers run with `-s` (and, jailed, another HOME and no bind of it), so every program importing them failed with
+  ModuleNotFoundError while the host imported them. The user site now comes along, before the other site-packages
+  as on the host."""
+  levels = [level for level in isolation.LEVELS if isolation.probe(level) is None]
+  code = ("import sys\nfrom sandbox import SandboxPool\n"
+          "for level in sys.argv[1:]:\n"
+          "  with SandboxPool(num_workers=1, timeout_s=5.0, isolation=level, preload=(), warmup='') as p:\n"
+          "    print(level, repr(p.run([CHECK])[0].observation))\n")
+  # The module, and the user site ahead of the other site-packages, as on the host.
+  check = ("import os, site, sys, user_only\nat = sys.path.index(os.path.dirname(user_only.__file__))\n"
+           "print(user_only.VALUE, all(at < sys.path.index(p) for p in site.getsitepackages() if p in sys.path))")
+  code = code.replace("CHECK", repr(check))
+  with tempfile.TemporaryDirectory(dir="/tmp") as base:
+    os.chmod(base, 0o755)  # the rlimits-only level's unprivileged uid reads it too
+    # A Python outside any venv (a venv has no user site), with this package from its checkout or install.
+    python = getattr(sys, "_base_executable", sys.executable)
+    env = dict(os.environ, PYTHONUSERBASE=base, PYTHONPATH=os.path.dirname(os.path.dirname(pool_lib.__file__)))
+    env.pop("PYTHONNOUSERSITE", None)
+    user_site = subprocess.run([python, "-c", "import site; print(site.getusersitepackages())"], check=True, env=env,
+                               capture_output=True, text=True).stdout.strip()
+    os.makedirs(user_site)
+    for d in (user_site, os.path.dirname(user_site), os.path.dirname(os.path.dirname(user_site))):
+      os.chmod(d, 0o755)
+    with open(os.path.join(user_site, "user_only.py"), "w", encoding="utf-8") as f:
+      f.write("VALUE = 7\n")
+    proc = subprocess.run([python, "-c", code, *levels], capture_output=True, text=True, timeout=120, env=env,
+                          cwd="/")
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines() == [f"{level} {'7 True' + chr(10)!r}" for level in levels], proc
