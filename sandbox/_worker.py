@@ -35,7 +35,7 @@ import stat
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from sandbox import _protocol
 from sandbox import _seccomp
@@ -158,8 +158,13 @@ def _vm_size_bytes() -> int:
   return 0
 
 
-def wipe_dir(path: str) -> None:
+def wipe_dir(path: str, keep: Sequence[str] = ()) -> None:
   """Removes everything inside `path` (entries are owned by this uid; modes may have been locked).
+
+  `keep`: mount points below `path` that stay, with the directories on the way to them (a Python under the host's
+  /tmp, bound into the jail's): those directories get mode 0755 back and lose everything else. Without it, the
+  first wipe moved them away with the mount (where this uid owns them: bwrap as non-root), and the Python's
+  site-packages were gone for every later program. One of them gone (a program moved it) raises OSError.
 
   A program can nest directories past the recursion limit and PATH_MAX, so nothing here recurses or builds paths:
   each directory met in `path` has its own subdirectories moved up into `path` (renamed, relative to directory fds
@@ -169,14 +174,15 @@ def wipe_dir(path: str) -> None:
     top = os.open(path, _DIR_FLAGS)
   except OSError:
     return
+  kept = {os.path.relpath(k, path).split("/")[0]: k for k in keep if k.startswith(path.rstrip("/") + "/")}
   moved = itertools.count()
-  failed: set[str] = set()  # entries that could not be removed: skipped from then on, so this ends
+  failed: set[str] = set(kept)  # entries that could not be removed: skipped from then on, so this ends
   try:
     while True:
       with os.scandir(top) as it:
         names = [(e.name, e.is_dir(follow_symlinks=False)) for e in it if e.name not in failed]
       if not names:
-        return
+        break
       for name, is_dir in names:
         try:
           if is_dir:
@@ -188,6 +194,15 @@ def wipe_dir(path: str) -> None:
           failed.add(name)
   finally:
     os.close(top)
+  for name in kept:
+    way = os.path.join(path, name)
+    info = os.lstat(way)
+    if not stat.S_ISDIR(info.st_mode):
+      raise NotADirectoryError(f"{way} (the way to a mount point) was replaced")
+    if way not in keep:  # a mount point itself is read-only and stays as it is
+      if info.st_uid == os.getuid():  # else root's (a root host's jail), which no program could change either
+        os.chmod(way, 0o755)
+      wipe_dir(way, [k for k in keep if k.startswith(way + "/")])
 
 
 def _flatten(top: int, name: str, moved) -> None:
@@ -659,7 +674,7 @@ class Zygote:
         os.chmod(path, mode)
       except OSError:
         pass
-      wipe_dir(path)
+      wipe_dir(path, self.cfg.get("keep", ()))
 
   def serve(self) -> None:
     first = self.take_spare()

@@ -459,8 +459,10 @@ class _Pool:
     uid = None if uid_lease is None else self._uid_base + uid_lease.slot
     cfg.update(uid=uid, gid=uid)
     env = dict(isolation_lib.JAIL_ENV)
+    # What the jail binds below its private /tmp (a Python under the host's /tmp) survives the wipes.
+    keep = [dst for _, dst in isolation_lib.jail_layout()[0] if dst.startswith("/tmp/")]
     if self.isolation_level == "bwrap":
-      cfg.update(workdir="/tmp", wipe_dirs=["/tmp", "/dev/shm"])
+      cfg.update(workdir="/tmp", wipe_dirs=["/tmp", "/dev/shm"], keep=keep)
       argv = isolation_lib.bwrap_argv(isolation_lib.worker_argv(json.dumps(cfg)), tmp_bytes=self._tmp_bytes,
                                       shm_bytes=self._tmp_bytes, as_root=self._as_root)
       env.update(HOME="/tmp", TMPDIR="/tmp")
@@ -469,7 +471,7 @@ class _Pool:
       # directory that is never a bind source, so nothing is created on the host (nothing to leak on SIGKILL).
       newroot = "/sys"
       binds, symlinks = isolation_lib.jail_layout()
-      cfg.update(workdir="/tmp", wipe_dirs=["/tmp", "/dev/shm"],
+      cfg.update(workdir="/tmp", wipe_dirs=["/tmp", "/dev/shm"], keep=keep,
                  mounts={"newroot": newroot, "binds": binds, "symlinks": symlinks, "tmp_bytes": self._tmp_bytes,
                          "shm_bytes": self._tmp_bytes})
       # The worker imports this package before it builds the jail (which binds it at JAIL_PACKAGE_PARENT), so it
