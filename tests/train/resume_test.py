@@ -261,19 +261,6 @@ def test_a_save_killed_half_way_leaves_no_temporary_folder_behind(tmp_path):
   assert sorted(os.listdir(directory)) == ["3", "4"]
 
 
-def _ppm_pairs(n, seed):
-  """Pairs whose preferred step ends in "# check", the other in "# guess"."""
-  rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(n):
-    a, b = (int(v) for v in rng.integers(1, 9, 2))
-    prompt = formats.sft_prompt(f"add {a} and {b}") + f"<code>\nx = {a} + {b}\n<end_of_step>"
-    out.append(formats.PpmPair(prompt=prompt, pos="\nprint(x) # check\n<end_of_code>",
-                               neg=f"\nprint(x + {int(rng.integers(1, 9))}) # guess\n<end_of_code>",
-                               pos_count=1, neg_count=int(rng.integers(1, 3))))
-  return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [5, 7])
 def test_a_stopped_ppm_run_resumes_to_the_uninterrupted_export_bit_for_bit(inputs, tmp_path, stop_at):
@@ -283,7 +270,7 @@ def test_a_stopped_ppm_run_resumes_to_the_uninterrupted_export_bit_for_bit(input
   # step 4 and 2. The reference is the same run uninterrupted: its export's files must be equal byte for byte.
   path, _ = inputs
   pairs_file = tmp_path / "pairs.jsonl"
-  formats.write_ppm_pairs(pairs_file, _ppm_pairs(16, 1))
+  formats.write_ppm_pairs(pairs_file, testlib.ppm_pairs(16, 1))
   config = config_lib.ppm_config(
       data=pipeline.PipelineConfig(max_len=64, batch_size=4, num_epochs=2, seed=3),
       optimizer=config_lib.OptimizerConfig(learning_rate=3e-3, warmup_steps=2, schedule="cosine"),

@@ -1,4 +1,4 @@
-"""Helpers shared by the training tests: tiny HF Qwen2 checkpoints and a tiny tokenizer for them."""
+"""Helpers shared by the training tests: tiny HF Qwen2 checkpoints, a tiny tokenizer for them, SFT and PPM data."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import os
 import pathlib
 import random
 
+import numpy as np
 import torch
 import transformers
+
+from rstar_jax.data import formats
 
 EOS = "<|endoftext|>"
 
@@ -53,6 +56,19 @@ def arithmetic_sft_records(n: int, seed: int = 0) -> list[dict[str, str]]:
     out.append({"query": f"add {a} and {b}",
                 "response": f"<code>\nx = {a} + {b}\n<end_of_step>\nprint(x)\n<end_of_code>"
                             f"<output>{a + b}<end_of_output><answer>\\boxed{{{a + b}}}<end_of_answer>"})
+  return out
+
+
+def ppm_pairs(n: int, seed: int) -> list:
+  """Separable PPM pairs: the preferred step ends in a "# check" comment, the other in "# guess"."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    a, b = (int(v) for v in rng.integers(1, 9, 2))
+    prompt = formats.sft_prompt(f"add {a} and {b}") + f"<code>\nx = {a} + {b}\n<end_of_step>"
+    out.append(formats.PpmPair(prompt=prompt, pos="\nprint(x) # check\n<end_of_code>",
+                               neg=f"\nprint(x + {int(rng.integers(1, 9))}) # guess\n<end_of_code>",
+                               pos_count=1, neg_count=int(rng.integers(1, 3))))
   return out
 
 

@@ -17,24 +17,11 @@ from rstar_jax.train import config as config_lib
 from rstar_jax.train import metrics_log, trainer
 
 
-def _pairs(n, seed):
-  """Separable pairs: the preferred step ends in a "# check" comment, the other in "# guess"."""
-  rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(n):
-    a, b = (int(v) for v in rng.integers(1, 9, 2))
-    prompt = formats.sft_prompt(f"add {a} and {b}") + f"<code>\nx = {a} + {b}\n<end_of_step>"
-    out.append(formats.PpmPair(prompt=prompt, pos="\nprint(x) # check\n<end_of_code>",
-                               neg=f"\nprint(x + {int(rng.integers(1, 9))}) # guess\n<end_of_code>",
-                               pos_count=1, neg_count=int(rng.integers(1, 3))))
-  return out
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
   path = tmp_path_factory.mktemp("base")
   records = testlib.arithmetic_sft_records(48)
-  pairs = _pairs(8, 0)
+  pairs = testlib.ppm_pairs(8, 0)
   testlib.tiny_hf_model(path, seed=0)
   texts = [formats.sft_prompt(r["query"]) + r["response"] for r in records] + [p.prompt + p.pos + p.neg for p in pairs]
   testlib.tiny_tokenizer(path, texts)
@@ -77,7 +64,7 @@ def test_sft_loss_falls_and_export_loads_in_transformers(base, tmp_path):
 def test_ppm_learns_separable_pairs_and_exports_value_head(base, tmp_path):
   path, _ = base
   pairs_file = tmp_path / "pairs.jsonl"
-  formats.write_ppm_pairs(pairs_file, _pairs(64, 1))
+  formats.write_ppm_pairs(pairs_file, testlib.ppm_pairs(64, 1))
   config = config_lib.ppm_config(
       data=pipeline.PipelineConfig(max_len=64, batch_size=16, num_epochs=8, seed=0),
       optimizer=config_lib.OptimizerConfig(learning_rate=3e-3, weight_decay=0.0),
@@ -90,13 +77,14 @@ def test_ppm_learns_separable_pairs_and_exports_value_head(base, tmp_path):
   tok = tokenizer_lib.load_tokenizer(result.export_dir)
   assert tokenizer_lib.add_rstar_tokens(tok, "ppm") == 0  # exported with the tags it was trained with
   ppm = convert.load_ppm(result.export_dir)
-  held_out = trainer.evaluate_ppm(ppm, _pairs(64, 2), tok, data=pipeline.PipelineConfig(max_len=64, batch_size=32))
+  held_out_pairs = testlib.ppm_pairs(64, 2)
+  held_out = trainer.evaluate_ppm(ppm, held_out_pairs, tok, data=pipeline.PipelineConfig(max_len=64, batch_size=32))
   assert held_out["num_pairs"] == 64
   assert held_out["pair_accuracy"] > 0.9, held_out
   # The base model's tokenizer (no rStar tags) or a directory: the tags are added as train_ppm adds them. Without
   # them `<end_of_step>` became several tokens the PPM never saw, and the same pairs scored otherwise.
   for base_tok in (tokenizer_lib.load_tokenizer(path), path):
-    got = trainer.evaluate_ppm(ppm, _pairs(64, 2), base_tok, data=pipeline.PipelineConfig(max_len=64, batch_size=32))
+    got = trainer.evaluate_ppm(ppm, held_out_pairs, base_tok, data=pipeline.PipelineConfig(max_len=64, batch_size=32))
     assert got == held_out
 
 
@@ -210,7 +198,7 @@ def _one_step_run(base, tmp_path, train):
   data = (testlib.write_json(tmp_path / "sft.json", base[1][:4]) if train is trainer.train_policy
           else tmp_path / "pairs.json")
   if train is trainer.train_ppm:
-    formats.write_ppm_pairs(data, _pairs(4, 0))
+    formats.write_ppm_pairs(data, testlib.ppm_pairs(4, 0))
   config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
                                  mesh=(1, 1, 1), max_steps=1, progress=False)
   return data, config
@@ -259,7 +247,7 @@ def test_training_holds_one_copy_of_the_weights_beside_the_two_adam_moments(base
   data = (testlib.write_json(tmp_path / "sft.json", base[1][:8]) if train is trainer.train_policy
           else tmp_path / "pairs.json")
   if train is trainer.train_ppm:
-    formats.write_ppm_pairs(data, _pairs(8, 0))
+    formats.write_ppm_pairs(data, testlib.ppm_pairs(8, 0))
   config = config_lib.sft_config(data=pipeline.PipelineConfig(max_len=96, batch_size=4, num_epochs=1),
                                  mesh=(1, 2, 1), max_steps=2, log_every=1, checkpoint_every=100, progress=False)
   counts = []
