@@ -90,8 +90,6 @@ class TrainConfig:
     mesh = tuple(self.mesh) if isinstance(self.mesh, (tuple, list)) else ()
     if len(mesh) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or (s < 1 and s != -1) for s in mesh):
       raise ValueError(f"TrainConfig.mesh must be three sizes (data, fsdp, tensor), each >= 1 or -1, got {self.mesh!r}")
-    if mesh.count(-1) > 1:  # `make_mesh` refuses it too, but only once the data is read and the model loaded
-      raise ValueError(f"TrainConfig.mesh may have at most one -1 size (the remaining devices), got {self.mesh!r}")
     rate = self.value_head_dropout
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
       raise ValueError(f"TrainConfig.value_head_dropout must be a number in [0, 1), got {rate!r}")

@@ -59,7 +59,6 @@ def test_unknown_keys_raise():
     ({"max_steps": 0}, r"max_steps must be an integer >= 1, got 0"),
     ({"mesh": (2, 2)}, r"mesh must be three sizes \(data, fsdp, tensor\), each >= 1 or -1, got \(2, 2\)"),
     ({"mesh": (1, 0, 1)}, r"mesh must be three sizes"),
-    ({"mesh": (-1, -1, 1)}, r"TrainConfig.mesh may have at most one -1 size \(the remaining devices\), got \(-1, -1, 1\)"),
     ({"ppm_head": "sigmoid"}, r"ppm_head must be one of \('raw', 'tanh'\), got 'sigmoid'"),
     ({"value_head_dropout": 1.0}, r"value_head_dropout must be a number in \[0, 1\), got 1.0"),
     ({"value_head_dropout": -0.1}, r"value_head_dropout must be a number in \[0, 1\), got -0.1"),
