@@ -88,7 +88,10 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
   created, which holds that folder's entry.
 
   The file gets the permissions of a plain `open(path, "w")` (0o666 less the umask), not `mkstemp`'s owner-only
-  0o600, so other users and jobs that read a run folder can read it. The parent folder is created if missing.
+  0o600, so other users and jobs that read a run folder can read it. The parent folder is created if missing. A
+  `path` that is a symbolic link is written through, as `open` does: the file it points to is replaced (beside it,
+  in its own folder) and the link is kept; renaming over the link itself would replace it with a plain file and leave
+  the file it points to stale.
 
   Args:
     path: the file to (re)place.
@@ -97,6 +100,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
   if mode not in ("w", "wb"):
     raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
   path = os.fspath(path)
+  if os.path.islink(path):
+    path = os.path.realpath(path)
   folder = os.path.dirname(os.path.abspath(path))
   created_in = _make_folders(folder)
   with _WRITING_LOCK:

@@ -82,6 +82,27 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
       pass
 
 
+def test_a_write_to_a_symbolic_link_replaces_the_file_it_points_to_and_keeps_the_link(tmp_path):
+  # As `open(link, "w")` does. Renamed over the link itself, the temporary replaced the link with a plain file, and
+  # the file it pointed to (elsewhere, say on a data disk) kept its old content.
+  (tmp_path / "data").mkdir()
+  (tmp_path / "run").mkdir()
+  (tmp_path / "data" / "trees.jsonl").write_text("old\n")
+  os.symlink("../data/trees.jsonl", tmp_path / "run" / "trees.jsonl")
+  os.symlink("trees.jsonl", tmp_path / "run" / "alias.jsonl")  # a link to a link
+  files.atomic_write(tmp_path / "run" / "trees.jsonl", "new\n")
+  files.atomic_write(tmp_path / "run" / "alias.jsonl", "newer\n")
+  assert os.readlink(tmp_path / "run" / "trees.jsonl") == "../data/trees.jsonl"
+  assert os.readlink(tmp_path / "run" / "alias.jsonl") == "trees.jsonl"
+  assert (tmp_path / "data" / "trees.jsonl").read_text() == "newer\n"
+  assert sorted(os.listdir(tmp_path / "data")) == ["trees.jsonl"]  # no temporary left beside the file
+  assert sorted(os.listdir(tmp_path / "run")) == ["alias.jsonl", "trees.jsonl"]
+  os.symlink("../data/new/made.jsonl", tmp_path / "run" / "dangling.jsonl")  # `open` would create the file it names
+  files.atomic_write(tmp_path / "run" / "dangling.jsonl", "made\n")
+  assert os.path.islink(tmp_path / "run" / "dangling.jsonl")
+  assert (tmp_path / "data" / "new" / "made.jsonl").read_text() == "made\n"
+
+
 def test_every_writer_gives_readable_files(tmp_path, umask_027):
   tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
   tensor_files.write_safetensors(tmp_path / "m.safetensors", tensors)
