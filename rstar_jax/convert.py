@@ -64,7 +64,11 @@ def _import(args) -> int:
 
 def _export(args) -> int:
   from rstar_jax.models import checkpoint, convert
-  model = checkpoint.load_model(args.ckpt, ppm=args.ppm)
+  try:
+    model = checkpoint.load_model(args.ckpt, ppm=args.ppm)
+  except ValueError as e:  # a damaged checkpoint (the message names its folder and cause): not a traceback
+    print(f"python -m rstar_jax.convert export: error: {e}", file=sys.stderr)
+    return 1
   if args.ppm:
     convert.save_ppm(model, args.out, dtype=args.dtype)
   else:

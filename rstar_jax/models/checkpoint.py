@@ -83,10 +83,33 @@ def load_model(directory: str | os.PathLike, *, ppm: bool = False, mesh=None, ru
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"{directory}: no orbax 'params' checkpoint inside")
   with ocp.StandardCheckpointer() as ckptr:
-    _check_saved_shapes(config_file, ckptr.metadata(params_dir).item_metadata, abstract, bool(config_overrides))
-    params = ckptr.restore(params_dir, target)
+    try:  # orbax's errors name no folder (a damaged one was a pile of tracebacks from its reader threads)
+      saved = ckptr.metadata(params_dir).item_metadata
+    except Exception as e:  # pylint: disable=broad-except  (re-raised, with the folder named)
+      raise ValueError(f"{params_dir}: cannot read the orbax checkpoint's metadata ({orbax_error_summary(e)}); it is "
+                       "damaged: write it again") from e
+    if saved is None:  # orbax only logs a warning for a missing or cut _METADATA file
+      raise ValueError(f"{params_dir}: the orbax checkpoint lists no parameters (its _METADATA file is missing or "
+                       "damaged): write it again")
+    _check_saved_shapes(config_file, saved, abstract, bool(config_overrides))
+    try:
+      params = ckptr.restore(params_dir, target)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised, with the folder named)
+      raise ValueError(f"{params_dir}: cannot restore the orbax checkpoint ({orbax_error_summary(e)}); it is "
+                       "damaged: write it again") from e
   nnx.update(abstract_model, params)
   return abstract_model
+
+
+def orbax_error_summary(error: BaseException) -> str:
+  """The root cause of an orbax error in one line (`Type: first line`, cut to 300 characters): orbax wraps a
+  TensorStore read error ("OUT_OF_RANGE: Error reading "model.norm.weight/0.0.0" ...", which names the array) in one
+  that prints the array's whole spec."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else ""
+  return f"{type(error).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
 def _check_saved_shapes(config_file: str, saved, abstract: dict, overridden: bool) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from rstar_jax.models.checkpoint import orbax_error_summary
 from rstar_jax.train.state import TrainState
 
 
@@ -67,7 +68,7 @@ class Checkpointer:
       before = [s for s in self._manager.all_steps() if s < step]
       earlier = f"the step before it ({max(before)}) is resumed" if before else "training starts over"
       raise ValueError(f"{os.path.join(self.directory, str(step))}: cannot restore checkpoint step {step} "
-                       f"({type(e).__name__}: {e}); if it is damaged, delete that folder and {earlier}, or train in "
+                       f"({orbax_error_summary(e)}); if it is damaged, delete that folder and {earlier}, or train in "
                        "a new workdir") from e
     return restored.state, restored.data
 

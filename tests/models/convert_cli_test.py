@@ -156,6 +156,35 @@ def test_a_read_only_out_is_a_usage_error_before_the_model_loads(hf_qwen2_factor
     shutil.rmtree(folder)
 
 
+@pytest.mark.parametrize("damage", ["arrays cut", "metadata cut"])
+def test_export_of_a_damaged_checkpoint_names_its_folder_and_cause_without_a_traceback(tmp_path, damage):
+  # A checkpoint whose array files were cut short ended the command in ~20 tracebacks from orbax's reader threads
+  # ("Event loop is closed"); one whose _METADATA was cut, in a traceback saying every parameter "is not saved".
+  from flax import nnx
+
+  from rstar_jax.models import ModelConfig, Qwen2, checkpoint
+  checkpoint.save_model(Qwen2(ModelConfig.tiny(num_layers=1), rngs=nnx.Rngs(0)), tmp_path / "ckpt")
+  params = tmp_path / "ckpt" / "params"
+  if damage == "arrays cut":
+    blobs = [p for p in params.glob("ocdbt.process_*/d/*") if p.stat().st_size > 1024]
+    assert blobs
+    for blob in blobs:
+      blob.write_bytes(blob.read_bytes()[:10])
+    message = (f"python -m rstar_jax.convert export: error: {params}: cannot restore the orbax checkpoint (ValueError: "
+               "OUT_OF_RANGE: Error reading \"model.")
+  else:
+    (params / "_METADATA").write_bytes((params / "_METADATA").read_bytes()[:20])
+    message = (f"python -m rstar_jax.convert export: error: {params}: the orbax checkpoint lists no parameters (its "
+               "_METADATA file is missing or damaged): write it again")
+  proc = subprocess.run([sys.executable, "-m", "rstar_jax.convert", "export", "--ckpt", str(tmp_path / "ckpt"), "--out",
+                         str(tmp_path / "hf")], cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING:absl:")]  # orbax's own warning
+  assert len(errors) == 1 and errors[0].startswith(message), proc.stderr[-3000:]
+  assert not (tmp_path / "hf").exists()
+
+
 def test_eos_ids_only_in_config_json_survive_import_and_export(hf_qwen2_factory, tmp_path):
   # A checkpoint without generation_config.json ends generation at its config.json's eos_token_id (vLLM and
   # transformers build the generation config from it). Import and export wrote config.json from ModelConfig, which

@@ -294,7 +294,8 @@ def test_a_stopped_ppm_run_resumes_to_the_uninterrupted_export_bit_for_bit(input
       assert got[step][key] == want[step][key], (step, key)
 
 
-@pytest.mark.parametrize("damage", ["data item removed", "state metadata emptied", "state item removed"])
+@pytest.mark.parametrize("damage", ["data item removed", "state metadata emptied", "state item removed",
+                                    "state array data cut"])
 def test_a_damaged_checkpoint_step_is_named_and_nothing_is_removed(tmp_path, damage):
   # orbax's errors named no folder: a step missing its `data` item was a KeyError, a state file cut short a bare
   # JSONDecodeError ("Expecting value: line 1 column 1 (char 0)"), and the trainer resuming it printed only that.
@@ -303,29 +304,40 @@ def test_a_damaged_checkpoint_step_is_named_and_nothing_is_removed(tmp_path, dam
   from rstar_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   directory = tmp_path / "checkpoints"
   checkpointer = Checkpointer(directory, every=1, keep=10, async_save=False)
+  # Random values: an array that compresses to a few bytes is stored inside the index, with no data file to cut.
+  saved = {step: np.random.default_rng(step).random(1024, np.float32) for step in (1, 2)}
   for step in (1, 2):
-    checkpointer.save(step, {"w": jnp.full(2, float(step))}, {"next_index": 4 * step})
+    checkpointer.save(step, {"w": jnp.asarray(saved[step])}, {"next_index": 4 * step})
   checkpointer.close()
   step_dir = directory / "2"
   if damage == "data item removed":
     shutil.rmtree(step_dir / "data")
   elif damage == "state item removed":
     shutil.rmtree(step_dir / "state")
+  elif damage == "state array data cut":
+    for blob in (step_dir / "state").glob("ocdbt.process_*/d/*"):  # the array's bytes (its spec reads fine)
+      if blob.stat().st_size > 1024:
+        blob.write_bytes(blob.read_bytes()[:4])
   else:
     (step_dir / "state" / "_METADATA").write_bytes(b"")
   before = sorted(p.relative_to(directory) for p in directory.rglob("*"))
-  abstract = {"w": jax.ShapeDtypeStruct((2,), jnp.float32)}
+  abstract = {"w": jax.ShapeDtypeStruct((1024,), jnp.float32)}
   shardings = {"w": jax.sharding.SingleDeviceSharding(jax.devices()[0])}
   checkpointer = Checkpointer(directory, every=1, keep=10, async_save=False)
   assert checkpointer.latest_step() == 2
   with pytest.raises(ValueError, match=re.escape(f"{step_dir}: cannot restore checkpoint step 2 (") +
                      r".*delete that folder and the step before it \(1\) is resumed"):
     checkpointer.restore(2, abstract, shardings)
+  if damage == "state array data cut":
+    # The cause in one line, naming the array, not orbax's wrapper that prints the array's whole TensorStore spec.
+    with pytest.raises(ValueError, match=r"\(ValueError: [A-Z_]+: .*Error reading \"w/") as error:
+      checkpointer.restore(2, abstract, shardings)
+    assert "\n" not in str(error.value) and "TensorStore" not in str(error.value)
   # Nothing was removed or rewritten in the step folders, and the step before restores as saved.
   assert sorted(p.relative_to(directory) for p in directory.rglob("*")) == before
   state, data = checkpointer.restore(1, abstract, shardings)
   checkpointer.close()
-  np.testing.assert_array_equal(state["w"], [1.0, 1.0])
+  np.testing.assert_array_equal(state["w"], saved[1])
   assert data == {"next_index": 4}
 
 
