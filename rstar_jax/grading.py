@@ -34,7 +34,9 @@ whether a predicted answer equals the ground truth, in three layers, cheapest fi
    which piece states the answer is a matter of reading the sentence.
    math-verify's own timeouts use `signal.alarm`, which only works in the main thread, so
    we call it with its timeouts disabled inside a separate worker process and enforce our own
-   deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal".
+   deadline: a call that overruns gets its worker killed (and replaced) and counts as "not equal". The ground
+   truth is parsed first, under a deadline of its own, and each worker keeps its golds' parses: a search grades
+   every candidate against one gold, and a long gold's parse (seconds) no longer eats the comparison's deadline.
    That makes `Grader` safe to use from any thread, and an answer like `10^{10^{10}}` (which sends
    sympy into an endless evaluation) cannot stall a search.
 
@@ -444,11 +446,22 @@ def _wrap_latex(answer: str) -> str:
   return f"${s}$"
 
 
-def math_verify_equal(pred: str, gold: str) -> bool:
-  """math-verify's verdict, computed in *this* process without any timeout (workers call this)."""
-  from math_verify import parse, verify  # pylint: disable=import-outside-toplevel
-  gold_parsed, pred_parsed = (
-      parse(_wrap_latex(s), extraction_config=_extraction_config(s), parsing_timeout=None) for s in (gold, pred))
+def math_verify_parse(answer: str) -> list:
+  """math-verify's parse of one answer (a list of sympy objects and their strings; empty when it reads nothing),
+  computed in *this* process without any timeout."""
+  from math_verify import parse  # pylint: disable=import-outside-toplevel
+  return parse(_wrap_latex(answer), extraction_config=_extraction_config(answer), parsing_timeout=None)
+
+
+def math_verify_equal(pred: str, gold: str, gold_parsed: list | None = None) -> bool:
+  """math-verify's verdict, computed in *this* process without any timeout (workers call this).
+
+  `gold_parsed`: `math_verify_parse(gold)` when already done (a worker keeps its golds' parses); None parses it here.
+  """
+  from math_verify import verify  # pylint: disable=import-outside-toplevel
+  if gold_parsed is None:
+    gold_parsed = math_verify_parse(gold)
+  pred_parsed = math_verify_parse(pred)
   if not gold_parsed or not pred_parsed:
     return False
   if _equations_compared_by_sides(gold_parsed[0], pred_parsed[0]):
@@ -652,17 +665,42 @@ def _warm_up() -> None:
       pass
 
 
+# Ground truths a worker keeps parsed. A search grades every candidate of a problem against one gold; 256 covers the
+# problems a worker serves at once (a batched search's) with room to spare.
+_GOLD_CACHE_SIZE = 256
+
+
 def _worker_main() -> None:
-  """Worker loop over stdin/stdout: a JSON `[pred, gold]` line in, "1"/"0" out; EOF ends it."""
+  """Worker loop over stdin/stdout, "1"/"0" out per JSON line in; EOF ends it.
+
+  `{"gold": gold}` parses a ground truth and keeps its parse (the host sends it before each comparison, under a
+  deadline of its own); `[pred, gold]` compares, with the kept parse of `gold` when there is one. A parse depends on
+  its text only (math-verify keeps parses too, in a cache of 20 shared by predictions and golds), so keeping it
+  changes the time of a comparison, never its verdict.
+  """
   _die_with_host()
   logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" warnings
   _warm_up()
   sys.stdout.write(_READY + "\n")  # the parent's comparison deadlines start after this line
   sys.stdout.flush()
+  golds: collections.OrderedDict[str, list] = collections.OrderedDict()
   for line in sys.stdin:
     try:
-      pred, gold = json.loads(line)
-      result = math_verify_equal(pred, gold)
+      request = json.loads(line)
+      if isinstance(request, dict):
+        gold = request["gold"]
+        if gold not in golds:
+          try:
+            golds[gold] = math_verify_parse(gold)
+          except Exception:  # pylint: disable=broad-except  # as an exception in the comparison: "not equal"
+            golds[gold] = []
+          if len(golds) > _GOLD_CACHE_SIZE:
+            golds.popitem(last=False)
+        golds.move_to_end(gold)
+        result = True
+      else:
+        pred, gold = request
+        result = math_verify_equal(pred, gold, golds.get(gold))
     except Exception:  # pylint: disable=broad-except
       result = False
     sys.stdout.write("1\n" if result else "0\n")
@@ -747,6 +785,7 @@ class _Worker:
     self._buffer = b""
     self._ready = False
     self.closed = False  # set by `Grader.close`: no process is started any more
+    self.gold_overrun = False  # whether the last `call` gave None because the gold's parse overran
 
   def _start(self) -> None:
     if self.closed:
@@ -789,15 +828,18 @@ class _Worker:
     line, self._buffer = self._buffer.split(b"\n", 1)
     return line.strip()
 
-  def call(self, pred: str, gold: str, timeout_s: float, startup_timeout_s: float) -> bool | None:
+  def call(self, pred: str, gold: str, timeout_s: float, startup_timeout_s: float,
+           gold_timeout_s: float) -> bool | None:
     """math-verify's verdict, or None when it did not answer within `timeout_s`.
 
     `startup_timeout_s`: how long a fresh worker may take to get ready (not counted in `timeout_s`); a worker that
-    does not get ready in time also gives None.
+    does not get ready in time also gives None. `gold_timeout_s`: how long the worker may take to parse `gold`
+    (not counted in `timeout_s` either; instant when it kept the parse); an overrun also gives None.
 
     Raises:
       RuntimeError: the worker was closed before the call (closed during it, it gives None and starts nothing).
     """
+    self.gold_overrun = False
     try:
       if not self.alive:
         self._start()
@@ -808,8 +850,13 @@ class _Worker:
           self.kill()
           return None
         self._ready = line == _READY.encode()
-      self._proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
-      line = self._read_line(timeout_s)
+      self._proc.stdin.write((json.dumps({"gold": gold}) + "\n").encode())
+      if self._read_line(gold_timeout_s) is not None:
+        self._proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
+        line = self._read_line(timeout_s)
+      else:
+        self.gold_overrun = True
+        line = None
       if line is not None:
         return line == b"1"
     except (OSError, ValueError):
@@ -867,15 +914,22 @@ class Grader:
       depends on the machine: a pair math-verify calls equal only after more than `timeout_s` (an equation it
       solves for several symbols: seconds on a busy 2-core machine) reads "not equal" on a slower or busier one.
       To replay a search's Q values elsewhere, grade with a generous `timeout_s` on both (a pair that never ends,
-      `10^{10^{10}}`, still costs only that deadline, once per distinct pair: verdicts are cached).
+      `10^{10^{10}}`, still costs only that deadline, once per distinct pair: verdicts are cached). The ground
+      truth's parse is not part of it: see `gold_timeout_s`.
     startup_timeout_s: how long a fresh worker may take to import math-verify and get ready (before the
       deadline of its first comparison starts); a worker that does not get ready counts as an overrun.
+    gold_timeout_s: deadline of parsing a ground truth, once per worker and gold (a worker keeps the parses of the
+      last 256 golds it saw). math-verify's parse alone of a long gold took seconds (CollegeMath's series solution
+      2635: 2 s, 7 s as a worker's first long answer on a busy 2-core machine), and the gold's parse and the
+      prediction's, as long, shared `timeout_s`: an answer equal to such a gold read "not equal" depending on the
+      machine's load and on what the worker had parsed before. A gold whose parse overruns makes every prediction
+      against it "not equal" (one overrun per gold and grader: it is not parsed again).
     cache_size: verdicts kept for repeated (pred, gold) pairs, least recently used dropped first (a round grades
       millions of answers in one process; kept without a bound they would fill its memory).
   """
 
   def __init__(self, num_workers: int = 1, timeout_s: float = 5.0, startup_timeout_s: float = 60.0,
-               cache_size: int = 1 << 16):
+               cache_size: int = 1 << 16, gold_timeout_s: float = 30.0):
     for name, value in (("num_workers", num_workers), ("cache_size", cache_size)):
       if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -883,7 +937,8 @@ class Grader:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if cache_size < 0:
       raise ValueError(f"cache_size must be >= 0, got {cache_size}")
-    for name, value in (("timeout_s", timeout_s), ("startup_timeout_s", startup_timeout_s)):
+    for name, value in (("timeout_s", timeout_s), ("startup_timeout_s", startup_timeout_s),
+                        ("gold_timeout_s", gold_timeout_s)):
       # A deadline of 0, below 0 or NaN is over before math-verify answers: every pair that reaches it (e.g.
       # (x+1)^2 vs x^2+2x+1) was graded "not equal", a warning each, and the search backed up -1 for right answers.
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
@@ -891,6 +946,8 @@ class Grader:
     self.cache_size = cache_size
     self.timeout_s = float(timeout_s)
     self.startup_timeout_s = float(startup_timeout_s)
+    self.gold_timeout_s = float(gold_timeout_s)
+    self._slow_golds: set[str] = set()  # golds whose parse overran `gold_timeout_s`
     self._workers = [_Worker() for _ in range(num_workers)]
     self._idle: queue.Queue[_Worker] = queue.Queue()
     for w in self._workers:
@@ -943,18 +1000,31 @@ class Grader:
     self._finalizer.detach()  # every worker is closed
 
   def _math_verify(self, pred: str, gold: str) -> bool:
-    worker = self._idle.get()
-    try:
-      result = worker.call(pred, gold, self.timeout_s, self.startup_timeout_s)
-    finally:
-      self._idle.put(worker)
+    with self._lock:
+      slow_gold = gold in self._slow_golds
+    if slow_gold:
+      result = None
+    else:
+      worker = self._idle.get()
+      try:
+        result = worker.call(pred, gold, self.timeout_s, self.startup_timeout_s, self.gold_timeout_s)
+        slow_gold = worker.gold_overrun  # read while the worker is this thread's
+      finally:
+        self._idle.put(worker)
+      if slow_gold and not self._closed:
+        with self._lock:
+          self._slow_golds.add(gold)
     if result is None and self._closed:  # `close` ended the comparison: no verdict, and no timeout either
       raise RuntimeError("Grader is closed")
     if result is None:
       with self._lock:
         self.num_timeouts += 1
-      _LOG.warning("math-verify exceeded %.1fs on pred=%r gold=%r; counted as not equal",
-                   self.timeout_s, pred[:80], gold[:80])
+      if slow_gold:
+        _LOG.warning("math-verify's parse of gold=%r exceeded %.1fs; pred=%r counted as not equal",
+                     gold[:80], self.gold_timeout_s, pred[:80])
+      else:
+        _LOG.warning("math-verify exceeded %.1fs on pred=%r gold=%r; counted as not equal",
+                     self.timeout_s, pred[:80], gold[:80])
       return False
     return result
 

@@ -413,6 +413,7 @@ def test_the_verdict_cache_keeps_the_most_recently_used_pairs_only():
     (dict(timeout_s=-1.0), r"timeout_s must be a finite number of seconds > 0, got -1.0"),
     (dict(timeout_s=float("nan")), r"timeout_s must be a finite number of seconds > 0, got nan"),
     (dict(startup_timeout_s=0), r"startup_timeout_s must be a finite number of seconds > 0, got 0"),
+    (dict(gold_timeout_s=float("inf")), r"gold_timeout_s must be a finite number of seconds > 0, got inf"),
     (dict(num_workers=1.5), r"num_workers must be an integer, got 1.5"),  # was range()'s 'float' object error
     (dict(cache_size=2.5), r"cache_size must be an integer, got 2.5"),
 ])
@@ -637,6 +638,49 @@ def _running(pid: int) -> bool:
       return f.read().rsplit(")", 1)[1].split()[0] != "Z"
   except FileNotFoundError:
     return False
+
+
+def test_a_long_gold_s_parse_is_not_part_of_a_comparison_s_deadline(shared_data):
+  # math-verify parses CollegeMath 2635's gold (a series solution, 260 characters) in 2 s, 7 s as a worker's first
+  # long answer on a busy 2-core machine, and a correct answer (as long) as slowly: the two parses shared the 5 s
+  # deadline, so a right answer read "not equal" on a busy machine. The gold is now parsed under a deadline of its
+  # own and kept by the worker. Here the prediction is the gold itself (its parse a hit of math-verify's own cache,
+  # milliseconds; sent past the string layer): with the gold's parse inside the 1 s deadline it was "not equal".
+  college = {d["index"]: str(d["answer"]) for d in
+             json.loads((shared_data / "benchmarks" / "collegemath_test.json").read_text())}
+  gold = college[2635]
+  assert gold.startswith("y=a_{0}\\sum_{m=0}^{\\infty}(-1)^{m}\\left[\\prod_{j=0}^{m-1}")
+  with Grader(num_workers=1, timeout_s=1.0, gold_timeout_s=120.0, startup_timeout_s=120.0) as g:
+    assert g._math_verify(gold, gold) and g.num_timeouts == 0  # pylint: disable=protected-access
+
+
+def test_a_worker_s_kept_gold_parses_change_no_verdict(grader):
+  # Predictions against a few golds, interleaved, twice (the second time against kept parses) and in the other order:
+  # the verdicts are `math_verify_equal`'s, which parses both answers here, in this process.
+  pairs = [("(x+1)^2", "x^2+2x+1"), ("x^2", "\\frac{1}{2^{1007}}"), ("(x+1)^3", "x^2+2x+1"),
+           ("\\frac{1}{2^{1008}}", "\\frac{1}{2^{1007}}"), ("2^{-1007}", "\\frac{1}{2^{1007}}"),
+           ("x^2+1=0", "x^2+121=0"), ("\\frac{x^2}{2}-\\frac{y^2}{2}=1", "1"), ("1", "x^2+2x+1")]
+  want = [grading.math_verify_equal(p, g) for p, g in pairs]
+  assert want == [True, False, False, False, True, False, False, False]
+  math_verify = grader._math_verify  # pylint: disable=protected-access  # past the verdict cache
+  for _ in range(2):
+    assert [math_verify(*pg) for pg in pairs] == want
+    assert [math_verify(*pg) for pg in pairs[::-1]] == want[::-1]
+
+
+def test_a_gold_whose_parse_overruns_is_not_equal_to_anything_and_is_not_parsed_again(shared_data):
+  # Its own deadline (a gold is parsed once per worker), so a gold math-verify cannot parse in time costs that
+  # deadline once: the grader remembers it, and every prediction against it reads "not equal" at once.
+  college = {d["index"]: str(d["answer"]) for d in
+             json.loads((shared_data / "benchmarks" / "collegemath_test.json").read_text())}
+  gold = college[2635]  # math-verify's parse: 2 s or more (see above)
+  with Grader(num_workers=1, timeout_s=120.0, gold_timeout_s=0.2, startup_timeout_s=120.0) as g:
+    assert g.equivalent("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}")  # the worker is up
+    assert not g.equivalent("y=0", gold) and g.num_timeouts == 1
+    pid = g._workers[0]._proc.pid  # pylint: disable=protected-access  # the replacement, started at once
+    assert not g.equivalent("y=1", gold) and g.num_timeouts == 2
+    assert g._workers[0]._proc.pid == pid  # pylint: disable=protected-access  # not asked again
+    assert g.equivalent("(x+1)^2", "x^2+2x+1")  # other golds are parsed as before
 
 
 def test_a_killed_host_takes_its_math_verify_worker_with_it():
