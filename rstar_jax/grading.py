@@ -3,11 +3,12 @@
 `extract_boxed(text)` returns the content of the last `\\boxed{...}` (nested braces). `Grader` decides
 whether a predicted answer equals the ground truth, in three layers, cheapest first:
 
-1. String: both answers normalised (`$`/`\\(` wrappers, several `\\boxed{}` joined as a list, spacing,
-   `\\left`/`\\right`, `\\dfrac`/`\\tfrac`, unit words after a number (`5 \\text{ cm}`; not `\\text{ or }`,
-   `\\text{ million}`), degree signs (`^\\circ`, `°`, `\\degree`) and percent signs, a leading `x =`, thousands
-   separators in `1,234` form (`0,245` and `1, 234` are lists), a trailing period, the case of plain words only)
-   and compared. Two assignments to different variables (`y = 3/2` against `x = 3/2`) skip to layer 3.
+1. String: both answers normalised (`$`/`\\(` wrappers, several `\\boxed{}` joined as a list, spacing, braces
+   around a one-character superscript or subscript (`c_{1}` is `c_1`), `\\left`/`\\right`, `\\dfrac`/`\\tfrac`,
+   unit words after a number (`5 \\text{ cm}`; not `\\text{ or }`, `\\text{ million}`), degree signs (`^\\circ`,
+   `°`, `\\degree`) and percent signs, a leading `x =`, thousands separators in `1,234` form (`0,245` and `1, 234`
+   are lists), a trailing period, the case of plain words only) and compared. Two assignments to different
+   variables (`y = 3/2` against `x = 3/2`) skip to layer 3.
 2. Numbers: when both sides read as plain numbers (integers, decimals, `a/b`, `\\frac{a}{b}`,
    percentages), their exact values are compared, so `1000001` is not `1000000` however large the
    numbers. The one allowance: a decimal written for a value whose decimal expansion never ends
@@ -305,7 +306,7 @@ def _normalize(answer: str | None) -> tuple[str | None, str, str]:
   variable = None
   match = _ASSIGNMENT_RE.match(s) if s.count("=") == 1 else None
   if match:
-    variable, s = match.group(1), s[match.end():]
+    variable, s = _BRACED_SCRIPT_RE.sub(r"\1\2", match.group(1)), s[match.end():]  # `x_{1} = 3` names `x_1`
   s = s.rstrip(".").strip()
   # Commas are thousands separators only in `1,234` form: `0,245`, `1, 234` or `98, 118, 122` are lists.
   as_list = _finish(s)
@@ -331,8 +332,15 @@ def _text_unit_number(s: str) -> str | None:
   return match.group(1) if all(w.lower() in _UNIT_WORDS for w in core.split()) else None
 
 
+# A superscript or subscript of one letter or digit in braces: `c_{1}` is `c_1`, `x^{2}` is `x^2`, as TeX reads them.
+_BRACED_SCRIPT_RE = re.compile(r"([_^])\{([A-Za-z0-9])\}")
+
+
 def _finish(s: str) -> str:
   s = re.sub(r"\s+", "", s)
+  # Spelled either way as often (`y = c_{1}e^{2x}`, `y = c_1 e^{2x}`): without this the string layer missed them and
+  # math-verify, whose parse of a long answer takes seconds, decided under the deadline.
+  s = _BRACED_SCRIPT_RE.sub(r"\1\2", s)
   s = _SHORT_FRAC_RE.sub(r"\1\\frac{\2}{\3}", s)
   # Case matters in mathematics (`\Phi` vs `\phi`, `2N` vs `2n`); only words are compared case-insensitively.
   return s.lower() if re.fullmatch(r"[A-Za-z]+", s) else s
