@@ -687,10 +687,18 @@ def _worker_main() -> None:
   changes the time of a comparison, never its verdict.
   """
   _die_with_host()
+  # The replies go to a private copy of stdout, and stdout itself to /dev/null: a line some library printed (from
+  # Python or C) would otherwise be read by the host as the reply to the request in flight, and the real reply as the
+  # next one's (after a gold's parse, a "1" that reads as a verdict of "equal").
+  replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="ascii")
+  sys.stdout.flush()
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, sys.stdout.fileno())
+  os.close(devnull)
   logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" warnings
   _warm_up()
-  sys.stdout.write(_READY + "\n")  # the parent's comparison deadlines start after this line
-  sys.stdout.flush()
+  replies.write(_READY + "\n")  # the parent's comparison deadlines start after this line
+  replies.flush()
   golds: collections.OrderedDict[str, list] = collections.OrderedDict()
   for line in sys.stdin:
     try:
@@ -711,8 +719,9 @@ def _worker_main() -> None:
         result = math_verify_equal(pred, gold, golds.get(gold))
     except Exception:  # pylint: disable=broad-except
       result = False
-    sys.stdout.write("1\n" if result else "0\n")
-    sys.stdout.flush()
+    sys.stdout.flush()  # what a library printed goes to /dev/null now, not later amid the replies
+    replies.write("1\n" if result else "0\n")
+    replies.flush()
 
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

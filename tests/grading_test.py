@@ -328,6 +328,27 @@ def test_workers_get_a_fixed_str_hash_seed(monkeypatch):
   assert b"PYTHONHASHSEED=0" in environ
 
 
+def test_what_a_library_prints_in_a_worker_is_not_read_as_a_reply(tmp_path, monkeypatch):
+  # The host reads one line per request from the worker's stdout. A line printed by a library during a parse (here
+  # from Python and from C-level writes alike) was read as the reply to the gold's parse, and that reply ("1") as the
+  # comparison's verdict: `x^3` was `x^2`. The replies now go to a private copy of stdout.
+  (tmp_path / "sitecustomize.py").write_text(
+      "import os\n"
+      "from rstar_jax import grading\n"
+      "_parse = grading.math_verify_parse\n"
+      "def noisy_parse(answer):\n"
+      "  print('1')\n"
+      "  os.write(1, b'1\\n')\n"
+      "  return _parse(answer)\n"
+      "grading.math_verify_parse = noisy_parse\n")
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+  pairs = [("x^3", "x^2"), ("(x+1)^2", "x^2+2x+1"), ("x^2+2x+1", "(x+1)^2"), ("x^2", "x^3"), ("2x", "x+x+1")]
+  with Grader(num_workers=1, cache_size=0) as g:
+    assert [g.equivalent(p, gold) for p, gold in pairs * 2] == [False, True, True, False, False] * 2
+    assert g.num_timeouts == 0
+  assert [grading.math_verify_equal(p, gold) for p, gold in pairs] == [False, True, True, False, False]
+
+
 def test_thread_safe(grader):
   pairs = [("\\frac{1}{2}", "0.5"), ("\\sqrt{8}", "2\\sqrt{2}"), ("7", "8"), ("x=2", "2")] * 8
   want = [True, True, False, True] * 8
