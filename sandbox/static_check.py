@@ -127,12 +127,17 @@ def _is_shared(target: ast.AST, imported: set[str]) -> bool:
   return through_attribute or (isinstance(root, ast.Name) and root.id in imported)
 
 
+# `try` statements: `except*` (Python 3.11+) parses as `ast.TryStar`, whose `finally` runs at a generator's close as
+# a plain `try`'s does (a generator left suspended in a cycle printed into a later program when collected there).
+_TRY_NODES = tuple(getattr(ast, name) for name in ("Try", "TryStar") if hasattr(ast, name))
+
+
 def _has_finalizing_generator(tree: ast.AST) -> bool:
   has_yield = has_cleanup = False
   for node in ast.walk(tree):
     if isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)):
       has_yield = True
-    elif isinstance(node, (ast.With, ast.AsyncWith)) or (isinstance(node, ast.Try) and node.finalbody):
+    elif isinstance(node, (ast.With, ast.AsyncWith)) or (isinstance(node, _TRY_NODES) and node.finalbody):
       has_cleanup = True
   return has_yield and has_cleanup
 

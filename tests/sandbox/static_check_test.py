@@ -47,6 +47,9 @@ NOT_REUSABLE = [
     "class A:\n    pass\nA.x = 1",
     "import numpy as np\nnp.x[0] = 1",
     "def g():\n    try:\n        yield 1\n    finally:\n        print('late')\nnext(g())",
+    # `except*` (Python 3.11+): an `ast.TryStar`, whose `finally` runs at the generator's close all the same.
+    "def g():\n    try:\n        yield 1\n    except* ValueError:\n        pass\n    finally:\n        print('late')\n"
+    "l = [g()]\nl.append(l)\nnext(l[0])",
     "from . import x",
     "import threading",
     # Library objects changed in place (by an item write, an in-place method or a stateful library function).
