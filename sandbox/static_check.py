@@ -10,14 +10,16 @@ the rules err towards `False`:
 
 - imports only of the pure math stack (`REUSABLE_MODULES`, submodules included), no relative imports;
 - no names that reach dynamic evaluation, reflection, files or the interpreter (`FORBIDDEN_NAMES`), and no name or
-  attribute starting with `__`; no attribute (nor `from m import name`) starting with `_`;
+  attribute starting with `__`; no attribute (nor `from m import name`, nor a `case C(name=...)` pattern) starting
+  with `_`;
 - no attribute assignment or deletion (`a.b = ...`, `del a.b`, `a.b += ...`); no item assignment or deletion through
   an attribute or an imported name (`a.b[k] = ...`, `a.b[i][j] = ...`, `from m import d; d[k] = ...`), no augmented
   assignment to an imported name (`d |= ...`), and no in-place method (`IN_PLACE_METHODS`) called on an attribute or
   an imported name (`sympy.sieve.extend(...)`, `p.window.fill(7)`, `d.update(...)`): these change objects that
   library modules share;
 - no attribute names that change library-global state or re-export system modules (`FORBIDDEN_ATTRIBUTES`,
-  `FORBIDDEN_ATTRIBUTE_PREFIXES`), whether reached as `m.name`, `from m import name` or a plain name (star imports);
+  `FORBIDDEN_ATTRIBUTE_PREFIXES`), whether reached as `m.name`, `from m import name`, a class pattern's keyword
+  (`case object(seed=f)`) or a plain name (star imports);
 - no generator with a `try/finally` or `with` (its cleanup could run during a later program);
 - at most `max_chars` characters (long programs are not parsed twice).
 
@@ -94,11 +96,12 @@ def _bad_name(name: str) -> bool:
   return name in FORBIDDEN_NAMES or name in FORBIDDEN_ATTRIBUTES or name.startswith("__")
 
 
-def _bad_attribute(node: ast.Attribute) -> bool:
-  if not isinstance(node.ctx, ast.Load):
-    return True
-  attr = node.attr
+def _bad_attribute_name(attr: str) -> bool:
   return attr in FORBIDDEN_ATTRIBUTES or attr.startswith(FORBIDDEN_ATTRIBUTE_PREFIXES)
+
+
+def _bad_attribute(node: ast.Attribute) -> bool:
+  return not isinstance(node.ctx, ast.Load) or _bad_attribute_name(node.attr)
 
 
 def _chain_root(node: ast.AST) -> tuple[ast.AST, bool]:
@@ -175,6 +178,10 @@ def is_reusable(code: str, max_chars: int = 65536) -> bool:
         return False
     elif isinstance(node, ast.Attribute):
       if _bad_attribute(node):
+        return False
+    elif isinstance(node, ast.MatchClass):
+      # `case object(__globals__=g)` reads an attribute as `getattr` does, with no `ast.Attribute` in sight.
+      if any(_bad_attribute_name(attr) for attr in node.kwd_attrs):
         return False
     elif isinstance(node, ast.Starred):
       if not isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Attribute):

@@ -16,6 +16,8 @@ REUSABLE = [
     "import random\nprint(random.randint(1, 6))",
     "d = {}\nd.setdefault('a', []).append(1)\nprint(d)",
     "x = = 1",  # does not parse: nothing runs, nothing to leak
+    "from fractions import Fraction\nmatch Fraction(1, 2):\n    case Fraction(numerator=n, denominator=d):\n"
+    "        print(n, d)",
     # In-place changes of the program's own objects stay reusable.
     "import numpy as np\na = np.zeros(3)\na[0] = 1\na.fill(2)\nrows = [[0] * 3]\nrows[0][1] = 5\nprint(a, rows)",
     "from collections import deque\nq = deque([1])\nq.append(2)\ns = set()\ns.add(1)\nprint(q, s)",
@@ -50,6 +52,10 @@ NOT_REUSABLE = [
     # `except*` (Python 3.11+): an `ast.TryStar`, whose `finally` runs at the generator's close all the same.
     "def g():\n    try:\n        yield 1\n    except* ValueError:\n        pass\n    finally:\n        print('late')\n"
     "l = [g()]\nl.append(l)\nnext(l[0])",
+    # A class pattern's keywords read attributes (`getattr`): module globals to write, a global setting's setter.
+    "import statistics\nmatch statistics.mean:\n    case object(__globals__=g):\n        g['leak'] = 1",
+    "import random\nmatch random:\n    case object(seed=s):\n        s(1)",
+    "import numpy as np\nmatch np:\n    case object(_core=c):\n        pass",
     "from . import x",
     "import threading",
     # Library objects changed in place (by an item write, an in-place method or a stateful library function).
