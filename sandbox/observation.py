@@ -158,6 +158,12 @@ class _TextSink(io.TextIOBase):
   def isatty(self) -> bool:
     return False
 
+  def __del__(self) -> None:
+    # Not `IOBase`'s close at collection: there is nothing to release, and a run's tee and sinks hold each other (a
+    # cycle) whose members Python 3.13's collector finalized in any order: a sink or the tee's pending buffer was
+    # closed first, and the tee's `close` wrote into it ("Exception ignored ... I/O operation on closed file").
+    pass
+
 
 class BoundedText(_TextSink):
   """A write-only text sink that keeps the head and tail of what it receives, never more.
