@@ -323,6 +323,8 @@ def test_workers_get_a_fixed_str_hash_seed(monkeypatch):
   with Grader(num_workers=1) as g:
     worker = g._workers[0]  # pylint: disable=protected-access
     worker._start()  # pylint: disable=protected-access
+    # Once it says it is ready: before its exec (a busy machine) the new process's environ read empty.
+    assert worker._read_line(120) == grading._READY.encode()  # pylint: disable=protected-access
     pid = worker._proc.pid  # pylint: disable=protected-access
     environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
   assert b"PYTHONHASHSEED=0" in environ
