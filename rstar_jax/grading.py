@@ -935,14 +935,14 @@ class Grader:
       truth's parse is not part of it: see `gold_timeout_s`.
     startup_timeout_s: how long a fresh worker may take to import math-verify and get ready (before the
       deadline of its first comparison starts); a worker that does not get ready counts as an overrun.
+    cache_size: verdicts kept for repeated (pred, gold) pairs, least recently used dropped first (a round grades
+      millions of answers in one process; kept without a bound they would fill its memory).
     gold_timeout_s: deadline of parsing a ground truth, once per worker and gold (a worker keeps the parses of the
       last 256 golds it saw). math-verify's parse alone of a long gold took seconds (CollegeMath's series solution
       2635: 2 s, 7 s as a worker's first long answer on a busy 2-core machine), and the gold's parse and the
       prediction's, as long, shared `timeout_s`: an answer equal to such a gold read "not equal" depending on the
       machine's load and on what the worker had parsed before. A gold whose parse overruns makes every prediction
       against it "not equal" (one overrun per gold and grader: it is not parsed again).
-    cache_size: verdicts kept for repeated (pred, gold) pairs, least recently used dropped first (a round grades
-      millions of answers in one process; kept without a bound they would fill its memory).
   """
 
   def __init__(self, num_workers: int = 1, timeout_s: float = 5.0, startup_timeout_s: float = 60.0,
