@@ -23,6 +23,15 @@ Hardware floor: the least time any engine could take for a call on this machine,
 run: the prefill's FLOPs at the square matmul's rate, plus per decode step the larger of (weights + KV cache read
 once, at the best streaming-read bandwidth) and (its FLOPs at the square matmul's rate). "best possible speedup" =
 HF's wall time / that floor: a goal above it cannot be met on this machine by any engine.
+
+Decode bandwidth: per decode step, the bytes any engine must read (every weight once, the LM head included, and
+the KV cache of the positions so far) over our measured step time, as GB/s and as a share of the streaming-read
+rate measured in the same run: how close decoding runs to the memory system at small batch.
+
+On an accelerator (`jax.default_backend()` not cpu) HF runs on torch's CUDA device (`--hf-device`), the
+bandwidth and square-matmul references run on the accelerator (4 GiB read, 8192 square), and HF runs at every
+batch. `--precision highest` (the default) keeps both sides in true fp32 (on NVIDIA GPUs both JAX and torch can
+run fp32 matmuls as TF32 instead; `default` lets each side choose, JAX's default being TF32 there).
 """
 
 from __future__ import annotations
@@ -59,6 +68,10 @@ def _load() -> str:
   return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def on_accelerator() -> bool:
+  return jax.default_backend() != "cpu"
+
+
 def matmul_ceiling(shape: dict, batch: int, repeats: int = 5) -> dict:
   """Time of one decode step's weight matmuls at `batch` rows, and a square matmul's rate."""
   d, f, v, layers = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"], shape["num_hidden_layers"]
@@ -86,7 +99,9 @@ def matmul_ceiling(shape: dict, batch: int, repeats: int = 5) -> dict:
     step(x, weights, embed).block_until_ready()
     times.append(time.perf_counter() - t)
   flops = 2 * batch * (layers * sum(a * b for a, b in dims) + v * d)
-  square = jnp.ones((2048, 2048), jnp.float32)
+  # A 2048 square takes a fraction of a millisecond on a GPU, too short to time from the host.
+  n = 8192 if on_accelerator() else 2048
+  square = jnp.ones((n, n), jnp.float32)
   mm = jax.jit(lambda a: a @ a)
   mm(square).block_until_ready()
   sq = []
@@ -94,13 +109,18 @@ def matmul_ceiling(shape: dict, batch: int, repeats: int = 5) -> dict:
     t = time.perf_counter()
     mm(square).block_until_ready()
     sq.append(time.perf_counter() - t)
-  return dict(step_s=min(times), gflops=flops / min(times) / 1e9, square_gflops=2 * 2048**3 / min(sq) / 1e9)
+  return dict(step_s=min(times), gflops=flops / min(times) / 1e9, square_gflops=2 * n**3 / min(sq) / 1e9,
+              square_n=n)
 
 
 def read_bandwidth(megabytes: int = 1024, repeats: int = 3) -> float:
-  """Best streaming-read rate in bytes/s: a jitted sum and a numpy sum over `megabytes` of float32, best of both."""
+  """Best streaming-read rate in bytes/s over `megabytes` of float32: a jitted sum, and on the CPU also a numpy
+  sum (the better of the two: either can be the faster here)."""
+  host = not on_accelerator()
   x = np.ones(megabytes * 2**20 // 4, np.float32)
   xj = jnp.asarray(x)
+  if not host:
+    del x
   total = jax.jit(jnp.sum)
   total(xj).block_until_ready()
   best_s = float("inf")
@@ -108,19 +128,35 @@ def read_bandwidth(megabytes: int = 1024, repeats: int = 3) -> float:
     t = time.perf_counter()
     total(xj).block_until_ready()
     best_s = min(best_s, time.perf_counter() - t)
-    t = time.perf_counter()
-    np.add.reduce(x)
-    best_s = min(best_s, time.perf_counter() - t)
-  return x.nbytes / best_s
+    if host:
+      t = time.perf_counter()
+      np.add.reduce(x)
+      best_s = min(best_s, time.perf_counter() - t)
+  return xj.nbytes / best_s
+
+
+def _dims(shape: dict) -> tuple[int, int, int]:
+  """`(layer parameters, query width, key/value width)` of `shape`."""
+  d, f, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+  hd = d // shape["num_attention_heads"]
+  q, kv = shape["num_attention_heads"] * hd, shape["num_key_value_heads"] * hd
+  return layers * (d * q + 2 * d * kv + q * d + 3 * d * f), q, kv
+
+
+def decode_bytes_per_step(shape: dict, batch: int, prompt_len: int, new_tokens: int) -> float:
+  """Mean bytes one fp32 decode step must read: every weight once (tied LM head included) and the KV cache of the
+  positions so far (decode step s attends over prompt_len + s positions, s = 1 .. new_tokens - 1)."""
+  layer_params, _, kv = _dims(shape)
+  weights = layer_params + shape["vocab_size"] * shape["hidden_size"]
+  slots = np.arange(1, new_tokens) + prompt_len
+  return float(np.mean(4 * (weights + 2 * shape["num_hidden_layers"] * batch * slots * kv)))
 
 
 def hardware_floor(shape: dict, batch: int, prompt_len: int, new_tokens: int, peak_flops: float,
                    bandwidth: float) -> float:
   """Least seconds for one greedy call on this machine (see the module doc), fp32, tied embeddings."""
-  d, f, v, layers = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"], shape["num_hidden_layers"]
-  hd = d // shape["num_attention_heads"]
-  q, kv = shape["num_attention_heads"] * hd, shape["num_key_value_heads"] * hd
-  layer_params = layers * (d * q + 2 * d * kv + q * d + 3 * d * f)
+  d, v, layers = shape["hidden_size"], shape["vocab_size"], shape["num_hidden_layers"]
+  layer_params, q, kv = _dims(shape)
   # Prefill: every layer weight once per token, causal attention (QK and PV over the past), LM head at the last token.
   prefill = 2 * batch * prompt_len * layer_params + 2 * layers * batch * prompt_len**2 * q + 2 * batch * v * d
   prefill_s = prefill / peak_flops
@@ -146,13 +182,15 @@ def time_ours(engine: Engine, requests: list[Request], new_tokens: int) -> dict:
 
 
 def time_hf(model, prompts: np.ndarray, new_tokens: int) -> dict:
-  ids = torch.tensor(prompts)
+  device = next(model.parameters()).device
+  ids = torch.tensor(prompts, device=device)
   with torch.inference_mode():
     t = time.perf_counter()
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+    tokens = out[:, prompts.shape[1]:].cpu().numpy()  # waits for the device
     wall = time.perf_counter() - t
-  return dict(wall_s=wall, tok_s=len(prompts) * new_tokens / wall, tokens=out[:, prompts.shape[1]:].numpy())
+  return dict(wall_s=wall, tok_s=len(prompts) * new_tokens / wall, tokens=tokens)
 
 
 def best(runs: list[dict]) -> dict:
@@ -167,8 +205,12 @@ def main(argv=None) -> int:
   p.add_argument("--new-tokens", type=int, default=64)
   p.add_argument("--repeats", type=int, default=5, help="interleaved timed runs per side on the tiny shape (best)")
   p.add_argument("--repeats-0p5b", type=int, default=1, help="interleaved timed runs per side on the 0.5B shape")
-  p.add_argument("--hf-max-batch-0p5b", type=int, default=8,
-                 help="skip HF on the 0.5B shape above this batch (one HF batch-64 call takes many minutes here)")
+  p.add_argument("--hf-max-batch-0p5b", type=int, default=None,
+                 help="skip HF on the 0.5B shape above this batch (default: 8 on the CPU, where one HF batch-64 call "
+                      "takes many minutes; none on an accelerator)")
+  p.add_argument("--hf-device", default="auto", help="torch device for HF (auto: cuda when torch sees one)")
+  p.add_argument("--precision", choices=("highest", "default"), default="highest",
+                 help="fp32 matmul precision on both sides (default lets a GPU use TF32)")
   p.add_argument("--json", default=None, help="also write the results here")
   args = p.parse_args(argv)
   for flag, value in (("--new-tokens", args.new_tokens), ("--prompt-len", args.prompt_len),
@@ -187,10 +229,22 @@ def main(argv=None) -> int:
     p.error(f"--batches must be comma-separated integers, got {args.batches!r}")
   if min(batches) < 1:
     p.error(f"--batches must be >= 1, got {args.batches!r}")
+  hf_device = args.hf_device
+  if hf_device == "auto":
+    hf_device = "cuda" if torch.cuda.is_available() else "cpu"
+  hf_max_batch = args.hf_max_batch_0p5b
+  if hf_max_batch is None:
+    hf_max_batch = max(batches) if on_accelerator() else 8
+  jax.config.update("jax_default_matmul_precision", args.precision)
+  torch.set_float32_matmul_precision("highest" if args.precision == "highest" else "high")
   torch.manual_seed(0)
   env = dict(jax=jax.__version__, torch=torch.__version__, transformers=transformers.__version__,
              cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
-             torch_threads=torch.get_num_threads(), devices=str(jax.devices()), load_at_start=_load())
+             torch_threads=torch.get_num_threads(), devices=str(jax.devices()),
+             device_kind=jax.devices()[0].device_kind, hf_device=hf_device, precision=args.precision,
+             load_at_start=_load())
+  if hf_device.startswith("cuda"):
+    env["hf_device_name"] = torch.cuda.get_device_name(torch.device(hf_device))
   print(json.dumps(env), flush=True)
   out = dict(env=env, shapes={})
   for name in names:
@@ -205,6 +259,7 @@ def main(argv=None) -> int:
       engine = Engine(convert.load_qwen2(tmp), eos_ids=())
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
+    hf.to(hf_device)
     rows = {}
     rng = np.random.default_rng(0)
     big = name != "tiny"
@@ -217,8 +272,8 @@ def main(argv=None) -> int:
       compile_s = time.perf_counter() - t
       # The programs' first execution costs more than later ones (a one-time cost): keep it out of the timing.
       first = time_ours(engine, requests, args.new_tokens)
-      with_hf = not (big and batch > args.hf_max_batch_0p5b)
-      if with_hf and not big:
+      with_hf = not (big and batch > hf_max_batch)
+      if with_hf and (not big or hf_device != "cpu"):
         time_hf(hf, prompts, args.new_tokens)  # warm-up
       ours, theirs = [], []
       for _ in range(repeats):  # interleaved, so both sides see the same machine load
@@ -244,9 +299,12 @@ def main(argv=None) -> int:
                     square_matmul_gflops=ceiling["square_gflops"],
                     decode_pct_of_ceiling=100 * ceiling["step_s"] / rows[64]["ours_decode_step_s"])
     peak = max(peaks) * 1e9  # the best rate seen: the floor must not be pessimistic
-    bandwidth = read_bandwidth()
+    bandwidth = read_bandwidth(4096 if on_accelerator() else 1024, repeats=5 if on_accelerator() else 3)
     result.update(peak_gflops=peak / 1e9, read_gb_s=bandwidth / 1e9)
     for batch, row in rows.items():
+      step_bytes = decode_bytes_per_step(shape, batch, args.prompt_len, args.new_tokens)
+      row["decode_gb_s"] = step_bytes / row["ours_decode_step_s"] / 1e9
+      row["decode_pct_of_read"] = 100 * step_bytes / row["ours_decode_step_s"] / bandwidth
       row["floor_s"] = hardware_floor(shape, batch, args.prompt_len, args.new_tokens, peak, bandwidth)
       row["ours_over_floor"] = row["ours_wall_s"] / row["floor_s"]
       if "hf_wall_s" in row:
@@ -265,11 +323,13 @@ def main(argv=None) -> int:
 
 
 def _print_table(out: dict, args) -> None:
-  print(f"\nprompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, fp32; load avg "
-        f"{out['env']['load_at_start']} -> {out['env']['load_at_end']}")
+  env = out["env"]
+  print(f"\nprompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, fp32 (precision {env['precision']}); "
+        f"ours on {env['device_kind']}, HF on {env.get('hf_device_name', env['hf_device'])}; load avg "
+        f"{env['load_at_start']} -> {env['load_at_end']}")
   print("| shape | batch | ours tok/s | HF tok/s | speedup | tokens equal | ours prefill s | ours decode ms/step "
-        "| hardware floor s | ours / floor | best possible speedup |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        "| decode GB/s (% of read) | hardware floor s | ours / floor | best possible speedup |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for name, result in out["shapes"].items():
     for batch, r in result["rows"].items():
       hf = f"{r['hf_tok_s']:.1f}" if "hf_tok_s" in r else "skipped"
@@ -277,13 +337,14 @@ def _print_table(out: dict, args) -> None:
       equal = f"{100 * r['tokens_equal']:.0f}%" if "tokens_equal" in r else "-"
       bound = f"{r['best_possible_speedup']:.1f}x" if "best_possible_speedup" in r else "-"
       print(f"| {name} | {batch} | {r['ours_tok_s']:.1f} | {hf} | {speed} | {equal} | {r['ours_prefill_s']:.3f} | "
-            f"{1e3 * r['ours_decode_step_s']:.2f} | {r['floor_s']:.3f} | {r['ours_over_floor']:.1f}x | {bound} |")
-    print(f"| {name} | peak (square 2048 matmul) {result['peak_gflops']:.1f} GFLOP/s, streaming read "
-          f"{result['read_gb_s']:.1f} GB/s | | | | | | | | | |")
+            f"{1e3 * r['ours_decode_step_s']:.2f} | {r['decode_gb_s']:.1f} ({r['decode_pct_of_read']:.0f}%) | "
+            f"{r['floor_s']:.3f} | {r['ours_over_floor']:.1f}x | {bound} |")
+    print(f"| {name} | peak (square matmul) {result['peak_gflops']:.1f} GFLOP/s, streaming read "
+          f"{result['read_gb_s']:.1f} GB/s | | | | | | | | | | |")
     if "ceiling_step_s" in result:
       print(f"| {name} | matmul ceiling @64: {1e3 * result['ceiling_step_s']:.2f} ms/step "
-            f"({result['ceiling_gflops']:.1f} GFLOP/s; square 2048 matmul {result['square_matmul_gflops']:.1f} "
-            f"GFLOP/s); batch-64 decode at {result['decode_pct_of_ceiling']:.0f}% of it | | | | | | | | | |")
+            f"({result['ceiling_gflops']:.1f} GFLOP/s; square matmul {result['square_matmul_gflops']:.1f} "
+            f"GFLOP/s); batch-64 decode at {result['decode_pct_of_ceiling']:.0f}% of it | | | | | | | | | | |")
 
 
 if __name__ == "__main__":

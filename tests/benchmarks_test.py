@@ -233,6 +233,23 @@ def test_generate_checks_shapes_and_batches_before_running(generate_bench, capsy
   assert message in err
 
 
+def test_generate_decode_bytes_by_hand(generate_bench):
+  # Tiny shape: per layer q/o 64x64 each, k/v 64x32 each, gate/up/down 64x128 each = 36,864 parameters; 2 layers
+  # + the tied 512x64 embedding = 106,496 fp32 = 425,984 bytes. KV: decode steps 1..63 attend over 129..191
+  # positions (mean 160), 2 layers x (k, v) x 32 wide x 4 bytes = 512 bytes per position and row.
+  tiny = generate_bench.SHAPES["tiny"]
+  assert generate_bench.decode_bytes_per_step(tiny, 1, 128, 64) == 425_984 + 160 * 512
+  assert generate_bench.decode_bytes_per_step(tiny, 8, 128, 64) == 425_984 + 8 * 160 * 512
+
+
+def test_generate_hardware_floor_by_hand(generate_bench):
+  # Tiny shape, one row, prompt 2, 3 new tokens, 1 GFLOP/s and 1 MB/s. Prefill: 2 x 2 tokens x 73,728 layer
+  # parameters + attention 2 layers x 2 x 2^2 x 64 + LM head 2 x 512 x 64 = 361,472 FLOPs. Decode steps attend over
+  # 3 and 4 positions and are bound by their reads: 4 x (106,496 + 2 x 2 x 32 x positions) bytes.
+  floor = generate_bench.hardware_floor(generate_bench.SHAPES["tiny"], 1, 2, 3, 1e9, 1e6)
+  assert floor == pytest.approx(361_472 / 1e9 + (4 * (106_496 + 128 * 3) + 4 * (106_496 + 128 * 4)) / 1e6, rel=1e-12)
+
+
 @pytest.mark.parametrize("flags, message", [(["--configs", "60m,1b"], "--configs: unknown '1b'"),
                                             (["--repeats", "0"], "--repeats must be >= 1")])
 def test_forward_checks_its_flags_before_running(capsys, flags, message):
