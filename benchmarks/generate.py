@@ -242,6 +242,7 @@ def main(argv=None) -> int:
              cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
              torch_threads=torch.get_num_threads(), devices=str(jax.devices()),
              device_kind=jax.devices()[0].device_kind, hf_device=hf_device, precision=args.precision,
+             xla_flags=os.environ.get("XLA_FLAGS", ""),
              load_at_start=_load())
   if hf_device.startswith("cuda"):
     env["hf_device_name"] = torch.cuda.get_device_name(torch.device(hf_device))

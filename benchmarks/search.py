@@ -8,6 +8,8 @@ a full search iteration.
 2. The share of a full lockstep MCTS iteration (select, generate, step protocol, sandbox, grading,
    PPM, expand/backup) spent in the tree kernels, with a fast scripted policy, a constant sandbox and
    a cheap scorer: the host work that remains is the step protocol and bookkeeping.
+3. What any kernels pay around each call: a minimal while-loop step, and reading a ready `[B]` array back to the
+   host (the driver reads the selection once per simulation).
 
   python benchmarks/search.py                      # B=1024, N=256, A=8
   python benchmarks/search.py --trees 64 --iters 8 # quick
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -210,6 +213,19 @@ def loop_step_floor(trees, nodes, repeats=50):
   return (times[33] - times[1]) / 32
 
 
+def host_read_floor(trees, repeats=30):
+  """Seconds (median) to read a ready `[B]` int32 array back to the host: what each driver iteration pays for its
+  selection whatever the kernels do."""
+  ready = jnp.arange(trees, dtype=jnp.int32)
+  reads = []
+  for _ in range(repeats):
+    fresh = (ready + 1).block_until_ready()  # a new buffer each time: no host copy cached from the last read
+    start = time.perf_counter()
+    np.asarray(fresh)
+    reads.append(time.perf_counter() - start)
+  return statistics.median(reads)
+
+
 def bench_driver(trees, nodes, actions, iters_rollouts, seed=0):
   """A full MCTS run with fast fakes; returns the driver's per-phase stats."""
   rng = np.random.default_rng(seed)
@@ -266,6 +282,7 @@ def main(argv=None) -> int:
                                                           args.rollouts)
   alone = statistics.median(bench_kernels_alone(workload, args.trees, args.nodes, args.actions, args.rollouts))
   floor = loop_step_floor(args.trees, args.nodes)
+  read_s = host_read_floor(args.trees)
   try:
     entry_ops, step_ops = compiled_op_counts(args.trees, args.nodes, args.actions, args.rollouts, workload[0])
   except (KeyError, AttributeError) as e:  # another backend's module text (the count reads XLA:CPU's layout)
@@ -277,6 +294,7 @@ def main(argv=None) -> int:
   stats, wall = bench_driver(args.trees, args.nodes, args.actions, args.driver_rollouts)
   result = {
       "device": str(jax.devices()[0]), "device_kind": jax.devices()[0].device_kind,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "trees": args.trees, "nodes": args.nodes,
       "actions": args.actions, "simulations": args.iters,
       "kernel_ms_per_simulation": 1e3 * k_med, "object_tree_ms_per_simulation": 1e3 * o_med,
@@ -285,6 +303,7 @@ def main(argv=None) -> int:
       "select_steps_per_simulation": statistics.median(steps),
       "xla_ops_per_call": entry_ops, "xla_ops_per_select_step": step_ops, "xla_ops_per_simulation": ops,
       "kernel_alone_us_per_op": 1e6 * alone / ops if ops else None, "minimal_loop_step_us": 1e6 * floor,
+      "host_read_ms": 1e3 * read_s,
       "mean_nodes_per_tree": float(sizes.mean()),
       "driver": {"iterations": stats.iterations, "wall_s": wall, "kernel_s": stats.kernel_s,
                  "kernel_share": stats.kernel_s / stats.total_s,
@@ -309,6 +328,8 @@ def main(argv=None) -> int:
   else:
     print(f"select loop    {result['select_steps_per_simulation']:.1f} steps / simulation; a minimal while-loop "
           f"step (one [B, N] gather) costs {result['minimal_loop_step_us']:.1f} us here")
+  print(f"host read      {1e3 * read_s:9.3f} ms to read a ready [B] array back (the selection, once per simulation; "
+        f"50x the object tree leaves {1e3 * o_med / 50:.3f} ms per simulation)")
   d = result["driver"]
   print(f"full MCTS iteration (fake policy/sandbox/PPM, {args.driver_rollouts} rollouts, "
         f"{d['iterations']} iterations, {wall:.1f} s): tree kernels {100 * d['kernel_share']:.1f}% "
