@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -62,13 +63,53 @@ def _import(args) -> int:
   return 0
 
 
+def _restore_stderr(saved_fd: int, held=None) -> None:
+  """Points file descriptor 2 back at `saved_fd` (and closes that copy), then writes out what `held` caught."""
+  sys.stderr.flush()
+  os.dup2(saved_fd, 2)
+  os.close(saved_fd)
+  if held is not None:
+    held.seek(0)
+    sys.stderr.write(held.read().decode("utf-8", "replace"))
+    sys.stderr.flush()
+
+
+# True when run as `python -m rstar_jax.convert`: the process ends right after the command.
+_AS_SCRIPT = False
+
+
 def _export(args) -> int:
   from rstar_jax.models import checkpoint, convert
-  try:
-    model = checkpoint.load_model(args.ckpt, ppm=args.ppm)
-  except ValueError as e:  # a damaged checkpoint (the message names its folder and cause): not a traceback
-    print(f"python -m rstar_jax.convert export: error: {e}", file=sys.stderr)
-    return 1
+  # A damaged checkpoint fails one of orbax's array reads while others are still in flight. Those report
+  # themselves later, from TensorStore's threads and when collected, as up to hundreds of lines of tracebacks
+  # ("Event loop is closed", "Exception ignored in: <coroutine object _read_array_index_and_device_put>", "Task
+  # exception was never retrieved"), before or after our one-line error depending on timing. So file descriptor 2
+  # (Python's and native code's output alike) goes to a temporary file during the load: written out after a load
+  # that succeeds, dropped after one that fails.
+  sys.stderr.flush()
+  stderr_fd = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      model = checkpoint.load_model(args.ckpt, ppm=args.ppm)
+    except ValueError as e:  # a damaged checkpoint (the message names its folder and cause): not a traceback
+      message = f"python -m rstar_jax.convert export: error: {e}"
+      if not _AS_SCRIPT:  # in a caller's process fd 2 is theirs again (a straggler's late report may show there)
+        _restore_stderr(stderr_fd)
+        print(message, file=sys.stderr)
+        return 1
+      # The process ends now: the stragglers' reports until then go to /dev/null, ours to the real stderr.
+      sys.stderr.flush()
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, 2)
+      os.close(devnull)
+      with os.fdopen(stderr_fd, "w", encoding="utf-8") as err:
+        print(message, file=err)
+      return 1
+    except BaseException:
+      _restore_stderr(stderr_fd, held)
+      raise
+    _restore_stderr(stderr_fd, held)
   if args.ppm:
     convert.save_ppm(model, args.out, dtype=args.dtype)
   else:
@@ -179,4 +220,5 @@ def _input_problem(args) -> str | None:
 
 
 if __name__ == "__main__":
+  _AS_SCRIPT = True
   sys.exit(cli.run(main))

@@ -176,13 +176,17 @@ def test_export_of_a_damaged_checkpoint_names_its_folder_and_cause_without_a_tra
     (params / "_METADATA").write_bytes((params / "_METADATA").read_bytes()[:20])
     message = (f"python -m rstar_jax.convert export: error: {params}: the orbax checkpoint lists no parameters (its "
                "_METADATA file is missing or damaged): write it again")
-  proc = subprocess.run([sys.executable, "-m", "rstar_jax.convert", "export", "--ckpt", str(tmp_path / "ckpt"), "--out",
-                         str(tmp_path / "hf")], cwd=REPO, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1, proc.stderr[-3000:]
-  errors = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING:absl:")]  # orbax's own warning
-  assert len(errors) == 1 and errors[0].startswith(message), proc.stderr[-3000:]
-  assert not (tmp_path / "hf").exists()
+  # Orbax's other reads, still in flight when one failed, reported themselves (up to hundreds of lines, from
+  # TensorStore's threads and at collection) in about 1 run in 4 (CI failure): three runs catch that most times.
+  for _ in range(3 if damage == "arrays cut" else 1):
+    proc = subprocess.run([sys.executable, "-m", "rstar_jax.convert", "export", "--ckpt", str(tmp_path / "ckpt"),
+                           "--out", str(tmp_path / "hf")], cwd=REPO,
+                          env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [proc.stderr.splitlines()[0]], proc.stderr[-3000:]
+    assert proc.stderr.startswith(message), proc.stderr[-3000:]
+    assert not (tmp_path / "hf").exists()
 
 
 def test_eos_ids_only_in_config_json_survive_import_and_export(hf_qwen2_factory, tmp_path):
