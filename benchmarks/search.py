@@ -18,6 +18,7 @@ a full search iteration.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -86,10 +87,10 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts):
   """
   rule = SelectionRule("official", 2.0)
   # Compile (and warm up) on a throwaway tree of the same shapes.
-  warm, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
-  warm, out = expand_and_select(warm, _expansion(np.asarray(out.node), workload[0]), rule)
+  warm, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, host_output=True)
+  warm, out = expand_and_select(warm, _expansion(np.asarray(out.node), workload[0]), rule, host_output=True)
   jax.block_until_ready(out)
-  tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
+  tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, host_output=True)
   picked = np.asarray(out.node)
   objs = [ObjectTree("official", 2.0, rollouts, float32=False, num_actions=actions)
           for _ in range(trees)]
@@ -108,8 +109,8 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts):
     o_times.append(time.perf_counter() - start)
     agree.append(np.mean(obj_picked == picked))
     start = time.perf_counter()
-    tree, out = expand_and_select(tree, _expansion(picked, spec), rule)  # numpy in: one transfer
-    picked = np.asarray(out.node)  # the driver's one device -> host read per iteration
+    tree, out = expand_and_select(tree, _expansion(picked, spec), rule, host_output=True)  # numpy in
+    picked = np.asarray(out.node)  # the driver's one read per iteration (written to host memory by the call)
     k_times.append(time.perf_counter() - start)
     steps.append(int(out.steps))  # read after the timing (the driver does not need it)
   return k_times, o_times, float(np.mean(agree)), tree, steps
@@ -138,14 +139,16 @@ def replay_kernels(workload, trees, nodes, actions, rollouts, *, kernels=search_
     between two searches that went apart.
   """
   rule = kernels.SelectionRule("official", 2.0)
-  tree, out = kernels.select(tree_lib.init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
+  # As the driver calls them; a baseline revision's kernels from before `host_output` return device arrays.
+  host = {"host_output": True} if "host_output" in inspect.signature(kernels.select).parameters else {}
+  tree, out = kernels.select(tree_lib.init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, **host)
   picked = np.asarray(out.node)
   times, selections = [], []
   for spec in workload:
     if between is not None:
       between()
     start = time.perf_counter()
-    tree, out = kernels.expand_and_select(tree, make_expansion(picked, spec), rule)
+    tree, out = kernels.expand_and_select(tree, make_expansion(picked, spec), rule, **host)
     picked = np.asarray(out.node)
     times.append(time.perf_counter() - start)
     selections.append(picked)
@@ -214,16 +217,21 @@ def loop_step_floor(trees, nodes, repeats=50):
 
 
 def host_read_floor(trees, repeats=30):
-  """Seconds (median) to read a ready `[B]` int32 array back to the host: what each driver iteration pays for its
-  selection whatever the kernels do."""
+  """Seconds (medians) to read a ready `[B]` int32 array back to the host, `(in device memory, written to host memory
+  by the call)`: what each driver iteration pays for its selection whatever the kernels do (the kernels' selection
+  is the second kind, `host_output`)."""
   ready = jnp.arange(trees, dtype=jnp.int32)
-  reads = []
-  for _ in range(repeats):
-    fresh = (ready + 1).block_until_ready()  # a new buffer each time: no host copy cached from the last read
-    start = time.perf_counter()
-    np.asarray(fresh)
-    reads.append(time.perf_counter() - start)
-  return statistics.median(reads)
+  to_host = jax.jit(lambda x: jax.device_put(x + 1, jax.memory.Space.Host))
+  out = []
+  for make in (lambda: ready + 1, lambda: to_host(ready)):
+    reads = []
+    for _ in range(repeats):
+      fresh = make().block_until_ready()  # a new buffer each time: no host copy cached from the last read
+      start = time.perf_counter()
+      np.asarray(fresh)
+      reads.append(time.perf_counter() - start)
+    out.append(statistics.median(reads))
+  return tuple(out)
 
 
 def bench_driver(trees, nodes, actions, iters_rollouts, seed=0):
@@ -282,7 +290,7 @@ def main(argv=None) -> int:
                                                           args.rollouts)
   alone = statistics.median(bench_kernels_alone(workload, args.trees, args.nodes, args.actions, args.rollouts))
   floor = loop_step_floor(args.trees, args.nodes)
-  read_s = host_read_floor(args.trees)
+  read_s, host_read_s = host_read_floor(args.trees)
   try:
     entry_ops, step_ops = compiled_op_counts(args.trees, args.nodes, args.actions, args.rollouts, workload[0])
   except (KeyError, AttributeError) as e:  # another backend's module text (the count reads XLA:CPU's layout)
@@ -303,7 +311,7 @@ def main(argv=None) -> int:
       "select_steps_per_simulation": statistics.median(steps),
       "xla_ops_per_call": entry_ops, "xla_ops_per_select_step": step_ops, "xla_ops_per_simulation": ops,
       "kernel_alone_us_per_op": 1e6 * alone / ops if ops else None, "minimal_loop_step_us": 1e6 * floor,
-      "host_read_ms": 1e3 * read_s,
+      "host_read_ms": 1e3 * read_s, "host_memory_read_ms": 1e3 * host_read_s,
       "mean_nodes_per_tree": float(sizes.mean()),
       "driver": {"iterations": stats.iterations, "wall_s": wall, "kernel_s": stats.kernel_s,
                  "kernel_share": stats.kernel_s / stats.total_s,
@@ -328,8 +336,9 @@ def main(argv=None) -> int:
   else:
     print(f"select loop    {result['select_steps_per_simulation']:.1f} steps / simulation; a minimal while-loop "
           f"step (one [B, N] gather) costs {result['minimal_loop_step_us']:.1f} us here")
-  print(f"host read      {1e3 * read_s:9.3f} ms to read a ready [B] array back (the selection, once per simulation; "
-        f"50x the object tree leaves {1e3 * o_med / 50:.3f} ms per simulation)")
+  print(f"host read      {1e3 * read_s:9.3f} ms to read a ready [B] array back from device memory, "
+        f"{1e3 * host_read_s:.3f} ms written to host memory by the call as the kernels' selection is (once per "
+        f"simulation; 50x the object tree leaves {1e3 * o_med / 50:.3f} ms per simulation)")
   d = result["driver"]
   print(f"full MCTS iteration (fake policy/sandbox/PPM, {args.driver_rollouts} rollouts, "
         f"{d['iterations']} iterations, {wall:.1f} s): tree kernels {100 * d['kernel_share']:.1f}% "

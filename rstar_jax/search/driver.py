@@ -8,7 +8,8 @@ Each iteration, for a batch of `B` trees:
 
 until every tree has run its rollouts (expand + backup and the next select run as one device call,
 `kernels.expand_and_select`). Only `[B]` selected nodes and rollout indices cross from device to
-host per iteration; the full tree is read once at the end to write the records.
+host per iteration, written to host memory by the call itself (`host_output`); the full tree is read
+once at the end to write the records.
 
 Versus the official loop: the official code advances every tree by one level per lockstep step, so a
 tree that is descending through already-expanded nodes sits out that step's generation; `select`
@@ -429,7 +430,7 @@ class MCTS:
     tree = init_tree(batch_size, cfg.num_slots, a, budget, cfg.max_depth, seeds)
     reported = 0
     t0 = time.perf_counter()
-    tree, sel = kernels.select(tree, cfg.rule)
+    tree, sel = kernels.select(tree, cfg.rule, host_output=True)  # read below: written to host memory
     while True:
       nodes, rollouts = jax.device_get((sel.node, sel.rollout))
       self.stats.kernel_s += time.perf_counter() - t0
@@ -441,7 +442,7 @@ class MCTS:
         break
       expansion = self._expand_rows(problems, hosts, seeds, rows, nodes, rollouts, batch_size)
       t0 = time.perf_counter()
-      tree, sel = kernels.expand_and_select(tree, expansion, cfg.rule)
+      tree, sel = kernels.expand_and_select(tree, expansion, cfg.rule, host_output=True)
       self.stats.iterations += 1
     final = jax.device_get(tree)
     lost = int(np.sum(final.out_of_nodes[:n_real]))

@@ -202,8 +202,8 @@ class _Descent(NamedTuple):
   done: jax.Array          # [B] bool
 
 
-@functools.partial(jax.jit, static_argnames=("rule",), donate_argnums=(0,))
-def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
+@functools.partial(jax.jit, static_argnames=("rule", "host_output"), donate_argnums=(0,))
+def select(tree: Tree, rule: SelectionRule, host_output: bool = False) -> tuple[Tree, SelectOutput]:
   """Runs every tree's descent to its next node to expand.
 
   One loop step moves every still-descending tree down one level and already looks at the child it
@@ -214,6 +214,7 @@ def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
   Args:
     tree: the batch of trees (donated).
     rule: selection settings (static).
+    host_output: place `SelectOutput.node` and `.rollout` in host memory (static; see `_select_output`).
 
   Returns:
     The updated trees (terminal marks, cursors, paths, rollout counts) and `SelectOutput`.
@@ -290,7 +291,19 @@ def select(tree: Tree, rule: SelectionRule) -> tuple[Tree, SelectOutput]:
   new = dataclasses.replace(tree, node_info=out.info, path=out.path,
                             cursor=out.selected, rollouts=out.rollouts,
                             out_of_nodes=out.out_of_nodes)
-  return new, SelectOutput(node=out.selected, rollout=out.rollouts - 1, steps=out.steps)
+  return new, _select_output(out.selected, out.rollouts - 1, out.steps, host_output)
+
+
+def _select_output(node: jax.Array, rollout: jax.Array, steps: jax.Array, host_output: bool) -> SelectOutput:
+  """`SelectOutput`, with `node` and `rollout` in host memory when `host_output`.
+
+  The host reads those two `[B]` arrays after every call. Written to host memory (pinned) by the call itself, they
+  are read with a host copy; left on an accelerator, `np.asarray` pays a separate transfer: 0.30-0.36 ms on one
+  H200 against 0.02 ms (benchmarks/RESULTS.md, search). On the CPU both memories are the host's.
+  """
+  if host_output:
+    node, rollout = jax.device_put((node, rollout), jax.memory.Space.Host)
+  return SelectOutput(node=node, rollout=rollout, steps=steps)
 
 
 class Expansion(NamedTuple):
@@ -374,11 +387,12 @@ def expand_and_backup(tree: Tree, expansion: Expansion) -> Tree:
   return Tree(**fields)
 
 
-@functools.partial(jax.jit, static_argnames=("rule",), donate_argnums=(0,))
-def expand_and_select(tree: Tree, expansion: Expansion, rule: SelectionRule
+@functools.partial(jax.jit, static_argnames=("rule", "host_output"), donate_argnums=(0,))
+def expand_and_select(tree: Tree, expansion: Expansion, rule: SelectionRule, host_output: bool = False
                       ) -> tuple[Tree, SelectOutput]:
   """`expand_and_backup` followed by the next `select`, in one device call.
 
-  The host loop's steady state: one dispatch and one small read per iteration instead of two.
+  The host loop's steady state: one dispatch and one small read per iteration instead of two. `host_output` as in
+  `select`.
   """
-  return select(expand_and_backup(tree, expansion), rule)
+  return select(expand_and_backup(tree, expansion), rule, host_output)

@@ -229,6 +229,34 @@ def test_kernels_compile_once():
   assert expand_and_backup._cache_size() == 1  # pylint: disable=protected-access
 
 
+def test_host_output_writes_the_selection_to_host_memory_and_changes_nothing_else():
+  # The driver reads `node` and `rollout` after every call; with `host_output` the call itself writes them to
+  # (pinned) host memory. Same searches either way: every selection, the trees and the descent steps agree.
+  rule = SelectionRule("official", 2.0)
+  runs = []
+  for host_output in (False, True):
+    rng = np.random.default_rng(3)
+    tree = init_tree(3, N, A, np.array([4, 2, 5]), MAX_DEPTH, np.arange(3, dtype=np.uint32))
+    tree, out = select(tree, rule, host_output=host_output)
+    seen = [jax.device_get(out)]
+    for _ in range(8):
+      nodes, depth = np.asarray(out.node), np.asarray(tree.depth)
+      batch = [_random_specs(rng, "official", int(depth[i, n])) if n != NO_NODE else [] for i, n in enumerate(nodes)]
+      tree, out = kernels.expand_and_select(tree, _expansion(batch, nodes), rule, host_output=host_output)
+      seen.append(jax.device_get(out))
+    kinds = (out.node.sharding.memory_kind, out.rollout.sharding.memory_kind, out.steps.sharding.memory_kind)
+    runs.append((seen, jax.device_get(tree), kinds))
+  (plain, plain_tree, plain_kinds), (host, host_tree, host_kinds) = runs
+  assert plain_kinds == ("device", "device", "device")
+  assert host_kinds == ("pinned_host", "pinned_host", "device")
+  for a, b in zip(plain, host):
+    for field in ("node", "rollout", "steps"):
+      np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+  assert int(plain_tree.num_nodes.min()) > 1 + A  # every search went on past the root's expansion
+  for a, b in zip(jax.tree.leaves(plain_tree), jax.tree.leaves(host_tree)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_select_reports_its_descent_steps():
   # By hand (official preset): a fresh root is picked in one step; after the root gets two plain children the
   # continuing rollout moves to child 1 (ties go first) and stops there, one step; once child 1's only child is a
