@@ -28,10 +28,11 @@ Decode bandwidth: per decode step, the bytes any engine must read (every weight 
 the KV cache of the positions so far) over our measured step time, as GB/s and as a share of the streaming-read
 rate measured in the same run: how close decoding runs to the memory system at small batch.
 
-On an accelerator (`jax.default_backend()` not cpu) HF runs on torch's CUDA device (`--hf-device`), the
-bandwidth and square-matmul references run on the accelerator (4 GiB read, 8192 square), and HF runs at every
-batch. `--precision highest` (the default) keeps both sides in true fp32 (on NVIDIA GPUs both JAX and torch can
-run fp32 matmuls as TF32 instead; `default` lets each side choose, JAX's default being TF32 there).
+HF runs on torch's CUDA device whenever torch sees one (`--hf-device auto`; `cpu` or `cuda:N` to choose). On an
+accelerator (`jax.default_backend()` not cpu) the bandwidth and square-matmul references run on the accelerator
+(4 GiB read, 8192 square), and HF runs at every batch. `--precision highest` (the default) keeps both sides in
+true fp32 (on NVIDIA GPUs both JAX and torch can run fp32 matmuls as TF32 instead; `default` lets each side choose,
+JAX's default being TF32 there).
 """
 
 from __future__ import annotations

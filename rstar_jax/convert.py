@@ -79,13 +79,19 @@ _AS_SCRIPT = False
 
 
 def _export(args) -> int:
-  from rstar_jax.models import checkpoint, convert
+  from rstar_jax.models import checkpoint
   # A damaged checkpoint fails one of orbax's array reads while others are still in flight. Those report
   # themselves later, from TensorStore's threads and when collected, as up to hundreds of lines of tracebacks
   # ("Event loop is closed", "Exception ignored in: <coroutine object _read_array_index_and_device_put>", "Task
   # exception was never retrieved"), before or after our one-line error depending on timing. So file descriptor 2
   # (Python's and native code's output alike) goes to a temporary file during the load: written out after a load
   # that succeeds, dropped after one that fails.
+  if sys.stderr is None:  # started with file descriptor 2 closed (`2>&-`): nothing to hold, and nowhere to say why
+    try:
+      model = checkpoint.load_model(args.ckpt, ppm=args.ppm)
+    except ValueError:
+      return 1
+    return _write_export(args, model)
   sys.stderr.flush()
   stderr_fd = os.dup(2)
   with tempfile.TemporaryFile() as held:
@@ -110,6 +116,11 @@ def _export(args) -> int:
       _restore_stderr(stderr_fd, held)
       raise
     _restore_stderr(stderr_fd, held)
+  return _write_export(args, model)
+
+
+def _write_export(args, model) -> int:
+  from rstar_jax.models import convert
   if args.ppm:
     convert.save_ppm(model, args.out, dtype=args.dtype)
   else:

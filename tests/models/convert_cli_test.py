@@ -189,6 +189,31 @@ def test_export_of_a_damaged_checkpoint_names_its_folder_and_cause_without_a_tra
     assert not (tmp_path / "hf").exists()
 
 
+def test_export_with_stderr_closed_exports_and_a_damaged_checkpoint_still_fails(tmp_path):
+  # Started with file descriptor 2 closed (`2>&-`), export held fd 2 during the load with os.dup(2): EBADF, a
+  # traceback nobody could see, exit status 1 and no export.
+  from flax import nnx
+
+  from rstar_jax.models import ModelConfig, Qwen2, checkpoint
+  checkpoint.save_model(Qwen2(ModelConfig.tiny(num_layers=1), rngs=nnx.Rngs(0)), tmp_path / "ckpt")
+
+  def export(out):
+    # The shell closes fd 2 and execs Python (a preexec_fn would fork this multithreaded process).
+    return subprocess.run(["sh", "-c", 'exec "$0" "$@" 2>&-', sys.executable, "-m", "rstar_jax.convert", "export",
+                           "--ckpt", str(tmp_path / "ckpt"), "--out", str(out)], cwd=REPO,
+                          env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, text=True,
+                          timeout=300, check=False)
+
+  proc = export(tmp_path / "hf")
+  assert (proc.returncode, proc.stdout) == (0, f"exported {tmp_path / 'ckpt'} -> {tmp_path / 'hf'}\n")
+  assert (tmp_path / "hf" / "model.safetensors").is_file()
+  params = tmp_path / "ckpt" / "params"
+  (params / "_METADATA").write_bytes((params / "_METADATA").read_bytes()[:20])
+  proc = export(tmp_path / "hf_damaged")
+  assert (proc.returncode, proc.stdout) == (1, "")
+  assert not (tmp_path / "hf_damaged").exists()
+
+
 def test_eos_ids_only_in_config_json_survive_import_and_export(hf_qwen2_factory, tmp_path):
   # A checkpoint without generation_config.json ends generation at its config.json's eos_token_id (vLLM and
   # transformers build the generation config from it). Import and export wrote config.json from ModelConfig, which
