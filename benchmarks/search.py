@@ -34,7 +34,7 @@ from rstar_jax.grading import Grader
 from rstar_jax.search import MCTS, Problem, SearchConfig
 from rstar_jax.search import kernels as search_kernels
 from rstar_jax.search import tree as search_tree
-from rstar_jax.search.kernels import Expansion, SelectionRule, expand_and_select, select
+from rstar_jax.search.kernels import Expansion, SelectionRule, expand_and_select, select, transfer_form
 from rstar_jax.search.object_tree import ObjectTree
 from rstar_jax.search.scripted import ConstantExecutor, FunctionScorer, ScriptedPolicy
 from rstar_jax.search.tree import NO_NODE, Reason, init_tree
@@ -88,7 +88,8 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts):
   rule = SelectionRule("official", 2.0)
   # Compile (and warm up) on a throwaway tree of the same shapes.
   warm, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, host_output=True)
-  warm, out = expand_and_select(warm, _expansion(np.asarray(out.node), workload[0]), rule, host_output=True)
+  warm, out = expand_and_select(warm, transfer_form(_expansion(np.asarray(out.node), workload[0])), rule,
+                                host_output=True)
   jax.block_until_ready(out)
   tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, host_output=True)
   picked = np.asarray(out.node)
@@ -109,7 +110,7 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts):
     o_times.append(time.perf_counter() - start)
     agree.append(np.mean(obj_picked == picked))
     start = time.perf_counter()
-    tree, out = expand_and_select(tree, _expansion(picked, spec), rule, host_output=True)  # numpy in
+    tree, out = expand_and_select(tree, transfer_form(_expansion(picked, spec)), rule, host_output=True)
     picked = np.asarray(out.node)  # the driver's one read per iteration (written to host memory by the call)
     k_times.append(time.perf_counter() - start)
     steps.append(int(out.steps))  # read after the timing (the driver does not need it)
@@ -139,8 +140,10 @@ def replay_kernels(workload, trees, nodes, actions, rollouts, *, kernels=search_
     between two searches that went apart.
   """
   rule = kernels.SelectionRule("official", 2.0)
-  # As the driver calls them; a baseline revision's kernels from before `host_output` return device arrays.
+  # As the driver calls them; a baseline revision's kernels from before `host_output` return device arrays, and
+  # from before `transfer_form` take the expansion's fields.
   host = {"host_output": True} if "host_output" in inspect.signature(kernels.select).parameters else {}
+  form = getattr(kernels, "transfer_form", lambda expansion: expansion)
   tree, out = kernels.select(tree_lib.init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, **host)
   picked = np.asarray(out.node)
   times, selections = [], []
@@ -148,7 +151,7 @@ def replay_kernels(workload, trees, nodes, actions, rollouts, *, kernels=search_
     if between is not None:
       between()
     start = time.perf_counter()
-    tree, out = kernels.expand_and_select(tree, make_expansion(picked, spec), rule, **host)
+    tree, out = kernels.expand_and_select(tree, form(make_expansion(picked, spec)), rule, **host)
     picked = np.asarray(out.node)
     times.append(time.perf_counter() - start)
     selections.append(picked)
@@ -162,7 +165,8 @@ def compiled_op_counts(trees, nodes, actions, rollouts, spec):
   """Operations XLA runs in one `expand_and_select` call: `(outside the select loop, per loop step)`."""
   rule = SelectionRule("official", 2.0)
   tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
-  return hlo_op_counts(expand_and_select.lower(tree, _expansion(np.asarray(out.node), spec), rule).compile().as_text())
+  expansion = transfer_form(_expansion(np.asarray(out.node), spec))
+  return hlo_op_counts(expand_and_select.lower(tree, expansion, rule, host_output=True).compile().as_text())
 
 
 def hlo_op_counts(text):

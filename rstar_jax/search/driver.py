@@ -442,7 +442,7 @@ class MCTS:
         break
       expansion = self._expand_rows(problems, hosts, seeds, rows, nodes, rollouts, batch_size)
       t0 = time.perf_counter()
-      tree, sel = kernels.expand_and_select(tree, expansion, cfg.rule, host_output=True)
+      tree, sel = kernels.expand_and_select(tree, kernels.transfer_form(expansion), cfg.rule, host_output=True)
       self.stats.iterations += 1
     final = jax.device_get(tree)
     lost = int(np.sum(final.out_of_nodes[:n_real]))

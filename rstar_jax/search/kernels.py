@@ -48,6 +48,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rstar_jax.search.tree import NO_CHILD, NO_NODE, ROOT_INDEX, Info, Reason, Stats, Tree
 
@@ -298,8 +299,9 @@ def _select_output(node: jax.Array, rollout: jax.Array, steps: jax.Array, host_o
   """`SelectOutput`, with `node` and `rollout` in host memory when `host_output`.
 
   The host reads those two `[B]` arrays after every call. Written to host memory (pinned) by the call itself, they
-  are read with a host copy; left on an accelerator, `np.asarray` pays a separate transfer: 0.30-0.36 ms on one
-  H200 against 0.02 ms (benchmarks/RESULTS.md, search). On the CPU both memories are the host's.
+  are read with a host copy; left on an accelerator, `np.asarray` pays a separate transfer: 0.16-0.55 ms on one
+  H200 against 0.006-0.013 ms (benchmarks/RESULTS.md, search). On the CPU both memories are the host's. Computing
+  on such an array outside the kernels works but runs on the host (XLA warns); read it with `np.asarray`.
   """
   if host_output:
     node, rollout = jax.device_put((node, rollout), jax.memory.Space.Host)
@@ -319,6 +321,44 @@ class Expansion(NamedTuple):
   value: jax.Array               # [B, A] float32, the value each child backs up
   update_self: jax.Array         # [B, A] bool, visit+value on the child only
   update_path: jax.Array         # [B, A] bool, visit+value on the child and all its ancestors
+
+
+def pack_expansion(expansion: Expansion) -> np.ndarray:
+  """`expansion` (numpy or array fields) as one `[B, 2 + 6A]` int32 numpy array, for `expand_and_select`.
+
+  Columns: parent, count, then `A` each of terminal_reason, consecutive_errors, update_self, update_path (0/1), and
+  the float32 bits of ppm_value and value. One array reaches the device in one transfer where the eight fields take
+  eight: on one H200 that is most of what the expansion costs a call (benchmarks/RESULTS.md, search).
+  """
+  ints = [np.asarray(expansion.parent, np.int32)[:, None], np.asarray(expansion.count, np.int32)[:, None]]
+  ints += [np.asarray(getattr(expansion, name), np.int32)
+           for name in ("terminal_reason", "consecutive_errors", "update_self", "update_path")]
+  bits = [np.asarray(getattr(expansion, name), np.float32).view(np.int32) for name in ("ppm_value", "value")]
+  return np.concatenate(ints + bits, axis=1)
+
+
+def transfer_form(expansion: Expansion) -> Expansion | np.ndarray:
+  """A host-built `expansion` in the form `expand_and_select` takes fastest on the default backend.
+
+  On an accelerator, packed (`pack_expansion`): one host-to-device transfer instead of eight. On the CPU, where the
+  fields need no transfer, as it is: unpacking there costs XLA:CPU more operations than it saves (4-6% slower per
+  call). Measured in benchmarks/RESULTS.md, search.
+  """
+  return expansion if jax.default_backend() == "cpu" else pack_expansion(expansion)
+
+
+def _unpack_expansion(packed: jax.Array, num_actions: int) -> Expansion:
+  """The `Expansion` that `pack_expansion` packed (inside the jitted call)."""
+  if packed.ndim != 2 or packed.shape[1] != 2 + 6 * num_actions or packed.dtype != jnp.int32:
+    raise ValueError(f"a packed expansion is int32 [B, 2 + 6A] = [B, {2 + 6 * num_actions}] for these trees (A = "
+                     f"{num_actions}), got {packed.dtype} {list(packed.shape)}: build it with pack_expansion")
+  def block(k):
+    return packed[:, 2 + k * num_actions:2 + (k + 1) * num_actions]
+
+  as_float = functools.partial(jax.lax.bitcast_convert_type, new_dtype=jnp.float32)
+  return Expansion(parent=packed[:, 0], count=packed[:, 1], terminal_reason=block(0), consecutive_errors=block(1),
+                   ppm_value=as_float(block(4)), value=as_float(block(5)), update_self=block(2) != 0,
+                   update_path=block(3) != 0)
 
 
 def _add_children(tree1: dict, e: dict) -> dict:
@@ -388,11 +428,13 @@ def expand_and_backup(tree: Tree, expansion: Expansion) -> Tree:
 
 
 @functools.partial(jax.jit, static_argnames=("rule", "host_output"), donate_argnums=(0,))
-def expand_and_select(tree: Tree, expansion: Expansion, rule: SelectionRule, host_output: bool = False
+def expand_and_select(tree: Tree, expansion: Expansion | jax.Array, rule: SelectionRule, host_output: bool = False
                       ) -> tuple[Tree, SelectOutput]:
   """`expand_and_backup` followed by the next `select`, in one device call.
 
-  The host loop's steady state: one dispatch and one small read per iteration instead of two. `host_output` as in
-  `select`.
+  The host loop's steady state: one dispatch and one small read per iteration instead of two. `expansion` is an
+  `Expansion` or its `pack_expansion` array (one transfer instead of eight); `host_output` as in `select`.
   """
+  if not isinstance(expansion, Expansion):
+    expansion = _unpack_expansion(expansion, tree.num_actions)
   return select(expand_and_backup(tree, expansion), rule, host_output)

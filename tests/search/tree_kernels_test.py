@@ -365,3 +365,49 @@ def test_init_tree_refuses_a_rollout_budget_beyond_int32(budget):
   # It was cast to int32 and wrapped: 2**32 + 3 became 3 rollouts, 2**31 a negative budget (no rollout at all).
   with pytest.raises(ValueError, match=r"rollout_budget must be .*< 2\*\*31"):
     init_tree(np.asarray(budget).size, 10, 2, np.asarray(budget, np.int64), 3)
+
+
+def test_a_packed_expansion_gives_the_same_trees_and_selections_as_its_fields():
+  # `pack_expansion` puts the eight fields in one int32 array (one transfer); unpacked inside the call it must give
+  # exactly what the fields give, NaN PPM values (unscored children) and negative values included.
+  rule = SelectionRule("official", 2.0)
+  runs = []
+  for packed in (False, True):
+    rng = np.random.default_rng(5)
+    tree = init_tree(3, N, A, np.array([5, 3, 6]), MAX_DEPTH, np.arange(3, dtype=np.uint32))
+    tree, out = select(tree, rule)
+    seen = []
+    for _ in range(10):
+      nodes, depth = np.asarray(out.node), np.asarray(tree.depth)
+      batch = [_random_specs(rng, "official", int(depth[i, n])) if n != NO_NODE else [] for i, n in enumerate(nodes)]
+      expansion = jax.device_get(_expansion(batch, nodes))
+      ppm = rng.choice([np.nan, -0.75, 0.5], size=expansion.ppm_value.shape).astype(np.float32)
+      expansion = expansion._replace(ppm_value=ppm, consecutive_errors=rng.integers(0, 3, size=ppm.shape))
+      tree, out = kernels.expand_and_select(tree, kernels.pack_expansion(expansion) if packed else expansion, rule)
+      seen.append(jax.device_get(out))
+    runs.append((seen, jax.device_get(tree)))
+  (plain, plain_tree), (packed, packed_tree) = runs
+  for a, b in zip(plain, packed):
+    np.testing.assert_array_equal(a.node, b.node)
+    np.testing.assert_array_equal(a.rollout, b.rollout)
+  assert int(plain_tree.num_nodes.max()) > 1 + A  # the searches went on past the roots' expansions
+  assert np.isnan(plain_tree.ppm_value).any() and (plain_tree.ppm_value < 0).any()
+  for a, b in zip(jax.tree.leaves(plain_tree), jax.tree.leaves(packed_tree)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_packed_expansion_of_another_width_is_refused_naming_the_shape():
+  tree, _ = select(init_tree(2, N, A, 2, MAX_DEPTH), SelectionRule("official", 2.0))
+  wrong = np.zeros([2, 2 + 6 * (A - 1)], np.int32)
+  message = rf"int32 \[B, 2 \+ 6A\] = \[B, {2 + 6 * A}\] .* got int32 \[2, {2 + 6 * (A - 1)}\]"
+  with pytest.raises(ValueError, match=message):
+    kernels.expand_and_select(tree, wrong, SelectionRule("official", 2.0))
+
+
+def test_transfer_form_packs_the_expansion_on_an_accelerator_only(monkeypatch):
+  expansion = jax.device_get(_expansion([[(Reason.NONE, 0.5, "self")], []], [0, NO_NODE]))
+  assert kernels.transfer_form(expansion) is expansion  # the CPU: the fields as they are
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  packed = kernels.transfer_form(expansion)
+  np.testing.assert_array_equal(packed, kernels.pack_expansion(expansion))
+  assert packed.dtype == np.int32 and packed.shape == (2, 2 + 6 * A)
