@@ -229,32 +229,48 @@ def test_kernels_compile_once():
   assert expand_and_backup._cache_size() == 1  # pylint: disable=protected-access
 
 
+def _random_fused_search(seed, budgets, host_output=False, pack=False, calls=10):
+  """Random expansions (scored and unscored, with code errors) through `expand_and_select`, official preset.
+
+  Returns:
+    `(every call's SelectOutput, read back; the final tree; memory kinds of the last output's node, rollout, steps)`.
+  """
+  rng = np.random.default_rng(seed)
+  rule = SelectionRule("official", 2.0)
+  tree = init_tree(len(budgets), N, A, np.array(budgets), MAX_DEPTH, np.arange(len(budgets), dtype=np.uint32))
+  tree, out = select(tree, rule, host_output=host_output)
+  seen = [jax.device_get(out)]
+  for _ in range(calls):
+    nodes, depth = np.asarray(out.node), np.asarray(tree.depth)
+    batch = [_random_specs(rng, "official", int(depth[i, n])) if n != NO_NODE else [] for i, n in enumerate(nodes)]
+    expansion = jax.device_get(_expansion(batch, nodes))
+    ppm = rng.choice([np.nan, -0.75, 0.5], size=expansion.ppm_value.shape).astype(np.float32)
+    expansion = expansion._replace(ppm_value=ppm, consecutive_errors=rng.integers(0, 3, size=ppm.shape))
+    tree, out = kernels.expand_and_select(tree, kernels.pack_expansion(expansion) if pack else expansion, rule,
+                                          host_output=host_output)
+    seen.append(jax.device_get(out))
+  kinds = tuple(getattr(out, f).sharding.memory_kind for f in ("node", "rollout", "steps"))
+  return seen, jax.device_get(tree), kinds
+
+
+def _assert_same_search(first, second):
+  (outs_a, tree_a, _), (outs_b, tree_b, _) = first, second
+  for a, b in zip(outs_a, outs_b):
+    for field in ("node", "rollout", "steps"):
+      np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+  assert int(tree_a.num_nodes.max()) > 1 + A  # the searches went on past the roots' expansions
+  for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_host_output_writes_the_selection_to_host_memory_and_changes_nothing_else():
   # The driver reads `node` and `rollout` after every call; with `host_output` the call itself writes them to
   # (pinned) host memory. Same searches either way: every selection, the trees and the descent steps agree.
-  rule = SelectionRule("official", 2.0)
-  runs = []
-  for host_output in (False, True):
-    rng = np.random.default_rng(3)
-    tree = init_tree(3, N, A, np.array([4, 2, 5]), MAX_DEPTH, np.arange(3, dtype=np.uint32))
-    tree, out = select(tree, rule, host_output=host_output)
-    seen = [jax.device_get(out)]
-    for _ in range(8):
-      nodes, depth = np.asarray(out.node), np.asarray(tree.depth)
-      batch = [_random_specs(rng, "official", int(depth[i, n])) if n != NO_NODE else [] for i, n in enumerate(nodes)]
-      tree, out = kernels.expand_and_select(tree, _expansion(batch, nodes), rule, host_output=host_output)
-      seen.append(jax.device_get(out))
-    kinds = (out.node.sharding.memory_kind, out.rollout.sharding.memory_kind, out.steps.sharding.memory_kind)
-    runs.append((seen, jax.device_get(tree), kinds))
-  (plain, plain_tree, plain_kinds), (host, host_tree, host_kinds) = runs
-  assert plain_kinds == ("device", "device", "device")
-  assert host_kinds == ("pinned_host", "pinned_host", "device")
-  for a, b in zip(plain, host):
-    for field in ("node", "rollout", "steps"):
-      np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-  assert int(plain_tree.num_nodes.min()) > 1 + A  # every search went on past the root's expansion
-  for a, b in zip(jax.tree.leaves(plain_tree), jax.tree.leaves(host_tree)):
-    np.testing.assert_array_equal(a, b)
+  plain = _random_fused_search(3, [4, 2, 5])
+  host = _random_fused_search(3, [4, 2, 5], host_output=True)
+  assert plain[2] == ("device", "device", "device")
+  assert host[2] == ("pinned_host", "pinned_host", "device")
+  _assert_same_search(plain, host)
 
 
 def test_select_reports_its_descent_steps():
@@ -370,30 +386,10 @@ def test_init_tree_refuses_a_rollout_budget_beyond_int32(budget):
 def test_a_packed_expansion_gives_the_same_trees_and_selections_as_its_fields():
   # `pack_expansion` puts the eight fields in one int32 array (one transfer); unpacked inside the call it must give
   # exactly what the fields give, NaN PPM values (unscored children) and negative values included.
-  rule = SelectionRule("official", 2.0)
-  runs = []
-  for packed in (False, True):
-    rng = np.random.default_rng(5)
-    tree = init_tree(3, N, A, np.array([5, 3, 6]), MAX_DEPTH, np.arange(3, dtype=np.uint32))
-    tree, out = select(tree, rule)
-    seen = []
-    for _ in range(10):
-      nodes, depth = np.asarray(out.node), np.asarray(tree.depth)
-      batch = [_random_specs(rng, "official", int(depth[i, n])) if n != NO_NODE else [] for i, n in enumerate(nodes)]
-      expansion = jax.device_get(_expansion(batch, nodes))
-      ppm = rng.choice([np.nan, -0.75, 0.5], size=expansion.ppm_value.shape).astype(np.float32)
-      expansion = expansion._replace(ppm_value=ppm, consecutive_errors=rng.integers(0, 3, size=ppm.shape))
-      tree, out = kernels.expand_and_select(tree, kernels.pack_expansion(expansion) if packed else expansion, rule)
-      seen.append(jax.device_get(out))
-    runs.append((seen, jax.device_get(tree)))
-  (plain, plain_tree), (packed, packed_tree) = runs
-  for a, b in zip(plain, packed):
-    np.testing.assert_array_equal(a.node, b.node)
-    np.testing.assert_array_equal(a.rollout, b.rollout)
-  assert int(plain_tree.num_nodes.max()) > 1 + A  # the searches went on past the roots' expansions
-  assert np.isnan(plain_tree.ppm_value).any() and (plain_tree.ppm_value < 0).any()
-  for a, b in zip(jax.tree.leaves(plain_tree), jax.tree.leaves(packed_tree)):
-    np.testing.assert_array_equal(a, b)
+  plain = _random_fused_search(5, [5, 3, 6])
+  packed = _random_fused_search(5, [5, 3, 6], pack=True)
+  assert np.isnan(plain[1].ppm_value).any() and (plain[1].ppm_value < 0).any()
+  _assert_same_search(plain, packed)
 
 
 def test_a_packed_expansion_of_another_width_is_refused_naming_the_shape():
