@@ -23,8 +23,8 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # torch is the CPU reference implementation in tests only; rstar_jax never imports it.
     # setuptools: readme_test builds the wheel and sdist with its PEP 517 backend (bdist_wheel built in from 70.1;
-    # a Python >= 3.12 venv has no setuptools of its own).
-    "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "setuptools>=70.1"],
+    # a Python >= 3.12 venv has no setuptools of its own). pytest-xdist: the suite runs on every core (pytest.ini).
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "torch==2.13.0", "setuptools>=70.1"],
     "cuda": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],
     "tfds": ["tensorflow-datasets>=4.9"],
