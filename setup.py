@@ -3,7 +3,7 @@
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
-    "jax>=0.7",
+    "jax>=0.7.1",  # jax.memory.Space (the search kernels write their selection to host memory)
     "flax>=0.11",
     "optax>=0.2.5",
     "orbax-checkpoint>=0.11",
