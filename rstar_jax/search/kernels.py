@@ -352,6 +352,7 @@ def _unpack_expansion(packed: jax.Array, num_actions: int) -> Expansion:
   if packed.ndim != 2 or packed.shape[1] != 2 + 6 * num_actions or packed.dtype != jnp.int32:
     raise ValueError(f"a packed expansion is int32 [B, 2 + 6A] = [B, {2 + 6 * num_actions}] for these trees (A = "
                      f"{num_actions}), got {packed.dtype} {list(packed.shape)}: build it with pack_expansion")
+
   def block(k):
     return packed[:, 2 + k * num_actions:2 + (k + 1) * num_actions]
 
