@@ -37,7 +37,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["rstar_jax", "rstar_jax.*", "sandbox", "sandbox.*"]),
-    package_data={"rstar_jax": ["assets/*.json", "assets/*.md", "assets/prompts/*.json"]},
+    # search/native/*.cc: the native CPU tree kernels, compiled on first use (rstar_jax/search/native).
+    package_data={"rstar_jax": ["assets/*.json", "assets/*.md", "assets/prompts/*.json", "search/native/*.cc"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -73,7 +73,7 @@ def _expansion(nodes, spec):
       update_self=scope == 1, update_path=scope == 2)
 
 
-def bench_tree_ops(workload, trees, nodes, actions, rollouts):
+def bench_tree_ops(workload, trees, nodes, actions, rollouts, impl="auto"):
   """Times the same simulations on the kernels and on object trees, interleaved.
 
   Kernels, as in the driver: one `select`, then per simulation one `expand_and_select` call
@@ -87,11 +87,11 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts):
   """
   rule = SelectionRule("official", 2.0)
   # Compile (and warm up) on a throwaway tree of the same shapes.
-  warm, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, host_output=True)
+  warm, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, host_output=True, impl=impl)
   warm, out = expand_and_select(warm, transfer_form(_expansion(np.asarray(out.node), workload[0])), rule,
-                                host_output=True)
+                                host_output=True, impl=impl)
   jax.block_until_ready(out)
-  tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, host_output=True)
+  tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, host_output=True, impl=impl)
   picked = np.asarray(out.node)
   objs = [ObjectTree("official", 2.0, rollouts, float32=False, num_actions=actions)
           for _ in range(trees)]
@@ -110,29 +110,30 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts):
     o_times.append(time.perf_counter() - start)
     agree.append(np.mean(obj_picked == picked))
     start = time.perf_counter()
-    tree, out = expand_and_select(tree, transfer_form(_expansion(picked, spec)), rule, host_output=True)
+    tree, out = expand_and_select(tree, transfer_form(_expansion(picked, spec)), rule, host_output=True, impl=impl)
     picked = np.asarray(out.node)  # the driver's one read per iteration (written to host memory by the call)
     k_times.append(time.perf_counter() - start)
     steps.append(int(out.steps))  # read after the timing (the driver does not need it)
   return k_times, o_times, float(np.mean(agree)), tree, steps
 
 
-def bench_kernels_alone(workload, trees, nodes, actions, rollouts, repeats=3):
+def bench_kernels_alone(workload, trees, nodes, actions, rollouts, repeats=3, impl="auto"):
   """The kernels' part of `bench_tree_ops` replayed on its own (same simulations, no object tree in between):
   per simulation, the median over `repeats` replays. Interleaving with the object tree, whose ~10^5 Python
   objects go through the caches between two kernel calls, makes each kernel call start cold; this is the warm
   figure (the driver sits between the two: its host work also runs between kernel calls)."""
-  times = [replay_kernels(workload, trees, nodes, actions, rollouts)[0] for _ in range(repeats)]
+  times = [replay_kernels(workload, trees, nodes, actions, rollouts, impl=impl)[0] for _ in range(repeats)]
   return [statistics.median(column) for column in zip(*times)]
 
 
 def replay_kernels(workload, trees, nodes, actions, rollouts, *, kernels=search_kernels, tree_lib=search_tree,
-                   make_expansion=_expansion, between=None):
+                   make_expansion=_expansion, between=None, impl=None):
   """One replay of the workload on the kernels, as the driver runs them: per simulation one `expand_and_select`
   call (expansion built from numpy inside the timing) and the `[B]` read of its selection.
 
   `kernels` / `tree_lib` / `make_expansion`: the modules and expansion builder to run (`search_ab.py` passes a
-  baseline revision's); `between`: called before each timed call (e.g. to thrash the caches).
+  baseline revision's); `between`: called before each timed call (e.g. to thrash the caches); `impl`: the kernels'
+  implementation (None: the revision's default; revisions before the native call have no choice).
 
   Returns:
     `(seconds per simulation [iters], every simulation's selection [iters, B])`. All of them, not the last: the
@@ -143,6 +144,8 @@ def replay_kernels(workload, trees, nodes, actions, rollouts, *, kernels=search_
   # As the driver calls them; a baseline revision's kernels from before `host_output` return device arrays, and
   # from before `transfer_form` take the expansion's fields.
   host = {"host_output": True} if "host_output" in inspect.signature(kernels.select).parameters else {}
+  if impl is not None:
+    host["impl"] = impl
   form = getattr(kernels, "transfer_form", lambda expansion: expansion)
   tree, out = kernels.select(tree_lib.init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, **host)
   picked = np.asarray(out.node)
@@ -161,12 +164,12 @@ def replay_kernels(workload, trees, nodes, actions, rollouts, *, kernels=search_
 _FREE_OPS = ("parameter", "get-tuple-element", "constant", "bitcast", "tuple")
 
 
-def compiled_op_counts(trees, nodes, actions, rollouts, spec):
+def compiled_op_counts(trees, nodes, actions, rollouts, spec, impl="auto"):
   """Operations XLA runs in one `expand_and_select` call: `(outside the select loop, per loop step)`."""
   rule = SelectionRule("official", 2.0)
-  tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule)
+  tree, out = select(init_tree(trees, nodes, actions, rollouts, MAX_DEPTH), rule, impl=impl)
   expansion = transfer_form(_expansion(np.asarray(out.node), spec))
-  return hlo_op_counts(expand_and_select.lower(tree, expansion, rule, host_output=True).compile().as_text())
+  return hlo_op_counts(expand_and_select.lower(tree, expansion, rule, host_output=True, impl=impl).compile().as_text())
 
 
 def hlo_op_counts(text):
@@ -238,7 +241,7 @@ def host_read_floor(trees, repeats=30):
   return tuple(out)
 
 
-def bench_driver(trees, nodes, actions, iters_rollouts, seed=0):
+def bench_driver(trees, nodes, actions, iters_rollouts, seed=0, impl="auto"):
   """A full MCTS run with fast fakes; returns the driver's per-phase stats."""
   rng = np.random.default_rng(seed)
   pool = [f"<code>\nx = {k}\n<end_of_step>" for k in range(64)]
@@ -254,7 +257,7 @@ def bench_driver(trees, nodes, actions, iters_rollouts, seed=0):
   scorer = FunctionScorer(lambda text: (len(text) % 17) / 8.0 - 1.0)
   problems = [Problem(f"p{i}", f"question {i}", str(int(rng.integers(0, 16)))) for i in range(trees)]
   config = SearchConfig(mode="ppm_augmented", num_rollouts=iters_rollouts, num_candidates=actions,
-                        max_depth=8, errors_threshold=1, max_nodes=nodes, seed=seed)
+                        max_depth=8, errors_threshold=1, max_nodes=nodes, seed=seed, kernel_impl=impl)
   with Grader() as grader:
     # Warm-up run (compiles the kernels for these shapes), then the measured run.
     MCTS(ScriptedPolicy(script), ConstantExecutor("1"), config, prompt_fn="Q: {}\n".format,
@@ -276,6 +279,8 @@ def main(argv=None) -> int:
   parser.add_argument("--rollouts", type=int, default=16)
   parser.add_argument("--driver-rollouts", type=int, default=3,
                       help="MCTS rollouts of the full-iteration run (3: N=256 never runs out)")
+  parser.add_argument("--impl", choices=search_kernels.IMPLS, default="auto",
+                      help="tree kernels: the driver's default (auto: native on the CPU), xla or native")
   parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
   args = parser.parse_args(argv)
   for flag, value in (("--trees", args.trees), ("--nodes", args.nodes), ("--actions", args.actions),
@@ -290,23 +295,25 @@ def main(argv=None) -> int:
                  f"children (--actions) need 1 + {args.iters} x {args.actions} = {1 + args.iters * args.actions}")
 
   workload = make_workload(0, args.trees, args.actions, args.iters)
+  impl = search_kernels.resolved_impl(SelectionRule("official", 2.0), args.impl)
   k_times, o_times, agree, k_tree, steps = bench_tree_ops(workload, args.trees, args.nodes, args.actions,
-                                                          args.rollouts)
-  alone = statistics.median(bench_kernels_alone(workload, args.trees, args.nodes, args.actions, args.rollouts))
+                                                          args.rollouts, impl)
+  alone = statistics.median(bench_kernels_alone(workload, args.trees, args.nodes, args.actions, args.rollouts,
+                                                impl=impl))
   floor = loop_step_floor(args.trees, args.nodes)
   read_s, host_read_s = host_read_floor(args.trees)
   try:
-    entry_ops, step_ops = compiled_op_counts(args.trees, args.nodes, args.actions, args.rollouts, workload[0])
+    entry_ops, step_ops = compiled_op_counts(args.trees, args.nodes, args.actions, args.rollouts, workload[0], impl)
   except (KeyError, AttributeError) as e:  # another backend's module text (the count reads XLA:CPU's layout)
     print(f"XLA op count unavailable on {jax.default_backend()}: {type(e).__name__}: {e}", file=sys.stderr)
     entry_ops = step_ops = None
   ops = entry_ops + statistics.median(steps) * step_ops if entry_ops is not None else None
   sizes = np.asarray(k_tree.num_nodes)
   k_med, o_med = statistics.median(k_times), statistics.median(o_times)
-  stats, wall = bench_driver(args.trees, args.nodes, args.actions, args.driver_rollouts)
+  stats, wall = bench_driver(args.trees, args.nodes, args.actions, args.driver_rollouts, impl=impl)
   result = {
       "device": str(jax.devices()[0]), "device_kind": jax.devices()[0].device_kind,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "impl": impl,
       "trees": args.trees, "nodes": args.nodes,
       "actions": args.actions, "simulations": args.iters,
       "kernel_ms_per_simulation": 1e3 * k_med, "object_tree_ms_per_simulation": 1e3 * o_med,
@@ -327,19 +334,20 @@ def main(argv=None) -> int:
     return 0
   print(f"device {result['device']}; B={args.trees} N={args.nodes} A={args.actions}; "
         f"{args.iters} simulations; trees end with {sizes.mean():.0f} nodes on average")
-  print(f"tree kernels   {1e3 * k_med:9.2f} ms / simulation (median)")
+  print(f"tree kernels   {1e3 * k_med:9.2f} ms / simulation (median; implementation: {impl})")
   print(f"object tree    {1e3 * o_med:9.2f} ms / simulation (median)")
   print(f"speed-up       {o_med / k_med:9.1f}x   (selections agree: {100 * agree:.1f}%)")
   print(f"tree kernels alone {1e3 * alone:5.2f} ms / simulation (same simulations replayed without the object "
         f"tree in between: {o_med / alone:.1f}x the object tree)")
-  if ops:
+  if ops and impl == "xla":
     print(f"XLA ops        {ops:9.0f} / simulation ({entry_ops} per call + {step_ops} per select loop step x "
           f"{result['select_steps_per_simulation']:.1f} steps, the batch's deepest descent): "
           f"{result['kernel_alone_us_per_op']:.1f} us per op alone; a minimal while-loop step (one [B, N] "
           f"gather) costs {result['minimal_loop_step_us']:.1f} us here")
-  else:
-    print(f"select loop    {result['select_steps_per_simulation']:.1f} steps / simulation; a minimal while-loop "
-          f"step (one [B, N] gather) costs {result['minimal_loop_step_us']:.1f} us here")
+  else:  # the native call: one custom call, its loops in C++
+    print(f"select loop    {result['select_steps_per_simulation']:.1f} steps / simulation (the batch's deepest "
+          f"descent); XLA runs {ops if ops is not None else 'an unknown number of'} operations per call; a minimal "
+          f"while-loop step (one [B, N] gather) costs {result['minimal_loop_step_us']:.1f} us here")
   print(f"host read      {1e3 * read_s:9.3f} ms to read a ready [B] array back from device memory, "
         f"{1e3 * host_read_s:.3f} ms written to host memory by the call as the kernels' selection is (once per "
         f"simulation; 50x the object tree leaves {1e3 * o_med / 50:.3f} ms per simulation)")

@@ -9,7 +9,8 @@ does between two calls in real runs (each call then starts with cold caches).
   python benchmarks/search_ab.py --baseline 00e8511
   python benchmarks/search_ab.py --baseline HEAD~1 --thrash
 
-The baseline's `rstar_jax/search/{tree,kernels}.py` are read with `git show` into a temporary package; its
+The baseline's `rstar_jax/search/{tree,kernels}.py` (and, from 2026-12-04, its native CPU kernels `native/`, whose FFI
+target is renamed so both sides' libraries can be registered) are read with `git show` into a temporary package; its
 `Expansion` may carry the older `terminal` field (before 2026-12-01), which is filled from `terminal_reason`.
 """
 
@@ -35,11 +36,23 @@ def load_baseline(revision: str, directory: pathlib.Path):
   package = directory / "baseline_search"
   package.mkdir()
   (package / "__init__.py").write_text("")
+  def show(path, check=True):
+    return subprocess.run(["git", "show", f"{revision}:rstar_jax/search/{path}"], cwd=_ROOT, check=check,
+                          capture_output=True, text=True)
+
   for name in ("tree", "kernels"):
-    source = subprocess.run(["git", "show", f"{revision}:rstar_jax/search/{name}.py"], cwd=_ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    (package / f"{name}.py").write_text(source.replace("rstar_jax.search.tree", "baseline_search.tree"))
+    source = show(f"{name}.py").stdout.replace("rstar_jax.search.tree", "baseline_search.tree")
+    (package / f"{name}.py").write_text(source.replace("from rstar_jax.search import native",
+                                                       "from baseline_search import native"))
+  loader = show("native/__init__.py", check=False)
+  if loader.returncode == 0:  # a revision with the native CPU kernels: its own source, under its own target name
+    (package / "native").mkdir()
+    (package / "native" / "__init__.py").write_text(
+        loader.stdout.replace('TARGET = "rstar_tree_expand_and_select"', 'TARGET = "baseline_tree_expand_and_select"'))
+    (package / "native" / "tree_kernels.cc").write_text(show("native/tree_kernels.cc").stdout)
   sys.path.insert(0, str(directory))
+  for name in [m for m in sys.modules if m == "baseline_search" or m.startswith("baseline_search.")]:
+    del sys.modules[name]  # an earlier load's (another revision, another directory)
   return importlib.import_module("baseline_search.tree"), importlib.import_module("baseline_search.kernels")
 
 

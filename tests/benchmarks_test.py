@@ -268,3 +268,18 @@ def test_search_ab_checks_its_counts_before_running(search_bench, monkeypatch, c
   with pytest.raises(SystemExit):
     module.main(["--baseline", "HEAD", "--trees", "2", "--nodes", "64", "--iters", "2", "--replays", "1", flag, "0"])
   assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_search_ab_runs_a_baseline_with_its_own_native_kernels(search_bench, monkeypatch, tmp_path):
+  # From the revision that added them, a baseline's kernels call its own native library (its source, under another
+  # FFI target name, so both sides' libraries are registered in one process). HEAD is such a revision.
+  monkeypatch.setitem(__import__("sys").modules, "search", search_bench)
+  module = _load("search_ab")
+  tree_lib, kernels = module.load_baseline("HEAD", tmp_path)
+  assert kernels.native.TARGET == "baseline_tree_expand_and_select"
+  assert kernels.resolved_impl(kernels.SelectionRule()) == "native"
+  workload = search_bench.make_workload(0, 8, 4, 6)
+  _, baseline = search_bench.replay_kernels(workload, 8, 32, 4, 3, kernels=kernels, tree_lib=tree_lib,
+                                            make_expansion=module.baseline_expansion(kernels))
+  _, current = search_bench.replay_kernels(workload, 8, 32, 4, 3)
+  np.testing.assert_array_equal(baseline, current)

@@ -108,6 +108,9 @@ class SearchConfig:
     batch_size: trees per lockstep batch (None: all problems in one batch, padded to a power of two so that calls
       with different problem counts share compiled tree kernels).
     seed: run seed.
+    kernel_impl: the tree kernels' implementation, "auto", "xla" or "native" (`kernels.expand_and_select`): "auto"
+      runs the native CPU custom call where it can (CPU backend, library built) and the XLA
+      kernels elsewhere; the two give identical trees.
   """
   mode: str = "terminal_guided"
   preset: str = "official"
@@ -123,6 +126,7 @@ class SearchConfig:
   max_nodes: int | None = None
   batch_size: int | None = None
   seed: int = 0
+  kernel_impl: str = "auto"
 
   def __post_init__(self):
     rules.check_mode(self.mode)
@@ -139,6 +143,8 @@ class SearchConfig:
       if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"SearchConfig.{field} must be a number, got {value!r}")
     kernels.SelectionRule(self.preset, self.c)  # validates
+    if self.kernel_impl not in kernels.IMPLS:
+      raise ValueError(f"SearchConfig.kernel_impl must be one of {kernels.IMPLS}, got {self.kernel_impl!r}")
     if self.num_rollouts < 1:
       raise ValueError(f"num_rollouts must be >= 1, got {self.num_rollouts}")
     StepConfig(self.errors_threshold, self.max_depth, self.first_answer_only)
@@ -430,7 +436,8 @@ class MCTS:
     tree = init_tree(batch_size, cfg.num_slots, a, budget, cfg.max_depth, seeds)
     reported = 0
     t0 = time.perf_counter()
-    tree, sel = kernels.select(tree, cfg.rule, host_output=True)  # read below: written to host memory
+    # The selection is read below: written to host memory by the call.
+    tree, sel = kernels.select(tree, cfg.rule, host_output=True, impl=cfg.kernel_impl)
     while True:
       nodes, rollouts = jax.device_get((sel.node, sel.rollout))
       self.stats.kernel_s += time.perf_counter() - t0
@@ -442,7 +449,8 @@ class MCTS:
         break
       expansion = self._expand_rows(problems, hosts, seeds, rows, nodes, rollouts, batch_size)
       t0 = time.perf_counter()
-      tree, sel = kernels.expand_and_select(tree, kernels.transfer_form(expansion), cfg.rule, host_output=True)
+      tree, sel = kernels.expand_and_select(tree, kernels.transfer_form(expansion), cfg.rule, host_output=True,
+                                            impl=cfg.kernel_impl)
       self.stats.iterations += 1
     final = jax.device_get(tree)
     lost = int(np.sum(final.out_of_nodes[:n_real]))

@@ -11,6 +11,11 @@ selection step reads a child's visits and value sum with one gather. Backup need
 the running rollout's descent is kept in `Tree.path`, so the ancestors of an expanded node are
 `path[0..depth]`, updated with one scatter-add of (visits, value) rows.
 
+Two implementations give identical trees and selections (`impl`, static): the XLA operations of this module (every
+platform) and, on the CPU, one XLA FFI custom call in C++ (`rstar_jax.search.native`; both presets, the `paper`
+tie-breaks drawn with the same threefry bits as `jax.random`), which does the same per-tree work without XLA:CPU's
+fixed cost per operation (~96 operations per simulation here). "auto" picks the native call where it can run.
+
 Selection (DESIGN §1.2). A rollout starts at the root and descends: at a node with children it moves
 to the best non-terminal child by UCT `Q(s) + c * sqrt(ln N(parent) / N(s))`; a node whose children
 are all terminal becomes terminal (`ALL_CHILDREN_TERMINAL`) and the rollout ends; a terminal node
@@ -50,9 +55,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rstar_jax.search import native
 from rstar_jax.search.tree import NO_CHILD, NO_NODE, ROOT_INDEX, Info, Reason, Stats, Tree
 
 PRESETS = ("official", "paper")
+IMPLS = ("auto", "xla", "native")  # `expand_and_select`'s implementations
 # |c| bound: c * sqrt(ln N / n) <= 1e30 * sqrt(ln 2**24) stays far inside float32 for every visit count float32
 # holds exactly.
 MAX_ABS_C = 1e30
@@ -203,8 +210,9 @@ class _Descent(NamedTuple):
   done: jax.Array          # [B] bool
 
 
-@functools.partial(jax.jit, static_argnames=("rule", "host_output"), donate_argnums=(0,))
-def select(tree: Tree, rule: SelectionRule, host_output: bool = False) -> tuple[Tree, SelectOutput]:
+@functools.partial(jax.jit, static_argnames=("rule", "host_output", "impl"), donate_argnums=(0,))
+def select(tree: Tree, rule: SelectionRule, host_output: bool = False, impl: str = "auto"
+           ) -> tuple[Tree, SelectOutput]:
   """Runs every tree's descent to its next node to expand.
 
   One loop step moves every still-descending tree down one level and already looks at the child it
@@ -216,10 +224,16 @@ def select(tree: Tree, rule: SelectionRule, host_output: bool = False) -> tuple[
     tree: the batch of trees (donated).
     rule: selection settings (static).
     host_output: place `SelectOutput.node` and `.rollout` in host memory (static; see `_select_output`).
+    impl: "auto", "xla" or "native" (static; see `expand_and_select`).
 
   Returns:
     The updated trees (terminal marks, cursors, paths, rollout counts) and `SelectOutput`.
   """
+  return _expand_and_select(tree, None, rule, host_output, impl)
+
+
+def _select_xla(tree: Tree, rule: SelectionRule) -> tuple[Tree, jax.Array, jax.Array, jax.Array]:
+  """`select` as XLA operations: `(tree, selected node [B], its rollout index [B], loop steps [])`."""
   num_slots, num_actions, path_length = tree.num_slots, tree.num_actions, tree.path_length
   scores_fn = jax.vmap(functools.partial(uct_scores, rule=rule))
   pick_fn = jax.vmap(functools.partial(_pick, rule=rule))
@@ -292,7 +306,7 @@ def select(tree: Tree, rule: SelectionRule, host_output: bool = False) -> tuple[
   new = dataclasses.replace(tree, node_info=out.info, path=out.path,
                             cursor=out.selected, rollouts=out.rollouts,
                             out_of_nodes=out.out_of_nodes)
-  return new, _select_output(out.selected, out.rollouts - 1, out.steps, host_output)
+  return new, out.selected, out.rollouts - 1, out.steps
 
 
 def _select_output(node: jax.Array, rollout: jax.Array, steps: jax.Array, host_output: bool) -> SelectOutput:
@@ -341,17 +355,22 @@ def transfer_form(expansion: Expansion) -> Expansion | np.ndarray:
   """A host-built `expansion` in the form `expand_and_select` takes fastest on the default backend.
 
   On an accelerator, packed (`pack_expansion`): one host-to-device transfer instead of eight. On the CPU, where the
-  fields need no transfer, as it is: unpacking there costs XLA:CPU more operations than it saves (4-6% slower per
-  call). Measured in benchmarks/RESULTS.md, search.
+  fields need no transfer, as it is: for the XLA kernels unpacking costs XLA:CPU more operations than it saves (4-6%
+  slower per call), and for the native call building the packed array on the host costs more than taking eight
+  arrays (0.57 against 0.33 ms per simulation). Measured in benchmarks/RESULTS.md, search.
   """
   return expansion if jax.default_backend() == "cpu" else pack_expansion(expansion)
 
 
-def _unpack_expansion(packed: jax.Array, num_actions: int) -> Expansion:
-  """The `Expansion` that `pack_expansion` packed (inside the jitted call)."""
+def _check_packed(packed: jax.Array, num_actions: int) -> None:
   if packed.ndim != 2 or packed.shape[1] != 2 + 6 * num_actions or packed.dtype != jnp.int32:
     raise ValueError(f"a packed expansion is int32 [B, 2 + 6A] = [B, {2 + 6 * num_actions}] for these trees (A = "
                      f"{num_actions}), got {packed.dtype} {list(packed.shape)}: build it with pack_expansion")
+
+
+def _unpack_expansion(packed: jax.Array, num_actions: int) -> Expansion:
+  """The `Expansion` that `pack_expansion` packed (inside the jitted call)."""
+  _check_packed(packed, num_actions)
 
   def block(k):
     return packed[:, 2 + k * num_actions:2 + (k + 1) * num_actions]
@@ -411,6 +430,10 @@ def expand_and_backup(tree: Tree, expansion: Expansion) -> Tree:
   Returns:
     The updated trees.
   """
+  return _expand_and_backup(tree, expansion)
+
+
+def _expand_and_backup(tree: Tree, expansion: Expansion) -> Tree:
   num_slots, path_length = tree.num_slots, tree.path_length
   fields = jax.vmap(_add_children)(_fields(tree), expansion._asdict())
   along = (jnp.arange(tree.num_actions) < expansion.count[:, None]) & expansion.update_path
@@ -428,14 +451,98 @@ def expand_and_backup(tree: Tree, expansion: Expansion) -> Tree:
   return Tree(**fields)
 
 
-@functools.partial(jax.jit, static_argnames=("rule", "host_output"), donate_argnums=(0,))
-def expand_and_select(tree: Tree, expansion: Expansion | jax.Array, rule: SelectionRule, host_output: bool = False
-                      ) -> tuple[Tree, SelectOutput]:
+@functools.partial(jax.jit, static_argnames=("rule", "host_output", "impl"), donate_argnums=(0,))
+def expand_and_select(tree: Tree, expansion: Expansion | jax.Array, rule: SelectionRule, host_output: bool = False,
+                      impl: str = "auto") -> tuple[Tree, SelectOutput]:
   """`expand_and_backup` followed by the next `select`, in one device call.
 
   The host loop's steady state: one dispatch and one small read per iteration instead of two. `expansion` is an
   `Expansion` or its `pack_expansion` array (one transfer instead of eight); `host_output` as in `select`.
+
+  `impl` (static) picks the implementation: "xla" the XLA operations of this module; "native" the C++ custom call
+  of `rstar_jax.search.native` when the call runs on the CPU (same trees and selections; raises if the library
+  cannot be built, or for the `paper` preset under another PRNG than jax's default threefry2x32); "auto" (default)
+  "native" where it can run (the default backend is the CPU, the library built), else "xla". On other platforms
+  both lower to the XLA kernels.
   """
-  if not isinstance(expansion, Expansion):
-    expansion = _unpack_expansion(expansion, tree.num_actions)
-  return select(expand_and_backup(tree, expansion), rule, host_output)
+  return _expand_and_select(tree, expansion, rule, host_output, impl)
+
+
+def resolved_impl(rule: SelectionRule, impl: str = "auto") -> str:
+  """"native" or "xla": what `expand_and_select(..., rule, impl=impl)` runs on the default backend."""
+  return "native" if _use_native(rule, impl) and jax.default_backend() == "cpu" else "xla"
+
+
+def _use_native(rule: SelectionRule, impl: str) -> bool:
+  """Whether `impl` resolves to the native custom call (at trace time)."""
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+  if impl == "xla":
+    return False
+  prng = jax.config.jax_default_prng_impl
+  # The `paper` tie-breaks are `jax.random` draws: the native call computes threefry2x32's, jax's default.
+  draws_match = rule.preset == "official" or prng == "threefry2x32"
+  if impl == "auto":
+    return draws_match and jax.default_backend() == "cpu" and native.available()
+  if not draws_match:
+    raise ValueError(f"impl='native' draws the paper preset's tie-breaks with threefry2x32, jax's default PRNG; "
+                     f"jax_default_prng_impl is {prng!r} (use impl='xla' or 'auto')")
+  if not native.available():
+    raise RuntimeError(f"impl='native': the native tree kernels are unavailable ({native.unavailable_reason()})")
+  return True
+
+
+def _expand_and_select(tree: Tree, expansion: Expansion | jax.Array | None, rule: SelectionRule, host_output: bool,
+                       impl: str) -> tuple[Tree, SelectOutput]:
+  """The body of `select` (`expansion` None) and `expand_and_select`."""
+  if expansion is not None and not isinstance(expansion, Expansion):
+    _check_packed(expansion, tree.num_actions)
+
+  def with_xla(tree, expansion):
+    if expansion is not None and not isinstance(expansion, Expansion):
+      expansion = _unpack_expansion(expansion, tree.num_actions)
+    return _select_xla(tree if expansion is None else _expand_and_backup(tree, expansion), rule)
+
+  def with_native(tree, expansion):
+    if expansion is None:
+      expansion = _no_expansion(tree)
+    elif not isinstance(expansion, Expansion):
+      expansion = _unpack_expansion(expansion, tree.num_actions)
+    return _native_expand_and_select(tree, expansion, rule)
+
+  if _use_native(rule, impl):
+    # Lowered for the CPU, only the native branch reaches the compiler; anywhere else, only the XLA one.
+    out = jax.lax.platform_dependent(tree, expansion, cpu=with_native, default=with_xla)
+  else:
+    out = with_xla(tree, expansion)
+  new, node, rollout, steps = out
+  return new, _select_output(node, rollout, steps, host_output)
+
+
+def _no_expansion(tree: Tree) -> Expansion:
+  """An expansion that changes no tree (every parent NO_NODE): what `select` alone passes the native call."""
+  rows = jnp.zeros(tree.children.shape[::2], jnp.int32)  # [B, A]
+  return Expansion(parent=jnp.full_like(tree.cursor, NO_NODE), count=jnp.zeros_like(tree.cursor),
+                   terminal_reason=rows, consecutive_errors=rows, ppm_value=rows.astype(jnp.float32),
+                   value=rows.astype(jnp.float32), update_self=rows != 0, update_path=rows != 0)
+
+
+_EXPANSION_DTYPES = (("parent", jnp.int32), ("count", jnp.int32), ("terminal_reason", jnp.int32),
+                     ("consecutive_errors", jnp.int32), ("ppm_value", jnp.float32), ("value", jnp.float32),
+                     ("update_self", bool), ("update_path", bool))  # the custom call's expansion operands
+_ALIASED = ("node_info", "node_stats", "ppm_value", "children", "num_nodes", "cursor", "rollouts", "path",
+            "out_of_nodes")  # the tree fields the custom call updates in place, in its operand order
+
+
+def _native_expand_and_select(tree: Tree, expansion: Expansion, rule: SelectionRule
+                              ) -> tuple[Tree, jax.Array, jax.Array, jax.Array]:
+  """`_expand_and_backup` + `_select_xla` as the native custom call (CPU only; see `rstar_jax.search.native`)."""
+  operands = [getattr(tree, name) for name in _ALIASED] + [tree.rollout_budget, tree.seed] + [
+      jnp.asarray(getattr(expansion, name), dtype) for name, dtype in _EXPANSION_DTYPES]
+  results = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[:len(_ALIASED)]]
+  results += [jax.ShapeDtypeStruct(tree.cursor.shape, jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)]
+  call = jax.ffi.ffi_call(native.TARGET, results, input_output_aliases={i: i for i in range(len(_ALIASED))})
+  *fields, rollout, steps = call(*operands, c=np.float32(rule.c), paper=rule.preset == "paper",
+                                 partitionable=bool(jax.config.jax_threefry_partitionable))
+  new = dataclasses.replace(tree, **dict(zip(_ALIASED, fields)))
+  return new, new.cursor, rollout, steps

@@ -178,14 +178,16 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("mode,preset", sorted(CASES))
-def test_golden_tree_after_each_rollout(mode, preset, grader):
+# Every case runs on both implementations of the tree kernels.
+@pytest.mark.parametrize("mode,preset,kernel_impl", [
+    (mode, preset, impl) for mode, preset in sorted(CASES) for impl in ("xla", "native")])
+def test_golden_tree_after_each_rollout(mode, preset, kernel_impl, grader):
   deltas, shapes = CASES[(mode, preset)]
   seed = _paper_seed_picking_c1() if preset == "paper" else 0
   for rollouts, (expected, (num_nodes, act)) in enumerate(zip(_cumulative(deltas), shapes), start=1):
     config = SearchConfig(mode=mode, preset=preset, num_rollouts=rollouts, num_candidates=3,
                           max_depth=2, errors_threshold=1, first_answer_only=False, seed=seed,
-                          max_nodes=32)
+                          max_nodes=32, kernel_impl=kernel_impl)
     scorer = FunctionScorer(ppm) if mode != "terminal_guided" else None
     (record,) = run_search([Problem("p", "what is 1 + 1?", "2")], ScriptedPolicy(script),
                            InProcessExecutor(), config, prompt_fn=lambda q: PROMPT, scorer=scorer,

@@ -330,8 +330,9 @@ def _problems(mode: str) -> list[Problem]:
   return [Problem(f"p{i:02d}", f"problem {i:02d}", truth(i)) for i in range(NUM_PROBLEMS)]
 
 
+@pytest.mark.parametrize("kernel_impl", ["xla", "native"])
 @pytest.mark.parametrize("mode", ["terminal_guided", "ppm_augmented", "inference"])
-def test_trees_match_the_official_search(mode):
+def test_trees_match_the_official_search(mode, kernel_impl):
   official_cfg = dict(OFFICIAL_CONFIGS[mode], max_depth=MAX_DEPTH, iterations=NUM_ROLLOUTS,
                       n_generate_sample=NUM_CANDIDATES, c_puct=2.0, positive_reward=1.0, negative_reward=-1.0)
   problems = _problems(mode)
@@ -339,7 +340,7 @@ def test_trees_match_the_official_search(mode):
   ours_policy = ScriptedPolicy(script)
   config = SearchConfig(mode=mode, preset="official", num_rollouts=NUM_ROLLOUTS, num_candidates=NUM_CANDIDATES,
                         max_depth=MAX_DEPTH, c=2.0, errors_threshold=official_cfg["errors_threshold"],
-                        stop=official_cfg["stop"], first_answer_only=True)
+                        stop=official_cfg["stop"], first_answer_only=True, kernel_impl=kernel_impl)
   records = run_search(problems, ours_policy, FakeExecutor(), config, prompt_fn=PROMPT.format,
                        scorer=None if mode == "terminal_guided" else FunctionScorer(ppm), grader=ExactGrader(),
                        progress=False)
@@ -404,7 +405,8 @@ class _BudgetAgent(OfficialAgent):
 NUM_RANDOM_WORLDS = 12
 
 
-def test_random_worlds_match_the_official_search():
+@pytest.mark.parametrize("kernel_impl", ["xla", "native"])
+def test_random_worlds_match_the_official_search(kernel_impl):
   """Random worlds (step mixes with duplicates, unparsable, truncated and `<end_of_answer>` variants; random code
   errors; PPMs with exact ties and values at +-1; random rollouts, depth 1..8, errors threshold 1..3, 1..8
   candidates, c, rewards, stop strings and mode), each searched by both sides and compared node by node. Every
@@ -424,7 +426,7 @@ def test_random_worlds_match_the_official_search():
                           num_candidates=cfg["n_generate_sample"], max_depth=cfg["max_depth"], c=cfg["c_puct"],
                           errors_threshold=cfg["errors_threshold"], stop=cfg["stop"], first_answer_only=True,
                           positive_reward=cfg["positive_reward"], negative_reward=cfg["negative_reward"],
-                          max_nodes=budget)
+                          max_nodes=budget, kernel_impl=kernel_impl)
     records = run_search(problems, policy, world["executor"](), config, prompt_fn=PROMPT.format,
                          scorer=None if mode == "terminal_guided" else FunctionScorer(world["ppm"]),
                          grader=ExactGrader(), progress=False)

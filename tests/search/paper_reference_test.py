@@ -207,13 +207,13 @@ def _reference_nodes(tree: PaperTree) -> dict[str, dict]:
 
 
 def _compare(mode: str, step_script, num_candidates: int, max_nodes: int | None, errors_threshold: int,
-             seed: int = 0) -> dict:
+             seed: int = 0, kernel_impl: str = "auto") -> dict:
   """Runs both searches; returns counts of what the trees exercised."""
   problems = [Problem(f"p{i:02d}", f"problem {i:02d}", None if mode == "inference" else str(i % 4))
               for i in range(NUM_PROBLEMS)]
   config = SearchConfig(mode=mode, preset="paper", num_rollouts=NUM_ROLLOUTS, num_candidates=num_candidates,
                         max_depth=MAX_DEPTH, c=2.0, errors_threshold=errors_threshold, first_answer_only=True,
-                        max_nodes=max_nodes, seed=seed)
+                        max_nodes=max_nodes, seed=seed, kernel_impl=kernel_impl)
   policy = ScriptedPolicy(step_script)
   records = run_search(problems, policy, FakeExecutor(), config, prompt_fn=PROMPT.format,
                        scorer=None if mode == "terminal_guided" else FunctionScorer(ppm), grader=ExactGrader(),
@@ -238,9 +238,10 @@ def _compare(mode: str, step_script, num_candidates: int, max_nodes: int | None,
   return seen
 
 
+@pytest.mark.parametrize("kernel_impl", ["xla", "native"])
 @pytest.mark.parametrize("mode", ["terminal_guided", "ppm_augmented", "inference"])
-def test_trees_match_the_paper_reference(mode):
-  seen = _compare(mode, script, num_candidates=4, max_nodes=None, errors_threshold=2)
+def test_trees_match_the_paper_reference(mode, kernel_impl):
+  seen = _compare(mode, script, num_candidates=4, max_nodes=None, errors_threshold=2, kernel_impl=kernel_impl)
   assert seen["nodes"] > 25 * NUM_PROBLEMS, seen
   for reason in ("answer", "too_many_errors", "max_depth", "unparsable", "all_children_terminal", None):
     assert seen.get(reason, 0) >= 5, (reason, seen)

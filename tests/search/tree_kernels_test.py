@@ -1,10 +1,15 @@
 """Tree kernels on randomised trees: agreement with the plain-Python object tree (an independent
 implementation of §1.2 written like the official code), invariants (root visits, running means,
-parent/child consistency), batch independence, and the `paper` preset's random tie-breaks."""
+parent/child consistency), batch independence, and the `paper` preset's random tie-breaks.
+
+Tests taking the `kernel_impl` fixture run once per implementation of `select` / `expand_and_select`: the XLA
+kernels and the native CPU call (`native_kernels_test.py` compares the two directly)."""
 
 import dataclasses
+import functools
 import math
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +25,20 @@ A = 4
 N = 96
 MAX_DEPTH = 4
 VALUES = (-1.0, -0.5, 0.25, 0.5, 1.0)  # dyadic: float32 sums are exact
+
+
+BOTH_IMPLS = pytest.mark.parametrize("kernel_impl", ["xla", "native"], indirect=True)
+PRESET_IMPLS = pytest.mark.parametrize("preset,kernel_impl", [(preset, impl) for preset in ("official", "paper")
+                                                              for impl in ("xla", "native")], indirect=["kernel_impl"])
+
+
+@pytest.fixture
+def kernel_impl(request, monkeypatch):
+  """Runs the test's `select` and `kernels.expand_and_select` calls with `impl=request.param`."""
+  monkeypatch.setattr(sys.modules[__name__], "select", functools.partial(kernels.select, impl=request.param))
+  monkeypatch.setattr(kernels, "expand_and_select", functools.partial(kernels.expand_and_select,
+                                                                      impl=request.param))
+  return request.param
 
 
 def _random_specs(rng, preset, depth):
@@ -96,8 +115,8 @@ def _run(preset, seeds, budgets, tree_seeds=None, compare_reference=True):
   return jax.device_get(tree), refs, log
 
 
-@pytest.mark.parametrize("preset", ["official", "paper"])
-def test_kernels_match_object_tree_and_invariants(preset):
+@PRESET_IMPLS
+def test_kernels_match_object_tree_and_invariants(preset, kernel_impl):
   seeds = list(range(6))
   budgets = [6, 4, 8, 1, 6, 5]
   final, refs, log = _run(preset, seeds, budgets)
@@ -152,8 +171,8 @@ def test_kernels_match_object_tree_and_invariants(preset):
       assert final.depth[i, v] == final.depth[i, parent[v]] + 1
 
 
-@pytest.mark.parametrize("preset", ["official", "paper"])
-def test_batch_independence(preset):
+@PRESET_IMPLS
+def test_batch_independence(preset, kernel_impl):
   seeds = [11, 12, 13, 14]
   budgets = [5, 3, 6, 4]
   together, _, _ = _run(preset, seeds, budgets, compare_reference=False)
@@ -164,7 +183,8 @@ def test_batch_independence(preset):
                                     err_msg=f"{preset} tree {i} field {field.name}")
 
 
-def test_paper_ties_are_uniform_and_seeded():
+@BOTH_IMPLS
+def test_paper_ties_are_uniform_and_seeded(kernel_impl):
   """Three unvisited children tie at +inf: the choice follows the documented key, and over many
   tree seeds each child is picked about a third of the time."""
   seeds = np.arange(300, dtype=np.uint32)
@@ -188,7 +208,8 @@ def test_paper_ties_are_uniform_and_seeded():
   assert np.all(counts > 70), counts  # each ~100 of 300
 
 
-def test_official_ties_go_to_first_child():
+@BOTH_IMPLS
+def test_official_ties_go_to_first_child(kernel_impl):
   rule = SelectionRule("official", 2.0)
   tree = init_tree(1, 8, A, 1, 2)
   tree, out = select(tree, rule)
@@ -198,7 +219,8 @@ def test_official_ties_go_to_first_child():
   assert int(out.node[0]) == 1  # children 1 and 2 tie at Q = 0.5 (root N = 0: no exploration)
 
 
-def test_out_of_nodes_stops_the_tree():
+@BOTH_IMPLS
+def test_out_of_nodes_stops_the_tree(kernel_impl):
   tree = init_tree(1, 1 + 2 * A, A, 10, 4)
   rule = SelectionRule("official", 2.0)
   expanded = 0
@@ -263,7 +285,8 @@ def _assert_same_search(first, second):
     np.testing.assert_array_equal(a, b)
 
 
-def test_host_output_writes_the_selection_to_host_memory_and_changes_nothing_else():
+@BOTH_IMPLS
+def test_host_output_writes_the_selection_to_host_memory_and_changes_nothing_else(kernel_impl):
   # The driver reads `node` and `rollout` after every call; with `host_output` the call itself writes them to
   # (pinned) host memory. Same searches either way: every selection, the trees and the descent steps agree.
   plain = _random_fused_search(3, [4, 2, 5])
@@ -273,7 +296,8 @@ def test_host_output_writes_the_selection_to_host_memory_and_changes_nothing_els
   _assert_same_search(plain, host)
 
 
-def test_select_reports_its_descent_steps():
+@BOTH_IMPLS
+def test_select_reports_its_descent_steps(kernel_impl):
   # By hand (official preset): a fresh root is picked in one step; after the root gets two plain children the
   # continuing rollout moves to child 1 (ties go first) and stops there, one step; once child 1's only child is a
   # terminal answer, the next select marks child 1 terminal (all children terminal), ends that rollout, starts the
@@ -290,7 +314,8 @@ def test_select_reports_its_descent_steps():
   assert bool(tree.terminal[0, 1]) and int(tree.terminal_reason[0, 1]) == int(Reason.ALL_CHILDREN_TERMINAL)
 
 
-def test_expansion_without_room_for_a_children_is_dropped():
+@BOTH_IMPLS
+def test_expansion_without_room_for_a_children_is_dropped(kernel_impl):
   # Selection reads a node's children as the window [first child, first child + A), so an expansion is written only
   # when A slots are free; select never returns a node without them, and a direct call asking anyway changes nothing
   # but the tree's out_of_nodes flag.
@@ -383,7 +408,8 @@ def test_init_tree_refuses_a_rollout_budget_beyond_int32(budget):
     init_tree(np.asarray(budget).size, 10, 2, np.asarray(budget, np.int64), 3)
 
 
-def test_a_packed_expansion_gives_the_same_trees_and_selections_as_its_fields():
+@BOTH_IMPLS
+def test_a_packed_expansion_gives_the_same_trees_and_selections_as_its_fields(kernel_impl):
   # `pack_expansion` puts the eight fields in one int32 array (one transfer); unpacked inside the call it must give
   # exactly what the fields give, NaN PPM values (unscored children) and negative values included.
   plain = _random_fused_search(5, [5, 3, 6])
@@ -392,7 +418,8 @@ def test_a_packed_expansion_gives_the_same_trees_and_selections_as_its_fields():
   _assert_same_search(plain, packed)
 
 
-def test_a_packed_expansion_of_another_width_is_refused_naming_the_shape():
+@BOTH_IMPLS
+def test_a_packed_expansion_of_another_width_is_refused_naming_the_shape(kernel_impl):
   tree, _ = select(init_tree(2, N, A, 2, MAX_DEPTH), SelectionRule("official", 2.0))
   wrong = np.zeros([2, 2 + 6 * (A - 1)], np.int32)
   message = rf"int32 \[B, 2 \+ 6A\] = \[B, {2 + 6 * A}\] .* got int32 \[2, {2 + 6 * (A - 1)}\]"
