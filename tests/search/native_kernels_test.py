@@ -189,6 +189,7 @@ _FALLBACK = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("env,reason", [({"CXX": "/bin/false"}, "building tree_kernels.cc failed"),
+                                        ({"CXX": "", "PATH": "/nonexistent"}, "no C++ compiler found"),
                                         ({"RSTAR_JAX_NATIVE": "0"}, "disabled by RSTAR_JAX_NATIVE=0")])
 def test_without_the_library_auto_runs_the_xla_kernels_and_native_is_refused(tmp_path, env, reason):
   run_env = dict(os.environ, RSTAR_JAX_CACHE=str(tmp_path), JAX_PLATFORMS="cpu", **env)

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -32,6 +33,7 @@ _SYMBOL = "RstarTreeExpandAndSelect"
 _FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off")
 _BUILD_TIMEOUT_S = 300
 
+_LOG = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "library" (ctypes.CDLL) once registered, or "error" (str)
 
@@ -42,17 +44,22 @@ def cache_dir() -> pathlib.Path:
   return pathlib.Path(root) / "native"
 
 
-def _compiler() -> str | None:
-  return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+def _compiler() -> list[str] | None:
+  """The C++ compiler's command: `$CXX` (split as a shell would: "ccache g++" works), else the first one found."""
+  command = shlex.split(os.environ.get("CXX", ""))
+  if command:
+    return command
+  found = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+  return [found] if found else None
 
 
-def _library_path(compiler: str, include: pathlib.Path) -> pathlib.Path:
+def _library_path(compiler: list[str], include: pathlib.Path) -> pathlib.Path:
   """The cached library's path: named by a hash of everything that makes it (source, FFI headers, compiler, flags)."""
   digest = hashlib.sha256(SOURCE.read_bytes())
   for header in sorted((include / "xla" / "ffi" / "api").glob("*.h")):
     digest.update(header.read_bytes())
-  version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-  digest.update("\0".join((compiler, version) + _FLAGS).encode())
+  version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+  digest.update("\0".join((*compiler, version) + _FLAGS).encode())
   return cache_dir() / f"tree_kernels-{digest.hexdigest()[:20]}.so"
 
 
@@ -74,7 +81,7 @@ def build() -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
   os.close(fd)
   try:
-    command = [compiler, *_FLAGS, "-isystem", str(include), str(SOURCE), "-o", tmp]
+    command = [*compiler, *_FLAGS, "-isystem", str(include), str(SOURCE), "-o", tmp]
     done = subprocess.run(command, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
     if done.returncode != 0:
       raise RuntimeError(f"building {SOURCE.name} failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
@@ -97,7 +104,7 @@ def available() -> bool:
         _state["library"] = library
       except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         _state["error"] = f"{type(e).__name__}: {e}"
-        logging.warning("rstar_jax: native CPU tree kernels unavailable, using the XLA kernels (%s)", _state["error"])
+        _LOG.warning("native CPU tree kernels unavailable, using the XLA kernels (%s)", _state["error"])
     return "library" in _state
 
 
