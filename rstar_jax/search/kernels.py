@@ -362,15 +362,11 @@ def transfer_form(expansion: Expansion) -> Expansion | np.ndarray:
   return expansion if jax.default_backend() == "cpu" else pack_expansion(expansion)
 
 
-def _check_packed(packed: jax.Array, num_actions: int) -> None:
+def _unpack_expansion(packed: jax.Array, num_actions: int) -> Expansion:
+  """The `Expansion` that `pack_expansion` packed (inside the jitted call)."""
   if packed.ndim != 2 or packed.shape[1] != 2 + 6 * num_actions or packed.dtype != jnp.int32:
     raise ValueError(f"a packed expansion is int32 [B, 2 + 6A] = [B, {2 + 6 * num_actions}] for these trees (A = "
                      f"{num_actions}), got {packed.dtype} {list(packed.shape)}: build it with pack_expansion")
-
-
-def _unpack_expansion(packed: jax.Array, num_actions: int) -> Expansion:
-  """The `Expansion` that `pack_expansion` packed (inside the jitted call)."""
-  _check_packed(packed, num_actions)
 
   def block(k):
     return packed[:, 2 + k * num_actions:2 + (k + 1) * num_actions]
@@ -496,19 +492,13 @@ def _expand_and_select(tree: Tree, expansion: Expansion | jax.Array | None, rule
                        impl: str) -> tuple[Tree, SelectOutput]:
   """The body of `select` (`expansion` None) and `expand_and_select`."""
   if expansion is not None and not isinstance(expansion, Expansion):
-    _check_packed(expansion, tree.num_actions)
+    expansion = _unpack_expansion(expansion, tree.num_actions)
 
   def with_xla(tree, expansion):
-    if expansion is not None and not isinstance(expansion, Expansion):
-      expansion = _unpack_expansion(expansion, tree.num_actions)
     return _select_xla(tree if expansion is None else _expand_and_backup(tree, expansion), rule)
 
   def with_native(tree, expansion):
-    if expansion is None:
-      expansion = _no_expansion(tree)
-    elif not isinstance(expansion, Expansion):
-      expansion = _unpack_expansion(expansion, tree.num_actions)
-    return _native_expand_and_select(tree, expansion, rule)
+    return _native_expand_and_select(tree, _no_expansion(tree) if expansion is None else expansion, rule)
 
   if _use_native(rule, impl):
     # Lowered for the CPU, only the native branch reaches the compiler; anywhere else, only the XLA one.

@@ -252,7 +252,7 @@ int64_t PickPaper(const float* scores, const bool* selectable, int64_t actions, 
 
 // One tree's `select` descent (from its cursor); returns the loop steps it needed (the batched loop runs the deepest
 // tree's count).
-int32_t Select(TreeView& t, const Sizes& s, const Rule& rule, int32_t* selected_out) {
+int32_t Select(TreeView& t, const Sizes& s, const Rule& rule) {
   const bool fits = t.num_nodes + s.actions <= s.nodes;
   // The cursor is NO_NODE or a node `select` returned; anything else cannot come from these kernels (and the tree's
   // ids, which only they write, are in range): such a rollout restarts rather than read out of bounds.
@@ -320,8 +320,7 @@ int32_t Select(TreeView& t, const Sizes& s, const Rule& rule, int32_t* selected_
       done = true;
     }
   }
-  t.cursor = selected;
-  *selected_out = selected;
+  t.cursor = selected;  // the selection, and where the next call's descent continues
   return steps;
 }
 
@@ -387,8 +386,7 @@ struct Batch {
       const ExpansionRow e{parent[b], count[b], reason + a, errors + a, e_ppm + a, e_value + a, update_self + a,
                            update_path + a};
       ExpandAndBackup(t, e, s);
-      int32_t selected;
-      max_steps = std::max(max_steps, Select(t, s, rule, &selected));
+      max_steps = std::max(max_steps, Select(t, s, rule));
       rollout_out[b] = t.rollouts - 1;
     }
     return max_steps;
