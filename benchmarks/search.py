@@ -295,7 +295,7 @@ def main(argv=None) -> int:
                  f"children (--actions) need 1 + {args.iters} x {args.actions} = {1 + args.iters * args.actions}")
 
   workload = make_workload(0, args.trees, args.actions, args.iters)
-  impl = search_kernels.resolved_impl(SelectionRule("official", 2.0), args.impl)
+  impl = search_kernels.resolved_impl(SelectionRule("official", 2.0), args.impl, args.actions)
   k_times, o_times, agree, k_tree, steps = bench_tree_ops(workload, args.trees, args.nodes, args.actions,
                                                           args.rollouts, impl)
   alone = statistics.median(bench_kernels_alone(workload, args.trees, args.nodes, args.actions, args.rollouts,

@@ -464,12 +464,13 @@ def expand_and_select(tree: Tree, expansion: Expansion | jax.Array, rule: Select
   return _expand_and_select(tree, expansion, rule, host_output, impl)
 
 
-def resolved_impl(rule: SelectionRule, impl: str = "auto") -> str:
-  """"native" or "xla": what `expand_and_select(..., rule, impl=impl)` runs on the default backend."""
-  return "native" if _use_native(rule, impl) and jax.default_backend() == "cpu" else "xla"
+def resolved_impl(rule: SelectionRule, impl: str = "auto", num_actions: int = 1) -> str:
+  """"native" or "xla": what `expand_and_select(..., rule, impl=impl)` runs on the default backend for trees of
+  `num_actions` children per node."""
+  return "native" if _use_native(rule, impl, num_actions) and jax.default_backend() == "cpu" else "xla"
 
 
-def _use_native(rule: SelectionRule, impl: str) -> bool:
+def _use_native(rule: SelectionRule, impl: str, num_actions: int) -> bool:
   """Whether `impl` resolves to the native custom call (at trace time)."""
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -478,8 +479,12 @@ def _use_native(rule: SelectionRule, impl: str) -> bool:
   prng = jax.config.jax_default_prng_impl
   # The `paper` tie-breaks are `jax.random` draws: the native call computes threefry2x32's, jax's default.
   draws_match = rule.preset == "official" or prng == "threefry2x32"
+  fits = num_actions <= native.MAX_ACTIONS  # the call's per-node buffers
   if impl == "auto":
-    return draws_match and jax.default_backend() == "cpu" and native.available()
+    return draws_match and fits and jax.default_backend() == "cpu" and native.available()
+  if not fits:
+    raise ValueError(f"impl='native' takes at most {native.MAX_ACTIONS} children per node, got A = {num_actions} "
+                     f"(use impl='xla' or 'auto')")
   if not draws_match:
     raise ValueError(f"impl='native' draws the paper preset's tie-breaks with threefry2x32, jax's default PRNG; "
                      f"jax_default_prng_impl is {prng!r} (use impl='xla' or 'auto')")
@@ -500,7 +505,7 @@ def _expand_and_select(tree: Tree, expansion: Expansion | jax.Array | None, rule
   def with_native(tree, expansion):
     return _native_expand_and_select(tree, _no_expansion(tree) if expansion is None else expansion, rule)
 
-  if _use_native(rule, impl):
+  if _use_native(rule, impl, tree.num_actions):
     # Lowered for the CPU, only the native branch reaches the compiler; anywhere else, only the XLA one.
     out = jax.lax.platform_dependent(tree, expansion, cpu=with_native, default=with_xla)
   else:

@@ -154,6 +154,13 @@ def test_unknown_impls_and_paper_draws_under_another_prng_are_refused():
     kernels.select(tree, RULE, impl="c++")
   with pytest.raises(ValueError, match="SearchConfig.kernel_impl must be one of"):
     SearchConfig(kernel_impl="cuda")
+  # More children per node than the call's buffers hold: "auto" runs the XLA kernels, "native" is refused.
+  wide = init_tree(1, 1 + 1025, 1025, 1, 2)
+  assert kernels.resolved_impl(RULE, num_actions=1025) == "xla"
+  with pytest.raises(ValueError, match="at most 1024 children per node, got A = 1025"):
+    kernels.select(wide, RULE, impl="native")
+  _, out = kernels.select(wide, RULE)
+  assert int(out.node[0]) == 0
   previous = jax.config.jax_default_prng_impl
   jax.config.update("jax_default_prng_impl", "rbg")
   try:

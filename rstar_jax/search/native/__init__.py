@@ -29,6 +29,7 @@ import jax
 SOURCE = pathlib.Path(__file__).with_name("tree_kernels.cc")
 TARGET = "rstar_tree_expand_and_select"  # the FFI target name `kernels.py` calls
 _SYMBOL = "RstarTreeExpandAndSelect"
+MAX_ACTIONS = 1024  # children per node the call takes (`kMaxActions` in tree_kernels.cc)
 # -ffp-contract=off: no fused multiply-adds, so `q + c * sqrt(...)` rounds as XLA:CPU's separate multiply and add.
 _FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off")
 _BUILD_TIMEOUT_S = 300

@@ -203,8 +203,8 @@ struct Rule {
   bool paper, partitionable;
 };
 
-// The most children a node may have here (`Tree` arrays are [B, N, A]; `init_tree` takes any A, the call refuses
-// larger ones).
+// The most children a node may have here (the per-node score buffers below; `native.MAX_ACTIONS` in Python, where
+// "auto" runs the XLA kernels for wider trees and "native" refuses them).
 constexpr int64_t kMaxActions = 1024;
 
 // `official`: jnp.argmax, the first maximum, or the first NaN if there is one.
