@@ -8,8 +8,9 @@ a full search iteration.
 2. The share of a full lockstep MCTS iteration (select, generate, step protocol, sandbox, grading,
    PPM, expand/backup) spent in the tree kernels, with a fast scripted policy, a constant sandbox and
    a cheap scorer: the host work that remains is the step protocol and bookkeeping.
-3. What any kernels pay around each call: a minimal while-loop step, and reading a ready `[B]` array back to the
-   host (the driver reads the selection once per simulation).
+3. What any kernels pay around each call: a minimal while-loop step, reading a ready `[B]` array back to the host
+   (the driver reads the selection once per simulation), and the per-call floor of 1. (building the expansion, and a
+   jitted call with the kernels' arguments that does nothing, after the same object-tree simulations).
 
   python benchmarks/search.py                      # B=1024, N=256, A=8
   python benchmarks/search.py --trees 64 --iters 8 # quick
@@ -18,6 +19,7 @@ a full search iteration.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -115,6 +117,47 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts, impl="auto"):
     k_times.append(time.perf_counter() - start)
     steps.append(int(out.steps))  # read after the timing (the driver does not need it)
   return k_times, o_times, float(np.mean(agree)), tree, steps
+
+
+def bench_call_floor(workload, trees, nodes, actions, rollouts):
+  """What `bench_tree_ops`' kernel figure pays before any tree work, timed the same way: per simulation, after the
+  same object-tree simulation (fresh object trees replaying the workload), the expansion's build from numpy and a
+  jitted call that takes the kernels' arguments (the tree donated, the expansion) and does nothing but return the
+  tree and its `[B]` cursor in host memory, then the read of that cursor. Any jitted tree kernels pay this much.
+
+  Returns:
+    `(build seconds [iters], call and read seconds [iters], the call and read warm: back to back, seconds [iters])`.
+  """
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def nothing(tree, expansion):
+    del expansion
+    return tree, jax.device_put(tree.cursor, jax.memory.Space.Host)
+
+  tree = init_tree(trees, nodes, actions, rollouts, MAX_DEPTH)
+  picked = np.zeros([trees], np.int32)
+  tree, out = nothing(tree, _expansion(picked, workload[0]))  # compile
+  np.asarray(out)
+  objs = [ObjectTree("official", 2.0, rollouts, float32=False, num_actions=actions) for _ in range(trees)]
+  builds, calls, warm = [], [], []
+  for spec in workload:
+    count, reason, value, scope = spec
+    for b, t in enumerate(objs):  # as in `bench_tree_ops`, untimed here
+      node = t.select()
+      if node is not None:
+        t.expand(node, [(int(reason[b, j]), float(value[b, j]), "self" if scope[b, j] == 1 else "path")
+                        for j in range(count[b])])
+    start = time.perf_counter()
+    expansion = transfer_form(_expansion(picked, spec))
+    built = time.perf_counter()
+    tree, out = nothing(tree, expansion)
+    picked = np.asarray(out)
+    calls.append(time.perf_counter() - built)
+    builds.append(built - start)
+    start = time.perf_counter()
+    tree, out = nothing(tree, expansion)
+    picked = np.asarray(out)
+    warm.append(time.perf_counter() - start)
+  return builds, calls, warm
 
 
 def bench_kernels_alone(workload, trees, nodes, actions, rollouts, repeats=3, impl="auto"):
@@ -300,6 +343,8 @@ def main(argv=None) -> int:
                                                           args.rollouts, impl)
   alone = statistics.median(bench_kernels_alone(workload, args.trees, args.nodes, args.actions, args.rollouts,
                                                 impl=impl))
+  floor_build, floor_call, floor_warm = (statistics.median(x) for x in bench_call_floor(
+      workload, args.trees, args.nodes, args.actions, args.rollouts))
   floor = loop_step_floor(args.trees, args.nodes)
   read_s, host_read_s = host_read_floor(args.trees)
   try:
@@ -322,6 +367,8 @@ def main(argv=None) -> int:
       "select_steps_per_simulation": statistics.median(steps),
       "xla_ops_per_call": entry_ops, "xla_ops_per_select_step": step_ops, "xla_ops_per_simulation": ops,
       "kernel_alone_us_per_op": 1e6 * alone / ops if ops else None, "minimal_loop_step_us": 1e6 * floor,
+      "floor_build_ms": 1e3 * floor_build, "floor_call_ms": 1e3 * floor_call,
+      "floor_call_warm_ms": 1e3 * floor_warm,
       "host_read_ms": 1e3 * read_s, "host_memory_read_ms": 1e3 * host_read_s,
       "mean_nodes_per_tree": float(sizes.mean()),
       "driver": {"iterations": stats.iterations, "wall_s": wall, "kernel_s": stats.kernel_s,
@@ -351,6 +398,9 @@ def main(argv=None) -> int:
   print(f"host read      {1e3 * read_s:9.3f} ms to read a ready [B] array back from device memory, "
         f"{1e3 * host_read_s:.3f} ms written to host memory by the call as the kernels' selection is (once per "
         f"simulation; 50x the object tree leaves {1e3 * o_med / 50:.3f} ms per simulation)")
+  print(f"per-call floor {1e3 * (floor_build + floor_call):9.2f} ms / simulation interleaved as above, before any tree "
+        f"work: building the expansion {1e3 * floor_build:.2f} ms + a jitted call with the same arguments that does "
+        f"nothing, and its read, {1e3 * floor_call:.2f} ms ({1e3 * floor_warm:.3f} ms back to back)")
   d = result["driver"]
   print(f"full MCTS iteration (fake policy/sandbox/PPM, {args.driver_rollouts} rollouts, "
         f"{d['iterations']} iterations, {wall:.1f} s): tree kernels {100 * d['kernel_share']:.1f}% "

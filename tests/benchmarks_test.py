@@ -2,6 +2,7 @@
 benchmarks/RESULTS.md come from them), selections against the object tree, and the scripts' argument checks."""
 
 import importlib.util
+import json
 import pathlib
 
 import numpy as np
@@ -196,6 +197,23 @@ def test_search_refuses_a_node_count_the_workload_can_fill(search_bench, capsys)
   with pytest.raises(SystemExit):
     search_bench.main(["--trees", "4", "--nodes", "16", "--iters", "6", "--rollouts", "2", "--driver-rollouts", "1"])
   assert "--nodes 16 can run out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("impl", ["native", "xla"])
+def test_search_runs_its_kernels_the_same_search_as_the_object_tree(search_bench, capsys, impl):
+  # The whole benchmark on small shapes: the kernels' selections agree with the object tree's in every simulation
+  # (the speed-up compares the same search), and every figure RESULTS.md quotes is reported.
+  if impl == "native" and not search_bench.search_kernels.native.available():
+    pytest.fail(f"the native tree kernels did not build: {search_bench.search_kernels.native.unavailable_reason()}")
+  search_bench.main(["--trees", "8", "--nodes", "64", "--iters", "6", "--rollouts", "2", "--driver-rollouts", "1",
+                     "--impl", impl, "--json"])
+  result = json.loads(capsys.readouterr().out)
+  assert result["impl"] == impl and result["simulations"] == 6
+  assert result["selection_agreement"] == 1.0
+  assert result["driver"]["iterations"] > 0
+  for key in ("kernel_ms_per_simulation", "object_tree_ms_per_simulation", "kernel_alone_ms_per_simulation",
+              "floor_build_ms", "floor_call_ms", "floor_call_warm_ms"):
+    assert result[key] > 0, key
 
 
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
