@@ -75,6 +75,21 @@ def _expansion(nodes, spec):
       update_self=scope == 1, update_path=scope == 2)
 
 
+def object_tree_simulation(objs, spec):
+  """One simulation on the object trees: per tree `select` then `expand` (with backup) with the spec's children.
+  Returns the selected node ids `[B]` (NO_NODE where a tree selected none)."""
+  count, reason, value, scope = spec
+  picked = np.full([len(objs)], NO_NODE, np.int32)
+  for b, t in enumerate(objs):
+    node = t.select()
+    if node is None:
+      continue
+    picked[b] = node.id
+    t.expand(node, [(int(reason[b, j]), float(value[b, j]), "self" if scope[b, j] == 1 else "path")
+                    for j in range(count[b])])
+  return picked
+
+
 def bench_tree_ops(workload, trees, nodes, actions, rollouts, impl="auto"):
   """Times the same simulations on the kernels and on object trees, interleaved.
 
@@ -99,16 +114,8 @@ def bench_tree_ops(workload, trees, nodes, actions, rollouts, impl="auto"):
           for _ in range(trees)]
   k_times, o_times, agree, steps = [], [], [], []
   for spec in workload:
-    count, reason, value, scope = spec
     start = time.perf_counter()
-    obj_picked = np.full([trees], NO_NODE, np.int32)
-    for b, t in enumerate(objs):
-      node = t.select()
-      if node is None:
-        continue
-      obj_picked[b] = node.id
-      t.expand(node, [(int(reason[b, j]), float(value[b, j]), "self" if scope[b, j] == 1 else "path")
-                      for j in range(count[b])])
+    obj_picked = object_tree_simulation(objs, spec)
     o_times.append(time.perf_counter() - start)
     agree.append(np.mean(obj_picked == picked))
     start = time.perf_counter()
@@ -135,17 +142,12 @@ def bench_call_floor(workload, trees, nodes, actions, rollouts):
 
   tree = init_tree(trees, nodes, actions, rollouts, MAX_DEPTH)
   picked = np.zeros([trees], np.int32)
-  tree, out = nothing(tree, _expansion(picked, workload[0]))  # compile
+  tree, out = nothing(tree, transfer_form(_expansion(picked, workload[0])))  # compile
   np.asarray(out)
   objs = [ObjectTree("official", 2.0, rollouts, float32=False, num_actions=actions) for _ in range(trees)]
   builds, calls, warm = [], [], []
   for spec in workload:
-    count, reason, value, scope = spec
-    for b, t in enumerate(objs):  # as in `bench_tree_ops`, untimed here
-      node = t.select()
-      if node is not None:
-        t.expand(node, [(int(reason[b, j]), float(value[b, j]), "self" if scope[b, j] == 1 else "path")
-                        for j in range(count[b])])
+    object_tree_simulation(objs, spec)  # as in `bench_tree_ops`, untimed here
     start = time.perf_counter()
     expansion = transfer_form(_expansion(picked, spec))
     built = time.perf_counter()
